@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up .venv themselves.
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nobusy-installed
+
+.PHONY: help setup run test lint typecheck pytest bench clean
+
+help:
+	@echo "make run    set up .venv and serve the embedded model at http://127.0.0.1:8000/v1"
+	@echo "make test   set up .venv (with dev tools) and run ruff, mypy and pytest"
+	@echo "make bench  run the benchmarks and publish docs/benchmarks.md"
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	@bash scripts/setup.sh
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nobusy serve
+
+lint: $(STAMP)
+	@echo "==> ruff"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	@echo "==> mypy --strict"
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	@echo "==> pytest"
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+from nobusy.cli import main
+
+main()

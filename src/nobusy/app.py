@@ -1,0 +1,81 @@
+"""``create_app(settings)``: the whole service composed in one place. Importing does nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from nobusy.api import health
+from nobusy.api.chat import chat_completions
+from nobusy.api.models import list_models
+from nobusy.api.openapi import openapi_json
+from nobusy.errors import NobusyError
+from nobusy.metrics import Metrics
+from nobusy.middleware import RequestContextMiddleware
+from nobusy.responses import (
+    http_exception_handler,
+    nobusy_error_handler,
+    unexpected_error_handler,
+)
+from nobusy.routing import Router
+from nobusy.settings import Settings, load_settings
+from nobusy.state import AppState
+from nobusy.upstreams import build_upstream
+from nobusy.usage import Ledger, UsageLog
+
+__all__ = ["create_app", "create_app_from_env"]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the ASGI app: routes, middleware, error rendering, and upstreams on startup."""
+    metrics = Metrics()
+    upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
+    router = Router(settings.models, upstreams, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        usage_log = UsageLog(settings.data_dir)
+        app.state.nobusy = AppState(settings, router, metrics, Ledger(usage_log, metrics))
+        for upstream in upstreams.values():
+            start = getattr(upstream, "start", None)
+            if start is not None:
+                await start()
+        try:
+            yield
+        finally:
+            await router.aclose()
+            usage_log.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(
+                RequestContextMiddleware,
+                max_body_bytes=settings.max_body_bytes,
+                body_timeout=settings.body_timeout,
+            )
+        ],
+        exception_handlers={
+            NobusyError: nobusy_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for server worker processes: settings come from the NOBUSY_* environment."""
+    return create_app(load_settings())

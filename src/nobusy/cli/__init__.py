@@ -1,0 +1,29 @@
+"""The ``nobusy`` command: one click group, its commands in modules by topic."""
+
+from __future__ import annotations
+
+import click
+
+from nobusy import __version__
+from nobusy.cli.chat import chat
+from nobusy.cli.serve import check, models, serve
+from nobusy.fake_upstream import fake_upstream_command
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nobusy")
+def cli() -> None:
+    """nobusy: one OpenAI-compatible endpoint over many model sources, never "server busy"."""
+
+
+cli.add_command(serve)
+cli.add_command(models)
+cli.add_command(check)
+cli.add_command(chat)
+cli.add_command(fake_upstream_command)
+
+
+def main() -> None:
+    cli()

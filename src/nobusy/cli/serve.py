@@ -1,0 +1,112 @@
+"""``nobusy serve``, ``nobusy models`` and ``nobusy check``: run and inspect a configuration."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from nobusy.errors import ConfigError
+from nobusy.settings import Settings, load_settings
+from nobusy.upstreams import build_upstream
+from nobusy.upstreams.base import Probe
+
+__all__ = ["check", "models", "serve"]
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML config file (default: $NOBUSY_CONFIG, else the embedded model alone).",
+)
+
+
+def _settings(config_file: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config_file, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc.message}") from None
+
+
+@click.command()
+@config_option
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8000).")
+@click.option("--workers", type=click.IntRange(min=1), help="Server processes (default 1).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where nobusy writes its files (default ./data).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level (default info).",
+)
+@click.option(
+    "--insecure", is_flag=True, default=None, help="Allow a non-loopback address without API keys."
+)
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run the OpenAI-compatible service."""
+    settings = _settings(config_file, **flags)
+    from nobusy.server import run
+
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]nobusy[/] serving {', '.join(settings.models)} at "
+        f"[cyan]http://{settings.host}:{settings.port}/v1[/]"
+    )
+    try:
+        run(settings)
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@click.command()
+@config_option
+def models(config_file: Path | None) -> None:
+    """List model aliases and the routes behind each."""
+    settings = _settings(config_file)
+    table = Table(title="Model aliases")
+    table.add_column("alias", style="bold")
+    table.add_column("routes (in order)")
+    table.add_column("overflow")
+    for alias, spec in settings.models.items():
+        table.add_row(
+            alias, "\n".join(str(r) for r in spec.routes), "\n".join(str(r) for r in spec.overflow)
+        )
+    Console().print(table)
+
+
+@click.command()
+@config_option
+def check(config_file: Path | None) -> None:
+    """Validate the config and probe every upstream; exit 1 if any is down."""
+    settings = _settings(config_file)
+    results = asyncio.run(_probe_all(settings))
+    table = Table(title="Upstreams")
+    for column in ("upstream", "kind", "status", "latency", "models found"):
+        table.add_column(column, justify="right" if column == "latency" else "left")
+    for name, probe in results.items():
+        status = "[green]ok[/]" if probe.ok else f"[red]down[/] {probe.detail}"
+        found = ", ".join(probe.models[:6]) + (" ..." if len(probe.models) > 6 else "")
+        table.add_row(
+            name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found
+        )
+    Console().print(table)
+    if not all(p.ok for p in results.values()):
+        raise SystemExit(1)
+
+
+async def _probe_all(settings: Settings) -> dict[str, Probe]:
+    upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
+    try:
+        probes = await asyncio.gather(*(u.probe() for u in upstreams.values()))
+    finally:
+        await asyncio.gather(*(u.aclose() for u in upstreams.values()))
+    return dict(zip(upstreams, probes, strict=True))

@@ -1,0 +1,203 @@
+"""nobusy's exception tree, and the one place it becomes an OpenAI-shaped error.
+
+    NobusyError                     500 server_error
+    ├── ClientError                 400 invalid_request_error   the request is wrong: never retried
+    │   ├── InvalidRequest          400                          malformed, wrong type, unsupported
+    │   ├── RequestTooLarge         413 request_too_large
+    │   ├── RequestTimeout          408 request_timeout
+    │   ├── ModelNotFound           404 model_not_found
+    │   └── NotFound                404 not_found
+    ├── UpstreamError               502 upstream_error          one attempt at one upstream failed
+    │   ├── UpstreamUnreachable     502                          refused/reset, DNS, TLS
+    │   ├── UpstreamTimeout         504                          no first token, idle gap, hung
+    │   ├── UpstreamOverloaded      503                          429, 503, 529 (+ retry_after)
+    │   ├── UpstreamAuthFailed      502                          401/403: our config is wrong
+    │   ├── UpstreamProtocolError   502                          bad SSE/JSON, error in a 200
+    │   └── UpstreamRejectedRequest 400 invalid_request_error   the upstream says the request is bad
+    ├── AllUpstreamsFailed          503 service_unavailable     every route of an alias failed
+    └── ConfigError                                              startup: a wrong key or value
+
+Each class carries its HTTP status, OpenAI error ``type``/``code`` and whether another
+upstream could succeed (``retryable``). Upstream kinds translate foreign errors (httpx,
+llama.cpp) into these at their boundary; routing and the HTTP layer see only this tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AllUpstreamsFailed",
+    "ClientError",
+    "ConfigError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NobusyError",
+    "NotFound",
+    "RequestTimeout",
+    "RequestTooLarge",
+    "UpstreamAuthFailed",
+    "UpstreamError",
+    "UpstreamOverloaded",
+    "UpstreamProtocolError",
+    "UpstreamRejectedRequest",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "error_body",
+]
+
+
+class NobusyError(Exception):
+    """Base of every error nobusy raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class ClientError(NobusyError):
+    """The client's request is wrong; retrying it anywhere gives the same answer."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    """Malformed JSON, a wrong type, a missing or unsupported parameter."""
+
+
+class RequestTooLarge(ClientError):
+    """The body is over the configured cap (chunked bodies included)."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class RequestTimeout(ClientError):
+    """The client paused too long while sending its body."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class ModelNotFound(ClientError):
+    """The requested model is not one of the configured aliases."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class NotFound(ClientError):
+    """No such path."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class UpstreamError(NobusyError):
+    """One attempt at one upstream failed; another upstream may succeed."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str = "",
+        retry_after: float | None = None,
+        status: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.upstream = upstream
+        self.retry_after = retry_after
+        self.upstream_status = status
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connection refused or reset, DNS or TLS failure."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No first token in time, too long a gap between tokens, or a hung response."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamOverloaded(UpstreamError):
+    """The upstream said it is busy (429, 503, 529), maybe with a Retry-After."""
+
+    status_code = 503
+    code = "upstream_overloaded"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream refused our credentials (401/403): a configuration problem."""
+
+    code = "upstream_auth_failed"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """Malformed SSE or JSON, an error event inside a 200 stream, or a truncated answer."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamRejectedRequest(UpstreamError):
+    """The upstream says the request itself is invalid: the client must fix it."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+    retryable = False
+
+
+class AllUpstreamsFailed(NobusyError):
+    """Every route of the alias failed; the message names what failed where."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "all_upstreams_failed"
+
+    def __init__(self, alias: str, failures: list[UpstreamError]) -> None:
+        detail = "; ".join(f"{f.upstream or '?'}: {f.message}" for f in failures) or "no route"
+        retry_afters = [f.retry_after for f in failures if f.retry_after is not None]
+        headers = {"retry-after": str(max(1, round(min(retry_afters))))} if retry_afters else None
+        super().__init__(f"All upstreams for model '{alias}' failed: {detail}", headers=headers)
+        self.failures = failures
+
+
+class ConfigError(NobusyError):
+    """The configuration is invalid; the message names the key and what is wrong."""
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

@@ -1,0 +1,156 @@
+"""From an upstream's chunks to what the client asked for: an SSE stream or one completion.
+
+Both paths rewrite each chunk's ``id`` and ``model`` (so an answer keeps one identity whichever
+upstream produced it), count usage from the upstream's usage chunk, and hide that chunk when
+the client did not ask for it. The usage record is closed in ``finally``: a client that leaves
+mid-stream is still logged and billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from nobusy.errors import NobusyError
+from nobusy.routing import Answer
+from nobusy.schema import ChatRequest
+from nobusy.upstreams.base import Chunk
+from nobusy.usage import UsageRecord
+
+__all__ = ["Tally", "collect", "sse_events"]
+
+DONE = b"data: [DONE]\n\n"
+
+
+class Tally:
+    """Per-answer bookkeeping shared by the streaming and the collecting path."""
+
+    __slots__ = ("alias", "completion_id", "created", "include_usage", "record", "saw_usage")
+
+    def __init__(self, request: ChatRequest, record: UsageRecord) -> None:
+        self.alias = request.model
+        self.completion_id = f"chatcmpl-{record.request_id}"
+        self.created = int(record.started)
+        self.include_usage = request.include_usage
+        self.record = record
+        self.saw_usage = False
+
+    def absorb(self, chunk: Chunk) -> Chunk | None:
+        """Rewrite one chunk for the client; None when the client should not see it."""
+        chunk["id"] = self.completion_id
+        chunk["model"] = self.alias
+        chunk["created"] = self.created
+        usage = chunk.get("usage")
+        if usage:
+            self.saw_usage = True
+            self.record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.record.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if not self.include_usage:
+                if not chunk.get("choices"):
+                    return None
+                del chunk["usage"]
+        elif not self.saw_usage:
+            # Upstreams that send no usage get one completion token counted per content chunk,
+            # which is how llama.cpp, vLLM and most hosted APIs stream.
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if delta.get("content") or delta.get("reasoning_content"):
+                    self.record.completion_tokens += 1
+        return chunk
+
+
+async def sse_events(
+    answer: Answer, request: ChatRequest, record: UsageRecord, close: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """The answer as SSE ``data:`` lines; an error after the first byte becomes an error event."""
+    tally = Tally(request, record)
+    record.outcome = "client_gone"
+    try:
+        async for chunk in answer.chunks:
+            out = tally.absorb(chunk)
+            if out is not None:
+                yield b"data: " + orjson.dumps(out) + b"\n\n"
+        record.outcome = "ok"
+        yield DONE
+    except NobusyError as exc:
+        # Headers are gone: the only honest signal left is an error event, which the
+        # OpenAI SDKs raise as APIError.
+        record.outcome = exc.code or "error"
+        yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    finally:
+        await _aclose(answer.chunks)
+        close()
+
+
+async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> dict[str, Any]:
+    """Assemble the whole answer into one ``chat.completion`` object."""
+    tally = Tally(request, record)
+    content: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: dict[int, dict[str, Any]] = {}
+    finish_reason: str | None = None
+    try:
+        async for chunk in answer.chunks:
+            tally.absorb(chunk)
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    content.append(delta["content"])
+                if delta.get("reasoning_content"):
+                    reasoning.append(delta["reasoning_content"])
+                for call in delta.get("tool_calls") or ():
+                    _merge_tool_call(tool_calls, call)
+                finish_reason = choice.get("finish_reason") or finish_reason
+    finally:
+        await _aclose(answer.chunks)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+    elif message["content"] is None:
+        message["content"] = ""
+    prompt, completion = record.prompt_tokens, record.completion_tokens
+    return {
+        "id": tally.completion_id,
+        "object": "chat.completion",
+        "created": tally.created,
+        "model": tally.alias,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    index = int(delta.get("index") or 0)
+    call = calls.setdefault(
+        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    if delta.get("type"):
+        call["type"] = delta["type"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        call["function"]["arguments"] += function["arguments"]
+
+
+async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,212 @@
+"""The one frozen settings object, built at the edge from defaults < YAML file < NOBUSY_* env < CLI.
+
+Every setting is declared here as data with a description; ``docs/configuration.md`` lists them
+and a test fails when one is undocumented.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from nobusy.errors import ConfigError
+from nobusy.upstreams import settings_class
+from nobusy.upstreams.base import UpstreamSettings
+
+__all__ = ["ModelAlias", "Route", "Settings", "load_settings"]
+
+DEFAULT_ALIAS = "local"
+
+
+class Route(NamedTuple):
+    """One place an alias can be served from: an upstream and, optionally, its model name."""
+
+    upstream: str
+    model: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Route:
+        # Split on the first slash only: hosted model names often contain slashes
+        # (SiliconFlow's "deepseek-ai/DeepSeek-V3").
+        upstream, _, model = text.partition("/")
+        return cls(upstream, model or None)
+
+    def __str__(self) -> str:
+        return f"{self.upstream}/{self.model}" if self.model else self.upstream
+
+
+class ModelAlias(BaseModel):
+    """The routes that serve one model name, in order of preference."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    routes: tuple[Route, ...] = Field(description="Routes `UPSTREAM/MODEL` in order of preference.")
+    overflow: tuple[Route, ...] = Field(
+        (), description="Routes used only when the main routes are saturated."
+    )
+
+
+class Settings(BaseModel):
+    """Everything nobusy is configured with. Frozen: build a new one to change anything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind; non-loopback needs --insecure.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    workers: PositiveInt = Field(1, description="Number of server processes.")
+    insecure: bool = Field(
+        False, description="Allow binding a non-loopback address without API keys."
+    )
+    data_dir: Path = Field(Path("data"), description="Directory for every file nobusy writes.")
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    max_body_bytes: PositiveInt = Field(
+        10 * 1024 * 1024, description="Largest request body accepted, chunked bodies included."
+    )
+    header_timeout: PositiveFloat = Field(
+        10.0, description="Seconds a client may take to send its request headers."
+    )
+    body_timeout: PositiveFloat = Field(
+        30.0, description="Longest pause, in seconds, while a client sends its request body."
+    )
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=dict, description="Model sources by name; see docs/configuration.md."
+    )
+    models: dict[str, ModelAlias] = Field(
+        default_factory=dict, description="Model aliases clients ask for, each a list of routes."
+    )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${NAME}`` (or ``${NAME:-default}``) with the environment's value."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is referenced in the config but not set")
+
+    return _ENV_REF.sub(sub, text)
+
+
+def read_config_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(interpolate(text, env))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
+    scalar = set(Settings.model_fields) - {"upstreams", "models"}
+    return {
+        name: env[f"NOBUSY_{name.upper()}"] for name in scalar if f"NOBUSY_{name.upper()}" in env
+    }
+
+
+def _parse_upstreams(raw: Any) -> dict[str, UpstreamSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError("upstreams: must be a mapping of name to settings")
+    out: dict[str, UpstreamSettings] = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"upstreams.{name}: must be a mapping with at least `kind`")
+        kind = spec.get("kind")
+        if not isinstance(kind, str):
+            raise ConfigError(
+                f"upstreams.{name}.kind: required (for example `openai` or `embedded`)"
+            )
+        try:
+            out[str(name)] = settings_class(kind).model_validate(spec)
+        except KeyError as exc:
+            raise ConfigError(f"upstreams.{name}.kind: {exc.args[0]}") from None
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=f"upstreams.{name}")) from None
+    return out
+
+
+def _parse_models(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise ConfigError("models: must be a mapping of alias to a list of routes")
+    out: dict[str, dict[str, Any]] = {}
+    for alias, spec in raw.items():
+        # The short form (a list) is the foundation's; the long form adds overflow routes.
+        spec = {"routes": spec} if isinstance(spec, list | str) else spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"models.{alias}: must be a list of routes or {{routes: [...]}}")
+        parsed = dict(spec)
+        for key in ("routes", "overflow"):
+            value = parsed.get(key, [])
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(r, str) and r for r in value):
+                raise ConfigError(
+                    f"models.{alias}.{key}: must be a list of `UPSTREAM/MODEL` strings"
+                )
+            parsed[key] = tuple(Route.parse(r) for r in value)
+        out[str(alias)] = parsed
+    return out
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from defaults < config file < ``NOBUSY_*`` env < ``overrides`` (CLI flags).
+
+    The config file is ``config_file``, else ``$NOBUSY_CONFIG``, else none. With no upstreams
+    configured, nobusy serves the embedded model alone as alias ``local``.
+    """
+    env = os.environ if env is None else env
+    path = config_file or env.get("NOBUSY_CONFIG")
+    merged: dict[str, Any] = read_config_file(Path(path), env) if path else {}
+    merged.update(_env_settings(env))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+
+    upstreams = _parse_upstreams(merged.pop("upstreams", None) or {})
+    models = _parse_models(merged.pop("models", None) or {})
+    if not upstreams:
+        upstreams = {DEFAULT_ALIAS: settings_class("embedded").model_validate({"kind": "embedded"})}
+    if not models:
+        models = {name: {"routes": (Route(name, None),)} for name in upstreams}
+    for alias, spec in models.items():
+        for key in ("routes", "overflow"):
+            for i, route in enumerate(spec.get(key, ())):
+                if route.upstream not in upstreams:
+                    known = ", ".join(sorted(upstreams))
+                    raise ConfigError(
+                        f"models.{alias}.{key}[{i}]: upstream '{route.upstream}' is not defined "
+                        f"under upstreams (defined: {known})"
+                    )
+        if not spec.get("routes"):
+            raise ConfigError(f"models.{alias}.routes: needs at least one route")
+    try:
+        return Settings.model_validate({**merged, "upstreams": upstreams, "models": models})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,27 @@
+"""What one running app holds: built by ``create_app``, reached by handlers as ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from nobusy.metrics import Metrics
+from nobusy.routing import Router
+from nobusy.settings import Settings
+from nobusy.usage import Ledger
+
+__all__ = ["AppState", "app_state"]
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    router: Router
+    metrics: Metrics
+    ledger: Ledger
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.nobusy
+    return state

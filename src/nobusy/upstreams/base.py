@@ -1,0 +1,76 @@
+"""The one protocol every upstream kind implements: a request in, an async iterator of chunks out.
+
+A chunk is one OpenAI ``chat.completion.chunk`` as a dict. Non-streaming answers are built by
+collecting the same chunks (``nobusy.relay``), so every kind gets streaming, non-streaming,
+first-token detection and (later) mid-stream continuation from one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+__all__ = ["Chunk", "Probe", "Upstream", "UpstreamCall", "UpstreamSettings"]
+
+Chunk = dict[str, Any]
+
+
+class UpstreamSettings(BaseModel):
+    """Options every upstream kind accepts; each kind subclasses this with its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = Field(
+        description="Which upstream plugin serves this source (openai, embedded, ...)."
+    )
+    first_token_timeout: PositiveFloat = Field(
+        30.0, description="Seconds from the request's start to the first token before failing over."
+    )
+    idle_timeout: PositiveFloat = Field(
+        60.0, description="Longest gap between two tokens, in seconds, before the attempt fails."
+    )
+    max_concurrency: PositiveInt | None = Field(
+        None, description="Ceiling on requests in flight to this upstream (none: unlimited)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One attempt at one upstream: the validated request body with the route's model in it."""
+
+    model: str | None
+    body: dict[str, Any]
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class Probe:
+    """What ``nobusy check`` learns from probing an upstream."""
+
+    ok: bool
+    latency_ms: float
+    models: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+class Upstream(Protocol):
+    """A model source. ``stream`` must translate every foreign error into ``nobusy.errors``."""
+
+    kind: ClassVar[str]
+    name: str
+    default_model: str
+
+    def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
+        """Yield the answer as OpenAI chunks; closing the iterator cancels the request."""
+        ...
+
+    async def probe(self) -> Probe:
+        """Check that the upstream answers and list the models it offers."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and models."""
+        ...

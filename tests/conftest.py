@@ -1,0 +1,149 @@
+"""Shared fixtures: real processes on loopback — the shipped fake upstream and nobusy itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up:\n{log.read_text()}")
+
+
+@dataclass
+class Process:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.log.parent / "data"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_process(
+    args: list[str], health: str, log: Path, port: int, env: dict[str, str] | None = None
+) -> Process:
+    cmd = [sys.executable, "-m", "nobusy", *args]
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+            env={**os.environ, **(env or {})},
+        )
+    process = Process(f"http://127.0.0.1:{port}", port, proc, log)
+    try:
+        wait_until_up(process.url + health, proc, log)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """`nobusy fake-upstream` as a user would run it; the route's model name picks the fault."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("fake") / "fake.log"
+    process = start_process(["fake-upstream", "--port", str(port)], "/healthz", log, port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def fake_stats(fake_upstream: Process) -> Iterator[httpx.Client]:
+    """A client for the fake upstream's counters, reset for the test that uses it."""
+    with httpx.Client(base_url=fake_upstream.url) as client:
+        client.post("/_fake/reset")
+        yield client
+
+
+def serve(tmp: Path, config: str, *extra: str, env: dict[str, str] | None = None) -> Process:
+    """Start `nobusy serve` with a YAML config in its own data dir."""
+    port = free_port()
+    (tmp / "nobusy.yaml").write_text(config)
+    args = [
+        "serve",
+        "--config",
+        str(tmp / "nobusy.yaml"),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp / "data"),
+        *extra,
+    ]
+    return start_process(args, "/healthz", tmp / "nobusy.log", port, env)
+
+
+GATEWAY_CONFIG = """
+upstreams:
+  fake: {{kind: openai, base_url: "http://127.0.0.1:{fake}/v1", api_key: "${{FAKE_KEY}}",
+          first_token_timeout: 2}}
+  refused: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", default_model: ok}}
+  local: {{kind: embedded}}
+models:
+  ok: [fake/ok]
+  reasoning: [fake/reasoning]
+  tools: [fake/tool-call]
+  drop: [fake/drop]
+  slow: [fake/slow]
+  failover: [refused, fake/http503, fake/hang, fake/keepalive, fake/ok]
+  rejected: [fake/http:status=400, fake/ok]
+  alldown: [refused, fake/http503]
+  local: [local]
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """nobusy in front of the fake upstream (several faults as aliases) and the embedded model."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    config = GATEWAY_CONFIG.format(fake=fake_upstream.port, dead=free_port())
+    process = serve(tmp, config, env={"FAKE_KEY": "sk-test-secret-123"})
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def base_url(gateway: Process) -> str:
+    return gateway.url + "/v1"

@@ -1,0 +1,149 @@
+"""The server's edges: slow clients cut off, departed clients logged and billed, ops endpoints."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Process, serve
+
+
+@pytest.fixture(scope="module")
+def strict_server(
+    fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    """A server with one-second header and body timeouts."""
+    tmp = tmp_path_factory.mktemp("strict")
+    config = f"""
+header_timeout: 1
+body_timeout: 1
+upstreams:
+  fake: {{kind: openai, base_url: "http://127.0.0.1:{fake_upstream.port}/v1"}}
+"""
+    process = serve(tmp, config)
+    yield process
+    process.stop()
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bytes | None:
+    """What the server sent before closing the socket, or None if it stayed open."""
+    sock.settimeout(within)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except TimeoutError:
+        return None
+    return data
+
+
+def test_connections_trickling_headers_are_closed(strict_server: Process) -> None:
+    sockets = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", strict_server.port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(sock)
+    for _ in range(3):  # keep trickling: each byte must not extend the deadline
+        time.sleep(0.3)
+        for sock in sockets:
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                pass
+    try:
+        assert all(closed_by_server(sock, within=10) is not None for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert httpx.get(strict_server.url + "/healthz").status_code == 200  # still serving
+
+
+def test_client_trickling_body_gets_408(strict_server: Process) -> None:
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"mo'
+        )
+        answer = closed_by_server(sock, within=10)
+    assert answer is not None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def read_usage(data_dir: Path, request_id: str) -> dict[str, object] | None:
+    path = data_dir / "usage.jsonl"
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["request_id"] == request_id:
+            return dict(record)
+    return None
+
+
+def test_client_leaving_mid_stream_is_logged_and_upstream_cancelled(
+    gateway: Process, fake_stats: httpx.Client
+) -> None:
+    body = {
+        "model": "slow",
+        "stream": True,
+        "messages": [{"role": "user", "content": "take your time"}],
+    }
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body) as response:
+        request_id = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        received = [line for line, _ in zip(lines, range(4), strict=False)]
+        assert received[0].startswith("data: ")
+    # The client is gone: nobusy must close the upstream request and still write usage.
+    deadline = time.monotonic() + 10
+    record = None
+    while time.monotonic() < deadline:
+        record = read_usage(gateway.data_dir, request_id)
+        if record and fake_stats.get("/_fake/stats").json()["in_flight"] == 0:
+            break
+        time.sleep(0.05)
+    assert record is not None
+    assert record["outcome"] == "client_gone"
+    assert record["upstream"] == "fake/slow"
+    assert isinstance(record["completion_tokens"], int) and record["completion_tokens"] >= 1
+    assert fake_stats.get("/_fake/stats").json()["in_flight"] == 0
+
+
+def test_answered_requests_are_in_the_usage_log(gateway: Process) -> None:
+    body = {"model": "ok", "messages": [{"role": "user", "content": "log me"}]}
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=body)
+    record = read_usage(gateway.data_dir, response.headers["x-request-id"])
+    assert record is not None
+    assert record["outcome"] == "ok" and record["prompt_tokens"] == 2
+    assert record["completion_tokens"] == 12 and record["tried"] == ["fake"]
+
+
+def test_health_ready_and_openapi(gateway: Process) -> None:
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gateway.url + "/readyz").json()
+    assert ready["status"] == "ready" and "fake" in ready["usable"]
+    spec = httpx.get(gateway.url + "/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert "/v1/chat/completions" in spec["paths"]
+
+
+def test_metrics_count_requests_tokens_and_errors(gateway: Process) -> None:
+    messages = [{"role": "user", "content": "count me"}]
+    httpx.post(gateway.url + "/v1/chat/completions", json={"model": "ok", "messages": messages})
+    httpx.post(
+        gateway.url + "/v1/chat/completions", json={"model": "alldown", "messages": messages}
+    )
+    text = httpx.get(gateway.url + "/metrics").text
+    assert 'nobusy_requests_total{alias="ok",outcome="ok",upstream="fake/ok"}' in text
+    assert 'nobusy_tokens_total{alias="ok",type="completion",upstream="fake/ok"}' in text
+    assert 'nobusy_time_to_first_token_seconds_bucket{alias="ok"' in text
+    assert 'nobusy_errors_total{alias="alldown",code="all_upstreams_failed"}' in text
+    assert (
+        'nobusy_upstream_attempts_total{outcome="upstream_unreachable",upstream="refused"}' in text
+    )
+    assert "sk-test-secret" not in text

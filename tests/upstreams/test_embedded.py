@@ -1,0 +1,60 @@
+"""The embedded model (SmolLM2-135M via llama.cpp) answers real requests through nobusy."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.embedded
+
+
+def test_embedded_model_answers_non_streaming(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="local",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=16,
+        temperature=0,
+        seed=1,
+    )
+    completion = raw.parse()
+    assert raw.headers["x-nobusy-upstream"] == "local"
+    assert completion.choices[0].message.content
+    assert completion.usage is not None
+    assert 0 < completion.usage.completion_tokens <= 16
+    assert completion.usage.prompt_tokens > 5  # the chat template's system prompt counts
+
+
+def test_embedded_model_streams_token_by_token(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) >= 2
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(pieces)
+
+
+def test_embedded_model_is_deterministic_with_a_seed(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+
+    def ask() -> str | None:
+        completion = client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": "Name a colour."}],
+            max_tokens=8,
+            temperature=0,
+            seed=42,
+        )
+        return completion.choices[0].message.content
+
+    assert ask() == ask()
