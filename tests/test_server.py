@@ -24,7 +24,7 @@ def strict_server(
 header_timeout: 1
 body_timeout: 1
 upstreams:
-  fake: {{kind: openai, base_url: "http://127.0.0.1:{fake_upstream.port}/v1"}}
+  fake: {{kind: openai, base_url: "http://127.0.0.1:{fake_upstream.port}/v1", default_model: ok}}
 """
     process = serve(tmp, config)
     yield process

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 
 def test_interpolation_default_and_missing(tmp_path: Path) -> None:
     text = "upstreams:\n  a: {kind: openai, base_url: '${BASE:-http://127.0.0.1:1/v1}'}\n"
+    text += "models:\n  m: [a/x]\n"
     settings = load_settings(write(tmp_path, text), env={})
     assert str(settings.upstreams["a"].base_url) == "http://127.0.0.1:1/v1"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="DEEPSEEK_API_KEY is referenced"):
@@ -122,6 +125,8 @@ def test_errors_name_the_key(tmp_path: Path, text: str, says: str) -> None:
 
 
 def test_every_setting_is_documented() -> None:
+    check = [sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"]
+    assert subprocess.run(check).returncode == 0, "run scripts/config_docs.py to update the docs"
     docs = (ROOT / "docs" / "configuration.md").read_text()
     for model in (Settings, UpstreamSettings, OpenAISettings, EmbeddedSettings):
         for name, field in model.model_fields.items():
@@ -133,3 +138,20 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(env={})
     with pytest.raises(ValueError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_interpolation_ignores_comments_and_fills_empty_defaults(tmp_path: Path) -> None:
+    text = """
+# api_key: ${NOT_SET_ANYWHERE}
+upstreams:
+  a: {kind: openai, base_url: "${BASE:-http://127.0.0.1:2/v1}", default_model: m}
+"""
+    settings = load_settings(write(tmp_path, text), env={"BASE": ""})
+    assert str(settings.upstreams["a"].base_url) == "http://127.0.0.1:2/v1"  # type: ignore[attr-defined]
+    assert list(settings.models) == ["a"]
+
+
+def test_route_without_model_needs_a_default_model(tmp_path: Path) -> None:
+    text = "upstreams:\n  a: {kind: openai, base_url: 'http://x/v1'}\nmodels:\n  m: [a]\n"
+    with pytest.raises(ConfigError, match=r"models\.m\.routes\[0\]: upstream 'a' has no default"):
+        load_settings(write(tmp_path, text), env={})

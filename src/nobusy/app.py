@@ -17,11 +17,7 @@ from nobusy.api.openapi import openapi_json
 from nobusy.errors import NobusyError
 from nobusy.metrics import Metrics
 from nobusy.middleware import RequestContextMiddleware
-from nobusy.responses import (
-    http_exception_handler,
-    nobusy_error_handler,
-    unexpected_error_handler,
-)
+from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.settings import Settings, load_settings
 from nobusy.state import AppState
@@ -70,7 +66,6 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             NobusyError: nobusy_error_handler,
             HTTPException: http_exception_handler,
-            Exception: unexpected_error_handler,
         },
         lifespan=lifespan,
     )

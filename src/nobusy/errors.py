@@ -19,7 +19,8 @@
 
 Each class carries its HTTP status, OpenAI error ``type``/``code`` and whether another
 upstream could succeed (``retryable``). Upstream kinds translate foreign errors (httpx,
-llama.cpp) into these at their boundary; routing and the HTTP layer see only this tree.
+llama.cpp) into these at their boundary; routing and the HTTP layer see only this tree, and
+``nobusy.responses`` turns them into responses.
 """
 
 from __future__ import annotations

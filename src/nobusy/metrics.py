@@ -68,7 +68,7 @@ class Metrics:
         )
         self.upstream_up = Gauge(
             "nobusy_upstream_up",
-            "1 when the upstream's last probe or attempt succeeded.",
+            "1 when the upstream's last attempt succeeded, 0 when it failed.",
             ["upstream"],
             registry=r,
         )

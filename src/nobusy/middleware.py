@@ -14,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nobusy.errors import RequestTimeout, RequestTooLarge
-from nobusy.responses import error_response
+from nobusy.responses import error_response, internal_error
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -35,8 +35,12 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 headers.append("x-request-id", request_id)
                 if "x-nobusy-upstream" not in headers:
@@ -80,4 +84,11 @@ class RequestContextMiddleware:
                 body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, guarded_receive, send_with_headers)
+        try:
+            await self.app(scope, guarded_receive, send_with_headers)
+        except Exception as exc:
+            # Rendered here rather than by Starlette's outermost ServerErrorMiddleware so that
+            # even a 500 carries x-request-id. After the headers, only the log can be told.
+            if started:
+                raise
+            await internal_error(request_id, exc)(scope, receive, send_with_headers)

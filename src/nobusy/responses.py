@@ -24,8 +24,8 @@ __all__ = [
     "JSONResponse",
     "error_response",
     "http_exception_handler",
+    "internal_error",
     "nobusy_error_handler",
-    "unexpected_error_handler",
 ]
 
 log = logging.getLogger("nobusy")
@@ -110,8 +110,8 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, exc.status_code, dict(exc.headers or {}) or None)
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    request_id = getattr(request.state, "request_id", "?")
+def internal_error(request_id: str, exc: BaseException) -> Response:
+    """A bug in nobusy: the log gets the traceback, the client an id to quote."""
     log.error("unexpected error in request %s", request_id, exc_info=exc)
     body = error_body(
         f"Internal error in nobusy (request {request_id}); it has been logged.",

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -109,7 +110,7 @@ def _single_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     check_bind(settings)
     logging.basicConfig(
@@ -128,6 +129,8 @@ def run(settings: Settings) -> None:
             "insecure",
         ):
             os.environ[f"NOBUSY_{name.upper()}"] = str(getattr(settings, name))
+        if config_file is not None:
+            os.environ["NOBUSY_CONFIG"] = str(config_file.resolve())
     config = uvicorn_config(settings)
     server = uvicorn.Server(config)
     if settings.workers > 1:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
@@ -64,7 +64,9 @@ class Settings(BaseModel):
         False, description="Allow binding a non-loopback address without API keys."
     )
     data_dir: Path = Field(Path("data"), description="Directory for every file nobusy writes.")
-    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level: debug, info, warning or error."
+    )
     max_body_bytes: PositiveInt = Field(
         10 * 1024 * 1024, description="Largest request body accepted, chunked bodies included."
     )
@@ -83,36 +85,56 @@ class Settings(BaseModel):
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Replace ``${NAME}`` (or ``${NAME:-default}``) with the environment's value."""
-
-    def sub(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"environment variable {name} is referenced in the config but not set")
-
-    return _ENV_REF.sub(sub, text)
+_MARK = re.compile(r"__nobusy_env_(\d+)__")
 
 
 def read_config_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """Parse the YAML file, then replace ``${NAME}`` / ``${NAME:-default}`` in its values.
+
+    References are swapped for plain placeholder words before parsing, because the issue's
+    own form (``{api_key: ${KEY}}``) is not valid YAML as written, and resolved after it, so a
+    reference in a comment is ignored and a secret's characters cannot break the YAML.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    refs: list[tuple[str, str | None]] = []
+
+    def mark(match: re.Match[str]) -> str:
+        refs.append((match.group(1), match.group(2)))
+        return f"__nobusy_env_{len(refs) - 1}__"
+
     try:
-        data = yaml.safe_load(interpolate(text, env))
+        data = yaml.safe_load(_ENV_REF.sub(mark, text))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    return data
+
+    def resolve(match: re.Match[str]) -> str:
+        name, default = refs[int(match.group(1))]
+        value = env.get(name)
+        if value or (value is not None and default is None):
+            return value
+        if default is not None:  # as in the shell, `:-` also replaces an empty value
+            return default
+        raise ConfigError(f"environment variable {name} is referenced in the config but not set")
+
+    result: dict[str, Any] = _map_strings(data, lambda s: _MARK.sub(resolve, s))
+    return result
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
 
 
 def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
@@ -194,7 +216,14 @@ def load_settings(
     if not upstreams:
         upstreams = {DEFAULT_ALIAS: settings_class("embedded").model_validate({"kind": "embedded"})}
     if not models:
-        models = {name: {"routes": (Route(name, None),)} for name in upstreams}
+        # No aliases: each upstream that has a default model is served under its own name.
+        models = {
+            name: {"routes": (Route(name, None),)}
+            for name, spec in upstreams.items()
+            if spec.has_default_model()
+        }
+        if not models:
+            raise ConfigError("models: no aliases configured, and no upstream has a default model")
     for alias, spec in models.items():
         for key in ("routes", "overflow"):
             for i, route in enumerate(spec.get(key, ())):
@@ -203,6 +232,11 @@ def load_settings(
                     raise ConfigError(
                         f"models.{alias}.{key}[{i}]: upstream '{route.upstream}' is not defined "
                         f"under upstreams (defined: {known})"
+                    )
+                if route.model is None and not upstreams[route.upstream].has_default_model():
+                    raise ConfigError(
+                        f"models.{alias}.{key}[{i}]: upstream '{route.upstream}' has no "
+                        f"default_model; write the route as {route.upstream}/MODEL"
                     )
         if not spec.get("routes"):
             raise ConfigError(f"models.{alias}.routes: needs at least one route")

@@ -62,7 +62,7 @@ def serve(config_file: Path | None, **flags: Any) -> None:
         f"[cyan]http://{settings.host}:{settings.port}/v1[/]"
     )
     try:
-        run(settings)
+        run(settings, config_file)
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
 

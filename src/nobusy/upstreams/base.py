@@ -27,7 +27,7 @@ class UpstreamSettings(BaseModel):
         description="Which upstream plugin serves this source (openai, embedded, ...)."
     )
     first_token_timeout: PositiveFloat = Field(
-        30.0, description="Seconds from the request's start to the first token before failing over."
+        30.0, description="Seconds from an attempt's start to its first token before failing over."
     )
     idle_timeout: PositiveFloat = Field(
         60.0, description="Longest gap between two tokens, in seconds, before the attempt fails."
@@ -35,6 +35,10 @@ class UpstreamSettings(BaseModel):
     max_concurrency: PositiveInt | None = Field(
         None, description="Ceiling on requests in flight to this upstream (none: unlimited)."
     )
+
+    def has_default_model(self) -> bool:
+        """Whether a route may name this upstream alone, without a model."""
+        return True
 
 
 @dataclass(frozen=True, slots=True)

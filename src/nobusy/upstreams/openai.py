@@ -1,9 +1,11 @@
 """``kind: openai`` — any OpenAI-compatible HTTP API (DeepSeek, Bailian, Ark, vLLM, Ollama, ...).
 
-The upstream is always asked to stream, even for non-streaming clients, so that time to first
-token, keep-alive comments and truncation are seen the same way on every path. httpx and
-httpx-sse errors, HTTP error statuses and error events inside a 200 stream are translated into
-``nobusy.errors`` here and nowhere else.
+Requests go through httpx's API over aiohttp's connection pool (httpx-aiohttp): httpcore's
+pool spent over half of nobusy's CPU at 32 concurrent requests, aiohttp's doubles throughput
+(docs/benchmarks.md). The upstream is always asked to stream, even for non-streaming clients,
+so that time to first token, keep-alive comments and truncation are seen the same way on every
+path. httpx, aiohttp and httpx-sse errors, HTTP error statuses and error events inside a 200
+stream are translated into ``nobusy.errors`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource, SSEError
 from pydantic import AnyHttpUrl, Field, SecretStr
 
@@ -39,7 +43,7 @@ _MAX_ERROR_BODY = 16 * 1024
 class Settings(UpstreamSettings):
     """An OpenAI-compatible HTTP API."""
 
-    kind: Literal["openai"] = "openai"
+    kind: Literal["openai"] = Field("openai", description="An OpenAI-compatible HTTP API.")
     base_url: AnyHttpUrl = Field(description="API base URL, ending in /v1 or the provider's path.")
     api_key: SecretStr | None = Field(None, description="Bearer token; use ${ENV_VAR} in YAML.")
     default_model: str | None = Field(
@@ -53,6 +57,9 @@ class Settings(UpstreamSettings):
     continuation: Literal["prefix", "vllm", "none"] = Field(
         "none", description="Native way this upstream continues a partial answer."
     )
+
+    def has_default_model(self) -> bool:
+        return self.default_model is not None
 
 
 class Upstream:
@@ -80,6 +87,9 @@ class Upstream:
                 pool=settings.first_token_timeout,
             ),
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            transport=AiohttpTransport(
+                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+            ),
         )
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
@@ -105,12 +115,15 @@ class Upstream:
                     yield chunk
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[Chunk]:
-        finished = False
+        finished = done = False
         async for event in EventSource(response).aiter_sse():
             data = event.data
             if data == "[DONE]":
-                return
-            if not data:
+                # Read on to the end of the body rather than return: a response left unread
+                # cannot go back to the pool, and every request would pay a new connection.
+                done = True
+                continue
+            if not data or done:
                 continue
             try:
                 chunk = orjson.loads(data)
@@ -126,7 +139,7 @@ class Upstream:
                 if choice.get("finish_reason"):
                     finished = True
             yield chunk
-        if not finished:
+        if not (finished or done):
             raise UpstreamProtocolError(
                 "upstream stream ended without a finish reason or [DONE]", upstream=self.name
             )
@@ -185,23 +198,36 @@ class Upstream:
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
-        name = self.name
         try:
             yield
-        except httpx.ConnectTimeout:
-            raise UpstreamUnreachable("connect timed out", upstream=name) from None
-        except httpx.ConnectError as exc:
-            raise UpstreamUnreachable(f"cannot connect: {_reason(exc)}", upstream=name) from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout("no data within idle_timeout", upstream=name) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise UpstreamProtocolError(
-                f"connection broken mid-answer: {_reason(exc)}", upstream=name
-            ) from None
-        except SSEError as exc:
-            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=name) from None
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"HTTP error: {_reason(exc)}", upstream=name) from None
+            raise self._translate(exc) from None
+        except SSEError as exc:
+            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=self.name) from None
+
+    def _translate(self, exc: httpx.HTTPError) -> UpstreamError:
+        name, cause = self.name, exc.__cause__
+        # httpx-aiohttp maps aiohttp's errors coarsely (a server that hangs up mid-answer
+        # becomes ConnectTimeout), so the original error decides where there is one.
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return UpstreamUnreachable(f"cannot connect: {_reason(cause)}", upstream=name)
+        if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            return UpstreamProtocolError(
+                f"connection broken mid-answer: {_reason(cause)}", upstream=name
+            )
+        if isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
+            return UpstreamTimeout("no data within idle_timeout", upstream=name)
+        if isinstance(exc, httpx.ConnectTimeout):
+            return UpstreamUnreachable("connect timed out", upstream=name)
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamUnreachable(f"cannot connect: {_reason(exc)}", upstream=name)
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout("no data within idle_timeout", upstream=name)
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            return UpstreamProtocolError(
+                f"connection broken mid-answer: {_reason(exc)}", upstream=name
+            )
+        return UpstreamError(f"HTTP error: {_reason(exc)}", upstream=name)
 
     async def probe(self) -> Probe:
         start = time.perf_counter()
