@@ -115,11 +115,42 @@ def serve(tmp: Path, config: str, *extra: str, env: dict[str, str] | None = None
     return start_process(args, "/healthz", tmp / "nobusy.log", port, env)
 
 
+# One alias per fault drill: the faulty route first, a healthy one after it.
+FAULTS: dict[str, list[str]] = {
+    "refused": ["refused", "backup"],
+    "http503": ["busy", "backup"],
+    "http429": ["limited", "backup"],
+    "hang": ["hang", "backup"],
+    "keepalive": ["keepalive", "backup"],
+    "drop0": ["fake/drop:drop_after=0", "backup"],
+    "drop1": ["fake/drop:drop_after=1", "backup"],
+    "drop5": ["fake/drop:drop_after=5", "backup"],
+    "drop5-vllm": ["fake/drop:drop_after=5", "vllm/ok"],
+    "garbage": ["fake/garbage", "backup"],
+    "error-in-stream": ["fake/error-in-stream", "backup"],
+    "slow-drip": ["fake/slow:chunk_delay=1.5", "backup"],
+    "http401": ["badkey", "backup"],
+    "reasoning-cut": ["fake/reasoning:cut_after=3", "backup/reasoning"],
+    "reasoning-then-content-cut": ["fake/reasoning:cut_after=15", "backup/reasoning"],
+    "tool-call-cut": ["fake/tool-call:cut_after=2", "backup/tool-call"],
+}
+
 GATEWAY_CONFIG = """
+max_attempts: 6
+retry_budget_min: 100000
 upstreams:
-  fake: {{kind: openai, base_url: "http://127.0.0.1:{fake}/v1", api_key: "${{FAKE_KEY}}",
-          first_token_timeout: 2}}
+  fake: {{kind: openai, base_url: "{fake}", api_key: "${{FAKE_KEY}}", first_token_timeout: 2,
+          idle_timeout: 1, continuation: prefix}}
+  vllm: {{kind: openai, base_url: "{fake}", continuation: vllm}}
+  plain: {{kind: openai, base_url: "{fake}", continuation: none}}
+  backup: {{kind: openai, base_url: "{fake}", default_model: ok, continuation: prefix}}
   refused: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", default_model: ok}}
+  busy: {{kind: openai, base_url: "{fake}", default_model: http503}}
+  limited: {{kind: openai, base_url: "{fake}", default_model: "http429:retry_after=7"}}
+  hang: {{kind: openai, base_url: "{fake}", default_model: hang, first_token_timeout: 1}}
+  keepalive: {{kind: openai, base_url: "{fake}", default_model: keepalive,
+               first_token_timeout: 1}}
+  badkey: {{kind: openai, base_url: "{fake}", default_model: "http:status=401"}}
   local: {{kind: embedded}}
 models:
   ok: [fake/ok]
@@ -127,18 +158,21 @@ models:
   tools: [fake/tool-call]
   drop: [fake/drop]
   slow: [fake/slow]
-  failover: [refused, fake/http503, fake/hang, fake/keepalive, fake/ok]
-  rejected: [fake/http:status=400, fake/ok]
-  alldown: [refused, fake/http503]
+  failover: [refused, busy, hang, keepalive, backup]
+  rejected: [fake/http:status=400, backup]
+  alldown: [refused, busy]
+  allpaused: [busy, limited]
   local: [local]
-"""
+""" + "".join(
+    f"  fault-{name}: [{', '.join(repr(r) for r in routes)}]\n" for name, routes in FAULTS.items()
+)
 
 
 @pytest.fixture(scope="session")
 def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """nobusy in front of the fake upstream (several faults as aliases) and the embedded model."""
     tmp = tmp_path_factory.mktemp("gateway")
-    config = GATEWAY_CONFIG.format(fake=fake_upstream.port, dead=free_port())
+    config = GATEWAY_CONFIG.format(fake=f"{fake_upstream.url}/v1", dead=free_port())
     process = serve(tmp, config, env={"FAKE_KEY": "sk-test-secret-123"})
     yield process
     process.stop()
@@ -146,4 +180,6 @@ def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture()
 def base_url(gateway: Process) -> str:
+    """The gateway's API, with every circuit closed again so that tests stay independent."""
+    httpx.post(gateway.url + "/v1/nobusy/upstreams/all/reset").raise_for_status()
     return gateway.url + "/v1"

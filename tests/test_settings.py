@@ -31,8 +31,8 @@ def test_the_issue_config_form_loads_exactly(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, ISSUE_FORM), env=ENV)
     assert settings.models["deepseek-chat"].routes == (
         Route("deepseek", "deepseek-chat"),
-        Route("bailian", "deepseek-v3"),
-        Route("local", None),
+        Route("bailian", "deepseek-v3", tier=1),
+        Route("local", None, tier=2),
     )
     deepseek = settings.upstreams["deepseek"]
     assert isinstance(deepseek, OpenAISettings)
@@ -112,7 +112,10 @@ models:
             r"models\.m\.routes\[0\]: upstream 'b' is not defined",
         ),
         ("upstreams:\n  a: {kind: embedded}\nmodels:\n  m: []\n", r"models\.m\.routes: needs"),
-        ("upstreams:\n  a: {kind: embedded}\nmodels:\n  m: [3]\n", r"models\.m\.routes: must be"),
+        (
+            "upstreams:\n  a: {kind: embedded}\nmodels:\n  m: [3]\n",
+            r"models\.m\.routes\[0\]: must be",
+        ),
         ("port: many\n", r"port: Input should be a valid integer"),
         ("prot: 80\n", r"prot: Extra inputs are not permitted"),
         ("- just\n- a list\n", r"top level must be a mapping"),
@@ -154,4 +157,43 @@ upstreams:
 def test_route_without_model_needs_a_default_model(tmp_path: Path) -> None:
     text = "upstreams:\n  a: {kind: openai, base_url: 'http://x/v1'}\nmodels:\n  m: [a]\n"
     with pytest.raises(ConfigError, match=r"models\.m\.routes\[0\]: upstream 'a' has no default"):
+        load_settings(write(tmp_path, text), env={})
+
+
+def test_tiers_weights_and_hedge(tmp_path: Path) -> None:
+    text = """
+upstreams:
+  a: {kind: openai, base_url: "http://a/v1", circuit: {consecutive_failures: 2}}
+  b: {kind: openai, base_url: "http://b/v1", continuation: prefix}
+  local: {kind: embedded}
+models:
+  chat:
+    routes:
+      - [a/m, {route: b/m, weight: 3}]
+      - local
+    hedge: {after: 0.5, budget: 0.1}
+"""
+    settings = load_settings(write(tmp_path, text), env={})
+    alias = settings.models["chat"]
+    assert alias.routes == (
+        Route("a", "m", 0, 1.0),
+        Route("b", "m", 0, 3.0),
+        Route("local", None, 1),
+    )
+    assert alias.hedge is not None and alias.hedge.after == 0.5
+    assert settings.upstreams["a"].circuit.consecutive_failures == 2
+    assert settings.upstreams["b"].continuation == "prefix"
+    assert settings.upstreams["local"].continuation == "prefix"
+
+
+@pytest.mark.parametrize(
+    ("routes", "says"),
+    [
+        ("[{route: a/m, weight: 0}]", r"models\.m\.routes\[0\]: a weighted route"),
+        ("[[a/m, 5]]", r"models\.m\.routes\[0\]\[1\]: must be"),
+    ],
+)
+def test_bad_routes_name_the_place(tmp_path: Path, routes: str, says: str) -> None:
+    text = f"upstreams:\n  a: {{kind: embedded}}\nmodels:\n  m: {routes}\n"
+    with pytest.raises(ConfigError, match=says):
         load_settings(write(tmp_path, text), env={})

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from nobusy.api import health
+from nobusy.api import admin, health
 from nobusy.api.chat import chat_completions
 from nobusy.api.models import list_models
 from nobusy.api.openapi import openapi_json
@@ -31,7 +31,8 @@ def create_app(settings: Settings) -> Starlette:
     """Build the ASGI app: routes, middleware, error rendering, and upstreams on startup."""
     metrics = Metrics()
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
-    router = Router(settings.models, upstreams, metrics)
+    router = Router(settings, upstreams, metrics)
+    metrics.watch_upstreams(lambda: router.health.values())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,6 +56,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/v1/nobusy/upstreams", admin.list_upstreams, methods=["GET"]),
+            Route("/v1/nobusy/upstreams/{name}/reset", admin.reset_upstream, methods=["POST"]),
         ],
         middleware=[
             Middleware(

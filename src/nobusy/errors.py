@@ -6,13 +6,15 @@
     │   ├── RequestTooLarge         413 request_too_large
     │   ├── RequestTimeout          408 request_timeout
     │   ├── ModelNotFound           404 model_not_found
-    │   └── NotFound                404 not_found
+    │   ├── NotFound                404 not_found
+    │   └── AdminAuthRequired       401 invalid_api_key         admin endpoints without the key
     ├── UpstreamError               502 upstream_error          one attempt at one upstream failed
     │   ├── UpstreamUnreachable     502                          refused/reset, DNS, TLS
     │   ├── UpstreamTimeout         504                          no first token, idle gap, hung
     │   ├── UpstreamOverloaded      503                          429, 503, 529 (+ retry_after)
     │   ├── UpstreamAuthFailed      502                          401/403: our config is wrong
     │   ├── UpstreamProtocolError   502                          bad SSE/JSON, error in a 200
+    │   ├── UpstreamEjected         503                          skipped: its circuit is open
     │   └── UpstreamRejectedRequest 400 invalid_request_error   the upstream says the request is bad
     ├── AllUpstreamsFailed          503 service_unavailable     every route of an alias failed
     └── ConfigError                                              startup: a wrong key or value
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AdminAuthRequired",
     "AllUpstreamsFailed",
     "ClientError",
     "ConfigError",
@@ -38,6 +41,7 @@ __all__ = [
     "RequestTimeout",
     "RequestTooLarge",
     "UpstreamAuthFailed",
+    "UpstreamEjected",
     "UpstreamError",
     "UpstreamOverloaded",
     "UpstreamProtocolError",
@@ -114,6 +118,14 @@ class NotFound(ClientError):
     code = "not_found"
 
 
+class AdminAuthRequired(ClientError):
+    """An admin endpoint was called without the admin key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
 class UpstreamError(NobusyError):
     """One attempt at one upstream failed; another upstream may succeed."""
 
@@ -169,6 +181,13 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
+class UpstreamEjected(UpstreamError):
+    """Not tried: the upstream's circuit is open (it failed recently, or asked for a pause)."""
+
+    status_code = 503
+    code = "upstream_ejected"
+
+
 class UpstreamRejectedRequest(UpstreamError):
     """The upstream says the request itself is invalid: the client must fix it."""
 
@@ -187,8 +206,10 @@ class AllUpstreamsFailed(NobusyError):
 
     def __init__(self, alias: str, failures: list[UpstreamError]) -> None:
         detail = "; ".join(f"{f.upstream or '?'}: {f.message}" for f in failures) or "no route"
+        # The earliest upstream expected back; one that gave no hint may be back at once.
         retry_afters = [f.retry_after for f in failures if f.retry_after is not None]
-        headers = {"retry-after": str(max(1, round(min(retry_afters))))} if retry_afters else None
+        soonest = min(retry_afters) if len(retry_afters) == len(failures) and failures else 1
+        headers = {"retry-after": str(max(1, round(soonest)))}
         super().__init__(f"All upstreams for model '{alias}' failed: {detail}", headers=headers)
         self.failures = failures
 

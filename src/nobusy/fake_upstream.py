@@ -73,6 +73,7 @@ class FakeOptions:
     drop_after: int = 3
     retry_after: int = 30
     status: int | None = None
+    cut_after: int | None = None
     model_name: str = "fake-model"
 
 
@@ -381,7 +382,9 @@ class _FakeApp:
             finish = delta({}, "stop")
 
         complete = True
-        if mode == "drop":
+        if opts.cut_after is not None:  # any mode: cut the connection after that many units
+            units, tail, complete = units[: max(opts.cut_after, 0)], b"", False
+        elif mode == "drop":
             units, tail, complete = units[: max(opts.drop_after, 0)], b"", False
         elif mode == "garbage":
             units, tail = units[:1], b"data: {not json!!\n\n"
@@ -531,6 +534,7 @@ def run(options: FakeOptions, host: str, port: int) -> None:
 @click.option("--drop-after", default=3, show_default=True, help="Chunks sent before a drop.")
 @click.option("--retry-after", default=30, show_default=True, help="Retry-After for 429/503.")
 @click.option("--status", type=int, help="HTTP status that mode 'http' answers with.")
+@click.option("--cut-after", type=int, help="In any mode, cut the stream after N chunks.")
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
     """Run a fake OpenAI-compatible upstream that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")

@@ -6,8 +6,15 @@ Each app owns its registry, so two apps in one process (tests, workers) never sh
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from nobusy.health import UpstreamHealth
 
 __all__ = ["Metrics"]
 
@@ -66,6 +73,12 @@ class Metrics:
             ["alias"],
             registry=r,
         )
+        self.hedges = Counter(
+            "nobusy_hedges",
+            "Hedged requests started, by alias.",
+            ["alias"],
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "nobusy_upstream_up",
             "1 when the upstream's last attempt succeeded, 0 when it failed.",
@@ -73,9 +86,48 @@ class Metrics:
             registry=r,
         )
 
+    def watch_upstreams(self, source: Callable[[], Iterable[UpstreamHealth]]) -> None:
+        """Report each upstream's circuit and load when scraped (nothing on the hot path)."""
+        self.registry.register(_UpstreamCollector(source))
+
     def attempt(self, upstream: str, outcome: str) -> None:
         self.attempts.labels(upstream, outcome).inc()
         self.upstream_up.labels(upstream).set(1 if outcome == "ok" else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_STATES = ("closed", "open", "half_open")
+
+
+class _UpstreamCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[UpstreamHealth]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "nobusy_upstream_circuit_state",
+            "1 for the circuit state each upstream is in (closed, open, half_open).",
+            labels=["upstream", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "nobusy_upstream_in_flight", "Attempts in flight to each upstream.", labels=["upstream"]
+        )
+        ejections = GaugeMetricFamily(
+            "nobusy_upstream_ejections", "Times each upstream was ejected.", labels=["upstream"]
+        )
+        ttft = GaugeMetricFamily(
+            "nobusy_upstream_ttft_ewma_seconds",
+            "Smoothed time to first token of each upstream.",
+            labels=["upstream"],
+        )
+        for health in self.source():
+            current = health.circuit.state.value
+            for name in _STATES:
+                state.add_metric([health.name, name], 1.0 if name == current else 0.0)
+            in_flight.add_metric([health.name], health.in_flight)
+            ejections.add_metric([health.name], health.circuit.ejections)
+            if health.ttft_ewma is not None:
+                ttft.add_metric([health.name], health.ttft_ewma)
+        yield from (state, in_flight, ejections, ttft)

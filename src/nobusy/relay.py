@@ -69,6 +69,10 @@ async def sse_events(
     record.outcome = "client_gone"
     try:
         async for chunk in answer.chunks:
+            if "nobusy_note" in chunk:
+                record.notes.append(chunk["nobusy_note"])
+                yield b": " + chunk["nobusy_note"].encode() + b"\n\n"
+                continue
             out = tally.absorb(chunk)
             if out is not None:
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
@@ -93,6 +97,9 @@ async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> 
     finish_reason: str | None = None
     try:
         async for chunk in answer.chunks:
+            if "nobusy_note" in chunk:
+                record.notes.append(chunk["nobusy_note"])
+                continue
             tally.absorb(chunk)
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}

@@ -1,27 +1,47 @@
-"""From a model alias to an answer that has started: try its routes in order until one speaks.
+"""From a model alias to an answer that has started: try its routes until one speaks.
 
 An attempt counts as started at its first token (content, reasoning or a tool call), not at its
 HTTP headers or a role-only chunk, so an upstream that fails or stalls before saying anything
 is replaced without the client noticing. Each attempt's time to first token counts from that
-attempt's start, and keep-alive comments never count as progress.
+attempt's start; keep-alive comments never count as progress.
+
+Routes are tried in the order ``balancing.plan_routes`` gives (tiers, then power of two choices
+over load and time to first token), skipping upstreams whose circuit is open. Attempts per
+request are bounded, and a failover away from an upstream spends that upstream's retry budget,
+so a failing upstream cannot multiply the load on the others. With ``hedge`` set on an alias,
+a first route that stays silent past its p95 time to first token gets a parallel second
+attempt; the first to speak wins and the other is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nobusy.errors import AllUpstreamsFailed, ModelNotFound, UpstreamError, UpstreamTimeout
+from nobusy.balancing import plan_routes
+from nobusy.budget import Budget
+from nobusy.circuit import Circuit
+from nobusy.errors import (
+    AllUpstreamsFailed,
+    ModelNotFound,
+    UpstreamAuthFailed,
+    UpstreamEjected,
+    UpstreamError,
+    UpstreamRejectedRequest,
+    UpstreamTimeout,
+)
+from nobusy.failover import AnswerStream
+from nobusy.health import UpstreamHealth
 from nobusy.metrics import Metrics
-from nobusy.settings import ModelAlias, Route
+from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall
 
-__all__ = ["Answer", "Router", "has_token"]
-
-_UNUSABLE_FOR = 30.0
+__all__ = ["Answer", "Attempt", "Router", "has_token"]
 
 
 def has_token(chunk: Chunk) -> bool:
@@ -35,6 +55,81 @@ def has_token(chunk: Chunk) -> bool:
     return False
 
 
+class Attempt:
+    """One request to one upstream, and its bookkeeping: load, circuit, metrics."""
+
+    def __init__(self, router: Router, route: Route, call: UpstreamCall) -> None:
+        self.route = route
+        self.upstream = router.upstreams[route.upstream]
+        self.health = router.health[route.upstream]
+        self.metrics = router.metrics
+        self.iterator: AsyncIterator[Chunk] = aiter(self.upstream.stream(call))
+        self.prefix: list[Chunk] = []
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.ended = False
+        self.health.in_flight += 1
+        self.health.attempts += 1
+        self.health.circuit.begin()
+        router.retry_budgets[route.upstream].note()
+
+    @property
+    def settings(self) -> Any:
+        return getattr(self.upstream, "settings", None)
+
+    async def first_token(self) -> None:
+        """Read until the first token, within ``first_token_timeout`` of this attempt's start."""
+        timeout = float(getattr(self.settings, "first_token_timeout", 30.0))
+        try:
+            async with asyncio.timeout(max(0.0, self.started + timeout - time.perf_counter())):
+                async for chunk in self.iterator:
+                    self.prefix.append(chunk)
+                    if has_token(chunk):
+                        break
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"no first token within {timeout:g}s", upstream=self.route.upstream
+            ) from None
+        self.first_token_at = time.perf_counter()
+        self.health.observe_ttft(self.first_token_at - self.started)
+
+    async def succeed(self) -> None:
+        if not self._end():
+            return
+        self.health.circuit.success()
+        self.metrics.attempt(self.route.upstream, "ok")
+
+    async def fail(self, exc: UpstreamError) -> None:
+        if not self._end():
+            return
+        await _aclose(self.iterator)
+        self.metrics.attempt(self.route.upstream, exc.code or "upstream_error")
+        circuit = self.health.circuit
+        if isinstance(exc, UpstreamRejectedRequest):
+            circuit.success()  # the upstream is fine; the request was not
+            return
+        self.health.note_failure(exc.message)
+        circuit.failure(
+            exc.message,
+            retry_after=exc.retry_after,
+            misconfigured=isinstance(exc, UpstreamAuthFailed),
+        )
+
+    async def cancel(self) -> None:
+        if not self._end():
+            return
+        await _aclose(self.iterator)
+        self.health.circuit.cancelled()
+        self.metrics.attempt(self.route.upstream, "cancelled")
+
+    def _end(self) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        self.health.in_flight -= 1
+        return True
+
+
 @dataclass(slots=True)
 class Answer:
     """An answer whose first token has arrived: where it comes from, and all its chunks."""
@@ -43,110 +138,190 @@ class Answer:
     chunks: AsyncIterator[Chunk]
     first_token_at: float
     failures: list[UpstreamError] = field(default_factory=list)
+    stream: AnswerStream | None = None
 
     @property
     def upstream(self) -> str:
         return str(self.route)
 
+    def tried(self) -> list[str]:
+        """Upstreams attempted so far, in order, ending with the one answering now."""
+        failed = [f.upstream for f in self.failures if not isinstance(f, UpstreamEjected)]
+        final = self.stream.attempt.route if self.stream is not None else self.route
+        return [*failed, final.upstream]
+
 
 class Router:
-    """Holds the upstreams and the alias table; opens answers with failover before first token."""
+    """Holds the upstreams, their health and the alias table; opens answers with failover."""
 
     def __init__(
-        self, models: Mapping[str, ModelAlias], upstreams: Mapping[str, Upstream], metrics: Metrics
+        self,
+        settings: Settings,
+        upstreams: Mapping[str, Upstream],
+        metrics: Metrics,
+        rng: random.Random | None = None,
     ) -> None:
-        self.models = dict(models)
+        self.settings = settings
+        self.models: dict[str, ModelAlias] = dict(settings.models)
         self.upstreams = dict(upstreams)
         self.metrics = metrics
-        # Foundation-level health: an upstream whose last attempt failed within the last
-        # 30 s is not counted as usable by /readyz. Circuit breaking replaces this.
-        self._last_failure: dict[str, float] = {}
+        self.rng = rng or random.Random()
+        self.health = {
+            name: UpstreamHealth(name, spec.kind, Circuit(spec.circuit))
+            for name, spec in settings.upstreams.items()
+        }
+        self.retry_budgets = {name: self._budget() for name in self.upstreams}
+        self.hedge_budgets = {
+            alias: Budget(spec.hedge.budget, 0, settings.retry_window)
+            for alias, spec in self.models.items()
+            if spec.hedge is not None
+        }
 
-    def usable(self, upstream: str) -> bool:
-        failed = self._last_failure.get(upstream)
-        return failed is None or time.monotonic() - failed > _UNUSABLE_FOR
-
-    def _note(self, upstream: str, outcome: str) -> None:
-        self.metrics.attempt(upstream, outcome)
-        if outcome == "ok":
-            self._last_failure.pop(upstream, None)
-        else:
-            self._last_failure[upstream] = time.monotonic()
+    def _budget(self) -> Budget:
+        s = self.settings
+        return Budget(s.retry_budget, s.retry_budget_min, s.retry_window)
 
     def aliases(self) -> list[str]:
         return list(self.models)
 
-    def routes(self, alias: str) -> tuple[Route, ...]:
-        spec = self.models.get(alias)
+    def alias(self, name: str) -> ModelAlias:
+        spec = self.models.get(name)
         if spec is None:
             available = ", ".join(self.models) or "(none)"
             raise ModelNotFound(
-                f"The model '{alias}' does not exist. Available models: {available}.",
+                f"The model '{name}' does not exist. Available models: {available}.",
                 param="model",
             )
-        return spec.routes
+        return spec
+
+    def usable(self, upstream: str) -> bool:
+        return self.health[upstream].circuit.available()
 
     async def open(self, alias: str, body: dict[str, Any], request_id: str) -> Answer:
         """Start the first route that produces a token; raise AllUpstreamsFailed if none does."""
-        failures: list[UpstreamError] = []
-        for route in self.routes(alias):
-            upstream = self.upstreams[route.upstream]
-            call = UpstreamCall(model=route.model, body=body, request_id=request_id)
-            iterator = aiter(upstream.stream(call))
-            # Each attempt gets its own budget from its own start; keep-alive comments and
-            # role-only chunks never extend it.
-            deadline = time.perf_counter() + _first_token_timeout(upstream)
+        spec = self.alias(alias)
+        ordered, skipped = plan_routes(spec.routes, self.health, self.rng)
+        failures: list[UpstreamError] = [self._ejected(r) for r in skipped]
+        queue = deque(ordered)
+        attempts = 0
+        while queue:
+            route = self.next_route(queue, failures, attempts)
+            if route is None:
+                break
+            attempt = self.start(route, body, request_id)
+            attempts += 1
+            hedge = spec.hedge is not None and attempts == 1 and bool(queue)
             try:
-                prefix = await _until_first_token(iterator, deadline, route.upstream)
+                if hedge:
+                    attempt, extra = await self._hedged(alias, attempt, queue, body, request_id)
+                    attempts += extra
+                else:
+                    await attempt.first_token()
             except UpstreamError as exc:
-                await _close(iterator)
-                self._note(route.upstream, exc.code or "upstream_error")
+                await attempt.fail(exc)
                 if not exc.retryable:
                     raise
                 failures.append(exc)
                 continue
             except BaseException:
-                await _close(iterator)
+                await attempt.cancel()
                 raise
-            self._note(route.upstream, "ok")
-            return Answer(route, _chain(prefix, iterator), time.perf_counter(), failures)
+            stream = AnswerStream(self, body, request_id, attempt, queue, failures, attempts)
+            assert attempt.first_token_at is not None
+            return Answer(attempt.route, stream.chunks(), attempt.first_token_at, failures, stream)
         raise AllUpstreamsFailed(alias, failures)
+
+    def next_route(
+        self, queue: deque[Route], failures: list[UpstreamError], attempts: int
+    ) -> Route | None:
+        """The next usable route, if the attempt limit and the retry budget allow another."""
+        if attempts >= self.settings.max_attempts:
+            return None
+        last = failures[-1] if failures else None
+        if last is not None and not isinstance(last, UpstreamEjected):
+            budget = self.retry_budgets.get(last.upstream)
+            if budget is not None and not budget.try_spend():
+                failures.append(
+                    UpstreamError("retry budget spent: not failing over", upstream=last.upstream)
+                )
+                return None
+        while queue:
+            route = queue.popleft()
+            if self.health[route.upstream].circuit.available():
+                return route
+            failures.append(self._ejected(route))
+        return None
+
+    def start(self, route: Route, body: dict[str, Any], request_id: str) -> Attempt:
+        """Begin an attempt at ``route`` (nothing is sent until it is read)."""
+        call = UpstreamCall(model=route.model, body=body, request_id=request_id)
+        return Attempt(self, route, call)
+
+    async def _hedged(
+        self,
+        alias: str,
+        first: Attempt,
+        queue: deque[Route],
+        body: dict[str, Any],
+        request_id: str,
+    ) -> tuple[Attempt, int]:
+        """Race a second route against a first that is slow to speak; return the winner."""
+        hedge = self.models[alias].hedge
+        assert hedge is not None
+        after = hedge.after
+        if after == "p95":
+            after = first.health.ttft_quantile(0.95) or float(
+                getattr(first.settings, "first_token_timeout", 30.0)
+            )
+        task = asyncio.ensure_future(first.first_token())
+        done, _ = await asyncio.wait({task}, timeout=float(after))
+        if done or not self.hedge_budgets[alias].try_spend():
+            self.hedge_budgets[alias].note()
+            await task
+            return first, 0
+        self.hedge_budgets[alias].note()
+        route = self.next_route(queue, [], 1)
+        if route is None:
+            await task
+            return first, 0
+        second = self.start(route, body, request_id)
+        self.metrics.hedges.labels(alias).inc()
+        racers = {task: first, asyncio.ensure_future(second.first_token()): second}
+        pending = set(racers)
+        error: UpstreamError | None = None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                exc = finished.exception()
+                if exc is None:
+                    for loser in pending:
+                        loser.cancel()
+                        await asyncio.gather(loser, return_exceptions=True)
+                        await racers[loser].cancel()
+                    return racers[finished], 1
+                if isinstance(exc, UpstreamError):
+                    await racers[finished].fail(exc)
+                    error = exc
+                else:
+                    raise exc
+        assert error is not None
+        raise error
+
+    def _ejected(self, route: Route) -> UpstreamEjected:
+        circuit = self.health[route.upstream].circuit
+        wait = circuit.retry_in()
+        reason = f" after: {circuit.reason}" if circuit.reason else ""
+        return UpstreamEjected(
+            f"circuit open for {wait:.0f}s more{reason}",
+            upstream=route.upstream,
+            retry_after=wait,
+        )
 
     async def aclose(self) -> None:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
 
 
-def _first_token_timeout(upstream: Upstream) -> float:
-    settings = getattr(upstream, "settings", None)
-    return float(getattr(settings, "first_token_timeout", 30.0))
-
-
-async def _until_first_token(
-    iterator: AsyncIterator[Chunk], deadline: float, name: str
-) -> list[Chunk]:
-    prefix: list[Chunk] = []
-    try:
-        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-            async for chunk in iterator:
-                prefix.append(chunk)
-                if has_token(chunk):
-                    break
-    except TimeoutError:
-        raise UpstreamTimeout("no first token within first_token_timeout", upstream=name) from None
-    return prefix
-
-
-async def _chain(prefix: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        for chunk in prefix:
-            yield chunk
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await _close(rest)
-
-
-async def _close(iterator: AsyncIterator[Chunk]) -> None:
+async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()

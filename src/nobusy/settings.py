@@ -9,36 +9,59 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+)
 
 from nobusy.errors import ConfigError
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
-__all__ = ["ModelAlias", "Route", "Settings", "load_settings"]
+__all__ = ["HedgeSettings", "ModelAlias", "Route", "Settings", "load_settings"]
 
 DEFAULT_ALIAS = "local"
 
 
-class Route(NamedTuple):
-    """One place an alias can be served from: an upstream and, optionally, its model name."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One place an alias can be served from: an upstream, its model, and where it ranks."""
 
     upstream: str
-    model: str | None
+    model: str | None = None
+    tier: int = 0
+    weight: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> Route:
+    def parse(cls, text: str, tier: int = 0, weight: float = 1.0) -> Route:
         # Split on the first slash only: hosted model names often contain slashes
         # (SiliconFlow's "deepseek-ai/DeepSeek-V3").
         upstream, _, model = text.partition("/")
-        return cls(upstream, model or None)
+        return cls(upstream, model or None, tier, weight)
 
     def __str__(self) -> str:
         return f"{self.upstream}/{self.model}" if self.model else self.upstream
+
+
+class HedgeSettings(BaseModel):
+    """Start the next route in parallel when the first is slow to say anything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    after: Literal["p95"] | PositiveFloat = Field(
+        "p95", description="Seconds without a first token before hedging, or the route's p95."
+    )
+    budget: float = Field(0.05, gt=0, le=1, description="Largest share of requests hedged.")
 
 
 class ModelAlias(BaseModel):
@@ -46,9 +69,14 @@ class ModelAlias(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    routes: tuple[Route, ...] = Field(description="Routes `UPSTREAM/MODEL` in order of preference.")
+    routes: tuple[Route, ...] = Field(
+        description="Routes `UPSTREAM/MODEL` in order; a nested list is one tier."
+    )
     overflow: tuple[Route, ...] = Field(
         (), description="Routes used only when the main routes are saturated."
+    )
+    hedge: HedgeSettings | None = Field(
+        None, description="Hedge slow first tokens on the next route (off when unset)."
     )
 
 
@@ -75,6 +103,21 @@ class Settings(BaseModel):
     )
     body_timeout: PositiveFloat = Field(
         30.0, description="Longest pause, in seconds, while a client sends its request body."
+    )
+    max_attempts: PositiveInt = Field(
+        3, description="Upstream attempts per request at most, continuations included."
+    )
+    retry_budget: float = Field(
+        0.1, ge=0, le=1, description="Failovers per upstream at most this share of its attempts."
+    )
+    retry_budget_min: int = Field(
+        10, ge=0, description="Failovers per upstream always allowed within the window."
+    )
+    retry_window: PositiveFloat = Field(
+        10.0, description="Seconds over which the retry and hedge budgets are counted."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer key for /v1/nobusy/*; without it only loopback clients."
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."
@@ -178,13 +221,36 @@ def _parse_models(raw: Any) -> dict[str, dict[str, Any]]:
         for key in ("routes", "overflow"):
             value = parsed.get(key, [])
             value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(r, str) and r for r in value):
+            if not isinstance(value, list):
                 raise ConfigError(
-                    f"models.{alias}.{key}: must be a list of `UPSTREAM/MODEL` strings"
+                    f"models.{alias}.{key}: must be a list of `UPSTREAM/MODEL` routes"
                 )
-            parsed[key] = tuple(Route.parse(r) for r in value)
+            parsed[key] = tuple(_parse_tiers(value, f"models.{alias}.{key}"))
         out[str(alias)] = parsed
     return out
+
+
+def _parse_tiers(items: list[Any], where: str) -> list[Route]:
+    """Each item is a tier of its own; a nested list is one tier of several routes."""
+    routes = []
+    for tier, item in enumerate(items):
+        for i, entry in enumerate(item if isinstance(item, list) else [item]):
+            here = f"{where}[{tier}]" + (f"[{i}]" if isinstance(item, list) else "")
+            routes.append(_parse_route(entry, tier, here))
+    return routes
+
+
+def _parse_route(entry: Any, tier: int, where: str) -> Route:
+    if isinstance(entry, str) and entry:
+        return Route.parse(entry, tier)
+    if isinstance(entry, dict) and isinstance(entry.get("route"), str):
+        weight = entry.get("weight", 1.0)
+        if set(entry) - {"route", "weight"} or not isinstance(weight, int | float) or weight <= 0:
+            raise ConfigError(
+                f"{where}: a weighted route is {{route: UPSTREAM/MODEL, weight: N > 0}}"
+            )
+        return Route.parse(entry["route"], tier, float(weight))
+    raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> str:

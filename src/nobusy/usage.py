@@ -32,6 +32,7 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
     duration_ms: float | None = None
 
 

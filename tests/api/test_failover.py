@@ -1,35 +1,147 @@
-"""Before the first token, a failing route is replaced by the next one, unseen by the client."""
+"""Every fault, streaming and not: the client receives exactly what the healthy path gives.
+
+Each `fault-*` alias (tests/conftest.py) puts a faulty route before a healthy one; before the
+first token nobusy fails over, after it nobusy continues the answer on the next route.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from nobusy.fake_upstream import answer_text
+from nobusy.fake_upstream import answer_text, reasoning_text
+from tests.conftest import FAULTS, Process
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Are you there?"}]
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+]
 
 
 def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_refused_503_hang_keepalive_then_ok(base_url: str, stream: bool) -> None:
-    # refused -> 503 -> hangs before headers -> keep-alive comments only -> ok
+def ask(base_url: str, model: str, stream: bool, **kwargs: Any) -> tuple[dict[str, Any], Any]:
+    """(the assembled answer, the raw response) for one request."""
     raw = client(base_url).chat.completions.with_raw_response.create(
-        model="failover", messages=MESSAGES, stream=stream
+        model=model, messages=MESSAGES, stream=stream, **kwargs
     )
-    assert raw.headers["x-nobusy-upstream"] == "fake/ok"
     result: Any = raw.parse()
-    if stream:
-        text = "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+    if not stream:
+        message = result.choices[0].message
+        calls = [
+            {"name": c.function.name, "arguments": c.function.arguments}
+            for c in message.tool_calls or ()
+        ]
+        answer = {
+            "content": message.content or "",
+            "reasoning": getattr(message, "reasoning_content", None) or "",
+            "tools": calls,
+            "finish": result.choices[0].finish_reason,
+            "usage": result.usage,
+        }
+        return answer, raw
+    content, reasoning, usage, finish = [], [], None, None
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in result:
+        usage = chunk.usage or usage
+        if not chunk.choices:
+            continue
+        delta: Any = chunk.choices[0].delta
+        content.append(delta.content or "")
+        reasoning.append(getattr(delta, "reasoning_content", None) or "")
+        for call in delta.tool_calls or ():
+            entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+            entry["name"] += (call.function and call.function.name) or ""
+            entry["arguments"] += (call.function and call.function.arguments) or ""
+        finish = chunk.choices[0].finish_reason or finish
+    answer = {
+        "content": "".join(content),
+        "reasoning": "".join(reasoning),
+        "tools": [calls[i] for i in sorted(calls)],
+        "finish": finish,
+        "usage": usage,
+    }
+    return answer, raw
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+@pytest.mark.parametrize(
+    "fault", sorted(set(FAULTS) - {"reasoning-cut", "tool-call-cut", "reasoning-then-content-cut"})
+)
+def test_text_is_exactly_the_healthy_answer(base_url: str, fault: str, stream: bool) -> None:
+    answer, raw = ask(
+        base_url,
+        f"fault-{fault}",
+        stream,
+        stream_options={"include_usage": True} if stream else None,
+    )
+    assert answer["content"] == answer_text(MESSAGES)
+    assert answer["finish"] == "stop"
+    assert answer["usage"] is not None and answer["usage"].completion_tokens >= 12
+    if fault.startswith(("drop1", "drop5", "garbage", "error", "slow")):
+        assert raw.headers["x-nobusy-upstream"] == "fake/" + FAULTS[fault][0].split("/", 1)[1]
     else:
-        text = result.choices[0].message.content
-    assert text == answer_text(MESSAGES)
+        assert raw.headers["x-nobusy-upstream"] in ("backup", "vllm/ok")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+@pytest.mark.parametrize("fault", ["reasoning-cut", "reasoning-then-content-cut"])
+def test_reasoning_cut_is_seamless(base_url: str, fault: str, stream: bool) -> None:
+    answer, _ = ask(base_url, f"fault-{fault}", stream)
+    assert answer["reasoning"] == reasoning_text(MESSAGES)
+    assert answer["content"] == answer_text(MESSAGES)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_tool_call_cut_never_shows_broken_json(base_url: str, stream: bool) -> None:
+    answer, _ = ask(base_url, "fault-tool-call-cut", stream, tools=TOOLS)
+    assert answer["finish"] == "tool_calls"
+    assert len(answer["tools"]) == 1
+    assert answer["tools"][0]["name"] == "search"
+    assert json.loads(answer["tools"][0]["arguments"]) == {"query": "Are you there?"}
+
+
+def test_mid_stream_continuation_is_announced_in_an_sse_comment(base_url: str) -> None:
+    body = {"model": "fault-drop5", "stream": True, "messages": MESSAGES}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+        lines = list(response.iter_lines())
+    notes = [line for line in lines if line.startswith(": nobusy")]
+    assert len(notes) == 1 and "continuing on backup" in notes[0]
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
+
+
+def test_non_streaming_continuation_is_named_in_a_header(base_url: str) -> None:
+    _, raw = ask(base_url, "fault-drop5", stream=False)
+    assert "continuing on backup" in raw.headers["x-nobusy-failover"]
+
+
+def test_429_marks_upstream_unavailable_until_retry_after(base_url: str) -> None:
+    ask(base_url, "fault-http429", stream=False)
+    upstreams = {u["name"]: u for u in httpx.get(base_url + "/nobusy/upstreams").json()["data"]}
+    assert upstreams["limited"]["state"] == "open"
+    assert 5 < upstreams["limited"]["retry_in"] <= 7
+    # The next request skips it without trying: the fake sees one call, to the backup.
+    answer, raw = ask(base_url, "fault-http429", stream=False)
+    assert raw.headers["x-nobusy-upstream"] == "backup"
+
+
+def test_401_opens_the_circuit(base_url: str) -> None:
+    ask(base_url, "fault-http401", stream=True)
+    upstreams = {u["name"]: u for u in httpx.get(base_url + "/nobusy/upstreams").json()["data"]}
+    assert upstreams["badkey"]["state"] == "open"
+    assert "401" in upstreams["badkey"]["last_error"]
 
 
 def test_request_error_from_upstream_is_returned_not_retried(
@@ -38,17 +150,34 @@ def test_request_error_from_upstream_is_returned_not_retried(
     with pytest.raises(openai.BadRequestError) as info:
         client(base_url).chat.completions.create(model="rejected", messages=MESSAGES)
     assert "temperature" in info.value.message
-    assert fake_stats.get("/_fake/stats").json()["requests"] == 1  # the ok route was not tried
+    assert fake_stats.get("/_fake/stats").json()["requests"] == 1  # the backup was not tried
 
 
-def test_all_down_is_503_naming_each_upstream(base_url: str) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_all_down_is_503_naming_each_upstream(base_url: str, stream: bool) -> None:
     response = httpx.post(
-        f"{base_url}/chat/completions", json={"model": "alldown", "messages": MESSAGES}
+        f"{base_url}/chat/completions",
+        json={"model": "alldown", "messages": MESSAGES, "stream": stream},
     )
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["type"] == "service_unavailable"
     assert "refused: cannot connect" in error["message"]
-    assert "fake: HTTP 503" in error["message"]
-    assert response.headers["retry-after"] == "30"
+    assert "busy: HTTP 503" in error["message"]
+    assert response.headers["retry-after"] == "1"  # refused may be back at once
     assert "sk-test-secret" not in response.text
+
+
+def test_all_paused_retry_after_is_the_earliest_return(base_url: str) -> None:
+    response = httpx.post(
+        f"{base_url}/chat/completions", json={"model": "allpaused", "messages": MESSAGES}
+    )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"  # busy says 30, limited says 7
+
+
+def test_admin_endpoint_shows_every_upstream(gateway: Process, base_url: str) -> None:
+    data = httpx.get(base_url + "/nobusy/upstreams").json()["data"]
+    names = {u["name"] for u in data}
+    assert {"fake", "backup", "refused", "local"} <= names
+    assert all(u["state"] == "closed" for u in data)

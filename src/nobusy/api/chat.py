@@ -7,9 +7,10 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nobusy.errors import NobusyError
+from nobusy.errors import NobusyError, UpstreamEjected
 from nobusy.relay import collect, sse_events
 from nobusy.responses import EventStreamResponse, JSONResponse
+from nobusy.routing import Answer
 from nobusy.schema import parse_chat_request
 from nobusy.state import app_state
 from nobusy.usage import UsageRecord
@@ -22,27 +23,31 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     state = app_state(request)
     chat, body = parse_chat_request(await request.body())
-    state.router.routes(chat.model)  # unknown model: 404 before anything is logged as usage
+    state.router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
     request_id: str = request.state.request_id
     record = UsageRecord(request_id=request_id, alias=chat.model, stream=chat.stream)
     in_flight = state.metrics.in_flight.labels(chat.model)
     in_flight.inc()
     first_token_at: float | None = None
 
+    answer: Answer | None = None
+
     def close() -> None:
         in_flight.dec()
+        if answer is not None:
+            record.tried = answer.tried()
         state.ledger.close(record, started, first_token_at)
 
     try:
         answer = await state.router.open(chat.model, body, request_id)
     except NobusyError as exc:
         record.outcome = exc.code or "error"
-        record.tried = [f.upstream for f in getattr(exc, "failures", ())]
+        failures = getattr(exc, "failures", ())
+        record.tried = [f.upstream for f in failures if not isinstance(f, UpstreamEjected)]
         close()
         raise
     first_token_at = answer.first_token_at
     record.upstream = answer.upstream
-    record.tried = [f.upstream for f in answer.failures] + [answer.route.upstream]
     request.state.upstream = answer.upstream
     headers = {"x-nobusy-upstream": answer.upstream}
     if chat.stream:
@@ -54,4 +59,6 @@ async def chat_completions(request: Request) -> Response:
         raise
     finally:
         close()
+    if record.notes:  # a continuation happened: say so where non-streaming clients can see it
+        headers["x-nobusy-failover"] = "; ".join(record.notes)
     return JSONResponse(completion, headers=headers)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from nobusy.circuit import CircuitSettings
 
 __all__ = ["Chunk", "Probe", "Upstream", "UpstreamCall", "UpstreamSettings"]
 
@@ -34,6 +36,16 @@ class UpstreamSettings(BaseModel):
     )
     max_concurrency: PositiveInt | None = Field(
         None, description="Ceiling on requests in flight to this upstream (none: unlimited)."
+    )
+    continuation: Literal["prefix", "vllm", "none"] = Field(
+        "none", description="How this upstream continues a partial answer after a failover."
+    )
+    circuit: CircuitSettings = Field(
+        default_factory=CircuitSettings,
+        description="When to eject this upstream, and for how long.",
+    )
+    health_check_interval: PositiveFloat | None = Field(
+        None, description="Seconds between active health probes (none: passive checks only)."
     )
 
     def has_default_model(self) -> bool:

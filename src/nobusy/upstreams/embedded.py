@@ -45,6 +45,9 @@ class Settings(UpstreamSettings):
     max_concurrency: int | None = Field(
         1, gt=0, description="Parallel generations, each with its own llama.cpp context."
     )
+    continuation: Literal["prefix"] = Field(
+        "prefix", description="Always `prefix`: a partial answer continues by raw completion."
+    )
     default_max_tokens: int = Field(
         512, gt=0, description="Answer length when the request sets no max_tokens."
     )

@@ -54,9 +54,6 @@ class Settings(UpstreamSettings):
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     max_connections: int = Field(256, gt=0, description="Connection pool size to this upstream.")
-    continuation: Literal["prefix", "vllm", "none"] = Field(
-        "none", description="Native way this upstream continues a partial answer."
-    )
 
     def has_default_model(self) -> bool:
         return self.default_model is not None

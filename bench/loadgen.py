@@ -1,0 +1,392 @@
+"""A closed-loop HTTP/1.1 load generator: asyncio + uvloop + httptools, no HTTP client library.
+
+``concurrency`` keep-alive connections each send the same request back to back. A run lasts
+``warmup`` seconds (not recorded) plus ``duration`` seconds (the window), or until ``requests``
+requests were sent when a count is given instead. Responses are parsed by
+``httptools.HttpResponseParser``, which handles Content-Length and chunked bodies.
+
+What is recorded per request (``RequestRecord``):
+
+- ``latency``: from writing the request to the end of the response body;
+- ``ttft`` (streams only): until the first body piece that completes a non-empty
+  ``"content"`` string, i.e. the first content token after the role chunk (whose content is
+  ``""``); a chunk split across reads is found once its tail arrives;
+- ``events``: SSE ``data:`` lines in the body, not counting ``data: [DONE]``;
+- ``status``: the HTTP status (0 when the connection failed).
+
+Throughput is the number of successful responses (status 200, complete body) whose last byte
+arrived inside the window, divided by the window's length; latency percentiles come from the
+requests that started inside the window (those in flight at its end are waited for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+import uvloop
+
+__all__ = [
+    "LoadResult",
+    "LoadSpec",
+    "Percentiles",
+    "RequestRecord",
+    "chat_body",
+    "percentile",
+    "run_load",
+]
+
+# `"content":` then an opening quote and at least one character that is not the closing quote.
+_CONTENT = re.compile(rb'"content"\s*:\s*"(?:[^"\\]|\\.)')
+_DONE = b"data: [DONE]"
+_CONNECT_TIMEOUT = 10.0
+
+
+def chat_body(
+    model: str, stream: bool, prompt: str = "Hello", **extra: object
+) -> dict[str, object]:
+    """The chat request every path receives (a dict, to be serialised by the caller)."""
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": stream,
+    }
+    body.update(extra)
+    return body
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One target: where to send what."""
+
+    port: int
+    body: bytes
+    stream: bool
+    headers: dict[str, str] = field(default_factory=dict)
+    path: str = "/v1/chat/completions"
+    host: str = "127.0.0.1"
+
+    def payload(self) -> bytes:
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(self.body)}",
+            *(f"{k}: {v}" for k, v in self.headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request as the client saw it; times in seconds (``start`` on perf_counter)."""
+
+    start: float
+    latency: float
+    ttft: float | None
+    events: int
+    status: int
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Percentiles | None:
+        if not values:
+            return None
+        ordered = sorted(values)
+        return cls(
+            count=len(ordered),
+            mean=sum(ordered) / len(ordered),
+            p50=percentile(ordered, 50),
+            p90=percentile(ordered, 90),
+            p99=percentile(ordered, 99),
+            max=ordered[-1],
+        )
+
+
+@dataclass
+class LoadResult:
+    """The summary of one run against one target. Latencies are in seconds."""
+
+    concurrency: int
+    stream: bool
+    duration: float
+    completed: int
+    errors: int
+    rps: float
+    events_per_s: float
+    latency: Percentiles | None
+    ttft: Percentiles | None
+    events_per_request: float
+    statuses: dict[str, int]
+    loadgen_cpu: float  # the bench process's CPU seconds per second of window (1.0 = one core)
+    records: list[RequestRecord] = field(default_factory=list, repr=False)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list."""
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; ``request()`` sends the payload and waits for the response."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, payload: bytes, stream: bool) -> None:
+        self.loop = loop
+        self.payload = payload
+        self.stream = stream
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.keep_alive = True
+        self._reset(0.0)
+
+    def _reset(self, start: float) -> None:
+        self.start = start
+        self.status = 0
+        self.ttft: float | None = None
+        self.body = bytearray()
+        self.scanned = 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(exc or ConnectionResetError("connection closed"))
+
+    # httptools callbacks
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.stream:
+            return
+        self.body += body
+        if self.ttft is None:
+            # Look again at the last few bytes too: a `"content":"x` may straddle two reads.
+            if _CONTENT.search(self.body, max(0, self.scanned - 24)):
+                self.ttft = time.perf_counter() - self.start
+            self.scanned = len(self.body)
+
+    def on_message_complete(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    async def request(self) -> RequestRecord:
+        assert self.transport is not None
+        start = time.perf_counter()
+        self._reset(start)
+        self.waiter = self.loop.create_future()
+        self.transport.write(self.payload)
+        try:
+            await self.waiter
+        except (OSError, httptools.HttpParserError):
+            self.transport.close()
+            self.closed = True
+            return RequestRecord(start, time.perf_counter() - start, None, 0, 0)
+        latency = time.perf_counter() - start
+        events = 0
+        if self.stream:
+            body = bytes(self.body)
+            events = body.count(b"\ndata:") + body.startswith(b"data:") - (_DONE in body)
+        if not self.keep_alive:
+            self.transport.close()
+            self.closed = True
+        return RequestRecord(start, latency, self.ttft, events, self.status)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, spec: LoadSpec) -> _Connection:
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: _Connection(loop, spec.payload(), spec.stream), spec.host, spec.port
+        ),
+        _CONNECT_TIMEOUT,
+    )
+    return conn
+
+
+class _Run:
+    def __init__(
+        self,
+        spec: LoadSpec,
+        concurrency: int,
+        warmup: float,
+        duration: float | None,
+        requests: int | None,
+    ) -> None:
+        self.spec = spec
+        self.concurrency = concurrency
+        self.warmup = warmup
+        self.duration = duration
+        self.tickets = requests
+        self.records: list[RequestRecord] = []
+        self.stop = False
+        self.connections: list[_Connection] = []
+
+    async def worker(self, loop: asyncio.AbstractEventLoop, conn: _Connection) -> None:
+        records = self.records
+        while not self.stop:
+            if self.tickets is not None:
+                if self.tickets <= 0:
+                    return
+                self.tickets -= 1
+            if conn.closed:
+                try:
+                    conn = await _connect(loop, self.spec)
+                except (OSError, TimeoutError):
+                    records.append(RequestRecord(time.perf_counter(), 0.0, None, 0, 0))
+                    await asyncio.sleep(0.05)
+                    continue
+                self.connections.append(conn)
+            records.append(await conn.request())
+
+
+async def _run(
+    spec: LoadSpec,
+    concurrency: int,
+    warmup: float,
+    duration: float | None,
+    requests: int | None,
+    on_start: Callable[[], None] | None,
+    on_end: Callable[[], None] | None,
+    drain_timeout: float,
+) -> LoadResult:
+    loop = asyncio.get_running_loop()
+    run = _Run(spec, concurrency, warmup, duration, requests)
+    run.connections = list(
+        await asyncio.gather(*(_connect(loop, spec) for _ in range(concurrency)))
+    )
+    marks: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def mark(name: str, hook: Callable[[], None] | None) -> None:
+        marks[name] = time.perf_counter()
+        times = os.times()
+        cpu[name] = times.user + times.system
+        if hook is not None:
+            hook()
+
+    tasks = [loop.create_task(run.worker(loop, c)) for c in run.connections]
+    if duration is not None:
+        await asyncio.sleep(warmup)
+        mark("start", on_start)
+        await asyncio.sleep(duration)
+        mark("end", on_end)
+        run.stop = True
+    else:
+        mark("start", on_start)
+    done, pending = await asyncio.wait(tasks, timeout=drain_timeout)
+    if duration is None:
+        mark("end", on_end)
+    for conn in run.connections:  # hung requests: abort them, they count as errors
+        if conn.transport is not None:
+            conn.transport.abort()
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return _summarise(run, marks["start"], marks["end"], cpu["end"] - cpu["start"])
+
+
+def _summarise(run: _Run, t0: float, t1: float, cpu: float) -> LoadResult:
+    window = max(t1 - t0, 1e-9)
+    inside = [r for r in run.records if t0 <= r.start < t1 or run.duration is None]
+    ok = [r for r in inside if r.status == 200]
+    finished = sum(1 for r in run.records if r.status == 200 and t0 <= r.start + r.latency <= t1)
+    if run.duration is None:
+        finished = len(ok)
+    events = [r.events for r in ok]
+    mean_events = sum(events) / len(events) if events else 0.0
+    statuses: dict[str, int] = {}
+    for r in inside:
+        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    return LoadResult(
+        concurrency=run.concurrency,
+        stream=run.spec.stream,
+        duration=window,
+        completed=finished,
+        errors=len(inside) - len(ok),
+        rps=finished / window,
+        events_per_s=finished * mean_events / window,
+        latency=Percentiles.of([r.latency for r in ok]),
+        ttft=Percentiles.of(ttfts) if run.spec.stream else None,
+        events_per_request=mean_events,
+        statuses=statuses,
+        loadgen_cpu=cpu / window,
+        records=run.records,
+    )
+
+
+def run_load(
+    spec: LoadSpec,
+    concurrency: int,
+    *,
+    duration: float | None = None,
+    warmup: float = 0.0,
+    requests: int | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
+    drain_timeout: float = 60.0,
+    keep_records: bool = False,
+) -> LoadResult:
+    """Run one load test on a fresh uvloop loop; give ``duration`` or ``requests``.
+
+    ``on_start`` and ``on_end`` are called on the loop at the window's edges (for example to
+    read a server's CPU time); keep them quick. ``drain_timeout`` bounds the wait for requests
+    still in flight after the window, or for the whole run when counting ``requests``; what is
+    still running then is aborted and counted as errors.
+    """
+    if (duration is None) == (requests is None):
+        raise ValueError("give exactly one of duration and requests")
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a full collection over the records would stall every connection at once
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(
+                _run(spec, concurrency, warmup, duration, requests, on_start, on_end, drain_timeout)
+            )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if not keep_records:
+        result.records = []
+    return result

@@ -1,0 +1,16 @@
+"""The suites, by name, in the order ``python -m bench`` runs them.
+
+To add one (failover, admission...): write a module with a ``SUITE = Suite(...)`` (see
+``bench/suites/base.py``) and list it here.
+"""
+
+from __future__ import annotations
+
+from bench.suites import embedded, memory, overhead, workers
+from bench.suites.base import Suite
+
+__all__ = ["SUITES"]
+
+SUITES: dict[str, Suite] = {
+    suite.name: suite for suite in (overhead.SUITE, memory.SUITE, embedded.SUITE, workers.SUITE)
+}

@@ -1,0 +1,51 @@
+"""``/v1/nobusy/*``: operators' view of the upstreams, and a way to put one back in rotation.
+
+Protected by ``admin_key`` when one is set; without it, only loopback clients are let in.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nobusy.errors import AdminAuthRequired, NotFound
+from nobusy.responses import JSONResponse
+from nobusy.server import is_loopback
+from nobusy.state import app_state
+
+__all__ = ["list_upstreams", "reset_upstream"]
+
+
+def require_admin(request: Request) -> None:
+    """Raise unless the request carries the admin key (or, with none set, comes from loopback)."""
+    key = app_state(request).settings.admin_key
+    if key is None:
+        client = request.client.host if request.client else ""
+        if not is_loopback(client):
+            raise AdminAuthRequired("Admin endpoints need admin_key to be set for remote use.")
+        return
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise AdminAuthRequired("This endpoint needs the admin key: Authorization: Bearer KEY.")
+
+
+async def list_upstreams(request: Request) -> Response:
+    """Each upstream's circuit state, load, time to first token and last error."""
+    require_admin(request)
+    router = app_state(request).router
+    return JSONResponse({"object": "list", "data": [h.snapshot() for h in router.health.values()]})
+
+
+async def reset_upstream(request: Request) -> Response:
+    """Close an upstream's circuit now (``all`` for every upstream)."""
+    require_admin(request)
+    router = app_state(request).router
+    name = request.path_params["name"]
+    if name != "all" and name not in router.health:
+        raise NotFound(f"No upstream named '{name}'.", param="name")
+    for health in router.health.values():
+        if name in ("all", health.name):
+            health.circuit.reset()
+    return JSONResponse({"reset": name})

@@ -1,0 +1,42 @@
+"""Sliding-window budgets: at most ``ratio`` extra actions per base event, plus a minimum.
+
+Used for retries (Google SRE: keep retries under ~10% of requests, so an outage grows load
+~1.1x instead of ~3x) and for hedged requests (a few percent of requests at most).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Budget"]
+
+
+@dataclass
+class Budget:
+    """``try_spend`` succeeds while spent < minimum + ratio × events within ``window`` seconds."""
+
+    ratio: float
+    minimum: int
+    window: float
+    clock: Callable[[], float] = time.monotonic
+    _events: deque[float] = field(default_factory=deque)
+    _spent: deque[float] = field(default_factory=deque)
+
+    def note(self) -> None:
+        """Count one base event (a request, or a first attempt)."""
+        self._events.append(self.clock())
+
+    def try_spend(self) -> bool:
+        """Take one unit of budget if there is one left."""
+        now = self.clock()
+        horizon = now - self.window
+        for queue in (self._events, self._spent):
+            while queue and queue[0] < horizon:
+                queue.popleft()
+        if len(self._spent) < self.minimum + self.ratio * len(self._events):
+            self._spent.append(now)
+            return True
+        return False

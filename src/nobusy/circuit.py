@@ -1,0 +1,145 @@
+"""Circuit breaking and outlier detection for one upstream: a pure policy with an injected clock.
+
+    closed ──(N consecutive failures, or failure rate over a window,
+    │         or 401/403, or Retry-After)──▶ open ──(ejection over)──▶ half-open
+    ▲                                                                    │
+    └────────────────── one probe request succeeds ◀──────────────────────┘
+                        (it fails: open again, for longer)
+
+Ejection time grows with each ejection (``base × n``, capped), as in Envoy's outlier
+detection; a ``Retry-After`` is the upstream's own statement of when to come back, so it sets
+the time directly and does not count as an ejection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+__all__ = ["Circuit", "CircuitSettings", "State"]
+
+
+class CircuitSettings(BaseModel):
+    """When an upstream is taken out of rotation, and for how long."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consecutive_failures: PositiveInt = Field(
+        5, description="Consecutive failed attempts that open the circuit."
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of failed attempts in the window that opens it."
+    )
+    min_requests: PositiveInt = Field(
+        20, description="Attempts needed in the window before the failure rate counts."
+    )
+    window: PositiveFloat = Field(30.0, description="Seconds of history for the failure rate.")
+    ejection: PositiveFloat = Field(
+        30.0, description="Seconds out of rotation on the first ejection; multiplied by n."
+    )
+    max_ejection: PositiveFloat = Field(300.0, description="Longest ejection, in seconds.")
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class Circuit:
+    """The health of one upstream as seen by this process."""
+
+    settings: CircuitSettings = field(default_factory=lambda: CircuitSettings())
+    clock: Callable[[], float] = time.monotonic
+    consecutive: int = 0
+    ejections: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+    reason: str = ""
+    _history: deque[tuple[float, bool]] = field(default_factory=deque)
+
+    @property
+    def state(self) -> State:
+        if self.open_until > self.clock():
+            return State.OPEN
+        if self.open_until:
+            return State.HALF_OPEN
+        return State.CLOSED
+
+    def available(self) -> bool:
+        """May a request go here now? In half-open, only one probe at a time."""
+        state = self.state
+        return state is State.CLOSED or (state is State.HALF_OPEN and not self.probing)
+
+    def begin(self) -> None:
+        """A request is sent; in half-open it is the probe."""
+        if self.state is State.HALF_OPEN:
+            self.probing = True
+
+    def retry_in(self) -> float:
+        """Seconds until this upstream may be tried again (0 when it may be now)."""
+        return max(0.0, self.open_until - self.clock())
+
+    def success(self) -> None:
+        self._record(True)
+        self.consecutive = 0
+        if self.open_until:  # the half-open probe came back: close, and forgive slowly
+            self.open_until = 0.0
+            self.ejections = max(0, self.ejections - 1)
+            self.reason = ""
+        self.probing = False
+
+    def failure(
+        self, reason: str, *, retry_after: float | None = None, misconfigured: bool = False
+    ) -> None:
+        self._record(False)
+        self.consecutive += 1
+        self.reason = reason
+        was_probe, self.probing = self.probing, False
+        if retry_after is not None and retry_after > 0:
+            self.open_until = max(self.open_until, self.clock() + retry_after)
+            return
+        if was_probe or misconfigured or self._tripped():
+            self._eject()
+
+    def reset(self) -> None:
+        """Back into rotation now, history forgotten (an operator's decision)."""
+        self.consecutive = self.ejections = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.reason = ""
+        self._history.clear()
+
+    def cancelled(self) -> None:
+        """The request ended without a verdict (the client left): free the probe slot."""
+        self.probing = False
+
+    def _tripped(self) -> bool:
+        if self.consecutive >= self.settings.consecutive_failures:
+            return True
+        history = self._history
+        if len(history) < self.settings.min_requests:
+            return False
+        failed = sum(1 for _, ok in history if not ok)
+        return failed / len(history) >= self.settings.failure_rate
+
+    def _eject(self) -> None:
+        self.ejections += 1
+        seconds = min(self.settings.ejection * self.ejections, self.settings.max_ejection)
+        self.open_until = self.clock() + seconds
+        self.consecutive = 0
+        self._history.clear()
+
+    def _record(self, ok: bool) -> None:
+        now = self.clock()
+        history = self._history
+        history.append((now, ok))
+        horizon = now - self.settings.window
+        while history and history[0][0] < horizon:
+            history.popleft()

@@ -1,0 +1,258 @@
+"""The answer as the client receives it: one seamless stream, even when its upstream fails.
+
+After the first token, a failure (a dropped connection, an error event, a gap longer than
+``idle_timeout``) does not reach the client. The stream continues on the next route with the
+partial answer (``nobusy.continuation``), drops what the client already has, and carries on.
+Along the way it:
+
+- buffers tool-call deltas until each call is complete, so a call cut in half is restarted
+  on the next route and the client never sees broken JSON;
+- restarts reasoning cut mid-thought on the next route (the restart is announced in an SSE
+  comment; identical text already sent is not repeated);
+- sums usage over every attempt into the one usage chunk the client sees;
+- emits notes (``{"nobusy_note": ...}``) that the relay writes as SSE comments, which OpenAI
+  SDKs ignore and the web console shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from nobusy.continuation import OverlapTrimmer, Skipper, continuation_body
+from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
+from nobusy.settings import Route
+from nobusy.upstreams.base import Chunk
+
+if TYPE_CHECKING:
+    from nobusy.routing import Attempt, Router
+
+__all__ = ["AnswerStream", "note"]
+
+
+def note(text: str) -> Chunk:
+    return {"nobusy_note": text}
+
+
+class AnswerStream:
+    """Relays one attempt after another as a single answer."""
+
+    def __init__(
+        self,
+        router: Router,
+        body: dict[str, Any],
+        request_id: str,
+        attempt: Attempt,
+        queue: deque[Route],
+        failures: list[UpstreamError],
+        attempts: int,
+    ) -> None:
+        self.router = router
+        self.body = body
+        self.request_id = request_id
+        self.attempt = attempt
+        self.queue = queue
+        self.failures = failures
+        self.attempts = attempts
+        self.content = ""  # content the client has
+        self.reasoning = ""  # reasoning the client has
+        self.tools: list[Chunk] = []  # tool-call deltas held until the calls are complete
+        self.produced = 0  # content/reasoning pieces sent, to shorten max_tokens on continuing
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.saw_usage = False
+        self.attempt_pieces = 0
+        self.attempt_usage = False
+        self.role_sent = False
+        self.content_skip: Skipper | None = None
+        self.trimmer: OverlapTrimmer | None = None
+        self.reasoning_skip: Skipper | None = None
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        attempt = self.attempt
+        try:
+            while True:
+                try:
+                    async for chunk in self._read(attempt):
+                        for out in self._process(chunk):
+                            yield out
+                    if self.trimmer is not None and not self.trimmer.done:
+                        held = self.trimmer.flush()
+                        if held:
+                            self.content += held
+                            yield _content_chunk(held)
+                    await attempt.succeed()
+                    if self.saw_usage:
+                        yield _usage_chunk(self.usage)
+                    return
+                except UpstreamError as exc:
+                    await attempt.fail(exc)
+                    self._count_lost_usage()
+                    if not exc.retryable:
+                        raise
+                    self.failures.append(exc)
+                    attempt = await self._continue(exc)
+                    self.attempt = attempt
+                    yield note(
+                        f"nobusy: {exc.upstream} failed mid-answer ({exc.code}); "
+                        f"continuing on {attempt.route}"
+                    )
+        finally:
+            await self.attempt.cancel()  # no-op when it already ended
+
+    async def _read(self, attempt: Attempt) -> AsyncIterator[Chunk]:
+        """The attempt's chunks: those read before its first token, then the rest with a deadline
+        between tokens. The deadline covers only the wait for the upstream, never the time the
+        client takes to read what was yielded."""
+        for chunk in attempt.prefix:
+            yield chunk
+        attempt.prefix = []
+        idle = float(getattr(attempt.settings, "idle_timeout", 60.0))
+        iterator = attempt.iterator
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"no token for {idle:g}s mid-answer", upstream=attempt.route.upstream
+                ) from None
+            yield chunk
+
+    def _process(self, chunk: Chunk) -> list[Chunk]:
+        usage = chunk.get("usage")
+        if usage:
+            self.saw_usage = self.attempt_usage = True
+            self.usage["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            self.usage["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            if not chunk.get("choices"):
+                return []
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        out: list[Chunk] = []
+        for choice in chunk.get("choices") or ():
+            delta = dict(choice.get("delta") or {})
+            if delta.pop("role", None) and not self.role_sent:
+                self.role_sent = True
+                delta["role"] = "assistant"
+            content = delta.pop("content", None)
+            if content:
+                self.attempt_pieces += 1
+                content = self._new_content(content)
+                if content:
+                    self.content += content
+                    self.produced += 1
+                    delta["content"] = content
+            thought = delta.pop("reasoning_content", None)
+            if thought:
+                self.attempt_pieces += 1
+                for piece in self._new_reasoning(thought):
+                    if isinstance(piece, dict):
+                        out.append(piece)
+                    else:
+                        self.reasoning += piece
+                        self.produced += 1
+                        delta["reasoning_content"] = delta.get("reasoning_content", "") + piece
+            calls = delta.pop("tool_calls", None)
+            if calls:
+                self.tools.append(_choice_chunk(choice, {"tool_calls": calls}, None))
+            finish = choice.get("finish_reason")
+            if finish:
+                out.extend(self.tools)
+                self.tools = []
+            if delta or finish:
+                out.append(_choice_chunk(choice, delta, finish))
+        return out
+
+    def _new_content(self, text: str) -> str:
+        if self.trimmer is not None:
+            text = self.trimmer.feed(text)
+        if self.content_skip is not None:
+            text = self.content_skip.feed(text)
+        return text
+
+    def _new_reasoning(self, text: str) -> list[str | Chunk]:
+        if self.content:
+            return []  # continuing an answer: its reasoning is over
+        skip = self.reasoning_skip
+        if skip is None:
+            return [text]
+        diverged_before = skip.diverged
+        rest = skip.feed(text)
+        if skip.diverged and not diverged_before:
+            # The new route thinks differently: restart its reasoning in full, visibly.
+            route = self.attempt.route
+            return [note(f"nobusy: reasoning restarted on {route}"), "\n\n" + skip.matched + rest]
+        return [rest] if rest else []
+
+    def _count_lost_usage(self) -> None:
+        # An attempt cut off before its usage chunk still cost completion tokens; count the
+        # pieces it sent, one token each (how llama.cpp, vLLM and most APIs stream).
+        if not self.attempt_usage and self.attempt_pieces:
+            self.saw_usage = True
+            self.usage["completion_tokens"] += self.attempt_pieces
+        self.attempt_pieces = 0
+        self.attempt_usage = False
+
+    async def _continue(self, cause: UpstreamError) -> Attempt:
+        """Open the next route with what the client already has, up to its first token."""
+        self.tools = []  # a half-made tool call is made again from the start
+        router = self.router
+        while True:
+            route = router.next_route(self.queue, self.failures, self.attempts)
+            if route is None:
+                raise AllUpstreamsFailed(str(self.body.get("model", "")), self.failures)
+            self.attempts += 1
+            attempt = self._continuation_attempt(route)
+            try:
+                await attempt.first_token()
+            except UpstreamError as exc:
+                await attempt.fail(exc)
+                if not exc.retryable:
+                    raise
+                self.failures.append(exc)
+                continue
+            return attempt
+
+    def _continuation_attempt(self, route: Route) -> Attempt:
+        settings = self.router.settings.upstreams[route.upstream]
+        self.content_skip = self.trimmer = self.reasoning_skip = None
+        if self.content:
+            partial = self.content.rstrip()
+            body = continuation_body(self.body, partial, settings.continuation, self.produced)
+            self.content_skip = Skipper(self.content[len(partial) :])
+            if settings.continuation == "none":
+                self.trimmer = OverlapTrimmer(partial)
+        else:
+            body = self.body
+            self.reasoning_skip = Skipper(self.reasoning)
+        return self.router.start(route, body, self.request_id)
+
+
+def _choice_chunk(choice: dict[str, Any], delta: dict[str, Any], finish: str | None) -> Chunk:
+    return {
+        "object": "chat.completion.chunk",
+        "choices": [
+            {
+                "index": choice.get("index", 0),
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+    }
+
+
+def _content_chunk(text: str) -> Chunk:
+    return _choice_chunk({}, {"content": text}, None)
+
+
+def _usage_chunk(usage: dict[str, int]) -> Chunk:
+    total = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {**usage, "total_tokens": total},
+    }
