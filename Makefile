@@ -35,8 +35,13 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` (a ~1 minute smoke run) or
+# `make bench BENCH_ARGS="--only overhead,memory"`.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	@echo "==> installing the bench extra (matplotlib)"
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

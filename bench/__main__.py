@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import signal
 import sys
 import time
@@ -51,7 +52,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the same cleanup as Ctrl-C
+    # Turn it into Ctrl-C: inside a load run asyncio.Runner then cancels the run cleanly,
+    # elsewhere it raises KeyboardInterrupt; either way the same cleanup follows.
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         log(f"wrote {report.write().relative_to(procs.REPO)}")
         return 0
+    # Ctrl-C and SIGTERM unwind through the same cleanup, even when started with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     settings = RunSettings.make(args.quick)
     processes = procs.Processes(log)
     ctx = Context(settings, processes, log)
     failed: list[str] = []
-    mode = "quick smoke run" if settings.quick else "full run"
+    mode = "quick smoke run (~1 min)" if settings.quick else "full run (~8 min)"
     log(f"bench: {mode} of {', '.join(args.names)}; processes log to bench/.run/")
+    if "overhead" in args.names and not procs.litellm_ready():
+        log("  (plus 1-3 min to install LiteLLM into bench/.litellm-venv, this once)")
     try:
         for name in args.names:
             suite = SUITES[name]

@@ -1,8 +1,9 @@
 """A closed-loop HTTP/1.1 load generator: asyncio + uvloop + httptools, no HTTP client library.
 
 ``concurrency`` keep-alive connections each send the same request back to back. A run lasts
-``warmup`` seconds (not recorded) plus ``duration`` seconds (the window), or until ``requests``
-requests were sent when a count is given instead. Responses are parsed by
+``warmup`` seconds (not recorded; longer if some connection has had no answer yet) plus
+``duration`` seconds (the window), or until ``requests`` requests were sent when a count is
+given instead. Responses are parsed by
 ``httptools.HttpResponseParser``, which handles Content-Length and chunked bodies.
 
 What is recorded per request (``RequestRecord``):
@@ -22,6 +23,7 @@ requests that started inside the window (those in flight at its end are waited f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import re
@@ -258,9 +260,12 @@ class _Run:
         self.records: list[RequestRecord] = []
         self.stop = False
         self.connections: list[_Connection] = []
+        self.answered = 0  # connections that have had at least one response
+        self.all_answered = asyncio.Event()
 
     async def worker(self, loop: asyncio.AbstractEventLoop, conn: _Connection) -> None:
         records = self.records
+        first = True
         while not self.stop:
             if self.tickets is not None:
                 if self.tickets <= 0:
@@ -275,6 +280,11 @@ class _Run:
                     continue
                 self.connections.append(conn)
             records.append(await conn.request())
+            if first:
+                first = False
+                self.answered += 1
+                if self.answered == self.concurrency:
+                    self.all_answered.set()
 
 
 async def _run(
@@ -305,6 +315,10 @@ async def _run(
     tasks = [loop.create_task(run.worker(loop, c)) for c in run.connections]
     if duration is not None:
         await asyncio.sleep(warmup)
+        # A slow path may not have answered every connection yet: the window starts in the
+        # steady state, once each has (or after drain_timeout, whatever happened by then).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.all_answered.wait(), drain_timeout)
         mark("start", on_start)
         await asyncio.sleep(duration)
         mark("end", on_end)

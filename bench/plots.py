@@ -69,9 +69,11 @@ def bars(
     value: str = "rps",
     ylabel: str = "requests/s",
     annotate: str | None = None,
+    annotate_paths: tuple[str, ...] = (),
+    log: bool = False,
 ) -> None:
     """Grouped bars of ``value`` per concurrency, one panel per mode; ``annotate`` names a
-    field (a ratio) written above each bar that has it."""
+    field (a ratio) written above the bars of ``annotate_paths``; ``log``: log-scale y."""
     modes = [m for m in _MODES if any(r["stream"] == m[0] for r in rows)]
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
     width = 0.8 / max(len(paths), 1)
@@ -85,7 +87,8 @@ def bars(
                         if r.get(value) is not None:
                             xs.append(j + (i - (len(paths) - 1) / 2) * width)
                             ys.append(r[value])
-                            notes.append(r.get(annotate) if annotate else None)
+                            wanted = annotate is not None and path in annotate_paths
+                            notes.append(r.get(annotate) if annotate and wanted else None)
             drawn = ax.bar(xs, ys, width, label=path, color=_colour(path, i))
             for bar, note in zip(drawn, notes, strict=True):
                 if note is not None:
@@ -98,7 +101,9 @@ def bars(
                     )
         ax.set_xticks(range(len(levels)), [f"c={c}" for c in levels])
         ax.set_title(mode)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
+        if log:
+            ax.set_yscale("log")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title)

@@ -38,6 +38,7 @@ __all__ = [
     "cpu_seconds",
     "ensure_litellm",
     "free_port",
+    "litellm_ready",
     "process_tree",
     "rss_bytes",
 ]
@@ -118,10 +119,16 @@ def rss_bytes(pids: list[int]) -> int:
 # --- processes -----------------------------------------------------------------------------
 
 
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)  # loaded here, not in a child
+except OSError:
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
     # Runs in the child before exec: if the bench is killed outright, the child gets SIGTERM.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -362,13 +369,19 @@ class LiteLLMInstall:
         return self.executable is not None
 
 
+def litellm_ready() -> bool:
+    """Whether ``bench/.litellm-venv`` already holds this LiteLLM version."""
+    executable = LITELLM_VENV / "bin" / "litellm"
+    stamp = _LITELLM_STAMP.read_text().strip() if _LITELLM_STAMP.exists() else ""
+    return executable.exists() and stamp == LITELLM_VERSION
+
+
 def ensure_litellm(log: Log) -> LiteLLMInstall:
     """``bench/.litellm-venv`` with ``litellm[proxy]==LITELLM_VERSION``, made if missing."""
     executable = LITELLM_VENV / "bin" / "litellm"
-    if executable.exists() and _LITELLM_STAMP.exists():
-        if _LITELLM_STAMP.read_text().strip() == LITELLM_VERSION:
-            log(f"  LiteLLM {LITELLM_VERSION}: using {LITELLM_VENV.relative_to(REPO)}")
-            return LiteLLMInstall(executable)
+    if litellm_ready():
+        log(f"  LiteLLM {LITELLM_VERSION}: using {LITELLM_VENV.relative_to(REPO)}")
+        return LiteLLMInstall(executable)
     started = time.monotonic()
     log(f"  LiteLLM {LITELLM_VERSION}: installing into {LITELLM_VENV.relative_to(REPO)}")
     python = LITELLM_VENV / "bin" / "python"
@@ -421,7 +434,8 @@ def _run_with_progress(argv: list[str], log: Log, started: float) -> tuple[int, 
             assert popen.stdout is not None
             for line in popen.stdout:
                 line = line.rstrip()
-                tail = (tail + [line])[-30:]
+                short = line if len(line) <= 300 else line[:300] + " ..."
+                tail = (tail + [short])[-30:]
                 if line.startswith(("Collecting litellm", "Installing", "Successfully", "ERROR")):
                     log(f"    pip: {line[:160]}")
             code = popen.wait()

@@ -133,27 +133,31 @@ def _section(name: str, record: Record) -> str:
 
 
 def _method(settings: dict[str, Any]) -> str:
-    return f"""## How it is measured
-
-- Everything runs on this one machine, on 127.0.0.1: the project's fake upstream
-  (`nobusy fake-upstream --mode ok --tokens {settings.get("fake_tokens", 20)}`: every answer
-  has {settings.get("fake_tokens", 20)} content chunks, so a stream is
-  {settings.get("fake_tokens", 20) + 2} SSE events with the role and finish chunks), nobusy
-  (`nobusy serve --log-level warning`, one worker unless said otherwise) and LiteLLM proxy
-  {_litellm_version()} (own virtualenv, one worker, no database, `LITELLM_LOG=WARNING`).
-  The client, the gateway and the fake share the same cores.
-- The client is `bench/loadgen.py`: asyncio + uvloop, N keep-alive connections each sending
-  the same request back to back, responses parsed with httptools. A run is a warm-up of
-  {settings.get("warmup_s")} s, then a window of {settings.get("window_s")} s; throughput is
-  the successful responses completed in the window over its length; latency percentiles
-  come from the requests started in it. Time to first token (TTFT) is the time to the first
-  body piece that holds a non-empty `"content"` string (the role chunk's `""` does not count).
-- The paths are measured in rounds ({settings.get("rounds")}), each round visiting every
-  path in turn, so drift of the machine hits all of them alike. Figures are medians over
-  rounds; *added* latency and ratios are taken within each round, then the median of those.
-- CPU is user + system time from `/proc/PID/stat` of the gateway's whole process tree, read
-  at the window's edges, per 1,000 completed requests.
-- Every path gets the same `Authorization: Bearer sk-...` header (LiteLLM's master key)."""
+    tokens = settings.get("fake_tokens", 20)
+    bullets = [
+        "Everything runs on this one machine, on 127.0.0.1: the project's fake upstream "
+        f"(`nobusy fake-upstream --mode ok --tokens {tokens}`: every answer has {tokens} content "
+        f"chunks, so a stream is {tokens + 2} SSE events with the role and finish chunks), "
+        "nobusy (`nobusy serve --log-level warning`, one worker unless said otherwise) and "
+        f"LiteLLM proxy {_litellm_version()} (its own virtualenv, one worker, no database, "
+        "`LITELLM_LOG=WARNING`). The client, the gateway and the fake share the same cores.",
+        "The client is `bench/loadgen.py`: asyncio + uvloop, N keep-alive connections each "
+        "sending the same request back to back, responses parsed with httptools. A run is a "
+        f"warm-up of {settings.get('warmup_s')} s (longer if needed, until every connection "
+        f"has had an answer), then a window of {settings.get('window_s')} s. Throughput is the "
+        "successful responses completed in the window over its length; latency percentiles "
+        "come from the requests started in it. Time to first token (TTFT) is the time to the "
+        'first body piece that holds a non-empty `"content"` string (the role chunk\'s `""` '
+        "does not count).",
+        f"The paths are measured in rounds ({settings.get('rounds')}), each round visiting "
+        "every path in turn, so drift of the machine hits all of them alike. Figures are "
+        "medians over rounds; *added* latency and ratios are taken within each round, then "
+        "the median of those.",
+        "CPU is user + system time from `/proc/PID/stat` of the gateway's whole process "
+        "tree, read at the window's edges, per 1,000 completed requests.",
+        "Every path gets the same `Authorization: Bearer sk-...` header (LiteLLM's master key).",
+    ]
+    return "## How it is measured\n\n" + "\n".join(f"- {b}" for b in bullets)
 
 
 def _litellm_version() -> str:
@@ -225,7 +229,10 @@ def write(records: dict[str, Record] | None = None) -> Path:
         if name in records:
             lines += [_section(name, records[name]), ""]
     lines += ["## What was tried", ""]
-    tried = TRIED.read_text().strip() if TRIED.exists() else "- (nothing recorded yet)"
+    tried = "- (nothing recorded yet)"
+    if TRIED.exists():
+        text = [line for line in TRIED.read_text().splitlines() if not line.startswith("<!--")]
+        tried = "\n".join(text).strip() or tried
     lines += [tried, ""]
     DOC.write_text("\n".join(lines))
     return DOC

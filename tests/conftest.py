@@ -163,6 +163,9 @@ models:
   alldown: [refused, busy]
   allpaused: [busy, limited]
   local: [local]
+  continue-local: ["fake/drop:drop_after=3", local]
+  hedged: {{routes: ["fake/ok:delay=1", backup], hedge: {{after: 0.2, budget: 0.5}}}}
+  unhedged: ["fake/ok:delay=1", backup]
 """ + "".join(
     f"  fault-{name}: [{', '.join(repr(r) for r in routes)}]\n" for name, routes in FAULTS.items()
 )

@@ -48,7 +48,7 @@ class RunSettings:
 
     quick: bool = False
     rounds: int = 3
-    warmup: float = 1.0
+    warmup: float = 0.5
     duration: float = 3.0
     concurrencies: tuple[int, ...] = (1, 32, 128)
     tokens: int = 20  # content chunks per fake answer: 22 SSE events with the role and finish
@@ -177,10 +177,10 @@ def summarise(result: LoadResult, cpu: dict[str, float]) -> Result:
         "ttft_ms": _ms(dataclasses.asdict(result.ttft)) if result.ttft else None,
         "cpu_s": cpu,
     }
-    done = max(result.completed, 1)
     for role in ("gateway", "upstream"):
         seconds = cpu.get(role)
-        row[f"{role}_cpu_per_1k"] = None if seconds is None else seconds / done * 1000
+        done = result.completed
+        row[f"{role}_cpu_per_1k"] = None if seconds is None or not done else seconds / done * 1000
     return row
 
 

@@ -161,9 +161,11 @@ def render(result: Result, img: Path) -> str:
     plots.bars(
         table,
         paths,
-        "Throughput at saturation (labels: × LiteLLM)",
+        "Throughput at saturation (labels: nobusy × LiteLLM)",
         img / "bench-throughput.png",
         annotate="x_reference",
+        annotate_paths=("nobusy",),
+        log=True,
     )
     parts.append("![latency against concurrency](img/bench-latency.png)")
     parts.append("![throughput per path](img/bench-throughput.png)")

@@ -66,6 +66,7 @@ def render(result: Result, img: Path) -> str:
         "nobusy throughput by worker processes (labels: × 1 worker)",
         img / "bench-workers.png",
         annotate="x_reference",
+        annotate_paths=("workers=2",),
     )
     intro = (
         "`nobusy serve --workers N` in front of one fake upstream process, on the same 2 cores "

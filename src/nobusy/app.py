@@ -17,6 +17,7 @@ from nobusy.api.openapi import openapi_json
 from nobusy.errors import NobusyError
 from nobusy.metrics import Metrics
 from nobusy.middleware import RequestContextMiddleware
+from nobusy.probing import Prober
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.settings import Settings, load_settings
@@ -42,9 +43,12 @@ def create_app(settings: Settings) -> Starlette:
             start = getattr(upstream, "start", None)
             if start is not None:
                 await start()
+        prober = Prober(router)
+        prober.start()
         try:
             yield
         finally:
+            await prober.stop()
             await router.aclose()
             usage_log.close()
 

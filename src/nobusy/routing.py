@@ -172,7 +172,7 @@ class Router:
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
         self.hedge_budgets = {
-            alias: Budget(spec.hedge.budget, 0, settings.retry_window)
+            alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
             if spec.hedge is not None
         }

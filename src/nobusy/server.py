@@ -116,6 +116,8 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # httpx logs every upstream request at INFO: noise, and a cost on every request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.workers > 1:
         # Workers rebuild the settings from the environment: hand them the CLI's choices.
         for name in (

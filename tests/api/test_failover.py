@@ -7,6 +7,7 @@ first token nobusy fails over, after it nobusy continues the answer on the next 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -181,3 +182,33 @@ def test_admin_endpoint_shows_every_upstream(gateway: Process, base_url: str) ->
     names = {u["name"] for u in data}
     assert {"fake", "backup", "refused", "local"} <= names
     assert all(u["state"] == "closed" for u in data)
+
+
+def test_hedge_races_a_slow_first_route_and_cancels_the_loser(
+    gateway: Process, base_url: str, fake_stats: httpx.Client
+) -> None:
+    answer, raw = ask(base_url, "hedged", stream=True)
+    assert answer["content"] == answer_text(MESSAGES)
+    assert raw.headers["x-nobusy-upstream"] == "backup"  # the hedge spoke first
+    assert fake_stats.get("/_fake/stats").json()["in_flight"] == 0  # the slow one was closed
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'nobusy_hedges_total{alias="hedged"} 1.0' in metrics
+
+
+def test_without_hedging_the_slow_route_answers(base_url: str) -> None:
+    answer, raw = ask(base_url, "unhedged", stream=False)
+    assert answer["content"] == answer_text(MESSAGES)
+    assert raw.headers["x-nobusy-upstream"] == "fake/ok:delay=1"
+
+
+def test_client_leaving_releases_the_attempt(gateway: Process, base_url: str) -> None:
+    body = {"model": "slow", "stream": True, "messages": MESSAGES}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+        next(response.iter_lines())
+    for _ in range(100):
+        data = httpx.get(base_url + "/nobusy/upstreams").json()["data"]
+        if next(u for u in data if u["name"] == "fake")["in_flight"] == 0:
+            break
+        time.sleep(0.05)
+    fake = next(u for u in data if u["name"] == "fake")
+    assert fake["in_flight"] == 0 and fake["state"] == "closed"  # leaving is not a failure

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from nobusy.fake_upstream import answer_text
-from tests.conftest import Process, free_port
+from tests.conftest import Process, free_port, serve
 
 
 def nobusy(
@@ -108,3 +110,29 @@ def test_chat_explains_when_server_is_not_running() -> None:
     result = nobusy("chat", "--url", url, stdin="hi\n")
     assert result.returncode == 1
     assert "is `nobusy serve` running?" in result.stderr
+
+
+def test_check_shows_live_circuits_of_a_running_server(
+    tmp_path: Path, fake_upstream: Process
+) -> None:
+    path = config(
+        tmp_path,
+        fake_upstream,
+        f'  dead: {{kind: openai, base_url: "http://127.0.0.1:{free_port()}/v1",'
+        " default_model: x, circuit: {consecutive_failures: 1}}",
+    )
+    text = path.read_text().replace("small: [local]", "small: [local]\n  gone: [dead]")
+    server = serve(tmp_path, text)
+    # `check` finds the running server at the port its config names.
+    (tmp_path / "nobusy.yaml").write_text(f"port: {server.port}\n" + text)
+    try:
+        httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "gone", "messages": [{"role": "user", "content": "x"}]},
+        )
+        result = nobusy("check", "--config", str(tmp_path / "nobusy.yaml"))
+    finally:
+        server.stop()
+    assert "circuit (running server)" in result.stdout
+    dead_row = next(line for line in result.stdout.splitlines() if " dead " in line)
+    assert "open" in dead_row

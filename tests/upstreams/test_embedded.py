@@ -58,3 +58,19 @@ def test_embedded_model_is_deterministic_with_a_seed(base_url: str) -> None:
         return completion.choices[0].message.content
 
     assert ask() == ask()
+
+
+def test_embedded_model_continues_an_answer_cut_mid_stream(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="continue-local",
+        messages=[{"role": "user", "content": "Tell me about Paris."}],
+        max_tokens=24,
+        temperature=0,
+    )
+    completion = raw.parse()
+    text = completion.choices[0].message.content or ""
+    # The fake sent its first three pieces and dropped; llama.cpp went on from there.
+    assert text.startswith("Fake answer to: ")
+    assert len(text) > len("Fake answer to: ")
+    assert "continuing on local" in raw.headers["x-nobusy-failover"]

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nobusy.errors import ConfigError
@@ -89,18 +91,48 @@ def check(config_file: Path | None) -> None:
     """Validate the config and probe every upstream; exit 1 if any is down."""
     settings = _settings(config_file)
     results = asyncio.run(_probe_all(settings))
+    live = _live_circuits(settings)
     table = Table(title="Upstreams")
-    for column in ("upstream", "kind", "status", "latency", "models found"):
+    columns = ["upstream", "kind", "status", "latency", "models found"]
+    for column in columns + (["circuit (running server)"] if live else []):
         table.add_column(column, justify="right" if column == "latency" else "left")
     for name, probe in results.items():
         status = "[green]ok[/]" if probe.ok else f"[red]down[/] {probe.detail}"
         found = ", ".join(probe.models[:6]) + (" ..." if len(probe.models) > 6 else "")
-        table.add_row(
-            name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found
-        )
+        row = [name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found]
+        if live:
+            row.append(_circuit_cell(live.get(name)))
+        table.add_row(*row)
     Console().print(table)
     if not all(p.ok for p in results.values()):
         raise SystemExit(1)
+
+
+def _live_circuits(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Circuit states from a nobusy already serving this config, if one answers."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    headers = {}
+    if settings.admin_key is not None:
+        headers["authorization"] = f"Bearer {settings.admin_key.get_secret_value()}"
+    try:
+        response = httpx.get(
+            f"http://{host}:{settings.port}/v1/nobusy/upstreams", headers=headers, timeout=1
+        )
+        data = response.json()["data"] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+    return {entry["name"]: entry for entry in data}
+
+
+def _circuit_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    state = entry["state"]
+    colour = {"closed": "green", "open": "red"}.get(state, "yellow")
+    detail = f" for {entry['retry_in']:.0f}s" if state == "open" else ""
+    error = entry.get("last_error") if state != "closed" else None
+    error = f" - {escape(error)}" if error else ""
+    return f"[{colour}]{state}[/]{detail}{error}"
 
 
 async def _probe_all(settings: Settings) -> dict[str, Probe]:

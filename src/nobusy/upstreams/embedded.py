@@ -16,7 +16,7 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -122,7 +122,7 @@ class Upstream:
         def generate() -> None:
             produced = 0
             try:
-                for chunk in llm.create_chat_completion(stream=True, **kwargs):
+                for chunk in self._generate(llm, kwargs):
                     if stop.is_set():
                         break
                     delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
@@ -150,6 +150,43 @@ class Upstream:
         finally:
             stop.set()
 
+    def _generate(self, llm: Any, kwargs: dict[str, Any]) -> Iterator[Chunk]:
+        """Chat chunks from llama.cpp; a partial answer to continue becomes a raw completion."""
+        messages = kwargs["messages"]
+        if not kwargs.pop("continue_final", False):
+            yield from llm.create_chat_completion(stream=True, **kwargs)
+            return
+        # Raw completion: the chat template up to the assistant's turn, then the partial
+        # answer itself, so the model carries on mid-sentence instead of starting over.
+        formatter = self._formatter(llm)
+        formatted = formatter(messages=messages[:-1])
+        prompt = formatted.prompt + (messages[-1]["content"] or "")
+        params = {k: v for k, v in kwargs.items() if k != "messages" and k != "response_format"}
+        stop = params.pop("stop", None) or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        stop += [s for s in (formatted.stop or []) if isinstance(s, str)]
+        yield {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        for part in llm.create_completion(prompt, stream=True, stop=stop or None, **params):
+            choice = part["choices"][0]
+            delta = {"content": choice["text"]} if choice["text"] else {}
+            yield {
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}
+                ]
+            }
+
+    def _formatter(self, llm: Any) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise UpstreamError(
+                "this GGUF has no chat template to continue with", upstream=self.name
+            )
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
     def _generation_args(self, body: dict[str, Any]) -> dict[str, Any]:
         args: dict[str, Any] = {
             "messages": [_plain_message(m) for m in body.get("messages") or ()],
@@ -160,6 +197,11 @@ class Upstream:
         for name in ("temperature", "top_p", "stop", "seed", "response_format"):
             if body.get(name) is not None:
                 args[name] = body[name]
+        last = (body.get("messages") or [{}])[-1]
+        if last.get("role") == "assistant" and (
+            last.get("prefix") or body.get("continue_final_message")
+        ):
+            args["continue_final"] = True
         return args
 
     def _translate(self, exc: Exception) -> UpstreamError:

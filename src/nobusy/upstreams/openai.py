@@ -75,11 +75,11 @@ class Upstream:
         self._client = httpx.AsyncClient(
             base_url=str(settings.base_url).rstrip("/") + "/",
             headers=headers,
-            # The read timeout is the longest silence between bytes; comments reset it, so the
-            # router measures time to first token itself.
+            # Only a safety net: the router enforces first_token_timeout and idle_timeout
+            # itself, because keep-alive comments would reset a socket read timeout.
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,
-                read=settings.idle_timeout,
+                read=max(settings.first_token_timeout, settings.idle_timeout),
                 write=settings.idle_timeout,
                 pool=settings.first_token_timeout,
             ),

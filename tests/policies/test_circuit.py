@@ -1,0 +1,91 @@
+"""The circuit breaker as a pure policy, on a clock the test moves."""
+
+from __future__ import annotations
+
+from nobusy.circuit import Circuit, CircuitSettings, State
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def circuit(**kwargs: float) -> tuple[Circuit, Clock]:
+    clock = Clock()
+    return Circuit(CircuitSettings(**kwargs), clock=clock), clock  # type: ignore[arg-type]
+
+
+def test_consecutive_failures_open_then_half_open_probe_closes() -> None:
+    c, clock = circuit(consecutive_failures=3, ejection=10)
+    for _ in range(2):
+        c.failure("boom")
+    assert c.state is State.CLOSED
+    c.failure("boom")
+    assert c.state is State.OPEN and not c.available()
+    assert c.retry_in() == 10
+    clock.now += 10
+    assert c.state is State.HALF_OPEN and c.available()
+    c.begin()
+    assert not c.available()  # one probe at a time
+    c.success()
+    assert c.state is State.CLOSED and c.available()
+
+
+def test_failed_probe_ejects_for_longer_capped() -> None:
+    c, clock = circuit(consecutive_failures=1, ejection=10, max_ejection=25)
+    c.failure("a")
+    assert c.retry_in() == 10
+    for expected in (20, 25, 25):
+        clock.now += 100
+        c.begin()
+        c.failure("again")
+        assert c.retry_in() == expected
+
+
+def test_failure_rate_over_window_opens() -> None:
+    c, clock = circuit(consecutive_failures=100, failure_rate=0.5, min_requests=10, window=30)
+    for i in range(9):  # 5 failures in 9: not enough requests yet to judge the rate
+        clock.now += 1
+        c.success() if i % 2 else c.failure("flaky")
+    assert c.state is State.CLOSED
+    c.failure("flaky")  # the tenth: 6 of 10 failed
+    assert c.state is State.OPEN
+
+
+def test_old_failures_leave_the_window() -> None:
+    c, clock = circuit(consecutive_failures=100, failure_rate=0.5, min_requests=4, window=5)
+    c.failure("x")
+    c.failure("x")
+    clock.now += 10
+    c.success()
+    c.success()
+    c.success()
+    assert c.state is State.CLOSED
+
+
+def test_retry_after_pauses_without_counting_an_ejection() -> None:
+    c, clock = circuit()
+    c.failure("429", retry_after=7)
+    assert c.state is State.OPEN and c.retry_in() == 7 and c.ejections == 0
+    clock.now += 7
+    assert c.available()
+
+
+def test_misconfigured_opens_at_once_and_reset_closes() -> None:
+    c, _ = circuit()
+    c.failure("401", misconfigured=True)
+    assert c.state is State.OPEN
+    c.reset()
+    assert c.state is State.CLOSED and c.ejections == 0
+
+
+def test_cancelled_probe_frees_the_slot() -> None:
+    c, clock = circuit(consecutive_failures=1)
+    c.failure("x")
+    clock.now += 60
+    c.begin()
+    c.cancelled()
+    assert c.available()
