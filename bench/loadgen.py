@@ -3,7 +3,9 @@
 ``concurrency`` keep-alive connections each send the same request back to back. A run lasts
 ``warmup`` seconds (not recorded; longer if some connection has had no answer yet) plus
 ``duration`` seconds (the window), or until ``requests`` requests were sent when a count is
-given instead. Responses are parsed by
+given instead. A slow path answers a whole wave of connections at once, so a short window
+would count one wave more or less; the window is stretched to ``min_round_trips`` times the
+median latency seen in the warm-up (at most to ``max_window`` seconds). Responses are parsed by
 ``httptools.HttpResponseParser``, which handles Content-Length and chunked bodies.
 
 What is recorded per request (``RequestRecord``):
@@ -296,6 +298,8 @@ async def _run(
     on_start: Callable[[], None] | None,
     on_end: Callable[[], None] | None,
     drain_timeout: float,
+    min_round_trips: float,
+    max_window: float,
 ) -> LoadResult:
     loop = asyncio.get_running_loop()
     run = _Run(spec, concurrency, warmup, duration, requests)
@@ -319,8 +323,11 @@ async def _run(
         # steady state, once each has (or after drain_timeout, whatever happened by then).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.all_answered.wait(), drain_timeout)
+        seen = sorted(r.latency for r in run.records if r.status == 200)
+        typical = seen[len(seen) // 2] if seen else 0.0
+        window = max(duration, min(min_round_trips * typical, max_window))
         mark("start", on_start)
-        await asyncio.sleep(duration)
+        await asyncio.sleep(window)
         mark("end", on_end)
         run.stop = True
     else:
@@ -379,6 +386,8 @@ def run_load(
     on_start: Callable[[], None] | None = None,
     on_end: Callable[[], None] | None = None,
     drain_timeout: float = 60.0,
+    min_round_trips: float = 0.0,
+    max_window: float = 10.0,
     keep_records: bool = False,
 ) -> LoadResult:
     """Run one load test on a fresh uvloop loop; give ``duration`` or ``requests``.
@@ -396,7 +405,18 @@ def run_load(
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             result = runner.run(
-                _run(spec, concurrency, warmup, duration, requests, on_start, on_end, drain_timeout)
+                _run(
+                    spec,
+                    concurrency,
+                    warmup,
+                    duration,
+                    requests,
+                    on_start,
+                    on_end,
+                    drain_timeout,
+                    min_round_trips,
+                    max_window,
+                )
             )
     finally:
         if gc_was_enabled:

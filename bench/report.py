@@ -70,6 +70,8 @@ def save(name: str, settings: RunSettings, result: Record, started: dt.datetime)
             "rounds": settings.rounds,
             "warmup_s": settings.warmup,
             "window_s": settings.duration,
+            "min_round_trips": settings.min_round_trips,
+            "max_window_s": settings.max_window,
             "concurrencies": list(settings.concurrencies),
             "fake_tokens": settings.tokens,
         },
@@ -144,8 +146,10 @@ def _method(settings: dict[str, Any]) -> str:
         "The client is `bench/loadgen.py`: asyncio + uvloop, N keep-alive connections each "
         "sending the same request back to back, responses parsed with httptools. A run is a "
         f"warm-up of {settings.get('warmup_s')} s (longer if needed, until every connection "
-        f"has had an answer), then a window of {settings.get('window_s')} s. Throughput is the "
-        "successful responses completed in the window over its length; latency percentiles "
+        f"has had an answer), then a window of {settings.get('window_s')} s, stretched for "
+        f"slow paths to {settings.get('min_round_trips')} times the warm-up's median latency "
+        f"(at most {settings.get('max_window_s')} s), since they answer in waves. Throughput "
+        "is the successful responses completed in the window over its length; latency percentiles "
         "come from the requests started in it. Time to first token (TTFT) is the time to the "
         'first body piece that holds a non-empty `"content"` string (the role chunk\'s `""` '
         "does not count).",

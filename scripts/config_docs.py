@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from nobusy.settings import ModelAlias, Settings
+from nobusy.circuit import CircuitSettings
+from nobusy.settings import HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.base import UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
@@ -23,6 +24,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 MODELS: dict[str, type[BaseModel]] = {
     "Settings": Settings,
     "ModelAlias": ModelAlias,
+    "HedgeSettings": HedgeSettings,
+    "CircuitSettings": CircuitSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,

@@ -151,6 +151,8 @@ upstreams:
   keepalive: {{kind: openai, base_url: "{fake}", default_model: keepalive,
                first_token_timeout: 1}}
   badkey: {{kind: openai, base_url: "{fake}", default_model: "http:status=401"}}
+  probed: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", default_model: ok,
+            health_check_interval: 0.2, circuit: {{consecutive_failures: 1}}}}
   local: {{kind: embedded}}
 models:
   ok: [fake/ok]

@@ -197,3 +197,11 @@ def test_bad_routes_name_the_place(tmp_path: Path, routes: str, says: str) -> No
     text = f"upstreams:\n  a: {{kind: embedded}}\nmodels:\n  m: {routes}\n"
     with pytest.raises(ConfigError, match=says):
         load_settings(write(tmp_path, text), env={})
+
+
+def test_the_shipped_example_loads() -> None:
+    text = (ROOT / "examples" / "nobusy.yaml").read_text()
+    names = set(re.findall(r"\$\{(\w+)", text))
+    settings = load_settings(ROOT / "examples" / "nobusy.yaml", env=dict.fromkeys(names, "k"))
+    assert "deepseek-chat" in settings.models
+    assert settings.upstreams["deepseek"].continuation == "prefix"

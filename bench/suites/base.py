@@ -49,14 +49,18 @@ class RunSettings:
     quick: bool = False
     rounds: int = 3
     warmup: float = 0.5
-    duration: float = 3.0
+    duration: float = 2.5
+    min_round_trips: float = 5.0  # the window lasts at least this many median latencies...
+    max_window: float = 8.0  # ...but no longer than this
     concurrencies: tuple[int, ...] = (1, 32, 128)
     tokens: int = 20  # content chunks per fake answer: 22 SSE events with the role and finish
 
     @classmethod
     def make(cls, quick: bool) -> RunSettings:
         if quick:
-            return cls(quick=True, rounds=1, warmup=0.3, duration=1.0)
+            return cls(
+                quick=True, rounds=1, warmup=0.3, duration=1.0, min_round_trips=3, max_window=4
+            )
         return cls()
 
 
@@ -154,6 +158,8 @@ def measure(
         concurrency,
         duration=s.duration,
         warmup=s.warmup,
+        min_round_trips=s.min_round_trips,
+        max_window=s.max_window,
         on_start=start,
         on_end=end,
     )

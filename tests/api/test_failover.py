@@ -181,7 +181,8 @@ def test_admin_endpoint_shows_every_upstream(gateway: Process, base_url: str) ->
     data = httpx.get(base_url + "/nobusy/upstreams").json()["data"]
     names = {u["name"] for u in data}
     assert {"fake", "backup", "refused", "local"} <= names
-    assert all(u["state"] == "closed" for u in data)
+    # `probed` is excluded: its background probe may already have ejected it again.
+    assert all(u["state"] == "closed" for u in data if u["name"] != "probed")
 
 
 def test_hedge_races_a_slow_first_route_and_cancels_the_loser(
@@ -212,3 +213,17 @@ def test_client_leaving_releases_the_attempt(gateway: Process, base_url: str) ->
         time.sleep(0.05)
     fake = next(u for u in data if u["name"] == "fake")
     assert fake["in_flight"] == 0 and fake["state"] == "closed"  # leaving is not a failure
+
+
+def test_active_probes_eject_a_dead_upstream_without_traffic(base_url: str) -> None:
+    state = "closed"
+    for _ in range(100):  # probed every 0.2 s; the reset above closed it
+        data = httpx.get(base_url + "/nobusy/upstreams").json()["data"]
+        probed = next(u for u in data if u["name"] == "probed")
+        state = probed["state"]
+        if state == "open":
+            break
+        time.sleep(0.05)
+    assert state == "open"
+    assert probed["attempts"] == 0  # no request was sent there: the probe found it
+    assert "health probe" in probed["last_error"]
