@@ -201,7 +201,7 @@ def test_bad_routes_name_the_place(tmp_path: Path, routes: str, says: str) -> No
 
 def test_the_shipped_example_loads() -> None:
     text = (ROOT / "examples" / "nobusy.yaml").read_text()
-    names = set(re.findall(r"\$\{(\w+)", text))
+    names = set(re.findall(r"\$\{(\w+)\}", text))  # those without a default
     settings = load_settings(ROOT / "examples" / "nobusy.yaml", env=dict.fromkeys(names, "k"))
     assert "deepseek-chat" in settings.models
     assert settings.upstreams["deepseek"].continuation == "prefix"
