@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             suite = SUITES[name]
             log(f"=== {name}: {suite.title}")
             started = dt.datetime.now().astimezone()
+            load = os.getloadavg()
+            if load[0] > 0.5:
+                log(f"  note: load average {load[0]:.2f} before the suite: other work may skew it")
             clock = time.monotonic()
             try:
                 result = suite.run(ctx)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = {"crashed": text}
             finally:
                 processes.stop_all()
-            path = report.save(name, settings, result, started)
+            path = report.save(name, settings, result, started, load)
             log(
                 f"=== {name} done in {time.monotonic() - clock:.0f}s; "
                 f"raw result {path.relative_to(procs.REPO)}"

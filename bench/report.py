@@ -56,7 +56,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(name: str, settings: RunSettings, result: Record, started: dt.datetime) -> Path:
+def save(
+    name: str,
+    settings: RunSettings,
+    result: Record,
+    started: dt.datetime,
+    load_before: tuple[float, float, float] | None = None,
+) -> Path:
     """Write one suite's raw result to ``bench/results/<suite>-<date>[-quick].json``."""
     RESULTS.mkdir(exist_ok=True)
     now = dt.datetime.now().astimezone()
@@ -76,6 +82,8 @@ def save(name: str, settings: RunSettings, result: Record, started: dt.datetime)
             "fake_tokens": settings.tokens,
         },
         "machine": machine(),
+        # Other work on the machine skews figures: the 1/5/15-minute load averages at the start.
+        "load_before": list(load_before) if load_before else None,
         "result": result,
     }
     suffix = "-quick" if settings.quick else ""
@@ -123,6 +131,8 @@ def _section(name: str, record: Record) -> str:
     suite = SUITES[name]
     head = f"## {suite.title}\n\n"
     when = f"*{record['finished_at']}, suite `{name}`"
+    if record.get("load_before"):
+        when += f", load average before it {record['load_before'][0]:.2f}"
     when += ", quick run*" if record.get("quick") else "*"
     crashed = record["result"].get("crashed")
     if crashed:

@@ -27,7 +27,14 @@ class Budget:
 
     def note(self) -> None:
         """Count one base event (a request, or a first attempt)."""
-        self._events.append(self.clock())
+        now = self.clock()
+        events = self._events
+        events.append(now)
+        # Pruned here too, not only when spending: with no failures nothing is ever spent,
+        # and the window would otherwise grow by one entry per request forever.
+        horizon = now - self.window
+        while events[0] < horizon:
+            events.popleft()
 
     def try_spend(self) -> bool:
         """Take one unit of budget if there is one left."""

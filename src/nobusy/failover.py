@@ -56,10 +56,11 @@ class AnswerStream:
         self.queue = queue
         self.failures = failures
         self.attempts = attempts
-        self.content = ""  # content the client has
-        self.reasoning = ""  # reasoning the client has
+        # What the client has, as pieces (joined only when a continuation needs the text).
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
         self.tools: list[Chunk] = []  # tool-call deltas held until the calls are complete
-        self.produced = 0  # content/reasoning pieces sent, to shorten max_tokens on continuing
+        self.continuing = False  # after a failover: chunks need skipping and rewriting
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.saw_usage = False
         self.attempt_pieces = 0
@@ -74,13 +75,31 @@ class AnswerStream:
         try:
             while True:
                 try:
-                    async for chunk in self._read(attempt):
+                    for chunk in attempt.prefix:  # read while waiting for the first token
+                        for out in self._process(chunk):
+                            yield out
+                    attempt.prefix = []
+                    idle = float(getattr(attempt.settings, "idle_timeout", 60.0))
+                    iterator = attempt.iterator
+                    while True:
+                        # The deadline covers only the wait for the upstream, never the time
+                        # the client takes to read what was yielded.
+                        try:
+                            async with asyncio.timeout(idle):
+                                chunk = await anext(iterator)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise UpstreamTimeout(
+                                f"no token for {idle:g}s mid-answer",
+                                upstream=attempt.route.upstream,
+                            ) from None
                         for out in self._process(chunk):
                             yield out
                     if self.trimmer is not None and not self.trimmer.done:
                         held = self.trimmer.flush()
                         if held:
-                            self.content += held
+                            self._content.append(held)
                             yield _content_chunk(held)
                     await attempt.succeed()
                     if self.saw_usage:
@@ -101,27 +120,6 @@ class AnswerStream:
         finally:
             await self.attempt.cancel()  # no-op when it already ended
 
-    async def _read(self, attempt: Attempt) -> AsyncIterator[Chunk]:
-        """The attempt's chunks: those read before its first token, then the rest with a deadline
-        between tokens. The deadline covers only the wait for the upstream, never the time the
-        client takes to read what was yielded."""
-        for chunk in attempt.prefix:
-            yield chunk
-        attempt.prefix = []
-        idle = float(getattr(attempt.settings, "idle_timeout", 60.0))
-        iterator = attempt.iterator
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    chunk = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"no token for {idle:g}s mid-answer", upstream=attempt.route.upstream
-                ) from None
-            yield chunk
-
     def _process(self, chunk: Chunk) -> list[Chunk]:
         usage = chunk.get("usage")
         if usage:
@@ -131,6 +129,29 @@ class AnswerStream:
             if not chunk.get("choices"):
                 return []
             chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        if self.continuing or self.tools:
+            return self._process_slowly(chunk)
+        # The first attempt, with no tool call under way: relay the chunk as it is and only
+        # take note of what the client now has. Nearly every chunk takes this path.
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not delta:
+                continue
+            if delta.get("tool_calls"):
+                return self._process_slowly(chunk)
+            content = delta.get("content")
+            if content:
+                self._content.append(content)
+                self.attempt_pieces += 1
+            thought = delta.get("reasoning_content")
+            if thought:
+                self._reasoning.append(thought)
+                self.attempt_pieces += 1
+            if "role" in delta:
+                self.role_sent = True
+        return [chunk]
+
+    def _process_slowly(self, chunk: Chunk) -> list[Chunk]:
         out: list[Chunk] = []
         for choice in chunk.get("choices") or ():
             delta = dict(choice.get("delta") or {})
@@ -142,8 +163,7 @@ class AnswerStream:
                 self.attempt_pieces += 1
                 content = self._new_content(content)
                 if content:
-                    self.content += content
-                    self.produced += 1
+                    self._content.append(content)
                     delta["content"] = content
             thought = delta.pop("reasoning_content", None)
             if thought:
@@ -152,8 +172,7 @@ class AnswerStream:
                     if isinstance(piece, dict):
                         out.append(piece)
                     else:
-                        self.reasoning += piece
-                        self.produced += 1
+                        self._reasoning.append(piece)
                         delta["reasoning_content"] = delta.get("reasoning_content", "") + piece
             calls = delta.pop("tool_calls", None)
             if calls:
@@ -174,7 +193,7 @@ class AnswerStream:
         return text
 
     def _new_reasoning(self, text: str) -> list[str | Chunk]:
-        if self.content:
+        if self._content:
             return []  # continuing an answer: its reasoning is over
         skip = self.reasoning_skip
         if skip is None:
@@ -218,16 +237,19 @@ class AnswerStream:
 
     def _continuation_attempt(self, route: Route) -> Attempt:
         settings = self.router.settings.upstreams[route.upstream]
+        self.continuing = True
         self.content_skip = self.trimmer = self.reasoning_skip = None
-        if self.content:
-            partial = self.content.rstrip()
-            body = continuation_body(self.body, partial, settings.continuation, self.produced)
-            self.content_skip = Skipper(self.content[len(partial) :])
+        content = "".join(self._content)
+        if content:
+            partial = content.rstrip()
+            produced = len(self._content) + len(self._reasoning)
+            body = continuation_body(self.body, partial, settings.continuation, produced)
+            self.content_skip = Skipper(content[len(partial) :])
             if settings.continuation == "none":
                 self.trimmer = OverlapTrimmer(partial)
         else:
             body = self.body
-            self.reasoning_skip = Skipper(self.reasoning)
+            self.reasoning_skip = Skipper("".join(self._reasoning))
         return self.router.start(route, body, self.request_id)
 
 

@@ -1,25 +1,27 @@
 """``kind: openai`` — any OpenAI-compatible HTTP API (DeepSeek, Bailian, Ark, vLLM, Ollama, ...).
 
-Requests go through httpx's API over aiohttp's connection pool (httpx-aiohttp): httpcore's
-pool spent over half of nobusy's CPU at 32 concurrent requests, aiohttp's doubles throughput
-(docs/benchmarks.md). The upstream is always asked to stream, even for non-streaming clients,
-so that time to first token, keep-alive comments and truncation are seen the same way on every
-path. httpx, aiohttp and httpx-sse errors, HTTP error statuses and error events inside a 200
-stream are translated into ``nobusy.errors`` here and nowhere else.
+Requests go out through aiohttp's connection pool, and the event stream is parsed by
+httpx-sse. httpx's client cost over a third of nobusy's CPU per request (building requests,
+merging headers, cookies) and httpcore's pool more still, so this module speaks aiohttp and
+hands httpx-sse only the two things its parser reads: the headers and the body as text
+(docs/benchmarks.md has the figures). The upstream is always asked to stream, even for
+non-streaming clients, so that time to first token, keep-alive comments and truncation are
+seen the same way on every path. aiohttp and httpx-sse errors, HTTP error statuses and error
+events inside a 200 stream are translated into ``nobusy.errors`` here and nowhere else.
 """
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource, SSEError
 from pydantic import AnyHttpUrl, Field, SecretStr
 
@@ -68,26 +70,34 @@ class Upstream:
         self.name = name
         self.settings = settings
         self.default_model = settings.default_model or ""
-        headers = {"accept": "text/event-stream", **settings.headers}
+        base = str(settings.base_url).rstrip("/")
+        self._chat_url = base + "/chat/completions"
+        self._models_url = base + "/models"
+        self._headers = {"accept": "text/event-stream", **settings.headers}
         if settings.api_key is not None:
-            headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        limit = settings.max_connections
-        self._client = httpx.AsyncClient(
-            base_url=str(settings.base_url).rstrip("/") + "/",
-            headers=headers,
-            # Only a safety net: the router enforces first_token_timeout and idle_timeout
-            # itself, because keep-alive comments would reset a socket read timeout.
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=max(settings.first_token_timeout, settings.idle_timeout),
-                write=settings.idle_timeout,
-                pool=settings.first_token_timeout,
-            ),
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            transport=AiohttpTransport(
-                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-            ),
+            self._headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        # Only a safety net: the router enforces first_token_timeout and idle_timeout itself,
+        # because keep-alive comments would reset a socket read timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout + settings.first_token_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=max(settings.first_token_timeout, settings.idle_timeout),
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None:
+            limit = self.settings.max_connections
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=True,
+                trust_env=False,
+            )
+        return self._session
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         body = dict(call.body)
@@ -100,56 +110,58 @@ class Upstream:
         if call.request_id:
             headers["x-request-id"] = call.request_id
         with self._translate_errors():
-            async with self._client.stream(
-                "POST", "chat/completions", content=content, headers=headers
+            async with self._client().post(
+                self._chat_url, data=content, headers=headers
             ) as response:
-                if response.status_code != 200:
+                if response.status != 200:
                     raise await self._status_error(response)
                 ctype = response.headers.get("content-type", "")
                 if not ctype.startswith("text/event-stream"):
                     raise await self._non_sse_body(response)
-                async for chunk in self._events(response):
+                # The event loop is inline (not a helper generator): every chunk of every
+                # answer passes here, and each generator layer costs per chunk.
+                finished = done = False
+                async for event in EventSource(_SSEBody.of(response)).aiter_sse():
+                    data = event.data
+                    if data == "[DONE]":
+                        # Read on to the end of the body rather than return: a response left
+                        # unread cannot go back to the pool, and every request would pay a new
+                        # connection.
+                        done = True
+                        continue
+                    if not data or done:
+                        continue
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamProtocolError(
+                            "upstream sent malformed JSON in its event stream", upstream=self.name
+                        ) from None
+                    if not isinstance(chunk, dict):
+                        raise UpstreamProtocolError(
+                            "upstream sent a non-object event", upstream=self.name
+                        )
+                    if "error" in chunk:
+                        raise self._error_from_body(chunk, 200, None)
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            finished = True
                     yield chunk
+                if not (finished or done):
+                    raise UpstreamProtocolError(
+                        "upstream stream ended without a finish reason or [DONE]",
+                        upstream=self.name,
+                    )
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[Chunk]:
-        finished = done = False
-        async for event in EventSource(response).aiter_sse():
-            data = event.data
-            if data == "[DONE]":
-                # Read on to the end of the body rather than return: a response left unread
-                # cannot go back to the pool, and every request would pay a new connection.
-                done = True
-                continue
-            if not data or done:
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError(
-                    "upstream sent malformed JSON in its event stream", upstream=self.name
-                ) from None
-            if not isinstance(chunk, dict):
-                raise UpstreamProtocolError("upstream sent a non-object event", upstream=self.name)
-            if "error" in chunk:
-                raise self._error_from_body(chunk, 200, None)
-            for choice in chunk.get("choices") or ():
-                if choice.get("finish_reason"):
-                    finished = True
-            yield chunk
-        if not (finished or done):
-            raise UpstreamProtocolError(
-                "upstream stream ended without a finish reason or [DONE]", upstream=self.name
-            )
-
-    async def _status_error(self, response: httpx.Response) -> UpstreamError:
+    async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         raw = await self._read_bounded(response)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = {"error": {"message": raw.decode("utf-8", "replace")[:300]}}
-        return self._error_from_body(body, response.status_code, response.headers)
+        return self._error_from_body(body, response.status, response.headers)
 
-    async def _non_sse_body(self, response: httpx.Response) -> UpstreamError:
+    async def _non_sse_body(self, response: aiohttp.ClientResponse) -> UpstreamError:
         # A 200 with a JSON body to a streaming request is either an error object or a
         # server that ignored `stream`; neither can be relayed as a stream.
         raw = await self._read_bounded(response)
@@ -164,16 +176,16 @@ class Upstream:
         )
 
     @staticmethod
-    async def _read_bounded(response: httpx.Response) -> bytes:
+    async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
         buf = bytearray()
-        async for part in response.aiter_bytes():
+        async for part in response.content.iter_any():
             buf += part
             if len(buf) >= _MAX_ERROR_BODY:
                 break
         return bytes(buf[:_MAX_ERROR_BODY])
 
     def _error_from_body(
-        self, body: Any, status: int, headers: httpx.Headers | None
+        self, body: Any, status: int, headers: Mapping[str, str] | None
     ) -> UpstreamError:
         err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict):
@@ -195,54 +207,74 @@ class Upstream:
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
+        name = self.name
         try:
             yield
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from None
-        except SSEError as exc:
-            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=self.name) from None
-
-    def _translate(self, exc: httpx.HTTPError) -> UpstreamError:
-        name, cause = self.name, exc.__cause__
-        # httpx-aiohttp maps aiohttp's errors coarsely (a server that hangs up mid-answer
-        # becomes ConnectTimeout), so the original error decides where there is one.
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return UpstreamUnreachable(f"cannot connect: {_reason(cause)}", upstream=name)
-        if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-            return UpstreamProtocolError(
-                f"connection broken mid-answer: {_reason(cause)}", upstream=name
-            )
-        if isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
-            return UpstreamTimeout("no data within idle_timeout", upstream=name)
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamUnreachable("connect timed out", upstream=name)
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamUnreachable(f"cannot connect: {_reason(exc)}", upstream=name)
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout("no data within idle_timeout", upstream=name)
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-            return UpstreamProtocolError(
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"cannot connect: {_reason(exc)}", upstream=name) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise UpstreamProtocolError(
                 f"connection broken mid-answer: {_reason(exc)}", upstream=name
-            )
-        return UpstreamError(f"HTTP error: {_reason(exc)}", upstream=name)
+            ) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamUnreachable("connect timed out", upstream=name) from None
+        except TimeoutError:
+            # Only aiohttp's own socket timeouts land here: the router's deadlines cancel
+            # this generator instead of raising inside it.
+            raise UpstreamTimeout("no data from the upstream", upstream=name) from None
+        except aiohttp.ClientOSError as exc:
+            raise UpstreamProtocolError(
+                f"connection failed: {_reason(exc)}", upstream=name
+            ) from None
+        except SSEError as exc:
+            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=name) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"HTTP error: {_reason(exc)}", upstream=name) from None
 
     async def probe(self) -> Probe:
         start = time.perf_counter()
         try:
             with self._translate_errors():
-                response = await self._client.get("models", headers={"accept": "application/json"})
-                if response.status_code != 200:
-                    raise await self._status_error(response)
-                data = response.json().get("data") or []
+                async with self._client().get(
+                    self._models_url, headers={"accept": "application/json"}
+                ) as response:
+                    if response.status != 200:
+                        raise await self._status_error(response)
+                    data = (await response.json(content_type=None)).get("data") or []
         except UpstreamError as exc:
             return Probe(False, (time.perf_counter() - start) * 1000, detail=exc.message)
-        except ValueError:
+        except (ValueError, AttributeError):
             return Probe(False, (time.perf_counter() - start) * 1000, detail="bad /models JSON")
         models = [str(m.get("id")) for m in data if isinstance(m, dict)]
         return Probe(True, (time.perf_counter() - start) * 1000, models=models)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _SSEBody:
+    """What httpx-sse's parser reads from a response: its headers and its body as text."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.headers = response.headers
+        self._content = response.content
+
+    @classmethod
+    def of(cls, response: aiohttp.ClientResponse) -> httpx.Response:
+        # httpx-sse types its argument as httpx.Response but uses only these two members.
+        return cast(httpx.Response, cls(response))
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for data in self._content.iter_any():
+            text = decoder.decode(data)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,0 +1,462 @@
+"""A tamper-evident audit log: one row per event in ``data_dir/audit.db``, chained by keyed hashes.
+
+Each row's ``row_hash`` is ``HMAC-H(chain key, bytes(prev_hash) || canonical)`` where H is the
+suite's hash (SM3 or SHA-256), the chain key is HKDF'd from the data key, and ``canonical`` is
+the orjson array ``[id, time, request_id, key_id, alias, upstream, event, content_hash,
+H(stored content) or null]``. Keyed, because anyone who can write the file could recompute an
+unkeyed chain after an edit. ``content_hash`` is HMAC-H of the content (orjson, sorted keys)
+with its own key, so ``store: hash`` does not let short prompts be guessed from their hashes.
+
+Detected: an edited, inserted, reordered or deleted row; rows deleted from the end (the MAC'd
+``head`` checkpoint, written in the same transaction as the rows, names the last row); rows
+deleted from the start (the MAC'd ``anchor`` left by ``prune`` names the last pruned row).
+Not detected here: the whole database deleted or replaced by an older copy of itself (with
+its head); ship signed exports elsewhere for that. Anyone holding the data key can rewrite.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from nobusy.crypto import CryptoSuite, verify_signature
+
+__all__ = ["AuditError", "AuditLog", "Store", "VerifyResult", "verify_export"]
+
+log = logging.getLogger("nobusy.audit")
+
+Store = Literal["full", "hash"]
+GENESIS = "00" * 32
+_COLUMNS = "id, time, request_id, key_id, alias, upstream, event, content, content_hash"
+_CHAIN_COLUMNS = f"{_COLUMNS}, prev_hash, row_hash"
+_READ_COLUMNS = _CHAIN_COLUMNS.replace("content,", "CAST(content AS BLOB),")
+_NO_DELETE = (
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only: use prune'); END"
+)
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_audit(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, time TEXT NOT NULL, request_id TEXT NOT "
+        "NULL, key_id TEXT, alias TEXT, upstream TEXT, event TEXT NOT NULL, content BLOB, "
+        "content_hash TEXT, prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX audit_time ON audit (time)")
+    # 'head' (last row written) and 'anchor' (last row pruned): row id, its hash, a MAC.
+    db.execute(
+        "CREATE TABLE audit_chain (name TEXT PRIMARY KEY, row_id INTEGER NOT NULL, "
+        "row_hash TEXT NOT NULL, mac TEXT NOT NULL)"
+    )
+    db.execute("CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Guards against mistakes, not attackers (they can drop triggers; the chain catches them).
+    db.execute(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END"
+    )
+    db.execute(_NO_DELETE)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations not yet recorded in ``migrations``, each in its own transaction."""
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    for fn in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone():
+                fn(db)
+                db.execute("INSERT INTO migrations VALUES (?, ?)", (fn.__name__, _now_text()))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+
+class AuditError(Exception):
+    """The audit log cannot be used as asked: another suite or key, or a broken chain."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    rows_checked: int
+    first_bad_row_id: int | None
+    reason: str
+    pruned_through: int = 0  # rows up to this id were removed by prune (the anchor)
+    last_row_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    ns: int
+    event: str
+    request_id: str
+    key_id: str | None
+    alias: str | None
+    upstream: str | None
+    payload: bytes | None
+
+
+_STOP = object()
+
+
+class AuditLog:
+    """The audit log of one data dir: ``append`` queues, a writer thread commits in batches."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        suite: CryptoSuite,
+        store: Store = "full",
+        retention_days: int = 180,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 512,
+        flush_interval: float = 0.05,
+        block_timeout: float = 0.05,
+    ) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "audit.db"
+        self.suite, self.store, self.retention_days = suite, store, retention_days
+        self._chain_key = suite.subkey("audit-chain")
+        self._content_key = suite.subkey("audit-content")
+        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self._batch_size, self._flush_interval = batch_size, flush_interval
+        self._block_timeout = block_timeout
+        self.dropped = self.written = self.failed = 0
+        self._lock = threading.Lock()  # the write connection, and starting the thread
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # The one write connection; the writer thread and prune() take turns under _lock.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses only the last ms
+        self._db.execute("PRAGMA busy_timeout=5000")  # other workers' writers
+        try:
+            migrate(self._db)
+            self._check_meta()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_meta(self) -> None:
+        check = self._mac(b"key-check", "")
+        self._db.execute("INSERT OR IGNORE INTO audit_meta VALUES ('suite', ?)", (self.suite.name,))
+        self._db.execute("INSERT OR IGNORE INTO audit_meta VALUES ('key_check', ?)", (check,))
+        meta = dict(self._db.execute("SELECT name, value FROM audit_meta").fetchall())
+        if meta["suite"] != self.suite.name:
+            raise AuditError(
+                f"{self.path} was written with crypto {meta['suite']!r}, not "
+                f"{self.suite.name!r}: set crypto (NOBUSY_CRYPTO) to {meta['suite']!r}"
+            )
+        if meta["key_check"] != check:
+            raise AuditError(
+                f"{self.path} was written with another data key (NOBUSY_SECRET_KEY or "
+                "secret.key): its chain cannot be verified or its content decrypted with this one"
+            )
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def append(
+        self,
+        event: str,
+        request_id: str,
+        content: Any = None,
+        *,
+        key_id: str | None = None,
+        alias: str | None = None,
+        upstream: str | None = None,
+    ) -> bool:
+        """Queue one row (thread-safe); False when it was dropped: queue full or log closed."""
+        payload = None if content is None else orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        item = _Pending(time.time_ns(), event, request_id, key_id, alias, upstream, payload)
+        if self._thread is None:
+            self._start()
+        try:
+            if self._closed:
+                raise queue.Full
+            self._queue.put(item, timeout=self._block_timeout)
+            return True
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+                n = self.dropped
+            if n == 1 or n % 1000 == 0:
+                log.warning("audit queue full or closed: %d rows dropped so far", n)
+            return False
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="nobusy-audit", daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every row queued so far is committed."""
+        if self._thread is not None and not self._closed:
+            done = threading.Event()
+            self._queue.put(done)
+            done.wait(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the database."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+        while not self._queue.empty():  # appended while closing, after the stop
+            self.dropped += isinstance(self._queue.get_nowait(), _Pending)
+        self._db.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch: list[_Pending] = []
+            waiters: list[threading.Event] = []
+            deadline = time.monotonic() + self._flush_interval
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                elif isinstance(item, _Pending):
+                    batch.append(item)
+                if stop or waiters or len(batch) >= self._batch_size:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if batch:
+                self._write_safely(batch)
+            for waiter in waiters:
+                waiter.set()
+
+    def _write_safely(self, batch: list[_Pending]) -> None:
+        try:
+            with self._lock:
+                self._write(batch)
+            self.written += len(batch)
+        # The writer thread must outlive any one bad batch, or every later append would block.
+        except Exception:
+            self.failed += len(batch)
+            log.exception("audit: %d rows could not be written", len(batch))
+
+    def _write(self, batch: list[_Pending]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # The head is read inside the write lock, so several workers share one chain.
+            last_id, prev = self._state(db, "head") or self._state(db, "anchor") or (0, GENESIS)
+            rows = []
+            for p in batch:
+                last_id += 1
+                row = self._seal(last_id, p)
+                row_hash = self._row_hash(prev, row)
+                rows.append((*row, prev, row_hash))
+                prev = row_hash
+            db.executemany(f"INSERT INTO audit ({_CHAIN_COLUMNS}) VALUES ({'?, ' * 10}?)", rows)
+            self._set_state(db, "head", last_id, prev)
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    def _seal(self, row_id: int, p: _Pending) -> tuple[Any, ...]:
+        when = datetime.fromtimestamp(p.ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        content = content_hash = None
+        if p.payload is not None:
+            content_hash = self.suite.keyed_hash(self._content_key, p.payload).hex()
+            if self.store == "full":
+                content = self.suite.encrypt(p.payload, _aad(row_id))
+        return (row_id, when, p.request_id, p.key_id, p.alias, p.upstream, p.event, content,
+                content_hash)  # fmt: skip
+
+    def _row_hash(self, prev: str, row: tuple[Any, ...]) -> str:
+        *fields, content, content_hash = row
+        digest = None if content is None else self.suite.hexdigest(content)
+        canonical = orjson.dumps([*fields, content_hash, digest])
+        return self.suite.keyed_hash(self._chain_key, bytes.fromhex(prev) + canonical).hex()
+
+    def _row_matches(self, prev: str, row: tuple[Any, ...], stored_hash: str) -> bool:
+        try:
+            return self._row_hash(prev, row) == stored_hash
+        except TypeError:  # a field's type was changed (orjson cannot encode a blob)
+            return False
+
+    def _mac(self, name: bytes, row_hash: str, row_id: int = 0) -> str:
+        return self.suite.keyed_hash(self._chain_key, name + orjson.dumps([row_id, row_hash])).hex()
+
+    def _state(self, db: sqlite3.Connection, name: str) -> tuple[int, str] | None:
+        row = db.execute(
+            "SELECT row_id, row_hash, mac FROM audit_chain WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        if row[2] != self._mac(name.encode(), row[1], row[0]):
+            raise AuditError(f"the {name} checkpoint was altered (its MAC does not match)")
+        return int(row[0]), str(row[1])
+
+    def _set_state(self, db: sqlite3.Connection, name: str, row_id: int, row_hash: str) -> None:
+        mac = self._mac(name.encode(), row_hash, row_id)
+        db.execute("INSERT OR REPLACE INTO audit_chain VALUES (?, ?, ?, ?)",
+                   (name, row_id, row_hash, mac))  # fmt: skip
+
+    def _read(self) -> closing[sqlite3.Connection]:
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        # Tampered text need not be UTF-8: read it anyway, so the chain reports it as changed.
+        db.text_factory = lambda b: b.decode(errors="replace")
+        return closing(db)
+
+    def verify(self) -> VerifyResult:
+        """Walk the whole chain from the prune anchor to the head; report the first bad row."""
+        with self._read() as db:
+            db.execute("BEGIN")  # one snapshot: rows and checkpoints from the same moment
+            try:
+                return self._walk(db, None)
+            except AuditError as e:
+                return VerifyResult(False, 0, None, str(e))
+            finally:
+                db.execute("COMMIT")
+
+    def _walk(self, db: sqlite3.Connection, upto: int | None) -> VerifyResult:
+        anchor_id, prev = self._state(db, "anchor") or (0, GENESIS)
+        head = self._state(db, "head")
+        last_id, n = anchor_id, 0
+
+        def bad(row_id: int, reason: str) -> VerifyResult:
+            return VerifyResult(False, n, row_id, reason, anchor_id, last_id or None)
+
+        sql = f"SELECT {_READ_COLUMNS} FROM audit WHERE id <= ? ORDER BY id"
+        for row in db.execute(sql, (upto if upto is not None else 2**62,)):
+            row_id, stored_prev, stored_hash = row[0], row[-2], row[-1]
+            if row_id <= anchor_id:
+                return bad(row_id, f"row {row_id} is older than the prune anchor (row {anchor_id})")
+            if row_id != last_id + 1:
+                gap = f"{last_id + 1}" if row_id == last_id + 2 else f"{last_id + 1}–{row_id - 1}"
+                return bad(last_id + 1, f"row {gap} missing: deleted from the middle")
+            if stored_prev != prev:
+                return bad(row_id, "prev_hash does not match the previous row's hash")
+            if not self._row_matches(prev, row[:-2], stored_hash):
+                return bad(row_id, "row hash mismatch: a field or the content was changed")
+            last_id, prev, n = row_id, stored_hash, n + 1
+        if upto is None and head is not None and head != (last_id, prev):
+            if head[0] > last_id:
+                return bad(last_id + 1, f"rows {last_id + 1}–{head[0]} deleted from the end")
+            return bad(head[0] + 1, "rows after the head checkpoint were not written by nobusy")
+        if upto is None and head is None and n:
+            return bad(last_id, "the head checkpoint is missing")
+        return VerifyResult(True, n, None, "intact", anchor_id, last_id or None)
+
+    def export(self, since: datetime, decrypt: bool = False) -> Iterator[dict[str, Any]]:
+        """Rows from ``since`` on, oldest first; content decrypted, base64 of its token, or None."""
+        with self._read() as db:
+            sql = f"SELECT {_READ_COLUMNS} FROM audit WHERE time >= ? ORDER BY id"
+            for row in db.execute(sql, (_time_text(since),)):
+                record = dict(zip(_CHAIN_COLUMNS.split(", "), row, strict=True))
+                token = record["content"]
+                if token is not None:
+                    record["content"] = (
+                        orjson.loads(self.suite.decrypt(token, _aad(record["id"])))
+                        if decrypt
+                        else base64.b64encode(token).decode()
+                    )
+                yield record
+
+    def write_export(
+        self, out: Path, since: datetime, *, decrypt: bool = False, sign: bool = False
+    ) -> int:
+        """Write ``export`` as JSON lines to ``out`` (and ``out.sig`` when signing); the rows."""
+        n = 0
+        with out.open("wb") as f:
+            for record in self.export(since, decrypt):
+                f.write(orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+                n += 1
+        if sign:
+            # Signed in memory (SM2 and pure Ed25519 both need the whole message).
+            signature = self.suite.sign(out.read_bytes())
+            out.with_name(out.name + ".sig").write_bytes(signature)
+        return n
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Remove rows older than ``retention_days``, keeping the chain verifiable; the count."""
+        cutoff = _time_text((now or datetime.now(UTC)) - timedelta(days=self.retention_days))
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # A prefix only: a row newer than the cutoff may precede an older one (workers).
+                first_kept = db.execute(
+                    "SELECT MIN(id) FROM audit WHERE time >= ?", (cutoff,)
+                ).fetchone()[0]
+                upto = first_kept - 1 if first_kept else db.execute(
+                    "SELECT MAX(id) FROM audit").fetchone()[0]  # fmt: skip
+                anchor_id = (self._state(db, "anchor") or (0, GENESIS))[0]
+                if upto is None or upto <= anchor_id:
+                    db.execute("ROLLBACK")
+                    return 0
+                checked = self._walk(db, upto)  # never erase the evidence of tampering
+                if not checked.ok:
+                    raise AuditError(f"not pruning a broken chain: {checked.reason}")
+                row_hash = db.execute("SELECT row_hash FROM audit WHERE id = ?", (upto,))
+                self._set_state(db, "anchor", upto, row_hash.fetchone()[0])
+                db.execute("DROP TRIGGER audit_no_delete")
+                removed = db.execute("DELETE FROM audit WHERE id <= ?", (upto,)).rowcount
+                db.execute(_NO_DELETE)
+                db.execute("COMMIT")
+                return int(removed)
+            except BaseException:
+                _rollback(db)
+                raise
+
+
+def verify_export(export: Path, signature: Path, public_key: Path) -> bool:
+    """Whether ``signature`` (SM2 or Ed25519, by the key) is ``export``'s, byte for byte."""
+    return verify_signature(public_key.read_bytes(), export.read_bytes(), signature.read_bytes())
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:  # not when BEGIN itself failed (busy, closed)
+        db.execute("ROLLBACK")
+
+
+def _aad(row_id: int) -> bytes:
+    # Binds a token to its row: a ciphertext moved to another row no longer decrypts.
+    return b"nobusy-audit/%d" % row_id
+
+
+def _time_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _now_text() -> str:
+    return _time_text(datetime.now(UTC))

@@ -1,0 +1,168 @@
+"""``nobusy audit verify`` and ``nobusy audit export``: check and take out the audit log."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from nobusy.audit import AuditError, AuditLog, verify_export
+from nobusy.crypto import CryptoError, SuiteName, load_suite, signature_algorithm
+
+__all__ = ["audit", "parse_since"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _common(fn: F) -> F:
+    fn = click.option(
+        "--crypto",
+        type=click.Choice(["gm", "standard"]),
+        default="gm",
+        envvar="NOBUSY_CRYPTO",
+        show_default=True,
+        help="Crypto suite the log was written with ($NOBUSY_CRYPTO).",
+    )(fn)
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("data"),
+        envvar="NOBUSY_DATA_DIR",
+        show_default=True,
+        help="Where audit.db and the keys are ($NOBUSY_DATA_DIR).",
+    )(fn)
+
+
+def _open(data_dir: Path, crypto: SuiteName) -> AuditLog:
+    if not (data_dir / "audit.db").exists():
+        raise click.ClickException(f"no audit log at {data_dir / 'audit.db'}")
+    try:
+        suite = load_suite(crypto, data_dir, os.environ, create_key=False)
+        return AuditLog(data_dir, suite)
+    except (CryptoError, AuditError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (local time unless it has
+    an offset)."""
+    now = now or datetime.now(UTC)
+    m = re.fullmatch(r"(\d+)\s*([mhdw])", text.strip())
+    if m:
+        return now - timedelta(**{_UNITS[m[2]]: int(m[1])})
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use 7d, 12h, 30m, 2w or a date like 2026-11-01", param_hint="--since"
+        ) from None
+
+
+@click.group("audit")
+def audit() -> None:
+    """The tamper-evident audit log: verify its hash chain, export it (signed)."""
+
+
+@audit.command()
+@_common
+@click.option("--export", "export_file", type=click.Path(exists=True, path_type=Path),
+              help="Verify this signed export instead of the database.")  # fmt: skip
+@click.option("--signature", type=click.Path(exists=True, path_type=Path),
+              help="The export's signature (default: EXPORT.sig).")  # fmt: skip
+@click.option("--public-key", type=click.Path(exists=True, path_type=Path),
+              help="The signer's public key PEM (default: the one in the data dir).")  # fmt: skip
+def verify(
+    data_dir: Path,
+    crypto: SuiteName,
+    export_file: Path | None,
+    signature: Path | None,
+    public_key: Path | None,
+) -> None:
+    """Check the hash chain of audit.db (or a signed export); exit 1 at the first bad row."""
+    console = Console()
+    table = Table(show_header=False)
+    if export_file is None:
+        if signature or public_key:
+            raise click.UsageError("--signature and --public-key need --export")
+        with _open(data_dir, crypto) as log:
+            result = log.verify()
+        table.title = f"audit log {data_dir / 'audit.db'} ({crypto})"
+        rows = [
+            ("rows checked", f"{result.rows_checked:,}"),
+            ("pruned through row", str(result.pruned_through or "-")),
+            ("last row", str(result.last_row_id or "-")),
+            ("first bad row", str(result.first_bad_row_id or "-")),
+            ("reason", result.reason),
+        ]
+        ok = result.ok
+    else:
+        signature = signature or export_file.with_name(export_file.name + ".sig")
+        public_key = public_key or _default_public_key(data_dir, crypto)
+        try:
+            algorithm = signature_algorithm(public_key.read_bytes())
+            ok = verify_export(export_file, signature, public_key)
+        except (CryptoError, OSError) as e:
+            raise click.ClickException(str(e)) from None
+        table.title = f"signed export {export_file}"
+        rows = [
+            ("signature", f"{signature} ({algorithm})"),
+            ("public key", str(public_key)),
+            ("reason", "signature matches" if ok else "signature does not match the file"),
+        ]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    table.add_row("status", "[green]intact[/]" if ok else "[bold red]TAMPERED[/]")
+    console.print(table)
+    if not ok:
+        sys.exit(1)
+
+
+def _default_public_key(data_dir: Path, crypto: SuiteName) -> Path:
+    path = data_dir / ("signing-sm2.pub" if crypto == "gm" else "signing-ed25519.pub")
+    if not path.exists():
+        raise click.UsageError(f"no {path}: give --public-key")
+    return path
+
+
+@audit.command()
+@_common
+@click.option("--since", required=True, help="7d, 12h, 30m, 2w, or a date like 2026-11-01.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON-lines file to write (default: standard output).")  # fmt: skip
+@click.option("--sign", is_flag=True, help="Also write OUT.sig, signed with the data dir's key.")
+@click.option("--decrypt", is_flag=True, help="Decrypt stored content (default: base64 tokens).")
+def export(
+    data_dir: Path, crypto: SuiteName, since: str, out: Path | None, sign: bool, decrypt: bool
+) -> None:
+    """Write audit rows from --since on as JSON lines, optionally with a signature file."""
+    start = parse_since(since)
+    if sign and out is None:
+        raise click.UsageError("--sign needs --out: the signature covers the file's bytes")
+    with _open(data_dir, crypto) as log:
+        try:
+            if out is None:
+                for record in log.export(start, decrypt):
+                    sys.stdout.buffer.write(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+                    sys.stdout.buffer.write(b"\n")
+                return
+            n = log.write_export(out, start, decrypt=decrypt, sign=sign)
+        except CryptoError as e:
+            raise click.ClickException(str(e)) from None
+        err = Console(stderr=True)
+        err.print(f"{n:,} rows written to {escape(str(out))}")
+        if sign:
+            err.print(
+                f"signature ({log.suite.signature_name}): {escape(str(out))}.sig; "
+                f"public key: {escape(str(log.suite.public_key_path))}"
+            )
