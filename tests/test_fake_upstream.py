@@ -308,3 +308,26 @@ def test_stats_models_and_misc(client: httpx.Client) -> None:
 def test_cli_help() -> None:
     result = CliRunner().invoke(fake_upstream_command, ["--help"])
     assert result.exit_code == 0 and "--drop-after" in result.output
+
+
+def test_fail_every_and_slow_every() -> None:
+    with serve(FakeOptions()) as url, httpx.Client(base_url=url, timeout=5) as client:
+        flaky = [chat(client, "http503:fail_every=2,retry_after=-1") for _ in range(4)]
+        assert [r.status_code for r in flaky] == [200, 503, 200, 503]
+        assert flaky[0].json()["choices"][0]["message"]["content"] == answer_text(QUESTION)
+        assert "retry-after" not in flaky[1].headers
+        # Each mode string counts its own requests; a reset starts every count again.
+        assert chat(client, "http429:fail_every=2").status_code == 200
+        limited = chat(client, "http429:fail_every=2")
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "30"
+        client.post("/_fake/reset")
+        assert chat(client, "http503:fail_every=2,retry_after=-1").status_code == 200
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert chat(client, "ok:delay=0.3,slow_every=3").status_code == 200
+            times.append(time.perf_counter() - started)
+        assert times[0] < 0.2 and times[1] < 0.2 and times[2] >= 0.3
+        assert chat(client, "http503:fail_every=0").status_code == 400
+    with pytest.raises(ValueError, match="slow_every"):
+        create_fake_app(FakeOptions(slow_every=0))

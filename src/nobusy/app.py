@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
-    metrics.watch_upstreams(lambda: router.health.values())
+    metrics.watch_upstreams(lambda: router.health.values(), lambda: router.capacity)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ its head); ship signed exports elsewhere for that. Anyone holding the data key c
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import queue
 import sqlite3
@@ -85,7 +86,8 @@ def migrate(db: sqlite3.Connection) -> None:
         try:
             if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone():
                 fn(db)
-                db.execute("INSERT INTO migrations VALUES (?, ?)", (fn.__name__, _now_text()))
+                now = _time_text(datetime.now(UTC))
+                db.execute("INSERT INTO migrations VALUES (?, ?)", (fn.__name__, now))
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
@@ -144,10 +146,11 @@ class AuditLog:
         self._batch_size, self._flush_interval = batch_size, flush_interval
         self._block_timeout = block_timeout
         self.dropped = self.written = self.failed = 0
-        self._lock = threading.Lock()  # the write connection, and starting the thread
+        self._write_lock = threading.Lock()  # the write connection: writer thread or prune()
+        # Never held while writing: append() must not wait behind a slow disk or lock.
+        self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        # The one write connection; the writer thread and prune() take turns under _lock.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses only the last ms
@@ -202,7 +205,7 @@ class AuditLog:
             self._queue.put(item, timeout=self._block_timeout)
             return True
         except queue.Full:
-            with self._lock:
+            with self._state_lock:
                 self.dropped += 1
                 n = self.dropped
             if n == 1 or n % 1000 == 0:
@@ -210,7 +213,7 @@ class AuditLog:
             return False
 
     def _start(self) -> None:
-        with self._lock:
+        with self._state_lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="nobusy-audit", daemon=True)
                 self._thread.start()
@@ -224,7 +227,7 @@ class AuditLog:
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the database."""
-        with self._lock:
+        with self._state_lock:
             if self._closed:
                 return
             self._closed = True
@@ -233,7 +236,8 @@ class AuditLog:
             self._queue.put(_STOP)
             thread.join()
         while not self._queue.empty():  # appended while closing, after the stop
-            self.dropped += isinstance(self._queue.get_nowait(), _Pending)
+            with self._state_lock:
+                self.dropped += isinstance(self._queue.get_nowait(), _Pending)
         self._db.close()
 
     def _run(self) -> None:
@@ -263,7 +267,7 @@ class AuditLog:
 
     def _write_safely(self, batch: list[_Pending]) -> None:
         try:
-            with self._lock:
+            with self._write_lock:
                 self._write(batch)
             self.written += len(batch)
         # The writer thread must outlive any one bad batch, or every later append would block.
@@ -322,7 +326,7 @@ class AuditLog:
         ).fetchone()
         if row is None:
             return None
-        if row[2] != self._mac(name.encode(), row[1], row[0]):
+        if not hmac.compare_digest(str(row[2]), self._mac(name.encode(), row[1], row[0])):
             raise AuditError(f"the {name} checkpoint was altered (its MAC does not match)")
         return int(row[0]), str(row[1])
 
@@ -410,7 +414,7 @@ class AuditLog:
     def prune(self, now: datetime | None = None) -> int:
         """Remove rows older than ``retention_days``, keeping the chain verifiable; the count."""
         cutoff = _time_text((now or datetime.now(UTC)) - timedelta(days=self.retention_days))
-        with self._lock:
+        with self._write_lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -456,7 +460,3 @@ def _aad(row_id: int) -> bytes:
 
 def _time_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _now_text() -> str:
-    return _time_text(datetime.now(UTC))

@@ -7,6 +7,8 @@
     │   ├── RequestTimeout          408 request_timeout
     │   ├── ModelNotFound           404 model_not_found
     │   ├── NotFound                404 not_found
+    │   ├── QueueFull               429 queue_full              the wait would exceed the patience
+    │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
     │   └── AdminAuthRequired       401 invalid_api_key         admin endpoints without the key
     ├── UpstreamError               502 upstream_error          one attempt at one upstream failed
     │   ├── UpstreamUnreachable     502                          refused/reset, DNS, TLS
@@ -38,6 +40,8 @@ __all__ = [
     "ModelNotFound",
     "NobusyError",
     "NotFound",
+    "QueueFull",
+    "QueueTimeout",
     "RequestTimeout",
     "RequestTooLarge",
     "UpstreamAuthFailed",
@@ -116,6 +120,37 @@ class NotFound(ClientError):
 
     status_code = 404
     code = "not_found"
+
+
+class QueueFull(ClientError):
+    """Every route is at capacity and the wait would be longer than the client's patience."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, eta: float, patience: float, position: int) -> None:
+        super().__init__(
+            f"All upstreams for this model are at capacity: you would be number {position} in "
+            f"the queue, about {eta:.0f}s, more than your patience of {patience:.0f}s. "
+            f"Retry after {max(1, round(eta))}s or raise x-nobusy-max-wait.",
+            headers={"retry-after": str(max(1, round(eta)))},
+        )
+
+
+class QueueTimeout(ClientError):
+    """The request waited its whole patience in the queue without a slot."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "queue_timeout"
+
+    def __init__(self, patience: float, position: int) -> None:
+        super().__init__(
+            f"Waited {patience:.0f}s in the queue (still number {position}) without a free "
+            "upstream slot. Retry later.",
+            headers={"retry-after": str(max(1, round(patience / 2)))},
+        )
 
 
 class AdminAuthRequired(ClientError):

@@ -62,7 +62,11 @@ class FakeOptions:
     """How the fake behaves unless a request overrides it (``MODE:key=val`` in its model).
 
     ``delay`` holds back the first SSE event (headers go out at once, as with a real server
-    that is still prefilling) or, without streaming, the whole response.
+    that is still prefilling) or, without streaming, the whole response. ``fail_every=N``
+    applies the mode to every Nth request only (the others are answered as ``ok``), and
+    ``slow_every=N`` applies ``delay`` to every Nth request only; both count the requests of
+    each mode string (model or header) separately. A negative ``retry_after`` sends no
+    ``Retry-After`` header.
     """
 
     mode: str = "ok"
@@ -74,6 +78,8 @@ class FakeOptions:
     retry_after: int = 30
     status: int | None = None
     cut_after: int | None = None
+    fail_every: int | None = None
+    slow_every: int | None = None
     model_name: str = "fake-model"
 
 
@@ -170,7 +176,16 @@ def _parse_mode(spec: str, base: FakeOptions) -> tuple[str, FakeOptions] | None:
             changes[key] = convert(value.strip())
         except ValueError:
             raise ValueError(f"Bad value for fake option {key!r}: {value!r}") from None
-    return name, dataclasses.replace(base, **changes)
+    options = dataclasses.replace(base, **changes)
+    _check_every(options)
+    return name, options
+
+
+def _check_every(options: FakeOptions) -> None:
+    for key in ("fail_every", "slow_every"):
+        value = getattr(options, key)
+        if value is not None and value < 1:
+            raise ValueError(f"Fake option {key!r} must be at least 1, not {value}")
 
 
 def _select_mode(header: str, model: str, base: FakeOptions) -> tuple[str, FakeOptions]:
@@ -233,6 +248,7 @@ class _FakeApp:
         self.options = options
         self.ids = itertools.count(1)
         self.counts = dict.fromkeys(("requests", "in_flight", "rejected", "max_in_flight"), 0)
+        self.turns: dict[str, int] = {}  # requests per mode string, for fail_every/slow_every
         ids = [options.model_name, *(m for m in MODES if m != options.model_name)]
         entry = {"object": "model", "created": 0, "owned_by": "nobusy-fake"}
         self.models = orjson.dumps({"object": "list", "data": [{"id": i, **entry} for i in ids]})
@@ -253,6 +269,7 @@ class _FakeApp:
             counts = self.counts
             counts["requests"] = counts["rejected"] = 0
             counts["max_in_flight"] = counts["in_flight"]  # requests still running keep counting
+            self.turns.clear()
             await _send_json(send, 200, orjson.dumps(counts))
         else:
             await _send_json(send, 404, _NOT_FOUND)
@@ -287,11 +304,19 @@ class _FakeApp:
         model = model if isinstance(model, str) and model else self.options.model_name
         try:
             header = next((v for k, v in scope["headers"] if k == b"x-fake-mode"), b"")
-            mode, opts = _select_mode(header.decode("latin-1"), model, self.options)
+            spec = header.decode("latin-1")
+            mode, opts = _select_mode(spec, model, self.options)
         except ValueError as exc:
             return await _send_json(
                 send, 400, _error(str(exc), "invalid_request_error", None, "model")
             )
+        if opts.fail_every is not None or opts.slow_every is not None:
+            key = spec or model
+            turn = self.turns[key] = self.turns.get(key, 0) + 1
+            if opts.fail_every is not None and turn % opts.fail_every:
+                mode = "ok"
+            if opts.slow_every is not None and turn % opts.slow_every:
+                opts = dataclasses.replace(opts, delay=0.0)
         if mode in ("http503", "http429", "http"):
             status = {"http503": 503, "http429": 429}.get(mode, opts.status or 500)
             return await _http_error(send, status, opts, model)
@@ -491,7 +516,9 @@ async def _http_error(send: Send, status: int, opts: FakeOptions, model: str) ->
     if status == 400 and "context" in model:
         message = "This model's maximum context length is 10 tokens"
         code, param = "context_length_exceeded", "messages"
-    retry = [(b"retry-after", b"%d" % opts.retry_after)] if status in _RETRY_AFTER_STATUSES else []
+    retry: list[tuple[bytes, bytes]] = []
+    if status in _RETRY_AFTER_STATUSES and opts.retry_after >= 0:
+        retry = [(b"retry-after", b"%d" % opts.retry_after)]
     await _send_json(send, status, _error(message, kind, code, param), retry)
 
 
@@ -499,6 +526,7 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
     """A fresh fake upstream (with its own counters) as a plain ASGI callable."""
     if options.mode not in MODES:
         raise ValueError(f"Unknown fake mode {options.mode!r}; known: {', '.join(MODES)}")
+    _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
     return _FakeApp(options)
 
@@ -532,9 +560,24 @@ def run(options: FakeOptions, host: str, port: int) -> None:
 @click.option("--chunk-delay", default=0.0, help="Seconds to wait between streamed chunks.")
 @click.option("--tokens", default=12, show_default=True, help="Content chunks per answer.")
 @click.option("--drop-after", default=3, show_default=True, help="Chunks sent before a drop.")
-@click.option("--retry-after", default=30, show_default=True, help="Retry-After for 429/503.")
+@click.option(
+    "--retry-after",
+    default=30,
+    show_default=True,
+    help="Retry-After for 429/503 (negative: no header).",
+)
 @click.option("--status", type=int, help="HTTP status that mode 'http' answers with.")
 @click.option("--cut-after", type=int, help="In any mode, cut the stream after N chunks.")
+@click.option(
+    "--fail-every",
+    type=click.IntRange(min=1),
+    help="Apply the mode to every Nth request only; answer the others as 'ok'.",
+)
+@click.option(
+    "--slow-every",
+    type=click.IntRange(min=1),
+    help="Apply --delay to every Nth request only.",
+)
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
     """Run a fake OpenAI-compatible upstream that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")

@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from nobusy.admission.capacity import Capacity
     from nobusy.health import UpstreamHealth
 
 __all__ = ["Metrics"]
@@ -86,9 +87,13 @@ class Metrics:
             registry=r,
         )
 
-    def watch_upstreams(self, source: Callable[[], Iterable[UpstreamHealth]]) -> None:
+    def watch_upstreams(
+        self,
+        source: Callable[[], Iterable[UpstreamHealth]],
+        capacity: Callable[[], Capacity] | None = None,
+    ) -> None:
         """Report each upstream's circuit and load when scraped (nothing on the hot path)."""
-        self.registry.register(_UpstreamCollector(source))
+        self.registry.register(_UpstreamCollector(source, capacity))
 
     def attempt(self, upstream: str, outcome: str) -> None:
         self.attempts.labels(upstream, outcome).inc()
@@ -102,8 +107,13 @@ _STATES = ("closed", "open", "half_open")
 
 
 class _UpstreamCollector(Collector):
-    def __init__(self, source: Callable[[], Iterable[UpstreamHealth]]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], Iterable[UpstreamHealth]],
+        capacity: Callable[[], Capacity] | None,
+    ) -> None:
         self.source = source
+        self.capacity = capacity
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -131,3 +141,19 @@ class _UpstreamCollector(Collector):
             if health.ttft_ewma is not None:
                 ttft.add_metric([health.name], health.ttft_ewma)
         yield from (state, in_flight, ejections, ttft)
+        if self.capacity is None:
+            return
+        capacity = self.capacity()
+        limit = GaugeMetricFamily(
+            "nobusy_upstream_concurrency_limit",
+            "Each upstream's adaptive concurrency limit now.",
+            labels=["upstream"],
+        )
+        for name, figures in capacity.snapshot().items():
+            limit.add_metric([name], figures["limit"])
+        queued = GaugeMetricFamily(
+            "nobusy_queue_depth", "Requests waiting for a slot, by priority.", labels=["priority"]
+        )
+        for priority, depth in capacity.queue.depth().items():
+            queued.add_metric([priority], depth)
+        yield from (limit, queued)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nobusy.admission.capacity import Capacity, Ticket
 from nobusy.balancing import plan_routes
 from nobusy.budget import Budget
 from nobusy.circuit import Circuit
@@ -32,6 +33,7 @@ from nobusy.errors import (
     UpstreamAuthFailed,
     UpstreamEjected,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRejectedRequest,
     UpstreamTimeout,
 )
@@ -68,6 +70,7 @@ class Attempt:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.ended = False
+        self.capacity = router.capacity
         self.health.in_flight += 1
         self.health.attempts += 1
         self.health.circuit.begin()
@@ -94,13 +97,18 @@ class Attempt:
         self.health.observe_ttft(self.first_token_at - self.started)
 
     async def succeed(self) -> None:
-        if not self._end():
+        if not self._end("ok"):
             return
         self.health.circuit.success()
         self.metrics.attempt(self.route.upstream, "ok")
 
     async def fail(self, exc: UpstreamError) -> None:
-        if not self._end():
+        # Overload answers and silence before the first token teach the adaptive limit that
+        # this upstream is full; other failures say nothing about its capacity.
+        overload = isinstance(exc, UpstreamOverloaded) or (
+            isinstance(exc, UpstreamTimeout) and self.first_token_at is None
+        )
+        if not self._end("overload" if overload else "ignore"):
             return
         await _aclose(self.iterator)
         self.metrics.attempt(self.route.upstream, exc.code or "upstream_error")
@@ -116,17 +124,18 @@ class Attempt:
         )
 
     async def cancel(self) -> None:
-        if not self._end():
+        if not self._end("ignore"):
             return
         await _aclose(self.iterator)
         self.health.circuit.cancelled()
         self.metrics.attempt(self.route.upstream, "cancelled")
 
-    def _end(self) -> bool:
+    def _end(self, outcome: str) -> bool:
         if self.ended:
             return False
         self.ended = True
         self.health.in_flight -= 1
+        self.capacity.release(self.route.upstream, outcome, time.perf_counter() - self.started)
         return True
 
 
@@ -139,16 +148,27 @@ class Answer:
     first_token_at: float
     failures: list[UpstreamError] = field(default_factory=list)
     stream: AnswerStream | None = None
+    overflow: bool = False
 
     @property
     def upstream(self) -> str:
-        return str(self.route)
+        return f"{self.route} (overflow)" if self.overflow else str(self.route)
 
     def tried(self) -> list[str]:
         """Upstreams attempted so far, in order, ending with the one answering now."""
         failed = [f.upstream for f in self.failures if not isinstance(f, UpstreamEjected)]
         final = self.stream.attempt.route if self.stream is not None else self.route
         return [*failed, final.upstream]
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A slot taken on a route, the routes left to fail over to, and those skipped as ejected."""
+
+    route: Route
+    rest: deque[Route]
+    failures: list[UpstreamError]
+    overflow: bool = False
 
 
 class Router:
@@ -171,6 +191,10 @@ class Router:
             for name, spec in settings.upstreams.items()
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
+        self.capacity = Capacity(
+            {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
+            settings.initial_concurrency,
+        )
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
@@ -197,17 +221,52 @@ class Router:
     def usable(self, upstream: str) -> bool:
         return self.health[upstream].circuit.available()
 
-    async def open(self, alias: str, body: dict[str, Any], request_id: str) -> Answer:
-        """Start the first route that produces a token; raise AllUpstreamsFailed if none does."""
+    def reserve(self, alias: str) -> Reservation | None:
+        """Take a slot on the first usable route with room (overflow routes last), or None."""
         spec = self.alias(alias)
-        ordered, skipped = plan_routes(spec.routes, self.health, self.rng)
-        failures: list[UpstreamError] = [self._ejected(r) for r in skipped]
-        queue = deque(ordered)
+        failures: list[UpstreamError] = []
+        usable: list[Route] = []
+        for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
+            ordered, skipped = plan_routes(routes, self.health, self.rng)
+            failures.extend(self._ejected(r) for r in skipped)
+            for i, route in enumerate(ordered):
+                if self.capacity.try_take(route.upstream):
+                    rest = deque(ordered[i + 1 :]) if not overflow else deque()
+                    return Reservation(route, rest, failures, overflow)
+            usable.extend(ordered)
+        if not usable:
+            raise AllUpstreamsFailed(alias, failures)
+        return None
+
+    def enqueue(self, alias: str, key: str, priority: str, patience: float) -> Ticket:
+        """Wait for a slot on any usable route of the alias (QueueFull if it would take long)."""
+        spec = self.alias(alias)
+        upstreams = frozenset(
+            r.upstream for r in (*spec.routes, *spec.overflow) if self.usable(r.upstream)
+        )
+        return self.capacity.enqueue(
+            upstreams or frozenset(self.upstreams), key, priority, patience
+        )
+
+    def reservation_for(self, alias: str, upstream: str) -> Reservation:
+        """The reservation a queue ticket became: the granted upstream's route first."""
+        spec = self.alias(alias)
+        main = [r for r in spec.routes if r.upstream == upstream]
+        route = main[0] if main else next(r for r in spec.overflow if r.upstream == upstream)
+        ordered, _ = plan_routes(spec.routes, self.health, self.rng)
+        rest = deque(r for r in ordered if r != route) if main else deque()
+        return Reservation(route, rest, [], overflow=not main)
+
+    async def open(
+        self, alias: str, body: dict[str, Any], request_id: str, reservation: Reservation
+    ) -> Answer:
+        """Start the reserved route, failing over until one produces a token."""
+        spec = self.alias(alias)
+        failures = reservation.failures
+        queue = reservation.rest
+        route: Route | None = reservation.route
         attempts = 0
-        while queue:
-            route = self.next_route(queue, failures, attempts)
-            if route is None:
-                break
+        while route is not None:
             attempt = self.start(route, body, request_id)
             attempts += 1
             hedge = spec.hedge is not None and attempts == 1 and bool(queue)
@@ -222,13 +281,21 @@ class Router:
                 if not exc.retryable:
                     raise
                 failures.append(exc)
+                route = self.next_route(queue, failures, attempts)
                 continue
             except BaseException:
                 await attempt.cancel()
                 raise
             stream = AnswerStream(self, body, request_id, attempt, queue, failures, attempts)
             assert attempt.first_token_at is not None
-            return Answer(attempt.route, stream.chunks(), attempt.first_token_at, failures, stream)
+            return Answer(
+                attempt.route,
+                stream.chunks(),
+                attempt.first_token_at,
+                failures,
+                stream,
+                overflow=reservation.overflow and attempt.route == reservation.route,
+            )
         raise AllUpstreamsFailed(alias, failures)
 
     def next_route(
@@ -247,13 +314,19 @@ class Router:
                 return None
         while queue:
             route = queue.popleft()
-            if self.health[route.upstream].circuit.available():
+            if not self.health[route.upstream].circuit.available():
+                failures.append(self._ejected(route))
+            elif not self.capacity.try_take(route.upstream):
+                failures.append(
+                    UpstreamOverloaded("at its concurrency limit", upstream=route.upstream)
+                )
+            else:
                 return route
-            failures.append(self._ejected(route))
         return None
 
     def start(self, route: Route, body: dict[str, Any], request_id: str) -> Attempt:
-        """Begin an attempt at ``route`` (nothing is sent until it is read)."""
+        """Begin an attempt at ``route``, whose slot the caller has taken (nothing is sent
+        until the attempt is read)."""
         call = UpstreamCall(model=route.model, body=body, request_id=request_id)
         return Attempt(self, route, call)
 

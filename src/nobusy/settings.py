@@ -116,6 +116,12 @@ class Settings(BaseModel):
     retry_window: PositiveFloat = Field(
         10.0, description="Seconds over which the retry and hedge budgets are counted."
     )
+    initial_concurrency: PositiveInt = Field(
+        32, description="Starting concurrency limit of an upstream before it adapts."
+    )
+    default_max_wait: PositiveFloat = Field(
+        60.0, description="Seconds a request may wait in the queue unless it or its key says."
+    )
     admin_key: SecretStr | None = Field(
         None, description="Bearer key for /v1/nobusy/*; without it only loopback clients."
     )

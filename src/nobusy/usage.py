@@ -32,6 +32,8 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_ms: float | None = None
+    queue_ms: float = 0.0
+    overflow: bool = False
     notes: list[str] = field(default_factory=list)
     duration_ms: float | None = None
 

@@ -74,7 +74,8 @@ def test_flag_only_reports() -> None:
 
 
 def test_block_wins_over_mask_and_flag_for_the_same_word() -> None:
-    for order in (["flag", "mask", "block"], ["block", "flag", "mask"]):
+    orders: list[list[Action]] = [["flag", "mask", "block"], ["block", "flag", "mask"]]
+    for order in orders:
         found = matcher(*((" 坏词 ", action) for action in order)).check("有坏词")
         assert [h.action for h in found.hits] == ["block"]
         assert found.blocked

@@ -35,7 +35,9 @@ async def list_upstreams(request: Request) -> Response:
     """Each upstream's circuit state, load, time to first token and last error."""
     require_admin(request)
     router = app_state(request).router
-    return JSONResponse({"object": "list", "data": [h.snapshot() for h in router.health.values()]})
+    capacity = router.capacity.snapshot()
+    data = [{**h.snapshot(), "concurrency": capacity[h.name]} for h in router.health.values()]
+    return JSONResponse({"object": "list", "data": data, "queue": router.capacity.queue.depth()})
 
 
 async def reset_upstream(request: Request) -> Response:

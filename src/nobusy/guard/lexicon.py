@@ -108,7 +108,7 @@ def read_lexicon(path: Path) -> list[tuple[str, str | None]]:
         # utf-8-sig: editors on Windows start files with a BOM, which would hide a first "#".
         raw = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        number = path.read_bytes()[: exc.start].count(b"\n") + 1
+        number = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError(f"lexicon {path}: not UTF-8 at line {number}: {exc.reason}") from None
     except OSError as exc:
         raise ConfigError(f"lexicon {path}: cannot read it: {exc.strerror or exc}") from None
@@ -182,6 +182,7 @@ class Matcher:
 
     @property
     def empty(self) -> bool:
+        """Whether there is no word at all (then nothing needs checking)."""
         return not self.groups
 
     def find(self, haystack: str) -> list[tuple[int, int, Entry]]:

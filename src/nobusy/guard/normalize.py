@@ -10,7 +10,8 @@ normalizing it whole gives (the stream filter depends on that). The fold, in ord
    unassigned code points, combining marks (Mn, Me: accents, variation selectors) and the
    blank-looking Hangul fillers. So ``é``, ``e`` + U+0301 and ``e`` all become ``e``.
 3. Homoglyphs: Cyrillic, Greek and a few Latin look-alikes of Latin letters → Latin,
-   before and after case folding (Greek ``Ν`` looks like N, its lower case ``ν`` like v).
+   before decomposition and before and after case folding (Greek ``Ν`` looks like N, its
+   lower case ``ν`` like v; lunate sigma ``ϲ`` looks like c but decomposes to ``ς``).
 4. Case folding (``str.casefold``: ``ß`` → ``ss``).
 5. Traditional → simplified Chinese, character by character, from OpenCC's ``t2s`` tables.
    OpenCC's phrase step is left out on purpose: it depends on neighbouring characters.
@@ -24,21 +25,22 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
+from types import MappingProxyType
 
 __all__ = ["HOMOGLYPHS", "Normalized", "fold_char", "normalize", "normalize_word"]
 
 # Look-alikes of Latin letters in other scripts, as drawn in common fonts. Upper case maps to
 # upper case so that case folding afterwards treats both alike.
-HOMOGLYPHS: dict[str, str] = {
+HOMOGLYPHS: Mapping[str, str] = MappingProxyType({
     # Cyrillic capitals
     "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P",
     "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Ԛ": "Q", "Ԝ": "W",
     "Ү": "Y", "Һ": "H", "Ӏ": "I",
     # Cyrillic small letters
     "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "ѕ": "s", "і": "i",
-    "ј": "j", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ԁ": "d", "ү": "y", "ɡ": "g", "ѵ": "v",
+    "ј": "j", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ԁ": "d", "ү": "y", "ѵ": "v",
     # Greek capitals
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
     "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J",
@@ -46,10 +48,11 @@ HOMOGLYPHS: dict[str, str] = {
     "α": "a", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
     "ϲ": "c", "ϳ": "j", "ϱ": "p",
     # Latin letters that pass for others
-    "ı": "i", "ȷ": "j", "ɑ": "a", "ʀ": "r", "ʏ": "y", "ɪ": "i", "ʟ": "l", "ɴ": "n", "ᴏ": "o",
+    "ı": "i", "ȷ": "j", "ɑ": "a", "ɡ": "g", "ʀ": "r", "ʏ": "y", "ɪ": "i", "ʟ": "l", "ɴ": "n",
+    "ᴏ": "o",
     # Armenian
     "օ": "o", "ո": "n", "ս": "u", "հ": "h", "զ": "q",
-}  # fmt: skip
+})  # fmt: skip
 
 # Default-ignorable letters that render as blank space yet are category Lo.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
@@ -68,6 +71,9 @@ _CJK_BLOCKS = (
     (0x2F800, 0x2FA1F),
     (0x30000, 0x3134F),
 )
+# Unassigned, private-use and surrogate code points (~970,000 of them) are dropped without
+# being remembered, so a text full of them cannot grow the tables past the assigned characters.
+_UNCACHED = frozenset(["Cn", "Co", "Cs"])
 _DROP = "\x00"  # what a dropped character becomes before the final removal (itself dropped)
 _SPECIAL = re.compile("[^\x01]")  # in the kinds string: a character not mapped one to one
 
@@ -101,7 +107,8 @@ def fold_char(char: str) -> str:
     """What one code point becomes: zero, one or (rarely, e.g. ``ß``, ``⑩``) more characters."""
     t2s = _t2s()
     out: list[str] = []
-    for c in unicodedata.normalize("NFKD", char):
+    # Look-alikes first too: some decompose into other letters (lunate sigma ϲ → ς).
+    for c in unicodedata.normalize("NFKD", HOMOGLYPHS.get(char, char)):
         if not _kept(c):
             continue
         for folded in HOMOGLYPHS.get(c, c).casefold():
@@ -116,7 +123,8 @@ class _Marks(dict[int, str]):
 
     def __missing__(self, code: int) -> str:
         value = fold_char(chr(code)) or _DROP
-        self[code] = value
+        if unicodedata.category(chr(code)) not in _UNCACHED:
+            self[code] = value
         return value
 
 
@@ -125,7 +133,8 @@ class _Kinds(dict[int, str]):
 
     def __missing__(self, code: int) -> str:
         value = chr(len(fold_char(chr(code))))
-        self[code] = value
+        if unicodedata.category(chr(code)) not in _UNCACHED:
+            self[code] = value
         return value
 
 

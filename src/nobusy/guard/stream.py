@@ -48,6 +48,7 @@ class StreamFilter:
 
     @property
     def blocked(self) -> bool:
+        """Whether a block word was found: the answer must end, nothing more is released."""
         return self._blocked
 
     def feed(self, piece: str) -> FilterStep:

@@ -1,0 +1,91 @@
+"""Requests waiting for capacity: by priority class first, then fair across keys.
+
+Within a class, keys take turns (deficit round robin with a quantum of one request), so a key
+that floods the queue waits behind its own requests while every other key's next request is
+served in turn. Each waiter knows its position and an estimate of its wait, so a client can be
+told (and rejected at once when the estimate already exceeds its patience).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+__all__ = ["FairQueue", "PRIORITIES", "Waiter"]
+
+PRIORITIES = ("high", "normal", "low")
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One request waiting; resolved with the upstream name whose slot it was given."""
+
+    key: str
+    priority: str
+    upstreams: frozenset[str]
+    future: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class FairQueue:
+    """Priority classes, each a round robin of per-key FIFO queues."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, OrderedDict[str, deque[Waiter]]] = {
+            p: OrderedDict() for p in PRIORITIES
+        }
+        self.size = 0
+
+    def push(self, waiter: Waiter) -> None:
+        keys = self._classes[waiter.priority]
+        keys.setdefault(waiter.key, deque()).append(waiter)
+        self.size += 1
+
+    def remove(self, waiter: Waiter) -> None:
+        keys = self._classes[waiter.priority]
+        queue = keys.get(waiter.key)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self.size -= 1
+            if not queue:
+                del keys[waiter.key]
+
+    def pop_for(self, upstream: str) -> Waiter | None:
+        """The next waiter that can use a slot on ``upstream``, in priority and fair order."""
+        for priority in PRIORITIES:
+            keys = self._classes[priority]
+            for key in list(keys):
+                queue = keys[key]
+                for waiter in queue:
+                    if upstream in waiter.upstreams and not waiter.future.done():
+                        queue.remove(waiter)
+                        self.size -= 1
+                        # The key goes to the back of its class: the next turn is someone else's.
+                        if queue:
+                            keys.move_to_end(key)
+                        else:
+                            del keys[key]
+                        return waiter
+        return None
+
+    def position(self, waiter: Waiter) -> int:
+        """How many waiters would be served first, counting round robin turns (1 = next)."""
+        ahead = 0
+        for priority in PRIORITIES:
+            keys = self._classes[priority]
+            if priority != waiter.priority:
+                if PRIORITIES.index(priority) < PRIORITIES.index(waiter.priority):
+                    ahead += sum(len(q) for q in keys.values())
+                continue
+            mine = keys.get(waiter.key)
+            rank = mine.index(waiter) if mine and waiter in mine else 0
+            # Every other key in the class gets one turn per round before each of mine.
+            ahead += sum(min(len(q), rank + 1) for k, q in keys.items() if k != waiter.key)
+            ahead += rank
+            break
+        return ahead + 1
+
+    def depth(self) -> dict[str, int]:
+        return {p: sum(len(q) for q in self._classes[p].values()) for p in PRIORITIES}

@@ -1,0 +1,125 @@
+"""nobusy's SQLite database, ``data_dir/nobusy.db``: one file for keys and usage, migrated forward.
+
+Migrations are decorated functions applied in order and recorded in ``_sqlite_migrations``
+(sqlite-utils' ``Migrations``); they are never edited or renamed once released, only added.
+Timestamps are UTC text in SQLite's own ``YYYY-MM-DD HH:MM:SS`` form, so they read well in the
+``sqlite3`` shell and compare correctly with ``datetime('now', '-1 day')``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from nobusy.errors import ConfigError
+
+__all__ = ["DB_NAME", "migrations", "open_db", "parse_timestamp", "timestamp"]
+
+DB_NAME = "nobusy.db"
+BUSY_TIMEOUT_MS = 5000
+
+migrations = Migrations("nobusy")
+
+
+@migrations()
+def m001_keys(db: Database) -> None:
+    db.execute("""
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            priority TEXT NOT NULL DEFAULT 'normal' CHECK (priority IN ('high', 'normal', 'low')),
+            rpm INTEGER,
+            tpm INTEGER,
+            max_concurrency INTEGER,
+            quota_tokens INTEGER,
+            balance INTEGER,
+            models TEXT,
+            max_wait REAL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT,
+            last_used_at TEXT
+        )
+    """)
+
+
+@migrations()
+def m002_usage(db: Database) -> None:
+    # key_id is NULL while no keys exist; keys are revoked, never deleted, so it stays valid.
+    db.execute("""
+        CREATE TABLE usage (
+            id INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            key_id TEXT REFERENCES keys(id),
+            alias TEXT NOT NULL,
+            upstream TEXT,
+            tried TEXT NOT NULL DEFAULT '[]',
+            stream INTEGER NOT NULL DEFAULT 0,
+            outcome TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            ttft_ms REAL,
+            queue_ms REAL,
+            duration_ms REAL,
+            overflow INTEGER NOT NULL DEFAULT 0
+        )
+    """)
+    db.execute("CREATE INDEX usage_key_time ON usage (key_id, time)")
+    db.execute("CREATE INDEX usage_time ON usage (time)")
+
+
+def open_db(data_dir: Path) -> Database:
+    """Open (creating it if needed) ``data_dir/nobusy.db`` in WAL mode and apply migrations.
+
+    Raises ConfigError naming the file when it cannot be opened, created or migrated.
+    """
+    path = data_dir / DB_NAME
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return _open(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot open the database {path}: {reason}") from None
+
+
+def _open(path: Path) -> Database:
+    # check_same_thread=False: the server writes from a thread pool; callers serialise access.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # WAL: readers (the server's cache) never wait for a writer (the CLI), and vice versa.
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against application crashes in WAL mode; only a power cut can
+        # lose the last commits, which costs far less than an fsync per usage record.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        db = Database(conn, execute_plugins=False)
+        # Several workers start at once: BEGIN IMMEDIATE makes the others wait, then find the
+        # migrations applied, instead of racing to create the same tables.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+def timestamp(moment: datetime) -> str:
+    """``moment`` as UTC text in SQLite's format, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_timestamp(text: str | None) -> datetime | None:
+    """The aware UTC datetime stored by ``timestamp``, or None."""
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)

@@ -1,0 +1,101 @@
+"""Adaptive limits, the fair queue and slot hand-off, as pure policies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nobusy.admission.adaptive import AIMDLimit
+from nobusy.admission.capacity import Capacity
+from nobusy.admission.queue import FairQueue, Waiter
+from nobusy.errors import QueueFull, QueueTimeout
+
+
+def test_aimd_backs_off_on_overload_and_climbs_back_when_busy() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=20, initial=10)
+    limit.acquire()
+    limit.release("overload")
+    assert limit.current == 9  # ×0.9
+    for _ in range(200):  # busy: at least half the slots in use
+        for _ in range(limit.current):
+            limit.acquire()
+        for _ in range(limit.current):
+            limit.release("ok")
+    assert limit.current == 20  # capped at the ceiling
+
+
+def test_aimd_does_not_grow_while_idle() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=8)
+    for _ in range(100):
+        limit.acquire()
+        limit.release("ok")  # one in flight of eight: no evidence more would fit
+    assert limit.current == 8
+
+
+def test_aimd_never_drops_below_one() -> None:
+    limit = AIMDLimit.for_upstream(4, 4)
+    for _ in range(100):
+        limit.acquire()
+        limit.release("overload")
+    assert limit.current == 1 and limit.has_room()
+
+
+async def test_priority_first_then_round_robin_across_keys() -> None:
+    queue = FairQueue()
+    up = frozenset({"u"})
+    flood = [Waiter("flooder", "normal", up) for _ in range(5)]
+    for w in flood:
+        queue.push(w)
+    polite = Waiter("polite", "normal", up)
+    queue.push(polite)
+    vip = Waiter("vip", "high", up)
+    queue.push(vip)
+    assert queue.position(vip) == 1
+    assert queue.position(polite) == 3  # vip, one flooder turn, then polite
+    served = [queue.pop_for("u") for _ in range(7)]
+    assert served[0] is vip
+    assert served.index(polite) == 2  # not behind all five of the flooder's requests
+
+
+async def test_waiters_only_get_slots_on_their_upstreams() -> None:
+    queue = FairQueue()
+    a = Waiter("k", "normal", frozenset({"a"}))
+    queue.push(a)
+    assert queue.pop_for("b") is None
+    assert queue.pop_for("a") is a
+
+
+async def test_freed_slot_goes_to_the_waiter() -> None:
+    capacity = Capacity({"u": 1}, initial=1)
+    assert capacity.try_take("u")
+    assert not capacity.try_take("u")
+    ticket = capacity.enqueue(frozenset({"u"}), "k", "normal", patience=5)
+    task = asyncio.ensure_future(ticket.wait())
+    await asyncio.sleep(0)
+    capacity.release("u", "ok", 0.5)
+    assert await task == "u"
+    assert capacity.limits["u"].in_flight == 1  # handed over, not freed
+
+
+async def test_queue_full_is_refused_at_once() -> None:
+    capacity = Capacity({"u": 1}, initial=1)
+    capacity.service["u"] = 10.0  # each answer takes ten seconds
+    assert capacity.try_take("u")
+    with pytest.raises(QueueFull) as info:
+        capacity.enqueue(frozenset({"u"}), "k", "normal", patience=2)
+    assert info.value.status_code == 429
+    assert info.value.headers["retry-after"] == "10"
+    assert capacity.queue.size == 0
+
+
+async def test_timeout_and_abandon_leave_no_trace() -> None:
+    capacity = Capacity({"u": 1}, initial=1)
+    capacity.service["u"] = 0.01
+    assert capacity.try_take("u")
+    ticket = capacity.enqueue(frozenset({"u"}), "k", "normal", patience=0.05)
+    with pytest.raises(QueueTimeout):
+        await ticket.wait()
+    assert capacity.queue.size == 0
+    capacity.release("u", "ok", 0.01)
+    assert capacity.limits["u"].in_flight == 0

@@ -1,0 +1,159 @@
+"""Under overload nobusy queues, overflows and refuses early instead of pushing upstreams over.
+
+A fake upstream with 4 slots (503 "Server busy" beyond them, like DeepSeek) and a spare one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from nobusy.fake_upstream import answer_text
+from tests.conftest import Process, free_port, serve, start_process
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def busy_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("busy") / "fake.log"
+    args = ["fake-upstream", "--port", str(port), "--capacity", "4", "--chunk-delay", "0.04"]
+    process = start_process(args, "/healthz", log, port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway4(
+    busy_fake: Process, fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    tmp = tmp_path_factory.mktemp("admission")
+    config = f"""
+initial_concurrency: 16
+upstreams:
+  tight: {{kind: openai, base_url: "{busy_fake.url}/v1", default_model: ok, max_concurrency: 4}}
+  learner: {{kind: openai, base_url: "{busy_fake.url}/v1", default_model: ok,
+             circuit: {{consecutive_failures: 1000, failure_rate: 1.0}}}}
+  spare: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
+models:
+  tight: [tight]
+  overflowing: {{routes: [tight], overflow: [spare]}}
+  learning: [learner, spare]
+"""
+    process = serve(tmp, config)
+    yield process
+    process.stop()
+
+
+def post(gateway: Process, model: str, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers=headers,
+        timeout=60,
+        json={"model": model, "messages": MESSAGES},
+    )
+
+
+def burst(gateway: Process, model: str, n: int) -> list[httpx.Response]:
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: post(gateway, model), range(n)))
+
+
+def reset(fake: Process) -> None:
+    httpx.post(f"{fake.url}/_fake/reset").raise_for_status()
+
+
+def test_a_burst_three_times_capacity_is_queued_not_rejected(
+    gateway4: Process, busy_fake: Process
+) -> None:
+    reset(busy_fake)
+    responses = burst(gateway4, "tight", 12)
+    assert [r.status_code for r in responses] == [200] * 12
+    assert all(
+        r.json()["choices"][0]["message"]["content"] == answer_text(MESSAGES) for r in responses
+    )
+    stats = httpx.get(f"{busy_fake.url}/_fake/stats").json()
+    assert stats["rejected"] == 0  # nobusy never pushed it past its 4 slots
+    assert stats["max_in_flight"] <= 4
+    assert stats["requests"] == 12
+
+
+def test_streaming_client_is_told_its_place_in_the_queue(
+    gateway4: Process, busy_fake: Process
+) -> None:
+    reset(busy_fake)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        blockers = [pool.submit(post, gateway4, "tight") for _ in range(4)]
+        time.sleep(0.15)  # let them take the four slots
+        lines: list[str] = []
+        body = {"model": "tight", "messages": MESSAGES, "stream": True}
+        with httpx.stream(
+            "POST", f"{gateway4.url}/v1/chat/completions", json=body, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            lines = list(response.iter_lines())
+        assert all(b.result().status_code == 200 for b in blockers)
+    comments = [line for line in lines if line.startswith(": nobusy: queued, position")]
+    assert comments, lines[:5]
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in lines
+        if line.startswith("data: {") and json.loads(line[6:])["choices"]
+    )
+    assert text == answer_text(MESSAGES)
+
+
+def test_impatient_request_is_refused_at_once_with_retry_after(
+    gateway4: Process, busy_fake: Process
+) -> None:
+    reset(busy_fake)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        blockers = [pool.submit(post, gateway4, "tight") for _ in range(6)]
+        time.sleep(0.15)  # let them take the four slots and queue
+        refused = post(gateway4, "tight", **{"x-nobusy-max-wait": "0"})
+        assert all(b.result().status_code == 200 for b in blockers)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "queue_full" and error["type"] == "rate_limit_error"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_bad_patience_header_is_a_400(gateway4: Process) -> None:
+    burst_size = 5
+    with concurrent.futures.ThreadPoolExecutor(burst_size) as pool:
+        blockers = [pool.submit(post, gateway4, "tight") for _ in range(burst_size)]
+        time.sleep(0.15)
+        bad = post(gateway4, "tight", **{"x-nobusy-max-wait": "soon"})
+        [b.result() for b in blockers]
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "x-nobusy-max-wait"
+
+
+def test_overflow_takes_the_excess_and_says_so(gateway4: Process, busy_fake: Process) -> None:
+    reset(busy_fake)
+    responses = burst(gateway4, "overflowing", 10)
+    assert all(r.status_code == 200 for r in responses)
+    upstreams = [r.headers["x-nobusy-upstream"] for r in responses]
+    assert "spare (overflow)" in upstreams
+    assert "tight" in upstreams
+    assert httpx.get(f"{busy_fake.url}/_fake/stats").json()["rejected"] == 0
+
+
+def test_adaptive_limit_learns_the_real_capacity(gateway4: Process, busy_fake: Process) -> None:
+    reset(busy_fake)
+    for _ in range(3):
+        responses = burst(gateway4, "learning", 16)
+        assert all(r.status_code == 200 for r in responses)  # 503s went to the spare
+    data = httpx.get(f"{gateway4.url}/v1/nobusy/upstreams").json()["data"]
+    learner = next(u for u in data if u["name"] == "learner")
+    assert learner["concurrency"]["limit"] < 16
+    assert learner["concurrency"]["drops"] > 0
+    metrics = httpx.get(f"{gateway4.url}/metrics").text
+    assert 'nobusy_upstream_concurrency_limit{upstream="learner"}' in metrics
