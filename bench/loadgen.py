@@ -42,9 +42,11 @@ __all__ = [
     "LoadSpec",
     "Percentiles",
     "RequestRecord",
+    "Timeline",
     "chat_body",
     "percentile",
     "run_load",
+    "run_timed",
 ]
 
 # `"content":` then an opening quote and at least one character that is not the closing quote.
@@ -424,3 +426,105 @@ def run_load(
     if not keep_records:
         result.records = []
     return result
+
+
+# --- single requests, every body piece timed --------------------------------------------------
+
+
+@dataclass
+class Timeline:
+    """One request on its own connection; times in seconds since it started (connect included).
+
+    ``pieces`` are the body as it arrived (chunked encoding removed), each with its arrival
+    time; ``error`` says why the response did not complete (``"timed out"``, a reset...).
+    """
+
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    pieces: list[tuple[float, bytes]] = field(default_factory=list)
+    elapsed: float = 0.0
+    complete: bool = False
+    error: str | None = None
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(piece for _, piece in self.pieces)
+
+
+class _Timed(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeline: Timeline, start: float) -> None:
+        self.timeline = timeline
+        self.start = start
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._finish(f"bad HTTP: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(f"connection closed mid-response{f': {exc}' if exc else ''}")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.timeline.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.timeline.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.timeline.pieces.append((time.perf_counter() - self.start, bytes(body)))
+
+    def on_message_complete(self) -> None:
+        self.timeline.complete = True
+        self._finish(None)
+
+    def _finish(self, error: str | None) -> None:
+        if not self.done.done():
+            self.timeline.error = error
+            self.done.set_result(None)
+
+
+async def _timed(spec: LoadSpec, after: float, timeout: float) -> Timeline:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(after)
+    timeline = Timeline()
+    start = time.perf_counter()
+    protocol: _Timed | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            _, protocol = await loop.create_connection(
+                lambda: _Timed(loop, timeline, start), spec.host, spec.port
+            )
+            assert protocol.transport is not None
+            protocol.transport.write(spec.payload())
+            await protocol.done
+    except TimeoutError:
+        timeline.error = f"timed out after {timeout:g} s"
+    except OSError as exc:
+        timeline.error = f"connection failed: {exc}"
+    finally:
+        timeline.elapsed = time.perf_counter() - start
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+    return timeline
+
+
+def run_timed(requests: list[tuple[float, LoadSpec]], timeout: float) -> list[Timeline]:
+    """Send each ``(after, spec)`` on a fresh connection ``after`` seconds from now, all on one
+    new uvloop loop, and give each request at most ``timeout`` seconds; the timelines come
+    back in the order given. Meant for a few requests whose every token matters, not for load.
+    """
+
+    async def main() -> list[Timeline]:
+        return list(
+            await asyncio.gather(*(_timed(spec, after, timeout) for after, spec in requests))
+        )
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())

@@ -38,6 +38,8 @@ __all__ = [
     "cpu_seconds",
     "ensure_litellm",
     "free_port",
+    "http_call",
+    "http_json",
     "litellm_ready",
     "process_tree",
     "rss_bytes",
@@ -261,30 +263,40 @@ class Processes:
         upstream_port: int | None,
         workers: int = 1,
         timeout: float = 60.0,
+        config: str | None = None,
     ) -> Proc:
-        """nobusy in front of the fake (``upstream_port``), or serving the embedded model."""
+        """nobusy in front of the fake (``upstream_port``), or serving the embedded model;
+        ``config`` (YAML text) replaces the one-fake configuration."""
         port = free_port()
         data = self.run_dir / f"{name}-data"
         shutil.rmtree(data, ignore_errors=True)
         argv = [str(NOBUSY), "serve", "--host", HOST, "--port", str(port)]
         argv += ["--log-level", "warning", "--data-dir", str(data)]
-        if upstream_port is not None:
-            config = self.run_dir / f"{name}.yaml"
-            config.write_text(nobusy_config(upstream_port))
-            argv += ["--config", str(config)]
+        if config is not None or upstream_port is not None:
+            path = self.run_dir / f"{name}.yaml"
+            path.write_text(config if config is not None else nobusy_config(upstream_port or 0))
+            argv += ["--config", str(path)]
         if workers > 1:
             argv += ["--workers", str(workers)]
         # Only these flags count: NOBUSY_* settings from the shell (a NOBUSY_CONFIG, say) do not.
         env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("NOBUSY_")}
         return self.start(name, argv, port, "/readyz", timeout=timeout, env=env)
 
-    def litellm(self, install: LiteLLMInstall, upstream_port: int, key: str) -> Proc:
-        """LiteLLM proxy, one worker, no database, ``key`` as its master key."""
+    def litellm(
+        self,
+        install: LiteLLMInstall,
+        upstream_port: int,
+        key: str,
+        config: str | None = None,
+        name: str = "litellm",
+    ) -> Proc:
+        """LiteLLM proxy, one worker, no database, ``key`` as its master key; ``config``
+        (YAML text) replaces the one-fake configuration."""
         assert install.executable is not None
         port = free_port()
-        config = self.run_dir / "litellm.yaml"
-        config.write_text(litellm_config(upstream_port))
-        argv = [str(install.executable), "--config", str(config), "--host", HOST]
+        path = self.run_dir / f"{name}.yaml"
+        path.write_text(config if config is not None else litellm_config(upstream_port))
+        argv = [str(install.executable), "--config", str(path), "--host", HOST]
         argv += ["--port", str(port), "--num_workers", "1"]
         env: dict[str, str | None] = {
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -295,7 +307,7 @@ class Processes:
         }
         headers = {"Authorization": f"Bearer {key}"}
         return self.start(
-            "litellm", argv, port, "/health/liveliness", timeout=180, env=env, headers=headers
+            name, argv, port, "/health/liveliness", timeout=180, env=env, headers=headers
         )
 
 
@@ -331,6 +343,21 @@ def _http_ok(port: int, path: str, headers: dict[str, str]) -> bool:
         return conn.getresponse().status == 200
     except OSError:
         return False
+    finally:
+        conn.close()
+
+
+def http_call(
+    port: int, method: str, path: str, body: object = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """One request with the standard library (``body`` sent as JSON when given)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
     finally:
         conn.close()
 

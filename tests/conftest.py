@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +189,18 @@ def base_url(gateway: Process) -> str:
     """The gateway's API, with every circuit closed again so that tests stay independent."""
     httpx.post(gateway.url + "/v1/nobusy/upstreams/all/reset").raise_for_status()
     return gateway.url + "/v1"
+
+
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
+
+def openai_client(base_url: str) -> openai.OpenAI:
+    """One official SDK client per base URL, closed at the end of the session."""
+    if base_url not in _CLIENTS:
+        _CLIENTS[base_url] = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    return _CLIENTS[base_url]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for client in _CLIENTS.values():
+        client.close()

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from nobusy.admission.limits import KeyLimits
 from nobusy.api import admin, health
+from nobusy.api import keys as keys_api
 from nobusy.api.chat import chat_completions
 from nobusy.api.models import list_models
 from nobusy.api.openapi import openapi_json
+from nobusy.audit import AuditLog
+from nobusy.auth import Authenticator, hashers_for
+from nobusy.crypto import load_suite
 from nobusy.errors import NobusyError
+from nobusy.guard import Guard
+from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.middleware import RequestContextMiddleware
 from nobusy.probing import Prober
@@ -35,10 +44,17 @@ def create_app(settings: Settings) -> Starlette:
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.health.values(), lambda: router.capacity)
 
+    guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
+    keys = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         usage_log = UsageLog(settings.data_dir)
-        app.state.nobusy = AppState(settings, router, metrics, Ledger(usage_log, metrics))
+        audit = _open_audit(settings)
+        ledger = Ledger(usage_log, metrics, audit, keys)
+        app.state.nobusy = AppState(
+            settings, router, metrics, ledger, guard, audit, keys, KeyLimits()
+        )
         for upstream in upstreams.values():
             start = getattr(upstream, "start", None)
             if start is not None:
@@ -51,6 +67,10 @@ def create_app(settings: Settings) -> Starlette:
             await prober.stop()
             await router.aclose()
             usage_log.close()
+            if audit is not None:
+                audit.close()
+            ledger.flush_charges()
+            keys.close()
 
     return Starlette(
         routes=[
@@ -62,12 +82,19 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/v1/nobusy/upstreams", admin.list_upstreams, methods=["GET"]),
             Route("/v1/nobusy/upstreams/{name}/reset", admin.reset_upstream, methods=["POST"]),
+            Route("/v1/nobusy/keys", keys_api.list_keys, methods=["GET"]),
+            Route("/v1/nobusy/keys", keys_api.create_key, methods=["POST"]),
+            Route("/v1/nobusy/keys/{key}", keys_api.get_key, methods=["GET"]),
+            Route("/v1/nobusy/keys/{key}", keys_api.update_key, methods=["PATCH"]),
+            Route("/v1/nobusy/keys/{key}/revoke", keys_api.revoke_key, methods=["POST"]),
+            Route("/v1/nobusy/keys/{key}/topup", keys_api.topup_key, methods=["POST"]),
         ],
         middleware=[
             Middleware(
                 RequestContextMiddleware,
                 max_body_bytes=settings.max_body_bytes,
                 body_timeout=settings.body_timeout,
+                authenticator=Authenticator(keys),
             )
         ],
         exception_handlers={
@@ -76,6 +103,14 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+def _open_audit(settings: Settings) -> AuditLog | None:
+    if not settings.audit.enabled:
+        return None
+    suite = load_suite(settings.crypto, settings.data_dir, os.environ)
+    audit = settings.audit
+    return AuditLog(settings.data_dir, suite, audit.store, audit.retention_days)
 
 
 def create_app_from_env() -> Starlette:

@@ -7,6 +7,14 @@
     │   ├── RequestTimeout          408 request_timeout
     │   ├── ModelNotFound           404 model_not_found
     │   ├── NotFound                404 not_found
+    │   ├── ContentFiltered         400 content_filter          a blocked word in the request
+    │   ├── InvalidApiKey           401 invalid_api_key         missing, malformed or unknown key
+    │   │   ├── KeyRevoked          401 key_revoked
+    │   │   └── KeyExpired          401 key_expired
+    │   ├── KeyNameTaken            409 key_name_taken
+    │   ├── RateLimited             429 rate_limit_exceeded     a key's rpm/tpm/concurrency limit
+    │   ├── QuotaExhausted          429 insufficient_quota      a key's prepaid balance is spent
+    │   ├── ModelNotAllowed         403 model_not_allowed       outside the key's model list
     │   ├── QueueFull               429 queue_full              the wait would exceed the patience
     │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
     │   └── AdminAuthRequired       401 invalid_api_key         admin endpoints without the key
@@ -19,6 +27,7 @@
     │   ├── UpstreamEjected         503                          skipped: its circuit is open
     │   └── UpstreamRejectedRequest 400 invalid_request_error   the upstream says the request is bad
     ├── AllUpstreamsFailed          503 service_unavailable     every route of an alias failed
+    ├── StorageUnavailable          503 storage_unavailable     SQLite locked or failing
     └── ConfigError                                              startup: a wrong key or value
 
 Each class carries its HTTP status, OpenAI error ``type``/``code`` and whether another
@@ -36,7 +45,16 @@ __all__ = [
     "AllUpstreamsFailed",
     "ClientError",
     "ConfigError",
+    "ContentFiltered",
+    "InvalidApiKey",
     "InvalidRequest",
+    "KeyExpired",
+    "KeyNameTaken",
+    "KeyRevoked",
+    "ModelNotAllowed",
+    "QuotaExhausted",
+    "RateLimited",
+    "StorageUnavailable",
     "ModelNotFound",
     "NobusyError",
     "NotFound",
@@ -120,6 +138,76 @@ class NotFound(ClientError):
 
     status_code = 404
     code = "not_found"
+
+
+class ContentFiltered(ClientError):
+    """The request contains a word the sensitive-word filter blocks."""
+
+    code = "content_filter"
+
+
+class InvalidApiKey(ClientError):
+    """The API key is missing, malformed or unknown."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class KeyRevoked(InvalidApiKey):
+    """The API key was revoked."""
+
+    code = "key_revoked"
+
+
+class KeyExpired(InvalidApiKey):
+    """The API key is past its expiry time."""
+
+    code = "key_expired"
+
+
+class KeyNameTaken(ClientError):
+    """Another key already has this name."""
+
+    status_code = 409
+    code = "key_name_taken"
+
+
+class StorageUnavailable(NobusyError):
+    """The database could not be read or written (locked past the busy timeout, disk error)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "storage_unavailable"
+
+
+class RateLimited(ClientError):
+    """A key went over one of its limits; the message names it and when it resets."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float, param: str | None = None) -> None:
+        super().__init__(
+            message, param=param, headers={"retry-after": str(max(1, round(retry_after)))}
+        )
+
+
+class QuotaExhausted(ClientError):
+    """The key's prepaid token balance is used up."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class ModelNotAllowed(ClientError):
+    """The key may not use this model."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
 
 
 class QueueFull(ClientError):

@@ -27,9 +27,18 @@ from pathlib import Path
 from typing import Literal, cast
 
 from nobusy.db import open_db, parse_timestamp, timestamp
-from nobusy.errors import ClientError, InvalidRequest, NobusyError, NotFound
+from nobusy.errors import (
+    InvalidApiKey,
+    InvalidRequest,
+    KeyExpired,
+    KeyNameTaken,
+    KeyRevoked,
+    NotFound,
+    StorageUnavailable,
+)
 
 __all__ = [
+    "EDITABLE",
     "PRIORITIES",
     "Hasher",
     "InvalidApiKey",
@@ -41,6 +50,8 @@ __all__ = [
     "StorageUnavailable",
     "parse_duration",
     "sha256_hasher",
+    "sm3_hasher",
+    "validate",
 ]
 
 log = logging.getLogger("nobusy")
@@ -58,45 +69,12 @@ _DURATION = re.compile(r"(\d{1,9})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-# --- Errors: to move into nobusy/errors.py (and its tree) once registered there. ------------
-
-
-class InvalidApiKey(ClientError):
-    """The API key is missing, malformed or unknown."""
-
-    status_code = 401
-    error_type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class KeyRevoked(InvalidApiKey):
-    """The API key was revoked."""
-
-    code = "key_revoked"
-
-
-class KeyExpired(InvalidApiKey):
-    """The API key is past its expiry time."""
-
-    code = "key_expired"
-
-
-class KeyNameTaken(ClientError):
-    """Another key already has this name."""
-
-    status_code = 409
-    code = "key_name_taken"
-
-
-class StorageUnavailable(NobusyError):
-    """The database could not be read or written (locked past the busy timeout, disk error)."""
-
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "storage_unavailable"
-
-
 # --- Keys --------------------------------------------------------------------------------------
+
+
+def sm3_hasher(data: bytes) -> str:
+    """SM3 (national cryptography, the default suite) as ``sm3:<hex>``, through OpenSSL."""
+    return "sm3:" + hashlib.new("sm3", data).hexdigest()
 
 
 def sha256_hasher(data: bytes) -> str:
@@ -165,6 +143,10 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"too long a duration: {_show(text)}") from None
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -188,8 +170,12 @@ def _check_name(value: object) -> str:
 def _check_count(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
-        raise _bad(name, f"must be a whole number from 1 to {MAX_INT}, got {_show(value)}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, f"must be a whole number, got {_show(value)}")
+    if value < 1:
+        raise _bad(name, f"must be 1 or more, got {value}")
+    if value > MAX_INT:
+        raise _bad(name, f"must be at most 2**53, got {value}")
     return value
 
 
@@ -228,6 +214,11 @@ def _check_max_wait(value: object) -> float | None:
     return float(value)
 
 
+def validate(given: Mapping[str, object]) -> None:
+    """Raise InvalidRequest naming the first bad field, as ``create`` and ``update`` would."""
+    _columns(given, _utcnow())
+
+
 def _columns(given: Mapping[str, object], now: datetime) -> dict[str, object]:
     """Validated column values for the fields given; unknown fields are errors too."""
     out: dict[str, object] = {}
@@ -254,17 +245,13 @@ def _columns(given: Mapping[str, object], now: datetime) -> dict[str, object]:
 # --- The store ---------------------------------------------------------------------------------
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class KeyStore:
     """The keys in ``data_dir/nobusy.db``; ``hashers[0]`` hashes new keys, all of them verify."""
 
     def __init__(
         self,
         data_dir: Path,
-        hashers: Hasher | Sequence[Hasher] = (sha256_hasher,),
+        hashers: Hasher | Sequence[Hasher] = (sm3_hasher, sha256_hasher),
         *,
         refresh_interval: float = 1.0,
         clock: Callable[[], datetime] = _utcnow,
@@ -272,7 +259,7 @@ class KeyStore:
         order = [hashers] if callable(hashers) else list(hashers)
         if not order:
             raise ValueError("KeyStore needs at least one hasher")
-        self._hasher = order[0]
+        self._hasher, self._algorithm = order[0], _algorithm(order[0])
         self._hashers = {_algorithm(h): h for h in reversed(order)}  # the first one wins
         self._refresh_interval = refresh_interval
         self._clock = clock
@@ -287,6 +274,7 @@ class KeyStore:
             self._reload()
 
     def close(self) -> None:
+        """Close the database connection."""
         with self._lock:
             self._db.close()
 
@@ -303,14 +291,13 @@ class KeyStore:
             )
         self._maybe_refresh()
         data = secret.encode()
-        digests = {_algorithm(self._hasher): self._hasher(data)}  # same work, known or not
+        digests = {self._algorithm: self._hasher(data)}  # the same work, known key or not
         for key in self._by_prefix.get(secret[3:11], ()):
             algorithm = _algorithm_of(key.hash)
-            hasher = self._hashers.get(algorithm)
-            if hasher is None:
-                continue
-            digest = digests.setdefault(algorithm, hasher(data))
-            if hmac.compare_digest(digest.encode(), key.hash.encode()):
+            if algorithm not in digests and algorithm in self._hashers:
+                digests[algorithm] = self._hashers[algorithm](data)
+            digest = digests.get(algorithm)
+            if digest is not None and hmac.compare_digest(digest.encode(), key.hash.encode()):
                 return self._usable(key)
         raise InvalidApiKey(
             "Unknown API key: check that it was copied whole, or ask for a new one."
@@ -352,11 +339,13 @@ class KeyStore:
     # Management: reads go to the database, so they see other processes' writes at once.
 
     def list(self) -> list[Key]:
+        """Every key, revoked and expired ones too, oldest first."""
         with self._lock, self._translated():
             self._reload()
             return list(self._by_id.values())
 
     def get(self, id_or_name: str) -> Key:
+        """One key by id or name; raises NotFound."""
         with self._lock, self._translated():
             return self._find(id_or_name)
 
@@ -396,7 +385,7 @@ class KeyStore:
         log.info("created API key %s (%s)", key_id, name)
         return self._by_id[key_id], secret
 
-    def update(self, id_or_name: str, **changes: object) -> Key:
+    def update(self, id_or_name: str, /, **changes: object) -> Key:
         """Change the given fields; None removes a limit, ``expires`` counts from now."""
         columns = _columns(changes, self._clock())
         if not columns:
@@ -429,9 +418,13 @@ class KeyStore:
         with self._writing() as conn:
             key = self._find(id_or_name)
             if key.quota_tokens is None or key.balance is None:
-                raise _bad("tokens", f"key {key.name} has no token quota (it is unlimited)")
+                raise InvalidRequest(
+                    f"Key {key.name} has no token quota (it is unlimited): set quota_tokens "
+                    "to give it one.",
+                    param="key",
+                )
             if key.quota_tokens + cast(int, count) > MAX_INT:
-                raise _bad("tokens", f"the quota would exceed {MAX_INT}")
+                raise _bad("tokens", "the quota would exceed 2**53")
             conn.execute(
                 "UPDATE keys SET quota_tokens = quota_tokens + ?, balance = balance + ? "
                 "WHERE id = ?",
@@ -446,12 +439,16 @@ class KeyStore:
         with self._lock, self._translated():
             # Only this key changes, so the copy is patched instead of reloaded: this runs
             # once per request. Our own commits do not change our data_version.
-            rows = self._conn.execute(
-                f"UPDATE keys SET balance = balance - ?, last_used_at = ? WHERE id = ? "
-                f"RETURNING {_COLUMNS}",
-                (tokens, timestamp(self._clock()), key_id),
-            ).fetchall()
-            self._conn.commit()
+            try:
+                rows = self._conn.execute(
+                    f"UPDATE keys SET balance = balance - ?, last_used_at = ? WHERE id = ? "
+                    f"RETURNING {_COLUMNS}",
+                    (tokens, timestamp(self._clock()), key_id),
+                ).fetchall()
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()  # or the next BEGIN IMMEDIATE finds one still open
+                raise
             if not rows:
                 raise NotFound(f"No API key with id '{key_id}'.", param="key")
             key = _to_key(rows[0])
@@ -477,10 +474,10 @@ class KeyStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.commit()
             except BaseException:
                 self._conn.rollback()
                 raise
-            self._conn.commit()
             self._reload()
 
     def _reload(self) -> None:

@@ -13,7 +13,8 @@ import os
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nobusy.errors import RequestTimeout, RequestTooLarge
+from nobusy.auth import Authenticator
+from nobusy.errors import NobusyError, RequestTimeout, RequestTooLarge
 from nobusy.responses import error_response, internal_error
 
 __all__ = ["RequestContextMiddleware"]
@@ -22,10 +23,17 @@ __all__ = ["RequestContextMiddleware"]
 class RequestContextMiddleware:
     """Give each request an id, stamp ``x-request-id``/``x-nobusy-upstream``, guard the body."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout: float,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,6 +54,26 @@ class RequestContextMiddleware:
                 if "x-nobusy-upstream" not in headers:
                     headers.append("x-nobusy-upstream", state.get("upstream", "none"))
             await send(message)
+
+        # API keys are checked here, before the body is read: a request without a valid key
+        # costs a header parse and a hash, never a 10 MiB upload.
+        path: str = scope["path"]
+        if (
+            self.authenticator is not None
+            and path.startswith("/v1/")
+            and not path.startswith("/v1/nobusy/")
+        ):
+            authorization = ""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                    break
+            client = scope["client"][0] if scope.get("client") else "unknown"
+            try:
+                state["key"] = self.authenticator.check(authorization, client)
+            except NobusyError as exc:
+                await error_response(exc)(scope, receive, send_with_headers)
+                return
 
         limit = self.max_body_bytes
         for name, value in scope["headers"]:

@@ -62,9 +62,15 @@ class Tally:
 
 
 async def sse_events(
-    answer: Answer, request: ChatRequest, record: UsageRecord, close: Callable[[], None]
+    answer: Answer,
+    request: ChatRequest,
+    record: UsageRecord,
+    close: Callable[[], None],
+    capture: list[str] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The answer as SSE ``data:`` lines; an error after the first byte becomes an error event."""
+    """The answer as SSE ``data:`` lines; an error after the first byte becomes an error event.
+
+    With ``capture``, the content the client receives is also collected there (for audit)."""
     tally = Tally(request, record)
     record.outcome = "client_gone"
     try:
@@ -75,6 +81,11 @@ async def sse_events(
                 continue
             out = tally.absorb(chunk)
             if out is not None:
+                if capture is not None:
+                    for choice in out.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            capture.append(content)
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
         record.outcome = "ok"
         yield DONE

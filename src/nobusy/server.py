@@ -112,7 +112,14 @@ def _single_app(settings: Settings) -> Any:
 
 def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
-    check_bind(settings)
+    from nobusy.auth import hashers_for
+    from nobusy.keys import KeyStore
+
+    store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+    try:
+        check_bind(settings, has_keys=store.any_keys())
+    finally:
+        store.close()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

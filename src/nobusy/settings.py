@@ -25,10 +25,11 @@ from pydantic import (
 )
 
 from nobusy.errors import ConfigError
+from nobusy.guard import GuardSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
-__all__ = ["HedgeSettings", "ModelAlias", "Route", "Settings", "load_settings"]
+__all__ = ["AuditSettings", "HedgeSettings", "ModelAlias", "Route", "Settings", "load_settings"]
 
 DEFAULT_ALIAS = "local"
 
@@ -51,6 +52,18 @@ class Route:
 
     def __str__(self) -> str:
         return f"{self.upstream}/{self.model}" if self.model else self.upstream
+
+
+class AuditSettings(BaseModel):
+    """Every request and answer in a hash chain, content encrypted at rest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(False, description="Write the audit log (data_dir/audit.db).")
+    store: Literal["full", "hash"] = Field(
+        "full", description="full: contents encrypted; hash: only their keyed hashes."
+    )
+    retention_days: PositiveInt = Field(180, description="Days rows are kept before pruning.")
 
 
 class HedgeSettings(BaseModel):
@@ -124,6 +137,16 @@ class Settings(BaseModel):
     )
     admin_key: SecretStr | None = Field(
         None, description="Bearer key for /v1/nobusy/*; without it only loopback clients."
+    )
+    crypto: Literal["gm", "standard"] = Field(
+        "gm",
+        description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",
+    )
+    audit: AuditSettings = Field(
+        default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."
+    )
+    guard: GuardSettings = Field(
+        default_factory=GuardSettings, description="Sensitive-word lexicons and their actions."
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."
@@ -259,6 +282,14 @@ def _parse_route(entry: Any, tier: int, where: str) -> Route:
     raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 
+def _anchor_lexicons(guard: dict[str, Any], base: Path) -> None:
+    # Lexicon paths in a config file are relative to that file, not to the working directory.
+    for lexicon in guard.get("lexicons") or ():
+        if isinstance(lexicon, dict) and isinstance(lexicon.get("path"), str):
+            if not Path(lexicon["path"]).is_absolute():
+                lexicon["path"] = str(base / lexicon["path"])
+
+
 def _describe(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
@@ -283,6 +314,8 @@ def load_settings(
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
 
+    if path and isinstance(merged.get("guard"), dict):
+        _anchor_lexicons(merged["guard"], Path(path).resolve().parent)
     upstreams = _parse_upstreams(merged.pop("upstreams", None) or {})
     models = _parse_models(merged.pop("models", None) or {})
     if not upstreams:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from nobusy.admission.limits import KeyLimits
+from nobusy.audit import AuditLog
+from nobusy.guard import Guard
+from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.routing import Router
 from nobusy.settings import Settings
@@ -20,6 +24,10 @@ class AppState:
     router: Router
     metrics: Metrics
     ledger: Ledger
+    guard: Guard | None = None
+    audit: AuditLog | None = None
+    keys: KeyStore | None = None
+    limits: KeyLimits | None = None
 
 
 def app_state(request: Request) -> AppState:

@@ -9,13 +9,26 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
+from nobusy.audit import AuditLog
+from nobusy.errors import NobusyError
+from nobusy.guard import Hit
+from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 
-__all__ = ["Ledger", "UsageLog", "UsageRecord"]
+__all__ = ["Exchange", "Ledger", "UsageLog", "UsageRecord"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the audit log keeps of one request: the request, the answer, the filter's hits."""
+
+    request: dict[str, Any]
+    answer: list[str] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -35,6 +48,7 @@ class UsageRecord:
     queue_ms: float = 0.0
     overflow: bool = False
     notes: list[str] = field(default_factory=list)
+    key_id: str | None = None
     duration_ms: float | None = None
 
 
@@ -59,13 +73,31 @@ class UsageLog:
 
 
 class Ledger:
-    """Closes a request's books: its usage record to the log, its figures to the metrics."""
+    """Closes a request's books: usage record, metrics, and (if enabled) the audit log."""
 
-    def __init__(self, log: UsageLog, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        log: UsageLog,
+        metrics: Metrics,
+        audit: AuditLog | None = None,
+        keys: KeyStore | None = None,
+    ) -> None:
         self.log = log
         self.metrics = metrics
+        self.audit = audit
+        self.keys = keys
+        # Quota charges are summed per key and written at most every half second: one SQLite
+        # write per request would be the slowest step of the whole path.
+        self._charges: dict[str, int] = {}
+        self._last_flush = time.monotonic()
 
-    def close(self, record: UsageRecord, started: float, first_token_at: float | None) -> None:
+    def close(
+        self,
+        record: UsageRecord,
+        started: float,
+        first_token_at: float | None,
+        exchange: Exchange | None = None,
+    ) -> None:
         now = time.perf_counter()
         record.duration_ms = round((now - started) * 1000, 3)
         upstream = record.upstream or "none"
@@ -82,3 +114,54 @@ class Ledger:
         if record.outcome not in ("ok", "client_gone"):
             m.errors.labels(record.alias, record.outcome).inc()
         self.log.record(record)
+        if record.key_id is not None and self.keys is not None:
+            tokens = record.prompt_tokens + record.completion_tokens
+            self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
+            if time.monotonic() - self._last_flush > 0.5:
+                self.flush_charges()
+        if self.audit is not None and exchange is not None:
+            self._audit(record, exchange)
+
+    def flush_charges(self) -> None:
+        """Take the summed tokens off each key's balance."""
+        self._last_flush = time.monotonic()
+        charges, self._charges = self._charges, {}
+        if self.keys is None:
+            return
+        for key_id, tokens in charges.items():
+            try:
+                self.keys.charge(key_id, tokens)
+            except NobusyError:  # a locked database: keep the charge for the next flush
+                self._charges[key_id] = self._charges.get(key_id, 0) + tokens
+
+    def _audit(self, record: UsageRecord, exchange: Exchange) -> None:
+        audit = self.audit
+        assert audit is not None
+        common = {"alias": record.alias, "upstream": record.upstream, "key_id": record.key_id}
+        audit.append("request", record.request_id, exchange.request, **common)
+        for hit in exchange.hits:
+            audit.append(
+                hit.action,
+                record.request_id,
+                {
+                    "word": hit.word,
+                    "matched": hit.matched,
+                    "lexicon": hit.lexicon,
+                    "category": hit.category,
+                    "start": hit.start,
+                    "end": hit.end,
+                },
+                **common,
+            )
+        audit.append(
+            "response",
+            record.request_id,
+            {
+                "content": "".join(exchange.answer),
+                "outcome": record.outcome,
+                "tried": record.tried,
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+            },
+            **common,
+        )

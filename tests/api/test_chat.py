@@ -9,12 +9,13 @@ import openai
 import pytest
 
 from nobusy.fake_upstream import answer_text, reasoning_text
+from tests.conftest import openai_client
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is nobusy?"}]
 
 
 def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    return openai_client(base_url)
 
 
 def test_non_streaming_text_matches_upstream(base_url: str) -> None:

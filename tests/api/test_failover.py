@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from nobusy.fake_upstream import answer_text, reasoning_text
-from tests.conftest import FAULTS, Process
+from tests.conftest import FAULTS, Process, openai_client
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Are you there?"}]
 TOOLS: list[Any] = [
@@ -30,7 +30,7 @@ TOOLS: list[Any] = [
 
 
 def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    return openai_client(base_url)
 
 
 def ask(base_url: str, model: str, stream: bool, **kwargs: Any) -> tuple[dict[str, Any], Any]:

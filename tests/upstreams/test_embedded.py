@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import openai
 import pytest
+
+from tests.conftest import openai_client
 
 pytestmark = pytest.mark.embedded
 
 
 def test_embedded_model_answers_non_streaming(base_url: str) -> None:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    client = openai_client(base_url)
     raw = client.chat.completions.with_raw_response.create(
         model="local",
         messages=[{"role": "user", "content": "Say hello."}],
@@ -26,7 +27,7 @@ def test_embedded_model_answers_non_streaming(base_url: str) -> None:
 
 
 def test_embedded_model_streams_token_by_token(base_url: str) -> None:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    client = openai_client(base_url)
     stream = client.chat.completions.create(
         model="local",
         messages=[{"role": "user", "content": "Count to five."}],
@@ -45,7 +46,7 @@ def test_embedded_model_streams_token_by_token(base_url: str) -> None:
 
 
 def test_embedded_model_is_deterministic_with_a_seed(base_url: str) -> None:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    client = openai_client(base_url)
 
     def ask() -> str | None:
         completion = client.chat.completions.create(
@@ -61,7 +62,7 @@ def test_embedded_model_is_deterministic_with_a_seed(base_url: str) -> None:
 
 
 def test_embedded_model_continues_an_answer_cut_mid_stream(base_url: str) -> None:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    client = openai_client(base_url)
     raw = client.chat.completions.with_raw_response.create(
         model="continue-local",
         messages=[{"role": "user", "content": "Tell me about Paris."}],

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from nobusy.admission.capacity import Ticket
+from nobusy.admission.limits import estimate_tokens
 from nobusy.errors import InvalidRequest, NobusyError, UpstreamEjected
+from nobusy.filtering import check_messages, filter_answer
+from nobusy.guard import Hit
+from nobusy.keys import Key
 from nobusy.relay import collect, sse_events
 from nobusy.responses import EventStreamResponse, JSONResponse
 from nobusy.routing import Answer, Reservation
 from nobusy.schema import ChatRequest, parse_chat_request
 from nobusy.state import AppState, app_state
-from nobusy.usage import UsageRecord
+from nobusy.usage import Exchange, UsageRecord
 
 __all__ = ["chat_completions"]
 
@@ -31,14 +36,29 @@ __all__ = ["chat_completions"]
 class _Books:
     """One request's usage record and in-flight gauge, closed exactly once."""
 
-    def __init__(self, state: AppState, chat: ChatRequest, request_id: str) -> None:
+    def __init__(
+        self, state: AppState, chat: ChatRequest, body: dict[str, Any], request_id: str
+    ) -> None:
         self.state = state
+        self.exchange = Exchange(body) if state.audit is not None else None
+        self.hits: list[Hit] = self.exchange.hits if self.exchange is not None else []
         self.started = time.perf_counter()
         self.record = UsageRecord(request_id=request_id, alias=chat.model, stream=chat.stream)
         self.in_flight = state.metrics.in_flight.labels(chat.model)
         self.in_flight.inc()
         self.answer: Answer | None = None
         self.closed = False
+        self.key: Key | None = None
+        self.estimate = 0
+
+    def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
+        """Check the key's own limits; from here on the request counts against them."""
+        if key is None or self.state.limits is None:
+            return
+        self.record.key_id = key.id
+        estimate = estimate_tokens(body_size, chat.max_completion_tokens or chat.max_tokens)
+        self.state.limits.admit(key, chat.model, estimate)
+        self.key, self.estimate = key, estimate
 
     def failed(self, exc: NobusyError) -> None:
         self.record.outcome = exc.code or "error"
@@ -51,26 +71,41 @@ class _Books:
             return
         self.closed = True
         self.in_flight.dec()
+        if self.key is not None and self.state.limits is not None:
+            actual = self.record.prompt_tokens + self.record.completion_tokens
+            self.state.limits.done(self.key.id, self.estimate, actual)
         first_token_at = None
         if self.answer is not None:
             self.record.tried = self.answer.tried()
             first_token_at = self.answer.first_token_at
-        self.state.ledger.close(self.record, self.started, first_token_at)
+        self.state.ledger.close(self.record, self.started, first_token_at, self.exchange)
+
+    @property
+    def capture(self) -> list[str] | None:
+        return self.exchange.answer if self.exchange is not None else None
 
 
 async def chat_completions(request: Request) -> Response:
     """Answer a chat completion from the first route of the alias that can, streaming or not."""
     state = app_state(request)
-    chat, body = parse_chat_request(await request.body())
+    raw = await request.body()
+    chat, body = parse_chat_request(raw)
     router = state.router
     router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
-    books = _Books(state, chat, request.state.request_id)
+    books = _Books(state, chat, body, request.state.request_id)
+    key: Key | None = getattr(request.state, "key", None)
     try:
+        books.admit(key, chat, len(raw))
+        guard = state.guard
+        if guard is not None and guard.checks_input:
+            check_messages(guard, body, books.hits)
         reservation = router.reserve(chat.model)
         if reservation is None:
-            patience = _patience(request, state.settings.default_max_wait)
+            default = key.max_wait if key and key.max_wait is not None else None
+            patience = _patience(request, default or state.settings.default_max_wait)
             client = request.client.host if request.client else "unknown"
-            ticket = router.enqueue(chat.model, f"client:{client}", "normal", patience)
+            who = f"key:{key.id}" if key else f"client:{client}"
+            ticket = router.enqueue(chat.model, who, key.priority if key else "normal", patience)
             if chat.stream:
                 events = _queued_stream(ticket, chat, body, books)
                 return EventStreamResponse(events, {"x-nobusy-upstream": "queued"})
@@ -84,9 +119,12 @@ async def chat_completions(request: Request) -> Response:
     headers = {"x-nobusy-upstream": answer.upstream}
     request.state.upstream = answer.upstream
     if chat.stream:
-        return EventStreamResponse(sse_events(answer, chat, books.record, books.close), headers)
+        events = sse_events(answer, chat, books.record, books.close, books.capture)
+        return EventStreamResponse(events, headers)
     try:
         completion = await collect(answer, chat, books.record)
+        if books.capture is not None:
+            books.capture.append(completion["choices"][0]["message"]["content"] or "")
     except NobusyError as exc:
         books.record.outcome = exc.code or "error"
         raise
@@ -98,9 +136,12 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _open(
-    books: _Books, chat: ChatRequest, body: dict[str, object], reservation: Reservation
+    books: _Books, chat: ChatRequest, body: dict[str, Any], reservation: Reservation
 ) -> Answer:
-    answer = await books.state.router.open(chat.model, body, books.record.request_id, reservation)
+    state = books.state
+    answer = await state.router.open(chat.model, body, books.record.request_id, reservation)
+    if state.guard is not None and state.guard.checks_output:
+        answer.chunks = filter_answer(answer.chunks, state.guard, books.hits)
     books.answer = answer
     books.record.upstream = answer.upstream
     books.record.overflow = answer.overflow
@@ -108,7 +149,7 @@ async def _open(
 
 
 async def _queued_stream(
-    ticket: Ticket, chat: ChatRequest, body: dict[str, object], books: _Books
+    ticket: Ticket, chat: ChatRequest, body: dict[str, Any], books: _Books
 ) -> AsyncIterator[bytes]:
     """Queue positions as SSE comments (ignored by OpenAI SDKs), then the answer itself."""
     try:
@@ -123,7 +164,7 @@ async def _queued_stream(
             yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
             return
         yield f": nobusy: answering from {answer.upstream}\n\n".encode()
-        async for part in sse_events(answer, chat, books.record, books.close):
+        async for part in sse_events(answer, chat, books.record, books.close, books.capture):
             yield part
     finally:
         books.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from nobusy import __version__
+from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
+from nobusy.cli.keys import keys
 from nobusy.cli.serve import check, models, serve
 from nobusy.fake_upstream import fake_upstream_command
 
@@ -22,6 +24,8 @@ cli.add_command(serve)
 cli.add_command(models)
 cli.add_command(check)
 cli.add_command(chat)
+cli.add_command(keys)
+cli.add_command(audit)
 cli.add_command(fake_upstream_command)
 
 

@@ -1,0 +1,134 @@
+"""``/v1/nobusy/keys``: API keys over HTTP for operators; a new key's secret is returned once.
+
+Every endpoint needs the admin key (or, with none set, a loopback client). The store's work
+runs on the thread pool: a write can wait up to the busy timeout for the CLI's lock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nobusy.api.admin import require_admin
+from nobusy.errors import InvalidRequest
+from nobusy.keys import Key, KeyStore, validate
+from nobusy.responses import JSONResponse
+from nobusy.state import app_state
+
+__all__ = [
+    "create_key",
+    "get_key",
+    "key_json",
+    "list_keys",
+    "revoke_key",
+    "topup_key",
+    "update_key",
+]
+
+
+def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
+    """A key as JSON, times in Unix seconds as OpenAI's APIs give them; never its hash."""
+    return {
+        "object": "nobusy.key",
+        "id": key.id,
+        "name": key.name,
+        "prefix": f"nb-{key.prefix}",
+        "status": key.status(now or datetime.now(UTC)),
+        "priority": key.priority,
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "max_concurrency": key.max_concurrency,
+        "quota_tokens": key.quota_tokens,
+        "balance": key.balance,
+        "models": None if key.models is None else list(key.models),
+        "max_wait": key.max_wait,
+        "created_at": _unix(key.created_at),
+        "expires_at": _unix(key.expires_at),
+        "revoked_at": _unix(key.revoked_at),
+        "last_used_at": _unix(key.last_used_at),
+    }
+
+
+async def list_keys(request: Request) -> Response:
+    """Every key, revoked and expired ones too, oldest first."""
+    require_admin(request)
+    found = await run_in_threadpool(_store(request).list)
+    now = datetime.now(UTC)
+    return JSONResponse({"object": "list", "data": [key_json(key, now) for key in found]})
+
+
+async def create_key(request: Request) -> Response:
+    """Create a key from ``{"name", ...limits}``; the answer holds its secret, this once."""
+    require_admin(request)
+    body = await _body(request)
+    if "name" not in body:
+        raise InvalidRequest("Missing required parameter: 'name'.", param="name")
+    validate(body)  # also refuses unknown fields, before they reach create() as arguments
+    store = _store(request)
+    key, secret = await run_in_threadpool(lambda: store.create(**body))
+    return JSONResponse({**key_json(key), "secret": secret}, status_code=201)
+
+
+async def get_key(request: Request) -> Response:
+    """One key, by id or name."""
+    require_admin(request)
+    key = await run_in_threadpool(_store(request).get, request.path_params["key"])
+    return JSONResponse(key_json(key))
+
+
+async def update_key(request: Request) -> Response:
+    """Change the fields given; null removes a limit, ``expires`` counts from now."""
+    require_admin(request)
+    body = await _body(request)
+    store, name = _store(request), request.path_params["key"]
+    key = await run_in_threadpool(lambda: store.update(name, **body))
+    return JSONResponse(key_json(key))
+
+
+async def revoke_key(request: Request) -> Response:
+    """Revoke a key for good; every worker refuses it within a second."""
+    require_admin(request)
+    key = await run_in_threadpool(_store(request).revoke, request.path_params["key"])
+    return JSONResponse(key_json(key))
+
+
+async def topup_key(request: Request) -> Response:
+    """Add ``{"tokens": N}`` to a key's balance and quota."""
+    require_admin(request)
+    body = await _body(request)
+    if set(body) != {"tokens"}:
+        raise InvalidRequest('The body must be {"tokens": N} and nothing else.', param="tokens")
+    store, name = _store(request), request.path_params["key"]
+    key = await run_in_threadpool(store.topup, name, body["tokens"])
+    return JSONResponse(key_json(key))
+
+
+def _store(request: Request) -> KeyStore:
+    store = app_state(request).keys
+    assert store is not None
+    return store
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno})."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _unix(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())

@@ -1,0 +1,70 @@
+"""Who is asking: API keys checked before a request's body is read, failures rate-limited.
+
+While no key exists the service is open (on loopback, or with ``--insecure``). Once any key
+exists every API request needs one. A client address that keeps presenting bad keys is slowed
+down before any hashing is done, so a flood of garbage keys costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from nobusy.errors import InvalidApiKey, RateLimited
+from nobusy.keys import Hasher, Key, KeyStore, sha256_hasher, sm3_hasher
+
+__all__ = ["Authenticator", "hashers_for"]
+
+# Failed attempts a client address may make per minute before it is turned away unchecked.
+_FAILURES_PER_MINUTE = 20
+_TRACKED_ADDRESSES = 10_000
+
+
+def hashers_for(crypto: str) -> tuple[Hasher, ...]:
+    """New keys are hashed with the suite's hash; keys made under the other still verify."""
+    return (sm3_hasher, sha256_hasher) if crypto == "gm" else (sha256_hasher, sm3_hasher)
+
+
+class Authenticator:
+    """Checks the ``Authorization`` header against the key store."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def check(self, authorization: str, client: str) -> Key | None:
+        """The caller's key; None while no key exists; InvalidApiKey or RateLimited otherwise."""
+        if not self.keys.any_keys():
+            return None
+        self._refuse_if_flooding(client)
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            self._failed(client)
+            raise InvalidApiKey(
+                "This service needs an API key: send it as 'Authorization: Bearer nb-...'."
+            )
+        try:
+            return self.keys.authenticate(secret.strip())
+        except InvalidApiKey:
+            self._failed(client)
+            raise
+
+    def _refuse_if_flooding(self, client: str) -> None:
+        times = self._failures.get(client)
+        if not times:
+            return
+        horizon = time.monotonic() - 60
+        while times and times[0] < horizon:
+            times.pop(0)
+        if len(times) >= _FAILURES_PER_MINUTE:
+            raise RateLimited(
+                f"Too many failed authentications from {client}: try again in a minute.",
+                retry_after=max(1.0, times[0] + 60 - time.monotonic()),
+            )
+
+    def _failed(self, client: str) -> None:
+        failures = self._failures
+        failures.setdefault(client, []).append(time.monotonic())
+        failures.move_to_end(client)
+        while len(failures) > _TRACKED_ADDRESSES:  # bounded: a spoofed flood cannot fill memory
+            failures.popitem(last=False)

@@ -1,0 +1,277 @@
+"""``nobusy keys``: create, list, show, update, revoke and top up API keys in the database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from nobusy.auth import hashers_for
+from nobusy.errors import InvalidRequest, NobusyError
+from nobusy.keys import PRIORITIES, Key, KeyStore, validate
+
+__all__ = ["keys"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+NO_LIMIT = "none"  # the word that removes a limit in `update`
+_UNLIMITED = object()  # what the option callbacks turn that word into
+STATUS_STYLE = {"active": "green", "revoked": "red", "expired": "yellow"}
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="NOBUSY_DATA_DIR",
+    default=Path("data"),
+    help="Where nobusy keeps its database (default: $NOBUSY_DATA_DIR, else ./data).",
+)
+
+
+def _limit(kind: type[int] | type[float]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback: a whole number (or seconds), or ``none`` for no limit."""
+
+    what = "whole number" if kind is int else "number"
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if not isinstance(value, str) or value.strip().lower() in (NO_LIMIT, "unlimited"):
+            return None if value is None else _UNLIMITED
+        try:
+            return kind(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a {what} (or '{NO_LIMIT}' for no limit)", ctx, param
+            ) from None
+
+    return convert
+
+
+def _options(*, create: bool) -> Callable[[F], F]:
+    """The options ``create`` and ``update`` share; ``none`` removes a limit in ``update``."""
+    count: dict[str, Any] = {"callback": _limit(int), "metavar": "N|none"}
+    seconds: dict[str, Any] = {"callback": _limit(float), "metavar": "SECONDS|none"}
+    decorators = [
+        click.option("--name", required=create, help="A unique name for people to know it by."),
+        click.option("--priority", type=click.Choice(PRIORITIES), help="Priority (normal)."),
+        click.option("--rpm", **count, help="Requests per minute at most."),
+        click.option("--tpm", **count, help="Tokens per minute at most."),
+        click.option("--max-concurrency", **count, help="Requests in flight at most."),
+        click.option("--quota-tokens", **count, help="Prepaid tokens (unlimited if unset)."),
+        click.option("--models", metavar="A,B|all", help="Model aliases it may use (all)."),
+        click.option("--expires", metavar="30d|12h|90m|never", help="Expire after this long."),
+        click.option("--max-wait", **seconds, help="Seconds a request may queue (default)."),
+        data_dir_option,
+    ]
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def _fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given, as ``KeyStore`` fields: ``none``/``all``/``never`` become None."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "models":
+            value = None if value.strip() == "all" else [m.strip() for m in value.split(",")]
+        elif name == "expires" and value.strip() == "never":
+            value = None
+        out[name] = None if value is _UNLIMITED else value
+    return out
+
+
+@contextmanager
+def _store(
+    data_dir: Path, fields: dict[str, Any] | None = None, hints: dict[str, str] | None = None
+) -> Iterator[KeyStore]:
+    """The store, opened only once ``fields`` are valid; nobusy errors as click errors.
+
+    An error about a field names its option (exit 2); ``hints`` names arguments instead.
+    """
+    options = {name: f"'--{name.replace('_', '-')}'" for name in fields or {}} | (hints or {})
+    try:
+        if fields is not None:
+            validate(fields)
+        # The same hashers as the server's: NOBUSY_CRYPTO, like the `crypto` setting.
+        crypto = os.environ.get("NOBUSY_CRYPTO", "gm")
+        store = KeyStore(data_dir, hashers_for(crypto))
+        try:
+            yield store
+        finally:
+            store.close()
+    except InvalidRequest as exc:
+        if exc.param not in options:  # not about a value given (e.g. the key has no quota)
+            raise click.ClickException(exc.message) from None
+        message = exc.message.removeprefix(f"{exc.param}: ")
+        raise click.BadParameter(message, param_hint=options[exc.param]) from None
+    except NobusyError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys: once any key exists, every request needs one."""
+
+
+@keys.command()
+@_options(create=True)
+def create(data_dir: Path, **options: Any) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    fields = _fields(options)
+    with _store(data_dir, fields) as store:
+        key, secret = store.create(**fields)
+    err = Console(stderr=True)
+    err.print(f"Created key [bold]{key.id}[/] ({escape(key.name)}).")
+    err.print("[yellow]Copy it now: it is not stored and will not be shown again.[/]")
+    click.echo(secret)
+
+
+@keys.command("list")
+@data_dir_option
+def list_keys(data_dir: Path) -> None:
+    """List the keys: limits, balance, models and status."""
+    with _store(data_dir) as store:
+        found = store.list()
+    now = datetime.now(UTC)
+    table = Table(title="API keys")
+    columns = ["id", "name", "prefix", "priority", "limits", "balance / quota", "models"]
+    for column in [*columns, "status", "last used"]:
+        # The id is what people copy into the next command: never shortened.
+        table.add_column(
+            column,
+            justify="right" if column.startswith("balance") else "left",
+            no_wrap=column == "id",
+            min_width=14 if column == "id" else None,
+        )
+    for key in found:
+        table.add_row(
+            key.id,
+            escape(key.name),
+            f"nb-{key.prefix}…",
+            key.priority,
+            _limits(key),
+            _balance(key),
+            _models(key),
+            _status(key, now),
+            _time(key.last_used_at, "never"),
+        )
+    Console().print(table)
+
+
+@keys.command()
+@click.argument("key")
+@data_dir_option
+def show(key: str, data_dir: Path) -> None:
+    """Show one key, by id or name."""
+    with _store(data_dir) as store:
+        _print(store.get(key))
+
+
+@keys.command()
+@click.argument("key")
+@_options(create=False)
+def update(key: str, data_dir: Path, **options: Any) -> None:
+    """Change a key's name or limits; `none` removes a limit, --expires counts from now."""
+    fields = _fields(options)
+    if not fields:
+        raise click.UsageError("Nothing to update: give at least one option (see --help).")
+    with _store(data_dir, fields) as store:
+        _print(store.update(key, **fields))
+
+
+@keys.command()
+@click.argument("key")
+@data_dir_option
+def revoke(key: str, data_dir: Path) -> None:
+    """Revoke a key for good: a running server refuses it within a second."""
+    with _store(data_dir) as store:
+        revoked = store.revoke(key)
+    when = _time(revoked.revoked_at)
+    Console().print(f"Revoked {revoked.id} ({escape(revoked.name)}) at {when}.")
+
+
+@keys.command()
+@click.argument("key")
+@click.argument("tokens", type=int)
+@data_dir_option
+def topup(key: str, tokens: int, data_dir: Path) -> None:
+    """Add TOKENS to a key's balance and quota."""
+    with _store(data_dir, hints={"tokens": "'TOKENS'"}) as store:
+        topped = store.topup(key, tokens)
+    Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
+
+
+def _print(key: Key) -> None:
+    table = Table(show_header=False, title=f"API key {key.id}")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "name": escape(key.name),
+        "prefix": f"nb-{key.prefix}…",
+        "hash": key.hash.partition(":")[0],
+        "priority": key.priority,
+        "rpm": _number(key.rpm),
+        "tpm": _number(key.tpm),
+        "max concurrency": _number(key.max_concurrency),
+        "balance / quota": _balance(key),
+        "models": _models(key),
+        "max wait": "default" if key.max_wait is None else f"{key.max_wait:g}s",
+        "status": _status(key, datetime.now(UTC)),
+        "created": _time(key.created_at),
+        "expires": _time(key.expires_at, "never"),
+        "revoked": _time(key.revoked_at, "no"),
+        "last used": _time(key.last_used_at, "never"),
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def _number(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
+
+
+def _limits(key: Key) -> str:
+    parts = [
+        f"{label} {value:,}"
+        for label, value in (("rpm", key.rpm), ("tpm", key.tpm), ("conc", key.max_concurrency))
+        if value is not None
+    ]
+    if key.max_wait is not None:
+        parts.append(f"wait {key.max_wait:g}s")
+    return ", ".join(parts) or "none"
+
+
+def _balance(key: Key) -> str:
+    if key.quota_tokens is None or key.balance is None:
+        return "unlimited"
+    balance = f"[red]{key.balance:,}[/]" if key.balance <= 0 else f"{key.balance:,}"
+    return f"{balance} / {key.quota_tokens:,}"
+
+
+def _models(key: Key) -> str:
+    return "all" if key.models is None else escape(", ".join(key.models))
+
+
+def _status(key: Key, now: datetime) -> str:
+    status = key.status(now)
+    text = f"[{STATUS_STYLE[status]}]{status}[/]"
+    if status == "active" and key.expires_at is not None:
+        text += f" (until {key.expires_at:%Y-%m-%d})"
+    return text
+
+
+def _time(moment: datetime | None, missing: str = "") -> str:
+    return missing if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
