@@ -256,7 +256,7 @@ def read(timeline: Timeline, stream: bool, expected: str) -> Result:
         sample["outcome"] = "answered"
     elif error is not None:
         got = len(sample["tokens"]) if stream else 0
-        sample["outcome"] = f"{error} ({got} tokens before)" if got else error
+        sample["outcome"] = f"{got} tokens, then {error}" if got else error
     else:
         sample["outcome"] = f"wrong text: {sample['text'][:80]!r}"
     return sample
@@ -943,7 +943,7 @@ def render(result: Result, img: Path) -> str:
 
 
 def _one_outcome(sample: Result) -> str:
-    return ("answered" if sample["ok"] else sample["outcome"]).replace("|", "\\|")
+    return ("answered" if sample["ok"] else _short(sample["outcome"])).replace("|", "\\|")
 
 
 SUITE = Suite(

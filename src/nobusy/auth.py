@@ -2,7 +2,9 @@
 
 While no key exists the service is open (on loopback, or with ``--insecure``). Once any key
 exists every API request needs one. A client address that keeps presenting bad keys is slowed
-down before any hashing is done, so a flood of garbage keys costs almost nothing.
+answered 429 instead of 401 once it passes its allowance, while a valid key from the same
+address (a shared NAT) still gets through: a key lookup is one hash, so refusing early would
+save little and would let one bad client lock out its neighbours.
 """
 
 from __future__ import annotations
@@ -36,16 +38,15 @@ class Authenticator:
         """The caller's key; None while no key exists; InvalidApiKey or RateLimited otherwise."""
         if not self.keys.any_keys():
             return None
-        self._refuse_if_flooding(client)
         scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            self._failed(client)
-            raise InvalidApiKey(
-                "This service needs an API key: send it as 'Authorization: Bearer nb-...'."
-            )
         try:
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise InvalidApiKey(
+                    "This service needs an API key: send it as 'Authorization: Bearer nb-...'."
+                )
             return self.keys.authenticate(secret.strip())
         except InvalidApiKey:
+            self._refuse_if_flooding(client)
             self._failed(client)
             raise
 
