@@ -148,3 +148,33 @@ def test_lexicons_reload_without_a_restart(guarded: Process) -> None:
     while ask(guarded, "what about newword", stream=False)[0] != 400:
         assert time.monotonic() < deadline, "the new word was never picked up"
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def masking(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    tmp = tmp_path_factory.mktemp("pii")
+    config = f"""
+upstreams:
+  fake: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
+models:
+  private: {{routes: [fake/ok], pii: {{enabled: true}}}}
+  plain: [fake/ok]
+"""
+    process = serve(tmp, config)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_personal_data_never_reaches_the_upstream(
+    masking: Process, fake_upstream: Process, stream: bool
+) -> None:
+    text = "call 13800138000 or mail li.lei@example.com, ID 11010519491231002X"
+    body = {"model": "private", "stream": stream, "messages": [{"role": "user", "content": text}]}
+    response = httpx.post(f"{masking.url}/v1/chat/completions", json=body)
+    seen = httpx.get(f"{fake_upstream.url}/_fake/last").json()
+    upstream_text = seen["messages"][-1]["content"]
+    for secret in ("13800138000", "li.lei@example.com", "11010519491231002X"):
+        assert secret not in upstream_text
+        assert secret in response.text  # restored for the client
+    assert "[[PII_MOBILE_1]]" in upstream_text

@@ -248,6 +248,7 @@ class _FakeApp:
         self.options = options
         self.ids = itertools.count(1)
         self.counts = dict.fromkeys(("requests", "in_flight", "rejected", "max_in_flight"), 0)
+        self.last = b"{}"
         self.turns: dict[str, int] = {}  # requests per mode string, for fail_every/slow_every
         ids = [options.model_name, *(m for m in MODES if m != options.model_name)]
         entry = {"object": "model", "created": 0, "owned_by": "nobusy-fake"}
@@ -265,6 +266,9 @@ class _FakeApp:
             await _send_json(send, 200, b'{"status":"ok"}')
         elif method == "GET" and path == "/_fake/stats":
             await _send_json(send, 200, orjson.dumps(self.counts))
+        elif method == "GET" and path == "/_fake/last":
+            # What the last request carried: lets a drill see what reached the upstream.
+            await _send_json(send, 200, self.last)
         elif method == "POST" and path == "/_fake/reset":
             counts = self.counts
             counts["requests"] = counts["rejected"] = 0
@@ -276,6 +280,7 @@ class _FakeApp:
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         raw = await _read_body(receive)
+        self.last = raw or b"{}"
         counts = self.counts
         counts["requests"] += 1
         try:

@@ -14,9 +14,10 @@ from typing import Any
 
 from nobusy.errors import ContentFiltered
 from nobusy.guard import Guard, Hit, StreamFilter
+from nobusy.pii import Masker, Restorer
 from nobusy.upstreams.base import Chunk
 
-__all__ = ["check_messages", "filter_answer"]
+__all__ = ["check_messages", "filter_answer", "restore_answer"]
 
 
 def check_messages(guard: Guard, body: dict[str, Any], hits: list[Hit]) -> None:
@@ -118,3 +119,38 @@ def _piece(template: Chunk, field: str, text: str) -> Chunk:
         "object": "chat.completion.chunk",
         "choices": [{"index": 0, "delta": {field: text}, "finish_reason": None}],
     }
+
+
+async def restore_answer(chunks: AsyncIterator[Chunk], masker: Masker) -> AsyncIterator[Chunk]:
+    """Put personal data masked out of the request back into the answer, as it streams.
+
+    A placeholder split across chunks is held back until it is complete; each field (and each
+    tool call's arguments) has its own restorer.
+    """
+    restorers: dict[tuple[str, int], Restorer] = {}
+
+    def restore(field: str, index: int, text: str, final: bool) -> str:
+        restorer = restorers.setdefault((field, index), masker.restorer())
+        out = restorer.feed(text)
+        return out + restorer.finish() if final else out
+
+    try:
+        async for chunk in chunks:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                final = bool(choice.get("finish_reason"))
+                for field in ("content", "reasoning_content"):
+                    if delta.get(field) or (final and (field, 0) in restorers):
+                        delta[field] = restore(field, 0, delta.get(field) or "", final)
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    if function.get("arguments"):
+                        index = int(call.get("index") or 0)
+                        function["arguments"] = restore(
+                            "arguments", index, function["arguments"], final
+                        )
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -26,6 +26,7 @@ from pydantic import (
 
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
+from nobusy.pii import PiiSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
@@ -90,6 +91,10 @@ class ModelAlias(BaseModel):
     )
     hedge: HedgeSettings | None = Field(
         None, description="Hedge slow first tokens on the next route (off when unset)."
+    )
+    pii: PiiSettings = Field(
+        default_factory=lambda: PiiSettings(),
+        description="Mask personal data before it leaves for an upstream; restore it after.",
     )
 
 

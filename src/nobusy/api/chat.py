@@ -20,9 +20,10 @@ from starlette.responses import Response
 from nobusy.admission.capacity import Ticket
 from nobusy.admission.limits import estimate_tokens
 from nobusy.errors import InvalidRequest, NobusyError, UpstreamEjected
-from nobusy.filtering import check_messages, filter_answer
+from nobusy.filtering import check_messages, filter_answer, restore_answer
 from nobusy.guard import Hit
 from nobusy.keys import Key
+from nobusy.pii import Masker
 from nobusy.relay import collect, sse_events
 from nobusy.responses import EventStreamResponse, JSONResponse
 from nobusy.routing import Answer, Reservation
@@ -40,7 +41,8 @@ class _Books:
         self, state: AppState, chat: ChatRequest, body: dict[str, Any], request_id: str
     ) -> None:
         self.state = state
-        self.exchange = Exchange(body) if state.audit is not None else None
+        # A shallow copy: the audit keeps the messages as sent, before PII masking.
+        self.exchange = Exchange(dict(body)) if state.audit is not None else None
         self.hits: list[Hit] = self.exchange.hits if self.exchange is not None else []
         self.started = time.perf_counter()
         self.record = UsageRecord(request_id=request_id, alias=chat.model, stream=chat.stream)
@@ -49,6 +51,7 @@ class _Books:
         self.answer: Answer | None = None
         self.closed = False
         self.key: Key | None = None
+        self.masker: Masker | None = None
         self.estimate = 0
 
     def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
@@ -99,6 +102,10 @@ async def chat_completions(request: Request) -> Response:
         guard = state.guard
         if guard is not None and guard.checks_input:
             check_messages(guard, body, books.hits)
+        pii = router.alias(chat.model).pii
+        if pii.enabled:
+            books.masker = Masker(pii.kinds)
+            body["messages"] = books.masker.mask_messages(body.get("messages") or [])
         reservation = router.reserve(chat.model)
         if reservation is None:
             default = key.max_wait if key and key.max_wait is not None else None
@@ -140,6 +147,8 @@ async def _open(
 ) -> Answer:
     state = books.state
     answer = await state.router.open(chat.model, body, books.record.request_id, reservation)
+    if books.masker is not None:
+        answer.chunks = restore_answer(answer.chunks, books.masker)
     if state.guard is not None and state.guard.checks_output:
         answer.chunks = filter_answer(answer.chunks, state.guard, books.hits)
     books.answer = answer
