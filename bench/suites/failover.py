@@ -27,6 +27,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def _plan(quick: bool) -> dict[str, Any]:
     return {
         "reps": 5 if quick else 9,  # per fault and mode: nobusy's retry budget allows 10 + 10%
         "cap_s": 31.0 if quick else 40.0,  # LiteLLM requests that may never end: past 30 s
-        "load_s": 3.0 if quick else 8.0,  # retry amplification, per gateway
+        "load_s": 3.0 if quick else 10.0,  # retry amplification, per gateway
         "hedge_s": 2.5 if quick else 6.0,  # hedging, per alias
         "concurrency": 8,
         "hedge_concurrency": 4,
@@ -280,15 +281,37 @@ def batch(
 
 # --- the run ------------------------------------------------------------------------------------
 
+Request = tuple[float, int, str, bool]  # (seconds from now, port, model, stream)
+
+
+@dataclass
+class _Setup:
+    """What the phases share: the processes, their ports, the samples measured so far."""
+
+    ctx: Context
+    plan: dict[str, Any]
+    ports: dict[str, int]  # the fakes by role, and "dead": a port nothing listens on
+    gateways: dict[str, int]  # gateway name -> port
+    nobusy: procs.Proc
+    litellm: procs.Proc | None
+    errors: dict[str, str]
+    samples: dict[str, list[Result]] = field(default_factory=dict)
+
+    def add(self, key: str, sample: Result) -> None:
+        """Record a sample under ``gateway/fault/mode``; token times only where needed."""
+        if "/drop/" not in key:
+            sample["tokens"] = len(sample["tokens"])
+        sample.pop("text", None)  # the verdict is in "ok"
+        self.samples.setdefault(key, []).append(sample)
+
 
 class _Background:
     """Requests through LiteLLM that may run to their cap, sent while the rest is measured."""
 
-    def __init__(self, ctx: Context, requests: list[tuple[str, tuple[float, int, str, bool]]]):
+    def __init__(self, ctx: Context, requests: list[tuple[str, Request]], cap: float) -> None:
         self.keys = [key for key, _ in requests]
         self.results: list[Result] = []
         self.error: str | None = None
-        cap = _plan(ctx.settings.quick)["cap_s"]
 
         def work() -> None:
             try:
@@ -331,79 +354,73 @@ def _fake_reset(*ports: int) -> None:
         procs.http_call(port, "POST", "/_fake/reset")
 
 
-def run(ctx: Context) -> Result:
-    s = ctx.settings
-    plan = _plan(s.quick)
-    reps = plan["reps"]
-    log = ctx.log
+def _start(ctx: Context) -> _Setup:
+    """Four fakes, nobusy and LiteLLM (if it installs and starts) with the same routes."""
     fakes = {
-        role: ctx.procs.fake_upstream(s.tokens, name=f"fake-{role}")
+        role: ctx.procs.fake_upstream(ctx.settings.tokens, name=f"fake-{role}")
         for role in ("faults", "backup", "load", "spare")
     }
     ports = {role: proc.port for role, proc in fakes.items()} | {"dead": procs.free_port()}
-    nobusy_config = nobusy_yaml(ports)
-    litellm_config = litellm_yaml(ports)
-    nobusy = ctx.procs.nobusy("nobusy-failover", None, config=nobusy_config)
-    gateways: dict[str, int] = {"nobusy": nobusy.port}
-    errors: dict[str, str] = {}
-    litellm: procs.Proc | None = None
+    nobusy = ctx.procs.nobusy("nobusy-failover", None, config=nobusy_yaml(ports))
+    setup = _Setup(ctx, _plan(ctx.settings.quick), ports, {"nobusy": nobusy.port}, nobusy, None, {})
     install = ctx.litellm()
-    if install.ok:
-        try:
-            litellm = ctx.procs.litellm(
-                install, 0, ctx.key, config=litellm_config, name="litellm-failover"
-            )
-            gateways["litellm"] = litellm.port
-        except procs.StartError as exc:
-            errors["litellm"] = f"LiteLLM proxy did not start: {exc}"
+    if not install.ok:
+        reason = f"LiteLLM {procs.LITELLM_VERSION} could not be installed: {install.error}"
+        setup.errors["litellm"] = reason
     else:
-        errors["litellm"] = (
-            f"LiteLLM {procs.LITELLM_VERSION} could not be installed: {install.error}"
-        )
-    if "litellm" in errors:
-        log(f"[failover] {errors['litellm'].splitlines()[0]}; measuring nobusy alone")
-
-    # LiteLLM's requests that may never end go first, so that their cap runs while the rest
-    # is measured; then every path is warmed up (connection pools, imports on first use).
-    background: _Background | None = None
-    if "litellm" in gateways:
-        port = gateways["litellm"]
-        long: list[tuple[str, tuple[float, int, str, bool]]] = []
-        for stream in (False, True):
-            mode = "s" if stream else "n"
-            long.append(
-                (f"429default/{mode}", (0.1 * len(long), port, f"f429default-{mode}", stream))
+        try:
+            setup.litellm = ctx.procs.litellm(
+                install, 0, ctx.key, config=litellm_yaml(ports), name="litellm-failover"
             )
-            for _ in range(min(reps, 3)):
-                long.append(
-                    (
-                        f"keepalive/{mode}",
-                        (0.1 * len(long), port, _name("keepalive", stream), stream),
-                    )
-                )
-        background = _Background(ctx, long)
-        log(f"[failover] {len(long)} LiteLLM requests that may never end: in the background")
+            setup.gateways["litellm"] = setup.litellm.port
+        except procs.StartError as exc:
+            setup.errors["litellm"] = f"LiteLLM proxy did not start: {exc}"
+    if "litellm" in setup.errors:
+        ctx.log(f"[failover] {setup.errors['litellm'].splitlines()[0]}; measuring nobusy alone")
+    return setup
+
+
+def _launch_background(setup: _Setup) -> _Background | None:
+    """LiteLLM's requests that may never end: keep-alive only, and the 429 under default
+    retries. They run to their cap while everything else is measured."""
+    port = setup.gateways.get("litellm")
+    if port is None:
+        return None
+    long: list[tuple[str, Request]] = []
+    for stream in (False, True):
+        mode = "s" if stream else "n"
+        long.append((f"429default/{mode}", (0.1 * len(long), port, f"f429default-{mode}", stream)))
+        for _ in range(min(setup.plan["reps"], 3)):
+            after = 0.1 * len(long)
+            long.append((f"keepalive/{mode}", (after, port, _name("keepalive", stream), stream)))
+    setup.ctx.log(f"[failover] {len(long)} LiteLLM requests that may never end: in the background")
+    return _Background(setup.ctx, long, setup.plan["cap_s"])
+
+
+def _warm_up(setup: _Setup) -> None:
+    """Connection pools, imports on first use: three healthy requests per path and mode."""
     for _ in range(3):
         for stream in (False, True):
-            one(ctx, ports["backup"], "ok", stream)
-            for port in gateways.values():
-                one(ctx, port, "backup", stream)
+            one(setup.ctx, setup.ports["backup"], "ok", stream)
+            for port in setup.gateways.values():
+                one(setup.ctx, port, "backup", stream)
 
-    # 1. Failover before the first token. Direct to the backup, each gateway's healthy path,
-    # then every fault, round after round; nobusy's circuit is closed again before each fault
-    # request so that each one meets the fault rather than skipping an ejected upstream.
-    samples: dict[str, list[Result]] = {}
 
-    def add(key: str, sample: Result) -> None:
-        samples.setdefault(key, []).append(sample)
-
+def _fast_faults(setup: _Setup) -> None:
+    """Refused, 503, 429 in rounds: direct to the backup, each gateway's healthy path, then
+    each fault. nobusy's circuit is closed again before each fault request, so that each one
+    meets the fault rather than skipping an upstream ejected by the one before."""
+    ctx, reps = setup.ctx, setup.plan["reps"]
     for rep in range(reps + 1):
         for stream in (False, True):
             mode = "s" if stream else "n"
-            rows: list[tuple[str, Result]] = [
-                (f"direct/backup/{mode}", one(ctx, ports["backup"], "ok", stream))
+            # The baseline every figure subtracts: three samples a round, so one slow
+            # sample on a busy machine does not move the median.
+            rows = [
+                (f"direct/backup/{mode}", one(ctx, setup.ports["backup"], "ok", stream))
+                for _ in range(3)
             ]
-            for gateway, port in gateways.items():
+            for gateway, port in setup.gateways.items():
                 rows.append((f"{gateway}/backup/{mode}", one(ctx, port, "backup", stream)))
                 for fault in FAST_FAULTS:
                     name = _name(fault, stream)
@@ -412,60 +429,68 @@ def run(ctx: Context) -> Result:
                     rows.append((f"{gateway}/{fault}/{mode}", one(ctx, port, name, stream)))
             if rep:  # the first round only warms up
                 for key, sample in rows:
-                    add(key, sample)
-    log(f"[failover] before the first token: {reps} rounds of refused, 503, 429 done")
+                    setup.add(key, sample)
+    ctx.log(f"[failover] before the first token: {reps} rounds of refused, 503, 429 done")
 
-    # The 1 s faults, sent together but staggered so that no two fail over at once.
-    slow: list[tuple[str, tuple[float, int, str, bool]]] = []
-    for _ in range(reps):
+
+def _slow_faults(setup: _Setup) -> None:
+    """Hang and keep-alive (1 s each), sent together but staggered so that no two fail over
+    at once. LiteLLM's keep-alive requests are in the background instead."""
+    slow: list[tuple[str, Request]] = []
+    for _ in range(setup.plan["reps"]):
         for stream in (False, True):
             mode = "s" if stream else "n"
-            for gateway, port in gateways.items():
+            for gateway, port in setup.gateways.items():
                 for fault in SLOW_FAULTS:
                     if gateway == "litellm" and fault == "keepalive":
-                        continue  # in the background: it may never end
-                    after = plan["stagger_s"] * len(slow)
-                    slow.append(
-                        (f"{gateway}/{fault}/{mode}", (after, port, _name(fault, stream), stream))
-                    )
-    for (key, _), sample in zip(slow, batch(ctx, [r for _, r in slow], 15.0), strict=True):
-        add(key, sample)
-    procs.http_call(nobusy.port, "POST", "/v1/nobusy/upstreams/all/reset")
-    log(f"[failover] hang and keep-alive: {len(slow)} requests done")
+                        continue
+                    after = setup.plan["stagger_s"] * len(slow)
+                    request = (after, port, _name(fault, stream), stream)
+                    slow.append((f"{gateway}/{fault}/{mode}", request))
+    results = batch(setup.ctx, [r for _, r in slow], 15.0)
+    for (key, _), sample in zip(slow, results, strict=True):
+        setup.add(key, sample)
+    procs.http_call(setup.nobusy.port, "POST", "/v1/nobusy/upstreams/all/reset")
+    setup.ctx.log(f"[failover] hang and keep-alive: {len(slow)} requests done")
 
-    # 2. The mid-stream cut.
-    for rep in range(reps + 1):
+
+def _cut(setup: _Setup) -> None:
+    """The stream cut after 5 tokens, a warm-up round then ``reps`` rounds."""
+    for rep in range(setup.plan["reps"] + 1):
         for stream in (False, True):
             mode = "s" if stream else "n"
-            for gateway, port in gateways.items():
+            for gateway, port in setup.gateways.items():
                 name = _name("drop", stream)
                 if gateway == "nobusy":
                     _reset_circuit(port, name)
-                sample = one(ctx, port, name, stream)
+                sample = one(setup.ctx, port, name, stream)
                 if rep:
-                    add(f"{gateway}/drop/{mode}", sample)
-    log("[failover] mid-stream cut done")
+                    setup.add(f"{gateway}/drop/{mode}", sample)
+    setup.ctx.log("[failover] mid-stream cut done")
 
-    # 3. Retry amplification: a steady load on [flaky, spare], flaky failing every 2nd call.
-    amplification: dict[str, Result] = {}
-    for gateway, port in gateways.items():
-        _fake_reset(ports["load"], ports["spare"])
+
+def _amplification(setup: _Setup) -> dict[str, Result]:
+    """A steady load on ``[flaky, spare]``, flaky failing every 2nd call; the fakes count."""
+    out: dict[str, Result] = {}
+    load_port, spare_port = setup.ports["load"], setup.ports["spare"]
+    for gateway, port in setup.gateways.items():
+        _fake_reset(load_port, spare_port)
         load = run_load(
-            _spec(ctx, port, "flaky", True),
-            plan["concurrency"],
-            duration=plan["load_s"],
+            _spec(setup.ctx, port, "flaky", True),
+            setup.plan["concurrency"],
+            duration=setup.plan["load_s"],
             warmup=0.0,
             keep_records=True,
         )
         time.sleep(0.2)  # let the fakes see the last requests end
         sent = len(load.records)
         good = sum(1 for r in load.records if r.status == 200 and r.ttft is not None)
-        flaky = _fake_stats(ports["load"]).get("requests", 0)
-        spare = _fake_stats(ports["spare"]).get("requests", 0)
+        flaky = _fake_stats(load_port).get("requests", 0)
+        spare = _fake_stats(spare_port).get("requests", 0)
         statuses: dict[str, int] = {}
         for record in load.records:
             statuses[str(record.status)] = statuses.get(str(record.status), 0) + 1
-        amplification[gateway] = {
+        out[gateway] = {
             "requests": sent,
             "answered": good,
             "statuses": statuses,
@@ -476,29 +501,33 @@ def run(ctx: Context) -> Result:
             "rps": sent / load.duration if load.duration else None,
         }
         if gateway == "nobusy":
-            amplification[gateway]["nobusy_view"] = _nobusy_view(port, ("flaky", "spare"))
-        log(
+            out[gateway]["nobusy_view"] = _nobusy_view(port, ("flaky", "spare"))
+        setup.ctx.log(
             f"[failover] 50% failing upstream via {gateway}: {sent} requests, "
             f"{flaky}+{spare} upstream calls, {good} answered"
         )
+    return out
 
-    # 4. Hedging (nobusy only): the same routes without and with `hedge`.
-    hedging: dict[str, Result] = {}
+
+def _hedging(setup: _Setup) -> dict[str, Result]:
+    """nobusy only: the same routes without and with ``hedge``, one after the other."""
+    out: dict[str, Result] = {}
+    load_port, spare_port = setup.ports["load"], setup.ports["spare"]
     for alias in ("unhedged", "hedged"):
-        _fake_reset(ports["load"], ports["spare"])
+        _fake_reset(load_port, spare_port)
         load = run_load(
-            _spec(ctx, nobusy.port, alias, True),
-            plan["hedge_concurrency"],
-            duration=plan["hedge_s"],
+            _spec(setup.ctx, setup.nobusy.port, alias, True),
+            setup.plan["hedge_concurrency"],
+            duration=setup.plan["hedge_s"],
             warmup=0.3,
             keep_records=True,
         )
         time.sleep(0.2)
         sent = len(load.records)
-        first = _fake_stats(ports["load"]).get("requests", 0)
-        second = _fake_stats(ports["spare"]).get("requests", 0)
+        first = _fake_stats(load_port).get("requests", 0)
+        second = _fake_stats(spare_port).get("requests", 0)
         ttft = load.ttft
-        hedging[alias] = {
+        out[alias] = {
             "requests": sent,
             "errors": load.errors,
             "upstream_calls": {"slowish": first, "spare": second},
@@ -509,35 +538,49 @@ def run(ctx: Context) -> Result:
             "ttft_count": None if ttft is None else ttft.count,
             "rps": load.rps,
             # nobusy's own view once every client is done: in_flight should be back at 0.
-            "nobusy_view": _nobusy_view(nobusy.port, ("slowish", "spare")),
+            "nobusy_view": _nobusy_view(setup.nobusy.port, ("slowish", "spare")),
         }
-        log(f"[failover] {alias}: {sent} requests, {first}+{second} upstream calls")
+        setup.ctx.log(f"[failover] {alias}: {sent} requests, {first}+{second} upstream calls")
+    return out
 
-    leftover: int | None = None
-    if background is not None:
-        log("[failover] waiting for LiteLLM's background requests to reach their cap")
-        for key, sample in background.join():
-            add(f"litellm/{key}", sample)
-        if background.error:
-            errors["litellm-background"] = background.error
-        time.sleep(1.0)
-        leftover = _fake_stats(ports["faults"]).get("in_flight", 0)
-        if litellm is not None:
-            # LiteLLM keeps requests to a keep-alive-only upstream open after their clients
-            # left, and waits for them on SIGTERM: no point waiting the usual 10 s.
-            ctx.procs.stop(litellm, timeout=2.0)
-    for sample_list in samples.values():
-        for sample in sample_list:
-            sample.pop("text", None)  # the verdict is in "ok"; keep the file small
+
+def _finish_background(setup: _Setup, background: _Background | None) -> int | None:
+    """Collect LiteLLM's long requests; return what is still open at the faults' fake."""
+    if background is None:
+        return None
+    setup.ctx.log("[failover] waiting for LiteLLM's background requests to reach their cap")
+    for key, sample in background.join():
+        setup.add(f"litellm/{key}", sample)
+    if background.error:
+        setup.errors["litellm-background"] = background.error
+    time.sleep(1.0)
+    leftover = _fake_stats(setup.ports["faults"]).get("in_flight", 0)
+    if setup.litellm is not None:
+        # LiteLLM keeps a non-streaming request to a keep-alive-only upstream open after its
+        # client left, and waits for it on SIGTERM: no point waiting the usual 10 s.
+        setup.ctx.procs.stop(setup.litellm, timeout=2.0)
+    return leftover
+
+
+def run(ctx: Context) -> Result:
+    setup = _start(ctx)
+    background = _launch_background(setup)
+    _warm_up(setup)
+    _fast_faults(setup)
+    _slow_faults(setup)
+    _cut(setup)
+    amplification = _amplification(setup)
+    hedging = _hedging(setup)
+    leftover = _finish_background(setup, background)
     return {
-        "plan": plan,
+        "plan": setup.plan,
         "first_token_timeout_s": FIRST_TOKEN_TIMEOUT,
         "fault_modes": FAULT_MODES | {"flaky": FLAKY, "slowish": SLOWISH},
-        "gateways": list(gateways),
-        "errors": errors,
-        "litellm": {"version": procs.LITELLM_VERSION, "config": litellm_config},
-        "nobusy_config": nobusy_config,
-        "samples": samples,
+        "gateways": list(setup.gateways),
+        "errors": setup.errors,
+        "litellm": {"version": procs.LITELLM_VERSION, "config": litellm_yaml(setup.ports)},
+        "nobusy_config": nobusy_yaml(setup.ports),
+        "samples": setup.samples,
         "amplification": amplification,
         "hedging": hedging,
         "faults_fake_in_flight_at_end": leftover,
@@ -738,7 +781,8 @@ def render(result: Result, img: Path) -> str:
         "healthy `backup`. Each fault is measured streaming (time to the first content token) "
         f"and non-streaming (time to the whole answer), {plan['reps']} times after a warm-up "
         "round. *added* is the time through the gateway minus the backup's own time served "
-        "directly (median of the same rounds); *no fault* is the backup through the gateway. "
+        "directly (the median of three samples per round, all rounds); *no fault* is the "
+        "backup through the gateway. "
         f"nobusy's circuit for the faulty upstream is reset before each request, so every "
         "request meets the fault (otherwise the second request would skip the ejected "
         f"upstream). LiteLLM requests are cut off by the client after {cap:g} s.",
