@@ -15,7 +15,9 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from nobusy.circuit import CircuitSettings
-from nobusy.settings import HedgeSettings, ModelAlias, Settings
+from nobusy.guard import GuardSettings, LexiconSettings
+from nobusy.pii import PiiSettings
+from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.base import UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
@@ -26,6 +28,10 @@ MODELS: dict[str, type[BaseModel]] = {
     "ModelAlias": ModelAlias,
     "HedgeSettings": HedgeSettings,
     "CircuitSettings": CircuitSettings,
+    "GuardSettings": GuardSettings,
+    "LexiconSettings": LexiconSettings,
+    "AuditSettings": AuditSettings,
+    "PiiSettings": PiiSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,

@@ -6,12 +6,20 @@ To add one (failover, admission...): write a module with a ``SUITE = Suite(...)`
 
 from __future__ import annotations
 
-from bench.suites import embedded, failover, memory, overhead, workers
+from bench.suites import audit, embedded, failover, guard, memory, overhead, workers
 from bench.suites.base import Suite
 
 __all__ = ["SUITES"]
 
 SUITES: dict[str, Suite] = {
     suite.name: suite
-    for suite in (overhead.SUITE, memory.SUITE, embedded.SUITE, workers.SUITE, failover.SUITE)
+    for suite in (
+        overhead.SUITE,
+        memory.SUITE,
+        embedded.SUITE,
+        workers.SUITE,
+        failover.SUITE,
+        guard.SUITE,
+        audit.SUITE,
+    )
 }
