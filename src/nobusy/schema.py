@@ -15,7 +15,7 @@ import orjson
 
 from nobusy.errors import InvalidRequest
 
-__all__ = ["ChatRequest", "Message", "parse_chat_request"]
+__all__ = ["ChatRequest", "Message", "parse_chat_request", "parse_json_object"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -58,12 +58,10 @@ class ChatRequest(msgspec.Struct):
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
-    """Parse a chat request body into (typed view, original dict), or raise InvalidRequest."""
+def parse_json_object(raw: bytes, expected: str = "a JSON object") -> dict[str, Any]:
+    """A request body that must be one JSON object, or an InvalidRequest saying what is wrong."""
     if not raw.strip():
-        raise InvalidRequest(
-            "The request body is empty; send a JSON object with `model` and `messages`."
-        )
+        raise InvalidRequest(f"The request body is empty; send {expected}.")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -73,6 +71,12 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+    """Parse a chat request body into (typed view, original dict), or raise InvalidRequest."""
+    body = parse_json_object(raw, "a JSON object with `model` and `messages`")
     try:
         request = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from nobusy.api.admin import require_admin
 from nobusy.errors import InvalidRequest
 from nobusy.keys import Key, KeyStore, validate
 from nobusy.responses import JSONResponse
+from nobusy.schema import parse_json_object
 from nobusy.state import app_state
 
 __all__ = [
@@ -115,19 +115,7 @@ def _store(request: Request) -> KeyStore:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"The request body is not valid JSON ({exc.msg} at line {exc.lineno}, "
-            f"column {exc.colno})."
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+    return parse_json_object(await request.body())
 
 
 def _unix(moment: datetime | None) -> int | None:
