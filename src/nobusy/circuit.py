@@ -89,7 +89,9 @@ class Circuit:
     def success(self) -> None:
         self._record(True)
         self.consecutive = 0
-        if self.open_until:  # the half-open probe came back: close, and forgive slowly
+        # Only a success seen after the ejection ended closes the circuit. A request that was
+        # already in flight when the circuit opened proves nothing about the upstream now.
+        if self.open_until and self.state is State.HALF_OPEN:
             self.open_until = 0.0
             self.ejections = max(0, self.ejections - 1)
             self.reason = ""

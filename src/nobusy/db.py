@@ -75,6 +75,12 @@ def m002_usage(db: Database) -> None:
     db.execute("CREATE INDEX usage_time ON usage (time)")
 
 
+@migrations()
+def m003_usage_notes(db: Database) -> None:
+    # Failover notes (continuations) as a JSON list, like `tried`.
+    db.execute("ALTER TABLE usage ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
+
+
 def open_db(data_dir: Path) -> Database:
     """Open (creating it if needed) ``data_dir/nobusy.db`` in WAL mode and apply migrations.
 

@@ -360,23 +360,35 @@ class Router:
         second = self.start(route, body, request_id)
         self.metrics.hedges.labels(alias).inc()
         racers = {task: first, asyncio.ensure_future(second.first_token()): second}
-        pending = set(racers)
+        winner: Attempt | None = None
         error: UpstreamError | None = None
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                exc = finished.exception()
-                if exc is None:
-                    for loser in pending:
-                        loser.cancel()
-                        await asyncio.gather(loser, return_exceptions=True)
-                        await racers[loser].cancel()
-                    return racers[finished], 1
-                if isinstance(exc, UpstreamError):
-                    await racers[finished].fail(exc)
-                    error = exc
-                else:
-                    raise exc
+        try:
+            pending = set(racers)
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:  # both may finish in the same round
+                    exc = finished.exception()
+                    attempt = racers[finished]
+                    if exc is None and winner is None:
+                        winner = attempt
+                    elif exc is None:
+                        await attempt.cancel()  # it spoke too, but second
+                    elif isinstance(exc, UpstreamError):
+                        await attempt.fail(exc)
+                        error = exc
+                    else:
+                        raise exc
+        finally:
+            # Everything but the winner ends here: the loser, or both if the client left.
+            for racer, attempt in racers.items():
+                if attempt is not winner and not racer.done():
+                    racer.cancel()
+            await asyncio.gather(*racers, return_exceptions=True)
+            for attempt in racers.values():
+                if attempt is not winner:
+                    await attempt.cancel()  # a no-op for an attempt already ended
+        if winner is not None:
+            return winner, 1
         assert error is not None
         raise error
 

@@ -1,25 +1,35 @@
 """Every accepted chat request leaves one usage record, written when it ends however it ends.
 
-The foundation writes JSON lines to ``$NOBUSY_DATA_DIR/usage.jsonl``; the admission issue moves
-this behind the same ``record`` call into SQLite with keys and quotas.
+Records go to the ``usage`` table of ``data_dir/nobusy.db`` (see ``nobusy.db``), through a
+bounded queue and one writer thread, so the event loop never waits for SQLite; ``nobusy usage``
+reads them back.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import queue
+import sqlite3
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from nobusy.audit import AuditLog
+from nobusy.db import open_db, timestamp
 from nobusy.errors import NobusyError
 from nobusy.guard import Hit
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 
 __all__ = ["Exchange", "Ledger", "UsageLog", "UsageRecord"]
+
+log = logging.getLogger("nobusy")
 
 
 @dataclass(slots=True)
@@ -53,23 +63,165 @@ class UsageRecord:
 
 
 class UsageLog:
-    """Append-only JSON-lines file; each record is flushed so a crash loses nothing answered."""
+    """Usage rows in ``data_dir/nobusy.db``: ``record`` queues, one writer thread commits.
 
-    def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "usage.jsonl"
-        self._file: IO[bytes] | None = self.path.open("ab")
+    The writer commits whatever is queued as soon as it is free, in one transaction of up to
+    ``batch_size`` rows, so a row waits in memory only for the commit before its own (about a
+    millisecond) and batches grow only under load. Committed means safe from a SIGKILL: in WAL
+    mode a commit is in the WAL file before ``COMMIT`` returns; ``synchronous=NORMAL`` skips
+    only the fsync, so only a power cut or OS crash can lose the last commits.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        block_timeout: float = 0.005,
+        busy_timeout: float = 1.0,
+    ) -> None:
+        self._db = open_db(data_dir)  # WAL, synchronous=NORMAL, migrated; ConfigError if not
+        self._conn = self._db.conn
+        # Short: a locked database is retried by the writer, which logs and can give up at close.
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self._batch_size, self._block_timeout = batch_size, block_timeout
+        # Counters for metrics: rows committed and failed (given up at close, or refused by
+        # the table), both counted by the writer; dropped (queue full or log closed).
+        self.written = self.dropped = self.failed = 0
+        self._drop_lock = threading.Lock()
+        self._give_up_at = math.inf  # set by close(): retries stop then
+        self._stuck_until = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nobusy-usage", daemon=True)
+        self._thread.start()
 
     def record(self, record: UsageRecord) -> None:
-        if self._file is None:
-            return
-        self._file.write(orjson.dumps(asdict(record)) + b"\n")
-        self._file.flush()
+        """Queue one row; when the queue is full, wait ``block_timeout`` at most, then drop it."""
+        row = _row(record)  # a snapshot: the record may still be touched after this call
+        try:
+            if self._closed:
+                raise queue.Full
+            # Waiting absorbs a burst; once a row was dropped in the last second the writer is
+            # stuck (a locked database), and waiting on every request would stall the loop.
+            stuck = time.monotonic() < self._stuck_until
+            self._queue.put(row, timeout=0 if stuck else self._block_timeout)
+        except queue.Full:
+            self._stuck_until = time.monotonic() + 1.0
+            self._drop(1)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def _drop(self, n: int) -> None:
+        with self._drop_lock:
+            self.dropped += n
+            total = self.dropped
+        if total == n or total // 1000 != (total - n) // 1000:  # the first, then every 1000th
+            log.error("usage log full or closed: %d records dropped so far", total)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row queued so far is committed (or given up); False on timeout."""
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued (retrying a locked database for ``timeout``), then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._give_up_at = time.monotonic() + timeout
+        # Room is made within timeout: the writer gives up on a locked database by then.
+        self._queue.put(_STOP, timeout=timeout + 1)
+        self._thread.join(timeout + 1)
+        late = 0
+        while not self._queue.empty():  # recorded while closing, after the stop
+            late += isinstance(self._queue.get_nowait(), tuple)
+        if late:
+            self._drop(late)
+        self._db.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[_Row] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            while True:
+                if isinstance(item, tuple):
+                    batch.append(item)
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    stop = True
+                if stop or len(batch) >= self._batch_size:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+            for waiter in waiters:
+                waiter.set()
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Row]) -> None:
+        """Insert ``batch`` in one transaction; retry while the database is busy or unwell."""
+        delay = 0.01
+        while True:
+            try:
+                self._insert(batch)
+                self.written += len(batch)
+                return
+            except sqlite3.OperationalError as exc:  # locked past busy_timeout, I/O, disk full
+                if time.monotonic() + delay > self._give_up_at:
+                    self.failed += len(batch)
+                    log.error("usage log: %d records lost at shutdown: %s", len(batch), exc)
+                    return
+                if delay == 0.01:  # once per batch, not per retry
+                    log.warning("usage log: cannot write yet, retrying: %s", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except sqlite3.Error:  # a row the table refuses: keep the others
+                if len(batch) == 1:
+                    self.failed += 1
+                    log.exception("usage log: record %s cannot be stored", batch[0][1])
+                    return
+                for row in batch:
+                    self._commit([row])
+                return
+
+    def _insert(self, batch: list[_Row]) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT, batch)
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+
+_STOP = object()
+_COLUMNS = (
+    "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
+    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes"
+)
+_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_Row = tuple[object, ...]
+
+
+def _row(r: UsageRecord) -> _Row:
+    when = timestamp(datetime.fromtimestamp(r.started, UTC))
+    tried, notes = orjson.dumps(r.tried).decode(), orjson.dumps(r.notes).decode()
+    return (when, r.request_id, r.key_id, r.alias, r.upstream, tried, r.stream, r.outcome,
+            r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.queue_ms, r.duration_ms,
+            r.overflow, notes)  # fmt: skip
 
 
 class Ledger:

@@ -89,3 +89,19 @@ def test_cancelled_probe_frees_the_slot() -> None:
     c.begin()
     c.cancelled()
     assert c.available()
+
+
+def test_a_success_still_in_flight_does_not_reopen_an_ejected_upstream() -> None:
+    # An upstream failing every other request: successes of requests already under way
+    # must not close the circuit while the ejection lasts (found by the failover benchmark).
+    c, clock = circuit(consecutive_failures=100, failure_rate=0.5, min_requests=10, ejection=30)
+    for i in range(20):
+        clock.now += 0.1
+        c.success() if i % 2 else c.failure("flaky")
+    assert c.state is State.OPEN
+    c.success()
+    assert c.state is State.OPEN and c.retry_in() > 25
+    clock.now += 30
+    c.begin()
+    c.success()  # the probe
+    assert c.state is State.CLOSED
