@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from nobusy.admission.limits import KeyLimits
+from nobusy.admission.limits import KeyLimits, Limits, SharedKeyLimits
 from nobusy.api import admin, health
 from nobusy.api import keys as keys_api
 from nobusy.api.chat import chat_completions
@@ -52,9 +52,9 @@ def create_app(settings: Settings) -> Starlette:
         usage_log = UsageLog(settings.data_dir)
         audit = _open_audit(settings)
         ledger = Ledger(usage_log, metrics, audit, keys)
-        app.state.nobusy = AppState(
-            settings, router, metrics, ledger, guard, audit, keys, KeyLimits()
-        )
+        # One worker counts per-key limits in memory; several share them through SQLite.
+        limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
+        app.state.nobusy = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
         for upstream in upstreams.values():
             start = getattr(upstream, "start", None)
             if start is not None:
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
                 audit.close()
             ledger.flush_charges()
             keys.close()
+            limits.close()
 
     return Starlette(
         routes=[

@@ -81,6 +81,20 @@ def m003_usage_notes(db: Database) -> None:
     db.execute("ALTER TABLE usage ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
 
 
+@migrations()
+def m004_key_windows(db: Database) -> None:
+    # Per-key request/token windows and requests in flight, shared by worker processes.
+    db.execute(
+        "CREATE TABLE key_window (id INTEGER PRIMARY KEY, key_id TEXT NOT NULL, "
+        "at REAL NOT NULL, requests INTEGER NOT NULL, tokens INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX key_window_key_at ON key_window (key_id, at)")
+    db.execute(
+        "CREATE TABLE key_in_flight (key_id TEXT NOT NULL, pid INTEGER NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (key_id, pid))"
+    )
+
+
 def open_db(data_dir: Path) -> Database:
     """Open (creating it if needed) ``data_dir/nobusy.db`` in WAL mode and apply migrations.
 

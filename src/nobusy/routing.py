@@ -191,9 +191,17 @@ class Router:
             for name, spec in settings.upstreams.items()
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
+        # With several worker processes each gets its share of every upstream's ceiling, so
+        # together they never exceed max_concurrency (each still adapts below its share).
+        workers = settings.workers
         self.capacity = Capacity(
-            {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
-            settings.initial_concurrency,
+            {
+                name: None
+                if spec.max_concurrency is None
+                else max(1, -(-spec.max_concurrency // workers))
+                for name, spec in settings.upstreams.items()
+            },
+            max(1, settings.initial_concurrency // workers),
         )
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)

@@ -130,6 +130,7 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
         for name in (
             "host",
             "port",
+            "workers",
             "data_dir",
             "log_level",
             "max_body_bytes",

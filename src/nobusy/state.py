@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from nobusy.admission.limits import KeyLimits
+from nobusy.admission.limits import Limits
 from nobusy.audit import AuditLog
 from nobusy.guard import Guard
 from nobusy.keys import KeyStore
@@ -27,7 +27,7 @@ class AppState:
     guard: Guard | None = None
     audit: AuditLog | None = None
     keys: KeyStore | None = None
-    limits: KeyLimits | None = None
+    limits: Limits | None = None
 
 
 def app_state(request: Request) -> AppState:

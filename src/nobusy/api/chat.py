@@ -54,13 +54,13 @@ class _Books:
         self.masker: Masker | None = None
         self.estimate = 0
 
-    def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
+    async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
         """Check the key's own limits; from here on the request counts against them."""
         if key is None or self.state.limits is None:
             return
         self.record.key_id = key.id
         estimate = estimate_tokens(body_size, chat.max_completion_tokens or chat.max_tokens)
-        self.state.limits.admit(key, chat.model, estimate)
+        await self.state.limits.admit(key, chat.model, estimate)
         self.key, self.estimate = key, estimate
 
     def failed(self, exc: NobusyError) -> None:
@@ -98,7 +98,7 @@ async def chat_completions(request: Request) -> Response:
     books = _Books(state, chat, body, request.state.request_id)
     key: Key | None = getattr(request.state, "key", None)
     try:
-        books.admit(key, chat, len(raw))
+        await books.admit(key, chat, len(raw))
         guard = state.guard
         if guard is not None and guard.checks_input:
             check_messages(guard, body, books.hits)
