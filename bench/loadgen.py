@@ -42,10 +42,12 @@ __all__ = [
     "LoadSpec",
     "Percentiles",
     "RequestRecord",
+    "Sent",
     "Timeline",
     "chat_body",
     "percentile",
     "run_load",
+    "run_open",
     "run_timed",
 ]
 
@@ -528,3 +530,83 @@ def run_timed(requests: list[tuple[float, LoadSpec]], timeout: float) -> list[Ti
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
+
+
+# --- open loop: requests sent on a schedule, whatever the answers ----------------------------
+
+
+@dataclass
+class Sent(Timeline):
+    """A ``Timeline`` that also knows when it was sent, in seconds since the run began, and
+    whether the run's end (not the client's own timeout) cut it off."""
+
+    sent_at: float = 0.0
+    cut: bool = False
+
+
+async def _sent(spec: LoadSpec, sent: Sent, t0: float, after: float, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, t0 + after - time.perf_counter()))
+    start = time.perf_counter()
+    sent.sent_at = start - t0
+    protocol: _Timed | None = None
+    try:
+        async with asyncio.timeout(max(0.0, t0 + deadline - start)):
+            _, protocol = await loop.create_connection(
+                lambda: _Timed(loop, sent, start), spec.host, spec.port
+            )
+            assert protocol.transport is not None
+            protocol.transport.write(spec.payload())
+            await protocol.done
+    except TimeoutError:
+        sent.error = f"timed out after {time.perf_counter() - start:.1f} s"
+    except OSError as exc:
+        sent.error = f"connection failed: {exc}"
+    finally:
+        sent.elapsed = time.perf_counter() - start
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+
+
+def run_open(
+    requests: list[tuple[float, LoadSpec, float]],
+    cutoff: float | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> list[Sent]:
+    """An open-loop run: each ``(after, spec, timeout)`` is sent on its own connection
+    ``after`` seconds from the start, whether or not earlier ones were answered, and given up
+    by its client after ``timeout`` seconds. With ``cutoff``, whatever is still running that
+    many seconds from the start is aborted and marked ``cut``. The results come back in the
+    order given; ``on_start`` is called on the loop at time zero.
+    """
+
+    async def main() -> list[Sent]:
+        results = [Sent() for _ in requests]
+        t0 = time.perf_counter()
+        if on_start is not None:
+            on_start()
+        tasks = []
+        for (after, spec, timeout), sent in zip(requests, results, strict=True):
+            deadline = after + timeout
+            if cutoff is not None and cutoff < deadline:
+                deadline = cutoff
+                sent.cut = True  # provisionally: cleared below if it ended on its own
+            tasks.append(asyncio.ensure_future(_sent(spec, sent, t0, after, deadline)))
+        await asyncio.gather(*tasks)
+        for (after, _, timeout), sent in zip(requests, results, strict=True):
+            if sent.cut:
+                # Only what was still running when the run ended was cut by it.
+                sent.cut = sent.error is not None and sent.error.startswith("timed out")
+                if sent.cut:
+                    sent.error = "still running at the end of the run"
+        return results
+
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    finally:
+        if gc_was_enabled:
+            gc.enable()

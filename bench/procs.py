@@ -251,10 +251,13 @@ class Processes:
 
     # --- the three kinds of server ---------------------------------------------------------
 
-    def fake_upstream(self, tokens: int, name: str = "fake") -> Proc:
+    def fake_upstream(
+        self, tokens: int, name: str = "fake", extra: list[str] | None = None
+    ) -> Proc:
+        """The fake upstream in mode ``ok``; ``extra`` adds flags (``--capacity 4``...)."""
         port = free_port()
         argv = [str(NOBUSY), "fake-upstream", "--host", HOST, "--port", str(port)]
-        argv += ["--mode", "ok", "--tokens", str(tokens)]
+        argv += ["--mode", "ok", "--tokens", str(tokens), *(extra or [])]
         return self.start(name, argv, port, "/healthz", timeout=30)
 
     def nobusy(

@@ -178,3 +178,46 @@ def test_personal_data_never_reaches_the_upstream(
         assert secret not in upstream_text
         assert secret in response.text  # restored for the client
     assert "[[PII_MOBILE_1]]" in upstream_text
+
+
+def test_upstream_keys_can_sit_encrypted_in_the_config(tmp_path: Path) -> None:
+    from nobusy.settings import load_settings
+
+    env = {**os.environ, "NOBUSY_DATA_DIR": str(tmp_path / "data")}
+    token = subprocess.run(
+        [sys.executable, "-m", "nobusy", "secret", "encrypt"],
+        input="sk-upstream-real-key",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
+    assert token.startswith("enc:") and "sk-upstream" not in token
+    config = tmp_path / "nobusy.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nupstreams:\n"
+        f"  a: {{kind: openai, base_url: 'http://x/v1', default_model: m, api_key: '{token}'}}\n"
+    )
+    settings = load_settings(config, env={})
+    api_key = settings.upstreams["a"].api_key  # type: ignore[attr-defined]
+    assert api_key.get_secret_value() == "sk-upstream-real-key"
+    (tmp_path / "data" / "secret.key").write_text("00" * 32 + "\n")  # another data key
+    from nobusy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not decrypt"):
+        load_settings(config, env={})
+
+
+def test_no_secret_reaches_logs_metrics_or_errors(gateway: Process) -> None:
+    secret = "sk-test-secret-123"  # the fake upstream's key in the shared gateway's config
+    for model in ("ok", "alldown", "nope"):
+        body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body)
+        assert secret not in response.text
+    places = [
+        httpx.get(f"{gateway.url}/metrics").text,
+        httpx.get(f"{gateway.url}/v1/nobusy/upstreams").text,
+        gateway.log.read_text(),
+        *(p.read_text(errors="replace") for p in gateway.data_dir.glob("*.jsonl")),
+    ]
+    assert all(secret not in text for text in places)

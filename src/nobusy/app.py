@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from nobusy.api import keys as keys_api
 from nobusy.api.chat import chat_completions
 from nobusy.api.models import list_models
 from nobusy.api.openapi import openapi_json
-from nobusy.audit import AuditLog
+from nobusy.audit import AuditError, AuditLog
 from nobusy.auth import Authenticator, hashers_for
 from nobusy.crypto import load_suite
 from nobusy.errors import NobusyError
@@ -32,7 +34,8 @@ from nobusy.routing import Router
 from nobusy.settings import Settings, load_settings
 from nobusy.state import AppState
 from nobusy.upstreams import build_upstream
-from nobusy.usage import Ledger, UsageLog
+from nobusy.usage import USAGE_LOG, CommittedAnswers, Ledger, UsageLog
+from nobusy.web import routes as web_routes
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -48,7 +51,7 @@ def create_app(settings: Settings) -> Starlette:
     keys = KeyStore(settings.data_dir, hashers_for(settings.crypto))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageLog]]:
         usage_log = UsageLog(settings.data_dir)
         audit = _open_audit(settings)
         ledger = Ledger(usage_log, metrics, audit, keys)
@@ -61,10 +64,15 @@ def create_app(settings: Settings) -> Starlette:
                 await start()
         prober = Prober(router)
         prober.start()
+        pruning = asyncio.create_task(_prune_audit(audit)) if audit is not None else None
         try:
-            yield
+            yield {USAGE_LOG: usage_log}  # lifespan state: CommittedAnswers finds it there
         finally:
             await prober.stop()
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
             await router.aclose()
             usage_log.close()
             if audit is not None:
@@ -89,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/nobusy/keys/{key}", keys_api.update_key, methods=["PATCH"]),
             Route("/v1/nobusy/keys/{key}/revoke", keys_api.revoke_key, methods=["POST"]),
             Route("/v1/nobusy/keys/{key}/topup", keys_api.topup_key, methods=["POST"]),
+            *web_routes(),
         ],
         middleware=[
             Middleware(
@@ -96,7 +105,8 @@ def create_app(settings: Settings) -> Starlette:
                 max_body_bytes=settings.max_body_bytes,
                 body_timeout=settings.body_timeout,
                 authenticator=Authenticator(keys),
-            )
+            ),
+            Middleware(CommittedAnswers),
         ],
         exception_handlers={
             NobusyError: nobusy_error_handler,
@@ -104,6 +114,20 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+async def _prune_audit(audit: AuditLog) -> None:
+    """Retention: rows older than ``retention_days`` go at start and every six hours."""
+    log = logging.getLogger("nobusy.audit")
+    while True:
+        try:
+            removed = await asyncio.to_thread(audit.prune)
+        except AuditError as exc:  # a broken chain is kept as evidence, never pruned away
+            log.error("audit retention skipped: %s", exc)
+        else:
+            if removed:
+                log.info("pruned %d audit rows past retention", removed)
+        await asyncio.sleep(6 * 3600)
 
 
 def _open_audit(settings: Settings) -> AuditLog | None:

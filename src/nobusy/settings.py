@@ -287,6 +287,48 @@ def _parse_route(entry: Any, tier: int, where: str) -> Route:
     raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 
+ENCRYPTED_PREFIX = "enc:"
+# Authenticated as config values: a token lifted from the audit log will not decrypt here.
+CONFIG_AAD = b"nobusy-config"
+
+
+def _has_encrypted(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith(ENCRYPTED_PREFIX)
+    if isinstance(value, dict):
+        return any(_has_encrypted(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_encrypted(v) for v in value)
+    return False
+
+
+def _decrypt_values(merged: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Values written ``enc:...`` (``nobusy secret encrypt``) are decrypted with the data key,
+    so upstream API keys can sit in the YAML file encrypted (SM4-GCM under ``crypto: gm``)."""
+    import base64
+
+    from nobusy.crypto import CryptoError, load_suite
+
+    crypto = str(merged.get("crypto", "gm"))
+    data_dir = Path(str(merged.get("data_dir", "data")))
+    try:
+        suite = load_suite(crypto, data_dir, env, create_key=False)  # type: ignore[arg-type]
+    except CryptoError as exc:
+        raise ConfigError(f"cannot decrypt enc: values: {exc}") from None
+
+    def decrypt(text: str) -> str:
+        if not text.startswith(ENCRYPTED_PREFIX):
+            return text
+        try:
+            token = base64.b64decode(text[len(ENCRYPTED_PREFIX) :], validate=True)
+            return suite.decrypt(token, CONFIG_AAD).decode("utf-8")
+        except (ValueError, CryptoError) as exc:
+            raise ConfigError(f"an enc: value does not decrypt with this data key: {exc}") from None
+
+    result: dict[str, Any] = _map_strings(merged, decrypt)
+    return result
+
+
 def _anchor_lexicons(guard: dict[str, Any], base: Path) -> None:
     # Lexicon paths in a config file are relative to that file, not to the working directory.
     for lexicon in guard.get("lexicons") or ():
@@ -319,6 +361,8 @@ def load_settings(
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
 
+    if _has_encrypted(merged):
+        merged = _decrypt_values(merged, env)
     if path and isinstance(merged.get("guard"), dict):
         _anchor_lexicons(merged["guard"], Path(path).resolve().parent)
     upstreams = _parse_upstreams(merged.pop("upstreams", None) or {})

@@ -2,11 +2,13 @@
 
 Records go to the ``usage`` table of ``data_dir/nobusy.db`` (see ``nobusy.db``), through a
 bounded queue and one writer thread, so the event loop never waits for SQLite; ``nobusy usage``
-reads them back.
+reads them back. ``CommittedAnswers`` holds a response's last byte until its row is committed:
+an answer a client received is then never missing from the log, even after a SIGKILL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import queue
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nobusy.audit import AuditLog
 from nobusy.db import open_db, timestamp
@@ -27,9 +30,11 @@ from nobusy.guard import Hit
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 
-__all__ = ["Exchange", "Ledger", "UsageLog", "UsageRecord"]
+__all__ = ["USAGE_LOG", "CommittedAnswers", "Exchange", "Ledger", "UsageLog", "UsageRecord"]
 
 log = logging.getLogger("nobusy")
+
+USAGE_LOG = "usage_log"  # its name in the lifespan state, where CommittedAnswers finds it
 
 
 @dataclass(slots=True)
@@ -80,6 +85,7 @@ class UsageLog:
         batch_size: int = 500,
         block_timeout: float = 0.005,
         busy_timeout: float = 1.0,
+        answer_timeout: float = 1.0,
     ) -> None:
         self._db = open_db(data_dir)  # WAL, synchronous=NORMAL, migrated; ConfigError if not
         self._conn = self._db.conn
@@ -87,6 +93,13 @@ class UsageLog:
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
         self._batch_size, self._block_timeout = batch_size, block_timeout
+        self._answer_timeout = answer_timeout
+        # Request ids recorded but not yet committed (or given up), and the answers waiting
+        # for them; the lock makes "not committed yet, so wait" and "committed, wake" atomic.
+        self._pending: set[str] = set()
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._pending_lock = threading.Lock()
+        self._retrying = False
         # Counters for metrics: rows committed and failed (given up at close, or refused by
         # the table), both counted by the writer; dropped (queue full or log closed).
         self.written = self.dropped = self.failed = 0
@@ -100,6 +113,7 @@ class UsageLog:
     def record(self, record: UsageRecord) -> None:
         """Queue one row; when the queue is full, wait ``block_timeout`` at most, then drop it."""
         row = _row(record)  # a snapshot: the record may still be touched after this call
+        self._pending.add(record.request_id)  # before the writer can see it
         try:
             if self._closed:
                 raise queue.Full
@@ -108,8 +122,29 @@ class UsageLog:
             stuck = time.monotonic() < self._stuck_until
             self._queue.put(row, timeout=0 if stuck else self._block_timeout)
         except queue.Full:
+            self._pending.discard(record.request_id)
             self._stuck_until = time.monotonic() + 1.0
             self._drop(1)
+
+    async def committed(self, request_id: str) -> None:
+        """Return once the row of ``request_id`` is committed, or was never recorded.
+
+        Waits ``answer_timeout`` at most, and not at all while the database refuses writes:
+        a slow log must not hold every answer back.
+        """
+        with self._pending_lock:
+            if request_id not in self._pending or self._retrying:
+                return
+            done = asyncio.get_running_loop().create_future()
+            self._waiting[request_id] = done
+        try:
+            async with asyncio.timeout(self._answer_timeout):
+                await done
+        except TimeoutError:
+            pass
+        finally:
+            with self._pending_lock:
+                self._waiting.pop(request_id, None)
 
     def _drop(self, n: int) -> None:
         with self._drop_lock:
@@ -164,10 +199,24 @@ class UsageLog:
                     break
             if batch:
                 self._commit(batch)
+                self._settle(batch)
             for waiter in waiters:
                 waiter.set()
             if stop:
                 return
+
+    def _settle(self, batch: list[_Row]) -> None:
+        """Wake the answers waiting for ``batch`` (committed or given up) on their loops."""
+        woken: list[asyncio.Future[None]] = []
+        with self._pending_lock:
+            for row in batch:
+                request_id = str(row[1])
+                self._pending.discard(request_id)
+                future = self._waiting.pop(request_id, None)
+                if future is not None:
+                    woken.append(future)
+        for future in woken:
+            future.get_loop().call_soon_threadsafe(_wake, future)
 
     def _commit(self, batch: list[_Row]) -> None:
         """Insert ``batch`` in one transaction; retry while the database is busy or unwell."""
@@ -176,14 +225,16 @@ class UsageLog:
             try:
                 self._insert(batch)
                 self.written += len(batch)
+                self._retrying = False
                 return
             except sqlite3.OperationalError as exc:  # locked past busy_timeout, I/O, disk full
                 if time.monotonic() + delay > self._give_up_at:
                     self.failed += len(batch)
                     log.error("usage log: %d records lost at shutdown: %s", len(batch), exc)
                     return
-                if delay == 0.01:  # once per batch, not per retry
+                if not self._retrying:
                     log.warning("usage log: cannot write yet, retrying: %s", exc)
+                    self._retrying = True
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
             except sqlite3.Error:  # a row the table refuses: keep the others
@@ -205,6 +256,38 @@ class UsageLog:
             if conn.in_transaction:
                 conn.rollback()
             raise
+
+
+class CommittedAnswers:
+    """ASGI middleware: a response's last byte leaves once its usage row is committed.
+
+    Inside ``RequestContextMiddleware`` (it reads the request id). The row is recorded before
+    the last byte (``Ledger.close`` runs in the handler's ``finally``), so a client that got a
+    whole answer knows it is on disk; the wait is the writer's next commit, about a millisecond.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state") or {}
+        usage_log: UsageLog | None = state.get(USAGE_LOG)
+        if scope["type"] != "http" or usage_log is None:
+            await self.app(scope, receive, send)
+            return
+        request_id: str = state["request_id"]
+
+        async def send_committed(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await usage_log.committed(request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_committed)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not timed out meanwhile
+        future.set_result(None)
 
 
 _STOP = object()

@@ -8,6 +8,7 @@ from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
 from nobusy.cli.keys import keys
+from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
 from nobusy.cli.usage import usage
 from nobusy.fake_upstream import fake_upstream_command
@@ -27,6 +28,7 @@ cli.add_command(check)
 cli.add_command(chat)
 cli.add_command(keys)
 cli.add_command(audit)
+cli.add_command(secret)
 cli.add_command(usage)
 cli.add_command(fake_upstream_command)
 

@@ -1,0 +1,134 @@
+// Talking to nobusy: keys kept in browser storage, JSON calls, and streamed chat answers.
+// Secrets only ever travel in the Authorization header: never in a URL, the page or a log.
+
+import { createParser } from "../vendor/eventsource-parser/index.js";
+
+// The API key lives in localStorage (entered once, kept); the admin key only in
+// sessionStorage, because it can create and revoke keys: it goes when the tab closes.
+export const keys = {
+  get api() {
+    return localStorage.getItem("nobusy.apiKey") || "";
+  },
+  set api(value) {
+    store(localStorage, "nobusy.apiKey", value);
+  },
+  get admin() {
+    return sessionStorage.getItem("nobusy.adminKey") || "";
+  },
+  set admin(value) {
+    store(sessionStorage, "nobusy.adminKey", value);
+  },
+};
+
+function store(storage, name, value) {
+  if (value) storage.setItem(name, value);
+  else storage.removeItem(name);
+}
+
+/** An error nobusy answered with, in OpenAI's shape. */
+export class ApiError extends Error {
+  constructor(status, body) {
+    const error = body?.error ?? {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code ?? null;
+    this.type = error.type ?? null;
+  }
+}
+
+function headers(admin, json) {
+  const out = {};
+  const secret = admin ? keys.admin : keys.api;
+  if (secret) out.Authorization = `Bearer ${secret}`;
+  if (json) out["Content-Type"] = "application/json";
+  return out;
+}
+
+/** Call a JSON endpoint; `admin` sends the admin key instead of the API key. */
+export async function call(path, { method = "GET", body, admin = false, signal } = {}) {
+  const response = await fetch(path, {
+    method,
+    headers: headers(admin, body !== undefined),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
+    cache: "no-store",
+  });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+// nobusy's own SSE comments (see api/chat.py and failover.py): what it is doing for the
+// client. OpenAI SDKs ignore comments; the console shows them.
+const NOTES = [
+  [/^nobusy: queued, position (\d+), about (\d+)s$/, (m) => ({ kind: "queued", position: +m[1], eta: +m[2] })],
+  [/^nobusy: answering from (.+)$/, (m) => ({ kind: "answering", upstream: m[1] })],
+  [
+    /^nobusy: (.+) failed mid-answer \((.*)\); continuing on (.+)$/,
+    (m) => ({ kind: "failover", upstream: m[1], code: m[2], route: m[3] }),
+  ],
+  [/^nobusy: reasoning restarted on (.+)$/, (m) => ({ kind: "reasoningRestarted", route: m[1] })],
+];
+
+/** A nobusy SSE comment as a note object; null for others (keep-alives). */
+export function parseNote(comment) {
+  const text = comment.trim();
+  if (!text.startsWith("nobusy:")) return null;
+  for (const [pattern, build] of NOTES) {
+    const match = pattern.exec(text);
+    if (match) return build(match);
+  }
+  return { kind: "other", text: text.slice("nobusy:".length).trim() };
+}
+
+/**
+ * Stream one chat completion. Calls `on.open({upstream})` when the headers arrive,
+ * `on.delta({content, reasoning})` per chunk, `on.note(note)` per nobusy comment and
+ * `on.usage(usage)` for the usage chunk; resolves when the stream ends, rejects with an
+ * ApiError (including an error event inside the stream) or an AbortError.
+ */
+export async function streamChat({ model, messages, signal }, on) {
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: headers(false, true),
+    body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true } }),
+    signal,
+  });
+  if (!response.ok) {
+    throw new ApiError(response.status, await response.json().catch(() => null));
+  }
+  on.open?.({ upstream: response.headers.get("x-nobusy-upstream") });
+
+  let failure = null;
+  const parser = createParser({
+    onComment(comment) {
+      const note = parseNote(comment);
+      if (note) on.note?.(note);
+    },
+    onEvent(event) {
+      if (event.data === "[DONE]") return;
+      const chunk = JSON.parse(event.data);
+      if (chunk.error) {
+        failure = new ApiError(500, chunk);
+        return;
+      }
+      if (chunk.usage) on.usage?.(chunk.usage);
+      for (const choice of chunk.choices ?? []) {
+        const delta = choice.delta ?? {};
+        if (delta.content || delta.reasoning_content) {
+          on.delta?.({ content: delta.content || "", reasoning: delta.reasoning_content || "" });
+        }
+      }
+    },
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    parser.feed(value);
+    if (failure) {
+      await reader.cancel();
+      throw failure;
+    }
+  }
+}
