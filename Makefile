@@ -30,6 +30,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	@bash scripts/install-chromium.sh
 	@echo "==> pytest"
 	$(BIN)/pytest
 

@@ -568,17 +568,29 @@ async def _sent(spec: LoadSpec, sent: Sent, t0: float, after: float, deadline: f
             protocol.transport.abort()
 
 
+async def _tick(lags: list[float], period: float = 0.01) -> None:
+    while True:
+        due = time.perf_counter() + period
+        await asyncio.sleep(period)
+        lags.append(max(0.0, time.perf_counter() - due))
+
+
 def run_open(
     requests: list[tuple[float, LoadSpec, float]],
     cutoff: float | None = None,
     on_start: Callable[[], None] | None = None,
+    cutoffs: list[float | None] | None = None,
+    lags: list[float] | None = None,
 ) -> list[Sent]:
     """An open-loop run: each ``(after, spec, timeout)`` is sent on its own connection
     ``after`` seconds from the start, whether or not earlier ones were answered, and given up
     by its client after ``timeout`` seconds. With ``cutoff``, whatever is still running that
-    many seconds from the start is aborted and marked ``cut``. The results come back in the
-    order given; ``on_start`` is called on the loop at time zero.
+    many seconds from the start is aborted and marked ``cut``; ``cutoffs`` gives each request
+    its own (None: ``cutoff``). The results come back in the order given; ``on_start`` is
+    called on the loop at time zero. ``lags``, when given, receives how late (in seconds) a
+    10 ms timer woke on this loop, all run long: the client's own share of the latencies.
     """
+    ends = cutoffs if cutoffs is not None else [None] * len(requests)
 
     async def main() -> list[Sent]:
         results = [Sent() for _ in requests]
@@ -586,14 +598,18 @@ def run_open(
         if on_start is not None:
             on_start()
         tasks = []
-        for (after, spec, timeout), sent in zip(requests, results, strict=True):
+        for (after, spec, timeout), sent, own in zip(requests, results, ends, strict=True):
             deadline = after + timeout
-            if cutoff is not None and cutoff < deadline:
-                deadline = cutoff
+            cut = own if own is not None else cutoff
+            if cut is not None and cut < deadline:
+                deadline = cut
                 sent.cut = True  # provisionally: cleared below if it ended on its own
             tasks.append(asyncio.ensure_future(_sent(spec, sent, t0, after, deadline)))
+        ticker = asyncio.ensure_future(_tick(lags)) if lags is not None else None
         await asyncio.gather(*tasks)
-        for (after, _, timeout), sent in zip(requests, results, strict=True):
+        if ticker is not None:
+            ticker.cancel()
+        for sent in results:
             if sent.cut:
                 # Only what was still running when the run ended was cut by it.
                 sent.cut = sent.error is not None and sent.error.startswith("timed out")

@@ -142,6 +142,9 @@ class Proc:
     port: int
     log_path: Path
     headers: dict[str, str] = field(default_factory=dict)
+    health: str = "/healthz"  # what ``Processes.ready`` polls...
+    ready_timeout: float = 60.0  # ...for at most this long after the start
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -179,8 +182,12 @@ class Processes:
         timeout: float = 60.0,
         env: dict[str, str | None] | None = None,
         headers: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> Proc:
-        """Start a server and wait until GET ``health`` answers 200; ``None`` in env unsets."""
+        """Start a server and wait until GET ``health`` answers 200; ``None`` in env unsets.
+        With ``wait=False`` return at once: ``ready(proc)`` waits later, so a slow starter
+        can come up while something else runs (in this thread: a child started from another
+        thread would get its parent-death signal when that thread ends)."""
         log_path = self.run_dir / f"{name}.log"
         environ = dict(os.environ)
         for key, value in (env or {}).items():
@@ -199,25 +206,31 @@ class Processes:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        proc = Proc(name, popen, port, log_path, headers or {})
+        proc = Proc(name, popen, port, log_path, headers or {}, health, timeout)
         self.procs.append(proc)
-        started = time.monotonic()
+        return self.ready(proc) if wait else proc
+
+    def ready(self, proc: Proc) -> Proc:
+        """Wait until the server's health check answers 200 (StartError if it never does)."""
+        name, port, log_path = proc.name, proc.port, proc.log_path
         while True:
             if not proc.alive():
                 self.stop(proc)
                 raise StartError(
-                    f"{name} exited with {popen.returncode} while starting; "
+                    f"{name} exited with {proc.popen.returncode} while starting; "
                     f"log {log_path}:\n{proc.log_tail()}"
                 )
-            if _http_ok(port, health, proc.headers):
+            if _http_ok(port, proc.health, proc.headers):
                 break
-            if time.monotonic() - started > timeout:
+            if time.monotonic() - proc.started_at > proc.ready_timeout:
                 self.stop(proc)
                 raise StartError(
-                    f"{name} not healthy after {timeout:.0f}s; log {log_path}:\n{proc.log_tail()}"
+                    f"{name} not healthy after {proc.ready_timeout:.0f}s; "
+                    f"log {log_path}:\n{proc.log_tail()}"
                 )
             time.sleep(0.2)
-        self.log(f"  started {name} (pid {popen.pid}) on {HOST}:{port} in {_since(started)}")
+        since = _since(proc.started_at)
+        self.log(f"  started {name} (pid {proc.pid}) on {HOST}:{port} in {since}")
         return proc
 
     def stop(self, proc: Proc, timeout: float = 10.0) -> None:
@@ -252,13 +265,18 @@ class Processes:
     # --- the three kinds of server ---------------------------------------------------------
 
     def fake_upstream(
-        self, tokens: int, name: str = "fake", extra: list[str] | None = None
+        self,
+        tokens: int,
+        name: str = "fake",
+        extra: list[str] | None = None,
+        wait: bool = True,
     ) -> Proc:
-        """The fake upstream in mode ``ok``; ``extra`` adds flags (``--capacity 4``...)."""
+        """The fake upstream in mode ``ok``; ``extra`` adds flags (``--capacity 4``...);
+        ``wait=False``: see ``start``."""
         port = free_port()
         argv = [str(NOBUSY), "fake-upstream", "--host", HOST, "--port", str(port)]
         argv += ["--mode", "ok", "--tokens", str(tokens), *(extra or [])]
-        return self.start(name, argv, port, "/healthz", timeout=30)
+        return self.start(name, argv, port, "/healthz", timeout=30, wait=wait)
 
     def nobusy(
         self,
@@ -267,9 +285,11 @@ class Processes:
         workers: int = 1,
         timeout: float = 60.0,
         config: str | None = None,
+        wait: bool = True,
     ) -> Proc:
         """nobusy in front of the fake (``upstream_port``), or serving the embedded model;
-        ``config`` (YAML text) replaces the one-fake configuration."""
+        ``config`` (YAML text) replaces the one-fake configuration; ``wait=False``: see
+        ``start``."""
         port = free_port()
         data = self.run_dir / f"{name}-data"
         shutil.rmtree(data, ignore_errors=True)
@@ -283,7 +303,7 @@ class Processes:
             argv += ["--workers", str(workers)]
         # Only these flags count: NOBUSY_* settings from the shell (a NOBUSY_CONFIG, say) do not.
         env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("NOBUSY_")}
-        return self.start(name, argv, port, "/readyz", timeout=timeout, env=env)
+        return self.start(name, argv, port, "/readyz", timeout=timeout, env=env, wait=wait)
 
     def litellm(
         self,
@@ -292,9 +312,10 @@ class Processes:
         key: str,
         config: str | None = None,
         name: str = "litellm",
+        wait: bool = True,
     ) -> Proc:
         """LiteLLM proxy, one worker, no database, ``key`` as its master key; ``config``
-        (YAML text) replaces the one-fake configuration."""
+        (YAML text) replaces the one-fake configuration; ``wait=False``: see ``start``."""
         assert install.executable is not None
         port = free_port()
         path = self.run_dir / f"{name}.yaml"
@@ -310,7 +331,14 @@ class Processes:
         }
         headers = {"Authorization": f"Bearer {key}"}
         return self.start(
-            name, argv, port, "/health/liveliness", timeout=180, env=env, headers=headers
+            name,
+            argv,
+            port,
+            "/health/liveliness",
+            timeout=180,
+            env=env,
+            headers=headers,
+            wait=wait,
         )
 
 

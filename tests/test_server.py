@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 
+from nobusy.db import DB_NAME
 from tests.conftest import Process, serve
 
 
@@ -78,12 +81,13 @@ def test_client_trickling_body_gets_408(strict_server: Process) -> None:
 
 
 def read_usage(data_dir: Path, request_id: str) -> dict[str, object] | None:
-    path = data_dir / "usage.jsonl"
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record["request_id"] == request_id:
-            return dict(record)
-    return None
+    """The usage row of a request, ``tried`` and ``notes`` decoded; None if not written yet."""
+    with closing(sqlite3.connect(data_dir / DB_NAME)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone()
+    if row is None:
+        return None
+    return dict(row) | {"tried": json.loads(row["tried"]), "notes": json.loads(row["notes"])}
 
 
 def test_client_leaving_mid_stream_is_logged_and_upstream_cancelled(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -15,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from starlette.types import Message, Receive, Scope, Send
 
 from nobusy.cli.usage import percentile, usage
 from nobusy.db import DB_NAME
-from nobusy.usage import UsageLog, UsageRecord
+from nobusy.usage import USAGE_LOG, CommittedAnswers, UsageLog, UsageRecord
 from tests.conftest import Process, serve
 
 
@@ -122,7 +124,9 @@ def test_close_gives_up_on_a_database_locked_for_good(tmp_path: Path) -> None:
     blocker.close()
 
 
-def test_a_full_queue_drops_and_counts_without_blocking_long(tmp_path: Path) -> None:
+def test_a_full_queue_drops_and_counts_without_blocking_long(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     usage_log = UsageLog(tmp_path, queue_size=5, block_timeout=0.005, busy_timeout=0.01)
     blocker = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the writer is stuck on its first batch
@@ -131,7 +135,10 @@ def test_a_full_queue_drops_and_counts_without_blocking_long(tmp_path: Path) -> 
         usage_log.record(UsageRecord(f"req-{i}", "chat", stream=False))
     # The first drop waits block_timeout; later ones within a second do not wait at all.
     assert time.monotonic() - started < 0.2
-    assert usage_log.dropped >= 100 - 5 - usage_log._batch_size
+    # The writer holds the row(s) queued before it got stuck, the queue five more.
+    assert usage_log.dropped >= 90
+    dropped_logs = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped_logs) == 1  # the first drop, then every 1000th: not one line per row
     blocker.execute("COMMIT")
     blocker.close()
     usage_log.close()
@@ -142,6 +149,34 @@ def test_records_after_close_are_counted_as_dropped(log: UsageLog) -> None:
     log.close()
     log.record(UsageRecord("late", "chat", stream=False))
     assert log.dropped == 1
+
+
+async def test_the_last_byte_waits_for_the_commit(tmp_path: Path) -> None:
+    usage_log = UsageLog(tmp_path, busy_timeout=2.0)
+    blocker = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # the first commit waits in SQLite's busy handler
+    threading.Timer(0.2, blocker.execute, ["COMMIT"]).start()
+    in_db_when_sent: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        usage_log.record(UsageRecord(scope["state"]["request_id"], "chat", stream=False))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            in_db_when_sent.append(len(rows(tmp_path)) == 1)
+
+    scope = {"type": "http", "state": {USAGE_LOG: usage_log, "request_id": "req-1"}}
+    started = time.monotonic()
+    await CommittedAnswers(app)(scope, receive_nothing, send)
+    assert in_db_when_sent == [True] and time.monotonic() - started >= 0.15
+    usage_log.close()
+    blocker.close()
+
+
+async def receive_nothing() -> Message:
+    raise AssertionError("not read")
 
 
 # --- The report ------------------------------------------------------------------------------
@@ -192,11 +227,11 @@ def invoke(*args: str) -> str:
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
-    """Data rows of a rich table, by group label: the cells, stripped."""
+    """Data rows of the table, by group label: the cells (columns are 2+ spaces apart)."""
     found = {}
     for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
-        if len(cells) == 10 and cells[1][:1].isdigit():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 10 and cells[1].replace(",", "").isdigit():
             found[cells[0]] = cells[1:]
     return found
 
@@ -207,9 +242,17 @@ def test_report_by_key(tmp_path: Path) -> None:
     assert set(table) == {"alice (key_aaaaaaaaaa)", "(no key)"}
     # requests, answered, rejected / failed, left, prompt, completion, p50, p95, mean queue
     assert table["alice (key_aaaaaaaaaa)"] == [
-        "10", "10", "0 / 0", "0", "20", "120", "50 ms", "100 ms", "50 ms"
-    ]  # fmt: skip
-    assert table["(no key)"] == ["3", "0", "1 / 1", "1", "0", "0", "–", "–", "0 ms"]
+        "10",
+        "10",
+        "0 / 0",
+        "0",
+        "20",
+        "120",
+        "50",
+        "100",
+        "50",
+    ]
+    assert table["(no key)"] == ["3", "0", "1 / 1", "1", "0", "0", "–", "–", "0"]
 
 
 def test_report_by_model_and_upstream_and_all_time(tmp_path: Path) -> None:
@@ -223,6 +266,10 @@ def test_report_by_model_and_upstream_and_all_time(tmp_path: Path) -> None:
         "fast": "10",
         "(none)": "4",
     }
+
+
+def test_report_of_an_empty_log(tmp_path: Path) -> None:
+    assert "No requests logged" in invoke("--since", "2026-11-01", "--data-dir", str(tmp_path))
 
 
 def test_report_rejects_a_bad_since(tmp_path: Path) -> None:
@@ -243,20 +290,19 @@ def load_then_kill(process: Process, n: int, kill_after: int) -> set[str]:
     lock = threading.Lock()
     killed = threading.Event()
 
+    url = f"{process.url}/v1/chat/completions"
+
     def one(i: int) -> None:
         stream = i % 2 == 1
         body = {"model": "ok", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
         try:
-            with httpx.Client(timeout=10) as client:
-                if stream:
-                    with client.stream(
-                        "POST", f"{process.url}/v1/chat/completions", json=body
-                    ) as r:
-                        lines = list(r.iter_lines())
-                        complete = r.status_code == 200 and "data: [DONE]" in lines
-                else:
-                    r = client.post(f"{process.url}/v1/chat/completions", json=body)
-                    complete = r.status_code == 200 and bool(r.json()["choices"])
+            if stream:
+                with client.stream("POST", url, json=body) as r:
+                    lines = list(r.iter_lines())  # to the end of the chunked body
+                    complete = r.status_code == 200 and "data: [DONE]" in lines
+            else:
+                r = client.post(url, json=body)
+                complete = r.status_code == 200 and bool(r.json()["choices"])
         except (httpx.HTTPError, ValueError):
             return  # cut off by the kill: not answered
         if complete:
@@ -266,7 +312,8 @@ def load_then_kill(process: Process, n: int, kill_after: int) -> set[str]:
                     killed.set()
                     process.proc.kill()  # SIGKILL: no lifespan shutdown, no close()
 
-    with ThreadPoolExecutor(16) as pool:
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    with httpx.Client(timeout=10, limits=limits) as client, ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(n)))
     process.proc.wait()
     return answered

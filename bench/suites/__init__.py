@@ -6,7 +6,17 @@ To add one (failover, admission...): write a module with a ``SUITE = Suite(...)`
 
 from __future__ import annotations
 
-from bench.suites import audit, embedded, failover, guard, memory, overhead, workers
+from bench.suites import (
+    admission,
+    audit,
+    embedded,
+    failover,
+    guard,
+    memory,
+    overhead,
+    sigkill,
+    workers,
+)
 from bench.suites.base import Suite
 
 __all__ = ["SUITES"]
@@ -21,5 +31,7 @@ SUITES: dict[str, Suite] = {
         failover.SUITE,
         guard.SUITE,
         audit.SUITE,
+        admission.SUITE,
+        sigkill.SUITE,
     )
 }

@@ -88,6 +88,9 @@ async def sse_events(
                             capture.append(content)
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
         record.outcome = "ok"
+        # Books closed before [DONE]: a client that stops reading at [DONE] has an answer
+        # whose usage row is already on its way to disk (close() is idempotent).
+        close()
         yield DONE
     except NobusyError as exc:
         # Headers are gone: the only honest signal left is an error event, which the

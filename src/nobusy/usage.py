@@ -9,6 +9,7 @@ an answer a client received is then never missing from the log, even after a SIG
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import queue
@@ -216,7 +217,8 @@ class UsageLog:
                 if future is not None:
                     woken.append(future)
         for future in woken:
-            future.get_loop().call_soon_threadsafe(_wake, future)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting
+                future.get_loop().call_soon_threadsafe(_wake, future)
 
     def _commit(self, batch: list[_Row]) -> None:
         """Insert ``batch`` in one transaction; retry while the database is busy or unwell."""
@@ -272,10 +274,10 @@ class CommittedAnswers:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state") or {}
         usage_log: UsageLog | None = state.get(USAGE_LOG)
-        if scope["type"] != "http" or usage_log is None:
+        request_id: str | None = state.get("request_id")
+        if scope["type"] != "http" or usage_log is None or request_id is None:
             await self.app(scope, receive, send)
             return
-        request_id: str = state["request_id"]
 
         async def send_committed(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):

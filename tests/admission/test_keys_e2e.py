@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from nobusy.db import DB_NAME
 from nobusy.fake_upstream import answer_text
 from tests.conftest import Process, serve
 
@@ -150,12 +153,12 @@ def test_usage_log_names_the_key(keyed: tuple[Process, dict[str, str]]) -> None:
     process, keys = keyed
     response = chat(process, keys["plain"])
     rid = response.headers["x-request-id"]
-    records = [
-        json.loads(line) for line in (process.data_dir / "usage.jsonl").read_text().splitlines()
-    ]
-    record = next(r for r in records if r["request_id"] == rid)
+    with closing(sqlite3.connect(process.data_dir / DB_NAME)) as db:
+        db.row_factory = sqlite3.Row
+        records = [dict(row) for row in db.execute("SELECT * FROM usage")]
+    record = next(r for r in records if r["request_id"] == rid)  # written before the answer
     assert record["key_id"].startswith("key_")
-    text = (process.data_dir / "usage.jsonl").read_text()
+    text = json.dumps(records)
     assert all(secret not in text for secret in keys.values())  # never a key in a log
 
 

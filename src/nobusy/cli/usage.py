@@ -10,13 +10,14 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from nobusy import errors
 from nobusy.cli.audit import parse_since
-from nobusy.db import open_db, timestamp
+from nobusy.db import DB_NAME, open_db, timestamp
 from nobusy.errors import NobusyError
 
 __all__ = ["Group", "percentile", "summarize", "usage"]
@@ -130,16 +131,21 @@ def usage(by: str, since: str | None, data_dir: Path) -> None:
     finally:
         db.close()
     window = f"since {start:%Y-%m-%d %H:%M} UTC" if start is not None else "all time"
+    if not groups:
+        Console().print(f"No requests logged in {data_dir / DB_NAME}, {window}.")
+        return
     Console().print(_table(groups, f"Usage by {by}, {window}"))
 
 
 def _table(groups: Iterable[Group], title: str) -> Table:
-    table = Table(title=title)
+    caption = "TTFT: time to first token; left: the client went away before the end."
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, collapse_padding=True)
     table.add_column("group", no_wrap=True)
-    numbers = ("requests", "answered", "rejected / failed", "left", "prompt tok", "completion tok")
+    # Two-line headers keep the table within 100-120 columns.
+    numbers = ["requests", "answered", "rejected /\nfailed", "left", "prompt\ntokens",
+               "completion\ntokens", "TTFT p50\n(ms)", "TTFT p95\n(ms)",
+               "mean queue\n(ms)"]  # fmt: skip
     for column in numbers:
-        table.add_column(column, justify="right")
-    for column in ("TTFT p50", "TTFT p95", "mean queue"):
         table.add_column(column, justify="right")
     for g in groups:
         table.add_row(
@@ -158,4 +164,4 @@ def _table(groups: Iterable[Group], title: str) -> Table:
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} ms"
+    return "–" if value is None else f"{value:,.0f}"

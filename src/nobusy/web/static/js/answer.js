@@ -4,7 +4,7 @@
 
 import { streamChat } from "./api.js";
 import { t } from "./i18n.js";
-import { renderMarkdown } from "./markdown.js";
+import { copyText, flash, renderMarkdown } from "./markdown.js";
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -28,10 +28,21 @@ export class AnswerView {
     this.notes = el("ul", "notes");
     this.badge = el("p", "badge");
     this.badge.hidden = true;
-    this.root.append(this.status, this.reasoning, this.body, this.notes, this.badge);
+    this.copy = el("button", "ghost copy-answer", t("copy"));
+    this.copy.type = "button";
+    this.copy.setAttribute("aria-label", t("copyAnswer"));
+    this.copy.hidden = true;
+    this.copy.addEventListener("click", async () => {
+      await copyText(this.text.content); // the markdown as written, which pastes anywhere
+      flash(this.copy);
+    });
+    const footer = el("div", "msg-footer");
+    footer.append(this.badge, this.copy);
+    this.root.append(this.status, this.reasoning, this.body, this.notes, footer);
     parent.append(this.root);
     this.text = { content: "", reasoning: "" };
     this.frame = 0;
+    this.streamed = false;
   }
 
   setStatus(text) {
@@ -50,11 +61,14 @@ export class AnswerView {
       this.reasoning.open = false; // the answer has started: fold the thinking away
       this.summary.textContent = t("reasoning");
     }
+    this.streamed = true;
     this.text.content += content;
     this.text.reasoning += reasoning;
     this.frame ||= requestAnimationFrame(() => this.draw());
   }
 
+  // The whole text is re-parsed each frame: half-written markdown (an open code fence, a table
+  // missing its rows) only renders right as a whole, and marked is fast at answer sizes.
   draw() {
     this.frame = 0;
     if (this.text.reasoning) renderMarkdown(this.reasoningBody, this.text.reasoning);
@@ -71,7 +85,9 @@ export class AnswerView {
     cancelAnimationFrame(this.frame);
     this.draw();
     this.reasoning.hidden = !this.text.reasoning;
-    this.reasoning.open = this.reasoning.hidden ? false : !this.text.content;
+    // A streamed answer keeps whatever the reader did with the fold; a stored one opens
+    // folded unless there is nothing but reasoning.
+    if (!this.streamed) this.reasoning.open = Boolean(this.text.reasoning) && !this.text.content;
     this.summary.textContent = t("reasoning");
     this.setStatus("");
     const meta = message.meta || {};
@@ -80,6 +96,7 @@ export class AnswerView {
     if (meta.stopped) this.addNote(t("stopped"));
     if (meta.error) this.addNote(t("errorPrefix", { message: meta.error }));
     this.showBadge(meta);
+    this.copy.hidden = !this.text.content;
     this.root.setAttribute("aria-busy", "false");
   }
 

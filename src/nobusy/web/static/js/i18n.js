@@ -47,7 +47,6 @@ const STRINGS = {
     failedOver: "failover",
     needKey: "This server needs an API key: open Settings to enter yours.",
     errorPrefix: "Error: {message}",
-    networkError: "Could not reach nobusy: {message}",
     noModels: "(no models)",
     modelsNeedKey: "(enter an API key in Settings)",
     compareTitle: "Compare models",
@@ -165,7 +164,6 @@ const STRINGS = {
     failedOver: "已切换",
     needKey: "此服务需要 API 密钥：请在“设置”中填写。",
     errorPrefix: "出错：{message}",
-    networkError: "无法连接 nobusy：{message}",
     noModels: "（没有模型）",
     modelsNeedKey: "（请先在设置中填写 API 密钥）",
     compareTitle: "模型对比",
@@ -271,7 +269,7 @@ export function translate(root = document) {
   }
 }
 
-/** Switch language, remember the choice, and tell views to redraw (`languagechange`). */
+/** Switch language, remember the choice, and tell views to redraw (`nobusy:language`). */
 export function setLanguage(next) {
   lang = next;
   localStorage.setItem("nobusy.lang", next);

@@ -1,0 +1,159 @@
+// The keys page: list, create (the secret is shown once), top up and revoke, over
+// /v1/nobusy/keys with the admin key.
+
+import { call } from "./api.js";
+import { t } from "./i18n.js";
+import { copyText, flash } from "./markdown.js";
+import { priorityKey, showAuthNotice } from "./status.js";
+
+const $ = (id) => document.getElementById(id);
+let active = false;
+
+export function initKeys() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    create();
+  });
+  $("new-key-copy").addEventListener("click", async () => {
+    await copyText($("new-key-secret").value);
+    flash($("new-key-copy"));
+  });
+  $("new-key-done").addEventListener("click", hideSecret);
+  document.addEventListener("nobusy:keys", () => active && refresh());
+}
+
+export function showKeys(visible) {
+  active = visible;
+  if (visible) refresh();
+  else hideSecret(); // leaving the page is the end of "shown once"
+}
+
+async function refresh() {
+  try {
+    const { data } = await call("/v1/nobusy/keys", { admin: true });
+    $("keys-auth").hidden = true;
+    $("keys-body").hidden = false;
+    renderTable(data);
+  } catch (error) {
+    if (error.status === 401) {
+      showAuthNotice($("keys-auth"));
+      $("keys-body").hidden = true;
+    } else {
+      $("key-form-error").textContent = t("errorPrefix", { message: error.message });
+    }
+  }
+}
+
+async function create() {
+  const number = (id) => ($(id).value ? Number($(id).value) : undefined);
+  const models = $("key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
+  const body = {
+    name: $("key-name").value.trim(),
+    priority: $("key-priority").value,
+    rpm: number("key-rpm"),
+    tpm: number("key-tpm"),
+    quota_tokens: number("key-quota"),
+    models: models.length ? models : undefined,
+  };
+  $("key-form-error").textContent = "";
+  try {
+    const key = await call("/v1/nobusy/keys", { method: "POST", body, admin: true });
+    $("key-form").reset();
+    showSecret(key.secret);
+    await refresh();
+  } catch (error) {
+    $("key-form-error").textContent = t("errorPrefix", { message: error.message });
+  }
+}
+
+function showSecret(secret) {
+  $("new-key-secret").value = secret; // a DOM property, never markup
+  $("new-key").hidden = false;
+  $("new-key-secret").focus();
+  $("new-key-secret").select();
+}
+
+function hideSecret() {
+  $("new-key-secret").value = "";
+  $("new-key").hidden = true;
+}
+
+async function act(path, body) {
+  try {
+    await call(path, { method: "POST", body, admin: true });
+    await refresh();
+  } catch (error) {
+    $("key-form-error").textContent = t("errorPrefix", { message: error.message });
+  }
+}
+
+function renderTable(keys) {
+  const body = $("keys-table").tBodies[0];
+  body.replaceChildren();
+  if (!keys.length) {
+    const cell = body.insertRow().insertCell();
+    cell.colSpan = 6;
+    cell.textContent = t("noKeys");
+    return;
+  }
+  for (const key of keys) {
+    const row = body.insertRow();
+    row.dataset.key = key.id;
+    const name = row.insertCell();
+    name.append(key.name, " ");
+    const prefix = document.createElement("code");
+    prefix.textContent = `${key.prefix}…`;
+    name.append(prefix);
+    const status = row.insertCell();
+    status.className = `key-status status-${key.status}`;
+    status.textContent = t(`status${key.status[0].toUpperCase()}${key.status.slice(1)}`);
+    row.insertCell().textContent = t(priorityKey(key.priority));
+    row.insertCell().textContent = limits(key);
+    const balance = row.insertCell();
+    balance.className = "num";
+    balance.textContent = key.quota_tokens == null ? t("unlimited") : `${key.balance} / ${key.quota_tokens}`;
+    row.insertCell().append(...actions(key));
+  }
+}
+
+function limits(key) {
+  const parts = [];
+  if (key.rpm) parts.push(`${key.rpm} rpm`);
+  if (key.tpm) parts.push(`${key.tpm} tpm`);
+  if (key.max_concurrency) parts.push(`≤ ${key.max_concurrency}`);
+  if (key.models) parts.push(key.models.join(", "));
+  return parts.join(" · ") || t("unlimited");
+}
+
+function actions(key) {
+  if (key.status === "revoked") return [];
+  const path = `/v1/nobusy/keys/${encodeURIComponent(key.id)}`;
+  const box = document.createElement("div");
+  box.className = "row-actions";
+  const amount = document.createElement("input");
+  amount.type = "number";
+  amount.min = "1";
+  amount.inputMode = "numeric";
+  amount.className = "topup-amount";
+  amount.setAttribute("aria-label", t("topUpTokens", { name: key.name }));
+  const topUp = document.createElement("button");
+  topUp.type = "button";
+  topUp.textContent = t("topUp");
+  topUp.setAttribute("aria-label", `${t("topUp")}: ${key.name}`);
+  topUp.addEventListener("click", () => {
+    const tokens = Number(amount.value);
+    if (Number.isInteger(tokens) && tokens > 0) act(`${path}/topup`, { tokens });
+  });
+  const revoke = document.createElement("button");
+  revoke.type = "button";
+  revoke.className = "danger";
+  revoke.textContent = t("revoke");
+  revoke.setAttribute("aria-label", `${t("revoke")}: ${key.name}`);
+  revoke.addEventListener("click", () => {
+    if (confirm(t("revokeConfirm", { name: key.name }))) act(`${path}/revoke`);
+  });
+  // Only a key with a quota has a balance to top up.
+  if (key.quota_tokens != null) box.append(amount, topUp);
+  box.append(revoke);
+  return [box];
+}
