@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ upstreams:
   fake: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
 models:
   ok: [fake/ok]
+  other: [fake/reasoning]
 """
     process = serve(tmp, config)
     yield process
@@ -96,6 +98,23 @@ def test_blocked_output_ends_with_content_filter(guarded: Process, stream: bool)
     assert status == 200 and finish == "content_filter"
     assert "dangerword" not in text
     assert text.startswith("Fake answer to: say ")
+
+
+def test_compare_mode_cannot_bypass_the_filter(guarded: Process) -> None:
+    # Compare mode in the console sends the same question to several models at once.
+    def one(model: str) -> str:
+        body = {
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": "who is secretname"}],
+        }
+        with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", json=body) as r:
+            return r.read().decode()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(one, ["ok", "other"]))
+    for raw in answers:
+        assert "secretname" not in raw and "＊＊＊＊" in raw
 
 
 def test_chinese_words_are_masked(guarded: Process) -> None:

@@ -233,7 +233,8 @@ def _label(r: Result) -> str:
     """What a client that was not answered got, in words."""
     kind, status, code = r["kind"], r["status"], r["code"]
     if kind == "cut":
-        return "still waiting when the run ended" + (" (200, queued)" if status == 200 else "")
+        begun = " (200, stream begun)" if status == 200 else ""
+        return f"still waiting when the run ended{begun}"
     if kind in ("error-429", "error-5xx"):
         return f"200, then an error event `{code}`"
     if kind in ("429", "5xx", "other") and status:

@@ -48,6 +48,7 @@ class AnswerStream:
         queue: deque[Route],
         failures: list[UpstreamError],
         attempts: int,
+        who: str = "",
     ) -> None:
         self.router = router
         self.body = body
@@ -56,6 +57,7 @@ class AnswerStream:
         self.queue = queue
         self.failures = failures
         self.attempts = attempts
+        self.who = who
         # What the client has, as pieces (joined only when a continuation needs the text).
         self._content: list[str] = []
         self._reasoning: list[str] = []
@@ -220,7 +222,7 @@ class AnswerStream:
         self.tools = []  # a half-made tool call is made again from the start
         router = self.router
         while True:
-            route = router.next_route(self.queue, self.failures, self.attempts)
+            route = router.next_route(self.queue, self.failures, self.attempts, self.who)
             if route is None:
                 raise AllUpstreamsFailed(str(self.body.get("model", "")), self.failures)
             self.attempts += 1
@@ -250,7 +252,7 @@ class AnswerStream:
         else:
             body = self.body
             self.reasoning_skip = Skipper("".join(self._reasoning))
-        return self.router.start(route, body, self.request_id)
+        return self.router.start(route, body, self.request_id, self.who)
 
 
 def _choice_chunk(choice: dict[str, Any], delta: dict[str, Any], finish: str | None) -> Chunk:

@@ -60,7 +60,7 @@ def has_token(chunk: Chunk) -> bool:
 class Attempt:
     """One request to one upstream, and its bookkeeping: load, circuit, metrics."""
 
-    def __init__(self, router: Router, route: Route, call: UpstreamCall) -> None:
+    def __init__(self, router: Router, route: Route, call: UpstreamCall, who: str = "") -> None:
         self.route = route
         self.upstream = router.upstreams[route.upstream]
         self.health = router.health[route.upstream]
@@ -70,6 +70,7 @@ class Attempt:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.ended = False
+        self.who = who
         self.capacity = router.capacity
         self.health.in_flight += 1
         self.health.attempts += 1
@@ -108,6 +109,7 @@ class Attempt:
         overload = isinstance(exc, UpstreamOverloaded) or (
             isinstance(exc, UpstreamTimeout) and self.first_token_at is None
         )
+        alone = self.health.in_flight <= 1  # read before _end counts this attempt out
         if not self._end("overload" if overload else "ignore"):
             return
         await _aclose(self.iterator)
@@ -117,6 +119,11 @@ class Attempt:
             circuit.success()  # the upstream is fine; the request was not
             return
         self.health.note_failure(exc.message)
+        if isinstance(exc, UpstreamOverloaded) and exc.retry_after is None and not alone:
+            # "Busy" while others are being served is a statement about capacity: the
+            # adaptive limit learns from it. Ejecting the upstream for it would turn a short
+            # overload into 30 s of failures for everyone (found by the admission benchmark).
+            return
         circuit.failure(
             exc.message,
             retry_after=exc.retry_after,
@@ -135,7 +142,9 @@ class Attempt:
             return False
         self.ended = True
         self.health.in_flight -= 1
-        self.capacity.release(self.route.upstream, outcome, time.perf_counter() - self.started)
+        self.capacity.release(
+            self.route.upstream, outcome, time.perf_counter() - self.started, self.who
+        )
         return True
 
 
@@ -169,6 +178,7 @@ class Reservation:
     rest: deque[Route]
     failures: list[UpstreamError]
     overflow: bool = False
+    who: str = ""
 
 
 class Router:
@@ -229,7 +239,7 @@ class Router:
     def usable(self, upstream: str) -> bool:
         return self.health[upstream].circuit.available()
 
-    def reserve(self, alias: str) -> Reservation | None:
+    def reserve(self, alias: str, who: str = "") -> Reservation | None:
         """Take a slot on the first usable route with room (overflow routes last), or None."""
         spec = self.alias(alias)
         failures: list[UpstreamError] = []
@@ -238,9 +248,9 @@ class Router:
             ordered, skipped = plan_routes(routes, self.health, self.rng)
             failures.extend(self._ejected(r) for r in skipped)
             for i, route in enumerate(ordered):
-                if self.capacity.try_take(route.upstream):
+                if self.capacity.try_take(route.upstream, who):
                     rest = deque(ordered[i + 1 :]) if not overflow else deque()
-                    return Reservation(route, rest, failures, overflow)
+                    return Reservation(route, rest, failures, overflow, who)
             usable.extend(ordered)
         if not usable:
             raise AllUpstreamsFailed(alias, failures)
@@ -256,14 +266,14 @@ class Router:
             upstreams or frozenset(self.upstreams), key, priority, patience
         )
 
-    def reservation_for(self, alias: str, upstream: str) -> Reservation:
+    def reservation_for(self, alias: str, upstream: str, who: str = "") -> Reservation:
         """The reservation a queue ticket became: the granted upstream's route first."""
         spec = self.alias(alias)
         main = [r for r in spec.routes if r.upstream == upstream]
         route = main[0] if main else next(r for r in spec.overflow if r.upstream == upstream)
         ordered, _ = plan_routes(spec.routes, self.health, self.rng)
         rest = deque(r for r in ordered if r != route) if main else deque()
-        return Reservation(route, rest, [], overflow=not main)
+        return Reservation(route, rest, [], overflow=not main, who=who)
 
     async def open(
         self, alias: str, body: dict[str, Any], request_id: str, reservation: Reservation
@@ -273,14 +283,17 @@ class Router:
         failures = reservation.failures
         queue = reservation.rest
         route: Route | None = reservation.route
+        who = reservation.who
         attempts = 0
         while route is not None:
-            attempt = self.start(route, body, request_id)
+            attempt = self.start(route, body, request_id, who)
             attempts += 1
             hedge = spec.hedge is not None and attempts == 1 and bool(queue)
             try:
                 if hedge:
-                    attempt, extra = await self._hedged(alias, attempt, queue, body, request_id)
+                    attempt, extra = await self._hedged(
+                        alias, attempt, queue, body, request_id, who
+                    )
                     attempts += extra
                 else:
                     await attempt.first_token()
@@ -289,12 +302,12 @@ class Router:
                 if not exc.retryable:
                     raise
                 failures.append(exc)
-                route = self.next_route(queue, failures, attempts)
+                route = self.next_route(queue, failures, attempts, who)
                 continue
             except BaseException:
                 await attempt.cancel()
                 raise
-            stream = AnswerStream(self, body, request_id, attempt, queue, failures, attempts)
+            stream = AnswerStream(self, body, request_id, attempt, queue, failures, attempts, who)
             assert attempt.first_token_at is not None
             return Answer(
                 attempt.route,
@@ -307,7 +320,7 @@ class Router:
         raise AllUpstreamsFailed(alias, failures)
 
     def next_route(
-        self, queue: deque[Route], failures: list[UpstreamError], attempts: int
+        self, queue: deque[Route], failures: list[UpstreamError], attempts: int, who: str = ""
     ) -> Route | None:
         """The next usable route, if the attempt limit and the retry budget allow another."""
         if attempts >= self.settings.max_attempts:
@@ -324,7 +337,7 @@ class Router:
             route = queue.popleft()
             if not self.health[route.upstream].circuit.available():
                 failures.append(self._ejected(route))
-            elif not self.capacity.try_take(route.upstream):
+            elif not self.capacity.try_take(route.upstream, who):
                 failures.append(
                     UpstreamOverloaded("at its concurrency limit", upstream=route.upstream)
                 )
@@ -332,11 +345,11 @@ class Router:
                 return route
         return None
 
-    def start(self, route: Route, body: dict[str, Any], request_id: str) -> Attempt:
+    def start(self, route: Route, body: dict[str, Any], request_id: str, who: str = "") -> Attempt:
         """Begin an attempt at ``route``, whose slot the caller has taken (nothing is sent
         until the attempt is read)."""
         call = UpstreamCall(model=route.model, body=body, request_id=request_id)
-        return Attempt(self, route, call)
+        return Attempt(self, route, call, who)
 
     async def _hedged(
         self,
@@ -345,6 +358,7 @@ class Router:
         queue: deque[Route],
         body: dict[str, Any],
         request_id: str,
+        who: str = "",
     ) -> tuple[Attempt, int]:
         """Race a second route against a first that is slow to speak; return the winner."""
         hedge = self.models[alias].hedge
@@ -361,11 +375,11 @@ class Router:
             await task
             return first, 0
         self.hedge_budgets[alias].note()
-        route = self.next_route(queue, [], 1)
+        route = self.next_route(queue, [], 1, who)
         if route is None:
             await task
             return first, 0
-        second = self.start(route, body, request_id)
+        second = self.start(route, body, request_id, who)
         self.metrics.hedges.labels(alias).inc()
         racers = {task: first, asyncio.ensure_future(second.first_token()): second}
         winner: Attempt | None = None

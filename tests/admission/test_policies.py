@@ -85,7 +85,7 @@ async def test_queue_full_is_refused_at_once() -> None:
     with pytest.raises(QueueFull) as info:
         capacity.enqueue(frozenset({"u"}), "k", "normal", patience=2)
     assert info.value.status_code == 429
-    assert info.value.headers["retry-after"] == "10"
+    assert info.value.headers["retry-after"] == "12"  # 10 s, padded by a quarter
     assert capacity.queue.size == 0
 
 
@@ -99,3 +99,29 @@ async def test_timeout_and_abandon_leave_no_trace() -> None:
     assert capacity.queue.size == 0
     capacity.release("u", "ok", 0.01)
     assert capacity.limits["u"].in_flight == 0
+
+
+async def test_a_key_leaves_headroom_for_others_while_they_are_active() -> None:
+    capacity = Capacity({"u": 4}, initial=4)
+    assert capacity.try_take("u", "polite")  # another key has been seen
+    capacity.release("u", "ok", 0.1, "polite")
+    taken = [capacity.try_take("u", "flood") for _ in range(4)]
+    assert taken == [True, True, True, False]  # the fourth slot stays free for others
+    assert capacity.try_take("u", "polite")  # which another key gets at once
+
+
+async def test_alone_a_key_may_use_every_slot() -> None:
+    capacity = Capacity({"u": 4}, initial=4)
+    assert [capacity.try_take("u", "only") for _ in range(4)] == [True] * 4
+
+
+def test_aimd_probes_slowly_near_the_limit_that_failed() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=4)
+    limit.acquire()
+    limit.release("overload")  # busy at 4: back to 3.6, and 4 is remembered
+    before = limit.limit
+    for _ in range(limit.current):
+        limit.acquire()
+    for _ in range(limit.current):
+        limit.release("ok")
+    assert limit.limit - before < 3 * 0.2 / before + 1e-9  # slow steps near 4

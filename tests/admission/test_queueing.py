@@ -31,8 +31,32 @@ def busy_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="module")
+def terse_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """4 slots, and a plain 503 beyond them: no Retry-After, as DeepSeek's "server busy"."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("terse") / "fake.log"
+    args = [
+        "fake-upstream",
+        "--port",
+        str(port),
+        "--capacity",
+        "4",
+        "--chunk-delay",
+        "0.04",
+        "--retry-after",
+        "-1",
+    ]
+    process = start_process(args, "/healthz", log, port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
 def gateway4(
-    busy_fake: Process, fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory
+    busy_fake: Process,
+    fake_upstream: Process,
+    terse_fake: Process,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Process]:
     tmp = tmp_path_factory.mktemp("admission")
     config = f"""
@@ -42,7 +66,9 @@ upstreams:
   learner: {{kind: openai, base_url: "{busy_fake.url}/v1", default_model: ok,
              circuit: {{consecutive_failures: 1000, failure_rate: 1.0}}}}
   spare: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
+  untold: {{kind: openai, base_url: "{terse_fake.url}/v1", default_model: ok}}
 models:
+  untold: [untold]
   tight: [tight]
   overflowing: {{routes: [tight], overflow: [spare]}}
   learning: [learner, spare]
@@ -157,3 +183,17 @@ def test_adaptive_limit_learns_the_real_capacity(gateway4: Process, busy_fake: P
     assert learner["concurrency"]["drops"] > 0
     metrics = httpx.get(f"{gateway4.url}/metrics").text
     assert 'nobusy_upstream_concurrency_limit{upstream="learner"}' in metrics
+
+
+def test_an_upstream_with_no_stated_limit_survives_a_burst(
+    gateway4: Process, terse_fake: Process
+) -> None:
+    # No max_concurrency, default circuit: its 503s teach the adaptive limit; they neither
+    # eject the only upstream nor fail the clients, who wait for a slot instead.
+    reset(terse_fake)
+    responses = burst(gateway4, "untold", 16)
+    assert [r.status_code for r in responses] == [200] * 16
+    data = httpx.get(f"{gateway4.url}/v1/nobusy/upstreams").json()["data"]
+    untold = next(u for u in data if u["name"] == "untold")
+    assert untold["state"] == "closed"
+    assert untold["concurrency"]["limit"] < 16

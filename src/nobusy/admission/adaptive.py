@@ -24,6 +24,7 @@ class AIMDLimit:
     backoff: float = 0.9
     in_flight: int = 0
     drops: int = 0
+    last_drop: float = float("inf")  # the limit at which the upstream last said "busy"
 
     @classmethod
     def for_upstream(cls, max_concurrency: int | None, initial: int = 32) -> AIMDLimit:
@@ -45,6 +46,10 @@ class AIMDLimit:
         self.in_flight -= 1
         if outcome == "overload":
             self.drops += 1
+            self.last_drop = self.limit
             self.limit = max(self.floor, self.limit * self.backoff)
         elif outcome == "ok" and self.in_flight + 1 >= self.current / 2:
-            self.limit = min(self.ceiling, self.limit + 1.0 / self.limit)
+            # Near the limit that failed last time, probe five times more slowly: each step
+            # past the real capacity costs a request a "busy" answer.
+            step = 1.0 if self.limit + 1 < self.last_drop else 0.2
+            self.limit = min(self.ceiling, self.limit + step / self.limit)

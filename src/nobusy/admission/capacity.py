@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from nobusy.admission.adaptive import AIMDLimit
@@ -19,6 +20,13 @@ from nobusy.errors import QueueFull, QueueTimeout
 __all__ = ["Capacity", "Ticket"]
 
 _ALPHA = 0.2  # smoothing of each upstream's answer time, for wait estimates
+# While other keys are active, one key may hold at most this share of an upstream's slots:
+# the rest stay free for the others, so a flooding key cannot make them wait for a slot.
+_HEADROOM_SHARE = 0.75
+_ACTIVE = 5.0  # seconds since a key's last request during which it counts as active
+# Estimates are padded: arrivals of higher priority and other keys' turns slow a waiter down.
+_MARGIN = 1.25
+_RATE_WINDOW = 10.0
 
 
 class Capacity:
@@ -31,25 +39,63 @@ class Capacity:
         }
         self.queue = FairQueue()
         self.service: dict[str, float] = dict.fromkeys(max_concurrency, 1.0)
+        self._held: dict[str, dict[str, int]] = {name: {} for name in max_concurrency}
+        self._seen: dict[str, float] = {}
+        self._grants: dict[str, deque[float]] = {name: deque() for name in max_concurrency}
 
-    def try_take(self, upstream: str) -> bool:
+    def try_take(self, upstream: str, who: str = "") -> bool:
+        """Take a slot if the upstream has room and ``who`` is within its share."""
+        self._note(who)
         limit = self.limits[upstream]
-        if not limit.has_room():
+        if not limit.has_room() or not self._within_share(upstream, who):
             return False
-        limit.acquire()
+        self._grant(upstream, who)
         return True
 
-    def release(self, upstream: str, outcome: str, seconds: float) -> None:
+    def _note(self, who: str) -> None:
+        if not who:
+            return
+        now = time.monotonic()
+        self._seen[who] = now
+        if len(self._seen) > 4096:  # forget keys idle for long; bounded memory
+            self._seen = {k: t for k, t in self._seen.items() if now - t < _ACTIVE}
+
+    def _within_share(self, upstream: str, who: str) -> bool:
+        if not who:
+            return True
+        now = time.monotonic()
+        others = any(k != who and now - t < _ACTIVE for k, t in self._seen.items())
+        if not others:
+            return True
+        share = max(1, int(self.limits[upstream].current * _HEADROOM_SHARE))
+        return self._held[upstream].get(who, 0) < share
+
+    def _grant(self, upstream: str, who: str) -> None:
+        self.limits[upstream].acquire()
+        held = self._held[upstream]
+        held[who] = held.get(who, 0) + 1
+        grants = self._grants[upstream]
+        now = time.monotonic()
+        grants.append(now)
+        while grants[0] < now - _RATE_WINDOW:
+            grants.popleft()
+
+    def release(self, upstream: str, outcome: str, seconds: float, who: str = "") -> None:
         """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
         limit = self.limits[upstream]
         limit.release(outcome)
+        held = self._held[upstream]
+        if held.get(who, 0) > 1:
+            held[who] -= 1
+        else:
+            held.pop(who, None)
         if outcome == "ok":
             self.service[upstream] += _ALPHA * (seconds - self.service[upstream])
         while limit.has_room():
-            waiter = self.queue.pop_for(upstream)
+            waiter = self.queue.pop_for(upstream, lambda k: self._within_share(upstream, k))
             if waiter is None:
                 return
-            limit.acquire()
+            self._grant(upstream, waiter.key)
             waiter.future.set_result(upstream)
 
     def estimate(self, position: int, upstreams: Iterable[str]) -> float:
@@ -57,12 +103,18 @@ class Capacity:
         names = list(upstreams)
         slots = sum(self.limits[n].current for n in names) or 1
         per_slot = sum(self.service[n] * self.limits[n].current for n in names) / slots
-        return position * per_slot / slots
+        little = position * per_slot / slots
+        # The rate slots were actually handed out lately: under overload it is the truth.
+        now = time.monotonic()
+        granted = sum(sum(1 for t in self._grants[n] if t > now - _RATE_WINDOW) for n in names)
+        drained = position / (granted / _RATE_WINDOW) if granted >= 5 else 0.0
+        return max(little, drained) * _MARGIN
 
     def enqueue(
         self, upstreams: frozenset[str], key: str, priority: str, patience: float
     ) -> Ticket:
         """Join the queue, or raise QueueFull at once if the wait would exceed ``patience``."""
+        self._note(key)
         waiter = Waiter(key, priority, upstreams)
         self.queue.push(waiter)
         ticket = Ticket(self, waiter, patience)
@@ -103,10 +155,15 @@ class Ticket:
         future = self.waiter.future
         try:
             while not future.done():
-                yield self.status()
+                position, eta = self.status()
+                yield position, eta
                 left = self.deadline - time.monotonic()
                 if left <= 0:
-                    raise QueueTimeout(self.patience, self.status()[0])
+                    raise QueueTimeout(self.patience, position)
+                if eta > left:
+                    # The queue moves slower than first estimated: say so now, not at the
+                    # end of the patience.
+                    raise QueueFull(eta, left, position)
                 await asyncio.wait({future}, timeout=min(1.0, left))
         except BaseException:
             self.abandon()
@@ -130,6 +187,6 @@ class Ticket:
         future = self.waiter.future
         self.capacity.queue.remove(self.waiter)
         if future.done() and not future.cancelled():
-            self.capacity.release(future.result(), "ignore", 0.0)
+            self.capacity.release(future.result(), "ignore", 0.0, self.waiter.key)
         else:
             future.cancel()

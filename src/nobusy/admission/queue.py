@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["FairQueue", "PRIORITIES", "Waiter"]
@@ -52,11 +53,14 @@ class FairQueue:
             if not queue:
                 del keys[waiter.key]
 
-    def pop_for(self, upstream: str) -> Waiter | None:
-        """The next waiter that can use a slot on ``upstream``, in priority and fair order."""
+    def pop_for(self, upstream: str, allowed: Callable[[str], bool] | None = None) -> Waiter | None:
+        """The next waiter that can use a slot on ``upstream`` (and whose key is ``allowed``),
+        in priority and fair order."""
         for priority in PRIORITIES:
             keys = self._classes[priority]
             for key in list(keys):
+                if allowed is not None and not allowed(key):
+                    continue
                 queue = keys[key]
                 for waiter in queue:
                     if upstream in waiter.upstreams and not waiter.future.done():

@@ -19,7 +19,13 @@ from starlette.responses import Response
 
 from nobusy.admission.capacity import Ticket
 from nobusy.admission.limits import estimate_tokens
-from nobusy.errors import InvalidRequest, NobusyError, UpstreamEjected
+from nobusy.errors import (
+    AllUpstreamsFailed,
+    InvalidRequest,
+    NobusyError,
+    UpstreamEjected,
+    UpstreamOverloaded,
+)
 from nobusy.filtering import check_messages, filter_answer, restore_answer
 from nobusy.guard import Hit
 from nobusy.keys import Key
@@ -51,6 +57,9 @@ class _Books:
         self.answer: Answer | None = None
         self.closed = False
         self.key: Key | None = None
+        self.who = ""
+        self.priority = "normal"
+        self.deadline = 0.0
         self.masker: Masker | None = None
         self.estimate = 0
 
@@ -106,19 +115,21 @@ async def chat_completions(request: Request) -> Response:
         if pii.enabled:
             books.masker = Masker(pii.kinds)
             body["messages"] = books.masker.mask_messages(body.get("messages") or [])
-        reservation = router.reserve(chat.model)
+        client = request.client.host if request.client else "unknown"
+        books.who = f"key:{key.id}" if key else f"client:{client}"
+        books.priority = key.priority if key else "normal"
+        default = key.max_wait if key and key.max_wait is not None else None
+        patience = _patience(request, default or state.settings.default_max_wait)
+        books.deadline = time.monotonic() + patience
+        reservation = router.reserve(chat.model, books.who)
         if reservation is None:
-            default = key.max_wait if key and key.max_wait is not None else None
-            patience = _patience(request, default or state.settings.default_max_wait)
-            client = request.client.host if request.client else "unknown"
-            who = f"key:{key.id}" if key else f"client:{client}"
-            ticket = router.enqueue(chat.model, who, key.priority if key else "normal", patience)
+            ticket = router.enqueue(chat.model, books.who, books.priority, patience)
             if chat.stream:
                 events = _queued_stream(ticket, chat, body, books)
                 return EventStreamResponse(events, {"x-nobusy-upstream": "queued"})
             upstream = await ticket.wait()
             books.record.queue_ms = round(ticket.waited * 1000, 3)
-            reservation = router.reservation_for(chat.model, upstream)
+            reservation = router.reservation_for(chat.model, upstream, books.who)
         answer = await _open(books, chat, body, reservation)
     except NobusyError as exc:
         books.failed(exc)
@@ -146,7 +157,21 @@ async def _open(
     books: _Books, chat: ChatRequest, body: dict[str, Any], reservation: Reservation
 ) -> Answer:
     state = books.state
-    answer = await state.router.open(chat.model, body, books.record.request_id, reservation)
+    router = state.router
+    while True:
+        try:
+            answer = await router.open(chat.model, body, books.record.request_id, reservation)
+            break
+        except AllUpstreamsFailed as exc:
+            if not _only_busy(exc) or time.monotonic() >= books.deadline:
+                raise
+            # Every route said "busy" although it had a free slot by our count: its limit
+            # was probing above its real capacity. Wait for a slot again, within the patience.
+            left = books.deadline - time.monotonic()
+            ticket = router.enqueue(chat.model, books.who, books.priority, left)
+            upstream = await ticket.wait()
+            books.record.queue_ms += round(ticket.waited * 1000, 3)
+            reservation = router.reservation_for(chat.model, upstream, books.who)
     if books.masker is not None:
         answer.chunks = restore_answer(answer.chunks, books.masker)
     if state.guard is not None and state.guard.checks_output:
@@ -166,7 +191,8 @@ async def _queued_stream(
             async for position, eta in ticket.updates():
                 yield f": nobusy: queued, position {position}, about {eta:.0f}s\n\n".encode()
             books.record.queue_ms = round(ticket.waited * 1000, 3)
-            reservation = books.state.router.reservation_for(chat.model, ticket.upstream)
+            router = books.state.router
+            reservation = router.reservation_for(chat.model, ticket.upstream, books.who)
             answer = await _open(books, chat, body, reservation)
         except NobusyError as exc:
             books.record.outcome = exc.code or "error"
@@ -177,6 +203,13 @@ async def _queued_stream(
             yield part
     finally:
         books.close()
+
+
+def _only_busy(exc: AllUpstreamsFailed) -> bool:
+    tried = [f for f in exc.failures if not isinstance(f, UpstreamEjected)]
+    return bool(tried) and all(
+        isinstance(f, UpstreamOverloaded) and f.retry_after is None for f in tried
+    )
 
 
 def _patience(request: Request, default: float) -> float:
