@@ -85,7 +85,7 @@ async def test_queue_full_is_refused_at_once() -> None:
     with pytest.raises(QueueFull) as info:
         capacity.enqueue(frozenset({"u"}), "k", "normal", patience=2)
     assert info.value.status_code == 429
-    assert info.value.headers["retry-after"] == "12"  # 10 s, padded by a quarter
+    assert info.value.headers["retry-after"] == "11"  # 10 s, padded by a tenth
     assert capacity.queue.size == 0
 
 

@@ -25,7 +25,7 @@ _ALPHA = 0.2  # smoothing of each upstream's answer time, for wait estimates
 _HEADROOM_SHARE = 0.75
 _ACTIVE = 5.0  # seconds since a key's last request during which it counts as active
 # Estimates are padded: arrivals of higher priority and other keys' turns slow a waiter down.
-_MARGIN = 1.25
+_MARGIN = 1.1
 _RATE_WINDOW = 10.0
 
 
