@@ -74,11 +74,17 @@ class Capacity:
         self.limits[upstream].acquire()
         held = self._held[upstream]
         held[who] = held.get(who, 0) + 1
+        self._grants[upstream].append(time.monotonic())
+        self._recent_grants(upstream)
+
+    def _recent_grants(self, upstream: str) -> int:
+        # Timestamps arrive in order: dropping the old ones from the left and counting the
+        # rest is O(1) amortised, where rescanning the window cost a pass per waiter per second.
         grants = self._grants[upstream]
-        now = time.monotonic()
-        grants.append(now)
-        while grants[0] < now - _RATE_WINDOW:
+        horizon = time.monotonic() - _RATE_WINDOW
+        while grants and grants[0] < horizon:
             grants.popleft()
+        return len(grants)
 
     def release(self, upstream: str, outcome: str, seconds: float, who: str = "") -> None:
         """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
@@ -105,8 +111,7 @@ class Capacity:
         per_slot = sum(self.service[n] * self.limits[n].current for n in names) / slots
         little = position * per_slot / slots
         # The rate slots were actually handed out lately: under overload it is the truth.
-        now = time.monotonic()
-        granted = sum(sum(1 for t in self._grants[n] if t > now - _RATE_WINDOW) for n in names)
+        granted = sum(self._recent_grants(n) for n in names)
         drained = position / (granted / _RATE_WINDOW) if granted >= 5 else 0.0
         return max(little, drained) * _MARGIN
 
