@@ -38,6 +38,7 @@ llama.cpp) into these at their boundary; routing and the HTTP layer see only thi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -221,8 +222,8 @@ class QueueFull(ClientError):
         super().__init__(
             f"All upstreams for this model are at capacity: you would be number {position} in "
             f"the queue, about {eta:.0f}s, more than your patience of {patience:.0f}s. "
-            f"Retry after {max(1, round(eta))}s or raise x-nobusy-max-wait.",
-            headers={"retry-after": str(max(1, round(eta)))},
+            f"Retry after {max(1, math.ceil(eta))}s or raise x-nobusy-max-wait.",
+            headers={"retry-after": str(max(1, math.ceil(eta)))},
         )
 
 

@@ -72,6 +72,7 @@ class Attempt:
         self.ended = False
         self.who = who
         self.capacity = router.capacity
+        self.sent = router.capacity.load(route.upstream)  # our load when this was sent
         self.health.in_flight += 1
         self.health.attempts += 1
         self.health.circuit.begin()
@@ -143,7 +144,7 @@ class Attempt:
         self.ended = True
         self.health.in_flight -= 1
         self.capacity.release(
-            self.route.upstream, outcome, time.perf_counter() - self.started, self.who
+            self.route.upstream, outcome, time.perf_counter() - self.started, self.who, self.sent
         )
         return True
 
@@ -239,9 +240,10 @@ class Router:
     def usable(self, upstream: str) -> bool:
         return self.health[upstream].circuit.available()
 
-    def reserve(self, alias: str, who: str = "") -> Reservation | None:
+    def reserve(self, alias: str, who: str = "", priority: str = "normal") -> Reservation | None:
         """Take a slot on the first usable route with room (overflow routes last), or None."""
         spec = self.alias(alias)
+        self.capacity.note(who, priority)
         failures: list[UpstreamError] = []
         usable: list[Route] = []
         for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
@@ -256,14 +258,16 @@ class Router:
             raise AllUpstreamsFailed(alias, failures)
         return None
 
-    def enqueue(self, alias: str, key: str, priority: str, patience: float) -> Ticket:
+    def enqueue(
+        self, alias: str, key: str, priority: str, patience: float, front: bool = False
+    ) -> Ticket:
         """Wait for a slot on any usable route of the alias (QueueFull if it would take long)."""
         spec = self.alias(alias)
         upstreams = frozenset(
             r.upstream for r in (*spec.routes, *spec.overflow) if self.usable(r.upstream)
         )
         return self.capacity.enqueue(
-            upstreams or frozenset(self.upstreams), key, priority, patience
+            upstreams or frozenset(self.upstreams), key, priority, patience, front
         )
 
     def reservation_for(self, alias: str, upstream: str, who: str = "") -> Reservation:

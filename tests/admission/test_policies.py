@@ -14,15 +14,31 @@ from nobusy.errors import QueueFull, QueueTimeout
 
 def test_aimd_backs_off_on_overload_and_climbs_back_when_busy() -> None:
     limit = AIMDLimit.for_upstream(max_concurrency=20, initial=10)
-    limit.acquire()
-    limit.release("overload")
-    assert limit.current == 9  # ×0.9
-    for _ in range(200):  # busy: at least half the slots in use
+    for _ in range(10):
+        limit.acquire()
+    limit.release("overload", (10, 0))
+    assert limit.current == 9  # refused at 10 in flight: it holds at most 9
+    for _ in range(9):
+        limit.release("ok")
+    for _ in range(300):  # busy: at least half the slots in use
         for _ in range(limit.current):
             limit.acquire()
         for _ in range(limit.current):
             limit.release("ok")
     assert limit.current == 20  # capped at the ceiling
+
+
+def test_a_refusal_drops_the_limit_to_what_the_upstream_held_once() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=32)
+    sent = []
+    for _ in range(8):
+        limit.acquire()
+        sent.append(limit.load())
+    limit.release("overload", sent[4])  # the fifth was refused: four fit
+    assert limit.current == 4
+    for later in sent[5:]:  # sent under the old limit: counted, not decreased again
+        limit.release("overload", later)
+    assert limit.current == 4 and limit.drops == 4
 
 
 def test_aimd_does_not_grow_while_idle() -> None:
@@ -115,13 +131,56 @@ async def test_alone_a_key_may_use_every_slot() -> None:
     assert [capacity.try_take("u", "only") for _ in range(4)] == [True] * 4
 
 
-def test_aimd_probes_slowly_near_the_limit_that_failed() -> None:
-    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=4)
-    limit.acquire()
-    limit.release("overload")  # busy at 4: back to 3.6, and 4 is remembered
-    before = limit.limit
-    for _ in range(limit.current):
-        limit.acquire()
-    for _ in range(limit.current):
-        limit.release("ok")
-    assert limit.limit - before < 3 * 0.2 / before + 1e-9  # slow steps near 4
+def _oks_until_probe(limit: AIMDLimit, level: int) -> int:
+    """Successful answers at the working limit until it reaches ``level`` again."""
+    oks = 0
+    while limit.current < level:
+        for _ in range(limit.current):
+            limit.acquire()
+        for _ in range(limit.current):
+            limit.release("ok", (limit.in_flight, limit.epoch))
+            oks += 1
+    return oks
+
+
+def test_aimd_probes_more_slowly_each_time_a_level_is_refused() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=8)
+    gaps = []
+    for _ in range(4):
+        for _ in range(5):
+            limit.acquire()
+        limit.release("overload", (5, limit.epoch))  # five are refused: back to four
+        for _ in range(4):
+            limit.release("ignore")
+        assert limit.current == 4
+        gaps.append(_oks_until_probe(limit, 5))
+    assert all(b >= 1.8 * a for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+
+
+async def test_a_flooding_key_leaves_a_slot_for_each_quiet_peer() -> None:
+    capacity = Capacity({"u": 4}, initial=4)
+    for peer in ("n1", "n2", "n3"):
+        capacity.note(peer)
+    capacity.note("flood")
+    assert capacity.try_take("u", "flood")  # its fair share: one of four
+    assert not capacity.try_take("u", "flood")  # three free, one kept for each peer
+    assert [capacity.try_take("u", p) for p in ("n1", "n2", "n3")] == [True] * 3
+    capacity.note("vip", "high")
+    assert capacity.try_take("u", "n1") is False  # full: nothing is pre-empted
+
+
+async def test_higher_classes_slow_the_estimate_of_lower_ones() -> None:
+    capacity = Capacity({"u": 2}, initial=2)
+    capacity.service["u"] = 1.0  # two slots, one second each: two answers a second
+    assert capacity.try_take("u") and capacity.try_take("u")
+    normal = capacity.enqueue(frozenset({"u"}), "n", "normal", patience=60)
+    _, alone = normal.status()
+    # Lately, half of every slot went to high priority.
+    now = asyncio.get_running_loop().time()
+    grants = capacity._grants["u"]
+    grants.clear()
+    for i in range(20):
+        grants.append((now - 9 + i * 0.45, 0 if i % 2 else 1))
+    _, shared = normal.status()
+    assert shared > 1.8 * alone
+    normal.abandon()

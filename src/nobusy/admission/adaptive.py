@@ -1,17 +1,31 @@
 """An upstream's concurrency limit, found by AIMD as in Netflix's concurrency-limits.
 
 The limit grows by about one for every ``limit`` successful answers while the upstream is
-actually used (at least half full), and shrinks ×0.9 when it answers 429/503/529 or times out
+actually used (at least half full), and shrinks when it answers 429/503/529 or times out
 before its first token. ``max_concurrency`` from the config is the ceiling; without one nobusy
 starts at ``initial`` and climbs. For LLMs, whole-request latency depends on answer length, so
 only overload answers and first-token timeouts count as drops (RESILIENCE.md).
+
+Two refinements over plain AIMD, both found by the admission benchmark:
+
+* A refusal says more than "too many": the upstream refused while ``n`` of our requests were
+  in flight (counting the refused one), so it holds at most ``n - 1`` of ours. The limit drops
+  to that at once (or ×0.9 if that is lower), instead of ×0.9 per refusal while a burst keeps
+  hitting the wall. Refusals of requests sent before the last decrease are counted but do not
+  decrease again: they were sent under the old limit (TCP's once-per-window rule).
+* Probing above the level that was refused gets exponentially slower each time it is refused
+  again, so a stable upstream stops paying a refused request every few dozen answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AIMDLimit"]
+__all__ = ["AIMDLimit", "Load"]
+
+Load = tuple[int, int]  # (our requests in flight when one was sent, including it; epoch then)
+
+_MAX_PROBE_BACKOFF = 6  # at most 2**6 times slower probing near a refused level
 
 
 @dataclass
@@ -24,7 +38,9 @@ class AIMDLimit:
     backoff: float = 0.9
     in_flight: int = 0
     drops: int = 0
-    last_drop: float = float("inf")  # the limit at which the upstream last said "busy"
+    last_drop: float = float("inf")  # in flight (ours) when the upstream last said "busy"
+    epoch: int = 0  # decreases so far: a refusal of a request sent before one is old news
+    refused_probes: int = 0  # refusals in a row at the level of ``last_drop``
 
     @classmethod
     def for_upstream(cls, max_concurrency: int | None, initial: int = 32) -> AIMDLimit:
@@ -41,15 +57,33 @@ class AIMDLimit:
     def acquire(self) -> None:
         self.in_flight += 1
 
-    def release(self, outcome: str) -> None:
-        """``ok``, ``overload`` (429/503/529, first-token timeout) or ``ignore``."""
+    def load(self) -> Load:
+        """What a request sent now should report back on release."""
+        return self.in_flight, self.epoch
+
+    def release(self, outcome: str, sent: Load | None = None) -> None:
+        """``ok``, ``overload`` (429/503/529, first-token timeout) or ``ignore``; ``sent`` is
+        the ``load()`` read when the request was sent."""
+        in_flight, epoch = sent if sent is not None else (self.in_flight, self.epoch)
         self.in_flight -= 1
         if outcome == "overload":
             self.drops += 1
-            self.last_drop = self.limit
-            self.limit = max(self.floor, self.limit * self.backoff)
+            if epoch < self.epoch:
+                return
+            self.epoch += 1
+            repeated = in_flight >= self.last_drop
+            self.refused_probes = self.refused_probes + 1 if repeated else 1
+            self.last_drop = float(in_flight)
+            self.limit = max(self.floor, min(self.limit * self.backoff, in_flight - 1.0))
         elif outcome == "ok" and self.in_flight + 1 >= self.current / 2:
-            # Near the limit that failed last time, probe five times more slowly: each step
-            # past the real capacity costs a request a "busy" answer.
-            step = 1.0 if self.limit + 1 < self.last_drop else 0.2
+            step = 1.0
+            if self.limit >= self.last_drop + 1:
+                # The refused level has held a while: the upstream has grown.
+                self.last_drop, self.refused_probes = float("inf"), 0
+            elif self.limit + 1 >= self.last_drop:
+                # Each step past the real capacity costs a request a "busy" answer: near the
+                # refused level, probe more slowly each time the probe was refused. (An answer
+                # at that level proves little: by our count it had company that the upstream
+                # may already have finished.)
+                step = 0.5 ** min(self.refused_probes, _MAX_PROBE_BACKOFF)
             self.limit = min(self.ceiling, self.limit + step / self.limit)

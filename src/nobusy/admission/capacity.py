@@ -4,6 +4,11 @@ Every attempt holds a slot on its upstream for as long as it runs; the number of
 upstream's adaptive limit. A freed slot goes straight to the next waiter that can use it, so
 the queue drains at the speed the upstreams really answer, and nobody pushes an upstream past
 the limit it has shown.
+
+Within a priority class, a key beyond its fair share of an upstream's slots leaves one slot
+free for each other active key of the class below its share: no request is pre-empted once
+running, so this free slot is what keeps a flooding key from making the others wait at all.
+Across classes there is no such reserve: higher classes are simply served first.
 """
 
 from __future__ import annotations
@@ -13,20 +18,21 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from nobusy.admission.adaptive import AIMDLimit
-from nobusy.admission.queue import FairQueue, Waiter
+from nobusy.admission.adaptive import AIMDLimit, Load
+from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
 from nobusy.errors import QueueFull, QueueTimeout
 
 __all__ = ["Capacity", "Ticket"]
 
 _ALPHA = 0.2  # smoothing of each upstream's answer time, for wait estimates
-# While other keys are active, one key may hold at most this share of an upstream's slots:
-# the rest stay free for the others, so a flooding key cannot make them wait for a slot.
-_HEADROOM_SHARE = 0.75
 _ACTIVE = 5.0  # seconds since a key's last request during which it counts as active
-# Estimates are padded: arrivals of higher priority and other keys' turns slow a waiter down.
-_MARGIN = 1.1
-_RATE_WINDOW = 10.0
+# A new waiter is refused when its estimate, padded by _MARGIN, exceeds its patience; a waiter
+# already queued only once the estimate exceeds what is left of it by _HOPELESS (and a second).
+_MARGIN = 1.03
+_HOPELESS = 1.15
+_RATE_WINDOW = 10.0  # seconds of grants that measure how fast the queue drains
+_MIN_SPAN = 1.0  # below this much backlog, Little's law over the limits is the better guess
+_MIN_GRANTS = 5
 
 
 class Capacity:
@@ -40,56 +46,91 @@ class Capacity:
         self.queue = FairQueue()
         self.service: dict[str, float] = dict.fromkeys(max_concurrency, 1.0)
         self._held: dict[str, dict[str, int]] = {name: {} for name in max_concurrency}
-        self._seen: dict[str, float] = {}
-        self._grants: dict[str, deque[float]] = {name: deque() for name in max_concurrency}
+        self._seen: dict[str, tuple[float, str]] = {}  # key -> (last request, priority)
+        # (time, priority index) of every slot handed out lately, oldest first.
+        self._grants: dict[str, deque[tuple[float, int]]] = {
+            name: deque() for name in max_concurrency
+        }
 
-    def try_take(self, upstream: str, who: str = "") -> bool:
-        """Take a slot if the upstream has room and ``who`` is within its share."""
-        self._note(who)
-        limit = self.limits[upstream]
-        if not limit.has_room() or not self._within_share(upstream, who):
-            return False
-        self._grant(upstream, who)
-        return True
+    # --- who is asking ---------------------------------------------------------------------
 
-    def _note(self, who: str) -> None:
+    def note(self, who: str, priority: str = "normal") -> None:
+        """``who`` (a key, or a client address) is asking now, in class ``priority``."""
         if not who:
             return
         now = time.monotonic()
-        self._seen[who] = now
+        self._seen[who] = (now, priority)
         if len(self._seen) > 4096:  # forget keys idle for long; bounded memory
-            self._seen = {k: t for k, t in self._seen.items() if now - t < _ACTIVE}
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < _ACTIVE}
+
+    def _priority(self, who: str) -> str:
+        seen = self._seen.get(who)
+        return seen[1] if seen is not None else "normal"
+
+    def _peers(self, who: str) -> list[str]:
+        """Other keys of ``who``'s class that asked for something lately."""
+        seen = self._seen.get(who)
+        if seen is None:
+            return []
+        now, priority = time.monotonic(), seen[1]
+        return [
+            k
+            for k, (t, p) in self._seen.items()
+            if k != who and p == priority and now - t < _ACTIVE
+        ]
 
     def _within_share(self, upstream: str, who: str) -> bool:
+        """May ``who`` take one more slot on ``upstream`` without making a peer wait?"""
         if not who:
             return True
-        now = time.monotonic()
-        others = any(k != who and now - t < _ACTIVE for k, t in self._seen.items())
-        if not others:
+        peers = self._peers(who)
+        if not peers:
             return True
-        share = max(1, int(self.limits[upstream].current * _HEADROOM_SHARE))
-        return self._held[upstream].get(who, 0) < share
+        limit = self.limits[upstream]
+        share = max(1, limit.current // (len(peers) + 1))
+        held = self._held[upstream]
+        if held.get(who, 0) < share:
+            return True
+        reserve = sum(1 for k in peers if held.get(k, 0) < share)
+        return limit.current - limit.in_flight - 1 >= reserve
 
-    def _grant(self, upstream: str, who: str) -> None:
+    # --- slots -----------------------------------------------------------------------------
+
+    def try_take(self, upstream: str, who: str = "") -> bool:
+        """Take a slot if the upstream has room and ``who`` is within its share."""
+        if who:
+            self.note(who, self._priority(who))
+        limit = self.limits[upstream]
+        if not limit.has_room() or not self._within_share(upstream, who):
+            return False
+        self._grant(upstream, who, self._priority(who))
+        return True
+
+    def load(self, upstream: str) -> Load:
+        """Read when a request is sent on a slot, handed back on release."""
+        return self.limits[upstream].load()
+
+    def _grant(self, upstream: str, who: str, priority: str) -> None:
         self.limits[upstream].acquire()
         held = self._held[upstream]
         held[who] = held.get(who, 0) + 1
-        self._grants[upstream].append(time.monotonic())
-        self._recent_grants(upstream)
-
-    def _recent_grants(self, upstream: str) -> int:
-        # Timestamps arrive in order: dropping the old ones from the left and counting the
-        # rest is O(1) amortised, where rescanning the window cost a pass per waiter per second.
         grants = self._grants[upstream]
-        horizon = time.monotonic() - _RATE_WINDOW
-        while grants and grants[0] < horizon:
+        now = time.monotonic()
+        grants.append((now, PRIORITIES.index(priority)))
+        # Timestamps arrive in order: dropping the old ones from the left is O(1) amortised.
+        while grants and grants[0][0] < now - _RATE_WINDOW:
             grants.popleft()
-        return len(grants)
 
-    def release(self, upstream: str, outcome: str, seconds: float, who: str = "") -> None:
+    def release(
+        self,
+        upstream: str,
+        outcome: str,
+        seconds: float,
+        who: str = "",
+        sent: Load | None = None,
+    ) -> None:
         """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
-        limit = self.limits[upstream]
-        limit.release(outcome)
+        self.limits[upstream].release(outcome, sent)
         held = self._held[upstream]
         if held.get(who, 0) > 1:
             held[who] -= 1
@@ -97,36 +138,86 @@ class Capacity:
             held.pop(who, None)
         if outcome == "ok":
             self.service[upstream] += _ALPHA * (seconds - self.service[upstream])
+        self._hand_over(upstream)
+
+    def dispatch(self, upstreams: Iterable[str]) -> None:
+        """Hand free slots to waiters allowed them now (a key's peers may have gone quiet)."""
+        for upstream in upstreams:
+            self._hand_over(upstream)
+
+    def _hand_over(self, upstream: str) -> None:
+        limit = self.limits[upstream]
         while limit.has_room():
             waiter = self.queue.pop_for(upstream, lambda k: self._within_share(upstream, k))
             if waiter is None:
                 return
-            self._grant(upstream, waiter.key)
+            self._grant(upstream, waiter.key, waiter.priority)
             waiter.future.set_result(upstream)
 
-    def estimate(self, position: int, upstreams: Iterable[str]) -> float:
-        """Seconds until the ``position``-th waiter is served (Little's law over the routes)."""
+    # --- waiting ---------------------------------------------------------------------------
+
+    def _drain(self, upstreams: Iterable[str], rank: int) -> tuple[float, float]:
+        """Slots handed out per second on ``upstreams``: in all, and to classes above ``rank``.
+
+        While the queue has been backlogged for a while, the grants since the backlog began
+        are the truth about the drain rate; before that, Little's law over the limits and
+        answer times is the better guess."""
         names = list(upstreams)
-        slots = sum(self.limits[n].current for n in names) or 1
-        per_slot = sum(self.service[n] * self.limits[n].current for n in names) / slots
-        little = position * per_slot / slots
-        # The rate slots were actually handed out lately: under overload it is the truth.
-        granted = sum(self._recent_grants(n) for n in names)
-        drained = position / (granted / _RATE_WINDOW) if granted >= 5 else 0.0
-        return max(little, drained) * _MARGIN
+        now = time.monotonic()
+        span = min(_RATE_WINDOW, now - self.queue.since) if self.queue.size else 0.0
+        if span < _MIN_SPAN:
+            span = _RATE_WINDOW
+            total = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
+            counted = False
+        else:
+            total, counted = 0.0, True
+        higher = 0
+        seen = 0
+        for name in names:
+            for t, cls in reversed(self._grants[name]):
+                if t < now - span:
+                    break
+                seen += 1
+                higher += cls < rank
+        if counted and seen < _MIN_GRANTS:
+            total = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
+        elif counted:
+            total = seen / span
+        return total, higher / span
+
+    def estimate(self, waiter: Waiter, position: int) -> float:
+        """Seconds until ``waiter`` at ``position`` is served.
+
+        Its class drains at the total rate less what higher classes take; a key beyond its
+        fair share among active peers drains at its share's pace."""
+        total, higher = self._drain(waiter.upstreams, PRIORITIES.index(waiter.priority))
+        rate = max(total - higher, total * 0.05, 1e-3)
+        eta = position / rate
+        peers = self._peers(waiter.key)
+        if peers:
+            slots = sum(self.limits[n].current for n in waiter.upstreams) or 1
+            share = max(1, slots // (len(peers) + 1))
+            eta = max(eta, (self.queue.rank(waiter) + 1) / (rate * share / slots))
+        return eta
 
     def enqueue(
-        self, upstreams: frozenset[str], key: str, priority: str, patience: float
+        self,
+        upstreams: frozenset[str],
+        key: str,
+        priority: str,
+        patience: float,
+        front: bool = False,
     ) -> Ticket:
-        """Join the queue, or raise QueueFull at once if the wait would exceed ``patience``."""
-        self._note(key)
+        """Join the queue (``front``: see ``FairQueue.push``), or raise QueueFull at once if
+        the wait would exceed ``patience``."""
+        self.note(key, priority)
         waiter = Waiter(key, priority, upstreams)
-        self.queue.push(waiter)
+        self.queue.push(waiter, front)
         ticket = Ticket(self, waiter, patience)
         position, eta = ticket.status()
-        if eta > patience:
+        if eta * _MARGIN > patience:
             self.queue.remove(waiter)
-            raise QueueFull(eta, patience, position)
+            raise QueueFull(eta * _MARGIN, patience, position)
         return ticket
 
     def snapshot(self) -> dict[str, dict[str, float]]:
@@ -153,7 +244,7 @@ class Ticket:
 
     def status(self) -> tuple[int, float]:
         position = self.capacity.queue.position(self.waiter)
-        return position, self.capacity.estimate(position, self.waiter.upstreams)
+        return position, self.capacity.estimate(self.waiter, position)
 
     async def updates(self) -> AsyncIterator[tuple[int, float]]:
         """(position, estimated seconds) now and every second until a slot is granted."""
@@ -165,11 +256,15 @@ class Ticket:
                 left = self.deadline - time.monotonic()
                 if left <= 0:
                     raise QueueTimeout(self.patience, position)
-                if eta > left:
-                    # The queue moves slower than first estimated: say so now, not at the
-                    # end of the patience.
+                if eta > left * _HOPELESS + 1.0:
+                    # The queue moves clearly slower than first estimated: say so now, not at
+                    # the end of the patience. (Only clearly: an estimate wobbles by a few
+                    # percent, and a waiter admitted near the edge of its patience would be
+                    # refused for the wobble, seconds after it was admitted.)
                     raise QueueFull(eta, left, position)
                 await asyncio.wait({future}, timeout=min(1.0, left))
+                if not future.done():
+                    self.capacity.dispatch(self.waiter.upstreams)
         except BaseException:
             self.abandon()
             raise

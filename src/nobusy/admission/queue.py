@@ -9,6 +9,7 @@ told (and rejected at once when the estimate already exceeds its patience).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,10 +39,21 @@ class FairQueue:
             p: OrderedDict() for p in PRIORITIES
         }
         self.size = 0
+        # When the queue last became non-empty: grants since then show how fast it drains.
+        self.since = time.monotonic()
 
-    def push(self, waiter: Waiter) -> None:
+    def push(self, waiter: Waiter, front: bool = False) -> None:
+        """Join at the back; ``front`` puts a waiter that already had its turn (and lost it
+        to an upstream that was busy after all) first in its class."""
         keys = self._classes[waiter.priority]
-        keys.setdefault(waiter.key, deque()).append(waiter)
+        mine = keys.setdefault(waiter.key, deque())
+        if front:
+            mine.appendleft(waiter)
+            keys.move_to_end(waiter.key, last=False)
+        else:
+            mine.append(waiter)
+        if not self.size:
+            self.since = time.monotonic()
         self.size += 1
 
     def remove(self, waiter: Waiter) -> None:
@@ -73,6 +85,11 @@ class FairQueue:
                             del keys[key]
                         return waiter
         return None
+
+    def rank(self, waiter: Waiter) -> int:
+        """How many of its own key's requests are ahead of ``waiter`` (0 = its key's next)."""
+        mine = self._classes[waiter.priority].get(waiter.key)
+        return mine.index(waiter) if mine and waiter in mine else 0
 
     def position(self, waiter: Waiter) -> int:
         """How many waiters would be served first, counting round robin turns (1 = next)."""

@@ -23,6 +23,7 @@ from nobusy.errors import (
     AllUpstreamsFailed,
     InvalidRequest,
     NobusyError,
+    QueueTimeout,
     UpstreamEjected,
     UpstreamOverloaded,
 )
@@ -60,6 +61,7 @@ class _Books:
         self.who = ""
         self.priority = "normal"
         self.deadline = 0.0
+        self.started_at = 0.0
         self.masker: Masker | None = None
         self.estimate = 0
 
@@ -120,8 +122,9 @@ async def chat_completions(request: Request) -> Response:
         books.priority = key.priority if key else "normal"
         default = key.max_wait if key and key.max_wait is not None else None
         patience = _patience(request, default or state.settings.default_max_wait)
-        books.deadline = time.monotonic() + patience
-        reservation = router.reserve(chat.model, books.who)
+        books.started_at = time.monotonic()
+        books.deadline = books.started_at + patience
+        reservation = router.reserve(chat.model, books.who, books.priority)
         if reservation is None:
             ticket = router.enqueue(chat.model, books.who, books.priority, patience)
             if chat.stream:
@@ -163,12 +166,16 @@ async def _open(
             answer = await router.open(chat.model, body, books.record.request_id, reservation)
             break
         except AllUpstreamsFailed as exc:
-            if not _only_busy(exc) or time.monotonic() >= books.deadline:
+            if not _only_busy(exc):
                 raise
             # Every route said "busy" although it had a free slot by our count: its limit
-            # was probing above its real capacity. Wait for a slot again, within the patience.
+            # was probing above its real capacity. Wait for the next slot (first in line: this
+            # request already had its turn), within the patience;
+            # with none left, the honest answer is the queue's 429, not a 503.
             left = books.deadline - time.monotonic()
-            ticket = router.enqueue(chat.model, books.who, books.priority, left)
+            if left <= 0:
+                raise QueueTimeout(books.deadline - books.started_at, 1) from None
+            ticket = router.enqueue(chat.model, books.who, books.priority, left, front=True)
             upstream = await ticket.wait()
             books.record.queue_ms += round(ticket.waited * 1000, 3)
             reservation = router.reservation_for(chat.model, upstream, books.who)
