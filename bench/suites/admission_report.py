@@ -325,6 +325,18 @@ def goals(result: Result) -> list[Goal]:
             "errors",
         ),
         at_most(
+            "Burst 3×, no max_concurrency: upstream calls rejected",
+            _pct(_get(adaptive, "upstream_rejected_share")),
+            5,
+            "%",
+        ),
+        at_least(
+            "Burst 3×, no max_concurrency: goodput of capacity",
+            _pct(_get(adaptive, "goodput_share")),
+            95,
+            "%",
+        ),
+        at_most(
             "Sustained 5×: rejection latency p99 (every 429, at once or after waiting)",
             _get(sustained, "all", "all_rejections_ms", "p99"),
             50,

@@ -70,6 +70,7 @@ class Attempt:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.ended = False
+        self.news = False  # an overload that brought the adaptive limit down
         self.who = who
         self.capacity = router.capacity
         self.sent = router.capacity.load(route.upstream)  # our load when this was sent
@@ -120,10 +121,14 @@ class Attempt:
             circuit.success()  # the upstream is fine; the request was not
             return
         self.health.note_failure(exc.message)
-        if isinstance(exc, UpstreamOverloaded) and exc.retry_after is None and not alone:
-            # "Busy" while others are being served is a statement about capacity: the
-            # adaptive limit learns from it. Ejecting the upstream for it would turn a short
-            # overload into 30 s of failures for everyone (found by the admission benchmark).
+        busy = isinstance(exc, UpstreamOverloaded) and exc.retry_after is None
+        floor = self.capacity.at_floor(self.route.upstream)
+        if busy and not (alone or self.news or floor):
+            # "Busy" for a request sent under a higher limit, while others are served, is a
+            # statement about capacity the limit has already learned. Ejecting the upstream
+            # for it would turn one burst into 30 s of failures for everyone (found by the
+            # admission benchmark). "Busy" again at the lowered limit, or at a limit of one,
+            # counts: an upstream that keeps refusing however little it is sent is broken.
             return
         circuit.failure(
             exc.message,
@@ -143,7 +148,7 @@ class Attempt:
             return False
         self.ended = True
         self.health.in_flight -= 1
-        self.capacity.release(
+        self.news = self.capacity.release(
             self.route.upstream, outcome, time.perf_counter() - self.started, self.who, self.sent
         )
         return True

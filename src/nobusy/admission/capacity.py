@@ -106,6 +106,11 @@ class Capacity:
         self._grant(upstream, who, self._priority(who))
         return True
 
+    def at_floor(self, upstream: str) -> bool:
+        """The upstream's limit cannot come down further: "busy" now means broken."""
+        limit = self.limits[upstream]
+        return limit.current <= limit.floor
+
     def load(self, upstream: str) -> Load:
         """Read when a request is sent on a slot, handed back on release."""
         return self.limits[upstream].load()
@@ -128,9 +133,10 @@ class Capacity:
         seconds: float,
         who: str = "",
         sent: Load | None = None,
-    ) -> None:
-        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
-        self.limits[upstream].release(outcome, sent)
+    ) -> bool:
+        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter; True when
+        an overload brought the limit down (see ``AIMDLimit.release``)."""
+        news = self.limits[upstream].release(outcome, sent)
         held = self._held[upstream]
         if held.get(who, 0) > 1:
             held[who] -= 1
@@ -139,6 +145,7 @@ class Capacity:
         if outcome == "ok":
             self.service[upstream] += _ALPHA * (seconds - self.service[upstream])
         self._hand_over(upstream)
+        return news
 
     def dispatch(self, upstreams: Iterable[str]) -> None:
         """Hand free slots to waiters allowed them now (a key's peers may have gone quiet)."""
