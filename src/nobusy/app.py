@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from nobusy.admission.limits import KeyLimits, Limits, SharedKeyLimits
+from nobusy.admission.shared import SharedSlots
 from nobusy.api import admin, health
 from nobusy.api import keys as keys_api
 from nobusy.api.chat import chat_completions
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> Starlette:
             start = getattr(upstream, "start", None)
             if start is not None:
                 await start()
+        shared, pump = _share_ceilings(settings, router)
         prober = Prober(router)
         prober.start()
         pruning = asyncio.create_task(_prune_audit(audit)) if audit is not None else None
@@ -69,6 +71,12 @@ def create_app(settings: Settings) -> Starlette:
             yield {USAGE_LOG: usage_log}  # lifespan state: CommittedAnswers finds it there
         finally:
             await prober.stop()
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+            if shared is not None:
+                shared.close()
             if pruning is not None:
                 pruning.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +136,22 @@ async def _prune_audit(audit: AuditLog) -> None:
             if removed:
                 log.info("pruned %d audit rows past retention", removed)
         await asyncio.sleep(6 * 3600)
+
+
+def _share_ceilings(
+    settings: Settings, router: Router
+) -> tuple[SharedSlots | None, asyncio.Task[None] | None]:
+    """With several workers, count upstream ceilings together across the processes."""
+    ceilings = {
+        name: spec.max_concurrency
+        for name, spec in settings.upstreams.items()
+        if spec.max_concurrency is not None
+    }
+    if settings.workers <= 1 or not ceilings:
+        return None, None
+    shared = SharedSlots(settings.data_dir, ceilings)
+    router.capacity.share(shared)
+    return shared, asyncio.create_task(router.capacity.pump())
 
 
 def _open_audit(settings: Settings) -> AuditLog | None:

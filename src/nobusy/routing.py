@@ -207,17 +207,11 @@ class Router:
             for name, spec in settings.upstreams.items()
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
-        # With several worker processes each gets its share of every upstream's ceiling, so
-        # together they never exceed max_concurrency (each still adapts below its share).
-        workers = settings.workers
+        # With several worker processes the ceilings are counted together across them (the
+        # app shares them at start-up: admission/shared.py); each still adapts its own limit.
         self.capacity = Capacity(
-            {
-                name: None
-                if spec.max_concurrency is None
-                else max(1, -(-spec.max_concurrency // workers))
-                for name, spec in settings.upstreams.items()
-            },
-            max(1, settings.initial_concurrency // workers),
+            {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
+            max(1, settings.initial_concurrency // settings.workers),
         )
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)

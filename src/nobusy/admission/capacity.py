@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 from nobusy.admission.adaptive import AIMDLimit, Load
 from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
+from nobusy.admission.shared import SharedSlots
 from nobusy.errors import QueueFull, QueueTimeout
 
 __all__ = ["Capacity", "Ticket"]
@@ -33,6 +34,7 @@ _HOPELESS = 1.15
 _RATE_WINDOW = 10.0  # seconds of grants that measure how fast the queue drains
 _MIN_SPAN = 1.0  # below this much backlog, Little's law over the limits is the better guess
 _MIN_GRANTS = 5
+_PUMP_EVERY = 0.02  # seconds: how soon a slot another worker freed reaches this one's queue
 
 
 class Capacity:
@@ -51,6 +53,27 @@ class Capacity:
         self._grants: dict[str, deque[tuple[float, int]]] = {
             name: deque() for name in max_concurrency
         }
+        self.shared: SharedSlots | None = None
+
+    def share(self, shared: SharedSlots) -> None:
+        """Count slots on ``shared.ceilings``' upstreams with the other worker processes."""
+        self.shared = shared
+
+    async def pump(self) -> None:
+        """With shared ceilings: hand slots freed by other workers to this one's waiters."""
+        while True:
+            await asyncio.sleep(_PUMP_EVERY)
+            if self.shared is not None and self.queue.size:
+                self.dispatch(self.shared.ceilings)
+
+    def _shared_take(self, upstream: str) -> bool:
+        shared = self.shared
+        return shared is None or upstream not in shared.ceilings or shared.take(upstream)
+
+    def _shared_give_back(self, upstream: str) -> None:
+        shared = self.shared
+        if shared is not None and upstream in shared.ceilings:
+            shared.give_back(upstream)
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -103,6 +126,8 @@ class Capacity:
         limit = self.limits[upstream]
         if not limit.has_room() or not self._within_share(upstream, who):
             return False
+        if not self._shared_take(upstream):
+            return False
         self._grant(upstream, who, self._priority(who))
         return True
 
@@ -137,6 +162,7 @@ class Capacity:
         """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter; True when
         an overload brought the limit down (see ``AIMDLimit.release``)."""
         news = self.limits[upstream].release(outcome, sent)
+        self._shared_give_back(upstream)
         held = self._held[upstream]
         if held.get(who, 0) > 1:
             held[who] -= 1
@@ -154,9 +180,12 @@ class Capacity:
 
     def _hand_over(self, upstream: str) -> None:
         limit = self.limits[upstream]
-        while limit.has_room():
+        while self.queue.size and limit.has_room():
+            if not self._shared_take(upstream):
+                return  # other workers hold the rest: the pump retries
             waiter = self.queue.pop_for(upstream, lambda k: self._within_share(upstream, k))
             if waiter is None:
+                self._shared_give_back(upstream)
                 return
             self._grant(upstream, waiter.key, waiter.priority)
             waiter.future.set_result(upstream)
@@ -228,15 +257,18 @@ class Capacity:
         return ticket
 
     def snapshot(self) -> dict[str, dict[str, float]]:
-        return {
-            name: {
+        views: dict[str, dict[str, float]] = {}
+        for name, limit in self.limits.items():
+            view = {
                 "limit": limit.current,
                 "in_flight": limit.in_flight,
                 "drops": limit.drops,
                 "ceiling": limit.ceiling,
             }
-            for name, limit in self.limits.items()
-        }
+            if self.shared is not None and name in self.shared.ceilings:
+                view["in_flight_all_workers"] = self.shared.held(name)
+            views[name] = view
+        return views
 
 
 class Ticket:
