@@ -200,26 +200,19 @@ class Capacity:
         answer times is the better guess."""
         names = list(upstreams)
         now = time.monotonic()
-        span = min(_RATE_WINDOW, now - self.queue.since) if self.queue.size else 0.0
-        if span < _MIN_SPAN:
-            span = _RATE_WINDOW
-            total = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
-            counted = False
-        else:
-            total, counted = 0.0, True
-        higher = 0
-        seen = 0
+        backlog = min(_RATE_WINDOW, now - self.queue.since) if self.queue.size else 0.0
+        span = backlog if backlog >= _MIN_SPAN else _RATE_WINDOW
+        seen = higher = 0
         for name in names:
             for t, cls in reversed(self._grants[name]):
                 if t < now - span:
                     break
                 seen += 1
                 higher += cls < rank
-        if counted and seen < _MIN_GRANTS:
-            total = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
-        elif counted:
-            total = seen / span
-        return total, higher / span
+        if backlog >= _MIN_SPAN and seen >= _MIN_GRANTS:
+            return seen / span, higher / span
+        little = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
+        return little, higher / span
 
     def estimate(self, waiter: Waiter, position: int) -> float:
         """Seconds until ``waiter`` at ``position`` is served.

@@ -169,9 +169,9 @@ async def _open(
             if not _only_busy(exc):
                 raise
             # Every route said "busy" although it had a free slot by our count: its limit
-            # was probing above its real capacity. Wait for the next slot (first in line: this
-            # request already had its turn), within the patience;
-            # with none left, the honest answer is the queue's 429, not a 503.
+            # was probing above its real capacity. Wait for the next slot, first in line (this
+            # request already had its turn), within the patience; with no patience left the
+            # honest answer is the queue's 429, not a 503.
             left = books.deadline - time.monotonic()
             if left <= 0:
                 raise QueueTimeout(books.deadline - books.started_at, 1) from None
