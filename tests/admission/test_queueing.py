@@ -67,7 +67,10 @@ upstreams:
              circuit: {{consecutive_failures: 1000, failure_rate: 1.0}}}}
   spare: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
   untold: {{kind: openai, base_url: "{terse_fake.url}/v1", default_model: ok}}
+  broken: {{kind: openai, base_url: "{fake_upstream.url}/v1",
+            default_model: "http503:fail_every=2,retry_after=-1"}}
 models:
+  broken: [broken, spare]
   untold: [untold]
   tight: [tight]
   overflowing: {{routes: [tight], overflow: [spare]}}
@@ -197,3 +200,17 @@ def test_an_upstream_with_no_stated_limit_survives_a_burst(
     untold = next(u for u in data if u["name"] == "untold")
     assert untold["state"] == "closed"
     assert untold["concurrency"]["limit"] < 16
+
+
+def test_an_upstream_busy_at_any_load_is_ejected(gateway4: Process) -> None:
+    # Every other call answered a plain 503, however few are sent: not full but broken. Its
+    # limit falls to one, and "busy" at a limit of one counts for the circuit, which opens;
+    # the spare answers everything meanwhile.
+    statuses: list[int] = []
+    for _ in range(3):
+        statuses += [r.status_code for r in burst(gateway4, "broken", 32)]
+    assert statuses == [200] * 96
+    data = httpx.get(f"{gateway4.url}/v1/nobusy/upstreams").json()["data"]
+    broken = next(u for u in data if u["name"] == "broken")
+    assert broken["state"] == "open"
+    assert broken["concurrency"]["limit"] == 1

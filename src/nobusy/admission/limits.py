@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from nobusy.admission.shared import process_alive
 from nobusy.db import open_db
 from nobusy.errors import ModelNotAllowed, QuotaExhausted, RateLimited, StorageUnavailable
 from nobusy.keys import Key
@@ -185,7 +186,7 @@ class SharedKeyLimits:
                     for pid, n in conn.execute(
                         "SELECT pid, n FROM key_in_flight WHERE key_id = ?", (key.id,)
                     )
-                    if _alive(pid)
+                    if process_alive(pid)
                 )
                 _check_counts(key, in_flight, requests, tokens, oldest, estimate, now)
                 conn.execute(
@@ -224,13 +225,3 @@ class SharedKeyLimits:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._conn.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["SharedSlots"]
+__all__ = ["SharedSlots", "process_alive"]
 
 _CELLS = 64  # worker processes per host that can share one file
 _WORD = 8
@@ -83,7 +83,7 @@ class SharedSlots:
         for cell in range(_CELLS):
             base = cell * self.width
             pid = cells[base]
-            if pid and pid != self.pid and not _alive(pid):
+            if pid and pid != self.pid and not process_alive(pid):
                 for i in range(self.width):
                     cells[base + i] = 0
         self._swept = time.monotonic()
@@ -125,7 +125,8 @@ class SharedSlots:
         os.close(self._fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is process ``pid`` still running (on this host)? State a dead worker left is ignored."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
