@@ -256,7 +256,13 @@ def test_capacity_rejects_the_extra_request() -> None:
             assert rejected.status_code == 503 and rejected.headers["retry-after"] == "30"
             assert rejected.json()["error"]["message"] == BUSY_MESSAGE
         stats = wait_idle(client)
-        assert stats == {"requests": 3, "in_flight": 0, "rejected": 1, "max_in_flight": 2}
+        assert stats == {
+            "requests": 3,
+            "in_flight": 0,
+            "rejected": 1,
+            "max_in_flight": 2,
+            "queued": 0,
+        }
         assert chat(client).status_code == 200
 
 

@@ -10,7 +10,8 @@ happened to the earlier ones, and each client gives up after ``PATIENCE + GRACE`
 
 1. *Burst*: 3× capacity for 15 s, through nobusy with ``max_concurrency: 4``, nobusy without
    it (the adaptive limit alone; and once more with its circuit breaker relaxed, to see the
-   limit without the breaker) and LiteLLM (``num_retries: 2``). The three nobusy runs share
+   limit without the breaker; and in front of a fake that queues beyond its slots instead of
+   refusing, as local servers do) and LiteLLM (``num_retries: 2``). The nobusy runs share
    the same seconds (their processes use little CPU at this rate); LiteLLM runs alone.
 2. *Sustained*: 5× capacity for 60 s through nobusy, 10% of it from a ``priority: high`` key.
 3. *Abuser*: three normal keys at 70% of capacity together, alone and then beside a fourth key
@@ -59,7 +60,11 @@ NOBUSY_VARIANTS = {
     "nobusy": f"max_concurrency: {SLOTS}",
     "nobusy-adaptive": "",
     "nobusy-adaptive-nocircuit": f"circuit: {RELAXED_CIRCUIT}",
+    "nobusy-local": "",
 }
+# The last variant's fake queues beyond its slots instead of refusing, as vLLM or llama.cpp do:
+# the limit must find its capacity from the time to first token alone.
+FAKE_EXTRA = {"nobusy-local": ["--queue"]}
 FAIR_CLIENTS = ("normal-1", "normal-2", "normal-3")
 FAIR_TAIL_S = 3.0  # after a phase, what normal keys still get to finish their answers
 
@@ -137,7 +142,13 @@ class Sampler:
                 with suppress(OSError, ValueError):
                     stats = fake_stats(port)
                     self.samples[name].append(
-                        [t, stats["in_flight"], stats["requests"], stats["rejected"]]
+                        [
+                            t,
+                            stats["in_flight"],
+                            stats["requests"],
+                            stats["rejected"],
+                            stats.get("queued", 0),
+                        ]
                     )
             for name, port in self.gateways.items():
                 with suppress(OSError, ValueError, KeyError, IndexError):
@@ -166,6 +177,7 @@ def nobusy_view(port: int) -> Result:
         "limit": concurrency.get("limit"),
         "in_flight": concurrency.get("in_flight"),
         "drops": concurrency.get("drops"),
+        "slowdowns": concurrency.get("slowdowns"),
         "ceiling": concurrency.get("ceiling"),
         "state": upstream.get("state"),
         "ejections": upstream.get("ejections"),
@@ -234,7 +246,8 @@ def _measure_capacity(setup: _Setup, fake: procs.Proc) -> Result:
 
 def _launch_nobusy(ctx: Context, name: str, extra: str) -> Gateway:
     """A fake and nobusy in front of it, launched; ``_ready`` waits for them."""
-    fake = ctx.procs.fake_upstream(TOKENS, name=f"fake-{name}", extra=FAKE_FLAGS, wait=False)
+    flags = [*FAKE_FLAGS, *FAKE_EXTRA.get(name, [])]
+    fake = ctx.procs.fake_upstream(TOKENS, name=f"fake-{name}", extra=flags, wait=False)
     config = nobusy_yaml(fake.port, extra)
     proc = ctx.procs.nobusy(name, None, config=config, wait=False)
     headers = {"x-nobusy-max-wait": f"{PATIENCE:g}"}
@@ -342,6 +355,13 @@ def _burst(setup: _Setup, gateways: list[Gateway]) -> dict[str, Result]:
         }
         if gateway.name.startswith("nobusy"):
             summary["nobusy_view"] = nobusy_view(gateway.port)
+        queued = [s[4] for s in summary["samples"] if len(s) > 4 and s[0] <= seconds]
+        if queued and gateway.name in FAKE_EXTRA:
+            # How many waited inside the upstream, sampled every 0.25 s while arrivals lasted.
+            summary["upstream_queue"] = {
+                "max": max(queued),
+                "p50": sorted(queued)[len(queued) // 2],
+            }
         out[gateway.name] = summary
         ctx.log(f"[admission] burst via {gateway.name}: {_line(summary)}")
     return out

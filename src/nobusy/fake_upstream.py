@@ -66,11 +66,13 @@ class FakeOptions:
     applies the mode to every Nth request only (the others are answered as ``ok``), and
     ``slow_every=N`` applies ``delay`` to every Nth request only; both count the requests of
     each mode string (model or header) separately. A negative ``retry_after`` sends no
-    ``Retry-After`` header.
+    ``Retry-After`` header. With ``queue``, requests beyond ``capacity`` wait for a slot (as
+    vLLM, llama.cpp and Ollama do) instead of being answered 503.
     """
 
     mode: str = "ok"
     capacity: int | None = None
+    queue: bool = False
     delay: float = 0.0
     chunk_delay: float = 0.0
     tokens: int = 12
@@ -247,8 +249,12 @@ class _FakeApp:
     def __init__(self, options: FakeOptions) -> None:
         self.options = options
         self.ids = itertools.count(1)
-        self.counts = dict.fromkeys(("requests", "in_flight", "rejected", "max_in_flight"), 0)
+        self.counts = dict.fromkeys(
+            ("requests", "in_flight", "rejected", "max_in_flight", "queued"), 0
+        )
         self.last = b"{}"
+        capacity = options.capacity
+        self.slots = asyncio.Semaphore(capacity) if options.queue and capacity else None
         self.turns: dict[str, int] = {}  # requests per mode string, for fail_every/slow_every
         ids = [options.model_name, *(m for m in MODES if m != options.model_name)]
         entry = {"object": "model", "created": 0, "owned_by": "nobusy-fake"}
@@ -290,7 +296,14 @@ class _FakeApp:
         if not isinstance(request, dict):
             return await _send_json(send, 400, _BAD_JSON)
         capacity = self.options.capacity
-        if capacity is not None and counts["in_flight"] >= capacity:
+        slots = self.slots
+        if slots is not None:
+            counts["queued"] += 1  # waiting for a slot, as a local server queues
+            try:
+                await slots.acquire()
+            finally:
+                counts["queued"] -= 1
+        elif capacity is not None and counts["in_flight"] >= capacity:
             counts["rejected"] += 1
             return await _http_error(send, 503, self.options, "")
         counts["in_flight"] += 1
@@ -301,6 +314,8 @@ class _FakeApp:
         finally:
             counts["in_flight"] -= 1
             watch.close()
+            if slots is not None:
+                slots.release()
 
     async def _answer(
         self, request: dict[str, Any], scope: Scope, watch: _Watch, send: Send, chat: bool
@@ -561,6 +576,11 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     help="Default mode; a request may pick another with x-fake-mode or its model name.",
 )
 @click.option("--capacity", type=int, help="Concurrent requests allowed before answering 503.")
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="Beyond --capacity, make requests wait for a slot (as local servers do), not 503.",
+)
 @click.option("--delay", default=0.0, help="Seconds to wait before the first byte of an answer.")
 @click.option("--chunk-delay", default=0.0, help="Seconds to wait between streamed chunks.")
 @click.option("--tokens", default=12, show_default=True, help="Content chunks per answer.")

@@ -97,7 +97,9 @@ class Attempt:
                 f"no first token within {timeout:g}s", upstream=self.route.upstream
             ) from None
         self.first_token_at = time.perf_counter()
-        self.health.observe_ttft(self.first_token_at - self.started)
+        ttft = self.first_token_at - self.started
+        self.health.observe_ttft(ttft)
+        self.capacity.first_token(self.route.upstream, ttft, self.sent)
 
     async def succeed(self) -> None:
         if not self._end("ok"):

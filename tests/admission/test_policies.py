@@ -184,3 +184,18 @@ async def test_higher_classes_slow_the_estimate_of_lower_ones() -> None:
     _, shared = normal.status()
     assert shared > 1.8 * alone
     normal.abandon()
+
+
+def test_a_queue_at_the_upstream_shows_in_the_time_to_first_token() -> None:
+    limit = AIMDLimit.for_upstream(max_concurrency=None, initial=20)
+    for _ in range(50):
+        assert not limit.first_token(0.05, (20, 0))  # its usual time, at full load
+    for _ in range(5):
+        assert not limit.first_token(0.12, (20, 0))  # slower, but by less than noise
+    assert limit.current == 20
+    for _ in range(30):  # requests now wait seconds for their first token
+        limit.first_token(2.0, (limit.current, 0))
+    assert limit.current < 10 and limit.slowdowns > 0
+    before = limit.limit
+    assert not limit.first_token(2.0, (20, 0))  # sent under the old limit: old news
+    assert limit.limit == before

@@ -52,10 +52,22 @@ def terse_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="module")
+def queueing_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """4 slots, and a queue beyond them, as a local vLLM or llama.cpp server."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("queueing") / "fake.log"
+    args = ["fake-upstream", "--port", str(port), "--capacity", "4", "--queue"]
+    process = start_process([*args, "--chunk-delay", "0.04"], "/healthz", log, port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
 def gateway4(
     busy_fake: Process,
     fake_upstream: Process,
     terse_fake: Process,
+    queueing_fake: Process,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Process]:
     tmp = tmp_path_factory.mktemp("admission")
@@ -67,9 +79,11 @@ upstreams:
              circuit: {{consecutive_failures: 1000, failure_rate: 1.0}}}}
   spare: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
   untold: {{kind: openai, base_url: "{terse_fake.url}/v1", default_model: ok}}
+  local: {{kind: openai, base_url: "{queueing_fake.url}/v1", default_model: ok}}
   broken: {{kind: openai, base_url: "{fake_upstream.url}/v1",
             default_model: "http503:fail_every=2,retry_after=-1"}}
 models:
+  local: [local]
   broken: [broken, spare]
   untold: [untold]
   tight: [tight]
@@ -214,3 +228,18 @@ def test_an_upstream_busy_at_any_load_is_ejected(gateway4: Process) -> None:
     broken = next(u for u in data if u["name"] == "broken")
     assert broken["state"] == "open"
     assert broken["concurrency"]["limit"] == 1
+
+
+def test_a_local_server_that_queues_is_found_out_by_its_time_to_first_token(
+    gateway4: Process, queueing_fake: Process
+) -> None:
+    # A local server never says "busy": beyond its 4 slots it queues, and the first token
+    # comes later. The limit comes down from 16, so the waiting happens in nobusy's fair
+    # queue (with priorities and patience) instead of the server's.
+    reset(queueing_fake)
+    for _ in range(3):
+        assert [r.status_code for r in burst(gateway4, "local", 24)] == [200] * 24
+    data = httpx.get(f"{gateway4.url}/v1/nobusy/upstreams").json()["data"]
+    local = next(u for u in data if u["name"] == "local")
+    assert local["concurrency"]["slowdowns"] > 0
+    assert local["concurrency"]["limit"] < 16

@@ -15,6 +15,15 @@ Two refinements over plain AIMD, both found by the admission benchmark:
   decrease again: they were sent under the old limit (TCP's once-per-window rule).
 * Probing above the level that was refused gets exponentially slower each time it is refused
   again, so a stable upstream stops paying a refused request every few dozen answers.
+
+Local servers (vLLM, llama.cpp, Ollama) do not refuse: they queue, and the queue shows as a
+longer time to first token. As in Netflix's Gradient2, a short average of first-token times
+is compared with a long one; when the short one is more than twice the long one (and 100 ms
+above it, below which it is noise), the limit moves a fifth of the way towards twice their
+ratio times itself (×0.9 at most per answer), for answers to requests sent within the current
+limit (later ones met a queue that an
+earlier, higher limit built). Prompt lengths vary, but
+they vary in both averages alike.
 """
 
 from __future__ import annotations
@@ -26,6 +35,11 @@ __all__ = ["AIMDLimit", "Load"]
 Load = tuple[int, int]  # (our requests in flight when one was sent, including it; epoch then)
 
 _MAX_PROBE_BACKOFF = 6  # at most 2**6 times slower probing near a refused level
+_SHORT = 0.1  # smoothing of the recent time to first token (about the last ten answers)
+_LONG = 0.002  # and of the long-run one (about the last five hundred)
+_TOLERANCE = 2.0  # short over long beyond which the upstream is queueing
+_SLACK = 0.1  # seconds: a smaller rise is noise, not a queue
+_SMOOTHING = 0.2
 
 
 @dataclass
@@ -41,6 +55,9 @@ class AIMDLimit:
     last_drop: float = float("inf")  # in flight (ours) when the upstream last said "busy"
     epoch: int = 0  # decreases so far: a refusal of a request sent before one is old news
     refused_probes: int = 0  # refusals in a row at the level of ``last_drop``
+    ttft_short: float = 0.0  # recent time to first token, seconds (0: none seen yet)
+    ttft_long: float = 0.0  # long-run time to first token
+    slowdowns: int = 0  # decreases for a queue seen in the time to first token
 
     @classmethod
     def for_upstream(cls, max_concurrency: int | None, initial: int = 32) -> AIMDLimit:
@@ -60,6 +77,29 @@ class AIMDLimit:
     def load(self) -> Load:
         """What a request sent now should report back on release."""
         return self.in_flight, self.epoch
+
+    def first_token(self, seconds: float, sent: Load) -> bool:
+        """A first token came ``seconds`` after a request sent under ``sent``; True when the
+        times show a queue at the upstream and the limit came down for it."""
+        if not self.ttft_long:
+            self.ttft_short = self.ttft_long = seconds
+            return False
+        self.ttft_short += _SHORT * (seconds - self.ttft_short)
+        self.ttft_long += _LONG * (seconds - self.ttft_long)
+        if self.ttft_long > _TOLERANCE * self.ttft_short:
+            self.ttft_long *= 0.95  # faster than it was: let the long run follow sooner
+        short, long = self.ttft_short, self.ttft_long
+        if short <= _TOLERANCE * long or short - long <= _SLACK:
+            return False
+        if sent[0] > self.current:
+            # Sent while more were in flight than the limit allows now: the queue it met was
+            # built under an earlier, higher limit, and says nothing about this one.
+            return False
+        self.slowdowns += 1
+        gradient = max(0.5, _TOLERANCE * long / short)
+        # Smoothed as in Gradient2: a step of at most ×0.9, since one answer is one sample.
+        self.limit = max(self.floor, self.limit * (1 - _SMOOTHING * (1 - gradient)))
+        return True
 
     def release(self, outcome: str, sent: Load | None = None) -> bool:
         """``ok``, ``overload`` (429/503/529, first-token timeout) or ``ignore``; ``sent`` is

@@ -136,6 +136,10 @@ class Capacity:
         limit = self.limits[upstream]
         return limit.current <= limit.floor
 
+    def first_token(self, upstream: str, seconds: float, sent: Load) -> None:
+        """An attempt's first token came after ``seconds``: the limit watches for a queue."""
+        self.limits[upstream].first_token(seconds, sent)
+
     def load(self, upstream: str) -> Load:
         """Read when a request is sent on a slot, handed back on release."""
         return self.limits[upstream].load()
@@ -256,6 +260,7 @@ class Capacity:
                 "limit": limit.current,
                 "in_flight": limit.in_flight,
                 "drops": limit.drops,
+                "slowdowns": limit.slowdowns,
                 "ceiling": limit.ceiling,
             }
             if self.shared is not None and name in self.shared.ceilings:
