@@ -86,8 +86,11 @@ class Circuit:
         """Seconds until this upstream may be tried again (0 when it may be now)."""
         return max(0.0, self.open_until - self.clock())
 
-    def success(self) -> None:
-        self._record(True)
+    def success(self, counted: bool = True) -> None:
+        """A request succeeded; ``counted=False`` keeps it out of the failure rate (it still
+        closes a half-open circuit and ends a run of consecutive failures)."""
+        if counted:
+            self._record(True)
         self.consecutive = 0
         # Only a success seen after the ejection ended closes the circuit. A request that was
         # already in flight when the circuit opened proves nothing about the upstream now.

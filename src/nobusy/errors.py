@@ -25,6 +25,7 @@
     │   ├── UpstreamAuthFailed      502                          401/403: our config is wrong
     │   ├── UpstreamProtocolError   502                          bad SSE/JSON, error in a 200
     │   ├── UpstreamEjected         503                          skipped: its circuit is open
+    │   ├── RetryBudgetSpent        502                          a failover the budget did not allow
     │   └── UpstreamRejectedRequest 400 invalid_request_error   the upstream says the request is bad
     ├── AllUpstreamsFailed          503 service_unavailable     every route of an alias failed
     ├── StorageUnavailable          503 storage_unavailable     SQLite locked or failing
@@ -61,6 +62,7 @@ __all__ = [
     "NotFound",
     "QueueFull",
     "QueueTimeout",
+    "RetryBudgetSpent",
     "RequestTimeout",
     "RequestTooLarge",
     "UpstreamAuthFailed",
@@ -291,6 +293,10 @@ class UpstreamOverloaded(UpstreamError):
 
     status_code = 503
     code = "upstream_overloaded"
+
+
+class RetryBudgetSpent(UpstreamError):
+    """Not an attempt: failing over from this upstream was refused by its retry budget."""
 
 
 class UpstreamAuthFailed(UpstreamError):

@@ -30,6 +30,7 @@ from nobusy.circuit import Circuit
 from nobusy.errors import (
     AllUpstreamsFailed,
     ModelNotFound,
+    RetryBudgetSpent,
     UpstreamAuthFailed,
     UpstreamEjected,
     UpstreamError,
@@ -44,6 +45,8 @@ from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall
 
 __all__ = ["Answer", "Attempt", "Router", "has_token"]
+
+_FLOOR_PAUSE = 1.0  # seconds an upstream rests after refusing a lone request at a limit of one
 
 
 def has_token(chunk: Chunk) -> bool:
@@ -70,7 +73,6 @@ class Attempt:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.ended = False
-        self.news = False  # an overload that brought the adaptive limit down
         self.who = who
         self.capacity = router.capacity
         self.sent = router.capacity.load(route.upstream)  # our load when this was sent
@@ -104,7 +106,10 @@ class Attempt:
     async def succeed(self) -> None:
         if not self._end("ok"):
             return
-        self.health.circuit.success()
+        # Like refusals, successes count for the failure rate only at a load the limit still
+        # allows: counting the ones sent above it, and not the refusals, would hide a broken
+        # upstream behind the answers it gave before its limit came down.
+        self.health.circuit.success(counted=self._within_limit())
         self.metrics.attempt(self.route.upstream, "ok")
 
     async def fail(self, exc: UpstreamError) -> None:
@@ -113,7 +118,6 @@ class Attempt:
         overload = isinstance(exc, UpstreamOverloaded) or (
             isinstance(exc, UpstreamTimeout) and self.first_token_at is None
         )
-        alone = self.health.in_flight <= 1  # read before _end counts this attempt out
         if not self._end("overload" if overload else "ignore"):
             return
         await _aclose(self.iterator)
@@ -124,19 +128,29 @@ class Attempt:
             return
         self.health.note_failure(exc.message)
         busy = isinstance(exc, UpstreamOverloaded) and exc.retry_after is None
-        floor = self.capacity.at_floor(self.route.upstream)
-        if busy and not (alone or self.news or floor):
-            # "Busy" for a request sent under a higher limit, while others are served, is a
+        limit = self.capacity.limits[self.route.upstream]
+        if busy and self.sent[0] <= 1 and limit.current <= limit.floor:
+            # Refused with nothing else of ours in flight, at a limit that cannot come down:
+            # it cannot take even one now. Pause it a moment, as a Retry-After would; its
+            # circuit counts the failure, and a probe brings it back.
+            circuit.failure(exc.message, retry_after=_FLOOR_PAUSE)
+            return
+        if busy and not self._within_limit():
+            # "Busy" for a request sent at a load above what the limit now allows is a
             # statement about capacity the limit has already learned. Ejecting the upstream
             # for it would turn one burst into 30 s of failures for everyone (found by the
-            # admission benchmark). "Busy" again at the lowered limit, or at a limit of one,
-            # counts: an upstream that keeps refusing however little it is sent is broken.
+            # admission benchmark). "Busy" at a load the limit still allows counts: an
+            # upstream that keeps refusing however little it is sent is broken, not full.
             return
         circuit.failure(
             exc.message,
             retry_after=exc.retry_after,
             misconfigured=isinstance(exc, UpstreamAuthFailed),
         )
+
+    def _within_limit(self) -> bool:
+        """Was this attempt sent at a load the adaptive limit still allows (or one more)?"""
+        return self.sent[0] <= self.capacity.limits[self.route.upstream].current + 1
 
     async def cancel(self) -> None:
         if not self._end("ignore"):
@@ -150,7 +164,7 @@ class Attempt:
             return False
         self.ended = True
         self.health.in_flight -= 1
-        self.news = self.capacity.release(
+        self.capacity.release(
             self.route.upstream, outcome, time.perf_counter() - self.started, self.who, self.sent
         )
         return True
@@ -173,7 +187,8 @@ class Answer:
 
     def tried(self) -> list[str]:
         """Upstreams attempted so far, in order, ending with the one answering now."""
-        failed = [f.upstream for f in self.failures if not isinstance(f, UpstreamEjected)]
+        skipped = (UpstreamEjected, RetryBudgetSpent)  # not attempts
+        failed = [f.upstream for f in self.failures if not isinstance(f, skipped)]
         final = self.stream.attempt.route if self.stream is not None else self.route
         return [*failed, final.upstream]
 
@@ -335,7 +350,7 @@ class Router:
             budget = self.retry_budgets.get(last.upstream)
             if budget is not None and not budget.try_spend():
                 failures.append(
-                    UpstreamError("retry budget spent: not failing over", upstream=last.upstream)
+                    RetryBudgetSpent("retry budget spent: not failing over", upstream=last.upstream)
                 )
                 return None
         while queue:

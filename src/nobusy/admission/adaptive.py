@@ -101,22 +101,20 @@ class AIMDLimit:
         self.limit = max(self.floor, self.limit * (1 - _SMOOTHING * (1 - gradient)))
         return True
 
-    def release(self, outcome: str, sent: Load | None = None) -> bool:
+    def release(self, outcome: str, sent: Load | None = None) -> None:
         """``ok``, ``overload`` (429/503/529, first-token timeout) or ``ignore``; ``sent`` is
-        the ``load()`` read when the request was sent. True when an overload was news: sent
-        under the working limit, so the limit had to come down for it."""
+        the ``load()`` read when the request was sent."""
         in_flight, epoch = sent if sent is not None else (self.in_flight, self.epoch)
         self.in_flight -= 1
         if outcome == "overload":
             self.drops += 1
             if epoch < self.epoch:
-                return False
+                return
             self.epoch += 1
             repeated = in_flight >= self.last_drop
             self.refused_probes = self.refused_probes + 1 if repeated else 1
             self.last_drop = float(in_flight)
             self.limit = max(self.floor, min(self.limit * self.backoff, in_flight - 1.0))
-            return True
         elif outcome == "ok" and self.in_flight + 1 >= self.current / 2:
             step = 1.0
             if self.limit >= self.last_drop + 1:
@@ -129,4 +127,3 @@ class AIMDLimit:
                 # may already have finished.)
                 step = 0.5 ** min(self.refused_probes, _MAX_PROBE_BACKOFF)
             self.limit = min(self.ceiling, self.limit + step / self.limit)
-        return False

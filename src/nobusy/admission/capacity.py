@@ -53,6 +53,8 @@ class Capacity:
         self._grants: dict[str, deque[tuple[float, int]]] = {
             name: deque() for name in max_concurrency
         }
+        # When answers ended well lately: how fast an upstream really drains its slots.
+        self._answered: dict[str, deque[float]] = {name: deque() for name in max_concurrency}
         self.shared: SharedSlots | None = None
 
     def share(self, shared: SharedSlots) -> None:
@@ -131,11 +133,6 @@ class Capacity:
         self._grant(upstream, who, self._priority(who))
         return True
 
-    def at_floor(self, upstream: str) -> bool:
-        """The upstream's limit cannot come down further: "busy" now means broken."""
-        limit = self.limits[upstream]
-        return limit.current <= limit.floor
-
     def first_token(self, upstream: str, seconds: float, sent: Load) -> None:
         """An attempt's first token came after ``seconds``: the limit watches for a queue."""
         self.limits[upstream].first_token(seconds, sent)
@@ -162,10 +159,9 @@ class Capacity:
         seconds: float,
         who: str = "",
         sent: Load | None = None,
-    ) -> bool:
-        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter; True when
-        an overload brought the limit down (see ``AIMDLimit.release``)."""
-        news = self.limits[upstream].release(outcome, sent)
+    ) -> None:
+        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
+        self.limits[upstream].release(outcome, sent)
         self._shared_give_back(upstream)
         held = self._held[upstream]
         if held.get(who, 0) > 1:
@@ -174,8 +170,12 @@ class Capacity:
             held.pop(who, None)
         if outcome == "ok":
             self.service[upstream] += _ALPHA * (seconds - self.service[upstream])
+            answered = self._answered[upstream]
+            now = time.monotonic()
+            answered.append(now)
+            while answered and answered[0] < now - _RATE_WINDOW:
+                answered.popleft()
         self._hand_over(upstream)
-        return news
 
     def dispatch(self, upstreams: Iterable[str]) -> None:
         """Hand free slots to waiters allowed them now (a key's peers may have gone quiet)."""
@@ -197,24 +197,29 @@ class Capacity:
     # --- waiting ---------------------------------------------------------------------------
 
     def _drain(self, upstreams: Iterable[str], rank: int) -> tuple[float, float]:
-        """Slots handed out per second on ``upstreams``: in all, and to classes above ``rank``.
+        """Slots freed per second on ``upstreams`` by answers, and slots handed to classes
+        above ``rank``.
 
-        While the queue has been backlogged for a while, the grants since the backlog began
-        are the truth about the drain rate; before that, Little's law over the limits and
-        answer times is the better guess."""
+        While the queue has been backlogged for a while, the answers since the backlog began
+        are the truth about the drain rate (grants would understate it while the limit comes
+        down, and count attempts refused "busy"); before that, Little's law over the limits
+        and answer times is the better guess."""
         names = list(upstreams)
         now = time.monotonic()
         backlog = min(_RATE_WINDOW, now - self.queue.since) if self.queue.size else 0.0
         span = backlog if backlog >= _MIN_SPAN else _RATE_WINDOW
-        seen = higher = 0
+        done = higher = 0
         for name in names:
+            for t in reversed(self._answered[name]):
+                if t < now - span:
+                    break
+                done += 1
             for t, cls in reversed(self._grants[name]):
                 if t < now - span:
                     break
-                seen += 1
                 higher += cls < rank
-        if backlog >= _MIN_SPAN and seen >= _MIN_GRANTS:
-            return seen / span, higher / span
+        if backlog >= _MIN_SPAN and done >= _MIN_GRANTS:
+            return done / span, higher / span
         little = sum(self.limits[n].current / max(self.service[n], 1e-3) for n in names)
         return little, higher / span
 

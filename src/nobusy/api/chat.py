@@ -24,6 +24,7 @@ from nobusy.errors import (
     InvalidRequest,
     NobusyError,
     QueueTimeout,
+    RetryBudgetSpent,
     UpstreamEjected,
     UpstreamOverloaded,
 )
@@ -77,7 +78,8 @@ class _Books:
     def failed(self, exc: NobusyError) -> None:
         self.record.outcome = exc.code or "error"
         failures = getattr(exc, "failures", ())
-        self.record.tried = [f.upstream for f in failures if not isinstance(f, UpstreamEjected)]
+        skipped = (UpstreamEjected, RetryBudgetSpent)  # not attempts
+        self.record.tried = [f.upstream for f in failures if not isinstance(f, skipped)]
         self.close()
 
     def close(self) -> None:
@@ -213,7 +215,10 @@ async def _queued_stream(
 
 
 def _only_busy(exc: AllUpstreamsFailed) -> bool:
-    tried = [f for f in exc.failures if not isinstance(f, UpstreamEjected)]
+    # A failover the retry budget refused is no reason to fail the client: waiting for the
+    # next slot goes through admission, which no upstream's limit lets amplify.
+    skipped = (UpstreamEjected, RetryBudgetSpent)
+    tried = [f for f in exc.failures if not isinstance(f, skipped)]
     return bool(tried) and all(
         isinstance(f, UpstreamOverloaded) and f.retry_after is None for f in tried
     )
