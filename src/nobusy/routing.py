@@ -230,6 +230,7 @@ class Router:
             {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
             max(1, settings.initial_concurrency // settings.workers),
         )
+        self.capacity.pause = self._pause
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
@@ -256,6 +257,11 @@ class Router:
     def usable(self, upstream: str) -> bool:
         return self.health[upstream].circuit.available()
 
+    def _pause(self, upstream: str) -> float:
+        """Seconds until ``upstream`` may be sent a request (a moment while a probe is out)."""
+        circuit = self.health[upstream].circuit
+        return 0.0 if circuit.available() else max(circuit.retry_in(), 0.05)
+
     def reserve(self, alias: str, who: str = "", priority: str = "normal") -> Reservation | None:
         """Take a slot on the first usable route with room (overflow routes last), or None."""
         spec = self.alias(alias)
@@ -277,14 +283,11 @@ class Router:
     def enqueue(
         self, alias: str, key: str, priority: str, patience: float, front: bool = False
     ) -> Ticket:
-        """Wait for a slot on any usable route of the alias (QueueFull if it would take long)."""
+        """Wait for a slot on any route of the alias (QueueFull if it would take long); one
+        whose circuit is open hands out no slot until it may be used again."""
         spec = self.alias(alias)
-        upstreams = frozenset(
-            r.upstream for r in (*spec.routes, *spec.overflow) if self.usable(r.upstream)
-        )
-        return self.capacity.enqueue(
-            upstreams or frozenset(self.upstreams), key, priority, patience, front
-        )
+        upstreams = frozenset(r.upstream for r in (*spec.routes, *spec.overflow))
+        return self.capacity.enqueue(upstreams, key, priority, patience, front)
 
     def reservation_for(self, alias: str, upstream: str, who: str = "") -> Reservation:
         """The reservation a queue ticket became: the granted upstream's route first."""

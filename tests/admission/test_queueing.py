@@ -82,9 +82,12 @@ upstreams:
   local: {{kind: openai, base_url: "{queueing_fake.url}/v1", default_model: ok}}
   broken: {{kind: openai, base_url: "{fake_upstream.url}/v1",
             default_model: "http503:fail_every=2,retry_after=-1"}}
+  lonely: {{kind: openai, base_url: "{fake_upstream.url}/v1",
+            default_model: "http503:fail_every=2,retry_after=-1"}}
 models:
   local: [local]
   broken: [broken, spare]
+  lonely: [lonely]
   untold: [untold]
   tight: [tight]
   overflowing: {{routes: [tight], overflow: [spare]}}
@@ -243,3 +246,16 @@ def test_a_local_server_that_queues_is_found_out_by_its_time_to_first_token(
     local = next(u for u in data if u["name"] == "local")
     assert local["concurrency"]["slowdowns"] > 0
     assert local["concurrency"]["limit"] < 16
+
+
+def test_a_lone_broken_upstream_is_retried_after_its_pause_never_a_500(
+    gateway4: Process,
+) -> None:
+    # The only route refuses every other call. A request refused at a limit of one waits for
+    # the upstream's pause to end and is tried again (first in line); a request arriving
+    # during the pause is told 503 with Retry-After. Nothing else.
+    statuses: list[int] = []
+    for _ in range(3):
+        statuses += [r.status_code for r in burst(gateway4, "lonely", 8)]
+    assert set(statuses) <= {200, 503}
+    assert 200 in statuses

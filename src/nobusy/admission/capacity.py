@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from nobusy.admission.adaptive import AIMDLimit, Load
 from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
@@ -56,6 +56,9 @@ class Capacity:
         # When answers ended well lately: how fast an upstream really drains its slots.
         self._answered: dict[str, deque[float]] = {name: deque() for name in max_concurrency}
         self.shared: SharedSlots | None = None
+        # Seconds until an upstream may be sent anything (its circuit is open, or a probe is
+        # out): the router's view. Slots on it are not handed to waiters meanwhile.
+        self.pause: Callable[[str], float] = lambda _: 0.0
 
     def share(self, shared: SharedSlots) -> None:
         """Count slots on ``shared.ceilings``' upstreams with the other worker processes."""
@@ -184,6 +187,8 @@ class Capacity:
 
     def _hand_over(self, upstream: str) -> None:
         limit = self.limits[upstream]
+        if self.queue.size and self.pause(upstream) > 0:
+            return  # a waiter's ticket dispatches again within a second
         while self.queue.size and limit.has_room():
             if not self._shared_take(upstream):
                 return  # other workers hold the rest: the pump retries
@@ -236,7 +241,7 @@ class Capacity:
             slots = sum(self.limits[n].current for n in waiter.upstreams) or 1
             share = max(1, slots // (len(peers) + 1))
             eta = max(eta, (self.queue.rank(waiter) + 1) / (rate * share / slots))
-        return eta
+        return max(eta, min(self.pause(u) for u in waiter.upstreams))
 
     def enqueue(
         self,
