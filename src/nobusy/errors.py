@@ -259,6 +259,7 @@ class UpstreamError(NobusyError):
     error_type = "upstream_error"
     code = "upstream_error"
     retryable = True
+    attempted = True  # False for the notes of routes skipped without a request
 
     def __init__(
         self,
@@ -298,6 +299,8 @@ class UpstreamOverloaded(UpstreamError):
 class RetryBudgetSpent(UpstreamError):
     """Not an attempt: failing over from this upstream was refused by its retry budget."""
 
+    attempted = False
+
 
 class UpstreamAuthFailed(UpstreamError):
     """The upstream refused our credentials (401/403): a configuration problem."""
@@ -316,6 +319,7 @@ class UpstreamEjected(UpstreamError):
 
     status_code = 503
     code = "upstream_ejected"
+    attempted = False
 
 
 class UpstreamRejectedRequest(UpstreamError):

@@ -187,8 +187,7 @@ class Answer:
 
     def tried(self) -> list[str]:
         """Upstreams attempted so far, in order, ending with the one answering now."""
-        skipped = (UpstreamEjected, RetryBudgetSpent)  # not attempts
-        failed = [f.upstream for f in self.failures if not isinstance(f, skipped)]
+        failed = [f.upstream for f in self.failures if f.attempted]
         final = self.stream.attempt.route if self.stream is not None else self.route
         return [*failed, final.upstream]
 

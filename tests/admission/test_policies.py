@@ -119,8 +119,10 @@ async def test_timeout_and_abandon_leave_no_trace() -> None:
 
 async def test_a_key_leaves_headroom_for_others_while_they_are_active() -> None:
     capacity = Capacity({"u": 4}, initial=4)
+    capacity.note("polite")  # routers note who asks before taking a slot
     assert capacity.try_take("u", "polite")  # another key has been seen
     capacity.release("u", "ok", 0.1, "polite")
+    capacity.note("flood")
     taken = [capacity.try_take("u", "flood") for _ in range(4)]
     assert taken == [True, True, True, False]  # the fourth slot stays free for others
     assert capacity.try_take("u", "polite")  # which another key gets at once

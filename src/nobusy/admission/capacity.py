@@ -125,9 +125,8 @@ class Capacity:
     # --- slots -----------------------------------------------------------------------------
 
     def try_take(self, upstream: str, who: str = "") -> bool:
-        """Take a slot if the upstream has room and ``who`` is within its share."""
-        if who:
-            self.note(who, self._priority(who))
+        """Take a slot if the upstream has room and ``who`` (noted by the caller) is within its
+        share."""
         limit = self.limits[upstream]
         if not limit.has_room() or not self._within_share(upstream, who):
             return False

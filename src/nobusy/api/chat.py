@@ -24,8 +24,6 @@ from nobusy.errors import (
     InvalidRequest,
     NobusyError,
     QueueTimeout,
-    RetryBudgetSpent,
-    UpstreamEjected,
     UpstreamOverloaded,
 )
 from nobusy.filtering import check_messages, filter_answer, restore_answer
@@ -78,8 +76,7 @@ class _Books:
     def failed(self, exc: NobusyError) -> None:
         self.record.outcome = exc.code or "error"
         failures = getattr(exc, "failures", ())
-        skipped = (UpstreamEjected, RetryBudgetSpent)  # not attempts
-        self.record.tried = [f.upstream for f in failures if not isinstance(f, skipped)]
+        self.record.tried = [f.upstream for f in failures if f.attempted]
         self.close()
 
     def close(self) -> None:
@@ -217,8 +214,7 @@ async def _queued_stream(
 def _only_busy(exc: AllUpstreamsFailed) -> bool:
     # A failover the retry budget refused is no reason to fail the client: waiting for the
     # next slot goes through admission, which no upstream's limit lets amplify.
-    skipped = (UpstreamEjected, RetryBudgetSpent)
-    tried = [f for f in exc.failures if not isinstance(f, skipped)]
+    tried = [f for f in exc.failures if f.attempted]
     return bool(tried) and all(
         isinstance(f, UpstreamOverloaded) and f.retry_after is None for f in tried
     )
