@@ -70,7 +70,7 @@ def test_connections_trickling_headers_are_closed(strict_server: Process) -> Non
 def test_client_trickling_body_gets_408(strict_server: Process) -> None:
     with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"mo'
         )
         answer = closed_by_server(sock, within=10)

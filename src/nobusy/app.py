@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> Starlette:
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     keys = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+    auth = Authenticator(keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageLog]]:
@@ -58,7 +59,9 @@ def create_app(settings: Settings) -> Starlette:
         ledger = Ledger(usage_log, metrics, audit, keys)
         # One worker counts per-key limits in memory; several share them through SQLite.
         limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
-        app.state.nobusy = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
+        app.state.nobusy = AppState(
+            settings, router, metrics, ledger, auth, guard, audit, keys, limits
+        )
         for upstream in upstreams.values():
             start = getattr(upstream, "start", None)
             if start is not None:
@@ -110,9 +113,8 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(
                 RequestContextMiddleware,
-                max_body_bytes=settings.max_body_bytes,
-                body_timeout=settings.body_timeout,
-                authenticator=Authenticator(keys),
+                settings=settings,
+                authenticator=auth,
             ),
             Middleware(CommittedAnswers),
         ],

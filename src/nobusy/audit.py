@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from nobusy.crypto import CryptoSuite, verify_signature
+from nobusy.db import private_dir, private_file
 
 __all__ = ["AuditError", "AuditLog", "Store", "VerifyResult", "verify_export"]
 
@@ -137,8 +138,9 @@ class AuditLog:
         flush_interval: float = 0.05,
         block_timeout: float = 0.05,
     ) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         self.path = data_dir / "audit.db"
+        private_file(self.path)
         self.suite, self.store, self.retention_days = suite, store, retention_days
         self._chain_key = suite.subkey("audit-chain")
         self._content_key = suite.subkey("audit-content")

@@ -1,21 +1,27 @@
 """Who is asking: API keys checked before a request's body is read, failures rate-limited.
 
 While no key exists the service is open (on loopback, or with ``--insecure``). Once any key
-exists every API request needs one. A client address that keeps presenting bad keys is slowed
-answered 429 instead of 401 once it passes its allowance, while a valid key from the same
-address (a shared NAT) still gets through: a key lookup is one hash, so refusing early would
-save little and would let one bad client lock out its neighbours.
+exists every API request needs one. A client address that keeps presenting bad keys, API or
+admin, is answered 429 instead of 401 once it passes its allowance, while a valid key from the
+same address (a shared NAT) still gets through: a key lookup is one hash, so refusing early
+would save little and would let one bad client lock out its neighbours. The address is the TCP
+peer's unless it is a trusted proxy (``nobusy.edge``), so a forged X-Forwarded-For does not
+buy a fresh allowance per request.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
 
-from nobusy.errors import InvalidApiKey, RateLimited
+from pydantic import SecretStr
+
+from nobusy.edge import is_loopback
+from nobusy.errors import AdminAuthRequired, InvalidApiKey, RateLimited
 from nobusy.keys import Hasher, Key, KeyStore, sha256_hasher, sm3_hasher
 
-__all__ = ["Authenticator", "hashers_for"]
+__all__ = ["Authenticator", "hashers_for", "is_loopback"]
 
 # Failed attempts a client address may make per minute before it is turned away unchecked.
 _FAILURES_PER_MINUTE = 20
@@ -33,6 +39,29 @@ class Authenticator:
     def __init__(self, keys: KeyStore) -> None:
         self.keys = keys
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def check_admin(
+        self, authorization: str, client: str, admin_key: SecretStr | None, proxied: bool
+    ) -> None:
+        """Pass the admin key's holder (with no admin key: a loopback client not behind an
+        undeclared proxy); AdminAuthRequired or RateLimited otherwise."""
+        if admin_key is None:
+            if proxied or not is_loopback(client):
+                raise AdminAuthRequired(
+                    "Admin endpoints need admin_key to be set for remote use (a request "
+                    "forwarded by a proxy not in trusted_proxies counts as remote)."
+                )
+            return
+        scheme, _, given = authorization.partition(" ")
+        given = given.strip()
+        expected = admin_key.get_secret_value()
+        # An empty secret never matches, whatever the setting holds.
+        if scheme.lower() == "bearer" and given and expected:
+            if hmac.compare_digest(given.encode(), expected.encode()):
+                return
+        self._refuse_if_flooding(client)
+        self._failed(client)
+        raise AdminAuthRequired("This endpoint needs the admin key: Authorization: Bearer KEY.")
 
     def check(self, authorization: str, client: str) -> Key | None:
         """The caller's key; None while no key exists; InvalidApiKey or RateLimited otherwise."""

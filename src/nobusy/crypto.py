@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gmalg import errors as gm_errors
 from gmalg import sm2 as gm_sm2
 
+from nobusy.db import private_dir
+
 __all__ = [
     "CryptoError",
     "CryptoSuite",
@@ -400,7 +402,7 @@ def _unpem(pem: bytes) -> bytes:
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> bool:
     """Write ``path`` whole or not at all; False when it already exists (another process won)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:

@@ -4,11 +4,18 @@ Migrations are decorated functions applied in order and recorded in ``_sqlite_mi
 (sqlite-utils' ``Migrations``); they are never edited or renamed once released, only added.
 Timestamps are UTC text in SQLite's own ``YYYY-MM-DD HH:MM:SS`` form, so they read well in the
 ``sqlite3`` shell and compare correctly with ``datetime('now', '-1 day')``.
+
+What nobusy writes is its own: ``private_dir`` makes the data directory 0700 and
+``private_file`` a database 0600 (SQLite gives its -wal and -shm files the database's mode),
+created so and tightened when found looser.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +24,17 @@ from sqlite_utils.migrations import Migrations
 
 from nobusy.errors import ConfigError
 
-__all__ = ["DB_NAME", "migrations", "open_db", "parse_timestamp", "timestamp"]
+__all__ = [
+    "DB_NAME",
+    "migrations",
+    "open_db",
+    "parse_timestamp",
+    "private_dir",
+    "private_file",
+    "timestamp",
+]
+
+log = logging.getLogger("nobusy")
 
 DB_NAME = "nobusy.db"
 BUSY_TIMEOUT_MS = 5000
@@ -102,11 +119,39 @@ def open_db(data_dir: Path) -> Database:
     """
     path = data_dir / DB_NAME
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
+        private_file(path)
         return _open(path)
     except (OSError, sqlite3.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"cannot open the database {path}: {reason}") from None
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) with mode 0700, or tighten it to 0700 if it is ours."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if missing (SQLite takes an empty file for a new
+    database); tighten it and its -wal and -shm files to 0600 if they are looser."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        _tighten(each, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.geteuid():
+        log.info("tightening %s to %o: only nobusy's user may read it", path, mode)
+        path.chmod(stat.S_IMODE(info.st_mode) & mode)
 
 
 def _open(path: Path) -> Database:

@@ -5,6 +5,10 @@
     │   ├── InvalidRequest          400                          malformed, wrong type, unsupported
     │   ├── RequestTooLarge         413 request_too_large
     │   ├── RequestTimeout          408 request_timeout
+    │   ├── UnsupportedMediaType    415 unsupported_media_type  a JSON endpoint sent no JSON
+    │   ├── HeadersTooLarge         431 headers_too_large       too many or too large headers
+    │   ├── HostNotAllowed          421 host_not_allowed        a Host not served (DNS rebinding)
+    │   ├── OriginNotAllowed        403 origin_not_allowed      a browser page from elsewhere
     │   ├── ModelNotFound           404 model_not_found
     │   ├── NotFound                404 not_found
     │   ├── ContentFiltered         400 content_filter          a blocked word in the request
@@ -32,7 +36,9 @@
     └── ConfigError                                              startup: a wrong key or value
 
 Each class carries its HTTP status, OpenAI error ``type``/``code`` and whether another
-upstream could succeed (``retryable``). Upstream kinds translate foreign errors (httpx,
+upstream could succeed (``retryable``). ``message`` is for the server's log and the admin
+endpoints; ``body()`` is what a client sees, and for upstream failures it names the upstream
+and what went wrong, never an internal host or port. Upstream kinds translate foreign errors (httpx,
 llama.cpp) into these at their boundary; routing and the HTTP layer see only this tree, and
 ``nobusy.responses`` turns them into responses.
 """
@@ -48,6 +54,8 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ContentFiltered",
+    "HeadersTooLarge",
+    "HostNotAllowed",
     "InvalidApiKey",
     "InvalidRequest",
     "KeyExpired",
@@ -60,11 +68,13 @@ __all__ = [
     "ModelNotFound",
     "NobusyError",
     "NotFound",
+    "OriginNotAllowed",
     "QueueFull",
     "QueueTimeout",
     "RetryBudgetSpent",
     "RequestTimeout",
     "RequestTooLarge",
+    "UnsupportedMediaType",
     "UpstreamAuthFailed",
     "UpstreamEjected",
     "UpstreamError",
@@ -100,8 +110,13 @@ class NobusyError(Exception):
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
 
+    @property
+    def public_message(self) -> str:
+        """The message a client is shown; subclasses holding internal detail override it."""
+        return self.message
+
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, self.param, self.code)
+        return error_body(self.public_message, self.error_type, self.param, self.code)
 
 
 class ClientError(NobusyError):
@@ -127,6 +142,35 @@ class RequestTimeout(ClientError):
 
     status_code = 408
     code = "request_timeout"
+
+
+class UnsupportedMediaType(ClientError):
+    """A JSON endpoint got a body that is not declared ``application/json``."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class HeadersTooLarge(ClientError):
+    """The request line and headers are over the size or count cap."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
+class HostNotAllowed(ClientError):
+    """The ``Host`` header names a host this server does not serve (a DNS rebinding page)."""
+
+    status_code = 421
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(ClientError):
+    """A browser sent the request from a page of another origin."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "origin_not_allowed"
 
 
 class ModelNotFound(ClientError):
@@ -260,6 +304,9 @@ class UpstreamError(NobusyError):
     code = "upstream_error"
     retryable = True
     attempted = True  # False for the notes of routes skipped without a request
+    # What a client is told instead of ``message``, which may quote the HTTP client's own
+    # wording with the upstream's address ("Cannot connect to host 10.0.0.7:8001 ...").
+    phrase = "failed"
 
     def __init__(
         self,
@@ -275,15 +322,30 @@ class UpstreamError(NobusyError):
         self.retry_after = retry_after
         self.upstream_status = status
 
+    @property
+    def summary(self) -> str:
+        """What went wrong, in words safe to show a client: the class's phrase and status."""
+        if self.upstream_status is not None and self.upstream_status != 200:
+            return f"HTTP {self.upstream_status} ({self.phrase})"
+        return self.phrase
+
+    @property
+    def public_message(self) -> str:
+        return f"Upstream '{self.upstream or '?'}' {self.summary}."
+
 
 class UpstreamUnreachable(UpstreamError):
     """Connection refused or reset, DNS or TLS failure."""
+
+    phrase = "cannot connect"
 
     code = "upstream_unreachable"
 
 
 class UpstreamTimeout(UpstreamError):
     """No first token in time, too long a gap between tokens, or a hung response."""
+
+    phrase = "timed out"
 
     status_code = 504
     code = "upstream_timeout"
@@ -292,6 +354,8 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamOverloaded(UpstreamError):
     """The upstream said it is busy (429, 503, 529), maybe with a Retry-After."""
 
+    phrase = "busy"
+
     status_code = 503
     code = "upstream_overloaded"
 
@@ -299,11 +363,15 @@ class UpstreamOverloaded(UpstreamError):
 class RetryBudgetSpent(UpstreamError):
     """Not an attempt: failing over from this upstream was refused by its retry budget."""
 
+    phrase = "not retried: retry budget spent"
+
     attempted = False
 
 
 class UpstreamAuthFailed(UpstreamError):
     """The upstream refused our credentials (401/403): a configuration problem."""
+
+    phrase = "refused nobusy's credentials"
 
     code = "upstream_auth_failed"
 
@@ -311,11 +379,15 @@ class UpstreamAuthFailed(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     """Malformed SSE or JSON, an error event inside a 200 stream, or a truncated answer."""
 
+    phrase = "sent a malformed answer"
+
     code = "upstream_protocol_error"
 
 
 class UpstreamEjected(UpstreamError):
     """Not tried: the upstream's circuit is open (it failed recently, or asked for a pause)."""
+
+    phrase = "paused after recent failures"
 
     status_code = 503
     code = "upstream_ejected"
@@ -330,6 +402,10 @@ class UpstreamRejectedRequest(UpstreamError):
     code = "invalid_request"
     retryable = False
 
+    @property
+    def public_message(self) -> str:
+        return self.message  # the upstream's own words about the client's request
+
 
 class AllUpstreamsFailed(NobusyError):
     """Every route of the alias failed; the message names what failed where."""
@@ -340,12 +416,18 @@ class AllUpstreamsFailed(NobusyError):
 
     def __init__(self, alias: str, failures: list[UpstreamError]) -> None:
         detail = "; ".join(f"{f.upstream or '?'}: {f.message}" for f in failures) or "no route"
+        summary = "; ".join(f"{f.upstream or '?'}: {f.summary}" for f in failures) or "no route"
         # The earliest upstream expected back; one that gave no hint may be back at once.
         retry_afters = [f.retry_after for f in failures if f.retry_after is not None]
         soonest = min(retry_afters) if len(retry_afters) == len(failures) and failures else 1
         headers = {"retry-after": str(max(1, round(soonest)))}
         super().__init__(f"All upstreams for model '{alias}' failed: {detail}", headers=headers)
+        self._public = f"All upstreams for model '{alias}' failed: {summary}"
         self.failures = failures
+
+    @property
+    def public_message(self) -> str:
+        return self._public
 
 
 class ConfigError(NobusyError):

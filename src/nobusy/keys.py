@@ -309,15 +309,15 @@ class KeyStore:
         return bool(self._by_id)
 
     def _usable(self, key: Key) -> Key:
+        # The messages never name the key: whoever holds a leaked secret learns nothing more.
         status = key.status(self._clock())
         if status == "revoked":
             raise KeyRevoked(
-                f"This API key ({key.name}, {key.id}) was revoked at {_when(key.revoked_at)}; "
-                "ask for a new one."
+                f"This API key was revoked at {_when(key.revoked_at)}; ask for a new one."
             )
         if status == "expired":
             raise KeyExpired(
-                f"This API key ({key.name}, {key.id}) expired at {_when(key.expires_at)}; "
+                f"This API key expired at {_when(key.expires_at)}; "
                 "ask for a new one or an extension."
             )
         return key

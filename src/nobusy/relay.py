@@ -8,6 +8,7 @@ mid-stream is still logged and billed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from nobusy.usage import UsageRecord
 __all__ = ["Tally", "collect", "sse_events"]
 
 DONE = b"data: [DONE]\n\n"
+
+log = logging.getLogger("nobusy")
 
 
 class Tally:
@@ -96,6 +99,8 @@ async def sse_events(
         # Headers are gone: the only honest signal left is an error event, which the
         # OpenAI SDKs raise as APIError.
         record.outcome = exc.code or "error"
+        if exc.public_message != exc.message:  # the client gets the summary, the log the rest
+            log.warning("request %s: %s", record.request_id, exc.message)
         yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
     finally:
         await _aclose(answer.chunks)

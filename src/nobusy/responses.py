@@ -96,6 +96,9 @@ def error_response(exc: NobusyError) -> Response:
 
 async def nobusy_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NobusyError)
+    if exc.public_message != exc.message:  # the client got the summary; the log gets the rest
+        request_id = getattr(request.state, "request_id", "-")
+        log.warning("request %s: %s", request_id, exc.message)
     return error_response(exc)
 
 

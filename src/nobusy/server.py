@@ -1,46 +1,140 @@
-"""Running the app: uvicorn with uvloop and httptools, safe binding, and a header timeout.
+"""Running the app: uvicorn with uvloop and httptools, safe binding, and limits on headers.
 
-uvicorn has no limit on how long a client may take to send its headers, so a few hundred
-connections trickling one byte at a time would hold the server; ``GuardedHttpToolsProtocol``
-closes a connection whose headers are not complete within ``header_timeout``.
+uvicorn has no limit on how long a client may take to send its headers, nor on how large or
+how many they are: a few hundred connections trickling one byte at a time would hold the
+server, and four 16 MiB headers took 485 MiB. ``GuardedHttpToolsProtocol`` closes a connection
+whose headers are not complete within ``header_timeout``, and answers 431 once a request's
+line and headers pass ``max_header_bytes`` or ``max_headers``, before parsing any further.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import httptools
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
-from nobusy.errors import ConfigError
+from nobusy.edge import is_loopback
+from nobusy.errors import ConfigError, HeadersTooLarge
 from nobusy.settings import Settings
 
 __all__ = ["GuardedHttpToolsProtocol", "check_bind", "is_loopback", "run", "uvicorn_config"]
 
 
+# Seconds a refused connection's input is read and dropped before it is closed.
+_LINGER = 2.0
+
+
+class _TooManyHeaders(Exception):
+    pass
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus a deadline for each request's headers."""
+    """uvicorn's httptools protocol, plus a deadline and size limits for each request's head."""
 
     _header_timer: asyncio.TimerHandle | None = None
+    # Bytes the current request's line and headers may still take; None once they are read.
+    _head_left: int | None = None
+    _header_count = 0
+    _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
+        self._head_left = self._max_header_bytes()
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        # httptools buffers a header whole before calling back, so its size is capped here,
+        # on the raw bytes, by feeding the parser no more than the head may still take.
+        while data:
+            left = self._head_left
+            if left is None or len(data) <= left:
+                if left is not None:
+                    self._head_left = left - len(data)
+                self._feed(data)
+                return
+            piece, data = data[:left], data[left:]
+            self._head_left = 0
+            self._feed(piece)
+            if self.transport.is_closing():
+                return
+            if self._head_left is not None:  # the head is still not complete
+                self._refuse_head(f"larger than {self._max_header_bytes()} bytes")
+                return
+
+    def _feed(self, data: bytes) -> None:
+        # uvicorn's data_received, but a header over the count limit is answered 431, not 400.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._header_count > self._max_headers():
+                self._refuse_head(f"more than {self._max_headers()} headers")
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+        if self._head_left is None:  # a pipelined request after a body in the same read
+            self._head_left = self._max_header_bytes()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._max_headers():
+            raise _TooManyHeaders  # stops the parser; _feed answers 431
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        self._head_left = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request on this keep-alive connection
+            self._head_left = self._max_header_bytes()
+
+    def _max_header_bytes(self) -> int:
+        return int(getattr(self.config, "max_header_bytes", 64 * 1024))
+
+    def _max_headers(self) -> int:
+        return int(getattr(self.config, "max_headers", 100))
+
+    def _refuse_head(self, what: str) -> None:
+        error = HeadersTooLarge(f"The request line and headers are {what}.")
+        body = orjson.dumps(error.body())
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        # Closing a socket with unread input makes the kernel send a reset, which can destroy
+        # the answer before the client reads it: half-close, drop what still comes, close
+        # shortly after (nginx's lingering close).
+        self._discarding = True
+        self._disarm_header_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
@@ -60,15 +154,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(settings: Settings, has_keys: bool = False) -> None:
@@ -97,10 +182,15 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is believed only from trusted_proxies, by nobusy's own middleware
+        # (uvicorn would believe any loopback peer, so a local client could pick its address).
+        proxy_headers=False,
     )
-    # Read by GuardedHttpToolsProtocol; an attribute (not a class variable) so that it
-    # travels with the config to worker processes.
+    # Read by GuardedHttpToolsProtocol; attributes (not class variables) so that they
+    # travel with the config to worker processes.
     config.header_timeout = settings.header_timeout  # type: ignore[attr-defined]
+    config.max_header_bytes = settings.max_header_bytes  # type: ignore[attr-defined]
+    config.max_headers = settings.max_headers  # type: ignore[attr-defined]
     return config
 
 

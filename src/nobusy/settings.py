@@ -22,6 +22,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
 )
 
 from nobusy.errors import ConfigError
@@ -30,9 +31,35 @@ from nobusy.pii import PiiSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
-__all__ = ["AuditSettings", "HedgeSettings", "ModelAlias", "Route", "Settings", "load_settings"]
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "AuditSettings",
+    "HedgeSettings",
+    "ModelAlias",
+    "Route",
+    "Settings",
+    "check_secret",
+    "load_settings",
+]
 
 DEFAULT_ALIAS = "local"
+# Shortest secret nobusy accepts for what guards it (the admin key).
+MIN_SECRET_LENGTH = 16
+
+
+def check_secret(name: str, secret: str) -> None:
+    """Refuse an empty, blank or short secret with a message saying what to do instead."""
+    if not secret.strip():
+        raise ValueError(
+            f"{name} is set but empty (an empty NOBUSY_{name.upper()}= or a ${{VAR:-}} that "
+            "expanded to nothing?): remove it, or set a random secret of at least "
+            f"{MIN_SECRET_LENGTH} characters (openssl rand -hex 16)"
+        )
+    if len(secret) < MIN_SECRET_LENGTH or secret != secret.strip():
+        raise ValueError(
+            f"{name} must be at least {MIN_SECRET_LENGTH} characters without surrounding "
+            "spaces (openssl rand -hex 16 makes one)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +149,28 @@ class Settings(BaseModel):
     body_timeout: PositiveFloat = Field(
         30.0, description="Longest pause, in seconds, while a client sends its request body."
     )
+    body_deadline: PositiveFloat = Field(
+        120.0, description="Seconds a client may take to send its whole request body (408)."
+    )
+    max_header_bytes: PositiveInt = Field(
+        64 * 1024, description="Largest request line plus headers, in bytes (431 beyond)."
+    )
+    max_headers: PositiveInt = Field(100, description="Most request headers accepted (431).")
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="Host names served besides IP addresses and localhost (`*`: any); "
+        "a comma-separated list in NOBUSY_ALLOWED_HOSTS.",
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="Browser origins (`https://app.example`) allowed besides the console's "
+        "own (`*`: any).",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="Proxy addresses whose X-Forwarded-For is believed (`*`: any); none "
+        "by default.",
+    )
     max_attempts: PositiveInt = Field(
         3, description="Upstream attempts per request at most, continuations included."
     )
@@ -141,7 +190,9 @@ class Settings(BaseModel):
         60.0, description="Seconds a request may wait in the queue unless it or its key says."
     )
     admin_key: SecretStr | None = Field(
-        None, description="Bearer key for /v1/nobusy/*; without it only loopback clients."
+        None,
+        description=f"Bearer key for /v1/nobusy/*, at least {MIN_SECRET_LENGTH} characters; "
+        "without it only loopback clients.",
     )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
@@ -159,6 +210,23 @@ class Settings(BaseModel):
     models: dict[str, ModelAlias] = Field(
         default_factory=dict, description="Model aliases clients ask for, each a list of routes."
     )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key once matched an empty Authorization header: refuse it at start rather
+        # than guess whether `NOBUSY_ADMIN_KEY=` or `${X:-}` meant "no key" or "forgot it".
+        if value is not None:
+            check_secret("admin_key", value.get_secret_value())
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # From NOBUSY_* variables these come as one comma-separated string.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from nobusy.admission.limits import Limits
 from nobusy.audit import AuditLog
+from nobusy.auth import Authenticator
 from nobusy.guard import Guard
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
@@ -24,6 +25,7 @@ class AppState:
     router: Router
     metrics: Metrics
     ledger: Ledger
+    auth: Authenticator  # API and admin keys, and the failed-key allowance they share
     guard: Guard | None = None
     audit: AuditLog | None = None
     keys: KeyStore | None = None

@@ -106,7 +106,11 @@ def test_chunked_body_over_cap_is_413(base_url: str) -> None:
             yield b"x" * (1 << 20)
         yield b'"}]}'
 
-    response = httpx.post(f"{base_url}/chat/completions", content=chunks())
+    response = httpx.post(
+        f"{base_url}/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert "content-length" not in response.request.headers  # really chunked
     assert_openai_error(response, 413)
 

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from nobusy.db import private_dir
+
 __all__ = ["SharedSlots", "process_alive"]
 
 _CELLS = 64  # worker processes per host that can share one file
@@ -44,7 +46,7 @@ class SharedSlots:
         # One file per set of upstreams: processes of another configuration never share it.
         digest = hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:12]
         self.path = data_dir / f"slots-{digest}.bin"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         size = _CELLS * self.width * _WORD
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         with self._locked():

@@ -1,18 +1,16 @@
 """``/v1/nobusy/*``: operators' view of the upstreams, and a way to put one back in rotation.
 
 Protected by ``admin_key`` when one is set; without it, only loopback clients are let in.
+Wrong admin keys count against the client's allowance of failed keys, as API keys do.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nobusy.errors import AdminAuthRequired, NotFound
+from nobusy.errors import NotFound
 from nobusy.responses import JSONResponse
-from nobusy.server import is_loopback
 from nobusy.state import app_state
 
 __all__ = ["list_upstreams", "reset_upstream"]
@@ -20,15 +18,13 @@ __all__ = ["list_upstreams", "reset_upstream"]
 
 def require_admin(request: Request) -> None:
     """Raise unless the request carries the admin key (or, with none set, comes from loopback)."""
-    key = app_state(request).settings.admin_key
-    if key is None:
-        client = request.client.host if request.client else ""
-        if not is_loopback(client):
-            raise AdminAuthRequired("Admin endpoints need admin_key to be set for remote use.")
-        return
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise AdminAuthRequired("This endpoint needs the admin key: Authorization: Bearer KEY.")
+    state = app_state(request)
+    state.auth.check_admin(
+        request.headers.get("authorization", ""),
+        request.client.host if request.client else "",
+        state.settings.admin_key,
+        proxied=getattr(request.state, "proxied", False),
+    )
 
 
 async def list_upstreams(request: Request) -> Response:
