@@ -492,3 +492,13 @@ def test_lists_come_comma_separated_from_the_environment() -> None:
     assert EdgePolicy.from_settings(settings).client_address("10.1.1.1", "198.51.100.7") == (
         "198.51.100.7"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("", "set but empty"), ("  ", "set but empty"), ("short", "at least 12 characters")],
+)
+def test_an_empty_or_weak_data_key_is_refused_at_start(value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(env={"NOBUSY_SECRET_KEY": value})
+    assert load_settings(env={"NOBUSY_SECRET_KEY": "correct horse battery staple"})

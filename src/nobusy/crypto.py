@@ -48,6 +48,7 @@ __all__ = [
     "CryptoError",
     "CryptoSuite",
     "SuiteName",
+    "check_data_key",
     "load_suite",
     "signature_algorithm",
     "verify_signature",
@@ -342,15 +343,12 @@ def load_suite(
         raise CryptoError(f"unknown crypto suite {name!r}: use one of {get_args(SuiteName)}")
     spec = _SPECS[name]
     info = f"nobusy data key/{name}".encode()
-    raw = env.get("NOBUSY_SECRET_KEY", "").strip()
-    if raw:
+    given = env.get("NOBUSY_SECRET_KEY")
+    if given is not None:
+        check_data_key(given, name)
+        raw = given.strip()
         key = _decode_key(raw, spec.key_size)
         if key is None:
-            if len(raw) < 12:
-                raise CryptoError(
-                    f"NOBUSY_SECRET_KEY is neither hex/base64 of {spec.key_size} bytes "
-                    "nor a passphrase of at least 12 characters"
-                )
             key = hashlib.pbkdf2_hmac(
                 spec.hash_name, raw.encode(), info, PBKDF2_ITERATIONS, spec.key_size
             )
@@ -364,6 +362,24 @@ def load_suite(
     except ValueError:
         raise CryptoError(f"{path} is not hex") from None
     return CryptoSuite(name, spec.hkdf(secret, info, spec.key_size), data_dir)
+
+
+def check_data_key(given: str, name: SuiteName) -> None:
+    """Refuse a ``NOBUSY_SECRET_KEY`` that is set but empty, or too weak to be a key."""
+    size = _SPECS[name].key_size
+    raw = given.strip()
+    if not raw:
+        # Set but empty (NOBUSY_SECRET_KEY= in a unit file): falling back to secret.key would
+        # quietly encrypt under another key than the operator meant.
+        raise CryptoError(
+            "NOBUSY_SECRET_KEY is set but empty: unset it to use data_dir/secret.key, or set "
+            f"hex/base64 of {size} bytes or a passphrase of at least 12 characters"
+        )
+    if _decode_key(raw, size) is None and len(raw) < 12:
+        raise CryptoError(
+            f"NOBUSY_SECRET_KEY is neither hex/base64 of {size} bytes "
+            "nor a passphrase of at least 12 characters"
+        )
 
 
 def _decode_key(raw: str, size: int) -> bytes | None:

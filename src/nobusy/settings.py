@@ -397,6 +397,17 @@ def _decrypt_values(merged: dict[str, Any], env: Mapping[str, str]) -> dict[str,
     return result
 
 
+def _check_data_key(given: str, merged: dict[str, Any]) -> None:
+    # At start, with the other settings, rather than at the first encryption.
+    from nobusy.crypto import CryptoError, check_data_key
+
+    crypto = merged.get("crypto", "gm")
+    try:
+        check_data_key(given, crypto if crypto in ("gm", "standard") else "gm")
+    except CryptoError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _anchor_lexicons(guard: dict[str, Any], base: Path) -> None:
     # Lexicon paths in a config file are relative to that file, not to the working directory.
     for lexicon in guard.get("lexicons") or ():
@@ -429,6 +440,8 @@ def load_settings(
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
 
+    if "NOBUSY_SECRET_KEY" in env:
+        _check_data_key(env["NOBUSY_SECRET_KEY"], merged)
     if _has_encrypted(merged):
         merged = _decrypt_values(merged, env)
     if path and isinstance(merged.get("guard"), dict):
