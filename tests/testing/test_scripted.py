@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import pytest
 
+import nobusy.testing
 from nobusy.continuation import continuation_body
 from nobusy.errors import UpstreamError, UpstreamProtocolError
 from nobusy.testing import (
@@ -133,3 +135,15 @@ async def test_closing_early_is_recorded() -> None:
 def test_pieces_keep_every_character() -> None:
     for sample in ("", " lead", "a  b\nc ", "one"):
         assert "".join(pieces(sample)) == sample
+
+
+async def test_the_package_docstring_example_runs() -> None:
+    doc = nobusy.testing.__doc__ or ""
+    lines = doc.split("::\n\n", 1)[1].splitlines()
+    end = next(i for i, line in enumerate(lines) if line and not line.startswith(" "))
+    block = "\n".join(lines[:end])
+    assert "assert text == c.answer" in block  # the whole example, up to its last line
+    source = "async def example():\n" + textwrap.indent(textwrap.dedent(block), "    ")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "nobusy.testing docstring", "exec"), namespace)
+    await namespace["example"]()

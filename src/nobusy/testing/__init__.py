@@ -6,6 +6,7 @@ raising the same ``nobusy.errors`` the ``openai`` kind raises for that fault on 
 it to the real ``Router`` to test routing, failover, hedging and continuation without a
 socket, in milliseconds::
 
+    from nobusy import testing
     from nobusy.metrics import Metrics
     from nobusy.routing import Router
     from nobusy.settings import ModelAlias, Route, Settings
@@ -13,7 +14,8 @@ socket, in milliseconds::
 
     a = ScriptedUpstream("a", [Refuse(503)])
     b = ScriptedUpstream("b", [CutAfter(3)])
-    c = ScriptedUpstream("c", [Reply()])  # asked to continue, it says only the rest
+    # Asked to continue (DeepSeek-style prefix), c says only the rest of the answer.
+    c = ScriptedUpstream("c", [Reply()], settings=testing.Settings(continuation="prefix"))
     ups = {u.name: u for u in (a, b, c)}
     settings = Settings(
         upstreams={name: u.settings for name, u in ups.items()},
@@ -24,9 +26,11 @@ socket, in milliseconds::
     reservation = router.reserve("m")
     answer = await router.open("m", body, "req-1", reservation)
     text = "".join(
-        chunk["choices"][0]["delta"].get("content") or ""
-        async for chunk in answer.chunks
-        if chunk.get("choices")
+        [
+            chunk["choices"][0]["delta"].get("content") or ""
+            async for chunk in answer.chunks
+            if chunk.get("choices")
+        ]
     )
     assert text == c.answer  # the partial answer from b, then the rest from c
     assert c.calls[0].body["messages"][-1]["role"] == "assistant"  # the continuation
@@ -41,6 +45,14 @@ from __future__ import annotations
 
 from nobusy.testing.scripted import (
     DEFAULT_ANSWER,
+    ScriptedCall,
+    ScriptedUpstream,
+    ScriptExhausted,
+    Settings,
+    pieces,
+    refusal,
+)
+from nobusy.testing.steps import (
     CutAfter,
     ErrorEvent,
     Garbage,
@@ -50,16 +62,10 @@ from nobusy.testing.scripted import (
     Refuse,
     Reply,
     Script,
-    ScriptedCall,
-    ScriptedUpstream,
-    ScriptExhausted,
-    Settings,
     Slow,
     Step,
     ToolCall,
     Unreachable,
-    pieces,
-    refusal,
 )
 
 __all__ = [

@@ -9,12 +9,11 @@ status-to-class table and a test keeps it equal to the openai kind's). Every cal
 in ``calls`` with how it ended, for assertions such as "the second upstream was asked to
 continue this partial answer" or "the hedged loser was closed".
 
-Steps that answer speak ``text`` if they have one, else the upstream's ``answer``. Asked to
-continue a partial answer of that ``answer`` (any continuation mode), they speak only the rest,
-as a real model would, so an answer assembled after a failover equals the uninterrupted one.
-
-Faults after the first token take ``after``: that many pieces of the answer are sent first.
-Every streamed step starts with a role-only chunk, as real servers do, which is not a token.
+The steps are in ``nobusy.testing.steps``. Steps that answer speak ``text`` if they have one,
+else the upstream's ``answer``; asked to continue a partial answer of that ``answer`` (any
+continuation mode), they speak only the rest, as a real model would, so an answer assembled
+after a failover equals the uninterrupted one. Every streamed step starts with a role-only
+chunk, as real servers do, which is not a token.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat
 
@@ -38,27 +37,30 @@ from nobusy.errors import (
     UpstreamRejectedRequest,
     UpstreamUnreachable,
 )
+from nobusy.testing.steps import (
+    Answer,
+    CutAfter,
+    ErrorEvent,
+    Garbage,
+    Hang,
+    KeepAliveOnly,
+    Raise,
+    Refuse,
+    Reply,
+    Script,
+    Slow,
+    Step,
+    ToolCall,
+    Unreachable,
+)
 from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings
 
 __all__ = [
     "DEFAULT_ANSWER",
-    "CutAfter",
-    "ErrorEvent",
-    "Garbage",
-    "Hang",
-    "KeepAliveOnly",
-    "Raise",
-    "Refuse",
-    "Reply",
-    "Script",
     "ScriptExhausted",
     "ScriptedCall",
     "ScriptedUpstream",
     "Settings",
-    "Slow",
-    "Step",
-    "ToolCall",
-    "Unreachable",
     "pieces",
     "refusal",
 ]
@@ -76,127 +78,6 @@ class Settings(UpstreamSettings):
     idle_timeout: PositiveFloat = Field(
         0.1, description="Longest gap between two tokens, in seconds (short for tests)."
     )
-
-
-# --- steps -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A whole answer: optional reasoning, then text, a finish reason and a usage chunk."""
-
-    text: str | Sequence[str] | None = None
-    reasoning: str | Sequence[str] = ()
-    usage: bool = True
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """An answer that calls one tool, its JSON ``arguments`` streamed in ``parts`` pieces."""
-
-    name: str = "lookup"
-    arguments: str = '{"query": "nobusy"}'
-    id: str = "call_scripted_1"
-    parts: int = 3
-
-
-Answer: TypeAlias = Reply | ToolCall
-
-
-@dataclass(frozen=True)
-class Slow:
-    """An answer (``of``, default ``Reply()``) with ``delay`` before its first token and
-    ``gap`` before each later one."""
-
-    gap: float = 0.0
-    delay: float = 0.0
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """An HTTP error status before any chunk (503 and 429 say busy; 401 is our config; 400 is
-    the request's fault), optionally with a Retry-After in seconds."""
-
-    status: int = 503
-    retry_after: float | None = None
-    message: str = "Server busy, please try again later"
-
-
-@dataclass(frozen=True)
-class Unreachable:
-    """The connection is refused: nothing was sent."""
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Headers and a role chunk, ``after`` pieces, then silence until the caller gives up."""
-
-    after: int = 0
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class KeepAliveOnly:
-    """``after`` pieces, then only keep-alives every ``interval`` seconds: SSE comments (which
-    the openai kind never surfaces) or, with ``empty_chunks``, chunks whose delta is empty.
-    After ``beats`` of them (never, when None) the connection drops."""
-
-    after: int = 0
-    interval: float = 0.01
-    empty_chunks: bool = False
-    beats: int | None = None
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class CutAfter:
-    """``n`` pieces, then the connection drops mid-answer."""
-
-    n: int = 0
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    """``after`` pieces, then an error object inside the 200 event stream."""
-
-    after: int = 0
-    message: str = "internal error"
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class Garbage:
-    """``after`` pieces, then an event whose data is not JSON."""
-
-    after: int = 0
-    of: Answer | None = None
-
-
-@dataclass(frozen=True)
-class Raise:
-    """``after`` pieces, then ``error`` (any ``UpstreamError``, for faults not listed here)."""
-
-    error: UpstreamError
-    after: int = 0
-    of: Answer | None = None
-
-
-Step: TypeAlias = (
-    Reply
-    | ToolCall
-    | Slow
-    | Refuse
-    | Unreachable
-    | Hang
-    | KeepAliveOnly
-    | CutAfter
-    | ErrorEvent
-    | Garbage
-    | Raise
-)
-Script: TypeAlias = Sequence[Step] | Callable[[UpstreamCall], Step]
 
 
 class ScriptExhausted(AssertionError):
