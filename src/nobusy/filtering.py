@@ -3,8 +3,13 @@
 The output filter wraps the answer's chunks (between routing and relay), so streaming and
 non-streaming answers, every upstream and every continuation pass through the same code:
 ``stream: true`` cannot bypass it. Content and reasoning each get their own stream filter,
-which holds back only the few characters a split word could still need; a block word ends
-the answer with ``finish_reason: "content_filter"`` and closes the upstream request.
+which holds back only the few characters a split word could still need; tool calls are checked
+whole once complete. A block word ends the answer with ``finish_reason: "content_filter"`` and
+closes the upstream request.
+
+The input check reads every string that goes upstream (``nobusy.payload``), not only the
+messages' text. Bidi embedding and override controls are taken out of checked text on both
+sides: ``"\u202ekcalb"`` would show as a word the matcher never read.
 """
 
 from __future__ import annotations
