@@ -238,6 +238,8 @@ def test_restorer_holds_back_only_a_possible_placeholder() -> None:
 
 VALUES = [ID, MOBILE, "+86 139-0013-9000", CARD, EMAIL, "10.1.2.3", "2001:db8::1"]
 NOISE = ["你好", " ", "，", "1", "86", "-", ".", "@", ":", "x", "X", "_", "[", "]", "[[", "]]"]
+# Folded before detection: full-width, CJK numerals, zero-width and bidi characters.
+NOISE += ["一", "八", "３", "．", "＠", "［［", "\u200b", "\u202e", "\u3000"]
 PLACEHOLDERS = [
     "[[PII_ID_1]]",
     "[[pii_mobile_2]]",
