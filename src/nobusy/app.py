@@ -63,9 +63,7 @@ def create_app(settings: Settings) -> Starlette:
             settings, router, metrics, ledger, auth, guard, audit, keys, limits
         )
         for upstream in upstreams.values():
-            start = getattr(upstream, "start", None)
-            if start is not None:
-                await start()
+            await upstream.start()
         shared, pump = _share_ceilings(settings, router)
         prober = Prober(router)
         prober.start()
