@@ -169,6 +169,37 @@ def test_a_failure_at_any_step_closes_the_books(
     assert in_flight_gauge(app_client) == 0
 
 
+def test_large_bodies_are_parsed_guarded_and_masked_off_the_event_loop(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, str] = {}
+
+    def where(name: str, real: Any) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            threads[name] = threading.current_thread().name
+            return real(*args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(
+        chat_module, "parse_chat_request", where("parse", chat_module.parse_chat_request)
+    )
+    monkeypatch.setattr(chat_module, "check_messages", where("guard", chat_module.check_messages))
+    monkeypatch.setattr(Masker, "mask_messages", where("pii", Masker.mask_messages))
+    padding = "call 13800138000 " + "lorem ipsum " * 10_000  # ~120 KB
+    big = {"model": "ok", "messages": [{"role": "user", "content": padding}]}
+    assert app_client.post("/v1/chat/completions", json=big).status_code == 200
+    assert set(threads) == {"parse", "guard", "pii"}
+    assert all(name.startswith("nobusy-cpu") for name in threads.values()), threads
+    # The checks still hold there: a blocked word in a large body is refused.
+    big["messages"][0]["content"] += " forbiddenword"
+    response = app_client.post("/v1/chat/completions", json=big)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "content_filter"
+    threads.clear()
+    assert app_client.post("/v1/chat/completions", json=BODY).status_code == 200
+    assert not any(name.startswith("nobusy-cpu") for name in threads.values())  # small: inline
+
+
 # --- Clients that leave, over loopback. --------------------------------------------------------
 
 
