@@ -57,9 +57,9 @@ def inject(step: str, exc: Exception, state: AppState, monkeypatch: pytest.Monke
         assert state.limits is not None
         monkeypatch.setattr(state.limits, "admit", aboom)
     elif step == "guard":
-        monkeypatch.setattr(chat_module, "check_messages", boom)
+        monkeypatch.setattr(chat_module, "check_request", boom)
     elif step == "pii":
-        monkeypatch.setattr(Masker, "mask_messages", boom)
+        monkeypatch.setattr(Masker, "mask_request", boom)
     elif step == "reserve":
         monkeypatch.setattr(router, "reserve", boom)
     elif step == "enqueue":
@@ -184,8 +184,8 @@ def test_large_bodies_are_parsed_guarded_and_masked_off_the_event_loop(
     monkeypatch.setattr(
         chat_module, "parse_chat_request", where("parse", chat_module.parse_chat_request)
     )
-    monkeypatch.setattr(chat_module, "check_messages", where("guard", chat_module.check_messages))
-    monkeypatch.setattr(Masker, "mask_messages", where("pii", Masker.mask_messages))
+    monkeypatch.setattr(chat_module, "check_request", where("guard", chat_module.check_request))
+    monkeypatch.setattr(Masker, "mask_request", where("pii", Masker.mask_request))
     padding = "call 13800138000 " + "lorem ipsum " * 10_000  # ~120 KB
     big = {"model": "ok", "messages": [{"role": "user", "content": padding}]}
     assert app_client.post("/v1/chat/completions", json=big).status_code == 200

@@ -34,7 +34,7 @@ from nobusy.errors import (
     QueueTimeout,
     UpstreamOverloaded,
 )
-from nobusy.filtering import check_messages, filter_answer, restore_answer
+from nobusy.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard import Guard, Hit
 from nobusy.keys import Key
 from nobusy.pii import Masker, PiiSettings
@@ -158,8 +158,8 @@ class _Books:
             self.close()
 
     @property
-    def capture(self) -> list[str] | None:
-        return self.exchange.answer if self.exchange is not None else None
+    def capture(self) -> Exchange | None:
+        return self.exchange
 
 
 class _Exchange(Response):
@@ -200,7 +200,7 @@ class _Exchange(Response):
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
         await books.admit(key, chat, self.size)
-        books.masker = await state.offload.run(
+        body, books.masker = await state.offload.run(
             self.size, _screen, state.guard, router.alias(chat.model).pii, body, books.hits
         )
         client = request.client.host if request.client else "unknown"
@@ -225,9 +225,7 @@ class _Exchange(Response):
             books.record.outcome = "client_gone"  # until the stream says otherwise
             events = sse_events(answer, chat, books.record, books.close, books.capture)
             return EventStreamResponse(events, headers)
-        completion = await collect(answer, chat, books.record)
-        if books.capture is not None:
-            books.capture.append(completion["choices"][0]["message"]["content"] or "")
+        completion = await collect(answer, chat, books.record, books.capture)
         books.close()  # before the answer leaves: its row is then committed before its end
         if books.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(books.record.notes)
@@ -236,15 +234,15 @@ class _Exchange(Response):
 
 def _screen(
     guard: Guard | None, pii: PiiSettings, body: dict[str, Any], hits: list[Hit]
-) -> Masker | None:
-    """The input guard, then PII masking, on ``body`` in place; the masker that restores."""
+) -> tuple[dict[str, Any], Masker | None]:
+    """The input guard (on ``body`` in place), then PII masking: the body to send upstream,
+    and the masker that restores the answer."""
     if guard is not None and guard.checks_input:
-        check_messages(guard, body, hits)
+        check_request(guard, body, hits)
     if not pii.enabled:
-        return None
+        return body, None
     masker = Masker(pii.kinds)
-    body["messages"] = masker.mask_messages(body.get("messages") or [])
-    return masker
+    return masker.mask_request(body), masker
 
 
 async def _granted(books: _Books) -> Reservation:
