@@ -61,9 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         state = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
         app.state.nobusy = state
         for upstream in upstreams.values():
-            start = getattr(upstream, "start", None)
-            if start is not None:
-                await start()
+            await upstream.start()
         shared, pump = _share_ceilings(settings, router)
         prober = Prober(router)
         prober.start()
