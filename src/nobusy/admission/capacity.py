@@ -287,6 +287,7 @@ class Ticket:
         self.patience = patience
         self.deadline = time.monotonic() + patience
         self.enqueued = time.monotonic()
+        self.left = False
 
     def status(self) -> tuple[int, float]:
         position = self.capacity.queue.position(self.waiter)
@@ -329,7 +330,11 @@ class Ticket:
         return time.monotonic() - self.enqueued
 
     def abandon(self) -> None:
-        """Leave the queue; a slot handed over in the meantime is given back."""
+        """Leave the queue; a slot handed over in the meantime is given back (once: both the
+        waiting loop and the request's own books may call this)."""
+        if self.left:
+            return
+        self.left = True
         future = self.waiter.future
         self.capacity.queue.remove(self.waiter)
         if future.done() and not future.cancelled():
