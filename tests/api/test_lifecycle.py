@@ -95,7 +95,9 @@ models:
 """
     )
     settings = load_settings(config, env={}, data_dir=tmp_path / "data")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    # A loopback base URL: TestClient's own "testserver" is a host name the edge refuses.
+    app = create_app(settings)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 
 
