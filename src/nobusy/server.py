@@ -21,7 +21,14 @@ from uvicorn.supervisors import Multiprocess
 from nobusy.errors import ConfigError
 from nobusy.settings import Settings
 
-__all__ = ["GuardedHttpToolsProtocol", "check_bind", "is_loopback", "run", "uvicorn_config"]
+__all__ = [
+    "GuardedHttpToolsProtocol",
+    "check_bind",
+    "configure_logging",
+    "is_loopback",
+    "run",
+    "uvicorn_config",
+]
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -104,6 +111,44 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return config
 
 
+def configure_logging(level: str) -> None:
+    """One line per event on stderr: time, level, logger, message."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    # httpx logs every upstream request at INFO: noise, and a cost on every request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _startup_lines(
+    settings: Settings, config_file: Path | None, active: int, any_keys: bool
+) -> None:
+    """What an operator needs first: where to send requests, where the console is, and who
+    may use it. Logged only once every check has passed."""
+    log = logging.getLogger("nobusy")
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{shown}:{settings.port}"
+    log.info(
+        "nobusy serving %s at %s/v1 (%d worker%s)",
+        ", ".join(settings.models),
+        base,
+        settings.workers,
+        "" if settings.workers == 1 else "s",
+    )
+    log.info("console: %s/", base)
+    source = f"config {config_file}" if config_file else "no config file"
+    log.info("data dir: %s (%s)", settings.data_dir.resolve(), source)
+    if not any_keys:
+        log.info("API keys: none, so no key is needed (loopback only unless --insecure)")
+    elif active:
+        log.info("API keys: %d active; every request needs one", active)
+    else:
+        log.warning(
+            "API keys: none active, so every request is refused; create one with "
+            "`nobusy keys create --name NAME`"
+        )
+
+
 def _single_app(settings: Settings) -> Any:
     from nobusy.app import create_app
 
@@ -118,13 +163,12 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
     try:
         check_bind(settings, has_keys=store.any_keys())
+        active = store.active_count()
+        any_keys = store.any_keys()
     finally:
         store.close()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # httpx logs every upstream request at INFO: noise, and a cost on every request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
+    _startup_lines(settings, config_file, active, any_keys)
     if settings.workers > 1:
         # Workers rebuild the settings from the environment: hand them the CLI's choices.
         for name in (

@@ -106,6 +106,7 @@ async def chat_completions(request: Request) -> Response:
     router = state.router
     router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
     books = _Books(state, chat, body, request.state.request_id)
+    request.state.usage_record = books.record  # for the access line (nobusy.access)
     key: Key | None = getattr(request.state, "key", None)
     try:
         await books.admit(key, chat, len(raw))

@@ -7,6 +7,7 @@ import click
 from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
+from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.keys import keys
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
@@ -16,7 +17,10 @@ from nobusy.fake_upstream import fake_upstream_command
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=NobusyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="nobusy")
 def cli() -> None:
     """nobusy: one OpenAI-compatible endpoint over many model sources, never "server busy"."""
