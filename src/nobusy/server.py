@@ -129,7 +129,7 @@ def _startup_lines(
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{shown}:{settings.port}"
     log.info(
-        "nobusy serving %s at %s/v1 (%d worker%s)",
+        "serving %s at %s/v1 (%d worker%s)",
         ", ".join(settings.models),
         base,
         settings.workers,
