@@ -96,7 +96,7 @@ class AnswerStream:
                             break
                         except TimeoutError:
                             raise UpstreamTimeout(
-                                f"timed out after {idle:g} s waiting for the next token",
+                                f"timed out mid-answer after {idle:g} s without a token",
                                 upstream=attempt.route.upstream,
                             ) from None
                         for out in self._process(chunk):
