@@ -4,6 +4,11 @@ The outermost middleware: it sees the status actually sent, and reads what the i
 left in the request's state: its id, the API key, and for a chat completion its usage record
 (alias, upstream, time to first token, tokens, outcome). uvicorn's own access log is off.
 Probes and the console's polling are logged at DEBUG, so INFO shows the traffic.
+
+It also shortens a failed start-up: Starlette hands uvicorn the whole traceback of an
+exception raised while the app starts (an embedded model that cannot load, a database that
+cannot open), and uvicorn logs it as is; the operator gets its last line instead, and the
+traceback only at DEBUG.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _short_startup_errors(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -77,3 +85,15 @@ def line(scope: Scope, status: int, seconds: float) -> str:
         parts.append("outcome=refused" if status < 500 else "outcome=error")
     parts.append(f"time={seconds * 1000:.0f}ms")
     return " ".join(parts)
+
+
+def _short_startup_errors(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed" and message.get("message"):
+            text = str(message["message"]).strip()
+            log.debug("start-up failed:\n%s", text)
+            last = text.splitlines()[-1]
+            message = {**message, "message": f"nobusy cannot start: {last}"}
+        await send(message)
+
+    return sending

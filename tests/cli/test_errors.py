@@ -150,3 +150,17 @@ def test_serve_says_serving_only_once_it_serves(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "refusing to listen" in refused.stderr
     assert "serving" not in refused.stdout + refused.stderr
+
+
+def test_a_failed_start_is_one_line(tmp_path: Path) -> None:
+    # An embedded model that cannot load fails the app's start-up inside uvicorn.
+    (tmp_path / "nobusy.yaml").write_text(
+        f"upstreams:\n  local: {{kind: embedded, model_path: {tmp_path / 'missing.gguf'}}}\n"
+    )
+    result = nobusy(
+        "serve", "--config", "nobusy.yaml", "--port", str(free_port()), cwd=tmp_path, timeout=120
+    )
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, out
+    assert "nobusy cannot start:" in out and ("missing.gguf" in out or "llama_cpp" in out), out

@@ -115,6 +115,7 @@ def _live_circuits(
     settings: Settings, url: str | None, admin_key: str | None
 ) -> dict[str, dict[str, Any]]:
     """Circuit states from a nobusy already serving this config, if one answers."""
+    explicit = url is not None
     if url is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         url = f"http://{host}:{settings.port}"
@@ -124,11 +125,19 @@ def _live_circuits(
     key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
     if key:
         headers["authorization"] = f"Bearer {key}"
+    err = Console(stderr=True)
     try:
         response = httpx.get(f"{api_url(url)}/nobusy/upstreams", headers=headers, timeout=2)
         data = response.json()["data"] if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError):
+        if explicit:
+            err.print(f"[yellow]no nobusy answered at {escape(url)}: circuits not shown[/]")
         return {}
+    if response.status_code in (401, 403):
+        err.print(
+            f"[yellow]the server at {escape(url)} wants its admin key: circuits not shown "
+            "(--admin-key or NOBUSY_ADMIN_KEY)[/]"
+        )
     return {entry["name"]: entry for entry in data}
 
 
