@@ -8,8 +8,10 @@ closes a connection whose headers are not complete within ``header_timeout``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import logging
+import logging.config
 import os
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,9 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         http=GuardedHttpToolsProtocol,
         ws="none",
         lifespan="on",
-        access_log=False,
+        access_log=False,  # nobusy.access writes one line per request instead
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )
@@ -111,13 +114,35 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return config
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus nobusy's loggers: one line per event on stderr.
+
+    Given to uvicorn rather than set up once here, because with several workers each process
+    applies it itself (a spawned worker inherits no handlers).
+    """
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["nobusy"] = {"format": LOG_FORMAT}
+    config["handlers"]["nobusy"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "nobusy",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["nobusy"] = {
+        "handlers": ["nobusy"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    # httpx logs every request at INFO: noise, and a cost on every request.
+    config["loggers"]["httpx"] = {"level": "WARNING"}
+    return config
+
+
 def configure_logging(level: str) -> None:
-    """One line per event on stderr: time, level, logger, message."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # httpx logs every upstream request at INFO: noise, and a cost on every request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    """Apply ``log_config`` in this process (the start-up lines come before uvicorn's own)."""
+    logging.config.dictConfig(log_config(level))
 
 
 def _startup_lines(

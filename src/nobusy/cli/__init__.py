@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from nobusy import __version__
@@ -24,6 +26,9 @@ __all__ = ["cli", "main"]
 @click.version_option(__version__, prog_name="nobusy")
 def cli() -> None:
     """nobusy: one OpenAI-compatible endpoint over many model sources, never "server busy"."""
+    # Commands say what happened themselves; the library's log lines are for the server's log
+    # (configured by `serve`), not Python's bare last-resort printing to the terminal.
+    logging.getLogger("nobusy").addHandler(logging.NullHandler())
 
 
 cli.add_command(serve)
