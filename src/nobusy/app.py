@@ -60,9 +60,7 @@ def create_app(settings: Settings) -> Starlette:
         limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
         app.state.nobusy = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
         for upstream in upstreams.values():
-            start = getattr(upstream, "start", None)
-            if start is not None:
-                await start()
+            await upstream.start()
         shared, pump = _share_ceilings(settings, router)
         prober = Prober(router)
         prober.start()

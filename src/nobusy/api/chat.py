@@ -26,7 +26,7 @@ from nobusy.errors import (
     QueueTimeout,
     UpstreamOverloaded,
 )
-from nobusy.filtering import check_messages, filter_answer, restore_answer
+from nobusy.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard import Hit
 from nobusy.keys import Key
 from nobusy.pii import Masker
@@ -94,8 +94,8 @@ class _Books:
         self.state.ledger.close(self.record, self.started, first_token_at, self.exchange)
 
     @property
-    def capture(self) -> list[str] | None:
-        return self.exchange.answer if self.exchange is not None else None
+    def capture(self) -> Exchange | None:
+        return self.exchange
 
 
 async def chat_completions(request: Request) -> Response:
@@ -111,11 +111,11 @@ async def chat_completions(request: Request) -> Response:
         await books.admit(key, chat, len(raw))
         guard = state.guard
         if guard is not None and guard.checks_input:
-            check_messages(guard, body, books.hits)
+            check_request(guard, body, books.hits)
         pii = router.alias(chat.model).pii
         if pii.enabled:
             books.masker = Masker(pii.kinds)
-            body["messages"] = books.masker.mask_messages(body.get("messages") or [])
+            body = books.masker.mask_request(body)
         client = request.client.host if request.client else "unknown"
         books.who = f"key:{key.id}" if key else f"client:{client}"
         books.priority = key.priority if key else "normal"
@@ -142,9 +142,7 @@ async def chat_completions(request: Request) -> Response:
         events = sse_events(answer, chat, books.record, books.close, books.capture)
         return EventStreamResponse(events, headers)
     try:
-        completion = await collect(answer, chat, books.record)
-        if books.capture is not None:
-            books.capture.append(completion["choices"][0]["message"]["content"] or "")
+        completion = await collect(answer, chat, books.record, books.capture)
     except NobusyError as exc:
         books.record.outcome = exc.code or "error"
         raise
