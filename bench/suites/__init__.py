@@ -9,6 +9,7 @@ from __future__ import annotations
 from bench.suites import (
     admission,
     audit,
+    bigbody,
     embedded,
     failover,
     guard,
@@ -30,6 +31,7 @@ SUITES: dict[str, Suite] = {
         workers.SUITE,
         failover.SUITE,
         guard.SUITE,
+        bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,
         sigkill.SUITE,

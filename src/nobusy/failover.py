@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from nobusy.continuation import OverlapTrimmer, Skipper, continuation_body
 from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
 from nobusy.settings import Route
-from nobusy.upstreams.base import Chunk
+from nobusy.upstreams.base import Chunk, has_token
 
 if TYPE_CHECKING:
     from nobusy.routing import Attempt, Router
@@ -84,13 +84,17 @@ class AnswerStream:
                         for out in self._process(chunk):
                             yield out
                     attempt.prefix = []
-                    idle = float(getattr(attempt.settings, "idle_timeout", 60.0))
+                    idle = attempt.settings.idle_timeout
                     iterator = attempt.iterator
+                    loop = asyncio.get_running_loop()
+                    left = idle
                     while True:
                         # The deadline covers only the wait for the upstream, never the time
-                        # the client takes to read what was yielded.
+                        # the client takes to read what was yielded; and only a token restarts
+                        # it, so a stream of empty chunks times out like silence does.
+                        waiting = loop.time()
                         try:
-                            async with asyncio.timeout(idle):
+                            async with asyncio.timeout(left):
                                 chunk = await anext(iterator)
                         except StopAsyncIteration:
                             break
@@ -99,13 +103,12 @@ class AnswerStream:
                                 f"timed out mid-answer after {idle:g} s without a token",
                                 upstream=attempt.route.upstream,
                             ) from None
+                        left = idle if has_token(chunk) else left - (loop.time() - waiting)
                         for out in self._process(chunk):
                             yield out
-                    if self.trimmer is not None and not self.trimmer.done:
-                        held = self.trimmer.flush()
-                        if held:
-                            self._content.append(held)
-                            yield _content_chunk(held)
+                    held = self._held_content()  # the stream ended without a finish chunk
+                    if held:
+                        yield _content_chunk(held)
                     await attempt.succeed()
                     if self.saw_usage:
                         yield _usage_chunk(self.usage)
@@ -193,6 +196,9 @@ class AnswerStream:
             if finish:
                 out.extend(self.tools)
                 self.tools = []
+                held = self._held_content()  # it belongs before the finish, not after
+                if held:
+                    delta["content"] = delta.get("content", "") + held
             if delta or finish:
                 out.append(_choice_chunk(choice, delta, finish))
         return out
@@ -202,6 +208,18 @@ class AnswerStream:
             text = self.trimmer.feed(text)
         if self.content_skip is not None:
             text = self.content_skip.feed(text)
+        return text
+
+    def _held_content(self) -> str:
+        """What the trimmer still holds of a continuation shorter than its window, released
+        through the skipper like any other new content (the client has the whitespace)."""
+        if self.trimmer is None or self.trimmer.done:
+            return ""
+        text = self.trimmer.flush()
+        if self.content_skip is not None:
+            text = self.content_skip.feed(text)
+        if text:
+            self._content.append(text)
         return text
 
     def _new_reasoning(self, text: str) -> list[str | Chunk]:
@@ -252,7 +270,7 @@ class AnswerStream:
             return attempt
 
     def _continuation_attempt(self, route: Route) -> Attempt:
-        settings = self.router.settings.upstreams[route.upstream]
+        settings = self.router.upstreams[route.upstream].settings
         self.continuing = True
         self.content_skip = self.trimmer = self.reasoning_skip = None
         content = "".join(self._content)

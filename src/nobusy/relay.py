@@ -3,26 +3,30 @@
 Both paths rewrite each chunk's ``id`` and ``model`` (so an answer keeps one identity whichever
 upstream produced it), count usage from the upstream's usage chunk, and hide that chunk when
 the client did not ask for it. The usage record is closed in ``finally``: a client that leaves
-mid-stream is still logged and billed.
+mid-stream is still logged and billed. An error after the headers becomes an error event, a
+bug included (its traceback goes to the log only).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
-from nobusy.errors import NobusyError
+from nobusy.errors import NobusyError, error_body
 from nobusy.message import MessageBuilder
 from nobusy.routing import Answer
 from nobusy.schema import ChatRequest
 from nobusy.upstreams.base import Chunk
 from nobusy.usage import Exchange, UsageRecord
 
-__all__ = ["Tally", "collect", "sse_events"]
+__all__ = ["Tally", "collect", "internal_error_event", "sse_events"]
 
 DONE = b"data: [DONE]\n\n"
+
+log = logging.getLogger("nobusy")
 
 
 class Tally:
@@ -97,9 +101,24 @@ async def sse_events(
         # OpenAI SDKs raise as APIError.
         record.outcome = exc.code or "error"
         yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    except Exception as exc:
+        record.outcome = "internal_error"
+        yield internal_error_event(record.request_id, exc)
     finally:
         await _aclose(answer.chunks)
         close()
+
+
+def internal_error_event(request_id: str, exc: Exception) -> bytes:
+    """A bug after the headers: the log gets the traceback, the client an error event."""
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    body = error_body(
+        f"Internal error in nobusy (request {request_id}); it has been logged.",
+        "server_error",
+        None,
+        "internal_error",
+    )
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 async def collect(

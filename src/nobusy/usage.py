@@ -51,7 +51,12 @@ class Exchange:
 
 @dataclass(slots=True)
 class UsageRecord:
-    """What one request cost and how it ended."""
+    """What one request cost and how it ended.
+
+    ``outcome``: ``ok``; ``client_gone`` (the client left first, streaming or not: what the
+    upstream produced until then is billed); the error's ``code`` (``queue_full``,
+    ``all_upstreams_failed``...; ``internal_error`` for a bug); ``cancelled`` (server stopping).
+    """
 
     request_id: str
     alias: str

@@ -9,6 +9,7 @@ test checks the whole answer, which upstreams were called, and that no slot was 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from dataclasses import dataclass, field
@@ -315,12 +316,6 @@ async def test_slow_but_within_the_idle_timeout_is_not_a_failure() -> None:
     settled(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walker bug: idle_timeout is 'the longest gap between two tokens', but the idle "
-    "deadline in failover.AnswerStream.chunks restarts on every chunk, so an upstream that "
-    "streams empty deltas (data-level keep-alives) after its first token is never timed out",
-)
 async def test_empty_chunks_after_first_token_do_not_count_as_progress() -> None:
     # 40 empty chunks 10 ms apart, then the connection drops: with the idle timeout (50 ms)
     # enforced between tokens, the failure is the timeout, long before the drop.
@@ -416,13 +411,6 @@ async def test_instructed_continuation_that_repeats_itself_is_trimmed() -> None:
     settled(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walker bug: in continuation mode none, a continuation shorter than the trimmer's "
-    "64-character window is released by OverlapTrimmer.flush() at the end of the stream "
-    "(failover.AnswerStream.chunks), which bypasses the Skipper that drops the whitespace the "
-    "client already has: the answer gets a doubled space",
-)
 async def test_short_instructed_continuation_does_not_double_the_space() -> None:
     a = upstream("a", CutAfter(3))
     b = upstream("b", Reply(), continuation="none")
@@ -431,11 +419,6 @@ async def test_short_instructed_continuation_does_not_double_the_space() -> None
     assert out.text == DEFAULT_ANSWER
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walker bug: the same end-of-stream OverlapTrimmer.flush() yields the held text "
-    "after the finish chunk it already relayed, so a client sees content after finish_reason",
-)
 async def test_short_instructed_continuation_ends_with_its_finish_chunk() -> None:
     a = upstream("a", CutAfter(3))
     b = upstream("b", Reply("delta echo foxtrot golf hotel"), continuation="none")
@@ -444,6 +427,20 @@ async def test_short_instructed_continuation_ends_with_its_finish_chunk() -> Non
     assert out.text == DEFAULT_ANSWER
     with_choices = [c for c in out.chunks if c.get("choices")]
     assert with_choices[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_the_continuation_mode_is_the_upstream_own_setting() -> None:
+    # One source for an upstream's options: what it was built with (upstream.settings).
+    a, b = upstream("a", CutAfter(3)), upstream("b", Reply(), continuation="none")
+    settings = Settings(
+        upstreams={"a": a.settings, "b": ScriptedSettings(continuation="prefix")},
+        models={"m": ModelAlias(routes=(Route("a"), Route("b", tier=1)))},
+    )
+    r = Router(settings, {"a": a, "b": b}, Metrics(), random.Random(0))
+    out = await ask(r)
+    assert out.text == DEFAULT_ANSWER
+    assert b.bodies[0]["messages"][-1] == {"role": "user", "content": CONTINUE_INSTRUCTION}
+    settled(r)
 
 
 async def test_reasoning_cut_mid_thought_continues_when_the_next_route_thinks_alike() -> None:
@@ -528,6 +525,21 @@ async def test_hedge_races_a_second_route_when_the_first_is_silent() -> None:
     settled(r)
 
 
+async def test_client_leaving_while_the_hedge_waits_closes_the_first_route() -> None:
+    a = upstream("a", Hang(), first_token_timeout=5.0)
+    r = router(a, upstream("b"), hedge=HedgeSettings(after=5.0))
+    reservation = r.reserve("m")
+    assert reservation is not None
+    opening = asyncio.ensure_future(r.open("m", dict(BODY), "req-1", reservation))
+    while not a.calls:  # until a has been asked
+        await asyncio.sleep(0)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert a.calls[0].ended == "closed"
+    settled(r)
+
+
 async def test_no_hedge_when_the_first_route_speaks_in_time() -> None:
     a, b = upstream("a", Reply()), upstream("b")
     r = router(a, b, hedge=HEDGE)
@@ -548,12 +560,43 @@ async def test_hedge_winner_failing_later_continues_on_the_next_route() -> None:
     settled(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walker bug: when both hedged attempts fail, Router._hedged raises only the last "
-    "error and Router.open records only that one, so the other upstream's failure is missing "
-    "from Answer.failures / tried() (and from AllUpstreamsFailed's message)",
-)
+async def test_the_cancelled_hedge_loser_is_among_the_upstreams_tried() -> None:
+    a = upstream("a", Hang(), first_token_timeout=5.0)
+    b = upstream("b", Reply())
+    r = router(a, b, hedge=HEDGE)
+    out = await ask(r)
+    assert a.calls[0].ended == "closed"
+    assert out.answer.failures == []  # cancelled, not failed
+    assert out.answer.tried() == ["a", "b"]
+    settled(r)
+
+
+async def test_a_racer_failing_before_the_other_speaks_is_recorded() -> None:
+    a = upstream("a", Hang())  # times out after 50 ms, while b is still silent
+    b = upstream("b", Slow(delay=0.2), first_token_timeout=5.0)
+    r = router(a, b, hedge=HEDGE)
+    out = await ask(r)
+    assert out.text == DEFAULT_ANSWER
+    assert [(type(f), f.upstream) for f in out.answer.failures] == [(UpstreamTimeout, "a")]
+    assert out.answer.tried() == ["a", "b"]
+    settled(r)
+
+
+async def test_a_route_the_hedge_skips_is_noted() -> None:
+    a, b = upstream("a", Hang()), upstream("b")
+    r = router(a, b, hedge=HEDGE)
+    reservation = r.reserve("m")
+    assert reservation is not None
+    r.health["b"].circuit.failure("paused", retry_after=30)  # after the plan was made
+    with pytest.raises(AllUpstreamsFailed) as info:
+        await r.open("m", dict(BODY), "req-1", reservation)
+    notes = [(type(f), f.upstream) for f in info.value.failures]
+    assert notes == [(UpstreamEjected, "b"), (UpstreamTimeout, "a")]
+    assert "b: circuit open" in info.value.message
+    assert called(a, b) == [1, 0]
+    settled(r)
+
+
 async def test_both_hedged_attempts_failing_are_both_recorded() -> None:
     a = upstream("a", Hang())  # times out after 50 ms
     b = upstream("b", Refuse(503))  # refuses at once, while a still hangs
@@ -565,11 +608,6 @@ async def test_both_hedged_attempts_failing_are_both_recorded() -> None:
     assert sorted(out.answer.tried()[:2]) == ["a", "b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walker bug: when both hedged attempts fail, Router.open never adds the hedge's "
-    "extra attempt (attempts += extra is skipped by the raise), so max_attempts is exceeded",
-)
 async def test_both_hedged_attempts_failing_count_against_max_attempts() -> None:
     a, b, c = upstream("a", Hang()), upstream("b", Refuse(503)), upstream("c", Reply())
     r = router(a, b, c, hedge=HEDGE, max_attempts=2)

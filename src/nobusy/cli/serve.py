@@ -203,8 +203,7 @@ async def _probe(upstream: Upstream, model: object = None) -> Probe:
     if not probe.ok or model is _NO_ROUTE:
         return probe
     from nobusy.errors import UpstreamError
-    from nobusy.routing import has_token
-    from nobusy.upstreams.base import UpstreamCall
+    from nobusy.upstreams.base import UpstreamCall, has_token
 
     body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
     call = UpstreamCall(model=model if isinstance(model, str) else None, body=body)

@@ -108,9 +108,9 @@ class ScriptedUpstream:
     """Plays one step of ``script`` per call (``Reply()`` for every call when it is None).
 
     ``settings`` are the upstream's options (``Settings()`` by default: 0.1 s timeouts); the
-    router reads its timeouts there, and a ``nobusy.settings.Settings`` built for a test should
-    hold the same object under ``upstreams``. ``sleep`` is awaited for every delay, gap and
-    keep-alive, so a test may pass a fake clock's sleep."""
+    router reads its timeouts and continuation mode there, and a ``nobusy.settings.Settings``
+    built for a test should hold the same object under ``upstreams``. ``sleep`` is awaited for
+    every delay, gap and keep-alive, so a test may pass a fake clock's sleep."""
 
     kind: ClassVar[str] = "scripted"
 
@@ -268,7 +268,7 @@ class ScriptedUpstream:
     # --- the rest of the protocol --------------------------------------------------------
 
     async def start(self) -> None:
-        """Called once at app start-up (the protocol's optional warm-up)."""
+        """Called once at app start-up (the protocol's warm-up)."""
         self.started = True
 
     async def probe(self) -> Probe:

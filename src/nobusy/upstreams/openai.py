@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import aiohttp
 import httpx
@@ -99,6 +99,9 @@ class Upstream:
                 trust_env=False,
             )
         return self._session
+
+    async def start(self) -> None:
+        """Nothing to warm up: the connection pool is made on first use (``_client``)."""
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         body = dict(call.body)
@@ -260,6 +263,13 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+if TYPE_CHECKING:
+    from nobusy.upstreams.base import Upstream as UpstreamProtocol
+
+    def _is_an_upstream(upstream: Upstream) -> UpstreamProtocol:
+        return upstream  # mypy proves this kind has every member of the protocol
 
 
 class _SSEBody:
