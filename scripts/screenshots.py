@@ -2,6 +2,9 @@
 
 Starts `nobusy fake-upstream` and `nobusy serve` on loopback, runs `nobusy check` and
 `nobusy chat` with colour forced on, and saves what they printed as SVG with rich.
+The console's PNGs (docs/img/console-*.png, the Chinese status board among them) come from
+the browser tests: `NOBUSY_SCREENSHOTS=1 pytest tests/web` (after scripts/install-chromium.sh,
+which installs a CJK font so that the Chinese pages are not boxes).
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def test_cli_verify_exit_status(log: AuditLog, tmp_path: Path) -> None:
 
 def test_cli_verify_missing_log_or_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(audit, ["verify", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "no audit log" in result.output
+    assert result.exit_code == 1 and "no audit.db in" in result.output
     AuditLog(tmp_path, load_suite("gm", tmp_path, {})).close()
     (tmp_path / "secret.key").unlink()
     result = CliRunner().invoke(audit, ["verify", "--data-dir", str(tmp_path)])

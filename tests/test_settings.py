@@ -117,7 +117,7 @@ models:
             r"models\.m\.routes\[0\]: must be",
         ),
         ("port: many\n", r"port: Input should be a valid integer"),
-        ("prot: 80\n", r"prot: Extra inputs are not permitted"),
+        ("prot: 80\n", r"unknown top-level key .prot. \(did you mean .port.\?\)"),
         ("- just\n- a list\n", r"top level must be a mapping"),
         ("upstreams: [\n", r"not valid YAML"),
     ],

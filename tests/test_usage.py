@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from starlette.types import Message, Receive, Scope, Send
 
 from nobusy.cli.usage import percentile, usage
-from nobusy.db import DB_NAME
+from nobusy.db import DB_NAME, open_db
 from nobusy.usage import USAGE_LOG, CommittedAnswers, UsageLog, UsageRecord
 from tests.conftest import Process, serve
 
@@ -269,6 +269,11 @@ def test_report_by_model_and_upstream_and_all_time(tmp_path: Path) -> None:
 
 
 def test_report_of_an_empty_log(tmp_path: Path) -> None:
+    # No database at all: the report says where it looked instead of creating one.
+    result = CliRunner().invoke(usage, ["--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no nobusy.db in" in result.output
+    assert not (tmp_path / "nobusy.db").exists()
+    open_db(tmp_path).close()
     assert "No requests logged" in invoke("--since", "2026-11-01", "--data-dir", str(tmp_path))
 
 

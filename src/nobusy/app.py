@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from nobusy.access import AccessLog
 from nobusy.admission.limits import KeyLimits, Limits, SharedKeyLimits
 from nobusy.admission.shared import SharedSlots
 from nobusy.api import admin, health
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
             *web_routes(),
         ],
         middleware=[
+            Middleware(AccessLog),
             Middleware(
                 RequestContextMiddleware,
                 settings=settings,

@@ -13,6 +13,7 @@ the time directly and does not count as an ejection.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 __all__ = ["Circuit", "CircuitSettings", "State"]
+
+log = logging.getLogger("nobusy.circuit")
 
 
 class CircuitSettings(BaseModel):
@@ -62,6 +65,7 @@ class Circuit:
     open_until: float = 0.0
     probing: bool = False
     reason: str = ""
+    name: str = ""  # the upstream's, for the log
     _history: deque[tuple[float, bool]] = field(default_factory=deque)
 
     @property
@@ -98,6 +102,7 @@ class Circuit:
             self.open_until = 0.0
             self.ejections = max(0, self.ejections - 1)
             self.reason = ""
+            log.warning("circuit of %s closed: it answered again", self.name or "?")
         self.probing = False
 
     def failure(
@@ -108,6 +113,11 @@ class Circuit:
         self.reason = reason
         was_probe, self.probing = self.probing, False
         if retry_after is not None and retry_after > 0:
+            if self.open_until <= self.clock():
+                log.warning(
+                    "circuit of %s open for %gs (it asked to wait): %s",
+                    self.name or "?", retry_after, reason,
+                )  # fmt: skip
             self.open_until = max(self.open_until, self.clock() + retry_after)
             return
         if was_probe or misconfigured or self._tripped():
@@ -115,6 +125,8 @@ class Circuit:
 
     def reset(self) -> None:
         """Back into rotation now, history forgotten (an operator's decision)."""
+        if self.open_until:
+            log.warning("circuit of %s closed by an operator's reset", self.name or "?")
         self.consecutive = self.ejections = 0
         self.open_until = 0.0
         self.probing = False
@@ -140,6 +152,10 @@ class Circuit:
         self.open_until = self.clock() + seconds
         self.consecutive = 0
         self._history.clear()
+        log.warning(
+            "circuit of %s open for %gs (ejection %d): %s",
+            self.name or "?", seconds, self.ejections, self.reason,
+        )  # fmt: skip
 
     def _record(self, ok: bool) -> None:
         now = self.clock()

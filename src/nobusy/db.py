@@ -112,6 +112,41 @@ def m004_key_windows(db: Database) -> None:
     )
 
 
+@migrations()
+def m005_key_names_reusable(db: Database) -> None:
+    # A revoked key's name may be given to a new key: names are unique among keys not
+    # revoked. SQLite cannot drop a column's UNIQUE, so the table is rebuilt (usage rows
+    # refer to keys by id, which is kept).
+    columns = (
+        "id, name, prefix, hash, priority, rpm, tpm, max_concurrency, quota_tokens, balance, "
+        "models, max_wait, created_at, expires_at, revoked_at, last_used_at"
+    )
+    db.execute("""
+        CREATE TABLE keys_new (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            priority TEXT NOT NULL DEFAULT 'normal' CHECK (priority IN ('high', 'normal', 'low')),
+            rpm INTEGER,
+            tpm INTEGER,
+            max_concurrency INTEGER,
+            quota_tokens INTEGER,
+            balance INTEGER,
+            models TEXT,
+            max_wait REAL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT,
+            last_used_at TEXT
+        )
+    """)
+    db.execute(f"INSERT INTO keys_new ({columns}) SELECT {columns} FROM keys ORDER BY rowid")
+    db.execute("DROP TABLE keys")
+    db.execute("ALTER TABLE keys_new RENAME TO keys")
+    db.execute("CREATE UNIQUE INDEX keys_active_name ON keys (name) WHERE revoked_at IS NULL")
+
+
 def open_db(data_dir: Path) -> Database:
     """Open (creating it if needed) ``data_dir/nobusy.db`` in WAL mode and apply migrations.
 

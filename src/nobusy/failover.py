@@ -17,6 +17,7 @@ Along the way it:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from nobusy.routing import Attempt, Router
 
 __all__ = ["AnswerStream", "note"]
+
+log = logging.getLogger("nobusy.failover")
 
 
 def note(text: str) -> Chunk:
@@ -97,7 +100,7 @@ class AnswerStream:
                             break
                         except TimeoutError:
                             raise UpstreamTimeout(
-                                f"no token for {idle:g}s mid-answer",
+                                f"timed out mid-answer after {idle:g} s without a token",
                                 upstream=attempt.route.upstream,
                             ) from None
                         left = idle if has_token(chunk) else left - (loop.time() - waiting)
@@ -116,7 +119,14 @@ class AnswerStream:
                     if not exc.retryable:
                         raise
                     self.failures.append(exc)
+                    log.warning(
+                        "request %s: %s failed mid-answer: %s; continuing on the next route",
+                        self.request_id, attempt.route, exc.message,
+                    )  # fmt: skip
                     attempt = await self._continue(exc)
+                    log.warning(
+                        "request %s: continuing the answer on %s", self.request_id, attempt.route
+                    )
                     self.attempt = attempt
                     yield note(
                         f"nobusy: {exc.upstream} failed mid-answer ({exc.code}); "
@@ -249,6 +259,10 @@ class AnswerStream:
                 await attempt.first_token()
             except UpstreamError as exc:
                 await attempt.fail(exc)
+                log.warning(
+                    "request %s: continuation on %s failed: %s",
+                    self.request_id, route, exc.message,
+                )  # fmt: skip
                 if not exc.retryable:
                     raise
                 self.failures.append(exc)

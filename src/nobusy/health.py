@@ -35,6 +35,7 @@ class UpstreamHealth:
     ttft_ewma: float | None = None
     last_error: str = ""
     last_error_at: float | None = None
+    last_ok_at: float | None = None
     _ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     def observe_ttft(self, seconds: float) -> None:
@@ -57,6 +58,30 @@ class UpstreamHealth:
         self.last_error = message
         self.last_error_at = time.time()
 
+    def note_success(self) -> None:
+        self.last_ok_at = time.time()
+
+    def failing(self, window: float, now: float | None = None) -> bool:
+        """True when the last real outcome, within ``window`` seconds, was a failure."""
+        if self.last_error_at is None:
+            return False
+        now = time.time() if now is None else now
+        recent = now - self.last_error_at <= window
+        return recent and (self.last_ok_at is None or self.last_error_at > self.last_ok_at)
+
+    def why_not(self, window: float) -> str | None:
+        """Why a request sent now would not be answered here, or None when it may be."""
+        circuit = self.circuit
+        if not circuit.available():
+            wait = circuit.retry_in()
+            after = f" after: {circuit.reason}" if circuit.reason else ""
+            if wait > 0:
+                return f"circuit open for {wait:.0f}s more{after}"
+            return f"circuit half-open, its probe request under way{after}"
+        if self.failing(window):
+            return f"its last attempt failed: {self.last_error}"
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         circuit = self.circuit
         return {
@@ -73,4 +98,5 @@ class UpstreamHealth:
             "ttft_p95": self.ttft_quantile(0.95),
             "last_error": self.last_error or None,
             "last_error_at": self.last_error_at,
+            "last_ok_at": self.last_ok_at,
         }

@@ -308,6 +308,13 @@ class KeyStore:
         self._maybe_refresh()
         return bool(self._by_id)
 
+    def active_count(self) -> int:
+        """Keys that still open the door: neither revoked nor expired."""
+        with self._lock, self._translated():
+            self._reload()
+            now = self._clock()
+            return sum(1 for key in self._by_id.values() if key.status(now) == "active")
+
     def _usable(self, key: Key) -> Key:
         # The messages never name the key: whoever holds a leaked secret learns nothing more.
         status = key.status(self._clock())
@@ -410,6 +417,12 @@ class KeyStore:
                 (timestamp(self._clock()), key.id),
             )
         log.info("revoked API key %s (%s)", key.id, key.name)
+        now = self._clock()
+        if not any(k.status(now) == "active" for k in self._by_id.values()):
+            log.warning(
+                "no active API key is left: every request is refused until one is created "
+                "(nobusy keys create --name NAME)"
+            )
         return self._by_id[key.id]
 
     def topup(self, id_or_name: str, tokens: int) -> Key:
@@ -417,6 +430,13 @@ class KeyStore:
         count = _check_count("tokens", tokens)
         with self._writing() as conn:
             key = self._find(id_or_name)
+            if key.revoked_at is not None:
+                # Tokens on a revoked key could never be spent: refuse rather than take them.
+                raise InvalidRequest(
+                    f"Key {key.name} ({key.id}) is revoked: a top-up could never be spent. "
+                    "Create a new key instead.",
+                    param="key",
+                )
             if key.quota_tokens is None or key.balance is None:
                 raise InvalidRequest(
                     f"Key {key.name} has no token quota (it is unlimited): set quota_tokens "
@@ -495,8 +515,11 @@ class KeyStore:
         return version
 
     def _find(self, id_or_name: str) -> Key:
+        # A name may be reused once its key is revoked: by name, the key not revoked wins,
+        # then the newest.
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM keys WHERE id = ? OR name = ? ORDER BY id = ? DESC",
+            f"SELECT {_COLUMNS} FROM keys WHERE id = ? OR name = ? "
+            "ORDER BY id = ? DESC, revoked_at IS NULL DESC, rowid DESC",
             (id_or_name, id_or_name, id_or_name),
         ).fetchone()
         if row is None:
@@ -504,7 +527,10 @@ class KeyStore:
         return _to_key(row)
 
     def _check_name_free(self, name: str, own_id: str | None) -> None:
-        row = self._conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()
+        # Names are unique among keys not revoked (a partial unique index says the same).
+        row = self._conn.execute(
+            "SELECT id FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)
+        ).fetchone()
         if row is not None and row[0] != own_id:
             raise KeyNameTaken(f"A key named '{name}' already exists ({row[0]}).", param="name")
 

@@ -40,6 +40,8 @@ class Prober:
             probe = await upstream.probe()
             circuit = health.circuit
             if probe.ok:
+                # Not noted as a success: /models answering says nothing about completions,
+                # and readiness goes by real outcomes.
                 if circuit.state is State.HALF_OPEN:
                     circuit.success()
                 continue

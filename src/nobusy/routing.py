@@ -16,6 +16,7 @@ attempt; the first to speak wins and the other is cancelled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
@@ -45,6 +46,8 @@ from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall, UpstreamSettings, has_token
 
 __all__ = ["Answer", "Attempt", "Router"]
+
+log = logging.getLogger("nobusy.routing")
 
 _FLOOR_PAUSE = 1.0  # seconds an upstream rests after refusing a lone request at a limit of one
 
@@ -85,7 +88,8 @@ class Attempt:
                         break
         except TimeoutError:
             raise UpstreamTimeout(
-                f"no first token within {timeout:g}s", upstream=self.route.upstream
+                f"timed out after {timeout:g} s waiting for the first token",
+                upstream=self.route.upstream,
             ) from None
         self.first_token_at = time.perf_counter()
         ttft = self.first_token_at - self.started
@@ -99,6 +103,7 @@ class Attempt:
         # allows: counting the ones sent above it, and not the refusals, would hide a broken
         # upstream behind the answers it gave before its limit came down.
         self.health.circuit.success(counted=self._within_limit())
+        self.health.note_success()
         self.metrics.attempt(self.route.upstream, "ok")
 
     async def fail(self, exc: UpstreamError) -> None:
@@ -209,7 +214,7 @@ class Router:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.health = {
-            name: UpstreamHealth(name, spec.kind, Circuit(spec.circuit))
+            name: UpstreamHealth(name, spec.kind, Circuit(spec.circuit, name=name))
             for name, spec in settings.upstreams.items()
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
@@ -220,6 +225,8 @@ class Router:
             max(1, settings.initial_concurrency // settings.workers),
         )
         self.capacity.pause = self._pause
+        for name, limit in self.capacity.limits.items():
+            limit.name = limit.name or name  # for its log lines
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
@@ -319,7 +326,13 @@ class Router:
                 if not exc.retryable:
                     raise
                 failures.append(exc)
+                failed = attempt.route
                 route = self.next_route(queue, failures, attempts, who)
+                log.warning(
+                    "request %s: %s failed before its first token: %s; %s",
+                    request_id, failed, exc.message,
+                    f"failing over to {route}" if route is not None else "no route left",
+                )  # fmt: skip
                 continue
             except BaseException:
                 await attempt.cancel()

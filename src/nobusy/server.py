@@ -10,7 +10,9 @@ line and headers pass ``max_header_bytes`` or ``max_headers``, before parsing an
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import logging.config
 import os
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ from nobusy.edge import is_loopback
 from nobusy.errors import ConfigError, HeadersTooLarge
 from nobusy.settings import Settings
 
-__all__ = ["GuardedHttpToolsProtocol", "check_bind", "is_loopback", "run", "uvicorn_config"]
+__all__ = [
+    "GuardedHttpToolsProtocol",
+    "check_bind",
+    "configure_logging",
+    "is_loopback",
+    "run",
+    "uvicorn_config",
+]
 
 
 # Seconds a refused connection's input is read and dropped before it is closed.
@@ -178,8 +187,9 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         http=GuardedHttpToolsProtocol,
         ws="none",
         lifespan="on",
-        access_log=False,
+        access_log=False,  # nobusy.access writes one line per request instead
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
         # X-Forwarded-For is believed only from trusted_proxies, by nobusy's own middleware
@@ -192,6 +202,66 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     config.max_header_bytes = settings.max_header_bytes  # type: ignore[attr-defined]
     config.max_headers = settings.max_headers  # type: ignore[attr-defined]
     return config
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus nobusy's loggers: one line per event on stderr.
+
+    Given to uvicorn rather than set up once here, because with several workers each process
+    applies it itself (a spawned worker inherits no handlers).
+    """
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["nobusy"] = {"format": LOG_FORMAT}
+    config["handlers"]["nobusy"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "nobusy",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["nobusy"] = {
+        "handlers": ["nobusy"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    # httpx logs every request at INFO: noise, and a cost on every request.
+    config["loggers"]["httpx"] = {"level": "WARNING"}
+    return config
+
+
+def configure_logging(level: str) -> None:
+    """Apply ``log_config`` in this process (the start-up lines come before uvicorn's own)."""
+    logging.config.dictConfig(log_config(level))
+
+
+def _startup_lines(
+    settings: Settings, config_file: Path | None, active: int, any_keys: bool
+) -> None:
+    """What an operator needs first: where to send requests, where the console is, and who
+    may use it. Logged only once every check has passed."""
+    log = logging.getLogger("nobusy")
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{shown}:{settings.port}"
+    log.info(
+        "serving %s at %s/v1 (%d worker%s)",
+        ", ".join(settings.models),
+        base,
+        settings.workers,
+        "" if settings.workers == 1 else "s",
+    )
+    log.info("console: %s/", base)
+    source = f"config {config_file}" if config_file else "no config file"
+    log.info("data dir: %s (%s)", settings.data_dir.resolve(), source)
+    if not any_keys:
+        log.info("API keys: none, so no key is needed (loopback only unless --insecure)")
+    elif active:
+        log.info("API keys: %d active; every request needs one", active)
+    else:
+        log.warning(
+            "API keys: none active, so every request is refused; create one with "
+            "`nobusy keys create --name NAME`"
+        )
 
 
 def _single_app(settings: Settings) -> Any:
@@ -208,13 +278,12 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
     try:
         check_bind(settings, has_keys=store.any_keys())
+        active = store.active_count()
+        any_keys = store.any_keys()
     finally:
         store.close()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # httpx logs every upstream request at INFO: noise, and a cost on every request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
+    _startup_lines(settings, config_file, active, any_keys)
     if settings.workers > 1:
         # Workers rebuild the settings from the environment: hand them the CLI's choices.
         for name in (

@@ -194,6 +194,10 @@ class Settings(BaseModel):
         description=f"Bearer key for /v1/nobusy/*, at least {MIN_SECRET_LENGTH} characters; "
         "without it only loopback clients.",
     )
+    readiness: Literal["routes", "process"] = Field(
+        "routes",
+        description="/readyz: routes: 503 when no route of any alias can answer; process: up.",
+    )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
         description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",
@@ -424,6 +428,21 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def _check_top_level(raw: Mapping[str, Any], path: object) -> None:
+    """Refuse unknown top-level keys first, with a suggestion: a misspelt ``upstream:`` would
+    otherwise surface later as a route naming an undefined upstream."""
+    import difflib
+
+    known = list(Settings.model_fields)
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = (
+                f" (did you mean '{close[0]}'?)" if close else f"; the keys are {', '.join(known)}"
+            )
+            raise ConfigError(f"{path}: unknown top-level key '{key}'{hint}")
+
+
 def load_settings(
     config_file: Path | str | None = None,
     env: Mapping[str, str] | None = None,
@@ -437,6 +456,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = config_file or env.get("NOBUSY_CONFIG")
     merged: dict[str, Any] = read_config_file(Path(path), env) if path else {}
+    _check_top_level(merged, path)
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, Page
 
 from nobusy.metrics import Metrics
 from nobusy.web.status import counter_totals
@@ -120,3 +121,22 @@ def test_the_board_shows_an_open_circuit_once_an_upstream_dies(
     assert "Requests/s" in tiles and "Tokens/s" in tiles and "Queue" in tiles
     assert page.locator("#status-tiles .sparkline polyline").count() >= 1
     screenshot(page, "console-status.png")
+
+
+def test_the_chinese_board_uses_chinese_units(
+    console: Process, browser: Browser, screenshot: Callable[[Page, str], Path]
+) -> None:
+    assert chat(console, "ok").status_code == 200  # a first-token time to show
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.goto(f"{console.url}/#/status")
+        enter_keys(page, admin=ADMIN_KEY)
+        page.locator("#status-upstreams .card[data-upstream=fake]").wait_for()
+        text = page.inner_text("#status-tiles") + page.inner_text("#status-upstreams")
+        assert "秒" in text, text
+        # No English unit after a number: not "2 min 30 s", "12 ms" or "0.25 s".
+        assert not re.search(r"\d\s*(ms|s|min|h)\b", text), text
+        screenshot(page, "console-status-zh.png")
+    finally:
+        context.close()

@@ -28,9 +28,12 @@ they vary in both averages alike.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 __all__ = ["AIMDLimit", "Load"]
+
+log = logging.getLogger("nobusy.limits")
 
 Load = tuple[int, int]  # (our requests in flight when one was sent, including it; epoch then)
 
@@ -58,6 +61,11 @@ class AIMDLimit:
     ttft_short: float = 0.0  # recent time to first token, seconds (0: none seen yet)
     ttft_long: float = 0.0  # long-run time to first token
     slowdowns: int = 0  # decreases for a queue seen in the time to first token
+    name: str = ""  # the upstream's, for the log
+    reported: int = 0  # the whole limit last logged
+
+    def __post_init__(self) -> None:
+        self.reported = self.current
 
     @classmethod
     def for_upstream(cls, max_concurrency: int | None, initial: int = 32) -> AIMDLimit:
@@ -99,6 +107,7 @@ class AIMDLimit:
         gradient = max(0.5, _TOLERANCE * long / short)
         # Smoothed as in Gradient2: a step of at most ×0.9, since one answer is one sample.
         self.limit = max(self.floor, self.limit * (1 - _SMOOTHING * (1 - gradient)))
+        self._log_change("first tokens slowing: the upstream is queueing")
         return True
 
     def release(self, outcome: str, sent: Load | None = None) -> None:
@@ -115,6 +124,7 @@ class AIMDLimit:
             self.refused_probes = self.refused_probes + 1 if repeated else 1
             self.last_drop = float(in_flight)
             self.limit = max(self.floor, min(self.limit * self.backoff, in_flight - 1.0))
+            self._log_change(f"busy with {in_flight} of ours in flight")
         elif outcome == "ok" and self.in_flight + 1 >= self.current / 2:
             step = 1.0
             if self.limit >= self.last_drop + 1:
@@ -127,3 +137,12 @@ class AIMDLimit:
                 # may already have finished.)
                 step = 0.5 ** min(self.refused_probes, _MAX_PROBE_BACKOFF)
             self.limit = min(self.ceiling, self.limit + step / self.limit)
+            self._log_change("answering at full load")
+
+    def _log_change(self, why: str) -> None:
+        """Log each change of the whole limit: down as a warning, up as information."""
+        current, before = self.current, self.reported
+        self.reported = current
+        if current != before:
+            level = logging.WARNING if current < before else logging.INFO
+            log.log(level, "concurrency limit of %s %d -> %d: %s", self.name, before, current, why)

@@ -180,6 +180,7 @@ class _Exchange(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         books = _Books(self.state, self.chat, self.payload, self.request.state.request_id)
+        self.request.state.usage_record = books.record  # for the access line (nobusy.access)
         try:
             response = await _unless_gone(receive, self._prepare(books))
             await response(scope, receive, send)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,11 +20,36 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when at least one upstream is usable; 503 otherwise."""
-    router = app_state(request).router
-    usable = [name for name in router.upstreams if router.usable(name)]
-    status = 200 if usable else 503
-    return JSONResponse({"status": "ready" if usable else "unavailable", "usable": usable}, status)
+    """Ready (200) when some route of some alias can answer now; 503 with the reasons when
+    none can. ``readiness: process`` makes it mean only that the process is up."""
+    state = app_state(request)
+    if state.settings.readiness == "process":
+        return JSONResponse({"status": "ready", "readiness": "process"})
+    router = state.router
+    # Why each upstream cannot answer now: its circuit is open, or its last real attempt
+    # (within the circuit's window) failed. An upstream never tried yet counts as able.
+    why = {
+        name: health.why_not(health.circuit.settings.window)
+        for name, health in router.health.items()
+    }
+    aliases: dict[str, dict[str, Any]] = {}
+    for alias, spec in router.models.items():
+        routes = [*spec.routes, *spec.overflow]
+        able = [str(r) for r in routes if why[r.upstream] is None]
+        aliases[alias] = (
+            {"ready": bool(able), "routes": able}
+            if able
+            else {
+                "ready": False,
+                "why": {str(r): why[r.upstream] for r in routes},
+            }
+        )
+    ready = any(entry["ready"] for entry in aliases.values())
+    usable = [name for name, reason in why.items() if reason is None]
+    body = {"status": "ready" if ready else "unavailable", "usable": usable, "aliases": aliases}
+    if not ready:
+        body["reason"] = "no route of any alias can answer now"
+    return JSONResponse(body, 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

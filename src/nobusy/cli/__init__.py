@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
+from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.keys import keys
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
@@ -16,10 +19,16 @@ from nobusy.fake_upstream import fake_upstream_command
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=NobusyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="nobusy")
 def cli() -> None:
     """nobusy: one OpenAI-compatible endpoint over many model sources, never "server busy"."""
+    # Commands say what happened themselves; the library's log lines are for the server's log
+    # (configured by `serve`), not Python's bare last-resort printing to the terminal.
+    logging.getLogger("nobusy").addHandler(logging.NullHandler())
 
 
 cli.add_command(serve)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nobusy.audit import AuditError, AuditLog, verify_export
+from nobusy.cli.options import existing_store, settings_for, store_options
 from nobusy.crypto import CryptoError, SuiteName, load_suite, signature_algorithm
 
 __all__ = ["audit", "parse_since"]
@@ -29,24 +30,25 @@ def _common(fn: F) -> F:
     fn = click.option(
         "--crypto",
         type=click.Choice(["gm", "standard"]),
-        default="gm",
-        envvar="NOBUSY_CRYPTO",
-        show_default=True,
-        help="Crypto suite the log was written with ($NOBUSY_CRYPTO).",
+        default=None,
+        help="Crypto suite the log was written with (default: the config's, $NOBUSY_CRYPTO).",
     )(fn)
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=Path("data"),
-        envvar="NOBUSY_DATA_DIR",
-        show_default=True,
-        help="Where audit.db and the keys are ($NOBUSY_DATA_DIR).",
-    )(fn)
+    return store_options(fn)
+
+
+def _where(
+    config_file: Path | None, data_dir: Path | None, crypto: SuiteName | None, need: bool = True
+) -> tuple[Path, SuiteName]:
+    """The server's data dir (it must hold audit.db when ``need``) and crypto suite."""
+    if need:
+        settings, found = existing_store(config_file, data_dir, "audit.db")
+    else:
+        settings = settings_for(config_file, data_dir=data_dir)
+        found = settings.data_dir
+    return found, crypto or settings.crypto
 
 
 def _open(data_dir: Path, crypto: SuiteName) -> AuditLog:
-    if not (data_dir / "audit.db").exists():
-        raise click.ClickException(f"no audit log at {data_dir / 'audit.db'}")
     try:
         suite = load_suite(crypto, data_dir, os.environ, create_key=False)
         return AuditLog(data_dir, suite)
@@ -83,13 +85,15 @@ def audit() -> None:
 @click.option("--public-key", type=click.Path(exists=True, path_type=Path),
               help="The signer's public key PEM (default: the one in the data dir).")  # fmt: skip
 def verify(
-    data_dir: Path,
-    crypto: SuiteName,
+    config_file: Path | None,
+    data_dir: Path | None,
+    crypto: SuiteName | None,
     export_file: Path | None,
     signature: Path | None,
     public_key: Path | None,
 ) -> None:
     """Check the hash chain of audit.db (or a signed export); exit 1 at the first bad row."""
+    data_dir, crypto = _where(config_file, data_dir, crypto, need=export_file is None)
     console = Console()
     table = Table(show_header=False)
     if export_file is None:
@@ -143,10 +147,17 @@ def _default_public_key(data_dir: Path, crypto: SuiteName) -> Path:
 @click.option("--sign", is_flag=True, help="Also write OUT.sig, signed with the data dir's key.")
 @click.option("--decrypt", is_flag=True, help="Decrypt stored content (default: base64 tokens).")
 def export(
-    data_dir: Path, crypto: SuiteName, since: str, out: Path | None, sign: bool, decrypt: bool
+    config_file: Path | None,
+    data_dir: Path | None,
+    crypto: SuiteName | None,
+    since: str,
+    out: Path | None,
+    sign: bool,
+    decrypt: bool,
 ) -> None:
     """Write audit rows from --since on as JSON lines, optionally with a signature file."""
     start = parse_since(since)
+    data_dir, crypto = _where(config_file, data_dir, crypto)
     if sign and out is None:
         raise click.UsageError("--sign needs --out: the signature covers the file's bytes")
     with _open(data_dir, crypto) as log:

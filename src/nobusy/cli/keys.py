@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +14,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from nobusy.auth import hashers_for
+from nobusy.cli.options import (
+    config_option,
+    data_dir_option,
+    existing_store,
+    settings_for,
+    store_options,
+    where,
+)
+from nobusy.db import DB_NAME
 from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import PRIORITIES, Key, KeyStore, validate
 
@@ -24,15 +32,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 NO_LIMIT = "none"  # the word that removes a limit in `update`
 _UNLIMITED = object()  # what the option callbacks turn that word into
 STATUS_STYLE = {"active": "green", "revoked": "red", "expired": "yellow"}
-
-
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="NOBUSY_DATA_DIR",
-    default=Path("data"),
-    help="Where nobusy keeps its database (default: $NOBUSY_DATA_DIR, else ./data).",
-)
 
 
 def _limit(kind: type[int] | type[float]) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -67,6 +66,7 @@ def _options(*, create: bool) -> Callable[[F], F]:
         click.option("--models", metavar="A,B|all", help="Model aliases it may use (all)."),
         click.option("--expires", metavar="30d|12h|90m|never", help="Expire after this long."),
         click.option("--max-wait", **seconds, help="Seconds a request may queue (default)."),
+        config_option,
         data_dir_option,
     ]
 
@@ -94,19 +94,35 @@ def _fields(options: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def _store(
-    data_dir: Path, fields: dict[str, Any] | None = None, hints: dict[str, str] | None = None
+    config_file: Path | None,
+    data_dir: Path | None,
+    fields: dict[str, Any] | None = None,
+    hints: dict[str, str] | None = None,
+    *,
+    create: bool = False,
 ) -> Iterator[KeyStore]:
-    """The store, opened only once ``fields`` are valid; nobusy errors as click errors.
+    """The server's store, opened only once ``fields`` are valid; nobusy errors as click errors.
 
     An error about a field names its option (exit 2); ``hints`` names arguments instead.
+    Only ``create`` makes a new database, and it says where.
     """
     options = {name: f"'--{name.replace('_', '-')}'" for name in fields or {}} | (hints or {})
+    if create:
+        settings = settings_for(config_file, data_dir=data_dir)
+    else:
+        settings, _ = existing_store(config_file, data_dir)
     try:
         if fields is not None:
             validate(fields)
-        # The same hashers as the server's: NOBUSY_CRYPTO, like the `crypto` setting.
-        crypto = os.environ.get("NOBUSY_CRYPTO", "gm")
-        store = KeyStore(data_dir, hashers_for(crypto))
+        new = not (settings.data_dir / DB_NAME).is_file()
+        # The same hashers as the server's: its `crypto` setting.
+        store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+        if new:
+            Console(stderr=True).print(
+                f"Created a new key database {escape(str((settings.data_dir / DB_NAME).resolve()))}"
+                f" (data dir from {escape(where(settings, config_file, data_dir))}): start "
+                "`nobusy serve` with this data dir for it to accept these keys."
+            )
         try:
             yield store
         finally:
@@ -127,10 +143,10 @@ def keys() -> None:
 
 @keys.command()
 @_options(create=True)
-def create(data_dir: Path, **options: Any) -> None:
+def create(config_file: Path | None, data_dir: Path | None, **options: Any) -> None:
     """Create a key and print it once; only its hash is stored."""
     fields = _fields(options)
-    with _store(data_dir, fields) as store:
+    with _store(config_file, data_dir, fields, create=True) as store:
         key, secret = store.create(**fields)
     err = Console(stderr=True)
     err.print(f"Created key [bold]{key.id}[/] ({escape(key.name)}).")
@@ -139,10 +155,10 @@ def create(data_dir: Path, **options: Any) -> None:
 
 
 @keys.command("list")
-@data_dir_option
-def list_keys(data_dir: Path) -> None:
+@store_options
+def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
     """List the keys: limits, balance, models and status."""
-    with _store(data_dir) as store:
+    with _store(config_file, data_dir) as store:
         found = store.list()
     now = datetime.now(UTC)
     table = Table(title="API keys")
@@ -172,43 +188,51 @@ def list_keys(data_dir: Path) -> None:
 
 @keys.command()
 @click.argument("key")
-@data_dir_option
-def show(key: str, data_dir: Path) -> None:
+@store_options
+def show(key: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Show one key, by id or name."""
-    with _store(data_dir) as store:
+    with _store(config_file, data_dir) as store:
         _print(store.get(key))
 
 
 @keys.command()
 @click.argument("key")
 @_options(create=False)
-def update(key: str, data_dir: Path, **options: Any) -> None:
+def update(key: str, config_file: Path | None, data_dir: Path | None, **options: Any) -> None:
     """Change a key's name or limits; `none` removes a limit, --expires counts from now."""
     fields = _fields(options)
     if not fields:
         raise click.UsageError("Nothing to update: give at least one option (see --help).")
-    with _store(data_dir, fields) as store:
+    with _store(config_file, data_dir, fields) as store:
         _print(store.update(key, **fields))
 
 
 @keys.command()
 @click.argument("key")
-@data_dir_option
-def revoke(key: str, data_dir: Path) -> None:
+@store_options
+def revoke(key: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Revoke a key for good: a running server refuses it within a second."""
-    with _store(data_dir) as store:
+    with _store(config_file, data_dir) as store:
         revoked = store.revoke(key)
+        active = store.active_count()
     when = _time(revoked.revoked_at)
     Console().print(f"Revoked {revoked.id} ({escape(revoked.name)}) at {when}.")
+    if active == 0:
+        # Keys exist, so every request needs one, and none is left: the service is locked.
+        Console(stderr=True).print(
+            "[yellow]That was the last active key: every request to the service is now "
+            "refused.[/] To get back in, create one: `nobusy keys create --name NAME` "
+            "(with the same --config / --data-dir)."
+        )
 
 
 @keys.command()
 @click.argument("key")
 @click.argument("tokens", type=int)
-@data_dir_option
-def topup(key: str, tokens: int, data_dir: Path) -> None:
+@store_options
+def topup(key: str, tokens: int, config_file: Path | None, data_dir: Path | None) -> None:
     """Add TOKENS to a key's balance and quota."""
-    with _store(data_dir, hints={"tokens": "'TOKENS'"}) as store:
+    with _store(config_file, data_dir, hints={"tokens": "'TOKENS'"}) as store:
         topped = store.topup(key, tokens)
     Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
 

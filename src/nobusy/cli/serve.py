@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nobusy.cli.errors import CliError
+from nobusy.cli.options import config_option, settings_for
 from nobusy.errors import ConfigError
-from nobusy.settings import Settings, load_settings
+from nobusy.settings import Settings
 from nobusy.upstreams import build_upstream
-from nobusy.upstreams.base import Probe
+from nobusy.upstreams.base import Probe, Upstream
 
 __all__ = ["check", "models", "serve"]
 
-config_option = click.option(
-    "--config",
-    "-c",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML config file (default: $NOBUSY_CONFIG, else the embedded model alone).",
-)
-
-
-def _settings(config_file: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config_file, **overrides)
-    except ConfigError as exc:
-        raise click.ClickException(f"config error: {exc.message}") from None
+_settings = settings_for
 
 
 @click.command()
@@ -58,15 +48,12 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     settings = _settings(config_file, **flags)
     from nobusy.server import run
 
-    console = Console(stderr=True)
-    console.print(
-        f"[bold]nobusy[/] serving {', '.join(settings.models)} at "
-        f"[cyan]http://{settings.host}:{settings.port}/v1[/]"
-    )
+    # The start-up lines (addresses, console) are logged by `run` once the settings and the
+    # address have passed every check: nothing says "serving" before a refusal.
     try:
         run(settings, config_file)
     except ConfigError as exc:
-        raise click.ClickException(exc.message) from None
+        raise CliError(exc.message, "see `nobusy serve --help`") from None
 
 
 @click.command()
@@ -87,40 +74,70 @@ def models(config_file: Path | None) -> None:
 
 @click.command()
 @config_option
-def check(config_file: Path | None) -> None:
-    """Validate the config and probe every upstream; exit 1 if any is down."""
+@click.option(
+    "--url",
+    default=None,
+    help="A running nobusy to ask for circuits and last outcomes (default: the config's port).",
+)
+@click.option("--admin-key", default=None, help="Its admin key (default: the config's admin_key).")
+def check(config_file: Path | None, url: str | None, admin_key: str | None) -> None:
+    """Validate the config, probe every upstream with a one-token answer, and show a running
+    server's circuits; exit 1 if any upstream is down or its circuit is open."""
     settings = _settings(config_file)
     results = asyncio.run(_probe_all(settings))
-    live = _live_circuits(settings)
+    live = _live_circuits(settings, url, admin_key)
     table = Table(title="Upstreams")
     columns = ["upstream", "kind", "status", "latency", "models found"]
-    for column in columns + (["circuit (running server)"] if live else []):
+    for column in columns + (["circuit (running server)", "last outcome"] if live else []):
         table.add_column(column, justify="right" if column == "latency" else "left")
+    down = False
     for name, probe in results.items():
-        status = "[green]ok[/]" if probe.ok else f"[red]down[/] {probe.detail}"
+        entry = live.get(name)
+        open_circuit = entry is not None and entry["state"] != "closed"
+        down = down or not probe.ok or open_circuit
+        if not probe.ok:
+            status = f"[red]down[/] {escape(probe.detail)}"
+        elif open_circuit:
+            status = "[red]down[/] (its circuit is open on the server)"
+        else:
+            status = "[green]ok[/]"
         found = ", ".join(probe.models[:6]) + (" ..." if len(probe.models) > 6 else "")
         row = [name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found]
         if live:
-            row.append(_circuit_cell(live.get(name)))
+            row += [_circuit_cell(entry), _outcome_cell(entry)]
         table.add_row(*row)
     Console().print(table)
-    if not all(p.ok for p in results.values()):
+    if down:
         raise SystemExit(1)
 
 
-def _live_circuits(settings: Settings) -> dict[str, dict[str, Any]]:
+def _live_circuits(
+    settings: Settings, url: str | None, admin_key: str | None
+) -> dict[str, dict[str, Any]]:
     """Circuit states from a nobusy already serving this config, if one answers."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    explicit = url is not None
+    if url is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        url = f"http://{host}:{settings.port}"
+    from nobusy.cli.chat import api_url
+
     headers = {}
-    if settings.admin_key is not None:
-        headers["authorization"] = f"Bearer {settings.admin_key.get_secret_value()}"
+    key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    err = Console(stderr=True)
     try:
-        response = httpx.get(
-            f"http://{host}:{settings.port}/v1/nobusy/upstreams", headers=headers, timeout=1
-        )
+        response = httpx.get(f"{api_url(url)}/nobusy/upstreams", headers=headers, timeout=2)
         data = response.json()["data"] if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError):
+        if explicit:
+            err.print(f"[yellow]no nobusy answered at {escape(url)}: circuits not shown[/]")
         return {}
+    if response.status_code in (401, 403):
+        err.print(
+            f"[yellow]the server at {escape(url)} wants its admin key: circuits not shown "
+            "(--admin-key or NOBUSY_ADMIN_KEY)[/]"
+        )
     return {entry["name"]: entry for entry in data}
 
 
@@ -135,10 +152,76 @@ def _circuit_cell(entry: dict[str, Any] | None) -> str:
     return f"[{colour}]{state}[/]{detail}{error}"
 
 
+def _outcome_cell(entry: dict[str, Any] | None) -> str:
+    """The last real answer or failure the server saw from this upstream, and how long ago."""
+    if entry is None:
+        return ""
+    ok_at, error_at = entry.get("last_ok_at"), entry.get("last_error_at")
+    if ok_at is None and error_at is None:
+        return "[dim]no request yet[/]"
+    now = time.time()
+    if error_at is not None and (ok_at is None or error_at > ok_at):
+        return f"[red]failed[/] {now - error_at:.0f}s ago: {escape(entry.get('last_error') or '')}"
+    return f"[green]answered[/] {now - (ok_at or now):.0f}s ago"
+
+
 async def _probe_all(settings: Settings) -> dict[str, Probe]:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
+    models = _route_models(settings)
     try:
-        probes = await asyncio.gather(*(u.probe() for u in upstreams.values()))
+        probes = await asyncio.gather(
+            *(
+                _probe(u, models.get(name, _default_or_skip(settings, name)))
+                for name, u in upstreams.items()
+            )
+        )
     finally:
         await asyncio.gather(*(u.aclose() for u in upstreams.values()))
     return dict(zip(upstreams, probes, strict=True))
+
+
+_NO_ROUTE = object()  # no route names the upstream and it has no default model to ask
+
+
+def _default_or_skip(settings: Settings, name: str) -> object:
+    return None if settings.upstreams[name].has_default_model() else _NO_ROUTE
+
+
+def _route_models(settings: Settings) -> dict[str, str | None]:
+    """The model each upstream is first asked for by a route (None: its default model)."""
+    out: dict[str, str | None] = {}
+    for spec in settings.models.values():
+        for route in (*spec.routes, *spec.overflow):
+            out.setdefault(route.upstream, route.model)
+    return out
+
+
+async def _probe(upstream: Upstream, model: object = None) -> Probe:
+    """``/models`` (or loading the model), then a real one-token answer: listing models
+    proves little about answering them (a key without credit lists them fine)."""
+    probe = await upstream.probe()
+    if not probe.ok or model is _NO_ROUTE:
+        return probe
+    from nobusy.errors import UpstreamError
+    from nobusy.upstreams.base import UpstreamCall, has_token
+
+    body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+    call = UpstreamCall(model=model if isinstance(model, str) else None, body=body)
+    timeout = float(getattr(getattr(upstream, "settings", None), "first_token_timeout", 30.0))
+    start = time.perf_counter()
+    chunks = aiter(upstream.stream(call))
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in chunks:
+                if has_token(chunk):
+                    break
+    except UpstreamError as exc:
+        probe.ok, probe.detail = False, f"answer: {exc.message}"
+    except TimeoutError:
+        probe.ok, probe.detail = False, f"answer: no first token within {timeout:g}s"
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    probe.latency_ms = (time.perf_counter() - start) * 1000
+    return probe

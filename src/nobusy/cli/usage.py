@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nobusy import errors
 from nobusy.cli.audit import parse_since
+from nobusy.cli.options import existing_store, store_options
 from nobusy.db import DB_NAME, open_db, timestamp
 from nobusy.errors import NobusyError
 
@@ -112,16 +113,11 @@ def summarize(conn: sqlite3.Connection, by: str, since: datetime | None) -> list
     metavar="1d|12h|2026-11-01",
     help="Only requests started since then: a duration ago or an ISO date (local time).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="NOBUSY_DATA_DIR",
-    default=Path("data"),
-    help="Where nobusy keeps its database (default: $NOBUSY_DATA_DIR, else ./data).",
-)
-def usage(by: str, since: str | None, data_dir: Path) -> None:
+@store_options
+def usage(by: str, since: str | None, config_file: Path | None, data_dir: Path | None) -> None:
     """Requests, outcomes, tokens, time to first token and queue wait, grouped."""
     start = parse_since(since) if since is not None else None
+    _, data_dir = existing_store(config_file, data_dir)
     try:
         db = open_db(data_dir)
     except NobusyError as exc:

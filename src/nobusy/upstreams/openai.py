@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import email.utils
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -210,29 +211,36 @@ class Upstream:
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
+        # Messages are short phrases an operator reads in a log line, not aiohttp's wording
+        # ("Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ...]").
         name = self.name
         try:
             yield
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"cannot connect: {_reason(exc)}", upstream=name) from None
+            raise UpstreamUnreachable(f"cannot connect: {_phrase(exc)}", upstream=name) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamProtocolError(
-                f"connection broken mid-answer: {_reason(exc)}", upstream=name
+                f"connection broken mid-answer: {_phrase(exc)}", upstream=name
             ) from None
         except aiohttp.ConnectionTimeoutError:
-            raise UpstreamUnreachable("connect timed out", upstream=name) from None
+            raise UpstreamUnreachable(
+                f"cannot connect: timed out after {self.settings.connect_timeout:g} s",
+                upstream=name,
+            ) from None
         except TimeoutError:
             # Only aiohttp's own socket timeouts land here: the router's deadlines cancel
             # this generator instead of raising inside it.
-            raise UpstreamTimeout("no data from the upstream", upstream=name) from None
+            raise UpstreamTimeout(
+                f"timed out after {self._timeout.sock_read:g} s waiting for data", upstream=name
+            ) from None
         except aiohttp.ClientOSError as exc:
             raise UpstreamProtocolError(
-                f"connection failed: {_reason(exc)}", upstream=name
+                f"connection failed: {_phrase(exc)}", upstream=name
             ) from None
         except SSEError as exc:
             raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=name) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"HTTP error: {_reason(exc)}", upstream=name) from None
+            raise UpstreamError(f"HTTP error: {_phrase(exc)}", upstream=name) from None
 
     async def probe(self) -> Probe:
         start = time.perf_counter()
@@ -302,6 +310,28 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _reason(exc: Exception) -> str:
-    # httpx messages can echo the URL; the URL has no secret (the key travels in a header).
+def _phrase(exc: Exception) -> str:
+    """aiohttp's exception as a short phrase: "connection refused", "host name not found"."""
+    cause = getattr(exc, "os_error", None) or exc
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
+        return "host name not found"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer's body was cut off"
+    for kind, phrase in _OS_PHRASES:
+        if isinstance(cause, kind):
+            return phrase
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    # The URL in other messages has no secret (the key travels in a header).
     return str(exc) or type(exc).__name__
+
+
+_OS_PHRASES: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (TimeoutError, "timed out connecting"),
+)

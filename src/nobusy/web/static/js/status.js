@@ -202,14 +202,18 @@ export function priorityKey(priority) {
   return `priority${priority[0].toUpperCase()}${priority.slice(1)}`;
 }
 
-function seconds(value) {
+// Units come from i18n.js: the Chinese page says 毫秒, 秒, 分, 小时, not ms, s, min, h.
+export function seconds(value) {
   if (value == null) return "—";
-  return value < 1 ? `${Math.round(value * 1000)} ms` : `${value.toFixed(2)} s`;
+  return value < 1
+    ? t("unitMs", { n: Math.round(value * 1000) })
+    : t("unitS", { n: value.toFixed(2) });
 }
 
-function duration(total) {
+export function duration(total) {
   const s = Math.max(0, Math.floor(total));
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
-  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+  if (h) return t("unitHMin", { h, m });
+  return m ? t("unitMinS", { m, s: s % 60 }) : t("unitS", { n: s });
 }
