@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from nobusy.continuation import OverlapTrimmer, Skipper, continuation_body
+from nobusy.continuation import Joiner, Skipper, continuation_body
 from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
 from nobusy.settings import Route
 from nobusy.upstreams.base import Chunk
@@ -68,9 +68,9 @@ class AnswerStream:
         self.attempt_pieces = 0
         self.attempt_usage = False
         self.role_sent = False
-        self.content_skip: Skipper | None = None
-        self.trimmer: OverlapTrimmer | None = None
+        self.joiner: Joiner | None = None
         self.reasoning_skip: Skipper | None = None
+        self.how = ""  # how the current continuation was made, for the note
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         attempt = self.attempt
@@ -98,11 +98,10 @@ class AnswerStream:
                             ) from None
                         for out in self._process(chunk):
                             yield out
-                    if self.trimmer is not None and not self.trimmer.done:
-                        held = self.trimmer.flush()
-                        if held:
-                            self._content.append(held)
-                            yield _content_chunk(held)
+                    held = self.joiner.flush() if self.joiner is not None else ""
+                    if held:
+                        self._content.append(held)
+                        yield _content_chunk(held)
                     await attempt.succeed()
                     if self.saw_usage:
                         yield _usage_chunk(self.usage)
@@ -115,9 +114,11 @@ class AnswerStream:
                     self.failures.append(exc)
                     attempt = await self._continue(exc)
                     self.attempt = attempt
+                    # Worded by what is known of the method (continuation.Method.how): only a
+                    # continuation seen to work is called seamless.
                     yield note(
                         f"nobusy: {exc.upstream} failed mid-answer ({exc.code}); "
-                        f"continuing on {attempt.route}"
+                        f"continuing on {attempt.route}: {self.how}"
                     )
         finally:
             await self.attempt.cancel()  # no-op when it already ended
@@ -188,11 +189,7 @@ class AnswerStream:
         return out
 
     def _new_content(self, text: str) -> str:
-        if self.trimmer is not None:
-            text = self.trimmer.feed(text)
-        if self.content_skip is not None:
-            text = self.content_skip.feed(text)
-        return text
+        return self.joiner.feed(text) if self.joiner is not None else text
 
     def _new_reasoning(self, text: str) -> list[str | Chunk]:
         if self._content:
@@ -226,7 +223,7 @@ class AnswerStream:
             if route is None:
                 raise AllUpstreamsFailed(str(self.body.get("model", "")), self.failures)
             self.attempts += 1
-            attempt = self._continuation_attempt(route)
+            attempt = await self._continuation_attempt(route)
             try:
                 await attempt.first_token()
             except UpstreamError as exc:
@@ -237,20 +234,23 @@ class AnswerStream:
                 continue
             return attempt
 
-    def _continuation_attempt(self, route: Route) -> Attempt:
-        settings = self.router.settings.upstreams[route.upstream]
+    async def _continuation_attempt(self, route: Route) -> Attempt:
+        router = self.router
+        settings = router.settings.upstreams[route.upstream]
         self.continuing = True
-        self.content_skip = self.trimmer = self.reasoning_skip = None
+        self.joiner = self.reasoning_skip = None
         content = "".join(self._content)
         if content:
-            partial = content.rstrip()
+            upstream = router.upstreams[route.upstream]
+            model = route.model or upstream.default_model
+            method = await router.continuations.method(upstream, settings, model)
+            self.how = method.how
+            self.joiner = Joiner(content, method.mode)
             produced = len(self._content) + len(self._reasoning)
-            body = continuation_body(self.body, partial, settings.continuation, produced)
-            self.content_skip = Skipper(content[len(partial) :])
-            if settings.continuation == "none":
-                self.trimmer = OverlapTrimmer(partial)
+            body = continuation_body(self.body, self.joiner.partial, method.mode, produced)
         else:
             body = self.body
+            self.how = "restarting the answer (no text had been sent)"
             self.reasoning_skip = Skipper("".join(self._reasoning))
         return self.router.start(route, body, self.request_id, self.who)
 

@@ -48,6 +48,7 @@ class Settings(UpstreamSettings):
     continuation: Literal["prefix"] = Field(
         "prefix", description="Always `prefix`: a partial answer continues by raw completion."
     )
+    native_continuation: ClassVar[str | None] = "raw completion"
     default_max_tokens: int = Field(
         512, gt=0, description="Answer length when the request sets no max_tokens."
     )
