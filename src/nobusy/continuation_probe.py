@@ -22,14 +22,21 @@ from nobusy.upstreams.base import UpstreamCall
 if TYPE_CHECKING:
     from nobusy.upstreams.base import Upstream, UpstreamSettings
 
-__all__ = ["PROBE_QUESTION", "ContinuationModes", "Verdict", "best_method", "probe_continuation"]
+__all__ = [
+    "PROBE_QUESTION",
+    "ContinuationModes",
+    "Verdict",
+    "best_method",
+    "check_continuations",
+    "probe_continuation",
+]
 
 log = logging.getLogger("nobusy.continuation")
 
 PROBE_QUESTION = "Count from one to twelve in English words, separated by single spaces."
 NATIVE_MODES = ("prefix", "vllm")
 _PROBE_TOKENS = 40
-_PROBE_TIMEOUT = 30.0
+_PROBE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +143,29 @@ class ContinuationModes:
             found = ", ".join(f"{mode}: {v}" for mode, v in verdicts.items())
             log.info("continuation on %s: %s (%s)", name, method.mode, found)
             return method
+
+
+async def check_continuations(
+    upstreams: dict[str, Upstream], settings: dict[str, UpstreamSettings], skip: set[str]
+) -> dict[str, str]:
+    """For ``nobusy check``: per upstream, what each continuation did and which one is used."""
+    names = [name for name in upstreams if name not in skip]
+    found = await asyncio.gather(*(_check_one(upstreams[name], settings[name]) for name in names))
+    return dict(zip(names, found, strict=True))
+
+
+async def _check_one(upstream: Upstream, spec: UpstreamSettings) -> str:
+    if spec.native_continuation is not None:
+        return f"{spec.native_continuation} (always)"
+    try:
+        verdicts = await probe_continuation(upstream, upstream.default_model)
+    except (UpstreamError, TimeoutError) as exc:
+        return f"not probed: {exc}; uses {spec.continuation}"
+    found = ", ".join(f"{mode} {verdict}" for mode, verdict in verdicts.items())
+    best = best_method(verdicts).mode
+    if spec.continuation == "auto":
+        return f"{found}; auto uses {best}"
+    configured = verdicts.get(spec.continuation)
+    if spec.continuation != "none" and (configured is None or configured.outcome != "continues"):
+        return f"{found}; configured {spec.continuation} did not continue: set {best}"
+    return f"{found}; uses {spec.continuation}"

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nobusy.continuation_probe import check_continuations
 from nobusy.errors import ConfigError
 from nobusy.settings import Settings, load_settings
 from nobusy.upstreams import build_upstream
@@ -90,16 +91,17 @@ def models(config_file: Path | None) -> None:
 def check(config_file: Path | None) -> None:
     """Validate the config and probe every upstream; exit 1 if any is down."""
     settings = _settings(config_file)
-    results = asyncio.run(_probe_all(settings))
+    results, continuations = asyncio.run(_probe_all(settings))
     live = _live_circuits(settings)
     table = Table(title="Upstreams")
-    columns = ["upstream", "kind", "status", "latency", "models found"]
+    columns = ["upstream", "kind", "status", "latency", "models found", "continuation"]
     for column in columns + (["circuit (running server)"] if live else []):
         table.add_column(column, justify="right" if column == "latency" else "left")
     for name, probe in results.items():
         status = "[green]ok[/]" if probe.ok else f"[red]down[/] {probe.detail}"
         found = ", ".join(probe.models[:6]) + (" ..." if len(probe.models) > 6 else "")
         row = [name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found]
+        row.append(escape(continuations.get(name, "")))
         if live:
             row.append(_circuit_cell(live.get(name)))
         table.add_row(*row)
@@ -135,10 +137,19 @@ def _circuit_cell(entry: dict[str, Any] | None) -> str:
     return f"[{colour}]{state}[/]{detail}{error}"
 
 
-async def _probe_all(settings: Settings) -> dict[str, Probe]:
+async def _probe_all(settings: Settings) -> tuple[dict[str, Probe], dict[str, str]]:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     try:
-        probes = await asyncio.gather(*(u.probe() for u in upstreams.values()))
+        probes = dict(
+            zip(
+                upstreams,
+                await asyncio.gather(*(u.probe() for u in upstreams.values())),
+                strict=True,
+            )
+        )
+        # Which continuation each live upstream honours (a few short requests each).
+        down = {name for name, probe in probes.items() if not probe.ok}
+        continuations = await check_continuations(upstreams, dict(settings.upstreams), down)
     finally:
         await asyncio.gather(*(u.aclose() for u in upstreams.values()))
-    return dict(zip(upstreams, probes, strict=True))
+    return probes, continuations
