@@ -121,18 +121,17 @@ class Upstream:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def generate() -> None:
-            produced = 0
+            finish = None
             try:
+                prompt_tokens = self._prompt_tokens(llm, kwargs)
                 for chunk in self._generate(llm, kwargs):
                     if stop.is_set():
                         break
-                    delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
-                    if delta.get("content"):
-                        produced += 1
+                    if chunk["choices"]:
+                        finish = chunk["choices"][0].get("finish_reason") or finish
                     put(chunk)
                 if not stop.is_set():
-                    prompt = max(0, int(llm.n_tokens) - produced)
-                    put(_usage_chunk(prompt, produced))
+                    put(_usage_chunk(prompt_tokens, _completion_tokens(llm, prompt_tokens, finish)))
             except Exception as exc:  # translated on the loop side, where it is raised
                 put(exc)
             finally:
@@ -159,9 +158,12 @@ class Upstream:
             return
         # Raw completion: the chat template up to the assistant's turn, then the partial
         # answer itself, so the model carries on mid-sentence instead of starting over.
-        formatter = self._formatter(llm)
-        formatted = formatter(messages=messages[:-1])
-        prompt = formatted.prompt + (messages[-1]["content"] or "")
+        formatted = self._formatter(llm)(messages=messages[:-1])
+        text = formatted.prompt + (messages[-1]["content"] or "")
+        # Tokenized here, as for chat, so that the count in `_prompt_tokens` is the prompt.
+        prompt = llm.tokenize(
+            text.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
         params = {k: v for k, v in kwargs.items() if k != "messages" and k != "response_format"}
         stop = params.pop("stop", None) or []
         stop = [stop] if isinstance(stop, str) else list(stop)
@@ -175,6 +177,19 @@ class Upstream:
                     {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}
                 ]
             }
+
+    def _prompt_tokens(self, llm: Any, kwargs: dict[str, Any]) -> int:
+        """The prompt as the model reads it, in tokens: the chat template applied, tokenized
+        as llama.cpp's chat handler does (a streamed chunk is not a token: one CJK character
+        often takes two or three)."""
+        messages = kwargs["messages"]
+        continuing = kwargs.get("continue_final", False)
+        formatted = self._formatter(llm)(messages=messages[:-1] if continuing else messages)
+        text = formatted.prompt + ((messages[-1]["content"] or "") if continuing else "")
+        tokens = llm.tokenize(
+            text.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
+        return len(tokens)
 
     def _formatter(self, llm: Any) -> Any:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -237,6 +252,15 @@ def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return {"role": message.get("role", "user"), "content": content or ""}
+
+
+def _completion_tokens(llm: Any, prompt_tokens: int, finish: str | None) -> int:
+    # llama.cpp evaluates each generated token before sampling the next, so the context holds
+    # the prompt and every generated token but the last one sampled. That last one is the end
+    # of generation token (not part of the answer) after a natural stop, and an answer token
+    # after `length` (a stop string ends the same way: counted one short).
+    generated = int(llm.n_tokens) - prompt_tokens
+    return max(0, generated + (0 if finish == "stop" else 1))
 
 
 def _usage_chunk(prompt: int, completion: int) -> Chunk:
