@@ -129,19 +129,21 @@ def test_non_streaming_continuation_is_named_in_a_header(base_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "how"),
+    ("fault", "route", "how"),
     [
-        ("drop5", "with prefix completion as configured, not checked"),
-        ("drop5-auto", "from the cut with prefix completion, checked on this upstream"),
-        ("drop5-wordy", "asked in words to continue; the text may repeat or differ"),
+        ("drop5", "backup", "with prefix completion as configured, not checked"),
+        ("drop5-auto", "auto", "from the cut with prefix completion, checked on this upstream"),
+        ("drop5-wordy", "wordy", "asked in words to continue; the text may repeat or differ"),
     ],
 )
-def test_continuation_note_says_only_what_is_known(base_url: str, fault: str, how: str) -> None:
+def test_continuation_note_says_only_what_is_known(
+    base_url: str, fault: str, route: str, how: str
+) -> None:
     # `auto` probes the upstream once: the fake behind `auto` honours prefix completion, the
     # one behind `wordy` honours neither native mode (it restarts), so nobusy asks in words.
     answer, raw = ask(base_url, f"fault-{fault}", stream=False)
     assert answer["content"] == answer_text(MESSAGES)
-    assert raw.headers["x-nobusy-failover"].endswith(how)
+    assert f"; continuing on {route}: {how}" in raw.headers["x-nobusy-failover"]
     assert "without repeating" not in raw.headers["x-nobusy-failover"]
 
 
