@@ -238,6 +238,8 @@ def test_restorer_holds_back_only_a_possible_placeholder() -> None:
 
 VALUES = [ID, MOBILE, "+86 139-0013-9000", CARD, EMAIL, "10.1.2.3", "2001:db8::1"]
 NOISE = ["你好", " ", "，", "1", "86", "-", ".", "@", ":", "x", "X", "_", "[", "]", "[[", "]]"]
+# Folded before detection: full-width, CJK numerals, zero-width and bidi characters.
+NOISE += ["一", "八", "３", "．", "＠", "［［", "\u200b", "\u202e", "\u3000"]
 PLACEHOLDERS = [
     "[[PII_ID_1]]",
     "[[pii_mobile_2]]",
@@ -267,3 +269,75 @@ def test_streaming_restores_as_whole(text: str, data: st.DataObject) -> None:
     restorer = masker.restorer()
     pieces = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
     assert "".join(map(restorer.feed, pieces)) + restorer.finish() == masker.restore(answer)
+
+
+# Written as people write them, or disguised: detection reads the folded text, and the
+# placeholder replaces exactly the characters as written.
+ODD_FORMS = [
+    ("ID with spaces", "110105 19491231 002X"),
+    ("ID in fours", "1101 0519 4912 3100 2X"),
+    ("ID with dashes", "110105-19491231-002X"),
+    ("ID in full width", "１１０１０５１９４９１２３１００２Ｘ"),
+    ("mobile with dots", "138.0013.8000"),
+    ("mobile with +86 and dots", "+86.138.0013.8000"),
+    ("mobile in CJK numerals", "一三八〇〇一三八〇〇〇"),
+    ("mobile read out", "幺三八零零幺三八零零零"),
+    ("mobile with zero-width spaces", "138\u200b0013\u200b8000"),
+    ("mobile with a soft hyphen and a joiner", "1380\u00ad013\u2060800\u200d0"),
+    ("mobile in full-width digits", "１３８００１３８０００"),
+    ("mobile with ideographic spaces", "１３８\u3000００１３\u3000８０００"),
+    ("card with dots", "4111.1111.1111.1111"),
+    ("e-mail in full width", "ｌｉ．ｌｅｉ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+    ("e-mail with a zero-width space", "li.lei@exam\u200bple.com"),
+    ("IP in full width", "１９２．１６８．１．１０"),
+]
+
+
+@pytest.mark.parametrize(("form", "value"), ODD_FORMS, ids=[form for form, _ in ODD_FORMS])
+def test_odd_forms_are_found_and_restored_as_written(form: str, value: str) -> None:
+    masker = Masker()
+    text = f"我的号码是{value}，谢谢"
+    out = masker.mask(text)
+    assert out.startswith("我的号码是[[PII_") and out.endswith("]]，谢谢"), out
+    assert masker.restore(out) == text
+    assert sum(masker.found.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "一二三四五六七八九十",  # counting, not a number
+        "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18",  # a list, no valid ID in it
+        "版本 1.3.8 和 2.0",
+        "价格 138.00 元",
+    ],
+)
+def test_folding_finds_no_phantoms(text: str) -> None:
+    assert masked(text) == text
+
+
+def test_a_request_is_masked_everywhere_and_left_untouched() -> None:
+    body: dict[str, Any] = {
+        "model": "m",
+        "user": f"u{MOBILE}",
+        "messages": [
+            {"role": "user", "name": f"n{MOBILE}", "content": "hi"},
+            {"role": "tool", "tool_call_id": f"c{MOBILE}", "content": "ok"},
+        ],
+        "tools": [{"type": "function", "function": {"name": f"f{MOBILE}", "description": ID}}],
+        "extra": {f"k{MOBILE}": [EMAIL]},
+        "image": {"url": f"data:image/png;base64,{MOBILE}"},  # base64 stays as it is
+    }
+    before = copy.deepcopy(body)
+    masker = Masker()
+    out = masker.mask_request(body)
+    assert body == before
+    assert out["user"] == "u[[PII_MOBILE_1]]"
+    assert out["messages"][0]["name"] == "n[[PII_MOBILE_1]]"
+    assert out["messages"][1]["tool_call_id"] == "c[[PII_MOBILE_1]]"
+    assert out["tools"][0]["function"] == {
+        "name": "f[[PII_MOBILE_1]]",
+        "description": "[[PII_ID_1]]",
+    }
+    assert out["extra"] == {"k[[PII_MOBILE_1]]": ["[[PII_EMAIL_1]]"]}
+    assert out["image"] == body["image"]

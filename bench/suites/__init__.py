@@ -9,6 +9,7 @@ from __future__ import annotations
 from bench.suites import (
     admission,
     audit,
+    bigbody,
     embedded,
     failover,
     failover_continuation,
@@ -32,6 +33,7 @@ SUITES: dict[str, Suite] = {
         failover.SUITE,
         failover_continuation.SUITE,
         guard.SUITE,
+        bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,
         sigkill.SUITE,

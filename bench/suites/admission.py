@@ -17,6 +17,8 @@ happened to the earlier ones, and each client gives up after ``PATIENCE + GRACE`
 3. *Abuser*: three normal keys at 70% of capacity together, alone and then beside a fourth key
    sending 20× one normal key's rate; LiteLLM's database-less proxy has only its master key,
    so there the four "keys" are four groups of clients it cannot tell apart.
+4. *Floods* (``admission_floods``): normal keys sending at random times, alone and beside a
+   flood at 5-20× capacity with a patience of 5 or 30 s (nobusy only).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import procs
 from bench.loadgen import LoadSpec, chat_body, run_load, run_open
+from bench.suites import admission_floods
 from bench.suites.admission_report import (
     ABUSE_X,
     BURST_X,
@@ -521,7 +525,7 @@ def run(ctx: Context) -> Result:
         ctx.procs.stop(lite.proc, timeout=1.0)
         ctx.procs.stop(lite.fake)
 
-    names = {"high": "high", "normal": "normal", "abuser": "normal"}
+    names = {"high": "high", "normal": "normal", "abuser": "normal", "flood": "normal"}
     names |= {c: "normal" for c in FAIR_CLIENTS}
     secrets = _create_keys(keyed.port, names)
     auth = {"Authorization": f"Bearer {secrets['normal']}"}
@@ -529,6 +533,14 @@ def run(ctx: Context) -> Result:
     sustained = _sustained(setup, keyed, secrets)
     specs = {c: keyed.spec({"Authorization": f"Bearer {secrets[c]}"}) for c in names}
     fair["nobusy"] = _fair(setup, keyed, specs)
+
+    def flood_spec(key: str, patience: float) -> LoadSpec:
+        extra = {"Authorization": f"Bearer {secrets[key]}", "x-nobusy-max-wait": f"{patience:g}"}
+        return keyed.spec(extra)
+
+    floods = admission_floods.run(
+        setup.capacity, p["flood_s"], flood_spec, lambda: _settle(keyed.port, ctx.log), ctx.log
+    )
     return {
         "plan": p,
         "capacity": capacity,
@@ -538,6 +550,7 @@ def run(ctx: Context) -> Result:
         "burst": burst,
         "sustained": sustained,
         "fair": fair,
+        "floods": floods,
         "errors": errors_,
         "configs": {g.name: g.config for g in gateways}
         | ({"litellm": lite.config} if lite is not None else {}),
@@ -545,10 +558,15 @@ def run(ctx: Context) -> Result:
     }
 
 
+def _render(result: Result, img: Path) -> str:
+    floods = admission_floods.render(result)
+    return render(result, img) + (f"\n{floods}\n" if floods else "")
+
+
 SUITE = Suite(
     name="admission",
     title="Admission under overload: bursts, sustained overload, priorities and fairness",
     run=run,
-    render=render,
-    goals=goals,
+    render=_render,
+    goals=lambda result: goals(result) + admission_floods.goals(result),
 )

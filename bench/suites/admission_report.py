@@ -47,6 +47,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "sustained_s": 10.0 if quick else 60.0,
         "fair_s": 3.0 if quick else 6.0,  # each phase of the abuser scenario
         "fair_lead_s": 1.0,  # the abuser starts this long before the normal keys
+        "flood_s": 4.0 if quick else 20.0,  # each phase of the flood cases
     }
 
 

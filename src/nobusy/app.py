@@ -58,11 +58,10 @@ def create_app(settings: Settings) -> Starlette:
         ledger = Ledger(usage_log, metrics, audit, keys)
         # One worker counts per-key limits in memory; several share them through SQLite.
         limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
-        app.state.nobusy = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
+        state = AppState(settings, router, metrics, ledger, guard, audit, keys, limits)
+        app.state.nobusy = state
         for upstream in upstreams.values():
-            start = getattr(upstream, "start", None)
-            if start is not None:
-                await start()
+            await upstream.start()
         shared, pump = _share_ceilings(settings, router)
         prober = Prober(router)
         prober.start()
@@ -82,6 +81,7 @@ def create_app(settings: Settings) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pruning
             await router.aclose()
+            state.offload.close()
             usage_log.close()
             if audit is not None:
                 audit.close()

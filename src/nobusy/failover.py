@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from nobusy.continuation import Joiner, Skipper, continuation_body
 from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
 from nobusy.settings import Route
-from nobusy.upstreams.base import Chunk
+from nobusy.upstreams.base import Chunk, has_token
 
 if TYPE_CHECKING:
     from nobusy.routing import Attempt, Router
@@ -81,13 +81,17 @@ class AnswerStream:
                         for out in self._process(chunk):
                             yield out
                     attempt.prefix = []
-                    idle = float(getattr(attempt.settings, "idle_timeout", 60.0))
+                    idle = attempt.settings.idle_timeout
                     iterator = attempt.iterator
+                    loop = asyncio.get_running_loop()
+                    left = idle
                     while True:
                         # The deadline covers only the wait for the upstream, never the time
-                        # the client takes to read what was yielded.
+                        # the client takes to read what was yielded; and only a token restarts
+                        # it, so a stream of empty chunks times out like silence does.
+                        waiting = loop.time()
                         try:
-                            async with asyncio.timeout(idle):
+                            async with asyncio.timeout(left):
                                 chunk = await anext(iterator)
                         except StopAsyncIteration:
                             break
@@ -96,11 +100,11 @@ class AnswerStream:
                                 f"no token for {idle:g}s mid-answer",
                                 upstream=attempt.route.upstream,
                             ) from None
+                        left = idle if has_token(chunk) else left - (loop.time() - waiting)
                         for out in self._process(chunk):
                             yield out
-                    held = self.joiner.flush() if self.joiner is not None else ""
+                    held = self._held_content()  # the stream ended without a finish chunk
                     if held:
-                        self._content.append(held)
                         yield _content_chunk(held)
                     await attempt.succeed()
                     if self.saw_usage:
@@ -184,12 +188,23 @@ class AnswerStream:
             if finish:
                 out.extend(self.tools)
                 self.tools = []
+                held = self._held_content()  # it belongs before the finish, not after
+                if held:
+                    delta["content"] = delta.get("content", "") + held
             if delta or finish:
                 out.append(_choice_chunk(choice, delta, finish))
         return out
 
     def _new_content(self, text: str) -> str:
         return self.joiner.feed(text) if self.joiner is not None else text
+
+    def _held_content(self) -> str:
+        """What the trimmer still holds of a continuation shorter than its window, released
+        through the skipper like any other new content (the client has the whitespace)."""
+        text = self.joiner.flush() if self.joiner is not None else ""
+        if text:
+            self._content.append(text)
+        return text
 
     def _new_reasoning(self, text: str) -> list[str | Chunk]:
         if self._content:
@@ -236,7 +251,7 @@ class AnswerStream:
 
     async def _continuation_attempt(self, route: Route) -> Attempt:
         router = self.router
-        settings = router.settings.upstreams[route.upstream]
+        settings = router.upstreams[route.upstream].settings
         self.continuing = True
         self.joiner = self.reasoning_skip = None
         content = "".join(self._content)

@@ -12,19 +12,27 @@ case (``[[pii_mobile_1]]``), one space just inside each bracket pair, ``_``, ``-
 nothing between the parts, leading zeros in the number. Anything else (single brackets, another
 tag, an unknown number) is left as written.
 
-Detection is ASCII only: full-width digits and letters are not recognised.
+Detection reads a folded copy of the text, each character mapped alone: full-width and other
+compatibility forms to ASCII (NFKC: ``１３８``, ``＠``), the CJK numerals ``〇一二…九`` (and
+``零``, ``幺``, ``壹``…``玖``) to digits, format characters (zero-width, bidi controls, soft
+hyphen) dropped. Digit groups may be separated by a space, ``.`` or ``-`` (``138.0013.8000``,
+an ID number as ``110105 19491231 002X``). Each value found is replaced where it is written:
+the placeholder stands for the original characters, so restoring gives back the text as sent.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
-from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from nobusy import payload
 
 __all__ = ["KINDS", "Kind", "Masker", "PiiSettings", "Restorer"]
 
@@ -45,6 +53,7 @@ class PiiSettings(BaseModel):
     kinds: tuple[Kind, ...] = Field(KINDS, description="Which kinds of personal data to mask.")
 
 
+_SEPARATORS = re.compile(r"[ .-]")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit's Luhn value in a doubled position
 _EARLIEST_BIRTH = date(1900, 1, 1)
@@ -52,6 +61,7 @@ _EARLIEST_BIRTH = date(1900, 1, 1)
 
 def _id_card(text: str) -> bool:
     """GB 11643: ISO 7064 MOD 11-2 check character and a birth date that has happened."""
+    text = _SEPARATORS.sub("", text)
     total = sum(int(digit) * weight for digit, weight in zip(text[:17], _ID_WEIGHTS, strict=True))
     if "10X98765432"[total % 11] != text[17].upper():
         return False
@@ -90,9 +100,15 @@ _DETECTORS: dict[Kind, tuple[str, str, Callable[[str], bool]]] = {
         r"(?<![\w.%+-])[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
         _anything,
     ),
-    "id_card": ("ID", r"(?<!\d)\d{17}[\dXx](?!\d)", _id_card),
-    "bank_card": ("CARD", r"(?<!\d)\d{4}(?:[ -]?\d{4}){3}(?:[ -]?\d{1,3})?(?!\d)", _bank_card),
-    "mobile": ("MOBILE", r"(?<!\d)(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", _anything),
+    # A separator may stand between any two digits of an ID number: people group it 6-8-4,
+    # 3-3-4-4-4 or otherwise; the checksum and birth date keep false matches rare.
+    "id_card": ("ID", r"(?<!\d)\d(?:[ .-]?\d){16}[ .-]?[\dXx](?!\d)", _id_card),
+    "bank_card": (
+        "CARD",
+        r"(?<!\d)\d{4}(?:[ .-]?\d{4}){3}(?:[ .-]?\d{1,3})?(?!\d)",
+        _bank_card,
+    ),
+    "mobile": ("MOBILE", r"(?<!\d)(?:\+?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}(?!\d)", _anything),
     "ip": (
         "IP",
         # IPv6 needs a digit too: Rust and C++ paths such as Abc::def are valid addresses.
@@ -132,6 +148,56 @@ def _prefix_pattern(parts: tuple[tuple[str, str], ...]) -> str:
     prefix of the rest."""
     (whole, prefix), *rest = parts
     return f"(?:{prefix}|{whole}{_prefix_pattern(tuple(rest))})" if rest else prefix
+
+
+_DROP = "\x00"  # what a dropped character becomes before the final removal
+# Numerals as digits are written in Chinese: 幺 is how 1 is read out in phone numbers, 壹…玖 the
+# forms used on cheques.
+_CJK_DIGITS = dict(
+    zip("〇零一二三四五六七八九幺壹贰叁肆伍陆柒捌玖", "001234567891123456789", strict=True)
+)
+
+
+class _Fold(dict[int, str]):
+    """``str.translate`` table filled on first sight of each code point: the character PII
+    detection reads in its place (itself, mostly), or NUL for a dropped one."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category == "Cf":  # zero-width, joiners, bidi controls, soft hyphen
+            value = _DROP
+        elif char in _CJK_DIGITS:
+            value = _CJK_DIGITS[char]
+        else:
+            folded = unicodedata.normalize("NFKC", char)
+            value = folded if len(folded) == 1 and folded.isascii() else char
+        if category not in ("Cn", "Co", "Cs"):  # never remember the ~970,000 unassigned
+            self[code] = value
+        return value
+
+
+_FOLD = _Fold()
+
+
+class _Folded:
+    """A text as detection reads it, and the way back to the original's offsets."""
+
+    __slots__ = ("_adjust", "text")
+
+    def __init__(self, text: str) -> None:
+        marked = text.translate(_FOLD)
+        self.text = marked.replace(_DROP, "") if _DROP in marked else marked
+        # For the k-th dropped character at original offset d: d - k kept characters precede
+        # it; a folded offset p maps back to p plus the drops before it.
+        drops = [m.start() for m in re.finditer(_DROP, marked)] if _DROP in marked else []
+        self._adjust = [d - k for k, d in enumerate(drops)]
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span of folded ``text[start:end]``."""
+        first = start + bisect_right(self._adjust, start)
+        last = end - 1 + bisect_right(self._adjust, end - 1)
+        return first, last + 1
 
 
 _FLAGS = re.ASCII | re.IGNORECASE
@@ -190,17 +256,60 @@ class Masker:
 
     def mask(self, text: str) -> str:
         """``text`` with each detected value replaced by its placeholder."""
+        if text.isascii():  # nothing to fold: offsets are the text's own
+            folded, spans = text, None
+        else:
+            view = _Folded(text)
+            folded, spans = view.text, view
+        found: list[tuple[int, int, str]] = []  # original start, end, placeholder
+        taken: list[tuple[int, int]] = []  # folded spans already replaced
+
+        def free(start: int, end: int) -> bool:
+            return all(end <= low or start >= high for low, high in taken)
+
         # Text that already reads as a placeholder is masked as a literal of its own, so
-        # restoring cannot turn it into someone's data.
-        text = _PLACEHOLDER.sub(lambda match: self._placeholder(match[1].upper(), match[0]), text)
-        for kind in self._kinds:
-            text = _PATTERNS[kind].sub(partial(self._detected, kind), text)
-        return text
+        # restoring cannot turn it into someone's data. Then each kind, in _DETECTORS' order.
+        matches: list[tuple[Kind | None, re.Match[str]]]
+        matches = [(None, m) for m in _PLACEHOLDER.finditer(folded)]
+        for wanted in self._kinds:
+            matches += [(wanted, m) for m in _PATTERNS[wanted].finditer(folded)]
+        for kind, match in matches:
+            if not free(*match.span()):
+                continue
+            start, end = match.span() if spans is None else spans.span(*match.span())
+            value = text[start:end]
+            if kind is None:
+                tag = match[1].upper()
+            else:
+                tag, _, valid = _DETECTORS[kind]
+                if not valid(match[0]):
+                    continue
+                if (tag, value) not in self._numbers:
+                    self.found[kind] = self.found.get(kind, 0) + 1
+            taken.append(match.span())
+            found.append((start, end, self._placeholder(tag, value)))
+        if not found:
+            return text
+        parts: list[str] = []
+        done = 0
+        for start, end, placeholder in sorted(found):
+            parts += (text[done:start], placeholder)
+            done = end
+        parts.append(text[done:])
+        return "".join(parts)
+
+    def mask_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a chat request with every string that goes upstream masked (see
+        ``nobusy.payload``: names, tool calls and schemas, ``user``, unknown fields...); the
+        input is left untouched, so the audit log keeps the request as sent."""
+        out = payload.copy(body)
+        payload.rewrite(out, self.mask)
+        return out
 
     def mask_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """New chat messages with string contents, text parts, reasoning and tool-call
-        arguments masked; the input is left untouched."""
-        return [self._message(message) for message in messages]
+        """New chat messages with every string masked; the input is left untouched."""
+        masked: list[dict[str, Any]] = self.mask_request({"messages": messages})["messages"]
+        return masked
 
     def restore(self, text: str) -> str:
         """A whole answer with its placeholders put back."""
@@ -210,14 +319,6 @@ class Masker:
         """A restorer for a streamed answer; it also sees values masked after it was made."""
         return Restorer(self._values)
 
-    def _detected(self, kind: Kind, match: re.Match[str]) -> str:
-        tag, _, valid = _DETECTORS[kind]
-        if not valid(match[0]):
-            return match[0]
-        if (tag, match[0]) not in self._numbers:
-            self.found[kind] = self.found.get(kind, 0) + 1
-        return self._placeholder(tag, match[0])
-
     def _placeholder(self, tag: str, value: str) -> str:
         number = self._numbers.get((tag, value))
         if number is None:
@@ -225,27 +326,3 @@ class Masker:
             self._numbers[tag, value] = number
             self._values[tag, number] = value
         return f"[[PII_{tag}_{number}]]"
-
-    def _message(self, message: dict[str, Any]) -> dict[str, Any]:
-        out = dict(message)
-        for key in ("content", "reasoning_content"):
-            value = out.get(key)
-            if isinstance(value, str):
-                out[key] = self.mask(value)
-            elif isinstance(value, list):
-                out[key] = [self._masked(part, "text") for part in value]
-        if isinstance(calls := out.get("tool_calls"), list):
-            out["tool_calls"] = [
-                {**call, "function": self._masked(call["function"], "arguments")}
-                if isinstance(call, dict) and isinstance(call.get("function"), dict)
-                else call
-                for call in calls
-            ]
-        return out
-
-    def _masked(self, item: Any, key: str) -> Any:
-        """A copy of a dict ``item`` with its string ``key`` masked; anything else as it is."""
-        if not isinstance(item, dict):
-            return item
-        value = item.get(key)
-        return {**item, key: self.mask(value)} if isinstance(value, str) else dict(item)

@@ -3,25 +3,30 @@
 Both paths rewrite each chunk's ``id`` and ``model`` (so an answer keeps one identity whichever
 upstream produced it), count usage from the upstream's usage chunk, and hide that chunk when
 the client did not ask for it. The usage record is closed in ``finally``: a client that leaves
-mid-stream is still logged and billed.
+mid-stream is still logged and billed. An error after the headers becomes an error event, a
+bug included (its traceback goes to the log only).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
-from nobusy.errors import NobusyError
+from nobusy.errors import NobusyError, error_body
+from nobusy.message import MessageBuilder
 from nobusy.routing import Answer
 from nobusy.schema import ChatRequest
 from nobusy.upstreams.base import Chunk
-from nobusy.usage import UsageRecord
+from nobusy.usage import Exchange, UsageRecord
 
-__all__ = ["Tally", "collect", "sse_events"]
+__all__ = ["Tally", "collect", "internal_error_event", "sse_events"]
 
 DONE = b"data: [DONE]\n\n"
+
+log = logging.getLogger("nobusy")
 
 
 class Tally:
@@ -66,11 +71,12 @@ async def sse_events(
     request: ChatRequest,
     record: UsageRecord,
     close: Callable[[], None],
-    capture: list[str] | None = None,
+    capture: Exchange | None = None,
 ) -> AsyncIterator[bytes]:
     """The answer as SSE ``data:`` lines; an error after the first byte becomes an error event.
 
-    With ``capture``, the content the client receives is also collected there (for audit)."""
+    With ``capture``, what the client receives (content, reasoning, tool calls) is also
+    assembled there, for the audit log."""
     tally = Tally(request, record)
     record.outcome = "client_gone"
     try:
@@ -83,9 +89,7 @@ async def sse_events(
             if out is not None:
                 if capture is not None:
                     for choice in out.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            capture.append(content)
+                        capture.answer.add(choice)
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
         record.outcome = "ok"
         # Books closed before [DONE]: a client that stops reading at [DONE] has an answer
@@ -97,18 +101,35 @@ async def sse_events(
         # OpenAI SDKs raise as APIError.
         record.outcome = exc.code or "error"
         yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    except Exception as exc:
+        record.outcome = "internal_error"
+        yield internal_error_event(record.request_id, exc)
     finally:
         await _aclose(answer.chunks)
         close()
 
 
-async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> dict[str, Any]:
-    """Assemble the whole answer into one ``chat.completion`` object."""
+def internal_error_event(request_id: str, exc: Exception) -> bytes:
+    """A bug after the headers: the log gets the traceback, the client an error event."""
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    body = error_body(
+        f"Internal error in nobusy (request {request_id}); it has been logged.",
+        "server_error",
+        None,
+        "internal_error",
+    )
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def collect(
+    answer: Answer,
+    request: ChatRequest,
+    record: UsageRecord,
+    capture: Exchange | None = None,
+) -> dict[str, Any]:
+    """Assemble the whole answer into one ``chat.completion`` object (also into ``capture``)."""
     tally = Tally(request, record)
-    content: list[str] = []
-    reasoning: list[str] = []
-    tool_calls: dict[int, dict[str, Any]] = {}
-    finish_reason: str | None = None
+    built = capture.answer if capture is not None else MessageBuilder()
     try:
         async for chunk in answer.chunks:
             if "nobusy_note" in chunk:
@@ -116,23 +137,9 @@ async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> 
                 continue
             tally.absorb(chunk)
             for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    content.append(delta["content"])
-                if delta.get("reasoning_content"):
-                    reasoning.append(delta["reasoning_content"])
-                for call in delta.get("tool_calls") or ():
-                    _merge_tool_call(tool_calls, call)
-                finish_reason = choice.get("finish_reason") or finish_reason
+                built.add(choice)
     finally:
         await _aclose(answer.chunks)
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if tool_calls:
-        message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
-    elif message["content"] is None:
-        message["content"] = ""
     prompt, completion = record.prompt_tokens, record.completion_tokens
     return {
         "id": tally.completion_id,
@@ -142,8 +149,8 @@ async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> 
         "choices": [
             {
                 "index": 0,
-                "message": message,
-                "finish_reason": finish_reason or "stop",
+                "message": built.message(),
+                "finish_reason": built.finish_reason or "stop",
                 "logprobs": None,
             }
         ],
@@ -153,22 +160,6 @@ async def collect(answer: Answer, request: ChatRequest, record: UsageRecord) -> 
             "total_tokens": prompt + completion,
         },
     }
-
-
-def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    index = int(delta.get("index") or 0)
-    call = calls.setdefault(
-        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-    )
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    if delta.get("type"):
-        call["type"] = delta["type"]
-    function = delta.get("function") or {}
-    if function.get("name"):
-        call["function"]["name"] += function["name"]
-    if function.get("arguments"):
-        call["function"]["arguments"] += function["arguments"]
 
 
 async def _aclose(chunks: AsyncIterator[Chunk]) -> None:

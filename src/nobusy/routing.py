@@ -43,22 +43,11 @@ from nobusy.failover import AnswerStream
 from nobusy.health import UpstreamHealth
 from nobusy.metrics import Metrics
 from nobusy.settings import ModelAlias, Route, Settings
-from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall
+from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall, UpstreamSettings, has_token
 
-__all__ = ["Answer", "Attempt", "Router", "has_token"]
+__all__ = ["Answer", "Attempt", "Router"]
 
 _FLOOR_PAUSE = 1.0  # seconds an upstream rests after refusing a lone request at a limit of one
-
-
-def has_token(chunk: Chunk) -> bool:
-    """True when a chunk carries something the client sees, or ends the answer."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
-            return True
-        if choice.get("finish_reason"):
-            return True
-    return False
 
 
 class Attempt:
@@ -83,12 +72,12 @@ class Attempt:
         router.retry_budgets[route.upstream].note()
 
     @property
-    def settings(self) -> Any:
-        return getattr(self.upstream, "settings", None)
+    def settings(self) -> UpstreamSettings:
+        return self.upstream.settings
 
     async def first_token(self) -> None:
         """Read until the first token, within ``first_token_timeout`` of this attempt's start."""
-        timeout = float(getattr(self.settings, "first_token_timeout", 30.0))
+        timeout = self.settings.first_token_timeout
         try:
             async with asyncio.timeout(max(0.0, self.started + timeout - time.perf_counter())):
                 async for chunk in self.iterator:
@@ -181,6 +170,7 @@ class Answer:
     failures: list[UpstreamError] = field(default_factory=list)
     stream: AnswerStream | None = None
     overflow: bool = False
+    cancelled: list[str] = field(default_factory=list)  # a hedge's loser: attempted too
 
     @property
     def upstream(self) -> str:
@@ -190,7 +180,7 @@ class Answer:
         """Upstreams attempted so far, in order, ending with the one answering now."""
         failed = [f.upstream for f in self.failures if f.attempted]
         final = self.stream.attempt.route if self.stream is not None else self.route
-        return [*failed, final.upstream]
+        return [*self.cancelled, *failed, final.upstream]
 
 
 @dataclass(slots=True)
@@ -309,16 +299,21 @@ class Router:
         route: Route | None = reservation.route
         who = reservation.who
         attempts = 0
+        cancelled: list[str] = []
         while route is not None:
             attempt = self.start(route, body, request_id, who)
             attempts += 1
             hedge = spec.hedge is not None and attempts == 1 and bool(queue)
             try:
                 if hedge:
-                    attempt, extra = await self._hedged(
-                        alias, attempt, queue, body, request_id, who
+                    winner, extra, cancelled = await self._hedged(
+                        alias, attempt, queue, failures, body, request_id, who
                     )
                     attempts += extra
+                    if winner is None:  # both racers failed, and both are in failures
+                        route = self.next_route(queue, failures, attempts, who)
+                        continue
+                    attempt = winner
                 else:
                     await attempt.first_token()
             except UpstreamError as exc:
@@ -340,6 +335,7 @@ class Router:
                 failures,
                 stream,
                 overflow=reservation.overflow and attempt.route == reservation.route,
+                cancelled=cancelled,
             )
         raise AllUpstreamsFailed(alias, failures)
 
@@ -380,34 +376,44 @@ class Router:
         alias: str,
         first: Attempt,
         queue: deque[Route],
+        failures: list[UpstreamError],
         body: dict[str, Any],
         request_id: str,
         who: str = "",
-    ) -> tuple[Attempt, int]:
-        """Race a second route against a first that is slow to speak; return the winner."""
+    ) -> tuple[Attempt | None, int, list[str]]:
+        """Race a second route against a first that is slow to speak.
+
+        Returns the racer that spoke first (None when both failed), the attempts started
+        besides ``first``, and the upstream cancelled because the other spoke first. Every
+        racer that failed is in ``failures``; an error before the race is raised."""
         hedge = self.models[alias].hedge
         assert hedge is not None
         after = hedge.after
         if after == "p95":
-            after = first.health.ttft_quantile(0.95) or float(
-                getattr(first.settings, "first_token_timeout", 30.0)
-            )
+            after = first.health.ttft_quantile(0.95) or first.settings.first_token_timeout
         task = asyncio.ensure_future(first.first_token())
-        done, _ = await asyncio.wait({task}, timeout=float(after))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=float(after))
+        except BaseException:
+            # The client left while the first route was silent: asyncio.wait does not cancel
+            # the read, and the attempt cannot be closed while it is still reading.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         if done or not self.hedge_budgets[alias].try_spend():
             self.hedge_budgets[alias].note()
             await task
-            return first, 0
+            return first, 0, []
         self.hedge_budgets[alias].note()
-        route = self.next_route(queue, [], 1, who)
+        route = self.next_route(queue, failures, 1, who)  # notes the routes it skips
         if route is None:
             await task
-            return first, 0
+            return first, 0, []
         second = self.start(route, body, request_id, who)
         self.metrics.hedges.labels(alias).inc()
         racers = {task: first, asyncio.ensure_future(second.first_token()): second}
         winner: Attempt | None = None
-        error: UpstreamError | None = None
+        errors: list[UpstreamError] = []
         try:
             pending = set(racers)
             while pending and winner is None:
@@ -421,7 +427,7 @@ class Router:
                         await attempt.cancel()  # it spoke too, but second
                     elif isinstance(exc, UpstreamError):
                         await attempt.fail(exc)
-                        error = exc
+                        errors.append(exc)
                     else:
                         raise exc
         finally:
@@ -433,10 +439,14 @@ class Router:
             for attempt in racers.values():
                 if attempt is not winner:
                     await attempt.cancel()  # a no-op for an attempt already ended
-        if winner is not None:
-            return winner, 1
-        assert error is not None
-        raise error
+        failures.extend(errors)  # each was an attempt, whichever spoke
+        if winner is None:
+            for exc in errors:
+                if not exc.retryable:
+                    raise exc  # the request itself is wrong: no other route will take it
+            return None, 1, []
+        other = second if winner is first else first
+        return winner, 1, [] if errors else [other.route.upstream]
 
     def _ejected(self, route: Route) -> UpstreamEjected:
         circuit = self.health[route.upstream].circuit

@@ -55,6 +55,12 @@ class ChatRequest(msgspec.Struct):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+# orjson reads 1,024 levels of nesting but writes only 254: a body in between would parse here
+# and then fail where it is written again (to the upstream, to the audit log). Only a body with
+# more brackets than that can be nested that deep, so counting them (at C speed) spares every
+# other body the trial serialisation.
+_WRITABLE_DEPTH = 254
+
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -71,6 +77,14 @@ def parse_json_object(raw: bytes, expected: str = "a JSON object") -> dict[str, 
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > _WRITABLE_DEPTH:
+        try:
+            orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            raise InvalidRequest(
+                f"The request body is nested too deeply; nobusy passes on at most "
+                f"{_WRITABLE_DEPTH} levels of objects and arrays."
+            ) from None
     return body
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -11,6 +11,7 @@ from nobusy.audit import AuditLog
 from nobusy.guard import Guard
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
+from nobusy.offload import Offload
 from nobusy.routing import Router
 from nobusy.settings import Settings
 from nobusy.usage import Ledger
@@ -28,6 +29,7 @@ class AppState:
     audit: AuditLog | None = None
     keys: KeyStore | None = None
     limits: Limits | None = None
+    offload: Offload = field(default_factory=Offload)
 
 
 def app_state(request: Request) -> AppState:

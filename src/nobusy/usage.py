@@ -29,6 +29,7 @@ from nobusy.db import open_db, timestamp
 from nobusy.errors import NobusyError
 from nobusy.guard import Hit
 from nobusy.keys import KeyStore
+from nobusy.message import MessageBuilder
 from nobusy.metrics import Metrics
 
 __all__ = ["USAGE_LOG", "CommittedAnswers", "Exchange", "Ledger", "UsageLog", "UsageRecord"]
@@ -40,16 +41,22 @@ USAGE_LOG = "usage_log"  # its name in the lifespan state, where CommittedAnswer
 
 @dataclass(slots=True)
 class Exchange:
-    """What the audit log keeps of one request: the request, the answer, the filter's hits."""
+    """What the audit log keeps of one request: the request, the answer as the client received
+    it (content, reasoning and tool calls), the filter's hits."""
 
     request: dict[str, Any]
-    answer: list[str] = field(default_factory=list)
+    answer: MessageBuilder = field(default_factory=MessageBuilder)
     hits: list[Hit] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class UsageRecord:
-    """What one request cost and how it ended."""
+    """What one request cost and how it ended.
+
+    ``outcome``: ``ok``; ``client_gone`` (the client left first, streaming or not: what the
+    upstream produced until then is billed); the error's ``code`` (``queue_full``,
+    ``all_upstreams_failed``...; ``internal_error`` for a bug); ``cancelled`` (server stopping).
+    """
 
     request_id: str
     alias: str
@@ -394,7 +401,7 @@ class Ledger:
             "response",
             record.request_id,
             {
-                "content": "".join(exchange.answer),
+                **_answer(exchange.answer.message()),
                 "outcome": record.outcome,
                 "tried": record.tried,
                 "prompt_tokens": record.prompt_tokens,
@@ -402,3 +409,11 @@ class Ledger:
             },
             **common,
         )
+
+
+def _answer(message: dict[str, Any]) -> dict[str, Any]:
+    """The audited answer: its text (never null), and reasoning and tool calls when there."""
+    out: dict[str, Any] = {
+        key: message[key] for key in ("reasoning_content", "tool_calls") if key in message
+    }
+    return {"content": message["content"] or "", **out}

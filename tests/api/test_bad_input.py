@@ -116,3 +116,22 @@ def test_unknown_path_and_wrong_method(base_url: str) -> None:
     assert "No such endpoint" in assert_openai_error(response, 404)
     response = httpx.get(f"{base_url}/chat/completions")
     assert "not allowed" in assert_openai_error(response, 405)
+
+
+def nested(depth: int) -> str:
+    """A chat body with an extra field ``depth`` levels of arrays and objects deep."""
+    inner = "[" * (depth // 2) + '{"a":' * (depth - depth // 2) + "1"
+    inner += "}" * (depth - depth // 2) + "]" * (depth // 2)
+    return '{"model": "ok", "messages": [{"role": "user", "content": "hi"}], "x": ' + inner + "}"
+
+
+@pytest.mark.parametrize("depth", [254, 400, 1022, 1100])
+def test_body_too_deep_to_pass_on_is_400(base_url: str, depth: int) -> None:
+    # orjson reads 1,024 levels but writes 254: deeper bodies used to reach the upstream call
+    # and fail there with a 500.
+    message = assert_openai_error(post(base_url, nested(depth)), 400)
+    assert "nested too deeply" in message or "not valid JSON" in message
+
+
+def test_body_deep_but_writable_is_answered(base_url: str) -> None:
+    assert post(base_url, nested(250)).status_code == 200

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nobusy.guard.normalize import HOMOGLYPHS, fold_char, normalize, normalize_word
+from nobusy.guard.normalize import HOMOGLYPHS, fold_char, normalize, normalize_word, strip_bidi
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,27 @@ def test_pieces_fold_like_the_whole(left: str, right: str) -> None:
 def test_folding_is_idempotent(text: str) -> None:
     folded = normalize(text).text
     assert normalize(folded).text == folded
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Ɩazy", "lazy"),  # Latin capital iota, drawn as l
+        ("Ꮮazy", "lazy"),  # Cherokee TLE, drawn as L
+        ("ꮮazy", "lazy"),  # its small form, which case-folds to the capital
+        ("ᏞᎪᏃY", "lazy"),  # Cherokee capitals throughout
+        ("ⅼazy", "lazy"),  # small Roman numeral fifty
+        ("ꓡazy", "lazy"),  # Lisu
+        ("ⲟk", "ok"),  # Coptic o
+        ("ا", "ا"),  # right-to-left letters are never read as Latin (alef looks like l)
+    ],
+)
+def test_confusable_letters_fold_to_latin(text: str, expected: str) -> None:
+    assert normalize(text).text == expected
+
+
+def test_bidi_controls_are_dropped_and_stripped() -> None:
+    text = "say \u202edrow\u202c and \u2067x\u2069"
+    assert normalize(text).text == "saydrowandx"
+    assert strip_bidi(text) == "say drow and x"
+    assert strip_bidi("plain") == "plain"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 
 from tests.conftest import openai_client
@@ -80,58 +85,61 @@ def test_embedded_model_continues_an_answer_cut_mid_stream(base_url: str) -> Non
 CHINESE = "请用中文简单介绍一下长城的历史，以及它为什么这么有名。"
 
 
+# Run in a child process: importing llama.cpp leaves a /dev/null handle open until exit,
+# which Python reports as a ResourceWarning.
+_DIRECT = """
+import json, sys
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from nobusy.upstreams.embedded import default_model_path
+
+messages = [{"role": "user", "content": sys.argv[1]}]
+llm = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=2, verbose=False)
+usage = llm.create_chat_completion(messages=messages, max_tokens=24, temperature=0, seed=1)["usage"]
+eos = llm.detokenize([llm.token_eos()], special=True).decode()
+bos = llm.detokenize([llm.token_bos()], special=True).decode()
+template = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos, bos)
+tokens = llm.tokenize(template(messages=messages).prompt.encode(), add_bos=False, special=True)
+print(json.dumps({"usage": usage, "template_tokens": len(tokens)}))
+"""
+
+
 @pytest.fixture(scope="module")
-def llama() -> object:
-    """The same GGUF loaded directly: llama.cpp's own tokenizer and non-streaming usage."""
-    from llama_cpp import Llama
-
-    from nobusy.upstreams.embedded import default_model_path
-
-    llm = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=2, verbose=False)
-    yield llm
-    llm.close()
+def direct() -> dict[str, Any]:
+    """llama.cpp's own count for the same GGUF and request: its non-streaming usage (the
+    prompt tokenized with the chat template applied, the completion as generated tokens)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DIRECT, CHINESE], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
 def test_embedded_token_counts_are_the_tokenizers(
-    base_url: str, llama: object, stream: bool
+    base_url: str, direct: dict[str, Any], stream: bool
 ) -> None:
     # A CJK character is often two or three byte tokens that llama.cpp streams as one chunk:
     # counting chunks undercounts the answer and (by subtraction) overcounts the prompt.
-    from llama_cpp import Llama
-
-    assert isinstance(llama, Llama)
-    messages = [{"role": "user", "content": CHINESE}]
-    params = {"max_tokens": 24, "temperature": 0, "seed": 1}
-    direct = llama.create_chat_completion(messages=messages, **params)  # type: ignore[arg-type]
-    expected = direct["usage"]  # type: ignore[index]
-    # The prompt is the chat template applied, tokenized, as llama.cpp itself counts it.
-    template = llama.metadata["tokenizer.chat_template"]
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    eos = llama.detokenize([llama.token_eos()], special=True).decode()
-    bos = llama.detokenize([llama.token_bos()], special=True).decode()
-    prompt = Jinja2ChatFormatter(template, eos, bos)(messages=messages).prompt
-    assert expected["prompt_tokens"] == len(llama.tokenize(prompt.encode(), False, True))
-
+    expected = direct["usage"]
+    assert expected["prompt_tokens"] == direct["template_tokens"]
+    messages: Any = [{"role": "user", "content": CHINESE}]
+    params: Any = {"max_tokens": 24, "temperature": 0, "seed": 1}
     client = openai_client(base_url)
     if stream:
         chunks = list(
             client.chat.completions.create(
                 model="local",
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 stream=True,
                 stream_options={"include_usage": True},
-                **params,  # type: ignore[arg-type]
+                **params,
             )
         )
         usage = chunks[-1].usage
     else:
-        usage = client.chat.completions.create(
-            model="local",
-            messages=messages,  # type: ignore[arg-type]
-            **params,  # type: ignore[arg-type]
-        ).usage
+        usage = client.chat.completions.create(model="local", messages=messages, **params).usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (
         expected["prompt_tokens"],

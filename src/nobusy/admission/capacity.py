@@ -5,10 +5,11 @@ upstream's adaptive limit. A freed slot goes straight to the next waiter that ca
 the queue drains at the speed the upstreams really answer, and nobody pushes an upstream past
 the limit it has shown.
 
-Within a priority class, a key beyond its fair share of an upstream's slots leaves one slot
-free for each other active key of the class below its share: no request is pre-empted once
-running, so this free slot is what keeps a flooding key from making the others wait at all.
-Across classes there is no such reserve: higher classes are simply served first.
+Within a priority class, a key asking for more than its max-min fair share (a *heavy* key,
+``fairness.py``) takes a slot only while the slots left free still cover what the light keys
+of the class needed at their busiest lately: no request is pre-empted once running, so free
+slots are what keep a flooding key from making the others wait at all. Across classes there
+is no such reserve: higher classes are simply served first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from nobusy.admission.adaptive import AIMDLimit, Load
+from nobusy.admission.fairness import Fairness
 from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
 from nobusy.admission.shared import SharedSlots
 from nobusy.errors import QueueFull, QueueTimeout
@@ -40,12 +42,19 @@ _PUMP_EVERY = 0.02  # seconds: how soon a slot another worker freed reaches this
 class Capacity:
     """Per-upstream adaptive limits and the one queue of requests waiting for any of them."""
 
-    def __init__(self, max_concurrency: Mapping[str, int | None], initial: int = 32) -> None:
+    def __init__(
+        self,
+        max_concurrency: Mapping[str, int | None],
+        initial: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.fair = Fairness(clock)
         self.limits = {
             name: AIMDLimit.for_upstream(ceiling, initial)
             for name, ceiling in max_concurrency.items()
         }
-        self.queue = FairQueue()
+        self.queue = FairQueue(clock)
         self.service: dict[str, float] = dict.fromkeys(max_concurrency, 1.0)
         self._held: dict[str, dict[str, int]] = {name: {} for name in max_concurrency}
         self._seen: dict[str, tuple[float, str]] = {}  # key -> (last request, priority)
@@ -82,14 +91,18 @@ class Capacity:
 
     # --- who is asking ---------------------------------------------------------------------
 
-    def note(self, who: str, priority: str = "normal") -> None:
-        """``who`` (a key, or a client address) is asking now, in class ``priority``."""
+    def note(self, who: str, priority: str = "normal", arrival: bool = True) -> None:
+        """``who`` (a key, or a client address) is asking now, in class ``priority``;
+        ``arrival``: this is a new request (its rate makes a key's demand)."""
         if not who:
             return
-        now = time.monotonic()
+        now = self.clock()
         self._seen[who] = (now, priority)
+        if arrival:
+            self.fair.arrived(who)
         if len(self._seen) > 4096:  # forget keys idle for long; bounded memory
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < _ACTIVE}
+            self.fair.forget(self._seen)
 
     def _priority(self, who: str) -> str:
         seen = self._seen.get(who)
@@ -100,12 +113,23 @@ class Capacity:
         seen = self._seen.get(who)
         if seen is None:
             return []
-        now, priority = time.monotonic(), seen[1]
+        now, priority = self.clock(), seen[1]
         return [
             k
             for k, (t, p) in self._seen.items()
             if k != who and p == priority and now - t < _ACTIVE
         ]
+
+    def _light(self, upstream: str, who: str, peers: list[str]) -> tuple[frozenset[str], int, int]:
+        """The light keys of ``who``'s class on ``upstream``, the slots they hold there now,
+        and the most they held and wanted at once lately (this moment included)."""
+        priority = self._priority(who)
+        limit, service = self.limits[upstream], self.service[upstream]
+        light = self.fair.light(upstream, priority, [who, *peers], limit.current, service)
+        held = self._held[upstream]
+        holding = sum(held.get(k, 0) for k in light)
+        wanted = holding + sum(self.queue.waiting(k, priority) for k in light)
+        return light, holding, self.fair.peak(upstream, wanted, service)
 
     def _within_share(self, upstream: str, who: str) -> bool:
         """May ``who`` take one more slot on ``upstream`` without making a peer wait?"""
@@ -114,13 +138,11 @@ class Capacity:
         peers = self._peers(who)
         if not peers:
             return True
-        limit = self.limits[upstream]
-        share = max(1, limit.current // (len(peers) + 1))
-        held = self._held[upstream]
-        if held.get(who, 0) < share:
+        light, holding, peak = self._light(upstream, who, peers)
+        if who in light:
             return True
-        reserve = sum(1 for k in peers if held.get(k, 0) < share)
-        return limit.current - limit.in_flight - 1 >= reserve
+        limit = self.limits[upstream]
+        return limit.current - limit.in_flight - 1 >= peak - holding
 
     # --- slots -----------------------------------------------------------------------------
 
@@ -147,8 +169,10 @@ class Capacity:
         self.limits[upstream].acquire()
         held = self._held[upstream]
         held[who] = held.get(who, 0) + 1
+        if who:
+            self._light(upstream, who, self._peers(who))  # the light keys' peak may be now
         grants = self._grants[upstream]
-        now = time.monotonic()
+        now = self.clock()
         grants.append((now, PRIORITIES.index(priority)))
         # Timestamps arrive in order: dropping the old ones from the left is O(1) amortised.
         while grants and grants[0][0] < now - _RATE_WINDOW:
@@ -172,8 +196,10 @@ class Capacity:
             held.pop(who, None)
         if outcome == "ok":
             self.service[upstream] += _ALPHA * (seconds - self.service[upstream])
+            if who:
+                self.fair.answered(who, seconds)
             answered = self._answered[upstream]
-            now = time.monotonic()
+            now = self.clock()
             answered.append(now)
             while answered and answered[0] < now - _RATE_WINDOW:
                 answered.popleft()
@@ -209,7 +235,7 @@ class Capacity:
         down, and count attempts refused "busy"); before that, Little's law over the limits
         and answer times is the better guess."""
         names = list(upstreams)
-        now = time.monotonic()
+        now = self.clock()
         backlog = min(_RATE_WINDOW, now - self.queue.since) if self.queue.size else 0.0
         span = backlog if backlog >= _MIN_SPAN else _RATE_WINDOW
         done = higher = 0
@@ -230,15 +256,22 @@ class Capacity:
     def estimate(self, waiter: Waiter, position: int) -> float:
         """Seconds until ``waiter`` at ``position`` is served.
 
-        Its class drains at the total rate less what higher classes take; a key beyond its
-        fair share among active peers drains at its share's pace."""
+        Its class drains at the total rate less what higher classes take; a heavy key drains
+        at the pace of the slots the light keys leave it, split among the heavy ones."""
         total, higher = self._drain(waiter.upstreams, PRIORITIES.index(waiter.priority))
         rate = max(total - higher, total * 0.05, 1e-3)
         eta = position / rate
         peers = self._peers(waiter.key)
         if peers:
             slots = sum(self.limits[n].current for n in waiter.upstreams) or 1
-            share = max(1, slots // (len(peers) + 1))
+            left, heavy = 0, 1
+            for name in waiter.upstreams:
+                light, holding, peak = self._light(name, waiter.key, peers)
+                left += max(0, self.limits[name].current - peak)
+                heavy = max(heavy, len(peers) + 1 - len(light))
+            # At least one slot among the heavy keys: the light keys' peak is forgotten after
+            # a while, and a flood told "never" would only come back sooner.
+            share = max(1, left) / heavy
             eta = max(eta, (self.queue.rank(waiter) + 1) / (rate * share / slots))
         return max(eta, min(self.pause(u) for u in waiter.upstreams))
 
@@ -252,9 +285,12 @@ class Capacity:
     ) -> Ticket:
         """Join the queue (``front``: see ``FairQueue.push``), or raise QueueFull at once if
         the wait would exceed ``patience``."""
-        self.note(key, priority)
+        self.note(key, priority, arrival=False)  # the router counted this request already
         waiter = Waiter(key, priority, upstreams)
         self.queue.push(waiter, front)
+        peers = self._peers(key)
+        for name in upstreams if key else ():
+            self._light(name, key, peers)  # the light keys' peak may be now
         ticket = Ticket(self, waiter, patience)
         position, eta = ticket.status()
         if eta * _MARGIN > patience:
@@ -285,8 +321,10 @@ class Ticket:
         self.capacity = capacity
         self.waiter = waiter
         self.patience = patience
-        self.deadline = time.monotonic() + patience
-        self.enqueued = time.monotonic()
+        self.clock = capacity.clock
+        self.deadline = self.clock() + patience
+        self.enqueued = self.clock()
+        self.left = False
 
     def status(self) -> tuple[int, float]:
         position = self.capacity.queue.position(self.waiter)
@@ -299,7 +337,7 @@ class Ticket:
             while not future.done():
                 position, eta = self.status()
                 yield position, eta
-                left = self.deadline - time.monotonic()
+                left = self.deadline - self.clock()
                 if left <= 0:
                     raise QueueTimeout(self.patience, position)
                 if eta > left * _HOPELESS + 1.0:
@@ -326,10 +364,14 @@ class Ticket:
 
     @property
     def waited(self) -> float:
-        return time.monotonic() - self.enqueued
+        return self.clock() - self.enqueued
 
     def abandon(self) -> None:
-        """Leave the queue; a slot handed over in the meantime is given back."""
+        """Leave the queue; a slot handed over in the meantime is given back (once: both the
+        waiting loop and the request's own books may call this)."""
+        if self.left:
+            return
+        self.left = True
         future = self.waiter.future
         self.capacity.queue.remove(self.waiter)
         if future.done() and not future.cancelled():

@@ -34,13 +34,14 @@ class Waiter:
 class FairQueue:
     """Priority classes, each a round robin of per-key FIFO queues."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._classes: dict[str, OrderedDict[str, deque[Waiter]]] = {
             p: OrderedDict() for p in PRIORITIES
         }
         self.size = 0
         # When the queue last became non-empty: grants since then show how fast it drains.
-        self.since = time.monotonic()
+        self.since = clock()
 
     def push(self, waiter: Waiter, front: bool = False) -> None:
         """Join at the back; ``front`` puts a waiter that already had its turn (and lost it
@@ -53,7 +54,7 @@ class FairQueue:
         else:
             mine.append(waiter)
         if not self.size:
-            self.since = time.monotonic()
+            self.since = self.clock()
         self.size += 1
 
     def remove(self, waiter: Waiter) -> None:
@@ -85,6 +86,10 @@ class FairQueue:
                             del keys[key]
                         return waiter
         return None
+
+    def waiting(self, key: str, priority: str) -> int:
+        """How many requests of ``key`` wait in class ``priority``."""
+        return len(self._classes[priority].get(key, ()))
 
     def rank(self, waiter: Waiter) -> int:
         """How many of its own key's requests are ahead of ``waiter`` (0 = its key's next)."""

@@ -11,7 +11,11 @@ normalizing it whole gives (the stream filter depends on that). The fold, in ord
    blank-looking Hangul fillers. So ``é``, ``e`` + U+0301 and ``e`` all become ``e``.
 3. Homoglyphs: Cyrillic, Greek and a few Latin look-alikes of Latin letters → Latin,
    before decomposition and before and after case folding (Greek ``Ν`` looks like N, its
-   lower case ``ν`` like v; lunate sigma ``ϲ`` looks like c but decomposes to ``ς``).
+   lower case ``ν`` like v; lunate sigma ``ϲ`` looks like c but decomposes to ``ς``); then
+   every other letter that Unicode's confusables table (UTS #39, via the
+   ``confusable-homoglyphs`` package) says looks like one Latin letter: Latin iota ``Ɩ``,
+   Cherokee ``Ꮮ``, Lisu, Coptic... Right-to-left letters are left alone: they do not sit
+   inside a Latin word on screen.
 4. Case folding (``str.casefold``: ``ß`` → ``ss``).
 5. Traditional → simplified Chinese, character by character, from OpenCC's ``t2s`` tables.
    OpenCC's phrase step is left out on purpose: it depends on neighbouring characters.
@@ -27,9 +31,20 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
+from importlib.resources import files
 from types import MappingProxyType
 
-__all__ = ["HOMOGLYPHS", "Normalized", "fold_char", "normalize", "normalize_word"]
+import orjson
+
+__all__ = [
+    "BIDI_CONTROLS",
+    "HOMOGLYPHS",
+    "Normalized",
+    "fold_char",
+    "normalize",
+    "normalize_word",
+    "strip_bidi",
+]
 
 # Look-alikes of Latin letters in other scripts, as drawn in common fonts. Upper case maps to
 # upper case so that case folding afterwards treats both alike.
@@ -53,6 +68,12 @@ HOMOGLYPHS: Mapping[str, str] = MappingProxyType({
     # Armenian
     "օ": "o", "ո": "n", "ս": "u", "հ": "h", "զ": "q",
 })  # fmt: skip
+
+# Embeddings, overrides and isolates reorder what is displayed: "\u202ekcalb" shows as "black".
+# Matching drops them (category Cf) and reads the stored order; ``strip_bidi`` takes them out
+# of the text that passes, so what is shown is the order that was checked.
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 
 # Default-ignorable letters that render as blank space yet are category Lo.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
@@ -99,6 +120,27 @@ def _t2s() -> dict[str, str]:
     return table
 
 
+@cache
+def _confusables() -> dict[str, str]:
+    """Single letters that Unicode's confusables table maps to one Latin letter (~1,200)."""
+    # Only the package's data is used, read here: importing this module does nothing.
+    data = files("confusable_homoglyphs").joinpath("confusables.json").read_bytes()
+    table: dict[str, str] = {}
+    for target, entries in orjson.loads(data).items():
+        if not (target.isascii() and target.isalpha()):
+            continue
+        for entry in entries:
+            char = entry["c"].strip("\u200e\u200f")  # the table wraps RTL forms in marks
+            if (
+                len(char) == 1
+                and not char.isascii()  # ASCII means itself: digits are never letters
+                and unicodedata.category(char)[0] == "L"
+                and unicodedata.bidirectional(char) not in ("R", "AL")
+            ):
+                table.setdefault(char, target)
+    return table
+
+
 def _kept(c: str) -> bool:
     return c not in _BLANK_LETTERS and unicodedata.category(c) not in _DROPPED_CATEGORIES
 
@@ -106,15 +148,21 @@ def _kept(c: str) -> bool:
 def fold_char(char: str) -> str:
     """What one code point becomes: zero, one or (rarely, e.g. ``ß``, ``⑩``) more characters."""
     t2s = _t2s()
+    confusables = _confusables()
+
+    def lookalike(c: str) -> str:
+        return HOMOGLYPHS.get(c) or confusables.get(c, c)
+
     out: list[str] = []
     # Look-alikes first too: some decompose into other letters (lunate sigma ϲ → ς).
-    for c in unicodedata.normalize("NFKD", HOMOGLYPHS.get(char, char)):
+    for c in unicodedata.normalize("NFKD", lookalike(char)):
         if not _kept(c):
             continue
-        for folded in HOMOGLYPHS.get(c, c).casefold():
-            folded = HOMOGLYPHS.get(folded, folded)
-            if _kept(folded):
-                out.append(t2s.get(folded, folded))
+        for folded in lookalike(c).casefold():
+            # Lower case again: a look-alike may be a capital (Cherokee ꮮ folds to Ꮮ, like L).
+            for final in lookalike(folded).casefold():
+                if _kept(final):
+                    out.append(t2s.get(final, final))
     return "".join(out)
 
 
@@ -222,6 +270,12 @@ def normalize(text: str, offset: int = 0) -> Normalized:
     # replace, which keeps the common path at a few nanoseconds per character.
     marked = text.translate(_MARKS)
     return Normalized(marked.replace(_DROP, ""), text, marked, offset)
+
+
+def strip_bidi(text: str) -> str:
+    """``text`` without embedding, override and isolate controls (a search first: most text
+    has none)."""
+    return _BIDI.sub("", text) if _BIDI.search(text) else text
 
 
 def normalize_word(word: str) -> str:

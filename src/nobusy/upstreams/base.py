@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from nobusy.circuit import CircuitSettings
 
-__all__ = ["Chunk", "Probe", "Upstream", "UpstreamCall", "UpstreamSettings"]
+__all__ = ["Chunk", "Probe", "Upstream", "UpstreamCall", "UpstreamSettings", "has_token"]
 
 Chunk = dict[str, Any]
+
+
+def has_token(chunk: Chunk) -> bool:
+    """True when a chunk carries something the client sees, or ends the answer."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            return True
+        if choice.get("finish_reason"):
+            return True
+    return False
 
 
 class UpstreamSettings(BaseModel):
@@ -80,12 +91,24 @@ class Probe:
     detail: str = ""
 
 
+@runtime_checkable
 class Upstream(Protocol):
-    """A model source. ``stream`` must translate every foreign error into ``nobusy.errors``."""
+    """A model source. ``stream`` must translate every foreign error into ``nobusy.errors``.
+
+    These are all the members the router and the app use; each kind implements every one."""
 
     kind: ClassVar[str]
     name: str
     default_model: str
+
+    @property
+    def settings(self) -> UpstreamSettings:
+        """This upstream's options: the router reads its timeouts and continuation mode here."""
+        ...
+
+    async def start(self) -> None:
+        """Get ready to serve, once at app start-up (load a model; a no-op for most kinds)."""
+        ...
 
     def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         """Yield the answer as OpenAI chunks; closing the iterator cancels the request."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -244,6 +244,13 @@ class Upstream:
             while not self._pool.empty():
                 llm = self._pool.get_nowait()
                 llm.close()
+
+
+if TYPE_CHECKING:
+    from nobusy.upstreams.base import Upstream as UpstreamProtocol
+
+    def _is_an_upstream(upstream: Upstream) -> UpstreamProtocol:
+        return upstream  # mypy proves this kind has every member of the protocol
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import email.utils
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import aiohttp
 import httpx
@@ -98,6 +98,9 @@ class Upstream:
                 trust_env=False,
             )
         return self._session
+
+    async def start(self) -> None:
+        """Nothing to warm up: the connection pool is made on first use (``_client``)."""
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         body = dict(call.body)
@@ -252,6 +255,13 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+if TYPE_CHECKING:
+    from nobusy.upstreams.base import Upstream as UpstreamProtocol
+
+    def _is_an_upstream(upstream: Upstream) -> UpstreamProtocol:
+        return upstream  # mypy proves this kind has every member of the protocol
 
 
 class _SSEBody:
