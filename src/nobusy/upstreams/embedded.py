@@ -121,17 +121,24 @@ class Upstream:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def generate() -> None:
-            finish = None
+            finish, pieces = None, 0
             try:
                 prompt_tokens = self._prompt_tokens(llm, kwargs)
                 for chunk in self._generate(llm, kwargs):
                     if stop.is_set():
                         break
                     if chunk["choices"]:
-                        finish = chunk["choices"][0].get("finish_reason") or finish
+                        choice = chunk["choices"][0]
+                        finish = choice.get("finish_reason") or finish
+                        pieces += bool((choice.get("delta") or {}).get("content"))
                     put(chunk)
                 if not stop.is_set():
-                    put(_usage_chunk(prompt_tokens, _completion_tokens(llm, prompt_tokens, finish)))
+                    if prompt_tokens is None:  # no chat template to count with: estimate
+                        prompt_tokens = max(0, int(llm.n_tokens) - pieces)
+                        completion = pieces
+                    else:
+                        completion = _completion_tokens(llm, prompt_tokens, finish)
+                    put(_usage_chunk(prompt_tokens, completion))
             except Exception as exc:  # translated on the loop side, where it is raised
                 put(exc)
             finally:
@@ -178,12 +185,14 @@ class Upstream:
                 ]
             }
 
-    def _prompt_tokens(self, llm: Any, kwargs: dict[str, Any]) -> int:
+    def _prompt_tokens(self, llm: Any, kwargs: dict[str, Any]) -> int | None:
         """The prompt as the model reads it, in tokens: the chat template applied, tokenized
         as llama.cpp's chat handler does (a streamed chunk is not a token: one CJK character
-        often takes two or three)."""
+        often takes two or three). None for a GGUF without a chat template."""
         messages = kwargs["messages"]
         continuing = kwargs.get("continue_final", False)
+        if not continuing and not llm.metadata.get("tokenizer.chat_template"):
+            return None
         formatted = self._formatter(llm)(messages=messages[:-1] if continuing else messages)
         text = formatted.prompt + ((messages[-1]["content"] or "") if continuing else "")
         tokens = llm.tokenize(
