@@ -127,6 +127,8 @@ FAULTS: dict[str, list[str]] = {
     "drop1": ["fake/drop:drop_after=1", "backup"],
     "drop5": ["fake/drop:drop_after=5", "backup"],
     "drop5-vllm": ["fake/drop:drop_after=5", "vllm/ok"],
+    "drop5-auto": ["fake/drop:drop_after=5", "auto"],
+    "drop5-wordy": ["fake/drop:drop_after=5", "wordy"],
     "garbage": ["fake/garbage", "backup"],
     "error-in-stream": ["fake/error-in-stream", "backup"],
     "slow-drip": ["fake/slow:chunk_delay=1.5", "backup"],
@@ -145,6 +147,8 @@ upstreams:
   vllm: {{kind: openai, base_url: "{fake}", continuation: vllm}}
   plain: {{kind: openai, base_url: "{fake}", continuation: none}}
   backup: {{kind: openai, base_url: "{fake}", default_model: ok, continuation: prefix}}
+  auto: {{kind: openai, base_url: "{fake}", default_model: ok}}
+  wordy: {{kind: openai, base_url: "{fake}", default_model: "ok:continuation=none"}}
   refused: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", default_model: ok}}
   busy: {{kind: openai, base_url: "{fake}", default_model: http503}}
   limited: {{kind: openai, base_url: "{fake}", default_model: "http429:retry_after=7"}}

@@ -337,3 +337,33 @@ def test_fail_every_and_slow_every() -> None:
         assert chat(client, "http503:fail_every=0").status_code == 400
     with pytest.raises(ValueError, match="slow_every"):
         create_fake_app(FakeOptions(slow_every=0))
+
+
+@pytest.mark.parametrize("honoured", ["prefix", "vllm", "none"])
+def test_fake_honours_only_its_continuations(client: httpx.Client, honoured: str) -> None:
+    # As a real upstream: a continuation field it does not know is ignored, and a model
+    # answering a conversation that ends with its own message starts over.
+    full = answer_text(QUESTION)
+    partial = full[: full.index("nobusy")]
+    prefix = [*QUESTION, {"role": "assistant", "content": partial, "prefix": True}]
+    vllm = [*QUESTION, {"role": "assistant", "content": partial}]
+    model = f"ok:continuation={honoured}"
+    for mode, body in [
+        ("prefix", {"model": model, "messages": prefix}),
+        ("vllm", {"model": model, "messages": vllm, "continue_final_message": True}),
+    ]:
+        text = client.post("/v1/chat/completions", json=body).json()
+        expected = full[len(partial) :] if mode == honoured else full
+        assert text["choices"][0]["message"]["content"] == expected, mode
+
+
+def test_fake_asked_in_words_restates_its_last_words(client: httpx.Client) -> None:
+    full = answer_text(QUESTION)
+    partial = full[: full.index("nobusy") - 1]  # "Fake answer to: What is"
+    messages = [
+        *QUESTION,
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": "Please continue where you stopped."},
+    ]
+    data = chat(client, "ok:continuation=none", messages=messages).json()
+    assert data["choices"][0]["message"]["content"] == "to: What is" + full[len(partial) :]

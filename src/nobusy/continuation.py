@@ -1,6 +1,6 @@
-"""How an answer cut off mid-stream is continued on another route, without repeating a word.
+"""How an answer cut off mid-stream is continued on another route, and what to say about it.
 
-The partial answer goes to the next route with that route's native continuation:
+The partial answer goes to the next route with that route's continuation:
 
 - ``prefix``: DeepSeek's chat prefix completion — a last assistant message with
   ``"prefix": true`` (served at https://api.deepseek.com/beta); the embedded model does the
@@ -8,7 +8,12 @@ The partial answer goes to the next route with that route's native continuation:
 - ``vllm``: a last assistant message with ``continue_final_message: true`` and
   ``add_generation_prompt: false`` (vLLM, SGLang).
 - ``none``: an instruction to continue, after which text that repeats the end of the partial
-  answer is trimmed (``OverlapTrimmer``).
+  answer is trimmed (``OverlapTrimmer``). A model may still restate or reword; nothing checks.
+- ``auto`` (the default): the best of these the upstream was seen to honour, found by a probe
+  the first time it is needed (``nobusy.continuation_probe``).
+
+Only a native continuation that was checked is announced as seamless (``Method.how``): a
+configured ``prefix`` that the upstream silently ignores makes it start over.
 
 Trailing whitespace is kept back from the prefix (some providers reject a prefix ending in
 whitespace) and dropped again from the continuation by a ``Skipper``, since the client has it.
@@ -16,9 +21,17 @@ whitespace) and dropped again from the continuation by a ``Skipper``, since the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONTINUE_INSTRUCTION", "OverlapTrimmer", "Skipper", "continuation_body"]
+__all__ = [
+    "CONTINUE_INSTRUCTION",
+    "Joiner",
+    "Method",
+    "OverlapTrimmer",
+    "Skipper",
+    "continuation_body",
+]
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue it exactly where it stopped, without repeating "
@@ -26,6 +39,36 @@ CONTINUE_INSTRUCTION = (
 )
 # A repeat shorter than this is as likely a coincidence ("the", a space) as a repeat.
 _MIN_OVERLAP = 4
+
+
+_LABELS = {
+    "prefix": "prefix completion",
+    "vllm": "continue_final_message",
+    "raw": "raw completion",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """The continuation a route uses, and whether it was seen to continue from the cut.
+
+    ``mode`` is what goes in the request (``prefix``, ``vllm``, ``none``); ``label`` names it
+    for people (the embedded model's ``prefix`` is a raw completion).
+    """
+
+    mode: str
+    verified: bool = False
+    label: str = ""
+
+    @property
+    def how(self) -> str:
+        """The end of the failover note: what was done, worded by what is known of it."""
+        if self.mode not in _LABELS:
+            return "asked in words to continue; the text may repeat or differ"
+        label = self.label or _LABELS[self.mode]
+        if self.verified:
+            return f"from the cut with {label}, checked on this upstream"
+        return f"with {label} as configured, not checked; the text may repeat"
 
 
 def continuation_body(
@@ -84,6 +127,34 @@ class Skipper:
         if common < len(piece) and self.position < len(self.expected):
             self.diverged = True
         return piece[common:]
+
+
+class Joiner:
+    """What of a continuation's text the client does not have yet.
+
+    ``content`` is what the client has; its trailing whitespace is kept back from the
+    partial answer sent upstream and skipped again here. After an instruction (mode
+    ``none``) a repeat of the partial answer's end is trimmed as well.
+    """
+
+    __slots__ = ("partial", "skipper", "trimmer")
+
+    def __init__(self, content: str, mode: str) -> None:
+        self.partial = content.rstrip()
+        self.skipper = Skipper(content[len(self.partial) :])
+        self.trimmer = OverlapTrimmer(self.partial) if mode not in _LABELS else None
+
+    def feed(self, piece: str) -> str:
+        if self.trimmer is not None:
+            piece = self.trimmer.feed(piece)
+        return self.skipper.feed(piece) if piece else piece
+
+    def flush(self) -> str:
+        """What the trimmer still holds, at the end of the stream."""
+        if self.trimmer is None or self.trimmer.done:
+            return ""
+        held = self.trimmer.flush()
+        return self.skipper.feed(held) if held else held
 
 
 class OverlapTrimmer:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from nobusy.continuation import OverlapTrimmer, Skipper, continuation_body
+from nobusy.continuation import Joiner, Skipper, continuation_body
 from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
 from nobusy.settings import Route
 from nobusy.upstreams.base import Chunk, has_token
@@ -71,9 +71,9 @@ class AnswerStream:
         self.attempt_pieces = 0
         self.attempt_usage = False
         self.role_sent = False
-        self.content_skip: Skipper | None = None
-        self.trimmer: OverlapTrimmer | None = None
+        self.joiner: Joiner | None = None
         self.reasoning_skip: Skipper | None = None
+        self.how = ""  # how the current continuation was made, for the note
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         attempt = self.attempt
@@ -128,9 +128,11 @@ class AnswerStream:
                         "request %s: continuing the answer on %s", self.request_id, attempt.route
                     )
                     self.attempt = attempt
+                    # Worded by what is known of the method (continuation.Method.how): only a
+                    # continuation seen to work is called seamless.
                     yield note(
                         f"nobusy: {exc.upstream} failed mid-answer ({exc.code}); "
-                        f"continuing on {attempt.route}"
+                        f"continuing on {attempt.route}: {self.how}"
                     )
         finally:
             await self.attempt.cancel()  # no-op when it already ended
@@ -204,20 +206,12 @@ class AnswerStream:
         return out
 
     def _new_content(self, text: str) -> str:
-        if self.trimmer is not None:
-            text = self.trimmer.feed(text)
-        if self.content_skip is not None:
-            text = self.content_skip.feed(text)
-        return text
+        return self.joiner.feed(text) if self.joiner is not None else text
 
     def _held_content(self) -> str:
         """What the trimmer still holds of a continuation shorter than its window, released
         through the skipper like any other new content (the client has the whitespace)."""
-        if self.trimmer is None or self.trimmer.done:
-            return ""
-        text = self.trimmer.flush()
-        if self.content_skip is not None:
-            text = self.content_skip.feed(text)
+        text = self.joiner.flush() if self.joiner is not None else ""
         if text:
             self._content.append(text)
         return text
@@ -254,7 +248,7 @@ class AnswerStream:
             if route is None:
                 raise AllUpstreamsFailed(str(self.body.get("model", "")), self.failures)
             self.attempts += 1
-            attempt = self._continuation_attempt(route)
+            attempt = await self._continuation_attempt(route)
             try:
                 await attempt.first_token()
             except UpstreamError as exc:
@@ -269,20 +263,23 @@ class AnswerStream:
                 continue
             return attempt
 
-    def _continuation_attempt(self, route: Route) -> Attempt:
-        settings = self.router.upstreams[route.upstream].settings
+    async def _continuation_attempt(self, route: Route) -> Attempt:
+        router = self.router
+        settings = router.upstreams[route.upstream].settings
         self.continuing = True
-        self.content_skip = self.trimmer = self.reasoning_skip = None
+        self.joiner = self.reasoning_skip = None
         content = "".join(self._content)
         if content:
-            partial = content.rstrip()
+            upstream = router.upstreams[route.upstream]
+            model = route.model or upstream.default_model
+            method = await router.continuations.method(upstream, settings, model)
+            self.how = method.how
+            self.joiner = Joiner(content, method.mode)
             produced = len(self._content) + len(self._reasoning)
-            body = continuation_body(self.body, partial, settings.continuation, produced)
-            self.content_skip = Skipper(content[len(partial) :])
-            if settings.continuation == "none":
-                self.trimmer = OverlapTrimmer(partial)
+            body = continuation_body(self.body, self.joiner.partial, method.mode, produced)
         else:
             body = self.body
+            self.how = "restarting the answer (no text had been sent)"
             self.reasoning_skip = Skipper("".join(self._reasoning))
         return self.router.start(route, body, self.request_id, self.who)
 

@@ -5,6 +5,12 @@ identical in every mode, so a healthy answer and one assembled after a failover 
 equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
 ``model`` field (``drop``, ``drop:drop_after=5``, ``http:status=401``...); otherwise
 ``FakeOptions.mode`` applies. It is a raw ASGI app because benchmarks lean on it.
+
+A partial answer is continued as the upstream it plays would: ``continuation`` says which
+native continuations it honours (DeepSeek's ``prefix: true``, vLLM's
+``continue_final_message``); one it does not honour is ignored and the answer starts over.
+Asked in words to continue its own cut-off answer, it goes on but first restates the last
+words it said, as models commonly do.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "BUSY_MESSAGE",
+    "CONTINUATIONS",
     "MODES",
     "FakeOptions",
     "answer_pieces",
@@ -38,7 +45,9 @@ __all__ = [
 
 _ANSWERING_MODES = ("ok", "slow", "reasoning", "tool-call", "drop", "garbage", "error-in-stream")
 MODES = (*_ANSWERING_MODES, "hang", "keepalive", "http503", "http429", "http")
+CONTINUATIONS = ("all", "prefix", "vllm", "none")
 BUSY_MESSAGE = "Server busy, please try again later"
+_RESTATED_WORDS = 3
 KEEPALIVE_INTERVAL = 0.2
 SLOW_CHUNK_DELAY = 0.2
 _FILLER = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
@@ -67,7 +76,8 @@ class FakeOptions:
     ``slow_every=N`` applies ``delay`` to every Nth request only; both count the requests of
     each mode string (model or header) separately. A negative ``retry_after`` sends no
     ``Retry-After`` header. With ``queue``, requests beyond ``capacity`` wait for a slot (as
-    vLLM, llama.cpp and Ollama do) instead of being answered 503.
+    vLLM, llama.cpp and Ollama do) instead of being answered 503. ``continuation`` is the
+    native continuation honoured: ``all`` (both), ``prefix``, ``vllm`` or ``none``.
     """
 
     mode: str = "ok"
@@ -83,6 +93,7 @@ class FakeOptions:
     fail_every: int | None = None
     slow_every: int | None = None
     model_name: str = "fake-model"
+    continuation: str = "all"
 
 
 # What `MODE:key=val` may override, and how each value is parsed (None defaults are ints).
@@ -184,6 +195,9 @@ def _parse_mode(spec: str, base: FakeOptions) -> tuple[str, FakeOptions] | None:
 
 
 def _check_every(options: FakeOptions) -> None:
+    if options.continuation not in CONTINUATIONS:
+        known = ", ".join(CONTINUATIONS)
+        raise ValueError(f"Unknown fake continuation {options.continuation!r}; known: {known}")
     for key in ("fail_every", "slow_every"):
         value = getattr(options, key)
         if value is not None and value < 1:
@@ -347,10 +361,12 @@ class _FakeApp:
         if mode == "keepalive":
             return await _keepalive(send, watch, opts, stream)
 
-        messages, partial = _conversation(request, chat)
+        messages, partial, restate = _conversation(request, chat, opts.continuation, opts.tokens)
         content = answer_pieces(messages, opts.tokens)
         if partial is not None:
             content = _remainder(content, partial)
+            if restate:
+                content.insert(0, " ".join(partial.split()[-_RESTATED_WORDS:]))
         reasoning: list[str] = []
         if chat and mode == "reasoning" and partial is None:  # a continuation already thought
             reasoning = reasoning_pieces(messages, opts.tokens)
@@ -443,21 +459,35 @@ class _FakeApp:
         await _stream(send, watch, opts.delay, gap, head, units, tail, complete)
 
 
-def _conversation(request: dict[str, Any], chat: bool) -> tuple[list[dict[str, Any]], str | None]:
-    """The messages the answer is computed from, and the partial answer to continue, if any."""
+def _conversation(
+    request: dict[str, Any], chat: bool, honoured: str, tokens: int
+) -> tuple[list[dict[str, Any]], str | None, bool]:
+    """The messages the answer is computed from, the partial answer to continue if any, and
+    whether it was asked in words (so the continuation restates the partial's last words)."""
     if not chat:
         prompt = request.get("prompt")
         if isinstance(prompt, list):
             prompt = " ".join(p for p in prompt if isinstance(p, str))
-        return [{"role": "user", "content": prompt if isinstance(prompt, str) else ""}], None
+        return [{"role": "user", "content": prompt if isinstance(prompt, str) else ""}], None, False
     raw = request.get("messages")
     messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
     last = messages[-1] if messages else {}
-    if last.get("role") == "assistant" and (
-        last.get("prefix") is True or request.get("continue_final_message") is True
-    ):
-        return messages[:-1], _text_of(last.get("content"))
-    return messages, None
+    if last.get("role") == "assistant":
+        # An ignored continuation field leaves a conversation ending with the assistant: a
+        # model answers it afresh, from the start.
+        prefix = last.get("prefix") is True and honoured in ("all", "prefix")
+        final = request.get("continue_final_message") is True and honoured in ("all", "vllm")
+        if prefix or final:
+            return messages[:-1], _text_of(last.get("content")), False
+        return messages, None, False
+    if len(messages) >= 3 and messages[-2].get("role") == "assistant":
+        asked = _text_of(last.get("content")).lower()
+        partial = _text_of(messages[-2].get("content"))
+        earlier = messages[:-2]
+        full = answer_text(earlier, tokens)
+        if "continue" in asked and partial and full.startswith(partial) and full != partial:
+            return earlier, partial, True
+    return messages, None, False
 
 
 def _tool_call(
@@ -593,6 +623,13 @@ def run(options: FakeOptions, host: str, port: int) -> None:
 )
 @click.option("--status", type=int, help="HTTP status that mode 'http' answers with.")
 @click.option("--cut-after", type=int, help="In any mode, cut the stream after N chunks.")
+@click.option(
+    "--continuation",
+    type=click.Choice(CONTINUATIONS),
+    default="all",
+    show_default=True,
+    help="Native continuations honoured (prefix: true, continue_final_message); others restart.",
+)
 @click.option(
     "--fail-every",
     type=click.IntRange(min=1),

@@ -28,6 +28,7 @@ from nobusy.admission.capacity import Capacity, Ticket
 from nobusy.balancing import plan_routes
 from nobusy.budget import Budget
 from nobusy.circuit import Circuit
+from nobusy.continuation_probe import ContinuationModes
 from nobusy.errors import (
     AllUpstreamsFailed,
     ModelNotFound,
@@ -218,6 +219,7 @@ class Router:
             for name, spec in settings.upstreams.items()
         }
         self.retry_budgets = {name: self._budget() for name in self.upstreams}
+        self.continuations = ContinuationModes()  # how each upstream continues a cut answer
         # With several worker processes the ceilings are counted together across them (the
         # app shares them at start-up: admission/shared.py); each still adapts its own limit.
         self.capacity = Capacity(

@@ -128,6 +128,25 @@ def test_non_streaming_continuation_is_named_in_a_header(base_url: str) -> None:
     assert "continuing on backup" in raw.headers["x-nobusy-failover"]
 
 
+@pytest.mark.parametrize(
+    ("fault", "route", "how"),
+    [
+        ("drop5", "backup", "with prefix completion as configured, not checked"),
+        ("drop5-auto", "auto", "from the cut with prefix completion, checked on this upstream"),
+        ("drop5-wordy", "wordy", "asked in words to continue; the text may repeat or differ"),
+    ],
+)
+def test_continuation_note_says_only_what_is_known(
+    base_url: str, fault: str, route: str, how: str
+) -> None:
+    # `auto` probes the upstream once: the fake behind `auto` honours prefix completion, the
+    # one behind `wordy` honours neither native mode (it restarts), so nobusy asks in words.
+    answer, raw = ask(base_url, f"fault-{fault}", stream=False)
+    assert answer["content"] == answer_text(MESSAGES)
+    assert f"; continuing on {route}: {how}" in raw.headers["x-nobusy-failover"]
+    assert "without repeating" not in raw.headers["x-nobusy-failover"]
+
+
 def test_429_marks_upstream_unavailable_until_retry_after(base_url: str) -> None:
     ask(base_url, "fault-http429", stream=False)
     upstreams = {u["name"]: u for u in httpx.get(base_url + "/nobusy/upstreams").json()["data"]}

@@ -136,3 +136,29 @@ def test_check_shows_live_circuits_of_a_running_server(
     assert "circuit (running server)" in result.stdout
     dead_row = next(line for line in result.stdout.splitlines() if " dead " in line)
     assert "open" in dead_row
+
+
+def test_check_shows_which_continuation_each_upstream_honours(
+    tmp_path: Path, fake_upstream: Process
+) -> None:
+    # The fake behind `vllmonly` ignores `prefix: true` as an upstream without prefix
+    # completion would: the configured prefix is reported as not continuing.
+    url = f"http://127.0.0.1:{fake_upstream.port}/v1"
+    extra = (
+        f'  vllmonly: {{kind: openai, base_url: "{url}", '
+        'default_model: "ok:continuation=vllm", continuation: prefix}'
+    )
+    path = config(tmp_path, fake_upstream, extra)
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nobusy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.count("│") > 3}
+    assert "prefix continues, vllm continues; auto uses prefix" in rows["fake"]
+    assert "prefix restarts, vllm continues; configured prefix did not" in rows["vllmonly"]
+    assert "raw completion (always)" in rows["local"]

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from nobusy.continuation import (
     CONTINUE_INSTRUCTION,
+    Joiner,
     OverlapTrimmer,
     Skipper,
     continuation_body,
@@ -73,3 +74,12 @@ def test_trimmer_keeps_text_without_overlap_and_short_coincidences() -> None:
     trim = OverlapTrimmer("abc", window=100)
     assert trim.feed("xyz") == ""
     assert trim.flush() == "xyz"
+
+
+def test_joiner_skips_whitespace_the_client_has_even_in_what_the_trimmer_held() -> None:
+    # A short instructed continuation stays in the trimmer until the end of the stream; the
+    # space the client already has must still be skipped when it is released.
+    joiner = Joiner("one two three ", "none")
+    assert joiner.partial == "one two three"
+    assert joiner.feed(" two three four") == ""
+    assert joiner.flush() == "four"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from nobusy.api.chat import _only_busy
-from nobusy.continuation import CONTINUE_INSTRUCTION
+from nobusy.continuation import CONTINUE_INSTRUCTION, Method
 from nobusy.errors import (
     AllUpstreamsFailed,
     RetryBudgetSpent,
@@ -58,6 +58,9 @@ BODY: dict[str, Any] = {
     "max_tokens": 100,
 }
 FAST = 0.05  # seconds: first-token and idle timeouts, so a hang costs a twentieth of a second
+
+# How a configured, never probed prefix continuation is announced (continuation.Method.how).
+UNCHECKED_PREFIX = ": " + Method("prefix").how
 
 
 def upstream(
@@ -285,7 +288,9 @@ async def test_fault_after_first_token_continues_seamlessly(
     assert out.finish == ["stop"]
     assert out.answer.tried() == ["a", "b"]
     assert [type(f) for f in out.answer.failures] == [error]
-    assert out.notes == [f"nobusy: a failed mid-answer ({error.code}); continuing on b"]
+    assert out.notes == [
+        f"nobusy: a failed mid-answer ({error.code}); continuing on b{UNCHECKED_PREFIX}"
+    ]
     # b was asked to continue the partial answer (prefix mode), not to start again.
     assert b.bodies[0]["messages"][-1] == {
         "role": "assistant",
@@ -334,7 +339,9 @@ async def test_next_route_failing_before_its_first_token_is_skipped_too() -> Non
     assert out.text == DEFAULT_ANSWER
     assert out.answer.tried() == ["a", "b", "c"]
     assert c.bodies[0]["messages"][-1]["content"] == "alpha bravo charlie"
-    assert out.notes == ["nobusy: a failed mid-answer (upstream_protocol_error); continuing on c"]
+    assert out.notes == [
+        f"nobusy: a failed mid-answer (upstream_protocol_error); continuing on c{UNCHECKED_PREFIX}"
+    ]
     settled(r)
 
 
@@ -452,7 +459,10 @@ async def test_reasoning_cut_mid_thought_continues_when_the_next_route_thinks_al
     assert out.reasoning == "first think it through"
     assert out.text == "done"
     assert b.bodies == [BODY]  # no content yet: the request starts again, not a continuation
-    assert out.notes == ["nobusy: a failed mid-answer (upstream_protocol_error); continuing on b"]
+    assert out.notes == [
+        "nobusy: a failed mid-answer (upstream_protocol_error); continuing on b: "
+        "restarting the answer (no text had been sent)"
+    ]
     settled(r)
 
 

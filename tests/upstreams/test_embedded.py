@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 
 from tests.conftest import openai_client
@@ -75,3 +80,68 @@ def test_embedded_model_continues_an_answer_cut_mid_stream(base_url: str) -> Non
     assert text.startswith("Fake answer to: ")
     assert len(text) > len("Fake answer to: ")
     assert "continuing on local" in raw.headers["x-nobusy-failover"]
+
+
+CHINESE = "请用中文简单介绍一下长城的历史，以及它为什么这么有名。"
+
+
+# Run in a child process: importing llama.cpp leaves a /dev/null handle open until exit,
+# which Python reports as a ResourceWarning.
+_DIRECT = """
+import json, sys
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from nobusy.upstreams.embedded import default_model_path
+
+messages = [{"role": "user", "content": sys.argv[1]}]
+llm = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=2, verbose=False)
+usage = llm.create_chat_completion(messages=messages, max_tokens=24, temperature=0, seed=1)["usage"]
+eos = llm.detokenize([llm.token_eos()], special=True).decode()
+bos = llm.detokenize([llm.token_bos()], special=True).decode()
+template = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos, bos)
+tokens = llm.tokenize(template(messages=messages).prompt.encode(), add_bos=False, special=True)
+print(json.dumps({"usage": usage, "template_tokens": len(tokens)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def direct() -> dict[str, Any]:
+    """llama.cpp's own count for the same GGUF and request: its non-streaming usage (the
+    prompt tokenized with the chat template applied, the completion as generated tokens)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DIRECT, CHINESE], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_embedded_token_counts_are_the_tokenizers(
+    base_url: str, direct: dict[str, Any], stream: bool
+) -> None:
+    # A CJK character is often two or three byte tokens that llama.cpp streams as one chunk:
+    # counting chunks undercounts the answer and (by subtraction) overcounts the prompt.
+    expected = direct["usage"]
+    assert expected["prompt_tokens"] == direct["template_tokens"]
+    messages: Any = [{"role": "user", "content": CHINESE}]
+    params: Any = {"max_tokens": 24, "temperature": 0, "seed": 1}
+    client = openai_client(base_url)
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="local",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **params,
+            )
+        )
+        usage = chunks[-1].usage
+    else:
+        usage = client.chat.completions.create(model="local", messages=messages, **params).usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        expected["prompt_tokens"],
+        expected["completion_tokens"],
+    )

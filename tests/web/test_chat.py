@@ -97,6 +97,8 @@ def test_a_failover_mid_answer_is_noted_and_the_text_is_seamless(
     assert page.inner_text("#messages .answer") == answer_for(question)
     note = page.inner_text("#messages .notes li")
     assert "failed mid-answer" in note and "continued on backup" in note
+    # backup's prefix completion is configured, not checked: the note must not claim more.
+    assert "not checked" in note and "without repeating" not in note
     badge = page.inner_text("#messages .badge")
     assert "fake/drop:drop_after=3 → backup" in badge and "failover" in badge
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from nobusy.cli.errors import CliError
 from nobusy.cli.options import config_option, settings_for
+from nobusy.continuation_probe import check_continuations
 from nobusy.errors import ConfigError
 from nobusy.settings import Settings
 from nobusy.upstreams import build_upstream
@@ -84,10 +85,10 @@ def check(config_file: Path | None, url: str | None, admin_key: str | None) -> N
     """Validate the config, probe every upstream with a one-token answer, and show a running
     server's circuits; exit 1 if any upstream is down or its circuit is open."""
     settings = _settings(config_file)
-    results = asyncio.run(_probe_all(settings))
+    results, continuations = asyncio.run(_probe_all(settings))
     live = _live_circuits(settings, url, admin_key)
     table = Table(title="Upstreams")
-    columns = ["upstream", "kind", "status", "latency", "models found"]
+    columns = ["upstream", "kind", "status", "latency", "models found", "continuation"]
     for column in columns + (["circuit (running server)", "last outcome"] if live else []):
         table.add_column(column, justify="right" if column == "latency" else "left")
     down = False
@@ -103,6 +104,7 @@ def check(config_file: Path | None, url: str | None, admin_key: str | None) -> N
             status = "[green]ok[/]"
         found = ", ".join(probe.models[:6]) + (" ..." if len(probe.models) > 6 else "")
         row = [name, settings.upstreams[name].kind, status, f"{probe.latency_ms:.0f} ms", found]
+        row.append(escape(continuations.get(name, "")))
         if live:
             row += [_circuit_cell(entry), _outcome_cell(entry)]
         table.add_row(*row)
@@ -165,7 +167,7 @@ def _outcome_cell(entry: dict[str, Any] | None) -> str:
     return f"[green]answered[/] {now - (ok_at or now):.0f}s ago"
 
 
-async def _probe_all(settings: Settings) -> dict[str, Probe]:
+async def _probe_all(settings: Settings) -> tuple[dict[str, Probe], dict[str, str]]:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     models = _route_models(settings)
     try:
@@ -175,9 +177,13 @@ async def _probe_all(settings: Settings) -> dict[str, Probe]:
                 for name, u in upstreams.items()
             )
         )
+        results = dict(zip(upstreams, probes, strict=True))
+        # Which continuation each live upstream honours (a few short requests each).
+        down = {name for name, probe in results.items() if not probe.ok}
+        continuations = await check_continuations(upstreams, dict(settings.upstreams), down)
     finally:
         await asyncio.gather(*(u.aclose() for u in upstreams.values()))
-    return dict(zip(upstreams, probes, strict=True))
+    return results, continuations
 
 
 _NO_ROUTE = object()  # no route names the upstream and it has no default model to ask
@@ -207,7 +213,7 @@ async def _probe(upstream: Upstream, model: object = None) -> Probe:
 
     body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
     call = UpstreamCall(model=model if isinstance(model, str) else None, body=body)
-    timeout = float(getattr(getattr(upstream, "settings", None), "first_token_timeout", 30.0))
+    timeout = upstream.settings.first_token_timeout
     start = time.perf_counter()
     chunks = aiter(upstream.stream(call))
     try:

@@ -48,8 +48,12 @@ class UpstreamSettings(BaseModel):
     max_concurrency: PositiveInt | None = Field(
         None, description="Ceiling on requests in flight to this upstream (none: unlimited)."
     )
-    continuation: Literal["prefix", "vllm", "none"] = Field(
-        "none", description="How this upstream continues a partial answer after a failover."
+    continuation: Literal["auto", "prefix", "vllm", "none"] = Field(
+        "auto",
+        description=(
+            "How this upstream continues a partial answer after a failover: `auto` probes "
+            "it once, on first need, and uses the native mode seen to work, else `none`."
+        ),
     )
     circuit: CircuitSettings = Field(
         default_factory=CircuitSettings,
@@ -58,6 +62,10 @@ class UpstreamSettings(BaseModel):
     health_check_interval: PositiveFloat | None = Field(
         None, description="Seconds between active health probes (none: passive checks only)."
     )
+
+    # A kind that continues a partial answer by construction names how (embedded: raw
+    # completion after the chat template); None: by the `continuation` setting.
+    native_continuation: ClassVar[str | None] = None
 
     def has_default_model(self) -> bool:
         """Whether a route may name this upstream alone, without a model."""

@@ -48,6 +48,7 @@ class Settings(UpstreamSettings):
     continuation: Literal["prefix"] = Field(
         "prefix", description="Always `prefix`: a partial answer continues by raw completion."
     )
+    native_continuation: ClassVar[str | None] = "raw completion"
     default_max_tokens: int = Field(
         512, gt=0, description="Answer length when the request sets no max_tokens."
     )
@@ -120,18 +121,24 @@ class Upstream:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def generate() -> None:
-            produced = 0
+            finish, pieces = None, 0
             try:
+                prompt_tokens = self._prompt_tokens(llm, kwargs)
                 for chunk in self._generate(llm, kwargs):
                     if stop.is_set():
                         break
-                    delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
-                    if delta.get("content"):
-                        produced += 1
+                    if chunk["choices"]:
+                        choice = chunk["choices"][0]
+                        finish = choice.get("finish_reason") or finish
+                        pieces += bool((choice.get("delta") or {}).get("content"))
                     put(chunk)
                 if not stop.is_set():
-                    prompt = max(0, int(llm.n_tokens) - produced)
-                    put(_usage_chunk(prompt, produced))
+                    if prompt_tokens is None:  # no chat template to count with: estimate
+                        prompt_tokens = max(0, int(llm.n_tokens) - pieces)
+                        completion = pieces
+                    else:
+                        completion = _completion_tokens(llm, prompt_tokens, finish)
+                    put(_usage_chunk(prompt_tokens, completion))
             except Exception as exc:  # translated on the loop side, where it is raised
                 put(exc)
             finally:
@@ -158,9 +165,12 @@ class Upstream:
             return
         # Raw completion: the chat template up to the assistant's turn, then the partial
         # answer itself, so the model carries on mid-sentence instead of starting over.
-        formatter = self._formatter(llm)
-        formatted = formatter(messages=messages[:-1])
-        prompt = formatted.prompt + (messages[-1]["content"] or "")
+        formatted = self._formatter(llm)(messages=messages[:-1])
+        text = formatted.prompt + (messages[-1]["content"] or "")
+        # Tokenized here, as for chat, so that the count in `_prompt_tokens` is the prompt.
+        prompt = llm.tokenize(
+            text.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
         params = {k: v for k, v in kwargs.items() if k != "messages" and k != "response_format"}
         stop = params.pop("stop", None) or []
         stop = [stop] if isinstance(stop, str) else list(stop)
@@ -174,6 +184,21 @@ class Upstream:
                     {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}
                 ]
             }
+
+    def _prompt_tokens(self, llm: Any, kwargs: dict[str, Any]) -> int | None:
+        """The prompt as the model reads it, in tokens: the chat template applied, tokenized
+        as llama.cpp's chat handler does (a streamed chunk is not a token: one CJK character
+        often takes two or three). None for a GGUF without a chat template."""
+        messages = kwargs["messages"]
+        continuing = kwargs.get("continue_final", False)
+        if not continuing and not llm.metadata.get("tokenizer.chat_template"):
+            return None
+        formatted = self._formatter(llm)(messages=messages[:-1] if continuing else messages)
+        text = formatted.prompt + ((messages[-1]["content"] or "") if continuing else "")
+        tokens = llm.tokenize(
+            text.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
+        return len(tokens)
 
     def _formatter(self, llm: Any) -> Any:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -243,6 +268,15 @@ def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return {"role": message.get("role", "user"), "content": content or ""}
+
+
+def _completion_tokens(llm: Any, prompt_tokens: int, finish: str | None) -> int:
+    # llama.cpp evaluates each generated token before sampling the next, so the context holds
+    # the prompt and every generated token but the last one sampled. That last one is the end
+    # of generation token (not part of the answer) after a natural stop, and an answer token
+    # after `length` (a stop string ends the same way: counted one short).
+    generated = int(llm.n_tokens) - prompt_tokens
+    return max(0, generated + (0 if finish == "stop" else 1))
 
 
 def _usage_chunk(prompt: int, completion: int) -> Chunk:

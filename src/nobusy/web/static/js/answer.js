@@ -123,8 +123,11 @@ export class AnswerView {
 /** A nobusy note in the reader's language. */
 export function noteText(note) {
   switch (note.kind) {
-    case "failover":
-      return t("failover", note);
+    case "failover": {
+      const variant = note.variant;
+      const key = variant ? `failover${variant[0].toUpperCase()}${variant.slice(1)}` : "failover";
+      return t(key, note);
+    }
     case "reasoningRestarted":
       return t("reasoningRestarted", note);
     case "answering":

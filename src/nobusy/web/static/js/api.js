@@ -64,11 +64,28 @@ const NOTES = [
   [/^nobusy: queued, position (\d+), about (\d+)s$/, (m) => ({ kind: "queued", position: +m[1], eta: +m[2] })],
   [/^nobusy: answering from (.+)$/, (m) => ({ kind: "answering", upstream: m[1] })],
   [
-    /^nobusy: (.+) failed mid-answer \((.*)\); continuing on (.+)$/,
-    (m) => ({ kind: "failover", upstream: m[1], code: m[2], route: m[3] }),
+    /^nobusy: (.+) failed mid-answer \((.*)\); continuing on (.+?)(?:: (.+))?$/,
+    (m) => ({ kind: "failover", upstream: m[1], code: m[2], route: m[3], ...continuation(m[4]) }),
   ],
   [/^nobusy: reasoning restarted on (.+)$/, (m) => ({ kind: "reasoningRestarted", route: m[1] })],
 ];
+
+// How the answer was continued, as the server worded it (continuation.Method.how): the
+// console claims a seamless continuation only when the server checked the method.
+const HOW = [
+  [/^from the cut with (.+), checked on this upstream$/, "checked"],
+  [/^with (.+) as configured, not checked/, "unchecked"],
+  [/^asked in words/, "asked"],
+  [/^restarting the answer/, "restarted"],
+];
+
+function continuation(how) {
+  for (const [pattern, variant] of HOW) {
+    const match = pattern.exec(how ?? "");
+    if (match) return { variant, method: match[1] ?? "" };
+  }
+  return { variant: "", method: "" };
+}
 
 /** A nobusy SSE comment as a note object; null for others (keep-alives). */
 export function parseNote(comment) {

@@ -38,7 +38,14 @@ const STRINGS = {
     connecting: "Sending…",
     queued: "Queued: position {position}, about {eta} s",
     answeringFrom: "Answering from {upstream}",
-    failover: "{upstream} failed mid-answer ({code}); continued on {route} without repeating a word.",
+    failover: "{upstream} failed mid-answer ({code}); continued on {route}.",
+    failoverChecked:
+      "{upstream} failed mid-answer ({code}); continued on {route} from the cut with {method} (checked on this upstream).",
+    failoverUnchecked:
+      "{upstream} failed mid-answer ({code}); continued on {route} with {method} as configured (not checked: words may repeat).",
+    failoverAsked:
+      "{upstream} failed mid-answer ({code}); continued on {route}, asked in words to go on: the text may repeat or differ.",
+    failoverRestarted: "{upstream} failed mid-answer ({code}); the answer restarted on {route}.",
     reasoningRestarted: "The reasoning was cut off and restarted on {route}.",
     stopped: "Stopped.",
     from: "from {upstream}",
@@ -159,7 +166,11 @@ const STRINGS = {
     connecting: "发送中…",
     queued: "排队中：第 {position} 位，约 {eta} 秒",
     answeringFrom: "由 {upstream} 回答",
-    failover: "{upstream} 在回答中途出错（{code}）；已在 {route} 上无缝接续，没有重复任何字。",
+    failover: "{upstream} 在回答中途出错（{code}）；已在 {route} 上接续。",
+    failoverChecked: "{upstream} 在回答中途出错（{code}）；已在 {route} 上用 {method} 从断点接续（已在该上游验证）。",
+    failoverUnchecked: "{upstream} 在回答中途出错（{code}）；已在 {route} 上按配置用 {method} 接续（未验证，可能有重复）。",
+    failoverAsked: "{upstream} 在回答中途出错（{code}）；已请 {route} 接着回答，文字可能重复或不一致。",
+    failoverRestarted: "{upstream} 在回答中途出错（{code}）；回答已在 {route} 上重新开始。",
     reasoningRestarted: "思考过程被中断，已在 {route} 上重新开始。",
     stopped: "已停止。",
     from: "来自 {upstream}",
