@@ -133,7 +133,7 @@ def test_check_shows_live_circuits_of_a_running_server(
         result = nobusy("check", "--config", str(tmp_path / "nobusy.yaml"))
     finally:
         server.stop()
-    assert "circuit (running server)" in result.stdout
+    assert "circuit, last outcome: the running server" in " ".join(result.stdout.split())
     dead_row = next(line for line in result.stdout.splitlines() if " dead " in line)
     assert "open" in dead_row
 
