@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from nobusy.errors import NobusyError, error_body
+from nobusy.errors import NobusyError
 from nobusy.message import MessageBuilder
+from nobusy.responses import internal_error_body
 from nobusy.routing import Answer
 from nobusy.schema import ChatRequest
 from nobusy.upstreams.base import Chunk
@@ -113,14 +114,7 @@ async def sse_events(
 
 def internal_error_event(request_id: str, exc: Exception) -> bytes:
     """A bug after the headers: the log gets the traceback, the client an error event."""
-    log.error("unexpected error in request %s", request_id, exc_info=exc)
-    body = error_body(
-        f"Internal error in nobusy (request {request_id}); it has been logged.",
-        "server_error",
-        None,
-        "internal_error",
-    )
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return b"data: " + orjson.dumps(internal_error_body(request_id, exc)) + b"\n\n"
 
 
 async def collect(

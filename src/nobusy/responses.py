@@ -113,13 +113,17 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, exc.status_code, dict(exc.headers or {}) or None)
 
 
-def internal_error(request_id: str, exc: BaseException) -> Response:
+def internal_error_body(request_id: str, exc: BaseException) -> dict[str, Any]:
     """A bug in nobusy: the log gets the traceback, the client an id to quote."""
     log.error("unexpected error in request %s", request_id, exc_info=exc)
-    body = error_body(
+    return error_body(
         f"Internal error in nobusy (request {request_id}); it has been logged.",
         "server_error",
         None,
         "internal_error",
     )
-    return JSONResponse(body, 500)
+
+
+def internal_error(request_id: str, exc: BaseException) -> Response:
+    """A bug in nobusy before the headers: a 500 in OpenAI's shape."""
+    return JSONResponse(internal_error_body(request_id, exc), 500)
