@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from nobusy import keys as keys_module
+from nobusy.api import admin
 from nobusy.api import keys as api
 from nobusy.auth import Authenticator
 from nobusy.db import migrations, open_db
@@ -401,14 +401,7 @@ ADMIN = {"authorization": "Bearer admin-key"}
 @pytest.fixture
 def client(store: KeyStore) -> TestClient:
     app = Starlette(
-        routes=[
-            Route("/v1/nobusy/keys", api.list_keys, methods=["GET"]),
-            Route("/v1/nobusy/keys", api.create_key, methods=["POST"]),
-            Route("/v1/nobusy/keys/{key}", api.get_key, methods=["GET"]),
-            Route("/v1/nobusy/keys/{key}", api.update_key, methods=["PATCH"]),
-            Route("/v1/nobusy/keys/{key}/revoke", api.revoke_key, methods=["POST"]),
-            Route("/v1/nobusy/keys/{key}/topup", api.topup_key, methods=["POST"]),
-        ],
+        routes=[admin.mount(api.routes)],
         exception_handlers={NobusyError: nobusy_error_handler},
     )
     settings = SimpleNamespace(admin_key=SecretStr("admin-key"))

@@ -1,23 +1,36 @@
-"""What one running app holds: built by ``create_app``, reached by handlers as ``app.state``."""
+"""What one running app holds, and how it is opened and closed.
+
+``running`` opens it step by step, putting each resource on an exit stack as soon as it is
+open: a step that raises closes what the steps before it opened, and shutdown closes all of it
+in the reverse order. Handlers reach the result as ``app.state`` (``app_state``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from nobusy.admission.limits import Limits
-from nobusy.audit import AuditLog
+from nobusy.admission.limits import KeyLimits, Limits, SharedKeyLimits
+from nobusy.admission.shared import SharedSlots
+from nobusy.audit import AuditError, AuditLog
 from nobusy.auth import Authenticator
+from nobusy.crypto import load_suite
 from nobusy.guard import Guard
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
+from nobusy.probing import Prober
 from nobusy.routing import Router
 from nobusy.settings import Settings
-from nobusy.usage import Ledger
+from nobusy.usage import Ledger, UsageLog
 
-__all__ = ["AppState", "app_state"]
+__all__ = ["AppState", "app_state", "running"]
 
 
 @dataclass(slots=True)
@@ -37,3 +50,84 @@ class AppState:
 def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.nobusy
     return state
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, router: Router, metrics: Metrics, auth: Authenticator, guard: Guard | None
+) -> AsyncIterator[AppState]:
+    """Open the logs, stores and pools, start the upstreams and background tasks; on the way
+    out (or when a step raises) close every one of them opened so far, last opened first."""
+    keys = auth.keys
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(keys.close)  # opened by create_app: the middleware's Authenticator needs it
+        usage_log = UsageLog(settings.data_dir)
+        stack.callback(usage_log.close)
+        audit = _open_audit(settings)
+        if audit is not None:
+            stack.callback(audit.close)
+        ledger = Ledger(usage_log, metrics, audit, keys)
+        stack.callback(ledger.flush_charges)
+        # One worker counts per-key limits in memory; several share them through SQLite.
+        limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
+        stack.callback(limits.close)
+        offload = Offload()
+        stack.callback(offload.close)
+        # Before any start: an upstream holds its pools from construction, and one whose start
+        # failed halfway may hold a session or a model already.
+        stack.push_async_callback(router.aclose)
+        for upstream in router.upstreams.values():
+            await upstream.start()
+        shared = _shared_slots(settings)
+        if shared is not None:
+            stack.callback(shared.close)
+            router.capacity.share(shared)
+            pump = asyncio.create_task(router.capacity.pump(), name="nobusy-pump")
+            stack.push_async_callback(_cancel, pump)
+        prober = Prober(router)
+        stack.push_async_callback(prober.stop)
+        prober.start()
+        if audit is not None:
+            pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
+            stack.push_async_callback(_cancel, pruning)
+        yield AppState(settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _open_audit(settings: Settings) -> AuditLog | None:
+    if not settings.audit.enabled:
+        return None
+    suite = load_suite(settings.crypto, settings.data_dir, os.environ)
+    audit = settings.audit
+    return AuditLog(settings.data_dir, suite, audit.store, audit.retention_days)
+
+
+async def _prune_audit(audit: AuditLog) -> None:
+    """Retention: rows older than ``retention_days`` go at start and every six hours."""
+    log = logging.getLogger("nobusy.audit")
+    while True:
+        try:
+            removed = await asyncio.to_thread(audit.prune)
+        except AuditError as exc:  # a broken chain is kept as evidence, never pruned away
+            log.error("audit retention skipped: %s", exc)
+        else:
+            if removed:
+                log.info("pruned %d audit rows past retention", removed)
+        await asyncio.sleep(6 * 3600)
+
+
+def _shared_slots(settings: Settings) -> SharedSlots | None:
+    """With several workers, count upstream ceilings together across the processes."""
+    ceilings = {
+        name: spec.max_concurrency
+        for name, spec in settings.upstreams.items()
+        if spec.max_concurrency is not None
+    }
+    if settings.workers <= 1 or not ceilings:
+        return None
+    return SharedSlots(settings.data_dir, ceilings)

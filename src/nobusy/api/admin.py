@@ -1,19 +1,60 @@
 """``/v1/nobusy/*``: operators' view of the upstreams, and a way to put one back in rotation.
 
-Protected by ``admin_key`` when one is set; without it, only loopback clients are let in.
-Wrong admin keys count against the client's allowance of failed keys, as API keys do.
+Every route under ``/v1/nobusy`` (these, the keys' and the status board's) sits in one mount
+(``mount``) whose guard checks the admin key once, before the handler runs: ``admin_key``
+when one is set; without it, only loopback clients are let in. Wrong admin keys count against
+the client's allowance of failed keys, as API keys do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nobusy.errors import NotFound
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
 
-__all__ = ["list_upstreams", "reset_upstream"]
+__all__ = [
+    "PREFIX",
+    "AdminOnly",
+    "list_upstreams",
+    "mount",
+    "require_admin",
+    "reset_upstream",
+    "routes",
+]
+
+PREFIX = "/v1/nobusy"
+
+
+def mount(routes: Sequence[BaseRoute]) -> Mount:
+    """``routes`` under ``/v1/nobusy``, every one of them for the admin only."""
+    return Mount(PREFIX, routes=routes, middleware=[Middleware(AdminOnly, routes=routes)])
+
+
+class AdminOnly:
+    """The admin mount's guard: ``require_admin`` once, before any of its handlers runs.
+
+    Only for a request one of the mount's routes will serve: a path or method it does not
+    serve gets its 404 or 405 unchecked, as when each handler made the check itself.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(
+            route.matches(scope)[0] is Match.FULL for route in self.routes
+        ):
+            require_admin(Request(scope))
+        await self.app(scope, receive, send)
 
 
 def require_admin(request: Request) -> None:
@@ -29,7 +70,6 @@ def require_admin(request: Request) -> None:
 
 async def list_upstreams(request: Request) -> Response:
     """Each upstream's circuit state, load, time to first token and last error."""
-    require_admin(request)
     router = app_state(request).router
     capacity = router.capacity.snapshot()
     data = [{**h.snapshot(), "concurrency": capacity[h.name]} for h in router.health.values()]
@@ -38,7 +78,6 @@ async def list_upstreams(request: Request) -> Response:
 
 async def reset_upstream(request: Request) -> Response:
     """Close an upstream's circuit now (``all`` for every upstream)."""
-    require_admin(request)
     router = app_state(request).router
     name = request.path_params["name"]
     if name != "all" and name not in router.health:
@@ -47,3 +86,10 @@ async def reset_upstream(request: Request) -> Response:
         if name in ("all", health.name):
             health.circuit.reset()
     return JSONResponse({"reset": name})
+
+
+# Relative to the mount.
+routes: list[BaseRoute] = [
+    Route("/upstreams", list_upstreams, methods=["GET"]),
+    Route("/upstreams/{name}/reset", reset_upstream, methods=["POST"]),
+]

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from nobusy.admission.capacity import Ticket
@@ -45,7 +46,7 @@ from nobusy.schema import ChatRequest, parse_chat_request
 from nobusy.state import AppState, app_state
 from nobusy.usage import Exchange, UsageRecord
 
-__all__ = ["chat_completions"]
+__all__ = ["chat_completions", "routes"]
 
 T = TypeVar("T")
 
@@ -379,3 +380,6 @@ def _patience(request: Request, default: float) -> float:
             param="x-nobusy-max-wait",
         )
     return value
+
+
+routes: list[BaseRoute] = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]

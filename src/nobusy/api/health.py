@@ -7,11 +7,12 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
 
-__all__ = ["healthz", "metrics", "readyz"]
+__all__ = ["healthz", "metrics", "readyz", "routes"]
 
 
 async def healthz(request: Request) -> Response:
@@ -55,3 +56,10 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's counters."""
     return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+routes: list[BaseRoute] = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

@@ -1,7 +1,8 @@
 """``/v1/nobusy/keys``: API keys over HTTP for operators; a new key's secret is returned once.
 
-Every endpoint needs the admin key (or, with none set, a loopback client). The store's work
-runs on the thread pool: a write can wait up to the busy timeout for the CLI's lock.
+Every endpoint needs the admin key (or, with none set, a loopback client): the routes sit in
+the admin mount, whose guard checks it (``nobusy.api.admin``). The store's work runs on the
+thread pool: a write can wait up to the busy timeout for the CLI's lock.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
-from nobusy.api.admin import require_admin
 from nobusy.errors import InvalidRequest
 from nobusy.keys import Key, KeyStore, validate
 from nobusy.responses import JSONResponse
@@ -26,6 +27,7 @@ __all__ = [
     "key_json",
     "list_keys",
     "revoke_key",
+    "routes",
     "topup_key",
     "update_key",
 ]
@@ -56,7 +58,6 @@ def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
 
 async def list_keys(request: Request) -> Response:
     """Every key, revoked and expired ones too, oldest first."""
-    require_admin(request)
     found = await run_in_threadpool(_store(request).list)
     now = datetime.now(UTC)
     return JSONResponse({"object": "list", "data": [key_json(key, now) for key in found]})
@@ -64,7 +65,6 @@ async def list_keys(request: Request) -> Response:
 
 async def create_key(request: Request) -> Response:
     """Create a key from ``{"name", ...limits}``; the answer holds its secret, this once."""
-    require_admin(request)
     body = await _body(request)
     if "name" not in body:
         raise InvalidRequest("Missing required parameter: 'name'.", param="name")
@@ -76,14 +76,12 @@ async def create_key(request: Request) -> Response:
 
 async def get_key(request: Request) -> Response:
     """One key, by id or name."""
-    require_admin(request)
     key = await run_in_threadpool(_store(request).get, request.path_params["key"])
     return JSONResponse(key_json(key))
 
 
 async def update_key(request: Request) -> Response:
     """Change the fields given; null removes a limit, ``expires`` counts from now."""
-    require_admin(request)
     body = await _body(request)
     store, name = _store(request), request.path_params["key"]
     key = await run_in_threadpool(lambda: store.update(name, **body))
@@ -92,14 +90,12 @@ async def update_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     """Revoke a key for good; every worker refuses it within a second."""
-    require_admin(request)
     key = await run_in_threadpool(_store(request).revoke, request.path_params["key"])
     return JSONResponse(key_json(key))
 
 
 async def topup_key(request: Request) -> Response:
     """Add ``{"tokens": N}`` to a key's balance and quota."""
-    require_admin(request)
     body = await _body(request)
     if set(body) != {"tokens"}:
         raise InvalidRequest('The body must be {"tokens": N} and nothing else.', param="tokens")
@@ -120,3 +116,14 @@ async def _body(request: Request) -> dict[str, Any]:
 
 def _unix(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
+
+
+# Relative to the admin mount.
+routes: list[BaseRoute] = [
+    Route("/keys", list_keys, methods=["GET"]),
+    Route("/keys", create_key, methods=["POST"]),
+    Route("/keys/{key}", get_key, methods=["GET"]),
+    Route("/keys/{key}", update_key, methods=["PATCH"]),
+    Route("/keys/{key}/revoke", revoke_key, methods=["POST"]),
+    Route("/keys/{key}/topup", topup_key, methods=["POST"]),
+]

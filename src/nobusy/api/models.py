@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
 
-__all__ = ["list_models"]
+__all__ = ["list_models", "routes"]
 
 
 async def list_models(request: Request) -> Response:
@@ -26,3 +27,6 @@ async def list_models(request: Request) -> Response:
         for alias, spec in state.router.models.items()
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+routes: list[BaseRoute] = [Route("/v1/models", list_models, methods=["GET"])]

@@ -8,12 +8,13 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from nobusy import __version__
 from nobusy.responses import JSONResponse
 from nobusy.schema import ChatRequest
 
-__all__ = ["openapi_json", "openapi_spec"]
+__all__ = ["openapi_json", "openapi_spec", "routes"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -118,3 +119,6 @@ def openapi_spec() -> dict[str, Any]:
 async def openapi_json(request: Request) -> Response:
     """Serve the OpenAPI document."""
     return JSONResponse(openapi_spec())
+
+
+routes: list[BaseRoute] = [Route("/openapi.json", openapi_json, methods=["GET"])]

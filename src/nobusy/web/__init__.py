@@ -1,8 +1,9 @@
 """The web console: a chat, a comparison view, a live status board and key management.
 
 Served by nobusy itself at ``/`` with its assets under ``/static``, so it works offline; the
-pages talk to the same public and admin APIs as any other client (``routes()`` is all that
-``create_app`` mounts).
+pages talk to the same public and admin APIs as any other client (``routes()`` is what
+``create_app`` mounts at the top; the status board's own endpoint, ``status.routes``, goes in
+the admin mount).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 
 from nobusy.web.console import index, static_files
-from nobusy.web.status import status
 
 __all__ = ["routes"]
 
 
 def routes() -> list[BaseRoute]:
-    """The console's routes: the page, its assets, and the totals the status board polls."""
+    """The console's routes: the page and its assets."""
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Mount("/static", app=static_files(), name="static"),
-        Route("/v1/nobusy/status", status, methods=["GET"]),
     ]

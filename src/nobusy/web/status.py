@@ -1,4 +1,5 @@
-"""``GET /v1/nobusy/status``: running totals for the console's status board, for the admin key.
+"""``GET /v1/nobusy/status``: running totals for the console's status board, for the admin key
+(checked by the admin mount's guard, ``nobusy.api.admin``).
 
 Totals only, never rates: the page polls and differences two answers over their ``time``, so
 the server keeps no history and two open boards cannot disturb each other. Counters are this
@@ -20,13 +21,13 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
-from nobusy.api.admin import require_admin
 from nobusy.db import DB_NAME, timestamp
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
 
-__all__ = ["USAGE_WINDOW", "counter_totals", "key_usage", "status"]
+__all__ = ["USAGE_WINDOW", "counter_totals", "key_usage", "routes", "status"]
 
 # How far back the board's "usage per key" looks.
 USAGE_WINDOW = timedelta(hours=1)
@@ -34,7 +35,6 @@ USAGE_WINDOW = timedelta(hours=1)
 
 async def status(request: Request) -> Response:
     """Requests, tokens, errors and in-flight totals now, the queue, and usage per key."""
-    require_admin(request)
     state = app_state(request)
     registry = state.metrics.registry
     requests = counter_totals(registry, "nobusy_requests", "outcome")
@@ -101,3 +101,7 @@ def key_usage(data_dir: Path, window: timedelta) -> list[dict[str, Any]]:
         }
         for key_id, name, n, ok, prompt, completion in rows
     ]
+
+
+# Relative to the admin mount.
+routes: list[BaseRoute] = [Route("/status", status, methods=["GET"])]
