@@ -231,6 +231,7 @@ async def test_what_start_up_opened_is_closed_in_reverse(
 
 # --- The admin mount --------------------------------------------------------------------------
 
+ADMIN_KEY = "admin-key-0123456789"
 ADMIN_ROUTES = [
     ("GET", "/v1/nobusy/upstreams"),
     ("POST", "/v1/nobusy/upstreams/all/reset"),
@@ -246,7 +247,7 @@ ADMIN_ROUTES = [
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(full_settings(tmp_path, admin_key="admin-key"))
+    app = create_app(full_settings(tmp_path, admin_key=ADMIN_KEY))
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 
@@ -260,7 +261,7 @@ def test_every_admin_route_is_guarded(client: TestClient, method: str, path: str
 
 
 def test_the_admin_key_reaches_the_handlers(client: TestClient) -> None:
-    admin = {"authorization": "Bearer admin-key"}
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     assert client.get("/v1/nobusy/upstreams", headers=admin).json()["object"] == "list"
     assert client.get("/v1/nobusy/keys", headers=admin).json() == {"object": "list", "data": []}
     assert client.get("/v1/nobusy/status", headers=admin).json()["object"] == "nobusy.status"
