@@ -303,6 +303,10 @@ class Processes:
             argv += ["--workers", str(workers)]
         # Only these flags count: NOBUSY_* settings from the shell (a NOBUSY_CONFIG, say) do not.
         env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("NOBUSY_")}
+        # BENCH_NOBUSY_SRC=/path/to/old/src serves another checkout's nobusy with the same
+        # harness, for a same-machine baseline (see bench/README.md).
+        if os.environ.get("BENCH_NOBUSY_SRC"):
+            env["PYTHONPATH"] = os.environ["BENCH_NOBUSY_SRC"]
         return self.start(name, argv, port, "/readyz", timeout=timeout, env=env, wait=wait)
 
     def litellm(

@@ -36,7 +36,11 @@ class AccessLog:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, _short_startup_errors(send))
             return
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not log.isEnabledFor(
+            logging.DEBUG if _quiet(scope) else logging.INFO
+        ):
+            # Nothing would be logged (say, at --log-level warning): no wrapper on every
+            # message of the response, which for a stream is every chunk.
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -51,11 +55,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
-            path: str = scope["path"]
-            level = logging.DEBUG if path.startswith(_QUIET) else logging.INFO
-            if log.isEnabledFor(level):
-                seconds = time.perf_counter() - started
-                log.log(level, "%s", line(scope, status, seconds))
+            level = logging.DEBUG if _quiet(scope) else logging.INFO
+            log.log(level, "%s", line(scope, status, time.perf_counter() - started))
+
+
+def _quiet(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return path.startswith(_QUIET)
 
 
 def line(scope: Scope, status: int, seconds: float) -> str:

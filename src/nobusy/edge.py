@@ -20,6 +20,7 @@ The policy (README "Safe by default", docs/configuration.md "Security policy"):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = ["EdgePolicy", "host_name", "is_ip_address", "is_json", "is_loopback"]
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Parsing an address costs microseconds on every request; clients and host names repeat.
+@functools.lru_cache(maxsize=4096)
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP addresses."""
     if host == "localhost":
@@ -41,6 +44,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -126,6 +130,8 @@ class EdgePolicy:
     def trusts(self, address: str) -> bool:
         if self.any_proxy:
             return True
+        if not self.proxies:  # the default: no proxy is trusted, nothing to parse
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -3,9 +3,13 @@ checking the whole answer gives."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nobusy.guard as guard_module
 from nobusy.guard import FilterStep, Hit, Matcher, StreamFilter
 from nobusy.guard.lexicon import Action, Entry
 
@@ -163,3 +167,26 @@ def test_split_words_are_missed_when_chunks_are_checked_alone() -> None:
     alone = sum(len(SIMPLE.check(text[i : i + 2]).hits) for i in range(0, len(text), 2))
     assert alone == 0
     assert len(streamed(SIMPLE, text, [2] * 5)[1]) == 3
+
+
+def test_a_long_text_is_checked_in_pieces_with_the_whole_text_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pieces of 7 characters put many words across a piece boundary.
+    monkeypatch.setattr(guard_module, "_PIECE", 7)
+    rng = random.Random(7)
+    texts = [
+        "".join(
+            rng.choice(["法轮", "功", "轮子", "共产党", "x ", "天安门事件", "ß", "b"])
+            for _ in range(60)
+        )
+        for _ in range(40)
+    ]
+    for text in texts:
+        for matcher in (MATCHER, NO_BLOCK):
+            whole = matcher.check(text)
+            pieces = guard_module._check_in_pieces(matcher, text)
+            assert pieces.blocked == whole.blocked
+            if not whole.blocked:
+                assert pieces.text == whole.text
+                assert pieces.hits == whole.hits

@@ -48,6 +48,13 @@ __all__ = [
 
 log = logging.getLogger("nobusy.guard")
 
+# Texts longer than this are checked through a stream filter, a piece at a time. Folding and
+# matching are single C calls that hold the GIL: on a 10 MB text each one is a stall of the
+# event loop even when the check runs on a worker thread (nobusy.offload), while pieces let
+# the interpreter hand the GIL back between them. The stream filter gives the same verdict
+# as the whole-text check (tests/guard/test_stream.py proves it on random texts).
+_PIECE = 16_384
+
 # What a lexicon file looked like when it was read: (mtime in ns, size), None if missing.
 _Signature = tuple[tuple[int, int] | None, ...]
 
@@ -119,7 +126,10 @@ class Guard:
 
     def check_input(self, text: str) -> Verdict:
         """Check one text of a request (a message's content) with the input lexicons."""
-        return self._current().input.check(text)
+        matcher = self._current().input
+        if len(text) <= _PIECE:
+            return matcher.check(text)
+        return _check_in_pieces(matcher, text)
 
     def check_output(self, text: str) -> Verdict:
         """Check a whole answer at once with the output lexicons."""
@@ -178,3 +188,18 @@ class Guard:
         both = all(lexicon.scope == "both" for lexicon in self.lexicons)
         output = matcher(("output", "both"))
         return _Compiled(output if both else matcher(("input", "both")), output, signature)
+
+
+def _check_in_pieces(matcher: Matcher, text: str) -> Verdict:
+    """``matcher.check(text)``, fed to a stream filter in pieces of ``_PIECE`` characters."""
+    stream = StreamFilter(matcher)
+    released: list[str] = []
+    hits: list[Hit] = []
+    for at in range(0, len(text) + _PIECE, _PIECE):
+        step = stream.feed(text[at : at + _PIECE]) if at < len(text) else stream.finish()
+        released.append(step.text)
+        hits.extend(step.hits)
+        if step.blocked:
+            # The caller refuses the request; what follows the block word is never sent.
+            return Verdict(True, "".join(released), hits)
+    return Verdict(False, "".join(released), hits)
