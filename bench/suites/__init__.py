@@ -1,7 +1,7 @@
 """The suites, by name, in the order ``python -m bench`` runs them.
 
-To add one (failover, admission...): write a module with a ``SUITE = Suite(...)`` (see
-``bench/suites/base.py``) and list it here.
+To add one: write a module with a ``SUITE = Suite(...)`` (see ``bench/suites/base.py``), list
+it here and add its line to bench/README.md (a test checks).
 """
 
 from __future__ import annotations

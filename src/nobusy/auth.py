@@ -1,12 +1,13 @@
 """Who is asking: API keys checked before a request's body is read, failures rate-limited.
 
-While no key exists the service is open (on loopback, or with ``--insecure``). Once any key
-exists every API request needs one. A client address that keeps presenting bad keys, API or
-admin, is answered 429 instead of 401 once it passes its allowance, while a valid key from the
-same address (a shared NAT) still gets through: a key lookup is one hash, so refusing early
-would save little and would let one bad client lock out its neighbours. The address is the TCP
-peer's unless it is a trusted proxy (``nobusy.edge``), so a forged X-Forwarded-For does not
-buy a fresh allowance per request.
+While no key exists the service is open (on loopback, or with ``--insecure``). Once any key exists
+every request under ``/v1/`` needs one, except the admin endpoints (``/v1/nobusy/``), which take
+``admin_key`` instead (``check_admin``). A client address that keeps presenting bad keys, API or
+admin, is answered 429 instead of 401 once it passes its allowance, while a valid key from the same
+address (a shared NAT) still gets through: a key lookup is one hash, so refusing early would save
+little and would let one bad client lock out its neighbours. The address is the TCP peer's unless
+it is a trusted proxy (``nobusy.edge``), so a forged X-Forwarded-For does not buy a fresh allowance
+per request.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nobusy.edge import is_loopback
 from nobusy.errors import AdminAuthRequired, InvalidApiKey, RateLimited
 from nobusy.keys import Hasher, Key, KeyStore, sha256_hasher, sm3_hasher
 
-__all__ = ["Authenticator", "hashers_for", "is_loopback"]
+__all__ = ["Authenticator", "hashers_for"]
 
 # Failed attempts a client address may make per minute before it is turned away unchecked.
 _FAILURES_PER_MINUTE = 20

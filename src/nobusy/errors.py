@@ -1,46 +1,49 @@
 """nobusy's exception tree, and the one place it becomes an OpenAI-shaped error.
 
-    NobusyError                     500 server_error
-    ├── ClientError                 400 invalid_request_error   the request is wrong: never retried
-    │   ├── InvalidRequest          400                          malformed, wrong type, unsupported
-    │   ├── RequestTooLarge         413 request_too_large
-    │   ├── RequestTimeout          408 request_timeout
+    NobusyError                     500 -                       every error nobusy raises
+    ├── ClientError                 400 -                       the request is wrong: not retried
+    │   ├── InvalidRequest          400 -                       malformed or unsupported
+    │   ├── RequestTooLarge         413 request_too_large       body over max_body_bytes
+    │   ├── RequestTimeout          408 request_timeout         body too slow to arrive
     │   ├── UnsupportedMediaType    415 unsupported_media_type  a JSON endpoint sent no JSON
     │   ├── HeadersTooLarge         431 headers_too_large       too many or too large headers
-    │   ├── HostNotAllowed          421 host_not_allowed        a Host not served (DNS rebinding)
+    │   ├── HostNotAllowed          421 host_not_allowed        a Host not served (rebinding)
     │   ├── OriginNotAllowed        403 origin_not_allowed      a browser page from elsewhere
-    │   ├── ModelNotFound           404 model_not_found
-    │   ├── NotFound                404 not_found
+    │   ├── ModelNotFound           404 model_not_found         not a configured alias
+    │   ├── NotFound                404 not_found               no such path
     │   ├── ContentFiltered         400 content_filter          a blocked word in the request
-    │   ├── InvalidApiKey           401 invalid_api_key         missing, malformed or unknown key
+    │   ├── InvalidApiKey           401 invalid_api_key         missing, malformed or unknown
     │   │   ├── KeyRevoked          401 key_revoked
     │   │   └── KeyExpired          401 key_expired
-    │   ├── KeyNameTaken            409 key_name_taken
-    │   ├── RateLimited             429 rate_limit_exceeded     a key's rpm/tpm/concurrency limit
-    │   ├── QuotaExhausted          429 insufficient_quota      a key's prepaid balance is spent
+    │   ├── KeyNameTaken            409 key_name_taken          creating a key: name in use
+    │   ├── RateLimited             429 rate_limit_exceeded     a key's rpm/tpm/concurrency
+    │   ├── QuotaExhausted          429 insufficient_quota      a key's balance is spent
     │   ├── ModelNotAllowed         403 model_not_allowed       outside the key's model list
-    │   ├── QueueFull               429 queue_full              the wait would exceed the patience
+    │   ├── QueueFull               429 queue_full              the wait would pass patience
     │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
-    │   └── AdminAuthRequired       401 invalid_api_key         admin endpoints without the key
-    ├── UpstreamError               502 upstream_error          one attempt at one upstream failed
-    │   ├── UpstreamUnreachable     502                          refused/reset, DNS, TLS
-    │   ├── UpstreamTimeout         504                          no first token, idle gap, hung
-    │   ├── UpstreamOverloaded      503                          429, 503, 529 (+ retry_after)
-    │   ├── UpstreamAuthFailed      502                          401/403: our config is wrong
-    │   ├── UpstreamProtocolError   502                          bad SSE/JSON, error in a 200
-    │   ├── UpstreamEjected         503                          skipped: its circuit is open
-    │   ├── RetryBudgetSpent        502                          a failover the budget did not allow
-    │   └── UpstreamRejectedRequest 400 invalid_request_error   the upstream says the request is bad
-    ├── AllUpstreamsFailed          503 service_unavailable     every route of an alias failed
+    │   └── AdminAuthRequired       401 invalid_api_key         admin endpoint without the key
+    ├── UpstreamError               502 upstream_error          one attempt failed: retryable
+    │   ├── UpstreamUnreachable     502 upstream_unreachable    refused/reset, DNS, TLS
+    │   ├── UpstreamTimeout         504 upstream_timeout        no first token, idle gap, hung
+    │   ├── UpstreamOverloaded      503 upstream_overloaded     429, 503, 529 (+ retry_after)
+    │   ├── UpstreamAuthFailed      502 upstream_auth_failed    401/403: our config is wrong
+    │   ├── UpstreamProtocolError   502 upstream_protocol_error bad SSE/JSON, error in a 200
+    │   ├── UpstreamEjected         503 upstream_ejected        not tried: its circuit is open
+    │   ├── RetryBudgetSpent        502 upstream_error          not tried: retry budget spent
+    │   └── UpstreamRejectedRequest 400 invalid_request         request invalid: not retried
+    ├── AllUpstreamsFailed          503 all_upstreams_failed    every route of an alias failed
     ├── StorageUnavailable          503 storage_unavailable     SQLite locked or failing
-    └── ConfigError                                              startup: a wrong key or value
+    └── ConfigError                 500 -                       start-up: a wrong key or value
 
-Each class carries its HTTP status, OpenAI error ``type``/``code`` and whether another
-upstream could succeed (``retryable``). ``message`` is for the server's log and the admin
-endpoints; ``body()`` is what a client sees, and for upstream failures it names the upstream
-and what went wrong, never an internal host or port. Upstream kinds translate foreign errors (httpx,
-llama.cpp) into these at their boundary; routing and the HTTP layer see only this tree, and
-``nobusy.responses`` turns them into responses.
+Each line gives the class's HTTP status and OpenAI error ``code`` (``-``: none). Each class
+carries them, its error ``type`` and whether another upstream could succeed (``retryable``:
+only ``UpstreamError`` and its subclasses but ``UpstreamRejectedRequest``). ``message`` is for
+the server's log and the admin endpoints; ``body()`` is what a client sees, and for upstream
+failures it names the upstream and what went wrong, never an internal host or port. Upstream
+kinds translate foreign errors (aiohttp and httpx-sse for ``openai``, llama.cpp for
+``embedded``) into these at their boundary; routing and the HTTP layer see only this tree,
+and ``nobusy.responses`` turns them into responses. ``tests/test_errors.py`` checks that the
+tree is the code's, here and in ``docs/architecture.md``.
 """
 
 from __future__ import annotations

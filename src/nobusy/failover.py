@@ -12,6 +12,10 @@ Along the way it:
 - sums usage over every attempt into the one usage chunk the client sees;
 - emits notes (``{"nobusy_note": ...}``) that the relay writes as SSE comments, which OpenAI
   SDKs ignore and the web console shows.
+
+It reaches the router only through the two small protocols below (``Walker``, ``RouteAttempt``),
+which ``nobusy.routing``'s ``Router`` and ``Attempt`` implement: the router imports this module,
+never the other way round.
 """
 
 from __future__ import annotations
@@ -19,18 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 from nobusy.continuation import Joiner, Skipper, continuation_body
+from nobusy.continuation_probe import ContinuationModes
 from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
 from nobusy.settings import Route
-from nobusy.upstreams.base import Chunk, has_token
+from nobusy.upstreams.base import Chunk, Upstream, UpstreamSettings, has_token
 
-if TYPE_CHECKING:
-    from nobusy.routing import Attempt, Router
-
-__all__ = ["AnswerStream", "note"]
+__all__ = ["AnswerStream", "RouteAttempt", "Walker", "note"]
 
 log = logging.getLogger("nobusy.failover")
 
@@ -39,15 +41,52 @@ def note(text: str) -> Chunk:
     return {"nobusy_note": text}
 
 
+class RouteAttempt(Protocol):
+    """One request to one upstream, started and read up to its first token (``prefix``)."""
+
+    route: Route
+    prefix: list[Chunk]
+    iterator: AsyncIterator[Chunk]
+
+    @property
+    def settings(self) -> UpstreamSettings: ...
+
+    async def first_token(self) -> None: ...
+
+    async def succeed(self) -> None: ...
+
+    async def fail(self, exc: UpstreamError) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
+class Walker(Protocol):
+    """What the stream asks of the router to carry an answer over to the next route."""
+
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]: ...
+
+    @property
+    def continuations(self) -> ContinuationModes: ...
+
+    def next_route(
+        self, queue: deque[Route], failures: list[UpstreamError], attempts: int, who: str = ""
+    ) -> Route | None: ...
+
+    def start(
+        self, route: Route, body: dict[str, Any], request_id: str, who: str = ""
+    ) -> RouteAttempt: ...
+
+
 class AnswerStream:
     """Relays one attempt after another as a single answer."""
 
     def __init__(
         self,
-        router: Router,
+        router: Walker,
         body: dict[str, Any],
         request_id: str,
-        attempt: Attempt,
+        attempt: RouteAttempt,
         queue: deque[Route],
         failures: list[UpstreamError],
         attempts: int,
@@ -239,7 +278,7 @@ class AnswerStream:
         self.attempt_pieces = 0
         self.attempt_usage = False
 
-    async def _continue(self, cause: UpstreamError) -> Attempt:
+    async def _continue(self, cause: UpstreamError) -> RouteAttempt:
         """Open the next route with what the client already has, up to its first token."""
         self.tools = []  # a half-made tool call is made again from the start
         router = self.router
@@ -263,7 +302,7 @@ class AnswerStream:
                 continue
             return attempt
 
-    async def _continuation_attempt(self, route: Route) -> Attempt:
+    async def _continuation_attempt(self, route: Route) -> RouteAttempt:
         router = self.router
         settings = router.upstreams[route.upstream].settings
         self.continuing = True

@@ -31,7 +31,6 @@ __all__ = [
     "GuardedHttpToolsProtocol",
     "check_bind",
     "configure_logging",
-    "is_loopback",
     "run",
     "uvicorn_config",
 ]

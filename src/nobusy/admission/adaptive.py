@@ -1,10 +1,11 @@
 """An upstream's concurrency limit, found by AIMD as in Netflix's concurrency-limits.
 
 The limit grows by about one for every ``limit`` successful answers while the upstream is
-actually used (at least half full), and shrinks when it answers 429/503/529 or times out
-before its first token. ``max_concurrency`` from the config is the ceiling; without one nobusy
-starts at ``initial`` and climbs. For LLMs, whole-request latency depends on answer length, so
-only overload answers and first-token timeouts count as drops (RESILIENCE.md).
+actually used (at least half full), and shrinks when it answers 429/503/529 or times out before
+its first token. ``max_concurrency`` from the config is the ceiling; without one nobusy starts
+at ``initial`` and climbs. For LLMs, whole-request latency depends on answer length, so only
+overload answers and first-token timeouts count as drops: a long answer is slow without the
+upstream being full.
 
 Two refinements over plain AIMD, both found by the admission benchmark:
 
@@ -17,13 +18,12 @@ Two refinements over plain AIMD, both found by the admission benchmark:
   again, so a stable upstream stops paying a refused request every few dozen answers.
 
 Local servers (vLLM, llama.cpp, Ollama) do not refuse: they queue, and the queue shows as a
-longer time to first token. As in Netflix's Gradient2, a short average of first-token times
-is compared with a long one; when the short one is more than twice the long one (and 100 ms
-above it, below which it is noise), the limit moves a fifth of the way towards twice their
-ratio times itself (×0.9 at most per answer), for answers to requests sent within the current
-limit (later ones met a queue that an
-earlier, higher limit built). Prompt lengths vary, but
-they vary in both averages alike.
+longer time to first token. As in Netflix's Gradient2, a short average of first-token times is
+compared with a long one; when the short one is more than twice the long one (and 100 ms above
+it, below which it is noise), the limit moves a fifth of the way towards itself times twice the
+long average over the short one (×0.9 at most per answer), for answers to requests sent within
+the current limit (later ones met a queue that an earlier, higher limit built). Prompt lengths
+vary, but they vary in both averages alike.
 """
 
 from __future__ import annotations

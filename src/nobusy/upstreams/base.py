@@ -2,7 +2,8 @@
 
 A chunk is one OpenAI ``chat.completion.chunk`` as a dict. Non-streaming answers are built by
 collecting the same chunks (``nobusy.relay``), so every kind gets streaming, non-streaming,
-first-token detection and (later) mid-stream continuation from one code path.
+first-token detection (``nobusy.routing``) and mid-stream continuation (``nobusy.failover``)
+from one code path.
 """
 
 from __future__ import annotations
