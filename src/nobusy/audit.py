@@ -240,7 +240,10 @@ class AuditLog:
         while not self._queue.empty():  # appended while closing, after the stop
             with self._state_lock:
                 self.dropped += isinstance(self._queue.get_nowait(), _Pending)
-        self._db.close()
+        # A prune() still running on its thread (its task cancelled at shutdown) holds the
+        # write connection: closing it under that thread crashed the interpreter.
+        with self._write_lock:
+            self._db.close()
 
     def _run(self) -> None:
         stop = False
@@ -417,6 +420,8 @@ class AuditLog:
         """Remove rows older than ``retention_days``, keeping the chain verifiable; the count."""
         cutoff = _time_text((now or datetime.now(UTC)) - timedelta(days=self.retention_days))
         with self._write_lock:
+            if self._closed:
+                return 0  # shutting down: the next start prunes
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
