@@ -52,9 +52,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _head_left: int | None = None
     _header_count = 0
     _discarding = False
+    _limit_bytes = 64 * 1024
+    _limit_headers = 100
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Read once per connection: on_header runs for every header of every request.
+        self._limit_bytes = int(getattr(self.config, "max_header_bytes", 64 * 1024))
+        self._limit_headers = int(getattr(self.config, "max_headers", 100))
         self._arm_header_timer()
         self._head_left = self._max_header_bytes()
 
@@ -121,10 +126,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_left = self._max_header_bytes()
 
     def _max_header_bytes(self) -> int:
-        return int(getattr(self.config, "max_header_bytes", 64 * 1024))
+        return self._limit_bytes
 
     def _max_headers(self) -> int:
-        return int(getattr(self.config, "max_headers", 100))
+        return self._limit_headers
 
     def _refuse_head(self, what: str) -> None:
         error = HeadersTooLarge(f"The request line and headers are {what}.")

@@ -16,10 +16,10 @@ from rich.table import Table
 from nobusy.cli.errors import CliError
 from nobusy.cli.options import config_option, settings_for
 from nobusy.continuation_probe import check_continuations
-from nobusy.errors import ConfigError
+from nobusy.errors import ConfigError, UpstreamError
 from nobusy.settings import Settings
 from nobusy.upstreams import build_upstream
-from nobusy.upstreams.base import Probe, Upstream
+from nobusy.upstreams.base import Probe, Upstream, UpstreamCall, has_token
 
 __all__ = ["check", "models", "serve"]
 
@@ -212,9 +212,6 @@ async def _probe(upstream: Upstream, model: object = None) -> Probe:
     probe = await upstream.probe()
     if not probe.ok or model is _NO_ROUTE:
         return probe
-    from nobusy.errors import UpstreamError
-    from nobusy.upstreams.base import UpstreamCall, has_token
-
     body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
     call = UpstreamCall(model=model if isinstance(model, str) else None, body=body)
     timeout = upstream.settings.first_token_timeout
