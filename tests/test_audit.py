@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nobusy.audit import AuditError, AuditLog, verify_export
 from nobusy.cli.audit import audit, parse_since
 from nobusy.crypto import CryptoSuite, load_suite
+from nobusy.store.audit import AuditError, AuditLog, verify_export
 
 SECRET = "do-not-store-this-prompt"
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)

@@ -9,14 +9,14 @@ from typing import cast
 import pytest
 from pydantic import SecretStr
 
-from nobusy.audit import AuditLog
 from nobusy.auth import Authenticator
 from nobusy.crypto import load_suite
-from nobusy.db import DB_NAME, open_db
 from nobusy.edge import EdgePolicy
 from nobusy.errors import AdminAuthRequired, ConfigError
-from nobusy.keys import KeyStore
 from nobusy.settings import load_settings
+from nobusy.store.audit import AuditLog
+from nobusy.store.keys import KeyStore
+from nobusy.store.migrations import DB_NAME, open_db
 
 ADMIN_KEY = "edge-admin-key-7d2e4b9a"
 EVIL = "https://evil.example"

@@ -15,21 +15,24 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from nobusy import keys as keys_module
 from nobusy.api import admin
 from nobusy.api import keys as api
 from nobusy.auth import Authenticator
-from nobusy.db import migrations, open_db
-from nobusy.errors import InvalidRequest, NobusyError, NotFound
-from nobusy.keys import (
+from nobusy.errors import (
     InvalidApiKey,
+    InvalidRequest,
     KeyExpired,
     KeyNameTaken,
     KeyRevoked,
-    KeyStore,
-    parse_duration,
+    NobusyError,
+    NotFound,
+    StorageUnavailable,
 )
+from nobusy.keys import parse_duration, sha256_hasher
 from nobusy.responses import nobusy_error_handler
+from nobusy.store import keys as store_keys
+from nobusy.store.keys import KeyStore
+from nobusy.store.migrations import NOBUSY, open_db
 
 
 class Clock:
@@ -103,13 +106,13 @@ def test_only_the_hash_is_stored(tmp_path: Path, store: KeyStore) -> None:
 def test_lookup_compares_in_constant_time(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _, secret = store.create("team-a")
     calls: list[tuple[bytes, bytes]] = []
-    real = keys_module.hmac.compare_digest
+    real = store_keys.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(store_keys.hmac, "compare_digest", spy)
     store.authenticate(secret)
     assert len(calls) == 1
 
@@ -321,7 +324,7 @@ def test_keys_made_under_an_earlier_hasher_keep_verifying(tmp_path: Path) -> Non
     before = KeyStore(tmp_path, old)
     old_key, old_secret = before.create("old")
     before.close()
-    after = KeyStore(tmp_path, [keys_module.sha256_hasher, old])
+    after = KeyStore(tmp_path, [sha256_hasher, old])
     try:
         assert after.authenticate(old_secret) == old_key
         new_key, new_secret = after.create("new")
@@ -354,16 +357,16 @@ def test_database_is_wal_and_migrated_once(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-        applied = [m.name for m in migrations.applied(db)]
+        applied = [m.name for m in NOBUSY.applied(db)]
         assert applied[:2] == ["m001_keys", "m002_usage"] and len(set(applied)) == len(applied)
-        assert migrations.pending(db) == []
+        assert NOBUSY.pending(db) == []
         columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
         assert {"id", "time", "key_id", "tried", "queue_ms", "overflow"} <= columns
     finally:
         db.close()
     db = open_db(tmp_path)
     try:
-        assert [m.name for m in migrations.applied(db)] == applied  # nothing applied twice
+        assert [m.name for m in NOBUSY.applied(db)] == applied  # nothing applied twice
     finally:
         db.close()
 
@@ -380,9 +383,9 @@ def test_locked_database_is_a_clear_error(tmp_path: Path, store: KeyStore) -> No
     holder = sqlite3.connect(tmp_path / "nobusy.db")
     try:
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-        with pytest.raises(keys_module.StorageUnavailable, match="locked"):
+        with pytest.raises(StorageUnavailable, match="locked"):
             store.create("team-b")
-        with pytest.raises(keys_module.StorageUnavailable, match="locked"):
+        with pytest.raises(StorageUnavailable, match="locked"):
             store.charge(key.id, 1)
         assert store.authenticate(secret) == key  # reading goes on meanwhile
     finally:

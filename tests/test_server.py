@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nobusy.db import DB_NAME
+from nobusy.store.migrations import DB_NAME
 from tests.conftest import Process, serve
 
 

@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from starlette.types import Message, Receive, Scope, Send
 
 from nobusy.cli.usage import percentile, usage
-from nobusy.db import DB_NAME, open_db
-from nobusy.usage import USAGE_LOG, CommittedAnswers, UsageLog, UsageRecord
+from nobusy.store.ledger import USAGE_LOG, CommittedAnswers
+from nobusy.store.migrations import DB_NAME, open_db
+from nobusy.store.usage import UsageLog, UsageRecord
 from tests.conftest import Process, serve
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.suites.base import Context, Goal, Result, Suite, at_least, fmt, md_table
-from nobusy.audit import AuditLog, Store, _Pending
 from nobusy.crypto import SuiteName, load_suite
+from nobusy.store.audit import AuditLog, Store, _Pending
 
 __all__ = ["SUITE", "run"]
 

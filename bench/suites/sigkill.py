@@ -28,8 +28,8 @@ import orjson
 
 from bench import procs
 from bench.suites.base import Context, Goal, Result, Suite, at_least, at_most, fmt, md_table
-from nobusy.db import DB_NAME
-from nobusy.usage import UsageLog, UsageRecord
+from nobusy.store.migrations import DB_NAME
+from nobusy.store.usage import UsageLog, UsageRecord
 
 __all__ = ["SUITE", "run"]
 

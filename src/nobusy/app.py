@@ -16,15 +16,16 @@ from nobusy.api import admin, chat, health, keys, models, openapi
 from nobusy.auth import Authenticator, hashers_for
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
-from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.middleware import RequestContextMiddleware
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.settings import Settings, load_settings
 from nobusy.state import running
+from nobusy.store.interfaces import UsageSink
+from nobusy.store.keys import KeyStore
+from nobusy.store.ledger import USAGE_LOG, CommittedAnswers
 from nobusy.upstreams import build_upstream
-from nobusy.usage import USAGE_LOG, CommittedAnswers, UsageLog
 from nobusy.web import status
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -41,7 +42,7 @@ def create_app(settings: Settings) -> Starlette:
     auth = Authenticator(KeyStore(settings.data_dir, hashers_for(settings.crypto)))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageLog]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageSink]]:
         async with running(settings, router, metrics, auth, guard) as state:
             app.state.nobusy = state
             yield {USAGE_LOG: state.ledger.log}  # lifespan state: CommittedAnswers finds it there

@@ -20,7 +20,8 @@ from pydantic import SecretStr
 
 from nobusy.edge import is_loopback
 from nobusy.errors import AdminAuthRequired, InvalidApiKey, RateLimited
-from nobusy.keys import Hasher, Key, KeyStore, sha256_hasher, sm3_hasher
+from nobusy.keys import Hasher, Key, sha256_hasher, sm3_hasher
+from nobusy.store.keys import KeyStore
 
 __all__ = ["Authenticator", "hashers_for"]
 

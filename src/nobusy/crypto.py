@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gmalg import errors as gm_errors
 from gmalg import sm2 as gm_sm2
 
-from nobusy.db import private_dir
+from nobusy.store.sqlite import private_dir
 
 __all__ = [
     "CryptoError",

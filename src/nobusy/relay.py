@@ -20,8 +20,9 @@ from nobusy.message import MessageBuilder
 from nobusy.responses import internal_error_body
 from nobusy.routing import Answer
 from nobusy.schema import ChatRequest
+from nobusy.store.ledger import Transcript
+from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
-from nobusy.usage import Exchange, UsageRecord
 
 __all__ = ["Tally", "collect", "internal_error_event", "sse_events"]
 
@@ -72,7 +73,7 @@ async def sse_events(
     request: ChatRequest,
     record: UsageRecord,
     close: Callable[[], None],
-    capture: Exchange | None = None,
+    capture: Transcript | None = None,
 ) -> AsyncIterator[bytes]:
     """The answer as SSE ``data:`` lines; an error after the first byte becomes an error event.
 
@@ -121,7 +122,7 @@ async def collect(
     answer: Answer,
     request: ChatRequest,
     record: UsageRecord,
-    capture: Exchange | None = None,
+    capture: Transcript | None = None,
 ) -> dict[str, Any]:
     """Assemble the whole answer into one ``chat.completion`` object (also into ``capture``)."""
     tally = Tally(request, record)

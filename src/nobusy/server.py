@@ -277,7 +277,7 @@ def _single_app(settings: Settings) -> Any:
 def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     from nobusy.auth import hashers_for
-    from nobusy.keys import KeyStore
+    from nobusy.store.keys import KeyStore
 
     store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
     try:

@@ -16,19 +16,22 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from nobusy.admission.limits import KeyLimits, Limits, SharedKeyLimits
+from nobusy.admission.limits import KeyLimits
 from nobusy.admission.shared import SharedSlots
-from nobusy.audit import AuditError, AuditLog
 from nobusy.auth import Authenticator
 from nobusy.crypto import load_suite
 from nobusy.guard import Guard
-from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
 from nobusy.probing import Prober
 from nobusy.routing import Router
 from nobusy.settings import Settings
-from nobusy.usage import Ledger, UsageLog
+from nobusy.store.audit import AuditError, AuditLog
+from nobusy.store.interfaces import LimitCounters
+from nobusy.store.keys import KeyStore
+from nobusy.store.ledger import Ledger
+from nobusy.store.limits import SharedKeyLimits
+from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -43,7 +46,7 @@ class AppState:
     guard: Guard | None = None
     audit: AuditLog | None = None
     keys: KeyStore | None = None
-    limits: Limits | None = None
+    limits: LimitCounters | None = None
     offload: Offload = field(default_factory=Offload)
 
 
@@ -69,7 +72,9 @@ async def running(
         ledger = Ledger(usage_log, metrics, audit, keys)
         stack.callback(ledger.flush_charges)
         # One worker counts per-key limits in memory; several share them through SQLite.
-        limits: Limits = SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
+        limits: LimitCounters = (
+            SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
+        )
         stack.callback(limits.close)
         offload = Offload()
         stack.callback(offload.close)

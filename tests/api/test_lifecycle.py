@@ -25,12 +25,12 @@ from starlette.testclient import TestClient
 import nobusy.api.chat as chat_module
 from nobusy.admission.capacity import Ticket
 from nobusy.app import create_app
-from nobusy.db import DB_NAME
 from nobusy.errors import NobusyError, StorageUnavailable
 from nobusy.pii import Masker
 from nobusy.relay import Tally
 from nobusy.settings import load_settings
 from nobusy.state import AppState
+from nobusy.store.migrations import DB_NAME
 from tests.conftest import Process, serve
 
 STEPS = ["parse", "admit", "guard", "pii", "reserve", "enqueue", "queue", "open", "relay"]

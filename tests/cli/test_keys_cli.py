@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from nobusy.cli.keys import keys
-from nobusy.keys import KeyRevoked, KeyStore
+from nobusy.errors import KeyRevoked
+from nobusy.store.keys import KeyStore
 
 
 def run(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nobusy.db import private_dir
+from nobusy.store.sqlite import private_dir
 
 __all__ = ["SharedSlots", "process_alive"]
 

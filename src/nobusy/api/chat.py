@@ -44,7 +44,8 @@ from nobusy.responses import EventStreamResponse, JSONResponse
 from nobusy.routing import Answer, Reservation
 from nobusy.schema import ChatRequest, parse_chat_request
 from nobusy.state import AppState, app_state
-from nobusy.usage import Exchange, UsageRecord
+from nobusy.store.ledger import Transcript
+from nobusy.store.usage import UsageRecord
 
 __all__ = ["chat_completions", "routes"]
 
@@ -75,7 +76,7 @@ class _Books:
     ) -> None:
         self.state = state
         # A shallow copy: the audit keeps the messages as sent, before PII masking.
-        self.exchange = Exchange(dict(body)) if state.audit is not None else None
+        self.exchange = Transcript(dict(body)) if state.audit is not None else None
         self.hits: list[Hit] = self.exchange.hits if self.exchange is not None else []
         self.started = time.perf_counter()
         self.record = UsageRecord(request_id=request_id, alias=chat.model, stream=chat.stream)
@@ -159,7 +160,7 @@ class _Books:
             self.close()
 
     @property
-    def capture(self) -> Exchange | None:
+    def capture(self) -> Transcript | None:
         return self.exchange
 
 

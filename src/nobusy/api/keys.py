@@ -16,10 +16,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy.errors import InvalidRequest
-from nobusy.keys import Key, KeyStore, validate
+from nobusy.keys import Key, validate
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
+from nobusy.store.keys import KeyStore
 
 __all__ = [
     "create_key",

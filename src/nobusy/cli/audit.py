@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nobusy.audit import AuditError, AuditLog, verify_export
 from nobusy.cli.options import existing_store, settings_for, store_options
 from nobusy.crypto import CryptoError, SuiteName, load_suite, signature_algorithm
+from nobusy.store.audit import AuditError, AuditLog, verify_export
 
 __all__ = ["audit", "parse_since"]
 

@@ -22,9 +22,10 @@ from nobusy.cli.options import (
     store_options,
     where,
 )
-from nobusy.db import DB_NAME
 from nobusy.errors import InvalidRequest, NobusyError
-from nobusy.keys import PRIORITIES, Key, KeyStore, validate
+from nobusy.keys import PRIORITIES, Key, validate
+from nobusy.store.keys import KeyStore
+from nobusy.store.migrations import DB_NAME
 
 __all__ = ["keys"]
 

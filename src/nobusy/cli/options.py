@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import click
 
 from nobusy.cli.errors import CliError
-from nobusy.db import DB_NAME
 from nobusy.errors import ConfigError
 from nobusy.settings import Settings, load_settings
+from nobusy.store.migrations import DB_NAME
 
 __all__ = ["config_option", "data_dir_option", "existing_store", "store_options", "where"]
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,66 +32,20 @@ from typing import Any, Literal
 import orjson
 
 from nobusy.crypto import CryptoSuite, verify_signature
-from nobusy.db import private_dir, private_file
+from nobusy.store.migrations import AUDIT, AUDIT_NO_DELETE, migrate
+from nobusy.store.sqlite import read_only, transaction
+from nobusy.store.writer import BatchWriter
 
-__all__ = ["AuditError", "AuditLog", "Store", "VerifyResult", "verify_export"]
+__all__ = ["AUDIT_DB", "AuditError", "AuditLog", "Store", "VerifyResult", "verify_export"]
 
 log = logging.getLogger("nobusy.audit")
 
 Store = Literal["full", "hash"]
+AUDIT_DB = "audit.db"
 GENESIS = "00" * 32
 _COLUMNS = "id, time, request_id, key_id, alias, upstream, event, content, content_hash"
 _CHAIN_COLUMNS = f"{_COLUMNS}, prev_hash, row_hash"
 _READ_COLUMNS = _CHAIN_COLUMNS.replace("content,", "CAST(content AS BLOB),")
-_NO_DELETE = (
-    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only: use prune'); END"
-)
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    MIGRATIONS.append(fn)
-    return fn
-
-
-@migration
-def m001_audit(db: sqlite3.Connection) -> None:
-    db.execute(
-        "CREATE TABLE audit (id INTEGER PRIMARY KEY, time TEXT NOT NULL, request_id TEXT NOT "
-        "NULL, key_id TEXT, alias TEXT, upstream TEXT, event TEXT NOT NULL, content BLOB, "
-        "content_hash TEXT, prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)"
-    )
-    db.execute("CREATE INDEX audit_time ON audit (time)")
-    # 'head' (last row written) and 'anchor' (last row pruned): row id, its hash, a MAC.
-    db.execute(
-        "CREATE TABLE audit_chain (name TEXT PRIMARY KEY, row_id INTEGER NOT NULL, "
-        "row_hash TEXT NOT NULL, mac TEXT NOT NULL)"
-    )
-    db.execute("CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    # Guards against mistakes, not attackers (they can drop triggers; the chain catches them).
-    db.execute(
-        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
-        "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END"
-    )
-    db.execute(_NO_DELETE)
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Apply the migrations not yet recorded in ``migrations``, each in its own transaction."""
-    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    for fn in MIGRATIONS:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (fn.__name__,)).fetchone():
-                fn(db)
-                now = _time_text(datetime.now(UTC))
-                db.execute("INSERT INTO migrations VALUES (?, ?)", (fn.__name__, now))
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
 
 
 class AuditError(Exception):
@@ -120,9 +73,6 @@ class _Pending:
     payload: bytes | None
 
 
-_STOP = object()
-
-
 class AuditLog:
     """The audit log of one data dir: ``append`` queues, a writer thread commits in batches."""
 
@@ -138,31 +88,35 @@ class AuditLog:
         flush_interval: float = 0.05,
         block_timeout: float = 0.05,
     ) -> None:
-        private_dir(data_dir)
-        self.path = data_dir / "audit.db"
-        private_file(self.path)
+        self.path = data_dir / AUDIT_DB
         self.suite, self.store, self.retention_days = suite, store, retention_days
         self._chain_key = suite.subkey("audit-chain")
         self._content_key = suite.subkey("audit-content")
-        self._queue: queue.Queue[object] = queue.Queue(queue_size)
-        self._batch_size, self._flush_interval = batch_size, flush_interval
         self._block_timeout = block_timeout
-        self.dropped = self.written = self.failed = 0
+        self.dropped = self.written = 0
         self._write_lock = threading.Lock()  # the write connection: writer thread or prune()
         # Never held while writing: append() must not wait behind a slow disk or lock.
-        self._state_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses only the last ms
-        self._db.execute("PRAGMA busy_timeout=5000")  # other workers' writers
+        self._drop_lock = threading.Lock()
+        # Autocommit: transactions are explicit (``transaction``), the meta rows commit alone.
+        self._db = migrate(self.path, AUDIT, autocommit=True).conn
         try:
-            migrate(self._db)
             self._check_meta()
         except BaseException:
             self._db.close()
             raise
+        # Started by the first append: a log opened only to verify or export starts none.
+        self._writer = BatchWriter[_Pending](
+            "nobusy-audit",
+            self._write_locked,
+            queue_size=queue_size,
+            batch_size=batch_size,
+            linger=flush_interval,
+        )
+
+    @property
+    def failed(self) -> int:
+        """Rows in batches that could not be written."""
+        return self._writer.lost
 
     def _check_meta(self) -> None:
         check = self._mac(b"key-check", "")
@@ -199,91 +153,38 @@ class AuditLog:
         """Queue one row (thread-safe); False when it was dropped: queue full or log closed."""
         payload = None if content is None else orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         item = _Pending(time.time_ns(), event, request_id, key_id, alias, upstream, payload)
-        if self._thread is None:
-            self._start()
-        try:
-            if self._closed:
-                raise queue.Full
-            self._queue.put(item, timeout=self._block_timeout)
+        if self._writer.put(item, timeout=self._block_timeout):
             return True
-        except queue.Full:
-            with self._state_lock:
-                self.dropped += 1
-                n = self.dropped
-            if n == 1 or n % 1000 == 0:
-                log.warning("audit queue full or closed: %d rows dropped so far", n)
-            return False
-
-    def _start(self) -> None:
-        with self._state_lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="nobusy-audit", daemon=True)
-                self._thread.start()
+        with self._drop_lock:
+            self.dropped += 1
+            n = self.dropped
+        if n == 1 or n % 1000 == 0:
+            log.warning("audit queue full or closed: %d rows dropped so far", n)
+        return False
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every row queued so far is committed."""
-        if self._thread is not None and not self._closed:
-            done = threading.Event()
-            self._queue.put(done)
-            done.wait(timeout)
+        self._writer.flush(timeout)
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the database."""
-        with self._state_lock:
-            if self._closed:
-                return
-            self._closed = True
-            thread = self._thread
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join()
-        while not self._queue.empty():  # appended while closing, after the stop
-            with self._state_lock:
-                self.dropped += isinstance(self._queue.get_nowait(), _Pending)
+        if self._writer.closed:
+            return
+        late = self._writer.close()
+        with self._drop_lock:
+            self.dropped += len(late)
         # A prune() still running on its thread (its task cancelled at shutdown) holds the
         # write connection: closing it under that thread crashed the interpreter.
         with self._write_lock:
             self._db.close()
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[_Pending] = []
-            waiters: list[threading.Event] = []
-            deadline = time.monotonic() + self._flush_interval
-            while True:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                elif isinstance(item, _Pending):
-                    batch.append(item)
-                if stop or waiters or len(batch) >= self._batch_size:
-                    break
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-            if batch:
-                self._write_safely(batch)
-            for waiter in waiters:
-                waiter.set()
-
-    def _write_safely(self, batch: list[_Pending]) -> None:
-        try:
-            with self._write_lock:
-                self._write(batch)
-            self.written += len(batch)
-        # The writer thread must outlive any one bad batch, or every later append would block.
-        except Exception:
-            self.failed += len(batch)
-            log.exception("audit: %d rows could not be written", len(batch))
+    def _write_locked(self, batch: list[_Pending]) -> None:
+        with self._write_lock:
+            self._write(batch)
+        self.written += len(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db) as db:
             # The head is read inside the write lock, so several workers share one chain.
             last_id, prev = self._state(db, "head") or self._state(db, "anchor") or (0, GENESIS)
             rows = []
@@ -295,10 +196,6 @@ class AuditLog:
                 prev = row_hash
             db.executemany(f"INSERT INTO audit ({_CHAIN_COLUMNS}) VALUES ({'?, ' * 10}?)", rows)
             self._set_state(db, "head", last_id, prev)
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
 
     def _seal(self, row_id: int, p: _Pending) -> tuple[Any, ...]:
         when = datetime.fromtimestamp(p.ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -341,7 +238,7 @@ class AuditLog:
                    (name, row_id, row_hash, mac))  # fmt: skip
 
     def _read(self) -> closing[sqlite3.Connection]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        db = read_only(self.path)
         # Tampered text need not be UTF-8: read it anyway, so the chain reports it as changed.
         db.text_factory = lambda b: b.decode(errors="replace")
         return closing(db)
@@ -420,11 +317,9 @@ class AuditLog:
         """Remove rows older than ``retention_days``, keeping the chain verifiable; the count."""
         cutoff = _time_text((now or datetime.now(UTC)) - timedelta(days=self.retention_days))
         with self._write_lock:
-            if self._closed:
+            if self._writer.closed:
                 return 0  # shutting down: the next start prunes
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db) as db:
                 # A prefix only: a row newer than the cutoff may precede an older one (workers).
                 first_kept = db.execute(
                     "SELECT MIN(id) FROM audit WHERE time >= ?", (cutoff,)
@@ -433,7 +328,6 @@ class AuditLog:
                     "SELECT MAX(id) FROM audit").fetchone()[0]  # fmt: skip
                 anchor_id = (self._state(db, "anchor") or (0, GENESIS))[0]
                 if upto is None or upto <= anchor_id:
-                    db.execute("ROLLBACK")
                     return 0
                 checked = self._walk(db, upto)  # never erase the evidence of tampering
                 if not checked.ok:
@@ -442,22 +336,13 @@ class AuditLog:
                 self._set_state(db, "anchor", upto, row_hash.fetchone()[0])
                 db.execute("DROP TRIGGER audit_no_delete")
                 removed = db.execute("DELETE FROM audit WHERE id <= ?", (upto,)).rowcount
-                db.execute(_NO_DELETE)
-                db.execute("COMMIT")
+                db.execute(AUDIT_NO_DELETE)
                 return int(removed)
-            except BaseException:
-                _rollback(db)
-                raise
 
 
 def verify_export(export: Path, signature: Path, public_key: Path) -> bool:
     """Whether ``signature`` (SM2 or Ed25519, by the key) is ``export``'s, byte for byte."""
     return verify_signature(public_key.read_bytes(), export.read_bytes(), signature.read_bytes())
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:  # not when BEGIN itself failed (busy, closed)
-        db.execute("ROLLBACK")
 
 
 def _aad(row_id: int) -> bytes:

@@ -1,48 +1,39 @@
-"""nobusy's SQLite database, ``data_dir/nobusy.db``: one file for keys and usage, migrated forward.
+"""One migration system for every database file nobusy keeps: ``nobusy.db`` and ``audit.db``.
 
-Migrations are decorated functions applied in order and recorded in ``_sqlite_migrations``
-(sqlite-utils' ``Migrations``); they are never edited or renamed once released, only added.
-Timestamps are UTC text in SQLite's own ``YYYY-MM-DD HH:MM:SS`` form, so they read well in the
-``sqlite3`` shell and compare correctly with ``datetime('now', '-1 day')``.
+Each file has its own list of migrations (``NOBUSY``, ``AUDIT``): decorated functions applied in
+order and recorded in the file's ``_sqlite_migrations`` table (sqlite-utils' ``Migrations``).
+A released migration is never edited or renamed, only followed by new ones. ``migrate`` opens
+a file and applies what is pending in one ``BEGIN IMMEDIATE`` transaction: several workers
+start at once, and the others wait, then find the migrations applied, instead of racing to
+create the same tables.
 
-What nobusy writes is its own: ``private_dir`` makes the data directory 0700 and
-``private_file`` a database 0600 (SQLite gives its -wal and -shm files the database's mode),
-created so and tightened when found looser.
+``audit.db`` files written before this module recorded their migrations in a table of their
+own, ``migrations (name, applied_at)``; its names are adopted into ``_sqlite_migrations`` the
+first time such a file is opened, so nothing is applied twice. The old table is left in place:
+an older nobusy opening the file again still finds its own record.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sqlite3
-import stat
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from nobusy.errors import ConfigError
+from nobusy.store.sqlite import connect, private_dir, private_file, transaction
 
-__all__ = [
-    "DB_NAME",
-    "migrations",
-    "open_db",
-    "parse_timestamp",
-    "private_dir",
-    "private_file",
-    "timestamp",
-]
-
-log = logging.getLogger("nobusy")
+__all__ = ["AUDIT", "AUDIT_NO_DELETE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
 
 DB_NAME = "nobusy.db"
-BUSY_TIMEOUT_MS = 5000
 
-migrations = Migrations("nobusy")
+# --- nobusy.db: keys, usage, the key windows ----------------------------------------------------
+
+NOBUSY = Migrations("nobusy")
 
 
-@migrations()
+@NOBUSY()
 def m001_keys(db: Database) -> None:
     db.execute("""
         CREATE TABLE keys (
@@ -66,7 +57,7 @@ def m001_keys(db: Database) -> None:
     """)
 
 
-@migrations()
+@NOBUSY()
 def m002_usage(db: Database) -> None:
     # key_id is NULL while no keys exist; keys are revoked, never deleted, so it stays valid.
     db.execute("""
@@ -92,13 +83,13 @@ def m002_usage(db: Database) -> None:
     db.execute("CREATE INDEX usage_time ON usage (time)")
 
 
-@migrations()
+@NOBUSY()
 def m003_usage_notes(db: Database) -> None:
     # Failover notes (continuations) as a JSON list, like `tried`.
     db.execute("ALTER TABLE usage ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
 
 
-@migrations()
+@NOBUSY()
 def m004_key_windows(db: Database) -> None:
     # Per-key request/token windows and requests in flight, shared by worker processes.
     db.execute(
@@ -112,7 +103,7 @@ def m004_key_windows(db: Database) -> None:
     )
 
 
-@migrations()
+@NOBUSY()
 def m005_key_names_reusable(db: Database) -> None:
     # A revoked key's name may be given to a new key: names are unique among keys not
     # revoked. SQLite cannot drop a column's UNIQUE, so the table is rebuilt (usage rows
@@ -147,6 +138,62 @@ def m005_key_names_reusable(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX keys_active_name ON keys (name) WHERE revoked_at IS NULL")
 
 
+# --- audit.db: the chained audit rows ----------------------------------------------------------
+
+AUDIT = Migrations("nobusy-audit")
+# Dropped and re-created by prune, the only code that may delete audit rows.
+AUDIT_NO_DELETE = (
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only: use prune'); END"
+)
+
+
+@AUDIT()
+def m001_audit(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, time TEXT NOT NULL, request_id TEXT NOT "
+        "NULL, key_id TEXT, alias TEXT, upstream TEXT, event TEXT NOT NULL, content BLOB, "
+        "content_hash TEXT, prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX audit_time ON audit (time)")
+    # 'head' (last row written) and 'anchor' (last row pruned): row id, its hash, a MAC.
+    db.execute(
+        "CREATE TABLE audit_chain (name TEXT PRIMARY KEY, row_id INTEGER NOT NULL, "
+        "row_hash TEXT NOT NULL, mac TEXT NOT NULL)"
+    )
+    db.execute("CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Guards against mistakes, not attackers (they can drop triggers; the chain catches them).
+    db.execute(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END"
+    )
+    db.execute(AUDIT_NO_DELETE)
+
+
+# The table audit.db recorded its migrations in before it used AUDIT.
+_LEGACY = {AUDIT.name: "migrations"}
+
+
+# --- Opening ------------------------------------------------------------------------------------
+
+
+def migrate(path: Path, migrations: Migrations, *, autocommit: bool = False) -> Database:
+    """Open (creating it if needed, 0600 in a 0700 directory) the database ``path`` in WAL mode
+    and apply ``migrations``; OSError or sqlite3.Error when it cannot."""
+    private_dir(path.parent)
+    private_file(path)
+    conn = connect(path, autocommit=autocommit)
+    try:
+        db = Database(conn, execute_plugins=False)
+        with transaction(conn):
+            _adopt_legacy(db, migrations)
+            migrations.apply(db)
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
 def open_db(data_dir: Path) -> Database:
     """Open (creating it if needed) ``data_dir/nobusy.db`` in WAL mode and apply migrations.
 
@@ -154,72 +201,23 @@ def open_db(data_dir: Path) -> Database:
     """
     path = data_dir / DB_NAME
     try:
-        private_dir(data_dir)
-        private_file(path)
-        return _open(path)
+        return migrate(path, NOBUSY)
     except (OSError, sqlite3.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"cannot open the database {path}: {reason}") from None
 
 
-def private_dir(path: Path) -> None:
-    """Create ``path`` (and its parents) with mode 0700, or tighten it to 0700 if it is ours."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _tighten(path, 0o700)
-
-
-def private_file(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 if missing (SQLite takes an empty file for a new
-    database); tighten it and its -wal and -shm files to 0600 if they are looser."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        _tighten(each, 0o600)
-
-
-def _tighten(path: Path, mode: int) -> None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
+def _adopt_legacy(db: Database, migrations: Migrations) -> None:
+    """Record in ``_sqlite_migrations`` what the file's older table says was applied."""
+    legacy = _LEGACY.get(migrations.name)
+    if legacy is None or not db.table(legacy).exists():
         return
-    if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.geteuid():
-        log.info("tightening %s to %o: only nobusy's user may read it", path, mode)
-        path.chmod(stat.S_IMODE(info.st_mode) & mode)
-
-
-def _open(path: Path) -> Database:
-    # check_same_thread=False: the server writes from a thread pool; callers serialise access.
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # WAL: readers (the server's cache) never wait for a writer (the CLI), and vice versa.
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable against application crashes in WAL mode; only a power cut can
-        # lose the last commits, which costs far less than an fsync per usage record.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        db = Database(conn, execute_plugins=False)
-        # Several workers start at once: BEGIN IMMEDIATE makes the others wait, then find the
-        # migrations applied, instead of racing to create the same tables.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            migrations.apply(db)
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-    except BaseException:
-        conn.close()
-        raise
-    return db
-
-
-def timestamp(moment: datetime) -> str:
-    """``moment`` as UTC text in SQLite's format, to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def parse_timestamp(text: str | None) -> datetime | None:
-    """The aware UTC datetime stored by ``timestamp``, or None."""
-    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+    applied = {m.name for m in migrations.applied(db)}
+    adopted = [
+        {"migration_set": migrations.name, "name": name, "applied_at": applied_at}
+        for name, applied_at in db.execute(f"SELECT name, applied_at FROM {legacy} ORDER BY rowid")
+        if name not in applied
+    ]
+    if adopted:
+        migrations.ensure_migrations_table(db)
+        db.table(Migrations.migrations_table).insert_all(adopted)

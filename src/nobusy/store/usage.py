@@ -1,9 +1,9 @@
 """Every accepted chat request leaves one usage record, written when it ends however it ends.
 
-Records go to the ``usage`` table of ``data_dir/nobusy.db`` (see ``nobusy.db``), through a
-bounded queue and one writer thread, so the event loop never waits for SQLite; ``nobusy usage``
-reads them back. ``CommittedAnswers`` holds a response's last byte until its row is committed:
-an answer a client received is then never missing from the log, even after a SIGKILL.
+Records go to the ``usage`` table of ``data_dir/nobusy.db`` through a ``BatchWriter`` (a
+bounded queue and one writer thread), so the event loop never waits for SQLite. The reports
+read them back here too: ``summarize`` for ``nobusy usage``, ``key_usage`` for the console's
+status board.
 """
 
 from __future__ import annotations
@@ -12,41 +12,26 @@ import asyncio
 import contextlib
 import logging
 import math
-import queue
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nobusy.audit import AuditLog
-from nobusy.db import open_db, timestamp
+from nobusy import errors
 from nobusy.errors import NobusyError
-from nobusy.guard import Hit
-from nobusy.keys import KeyStore
-from nobusy.message import MessageBuilder
-from nobusy.metrics import Metrics
+from nobusy.store.migrations import DB_NAME, open_db
+from nobusy.store.sqlite import read_only, timestamp, transaction
+from nobusy.store.writer import BatchWriter
 
-__all__ = ["USAGE_LOG", "CommittedAnswers", "Exchange", "Ledger", "UsageLog", "UsageRecord"]
+__all__ = ["GROUPS", "Group", "UsageLog", "UsageRecord", "key_usage", "summarize"]
 
 log = logging.getLogger("nobusy")
-
-USAGE_LOG = "usage_log"  # its name in the lifespan state, where CommittedAnswers finds it
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What the audit log keeps of one request: the request, the answer as the client received
-    it (content, reasoning and tool calls), the filter's hits."""
-
-    request: dict[str, Any]
-    answer: MessageBuilder = field(default_factory=MessageBuilder)
-    hits: list[Hit] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -99,8 +84,7 @@ class UsageLog:
         self._conn = self._db.conn
         # Short: a locked database is retried by the writer, which logs and can give up at close.
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self._queue: queue.Queue[object] = queue.Queue(queue_size)
-        self._batch_size, self._block_timeout = batch_size, block_timeout
+        self._block_timeout = block_timeout
         self._answer_timeout = answer_timeout
         # Request ids recorded but not yet committed (or given up), and the answers waiting
         # for them; the lock makes "not committed yet, so wait" and "committed, wake" atomic.
@@ -114,22 +98,19 @@ class UsageLog:
         self._drop_lock = threading.Lock()
         self._give_up_at = math.inf  # set by close(): retries stop then
         self._stuck_until = 0.0
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="nobusy-usage", daemon=True)
-        self._thread.start()
+        self._writer = BatchWriter[_Row](
+            "nobusy-usage", self._write, queue_size=queue_size, batch_size=batch_size
+        )
+        self._writer.start()
 
     def record(self, record: UsageRecord) -> None:
         """Queue one row; when the queue is full, wait ``block_timeout`` at most, then drop it."""
         row = _row(record)  # a snapshot: the record may still be touched after this call
         self._pending.add(record.request_id)  # before the writer can see it
-        try:
-            if self._closed:
-                raise queue.Full
-            # Waiting absorbs a burst; once a row was dropped in the last second the writer is
-            # stuck (a locked database), and waiting on every request would stall the loop.
-            stuck = time.monotonic() < self._stuck_until
-            self._queue.put(row, timeout=0 if stuck else self._block_timeout)
-        except queue.Full:
+        # Waiting absorbs a burst; once a row was dropped in the last second the writer is
+        # stuck (a locked database), and waiting on every request would stall the loop.
+        stuck = time.monotonic() < self._stuck_until
+        if not self._writer.put(row, timeout=0 if stuck else self._block_timeout):
             self._pending.discard(record.request_id)
             self._stuck_until = time.monotonic() + 1.0
             self._drop(1)
@@ -163,55 +144,23 @@ class UsageLog:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row queued so far is committed (or given up); False on timeout."""
-        done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
-        return done.wait(timeout)
+        return self._writer.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (retrying a locked database for ``timeout``), then stop."""
-        if self._closed:
+        if self._writer.closed:
             return
-        self._closed = True
         self._give_up_at = time.monotonic() + timeout
-        # Room is made within timeout: the writer gives up on a locked database by then.
-        self._queue.put(_STOP, timeout=timeout + 1)
-        self._thread.join(timeout + 1)
-        late = 0
-        while not self._queue.empty():  # recorded while closing, after the stop
-            late += isinstance(self._queue.get_nowait(), tuple)
+        late = self._writer.close(timeout)
         if late:
-            self._drop(late)
+            self._drop(len(late))
         self._db.close()
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            batch: list[_Row] = []
-            waiters: list[threading.Event] = []
-            stop = False
-            while True:
-                if isinstance(item, tuple):
-                    batch.append(item)
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    stop = True
-                if stop or len(batch) >= self._batch_size:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._commit(batch)
-                self._settle(batch)
-            for waiter in waiters:
-                waiter.set()
-            if stop:
-                return
+    def _write(self, batch: list[_Row]) -> None:
+        try:
+            self._commit(batch)
+        finally:
+            self._settle(batch)
 
     def _settle(self, batch: list[_Row]) -> None:
         """Wake the answers waiting for ``batch`` (committed or given up) on their loops."""
@@ -232,7 +181,8 @@ class UsageLog:
         delay = 0.01
         while True:
             try:
-                self._insert(batch)
+                with transaction(self._conn) as conn:
+                    conn.executemany(_INSERT, batch)
                 self.written += len(batch)
                 self._retrying = False
                 return
@@ -255,51 +205,12 @@ class UsageLog:
                     self._commit([row])
                 return
 
-    def _insert(self, batch: list[_Row]) -> None:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, batch)
-            conn.commit()
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-
-
-class CommittedAnswers:
-    """ASGI middleware: a response's last byte leaves once its usage row is committed.
-
-    Inside ``RequestContextMiddleware`` (it reads the request id). The row is recorded before
-    the last byte (``Ledger.close`` runs in the handler's ``finally``), so a client that got a
-    whole answer knows it is on disk; the wait is the writer's next commit, about a millisecond.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.get("state") or {}
-        usage_log: UsageLog | None = state.get(USAGE_LOG)
-        request_id: str | None = state.get("request_id")
-        if scope["type"] != "http" or usage_log is None or request_id is None:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_committed(message: Message) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                await usage_log.committed(request_id)
-            await send(message)
-
-        await self.app(scope, receive, send_committed)
-
 
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():  # not timed out meanwhile
         future.set_result(None)
 
 
-_STOP = object()
 _COLUMNS = (
     "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
     "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes"
@@ -316,104 +227,103 @@ def _row(r: UsageRecord) -> _Row:
             r.overflow, notes)  # fmt: skip
 
 
-class Ledger:
-    """Closes a request's books: usage record, metrics, and (if enabled) the audit log."""
+# --- Reading it back ---------------------------------------------------------------------------
 
-    def __init__(
-        self,
-        log: UsageLog,
-        metrics: Metrics,
-        audit: AuditLog | None = None,
-        keys: KeyStore | None = None,
-    ) -> None:
-        self.log = log
-        self.metrics = metrics
-        self.audit = audit
-        self.keys = keys
-        # Quota charges are summed per key and written at most every half second: one SQLite
-        # write per request would be the slowest step of the whole path.
-        self._charges: dict[str, int] = {}
-        self._last_flush = time.monotonic()
-
-    def close(
-        self,
-        record: UsageRecord,
-        started: float,
-        first_token_at: float | None,
-        exchange: Exchange | None = None,
-    ) -> None:
-        now = time.perf_counter()
-        record.duration_ms = round((now - started) * 1000, 3)
-        upstream = record.upstream or "none"
-        m = self.metrics
-        if first_token_at is not None:
-            record.ttft_ms = round((first_token_at - started) * 1000, 3)
-            m.ttft.labels(record.alias, upstream).observe(first_token_at - started)
-        m.requests.labels(record.alias, upstream, record.outcome).inc()
-        m.latency.labels(record.alias, upstream).observe(now - started)
-        if record.prompt_tokens:
-            m.tokens.labels(record.alias, upstream, "prompt").inc(record.prompt_tokens)
-        if record.completion_tokens:
-            m.tokens.labels(record.alias, upstream, "completion").inc(record.completion_tokens)
-        if record.outcome not in ("ok", "client_gone"):
-            m.errors.labels(record.alias, record.outcome).inc()
-        self.log.record(record)
-        if record.key_id is not None and self.keys is not None:
-            tokens = record.prompt_tokens + record.completion_tokens
-            self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
-            if time.monotonic() - self._last_flush > 0.5:
-                self.flush_charges()
-        if self.audit is not None and exchange is not None:
-            self._audit(record, exchange)
-
-    def flush_charges(self) -> None:
-        """Take the summed tokens off each key's balance."""
-        self._last_flush = time.monotonic()
-        charges, self._charges = self._charges, {}
-        if self.keys is None:
-            return
-        for key_id, tokens in charges.items():
-            try:
-                self.keys.charge(key_id, tokens)
-            except NobusyError:  # a locked database: keep the charge for the next flush
-                self._charges[key_id] = self._charges.get(key_id, 0) + tokens
-
-    def _audit(self, record: UsageRecord, exchange: Exchange) -> None:
-        audit = self.audit
-        assert audit is not None
-        common = {"alias": record.alias, "upstream": record.upstream, "key_id": record.key_id}
-        audit.append("request", record.request_id, exchange.request, **common)
-        for hit in exchange.hits:
-            audit.append(
-                hit.action,
-                record.request_id,
-                {
-                    "word": hit.word,
-                    "matched": hit.matched,
-                    "lexicon": hit.lexicon,
-                    "category": hit.category,
-                    "start": hit.start,
-                    "end": hit.end,
-                },
-                **common,
-            )
-        audit.append(
-            "response",
-            record.request_id,
-            {
-                **_answer(exchange.answer.message()),
-                "outcome": record.outcome,
-                "tried": record.tried,
-                "prompt_tokens": record.prompt_tokens,
-                "completion_tokens": record.completion_tokens,
-            },
-            **common,
-        )
+# What a group is, as SQL over `usage`; NULL becomes the label in brackets.
+GROUPS = {"key": "key_id", "model": "alias", "upstream": "upstream"}
+NONE_LABEL = {"key": "(no key)", "model": "(none)", "upstream": "(none)"}
+# Outcomes are error codes (or ok / client_gone): a code nobusy answers with a 4xx means the
+# request was refused (limits, quota, a bad request); any other code means it failed.
+_CLIENT_CODES = {
+    cls.code
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, NobusyError) and cls.status_code < 500
+}
 
 
-def _answer(message: dict[str, Any]) -> dict[str, Any]:
-    """The audited answer: its text (never null), and reasoning and tool calls when there."""
-    out: dict[str, Any] = {
-        key: message[key] for key in ("reasoning_content", "tool_calls") if key in message
-    }
-    return {"content": message["content"] or "", **out}
+@dataclass
+class Group:
+    """One group of usage rows: its requests by outcome, tokens and latency."""
+
+    label: str
+    requests: int = 0
+    answered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    left: int = 0  # the client went away before the end of the answer
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_ms_total: float = 0.0
+    ttfts: list[float] = field(default_factory=list)  # sorted
+
+    @property
+    def mean_queue_ms(self) -> float:
+        return self.queue_ms_total / self.requests if self.requests else 0.0
+
+
+def summarize(conn: sqlite3.Connection, by: str, since: datetime | None) -> list[Group]:
+    """The usage rows since ``since`` (all if None) grouped ``by`` key, model or upstream."""
+    column = GROUPS[by]
+    where, params = ("WHERE time >= ?", [timestamp(since)]) if since is not None else ("", [])
+    groups: dict[str | None, Group] = {}
+    counts = conn.execute(
+        f"SELECT {column}, outcome, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+        f"TOTAL(queue_ms) FROM usage {where} GROUP BY {column}, outcome",
+        params,
+    )
+    for name, outcome, n, prompt, completion, queue_ms in counts:
+        group = groups.setdefault(name, Group(name or NONE_LABEL[by]))
+        group.requests += n
+        group.prompt_tokens += prompt
+        group.completion_tokens += completion
+        group.queue_ms_total += queue_ms
+        if outcome == "ok":
+            group.answered += n
+        elif outcome == "client_gone":
+            group.left += n
+        elif outcome in _CLIENT_CODES:
+            group.rejected += n
+        else:
+            group.failed += n
+    ttft_where = f"{where} AND ttft_ms IS NOT NULL" if where else "WHERE ttft_ms IS NOT NULL"
+    ttfts = conn.execute(
+        f"SELECT {column}, ttft_ms FROM usage {ttft_where} ORDER BY ttft_ms", params
+    )
+    for name, ttft_ms in ttfts:
+        groups[name].ttfts.append(ttft_ms)
+    if by == "key":
+        names = dict(conn.execute("SELECT id, name FROM keys").fetchall())
+        for key_id, group in groups.items():
+            if key_id in names:
+                group.label = f"{names[key_id]} ({key_id})"
+    return sorted(groups.values(), key=lambda g: (-g.requests, g.label))
+
+
+def key_usage(data_dir: Path, since: datetime) -> list[dict[str, Any]]:
+    """Requests and tokens per key since ``since``, busiest first; [] when it cannot be read."""
+    path = data_dir / DB_NAME
+    if not path.exists():
+        return []
+    # Read-only and separate from the writers' connection: this must never take a write lock.
+    try:
+        with closing(read_only(path, timeout=1)) as conn:
+            rows = conn.execute(
+                "SELECT usage.key_id, keys.name, COUNT(*), SUM(outcome = 'ok'), "
+                "SUM(prompt_tokens), SUM(completion_tokens) FROM usage "
+                "LEFT JOIN keys ON keys.id = usage.key_id WHERE time >= ? "
+                "GROUP BY usage.key_id ORDER BY COUNT(*) DESC",
+                [timestamp(since)],
+            ).fetchall()
+    except sqlite3.OperationalError:  # not migrated yet, or busy past the timeout: skip a beat
+        return []
+    return [
+        {
+            "key_id": key_id,
+            "name": name,
+            "requests": n,
+            "ok": ok,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+        }
+        for key_id, name, n, ok, prompt, completion in rows
+    ]

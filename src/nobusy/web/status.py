@@ -9,13 +9,9 @@ shared database, so it covers every worker.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import defaultdict
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -23,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from nobusy.db import DB_NAME, timestamp
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
+from nobusy.store.usage import key_usage
 
-__all__ = ["USAGE_WINDOW", "counter_totals", "key_usage", "routes", "status"]
+__all__ = ["USAGE_WINDOW", "counter_totals", "routes", "status"]
 
 # How far back the board's "usage per key" looks.
 USAGE_WINDOW = timedelta(hours=1)
@@ -41,7 +37,8 @@ async def status(request: Request) -> Response:
     tokens = counter_totals(registry, "nobusy_tokens", "type")
     errors = counter_totals(registry, "nobusy_errors", "code")
     in_flight = counter_totals(registry, "nobusy_in_flight_requests", "alias", suffix="")
-    keys = await run_in_threadpool(key_usage, state.settings.data_dir, USAGE_WINDOW)
+    since = datetime.now(UTC) - USAGE_WINDOW
+    keys = await run_in_threadpool(key_usage, state.settings.data_dir, since)
     return JSONResponse(
         {
             "object": "nobusy.status",
@@ -69,38 +66,6 @@ def counter_totals(
             if sample.name == metric + suffix:
                 totals[sample.labels.get(label, "")] += sample.value
     return dict(totals)
-
-
-def key_usage(data_dir: Path, window: timedelta) -> list[dict[str, Any]]:
-    """Requests and tokens per key over the last ``window``, busiest first, from the usage log."""
-    path = data_dir / DB_NAME
-    if not path.exists():
-        return []
-    since = timestamp(datetime.now(UTC) - window)
-    # Read-only and separate from the writers' connection: this must never take a write lock.
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        with closing(sqlite3.connect(uri, uri=True, timeout=1)) as conn:
-            rows = conn.execute(
-                "SELECT usage.key_id, keys.name, COUNT(*), SUM(outcome = 'ok'), "
-                "SUM(prompt_tokens), SUM(completion_tokens) FROM usage "
-                "LEFT JOIN keys ON keys.id = usage.key_id WHERE time >= ? "
-                "GROUP BY usage.key_id ORDER BY COUNT(*) DESC",
-                [since],
-            ).fetchall()
-    except sqlite3.OperationalError:  # not migrated yet, or busy past the timeout: skip a beat
-        return []
-    return [
-        {
-            "key_id": key_id,
-            "name": name,
-            "requests": n,
-            "ok": ok,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-        }
-        for key_id, name, n, ok, prompt, completion in rows
-    ]
 
 
 # Relative to the admin mount.

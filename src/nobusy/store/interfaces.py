@@ -1,0 +1,143 @@
+"""What the request path needs from storage: five small protocols a backend implements.
+
+Today's backends are SQLite files in the data dir and a memory-mapped file on one host; Redis
+or PostgreSQL (several hosts) would be new modules implementing the same protocols, chosen at
+start-up in ``nobusy.state``; nothing on the request path names a backend.
+
+- ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory).
+- ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
+  ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host).
+- ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host).
+- ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread).
+- ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread).
+
+Each backend is checked against its protocol by mypy (``_backends`` below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nobusy.keys import Key
+from nobusy.store.usage import UsageRecord
+
+__all__ = ["AuditSink", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
+
+
+class KeyLookup(Protocol):
+    """Who a presented API key is, and the spending of its quota (every request)."""
+
+    def authenticate(self, secret: str) -> Key:
+        """The active key whose hash matches ``secret``; raises InvalidApiKey, KeyRevoked or
+        KeyExpired."""
+        ...
+
+    def any_keys(self) -> bool:
+        """Whether any key exists (revoked ones too): from then on every request needs one."""
+        ...
+
+    def charge(self, key_id: str, tokens: int) -> Key:
+        """Take ``tokens`` off the key's balance; StorageUnavailable leaves it for a retry."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LimitCounters(Protocol):
+    """Each key's requests and tokens per minute and requests in flight, admitted atomically."""
+
+    async def admit(self, key: Key, alias: str, estimate: int) -> None:
+        """Count the request in, or raise the error naming the limit it hits."""
+        ...
+
+    def done(self, key_id: str, estimate: int, actual: int) -> None:
+        """The request ended: free its concurrency slot, replace the estimate by its usage."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Leases(Protocol):
+    """Concurrency slots on upstreams held by every process together, under ceilings."""
+
+    @property
+    def ceilings(self) -> Mapping[str, int]:
+        """The upstreams counted, and the slots all processes together may hold on each."""
+        ...
+
+    def take(self, upstream: str) -> bool:
+        """One more slot on ``upstream`` for this process, if the total is below its ceiling."""
+        ...
+
+    def give_back(self, upstream: str) -> None: ...
+
+    def held(self, upstream: str) -> int:
+        """Slots on ``upstream`` held by every process together."""
+        ...
+
+    def close(self) -> None:
+        """Give back this process's slots."""
+        ...
+
+
+class UsageSink(Protocol):
+    """Where usage records go: queued without waiting, committed soon, safe once committed."""
+
+    def record(self, record: UsageRecord) -> None:
+        """Queue one record; never blocks the event loop for long, drops when it must."""
+        ...
+
+    async def committed(self, request_id: str) -> None:
+        """Return once the record of ``request_id`` is durable (or given up, or never made)."""
+        ...
+
+    def flush(self, timeout: float = 10.0) -> bool: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+class AuditSink(Protocol):
+    """Where audit events go: appended in order to a tamper-evident log."""
+
+    def append(
+        self,
+        event: str,
+        request_id: str,
+        content: Any = None,
+        *,
+        key_id: str | None = None,
+        alias: str | None = None,
+        upstream: str | None = None,
+    ) -> bool:
+        """Queue one event; False when it was dropped."""
+        ...
+
+    def flush(self, timeout: float = 10.0) -> None: ...
+
+    def close(self) -> None: ...
+
+
+if TYPE_CHECKING:
+    from nobusy.admission.limits import KeyLimits
+    from nobusy.admission.shared import SharedSlots
+    from nobusy.store.audit import AuditLog
+    from nobusy.store.keys import KeyStore
+    from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.usage import UsageLog
+
+    def _backends(
+        keys: KeyStore,
+        limits: KeyLimits,
+        shared_limits: SharedKeyLimits,
+        slots: SharedSlots,
+        usage: UsageLog,
+        audit: AuditLog,
+    ) -> None:
+        """Never called: mypy checks that each of today's backends satisfies its protocol."""
+        _keys: KeyLookup = keys
+        _limits: LimitCounters = limits
+        _shared_limits: LimitCounters = shared_limits
+        _slots: Leases = slots
+        _usage: UsageSink = usage
+        _audit: AuditSink = audit
