@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from nobusy import web
 from nobusy.access import AccessLog
-from nobusy.api import admin, chat, health, keys, models, openapi
+from nobusy.api import admin, chat, keys, models, openapi, ops
 from nobusy.auth import Authenticator, hashers_for
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *chat.routes,
             *models.routes,
-            *health.routes,
+            *ops.routes,
             *openapi.routes,
             admin.mount([*admin.routes, *keys.routes, *status.routes]),
             *web.routes(),
