@@ -53,7 +53,9 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     for name in (*SCALARS, "config"):
         monkeypatch.delenv(env_name(name), raising=False)
     runs: list[Settings] = []
-    monkeypatch.setattr("nobusy.server.run", lambda settings, config_file=None: runs.append(settings))
+    monkeypatch.setattr(
+        "nobusy.server.run", lambda settings, config_file=None: runs.append(settings)
+    )
     return runs
 
 
