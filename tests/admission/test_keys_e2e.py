@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from nobusy.fake_upstream import answer_text
 from nobusy.store.migrations import DB_NAME
+from nobusy.testing.fake_upstream import answer_text
 from tests.conftest import Process, serve
 
 MESSAGES = [{"role": "user", "content": "hi"}]
