@@ -25,8 +25,8 @@ from nobusy.guard import Guard
 from nobusy.keys import KeyStore
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
-from nobusy.probing import Prober
 from nobusy.routing import Router
+from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.usage import Ledger, UsageLog
 

@@ -28,7 +28,7 @@ from nobusy.app import create_app
 from nobusy.db import DB_NAME
 from nobusy.errors import NobusyError, StorageUnavailable
 from nobusy.pii import Masker
-from nobusy.relay import Tally
+from nobusy.routing.relay import Tally
 from nobusy.settings import load_settings
 from nobusy.state import AppState
 from tests.conftest import Process, serve
@@ -158,7 +158,7 @@ def test_a_failure_at_any_step_closes_the_books(
     # Every account is closed: the gauge, the upstream's slots, the queue, the usage row...
     assert in_flight_gauge(app_client) == 0
     assert state.router.capacity.limits["fake"].in_flight == 0
-    assert state.router.health["fake"].in_flight == 0
+    assert state.router.stats["fake"].in_flight == 0
     assert state.router.capacity.queue.size == 0
     row = usage_row(state, tmp_path / "data", response.headers["x-request-id"])
     if step == "parse":

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from nobusy.continuation import Method
-from nobusy.continuation_probe import (
+from nobusy.fake_upstream import FakeOptions
+from nobusy.routing.continuation import Method
+from nobusy.routing.continuation_probe import (
     ContinuationModes,
     Verdict,
     best_method,
     judge,
     probe_continuation,
 )
-from nobusy.fake_upstream import FakeOptions
 from nobusy.upstreams import build_upstream, settings_class
 from tests.test_fake_upstream import serve
 
