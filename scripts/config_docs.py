@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nobusy.circuit import CircuitSettings
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from nobusy.circuit import CircuitSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.pii import PiiSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings

@@ -28,7 +28,8 @@ from nobusy.app import create_app
 from nobusy.db import DB_NAME
 from nobusy.errors import NobusyError, StorageUnavailable
 from nobusy.pii import Masker
-from nobusy.routing.relay import Tally
+from nobusy.routing import Walker
+from nobusy.routing.relay import ChunkRewriter
 from nobusy.settings import load_settings
 from nobusy.state import AppState
 from tests.conftest import Process, serve
@@ -61,18 +62,18 @@ def inject(step: str, exc: Exception, state: AppState, monkeypatch: pytest.Monke
     elif step == "pii":
         monkeypatch.setattr(Masker, "mask_request", boom)
     elif step == "reserve":
-        monkeypatch.setattr(router, "reserve", boom)
+        monkeypatch.setattr(Walker, "reserve", boom)
     elif step == "enqueue":
-        monkeypatch.setattr(router, "reserve", lambda *args, **kwargs: None)
+        monkeypatch.setattr(router.capacity, "try_take", lambda *args, **kwargs: False)
         monkeypatch.setattr(router, "enqueue", boom)
     elif step == "queue":  # a real place in the queue, then the wait fails
-        monkeypatch.setattr(router, "reserve", lambda *args, **kwargs: None)
+        monkeypatch.setattr(router.capacity, "try_take", lambda *args, **kwargs: False)
         monkeypatch.setattr(Ticket, "wait", aboom)
         monkeypatch.setattr(Ticket, "updates", gen_boom)
     elif step == "open":  # the upstream call itself fails (as orjson's depth limit did)
         monkeypatch.setattr(router.upstreams["fake"], "stream", gen_boom)
     elif step == "relay":  # collecting or streaming the answer fails after the first token
-        monkeypatch.setattr(Tally, "absorb", boom)
+        monkeypatch.setattr(ChunkRewriter, "rewrite", boom)
     else:
         raise AssertionError(step)
 
