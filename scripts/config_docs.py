@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nobusy.circuit import CircuitSettings
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.pii import PiiSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
-from nobusy.upstreams.base import UpstreamSettings
+from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
 
