@@ -386,6 +386,22 @@ async def test_client_leaving_closes_the_upstream_request() -> None:
     settled(r)
 
 
+async def test_client_leaving_while_the_continuation_waits_closes_it() -> None:
+    # The same attempt loop as before the first token: a continuation cancelled while it
+    # waits for its first token is closed and its slot released.
+    a = upstream("a", CutAfter(3))
+    b = upstream("b", Hang(), first_token_timeout=5.0)
+    r = router(a, b)
+    reading = asyncio.ensure_future(ask(r))
+    while not b.calls:  # until the continuation has been sent
+        await asyncio.sleep(0.001)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert b.calls[0].ended == "closed"
+    settled(r)
+
+
 # --- continuation: what the next route is asked, per its mode ---------------------------------
 
 LONG = DEFAULT_ANSWER + " india juliett kilo lima mike november oscar papa quebec romeo sierra"
