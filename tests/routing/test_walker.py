@@ -150,7 +150,7 @@ class Outcome:
 
 def walker(r: Router, body: dict[str, Any] | None = None, **opts: Any) -> Walker:
     """A walk for one request to alias ``m``, holding a slot (the test routers have room)."""
-    walk = Walker(r, "m", dict(body or BODY), "req-1", **{"who": "key:test", **opts})
+    walk = Walker(r, "m", dict(body or BODY), "req-1", who="key:test", **opts)
     assert walk.reserve(), "the test routers have room"
     return walk
 
