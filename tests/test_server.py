@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import socket
 import sqlite3
 import time
@@ -13,8 +14,39 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nobusy.app import create_app
 from nobusy.db import DB_NAME
+from nobusy.server import uvicorn_config
+from nobusy.settings import load_settings
 from tests.conftest import Process, serve
+
+
+def test_workers_receive_the_resolved_settings_whole(tmp_path: Path) -> None:
+    """No hand list of names: each spawned worker unpickles uvicorn's config, whose app is
+    create_app bound to the parent's settings, secrets and all."""
+    (tmp_path / "nobusy.yaml").write_text(
+        """
+upstreams:
+  a: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key: "${A_KEY}", default_model: m}
+  local: {kind: embedded}
+models:
+  m: {routes: [[a/m, {route: local, weight: 3}]], hedge: {after: 0.5}}
+audit: {enabled: true, store: hash}
+"""
+    )
+    env = {"A_KEY": "sk-upstream-secret", "NOBUSY_ADMIN_KEY": "admin-secret-0123456789"}
+    settings = load_settings(
+        tmp_path / "nobusy.yaml", env=env, workers=2, body_deadline=7.5, allowed_hosts="x.test"
+    )
+    sent = pickle.loads(pickle.dumps(uvicorn_config(settings)))  # as multiprocessing's spawn
+    assert sent.factory and sent.app.func is create_app
+    (received,) = sent.app.args
+    assert received == settings
+    assert received.admin_key is not None and settings.admin_key is not None
+    assert received.admin_key.get_secret_value() == "admin-secret-0123456789"
+    upstream = received.upstreams["a"]
+    assert upstream.api_key.get_secret_value() == "sk-upstream-secret"  # type: ignore[attr-defined]
+    assert type(upstream) is type(settings.upstreams["a"])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 from bench.loadgen import Sent, percentile
 from bench.suites.base import Goal, Result, at_least, at_most, fmt, md_table
 from nobusy import errors
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 
 PROMPT = "Hello"
 SLOTS = 4  # the fake's --capacity: a 5th concurrent request gets 503 "Server busy"

@@ -50,7 +50,7 @@ from bench.suites.failover_report import (
     goals,
     render,
 )
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 
 # --- configurations ---------------------------------------------------------------------------
 

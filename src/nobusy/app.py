@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from nobusy import web
 from nobusy.access import AccessLog
-from nobusy.api import admin, chat, health, keys, models, openapi
+from nobusy.api import admin, chat, keys, models, openapi, ops
 from nobusy.auth import Authenticator, hashers_for
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
@@ -21,13 +21,13 @@ from nobusy.metrics import Metrics
 from nobusy.middleware import RequestContextMiddleware
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
-from nobusy.settings import Settings, load_settings
+from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.upstreams import build_upstream
 from nobusy.usage import USAGE_LOG, CommittedAnswers, UsageLog
 from nobusy.web import status
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["create_app"]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *chat.routes,
             *models.routes,
-            *health.routes,
+            *ops.routes,
             *openapi.routes,
             admin.mount([*admin.routes, *keys.routes, *status.routes]),
             *web.routes(),
@@ -66,8 +66,3 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
-
-
-def create_app_from_env() -> Starlette:
-    """Factory for server worker processes: settings come from the NOBUSY_* environment."""
-    return create_app(load_settings())

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import logging.config
-import os
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +180,10 @@ def check_bind(settings: Settings, has_keys: bool = False) -> None:
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
-    """uvicorn's Config for these settings; the app is a factory so workers build their own."""
+    """uvicorn's Config for these settings; with several workers the app is a factory, so that
+    each worker process builds its own."""
     config = uvicorn.Config(
-        "nobusy.app:create_app_from_env" if settings.workers > 1 else _single_app(settings),
+        _app_factory(settings) if settings.workers > 1 else _single_app(settings),
         factory=settings.workers > 1,
         host=settings.host,
         port=settings.port,
@@ -274,6 +275,15 @@ def _single_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+def _app_factory(settings: Settings) -> functools.partial[Any]:
+    """``create_app`` bound to the resolved settings, whole. uvicorn pickles its config into
+    each spawned worker, so a worker gets these very settings, secrets included, over the
+    spawn pipe rather than the environment (which a worker's children would inherit too)."""
+    from nobusy.app import create_app
+
+    return functools.partial(create_app, settings)
+
+
 def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     from nobusy.auth import hashers_for
@@ -288,22 +298,6 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
         store.close()
     configure_logging(settings.log_level)
     _startup_lines(settings, config_file, active, any_keys)
-    if settings.workers > 1:
-        # Workers rebuild the settings from the environment: hand them the CLI's choices.
-        for name in (
-            "host",
-            "port",
-            "workers",
-            "data_dir",
-            "log_level",
-            "max_body_bytes",
-            "header_timeout",
-            "body_timeout",
-            "insecure",
-        ):
-            os.environ[f"NOBUSY_{name.upper()}"] = str(getattr(settings, name))
-        if config_file is not None:
-            os.environ["NOBUSY_CONFIG"] = str(config_file.resolve())
     config = uvicorn_config(settings)
     server = uvicorn.Server(config)
     if settings.workers > 1:

@@ -1,7 +1,10 @@
 """The one frozen settings object, built at the edge from defaults < YAML file < NOBUSY_* env < CLI.
 
 Every setting is declared here as data with a description; ``docs/configuration.md`` lists them
-and a test fails when one is undocumented.
+and a test fails when one is undocumented. The fields are the only list of names: a top-level
+setting that one value sets (``SCALARS``) is a key of the file, a ``NOBUSY_*`` variable
+(``env_name``) and a flag of ``nobusy serve`` (generated in ``nobusy.cli.options``), as in
+uvicorn: ``data_dir`` is ``NOBUSY_DATA_DIR`` and ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import (
@@ -33,12 +36,14 @@ from nobusy.upstreams.base import UpstreamSettings
 
 __all__ = [
     "MIN_SECRET_LENGTH",
+    "SCALARS",
     "AuditSettings",
     "HedgeSettings",
     "ModelAlias",
     "Route",
     "Settings",
     "check_secret",
+    "env_name",
     "load_settings",
 ]
 
@@ -47,11 +52,16 @@ DEFAULT_ALIAS = "local"
 MIN_SECRET_LENGTH = 16
 
 
+def env_name(field: str) -> str:
+    """The environment variable of a top-level setting: ``data_dir`` is ``NOBUSY_DATA_DIR``."""
+    return f"NOBUSY_{field.upper()}"
+
+
 def check_secret(name: str, secret: str) -> None:
     """Refuse an empty, blank or short secret with a message saying what to do instead."""
     if not secret.strip():
         raise ValueError(
-            f"{name} is set but empty (an empty NOBUSY_{name.upper()}= or a ${{VAR:-}} that "
+            f"{name} is set but empty (an empty {env_name(name)}= or a ${{VAR:-}} that "
             "expanded to nothing?): remove it, or set a random secret of at least "
             f"{MIN_SECRET_LENGTH} characters (openssl rand -hex 16)"
         )
@@ -233,6 +243,19 @@ class Settings(BaseModel):
         return value
 
 
+def _one_value(annotation: Any) -> bool:
+    """Whether one value sets a field; nested settings (a model, a mapping) live in the file."""
+    if get_origin(annotation) is dict:
+        return False
+    return not (isinstance(annotation, type) and issubclass(annotation, BaseModel))
+
+
+# The top-level settings one value sets, in declaration order: each is also a NOBUSY_* variable
+# and, secrets aside, a flag of `nobusy serve`.
+SCALARS: tuple[str, ...] = tuple(
+    name for name, field in Settings.model_fields.items() if _one_value(field.annotation)
+)
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MARK = re.compile(r"__nobusy_env_(\d+)__")
 
@@ -287,10 +310,7 @@ def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
 
 
 def _env_settings(env: Mapping[str, str]) -> dict[str, str]:
-    scalar = set(Settings.model_fields) - {"upstreams", "models"}
-    return {
-        name: env[f"NOBUSY_{name.upper()}"] for name in scalar if f"NOBUSY_{name.upper()}" in env
-    }
+    return {name: env[env_name(name)] for name in SCALARS if env_name(name) in env}
 
 
 def _parse_upstreams(raw: Any) -> dict[str, UpstreamSettings]:

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from nobusy.db import DB_NAME
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 from tests.conftest import Process, serve
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 from tests.conftest import Process, free_port, serve, start_process
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]

@@ -62,7 +62,9 @@ upstreams:
 models:
   tight: [tight]
 """
-    gateway = serve(tmp, config, "--workers", "2")
+    # --readiness: a flag the workers once missed (they rebuilt their settings from a hand
+    # list of NOBUSY_* names); now they receive the resolved settings whole.
+    gateway = serve(tmp, config, "--workers", "2", "--readiness", "process")
     yield gateway, fake, made.stdout.strip() + " " + unlimited.stdout.strip()
     gateway.stop()
     fake.stop()
@@ -97,3 +99,10 @@ def test_upstream_ceiling_holds_across_workers(two_workers: tuple[Process, Proce
     assert statuses == [200] * 12
     stats = httpx.get(f"{fake.url}/_fake/stats").json()
     assert stats["rejected"] == 0 and stats["max_in_flight"] <= 4
+
+
+def test_every_worker_has_the_flags_settings(two_workers: tuple[Process, Process, str]) -> None:
+    gateway, _, _ = two_workers
+    for _ in range(8):  # a new connection each time, so both workers answer some
+        with httpx.Client() as client:
+            assert client.get(f"{gateway.url}/readyz").json()["readiness"] == "process"

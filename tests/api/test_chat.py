@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from nobusy.fake_upstream import answer_text, reasoning_text
+from nobusy.testing.fake_upstream import answer_text, reasoning_text
 from tests.conftest import openai_client
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is nobusy?"}]

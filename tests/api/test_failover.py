@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from nobusy.fake_upstream import answer_text, reasoning_text
+from nobusy.testing.fake_upstream import answer_text, reasoning_text
 from tests.conftest import FAULTS, Process, openai_client
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Are you there?"}]

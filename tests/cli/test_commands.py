@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 from tests.conftest import Process, free_port, serve
 
 

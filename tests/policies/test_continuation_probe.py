@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from nobusy.fake_upstream import FakeOptions
 from nobusy.routing.continuation import Method
 from nobusy.routing.continuation_probe import (
     ContinuationModes,
@@ -13,8 +12,9 @@ from nobusy.routing.continuation_probe import (
     judge,
     probe_continuation,
 )
+from nobusy.testing.fake_upstream import FakeOptions
 from nobusy.upstreams import build_upstream, settings_class
-from tests.test_fake_upstream import serve
+from tests.testing.test_fake_upstream import serve
 
 
 def _upstream(url: str, model: str, continuation: str = "auto"):  # type: ignore[no-untyped-def]

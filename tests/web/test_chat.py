@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Page
 
-from nobusy.fake_upstream import answer_text, reasoning_text
+from nobusy.testing.fake_upstream import answer_text, reasoning_text
 from tests.conftest import Process
 from tests.web.conftest import ask, wait_answered
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 from nobusy.web.console import SECURITY_HEADERS, STATIC_DIR
 from tests.conftest import Process
 from tests.web.conftest import ADMIN_KEY, ask, enter_keys, wait_answered

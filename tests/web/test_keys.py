@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from nobusy.fake_upstream import answer_text
+from nobusy.testing.fake_upstream import answer_text
 from tests.conftest import Process
 from tests.web.conftest import ADMIN_KEY, ask, enter_keys, start_console, wait_answered
 

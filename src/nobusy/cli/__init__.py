@@ -14,7 +14,7 @@ from nobusy.cli.keys import keys
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
 from nobusy.cli.usage import usage
-from nobusy.fake_upstream import fake_upstream_command
+from nobusy.testing.fake_upstream import fake_upstream_command
 
 __all__ = ["cli", "main"]
 

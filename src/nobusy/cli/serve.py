@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nobusy.cli.errors import CliError
-from nobusy.cli.options import config_option, settings_for
+from nobusy.cli.options import config_option, given, setting_flags, settings_for
 from nobusy.errors import ConfigError, UpstreamError
 from nobusy.routing.continuation_probe import check_continuations
 from nobusy.settings import Settings
@@ -26,27 +26,18 @@ __all__ = ["check", "models", "serve"]
 _settings = settings_for
 
 
-@click.command()
+@click.command(
+    epilog="Each flag is also a key of the config file and a NOBUSY_* environment variable: "
+    "--data-dir is data_dir and NOBUSY_DATA_DIR. A flag beats the variable, the variable beats "
+    "the file. admin_key has no flag: set NOBUSY_ADMIN_KEY or admin_key in the file. Nested "
+    "settings (upstreams, models, audit, guard) are set in the file; see docs/configuration.md."
+)
 @config_option
-@click.option("--host", help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port to listen on (default 8000).")
-@click.option("--workers", type=click.IntRange(min=1), help="Server processes (default 1).")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where nobusy writes its files (default ./data).",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Log level (default info).",
-)
-@click.option(
-    "--insecure", is_flag=True, default=None, help="Allow a non-loopback address without API keys."
-)
-def serve(config_file: Path | None, **flags: Any) -> None:
+@setting_flags
+@click.pass_context
+def serve(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Run the OpenAI-compatible service."""
-    settings = _settings(config_file, **flags)
+    settings = _settings(config_file, **given(ctx, flags))
     from nobusy.server import run
 
     # The start-up lines (addresses, console) are logged by `run` once the settings and the

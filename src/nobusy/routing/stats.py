@@ -2,7 +2,7 @@
 
 Routing reads them to order routes and skip ejected ones; the admin endpoint, ``/metrics``,
 ``/readyz`` and ``nobusy check`` show them. (Active health checks are ``routing.checks``; the
-health endpoints are ``api/health.py``.)
+health endpoints are ``api/ops.py``.)
 """
 
 from __future__ import annotations

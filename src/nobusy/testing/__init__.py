@@ -38,12 +38,25 @@ hedging and continuation without a socket, in milliseconds::
 
 Steps: ``Reply``, ``ToolCall``, ``Slow``, ``Refuse``, ``Unreachable``, ``Hang``,
 ``KeepAliveOnly``, ``CutAfter``, ``ErrorEvent``, ``Garbage``, ``Raise``; a script is a list
-of them or a function from the call to one. The shipped ``nobusy fake-upstream`` is the same
-idea over HTTP, for end-to-end tests and failure drills.
+of them or a function from the call to one.
+
+``nobusy.testing.fake_upstream`` is the same idea over HTTP, for end-to-end tests and failure
+drills: ``create_fake_app(FakeOptions(...))`` is an OpenAI-compatible ASGI app that fails on
+cue, each request picking its fault by its ``model`` (``drop:drop_after=5``,
+``http:status=401``, ``hang``...) or an ``x-fake-mode`` header, and ``nobusy fake-upstream``
+serves it. Its answers are deterministic (``answer_text``), so an answer assembled after a
+failover compares equal to the uninterrupted one::
+
+    import uvicorn
+    from nobusy.testing import FakeOptions, create_fake_app
+
+    app = create_fake_app(FakeOptions(mode="http503", retry_after=5))
+    uvicorn.run(app, port=9101)  # or: nobusy fake-upstream --port 9101 --mode http503
 """
 
 from __future__ import annotations
 
+from nobusy.testing.fake_upstream import FakeOptions, answer_text, create_fake_app
 from nobusy.testing.scripted import (
     DEFAULT_ANSWER,
     ScriptedCall,
@@ -73,6 +86,7 @@ __all__ = [
     "DEFAULT_ANSWER",
     "CutAfter",
     "ErrorEvent",
+    "FakeOptions",
     "Garbage",
     "Hang",
     "KeepAliveOnly",
@@ -88,6 +102,8 @@ __all__ = [
     "Step",
     "ToolCall",
     "Unreachable",
+    "answer_text",
+    "create_fake_app",
     "pieces",
     "refusal",
 ]

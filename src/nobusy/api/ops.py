@@ -1,4 +1,6 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""What orchestrators and monitoring ask a running process: ``/healthz`` (alive), ``/readyz``
+(some route can answer now) and ``/metrics`` (Prometheus). An upstream's own health is
+``nobusy.routing``'s business, not this module's."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from nobusy.fake_upstream import (
+from nobusy.testing.fake_upstream import (
     BUSY_MESSAGE,
     MODES,
     FakeOptions,
