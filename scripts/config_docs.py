@@ -14,11 +14,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from nobusy.circuit import CircuitSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.pii import PiiSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
-from nobusy.upstreams.base import UpstreamSettings
+from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
 

@@ -24,7 +24,7 @@ import nobusy.app as app_module
 import nobusy.state as state_module
 from nobusy.admission.capacity import Capacity
 from nobusy.app import create_app
-from nobusy.probing import Prober
+from nobusy.routing.checks import Prober
 from nobusy.settings import Settings, load_settings
 from nobusy.upstreams.openai import Upstream as OpenAIUpstream
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from bench import procs
 from bench.suites.base import Context, Goal, Result, Suite, at_least, fmt, md_table
-from nobusy.continuation import CONTINUE_INSTRUCTION, Joiner, Method, continuation_body
-from nobusy.continuation_probe import ContinuationModes
+from nobusy.routing.continuation import CONTINUE_INSTRUCTION, Joiner, Method, continuation_body
+from nobusy.routing.continuation_probe import ContinuationModes
 from nobusy.upstreams import build_upstream, settings_class
 from nobusy.upstreams.base import Upstream, UpstreamCall, UpstreamSettings
 

@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
-    metrics.watch_upstreams(lambda: router.health.values(), lambda: router.capacity)
+    metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(KeyStore(settings.data_dir, hashers_for(settings.crypto)))

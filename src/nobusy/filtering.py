@@ -71,7 +71,7 @@ async def filter_answer(
     """The answer with sensitive words masked or, for a block word, the answer cut short.
 
     Content and reasoning stream through their own filters. Tool calls are held until the
-    answer ends (the failover layer holds them anyway: a half-made call cannot be resumed),
+    answer ends (``routing.answer`` holds them anyway: a half-made call cannot be resumed),
     then each call's name and arguments are checked whole and sent as one delta per call; a
     block word in a call drops every call, for a cut-off JSON argument helps no one.
     """

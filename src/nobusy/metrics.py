@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from nobusy.admission.capacity import Capacity
-    from nobusy.health import UpstreamHealth
+    from nobusy.routing.stats import UpstreamStats
 
 __all__ = ["Metrics"]
 
@@ -89,7 +89,7 @@ class Metrics:
 
     def watch_upstreams(
         self,
-        source: Callable[[], Iterable[UpstreamHealth]],
+        source: Callable[[], Iterable[UpstreamStats]],
         capacity: Callable[[], Capacity] | None = None,
     ) -> None:
         """Report each upstream's circuit and load when scraped (nothing on the hot path)."""
@@ -109,7 +109,7 @@ _STATES = ("closed", "open", "half_open")
 class _UpstreamCollector(Collector):
     def __init__(
         self,
-        source: Callable[[], Iterable[UpstreamHealth]],
+        source: Callable[[], Iterable[UpstreamStats]],
         capacity: Callable[[], Capacity] | None,
     ) -> None:
         self.source = source
@@ -132,14 +132,14 @@ class _UpstreamCollector(Collector):
             "Smoothed time to first token of each upstream.",
             labels=["upstream"],
         )
-        for health in self.source():
-            current = health.circuit.state.value
+        for upstream in self.source():
+            current = upstream.circuit.state.value
             for name in _STATES:
-                state.add_metric([health.name, name], 1.0 if name == current else 0.0)
-            in_flight.add_metric([health.name], health.in_flight)
-            ejections.add_metric([health.name], health.circuit.ejections)
-            if health.ttft_ewma is not None:
-                ttft.add_metric([health.name], health.ttft_ewma)
+                state.add_metric([upstream.name, name], 1.0 if name == current else 0.0)
+            in_flight.add_metric([upstream.name], upstream.in_flight)
+            ejections.add_metric([upstream.name], upstream.circuit.ejections)
+            if upstream.ttft_ewma is not None:
+                ttft.add_metric([upstream.name], upstream.ttft_ewma)
         yield from (state, in_flight, ejections, ttft)
         if self.capacity is None:
             return

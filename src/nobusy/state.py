@@ -23,8 +23,8 @@ from nobusy.crypto import load_suite
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
-from nobusy.probing import Prober
 from nobusy.routing import Router
+from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
 from nobusy.store.interfaces import LimitCounters

@@ -27,7 +27,8 @@ from nobusy.admission.capacity import Ticket
 from nobusy.app import create_app
 from nobusy.errors import NobusyError, StorageUnavailable
 from nobusy.pii import Masker
-from nobusy.relay import Tally
+from nobusy.routing import Walker
+from nobusy.routing.relay import ChunkRewriter
 from nobusy.settings import load_settings
 from nobusy.state import AppState
 from nobusy.store.migrations import DB_NAME
@@ -61,18 +62,18 @@ def inject(step: str, exc: Exception, state: AppState, monkeypatch: pytest.Monke
     elif step == "pii":
         monkeypatch.setattr(Masker, "mask_request", boom)
     elif step == "reserve":
-        monkeypatch.setattr(router, "reserve", boom)
+        monkeypatch.setattr(Walker, "reserve", boom)
     elif step == "enqueue":
-        monkeypatch.setattr(router, "reserve", lambda *args, **kwargs: None)
+        monkeypatch.setattr(router.capacity, "try_take", lambda *args, **kwargs: False)
         monkeypatch.setattr(router, "enqueue", boom)
     elif step == "queue":  # a real place in the queue, then the wait fails
-        monkeypatch.setattr(router, "reserve", lambda *args, **kwargs: None)
+        monkeypatch.setattr(router.capacity, "try_take", lambda *args, **kwargs: False)
         monkeypatch.setattr(Ticket, "wait", aboom)
         monkeypatch.setattr(Ticket, "updates", gen_boom)
     elif step == "open":  # the upstream call itself fails (as orjson's depth limit did)
         monkeypatch.setattr(router.upstreams["fake"], "stream", gen_boom)
     elif step == "relay":  # collecting or streaming the answer fails after the first token
-        monkeypatch.setattr(Tally, "absorb", boom)
+        monkeypatch.setattr(ChunkRewriter, "rewrite", boom)
     else:
         raise AssertionError(step)
 
@@ -158,7 +159,7 @@ def test_a_failure_at_any_step_closes_the_books(
     # Every account is closed: the gauge, the upstream's slots, the queue, the usage row...
     assert in_flight_gauge(app_client) == 0
     assert state.router.capacity.limits["fake"].in_flight == 0
-    assert state.router.health["fake"].in_flight == 0
+    assert state.router.stats["fake"].in_flight == 0
     assert state.router.capacity.queue.size == 0
     row = usage_row(state, tmp_path / "data", response.headers["x-request-id"])
     if step == "parse":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from nobusy.balancing import plan_routes
-from nobusy.budget import Budget
-from nobusy.circuit import Circuit
-from nobusy.health import UpstreamHealth
+from nobusy.routing.balancing import plan_routes
+from nobusy.routing.budget import Budget
+from nobusy.routing.circuit import Circuit
+from nobusy.routing.stats import UpstreamStats
 from nobusy.settings import Route
 
 
@@ -51,8 +51,8 @@ def test_amplification_stays_near_ten_percent() -> None:
     assert calls / 1000 <= 1.11
 
 
-def health(name: str, in_flight: int = 0, ttft: float | None = None) -> UpstreamHealth:
-    h = UpstreamHealth(name, "openai", Circuit())
+def stats(name: str, in_flight: int = 0, ttft: float | None = None) -> UpstreamStats:
+    h = UpstreamStats(name, "openai", Circuit())
     h.in_flight = in_flight
     if ttft is not None:
         h.observe_ttft(ttft)
@@ -61,7 +61,7 @@ def health(name: str, in_flight: int = 0, ttft: float | None = None) -> Upstream
 
 def test_tiers_keep_their_order_and_open_circuits_are_skipped() -> None:
     routes = [Route("a", tier=0), Route("b", tier=1), Route("c", tier=2)]
-    table = {"a": health("a"), "b": health("b"), "c": health("c")}
+    table = {"a": stats("a"), "b": stats("b"), "c": stats("c")}
     table["b"].circuit.failure("down", misconfigured=True)
     ordered, skipped = plan_routes(routes, table, random.Random(1))
     assert [r.upstream for r in ordered] == ["a", "c"]
@@ -70,7 +70,7 @@ def test_tiers_keep_their_order_and_open_circuits_are_skipped() -> None:
 
 def test_power_of_two_choices_prefers_the_less_loaded() -> None:
     routes = [Route("busy", tier=0), Route("idle", tier=0)]
-    table = {"busy": health("busy", in_flight=9, ttft=0.5), "idle": health("idle", ttft=0.5)}
+    table = {"busy": stats("busy", in_flight=9, ttft=0.5), "idle": stats("idle", ttft=0.5)}
     for seed in range(20):
         ordered, _ = plan_routes(routes, table, random.Random(seed))
         assert [r.upstream for r in ordered] == ["idle", "busy"]
@@ -78,14 +78,14 @@ def test_power_of_two_choices_prefers_the_less_loaded() -> None:
 
 def test_weights_spread_first_choice_between_equals() -> None:
     routes = [Route("a", tier=0, weight=1), Route("b", tier=0, weight=1), Route("c", tier=0)]
-    table = {n: health(n) for n in "abc"}
+    table = {n: stats(n) for n in "abc"}
     rng = random.Random(7)
     firsts = {plan_routes(routes, table, rng)[0][0].upstream for _ in range(60)}
     assert firsts == {"a", "b", "c"}
 
 
 def test_ttft_quantiles_need_enough_samples() -> None:
-    h = health("x")
+    h = stats("x")
     assert h.ttft_quantile(0.95) is None
     for i in range(100):
         h.observe_ttft(i / 100)

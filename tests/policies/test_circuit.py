@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nobusy.circuit import Circuit, CircuitSettings, State
+from nobusy.routing.circuit import Circuit, State
+from nobusy.upstreams.base import CircuitSettings
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nobusy.continuation import (
+from nobusy.routing.continuation import (
     CONTINUE_INSTRUCTION,
     Joiner,
     OverlapTrimmer,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nobusy.continuation import Method
-from nobusy.continuation_probe import (
+from nobusy.routing.continuation import Method
+from nobusy.routing.continuation_probe import (
     ContinuationModes,
     Verdict,
     best_method,

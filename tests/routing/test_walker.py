@@ -3,8 +3,9 @@
 Each fault the openai kind can meet is played before the first token (the next route answers
 and the client never knows) and after it (the answer continues on the next route, seamlessly).
 Then hedging, tool calls held until complete, the continuation request each mode sends, the
-budgets and limits that bound failover, and the "every route said busy" requeue test. Every
-test checks the whole answer, which upstreams were called, and that no slot was left taken.
+budgets and limits that bound failover, and the walker's requeue when every route said busy.
+Every test checks the whole answer, which upstreams were called, and that no slot was left
+taken.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from nobusy.api.chat import _only_busy
-from nobusy.continuation import CONTINUE_INSTRUCTION, Method
 from nobusy.errors import (
     AllUpstreamsFailed,
+    QueueTimeout,
     RetryBudgetSpent,
     UpstreamAuthFailed,
     UpstreamEjected,
@@ -32,7 +32,9 @@ from nobusy.errors import (
     UpstreamUnreachable,
 )
 from nobusy.metrics import Metrics
-from nobusy.routing import Answer, Router
+from nobusy.routing import Answer, Router, Walker, open_answer
+from nobusy.routing.continuation import CONTINUE_INSTRUCTION, Method
+from nobusy.routing.walker import only_busy
 from nobusy.settings import HedgeSettings, ModelAlias, Route, Settings
 from nobusy.testing import (
     DEFAULT_ANSWER,
@@ -127,6 +129,12 @@ class Outcome:
         assert len(usages) == 1, usages
         return dict(usages[0])
 
+    async def read(self) -> Outcome:
+        """Read the answer to its end."""
+        async for chunk in self.answer.chunks:
+            self.chunks.append(chunk)
+        return self
+
     def tool_calls(self) -> list[dict[str, Any]]:
         calls: dict[int, dict[str, Any]] = {}
         for chunk in self.chunks:
@@ -140,21 +148,22 @@ class Outcome:
         return [calls[i] for i in sorted(calls)]
 
 
-async def ask(r: Router, body: dict[str, Any] | None = None) -> Outcome:
+def walker(r: Router, body: dict[str, Any] | None = None, **opts: Any) -> Walker:
+    """A walk for one request to alias ``m``, holding a slot (the test routers have room)."""
+    walk = Walker(r, "m", dict(body or BODY), "req-1", who="key:test", **opts)
+    assert walk.reserve(), "the test routers have room"
+    return walk
+
+
+async def ask(r: Router, body: dict[str, Any] | None = None, **opts: Any) -> Outcome:
     """One request through the walker, read to the end, as api/chat.py does it."""
-    reservation = r.reserve("m", "key:test")
-    assert reservation is not None, "the test routers have room"
-    answer = await r.open("m", dict(body or BODY), "req-1", reservation)
-    outcome = Outcome(answer)
-    async for chunk in answer.chunks:
-        outcome.chunks.append(chunk)
-    return outcome
+    return await Outcome(await open_answer(walker(r, body, **opts))).read()
 
 
 def settled(r: Router) -> None:
     """No attempt left in flight, and every slot handed back."""
-    for name, health in r.health.items():
-        assert health.in_flight == 0, name
+    for name, stats in r.stats.items():
+        assert stats.in_flight == 0, name
         assert r.capacity.limits[name].in_flight == 0, name
 
 
@@ -203,7 +212,7 @@ async def test_429_with_retry_after_rests_the_upstream_that_long() -> None:
     r = router(a, b)
     await ask(r)
     assert not r.usable("a")
-    assert 29 < r.health["a"].circuit.retry_in() <= 30
+    assert 29 < r.stats["a"].circuit.retry_in() <= 30
     out = await ask(r)  # the next request skips it without calling it
     assert out.text == DEFAULT_ANSWER
     assert called(a, b) == [1, 2]
@@ -214,11 +223,11 @@ async def test_429_with_retry_after_rests_the_upstream_that_long() -> None:
 
 async def test_lone_busy_refusal_rests_the_upstream_a_moment_not_an_ejection() -> None:
     # Refused with nothing else in flight, its limit falls to the floor: it cannot take even
-    # one now, so it rests about a second (routing._FLOOR_PAUSE), as a Retry-After would.
+    # one now, so it rests about a second (attempt._FLOOR_PAUSE), as a Retry-After would.
     a, b = upstream("a", Refuse(503)), upstream("b", Reply())
     r = router(a, b)
     await ask(r)
-    circuit = r.health["a"].circuit
+    circuit = r.stats["a"].circuit
     assert 0 < circuit.retry_in() <= 1.0
     assert circuit.ejections == 0
     settled(r)
@@ -348,9 +357,7 @@ async def test_next_route_failing_before_its_first_token_is_skipped_too() -> Non
 async def test_no_route_left_mid_answer_ends_the_stream_with_the_error() -> None:
     a, b = upstream("a", CutAfter(3)), upstream("b", CutAfter(1))
     r = router(a, b)
-    reservation = r.reserve("m")
-    assert reservation is not None
-    answer = await r.open("m", dict(BODY), "req-1", reservation)
+    answer = await open_answer(walker(r))
     received: list[Chunk] = []
     with pytest.raises(AllUpstreamsFailed):
         async for chunk in answer.chunks:
@@ -372,12 +379,26 @@ async def test_usage_sums_every_attempt() -> None:
 async def test_client_leaving_closes_the_upstream_request() -> None:
     a = upstream("a", Slow(gap=0.001))
     r = router(a)
-    reservation = r.reserve("m")
-    assert reservation is not None
-    answer = await r.open("m", dict(BODY), "req-1", reservation)
+    answer = await open_answer(walker(r))
     await anext(answer.chunks)
     await answer.chunks.aclose()  # type: ignore[attr-defined]
     assert a.calls[0].ended == "closed"
+    settled(r)
+
+
+async def test_client_leaving_while_the_continuation_waits_closes_it() -> None:
+    # The same attempt loop as before the first token: a continuation cancelled while it
+    # waits for its first token is closed and its slot released.
+    a = upstream("a", CutAfter(3))
+    b = upstream("b", Hang(), first_token_timeout=5.0)
+    r = router(a, b)
+    reading = asyncio.ensure_future(ask(r))
+    while not b.calls:  # until the continuation has been sent
+        await asyncio.sleep(0.001)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert b.calls[0].ended == "closed"
     settled(r)
 
 
@@ -502,9 +523,7 @@ async def test_tool_call_cut_mid_arguments_is_made_again_whole() -> None:
 async def test_tool_call_deltas_are_held_until_the_call_is_complete() -> None:
     a = upstream("a", ToolCall("weather", ARGS, parts=4))
     r = router(a)
-    reservation = r.reserve("m")
-    assert reservation is not None
-    answer = await r.open("m", dict(BODY), "req-1", reservation)
+    answer = await open_answer(walker(r))
     seen = 0
     async for chunk in answer.chunks:
         deltas = [c.get("delta") or {} for c in chunk.get("choices") or ()]
@@ -538,9 +557,7 @@ async def test_hedge_races_a_second_route_when_the_first_is_silent() -> None:
 async def test_client_leaving_while_the_hedge_waits_closes_the_first_route() -> None:
     a = upstream("a", Hang(), first_token_timeout=5.0)
     r = router(a, upstream("b"), hedge=HedgeSettings(after=5.0))
-    reservation = r.reserve("m")
-    assert reservation is not None
-    opening = asyncio.ensure_future(r.open("m", dict(BODY), "req-1", reservation))
+    opening = asyncio.ensure_future(open_answer(walker(r)))
     while not a.calls:  # until a has been asked
         await asyncio.sleep(0)
     opening.cancel()
@@ -595,11 +612,10 @@ async def test_a_racer_failing_before_the_other_speaks_is_recorded() -> None:
 async def test_a_route_the_hedge_skips_is_noted() -> None:
     a, b = upstream("a", Hang()), upstream("b")
     r = router(a, b, hedge=HEDGE)
-    reservation = r.reserve("m")
-    assert reservation is not None
-    r.health["b"].circuit.failure("paused", retry_after=30)  # after the plan was made
+    walk = walker(r)
+    r.stats["b"].circuit.failure("paused", retry_after=30)  # after the plan was made
     with pytest.raises(AllUpstreamsFailed) as info:
-        await r.open("m", dict(BODY), "req-1", reservation)
+        await open_answer(walk)
     notes = [(type(f), f.upstream) for f in info.value.failures]
     assert notes == [(UpstreamEjected, "b"), (UpstreamTimeout, "a")]
     assert "b: circuit open" in info.value.message
@@ -632,9 +648,10 @@ async def test_both_hedged_attempts_failing_count_against_max_attempts() -> None
 async def test_retry_budget_spent_stops_failover() -> None:
     a, b = upstream("a", Refuse(503)), upstream("b")
     r = router(a, b, retry_budget=0.0, retry_budget_min=0)
-    with pytest.raises(AllUpstreamsFailed) as info:
-        await ask(r)
-    assert [type(f) for f in info.value.failures] == [UpstreamOverloaded, RetryBudgetSpent]
+    walk = walker(r, patience=0)  # no requeue: see the walk's own end
+    with pytest.raises(QueueTimeout):
+        await open_answer(walk)
+    assert [type(f) for f in walk.failures] == [UpstreamOverloaded, RetryBudgetSpent]
     assert called(a, b) == [1, 0]  # a failing upstream cannot multiply the load on others
     settled(r)
 
@@ -652,14 +669,16 @@ async def test_route_at_its_concurrency_ceiling_is_passed_over() -> None:
     a, b = upstream("a", Refuse(503)), upstream("b", Reply(), settings={"max_concurrency": 1})
     r = router(a, b)
     assert r.capacity.try_take("b")  # someone else holds b's only slot
-    with pytest.raises(AllUpstreamsFailed, match="at its concurrency limit"):
-        await ask(r)
+    walk = walker(r, patience=0)  # no requeue: see the walk's own end
+    with pytest.raises(QueueTimeout):
+        await open_answer(walk)
+    assert "at its concurrency limit" in str(AllUpstreamsFailed("m", walk.failures))
     assert called(a, b) == [1, 0]
     r.capacity.release("b", "ignore", 0.0)
     settled(r)
 
 
-# --- "every route said busy": the requeue policy of api/chat.py -------------------------------
+# --- "every route said busy": the walker requeues the request at the front --------------------
 
 
 @pytest.mark.parametrize(
@@ -676,18 +695,58 @@ async def test_only_busy_refusals_send_the_request_back_to_the_queue(
 ) -> None:
     ups = [upstream(name, step) for name, step in zip("ab", steps, strict=True)]
     r = router(*ups)
-    with pytest.raises(AllUpstreamsFailed) as info:
-        await ask(r)
-    # api/chat.py requeues at the front of the queue exactly when this holds; the requeue
-    # itself needs its AppState and is covered end to end (tests/admission).
-    assert _only_busy(info.value) is requeue
+    # With no patience left, a requeue is the queue's 429 (QueueTimeout), not a 503.
+    walk = walker(r, patience=0)
+    with pytest.raises(QueueTimeout if requeue else AllUpstreamsFailed):
+        await open_answer(walk)
+    assert only_busy(AllUpstreamsFailed("m", walk.failures)) is requeue
+    assert walk.ticket is None  # it never joined the queue
     settled(r)
 
 
 async def test_busy_refusal_under_a_spent_retry_budget_still_requeues() -> None:
     a, b = upstream("a", Refuse(503)), upstream("b")
     r = router(a, b, retry_budget=0.0, retry_budget_min=0)
-    with pytest.raises(AllUpstreamsFailed) as info:
-        await ask(r)
-    assert _only_busy(info.value)  # the budget's note is not an attempt
+    walk = walker(r, patience=0)
+    with pytest.raises(QueueTimeout):
+        await open_answer(walk)
+    assert only_busy(AllUpstreamsFailed("m", walk.failures))  # the budget's note is no attempt
+    settled(r)
+
+
+async def test_every_route_busy_waits_first_in_line_for_the_next_slot() -> None:
+    # Request x holds a slot on a while it answers; y is refused as busy, goes back to the
+    # front of the queue, and is given the slot x releases: it walks again, from a plan with
+    # no failures, and answers.
+    a = upstream("a", Slow(gap=0.005), Refuse(503), Reply())
+    r = router(a)
+    x = await open_answer(walker(r))
+    reading = asyncio.ensure_future(Outcome(x).read())
+    walk = walker(r)
+    y = await open_answer(walk)
+    out = await Outcome(y).read()
+    assert out.text == DEFAULT_ANSWER
+    assert (await reading).text == DEFAULT_ANSWER
+    assert called(a) == [3]
+    assert y.failures == [] and y.tried() == ["a"]  # the busy round is behind it
+    assert walk.queue_ms > 0
+    assert walk.ticket is None
+    settled(r)
+
+
+async def test_client_leaving_while_requeued_gives_up_its_place() -> None:
+    a = upstream("a", Slow(gap=0.01), Refuse(503), Reply())
+    r = router(a)
+    x = await open_answer(walker(r))
+    walk = walker(r)
+    opening = asyncio.ensure_future(open_answer(walk))
+    while walk.ticket is None:  # until y is back in the queue
+        await asyncio.sleep(0.001)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    walk.close()  # as the request's ledger entry does; nothing left to give up
+    assert not any(r.capacity.queue.depth().values())
+    await Outcome(x).read()
+    assert called(a) == [2]  # the slot x released went to no one
     settled(r)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 import nobusy.testing
-from nobusy.continuation import continuation_body
 from nobusy.errors import UpstreamError, UpstreamProtocolError
+from nobusy.routing.continuation import continuation_body
 from nobusy.testing import (
     DEFAULT_ANSWER,
     CutAfter,

@@ -72,7 +72,7 @@ async def list_upstreams(request: Request) -> Response:
     """Each upstream's circuit state, load, time to first token and last error."""
     router = app_state(request).router
     capacity = router.capacity.snapshot()
-    data = [{**h.snapshot(), "concurrency": capacity[h.name]} for h in router.health.values()]
+    data = [{**h.snapshot(), "concurrency": capacity[h.name]} for h in router.stats.values()]
     return JSONResponse({"object": "list", "data": data, "queue": router.capacity.queue.depth()})
 
 
@@ -80,11 +80,11 @@ async def reset_upstream(request: Request) -> Response:
     """Close an upstream's circuit now (``all`` for every upstream)."""
     router = app_state(request).router
     name = request.path_params["name"]
-    if name != "all" and name not in router.health:
+    if name != "all" and name not in router.stats:
         raise NotFound(f"No upstream named '{name}'.", param="name")
-    for health in router.health.values():
-        if name in ("all", health.name):
-            health.circuit.reset()
+    for stats in router.stats.values():
+        if name in ("all", stats.name):
+            stats.circuit.reset()
     return JSONResponse({"reset": name})
 
 

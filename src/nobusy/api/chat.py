@@ -6,8 +6,10 @@ client is answered at once with SSE comments giving its position and estimated w
 answer follows in the same stream; a wait longer than the patience is refused at once with
 429 and ``Retry-After``.
 
-Once the body parses, a request's books are open: the in-flight gauge, its key's counters, a
-queue place or an upstream slot. They are closed in one ``finally`` (``_Exchange.__call__``)
+Once the body parses, the request has an entry in the ledger: the in-flight gauge, its key's
+counters, its walk over the routes (a queue place or an upstream slot; the walker requeues a
+request every route refused as busy). The entry is closed in one ``finally``
+(``_ChatResponse.__call__``)
 whatever happens — an error, a bug, a client that leaves — with one usage row saying how it
 ended. A client that leaves before its answer is ready is noticed at once, streaming or not:
 its queue place is given up, its upstream request closed, and its row says ``client_gone``.
@@ -26,22 +28,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from nobusy.admission.capacity import Ticket
 from nobusy.admission.limits import estimate_tokens
-from nobusy.errors import (
-    AllUpstreamsFailed,
-    InvalidRequest,
-    NobusyError,
-    QueueTimeout,
-    UpstreamOverloaded,
-)
+from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard import Guard, Hit
 from nobusy.keys import Key
 from nobusy.pii import Masker, PiiSettings
-from nobusy.relay import collect, internal_error_event, sse_events
 from nobusy.responses import EventStreamResponse, JSONResponse
-from nobusy.routing import Answer, Reservation
+from nobusy.routing import Answer, Walker, open_answer
+from nobusy.routing.relay import collect, internal_error_event, sse_events
 from nobusy.schema import ChatRequest, parse_chat_request
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
@@ -61,15 +56,16 @@ async def chat_completions(request: Request) -> Response:
     # A large body is parsed off the loop (see nobusy.offload), like its guard and PII checks.
     chat, body = await state.offload.run(len(raw), parse_chat_request, raw)
     state.router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
-    return _Exchange(request, state, chat, body, len(raw))
+    return _ChatResponse(request, state, chat, body, len(raw))
 
 
 class _ClientGone(Exception):
     """The client closed its connection before its answer was ready."""
 
 
-class _Books:
-    """One request's accounts: usage record, in-flight gauge, key counters; closed once."""
+class _LedgerEntry:
+    """One request's accounts: usage record, in-flight gauge, key counters, its walk over the
+    routes (a queue place or a slot); closed once."""
 
     def __init__(
         self, state: AppState, chat: ChatRequest, body: dict[str, Any], request_id: str
@@ -85,12 +81,7 @@ class _Books:
         self.answer: Answer | None = None
         self.closed = False
         self.key: Key | None = None
-        # A queue place not yet turned into a reservation: given up if the request ends first.
-        self.ticket: Ticket | None = None
-        self.who = ""
-        self.priority = "normal"
-        self.deadline = 0.0
-        self.started_at = 0.0
+        self.walk: Walker | None = None
         self.masker: Masker | None = None
         self.estimate = 0
 
@@ -136,9 +127,9 @@ class _Books:
             return
         self.closed = True
         self.in_flight.dec()
-        if self.ticket is not None:
-            self.ticket.abandon()
-            self.ticket = None
+        if self.walk is not None:
+            self.walk.close()  # a queue place given up
+            self.record.queue_ms = self.walk.queue_ms
         if self.key is not None and self.state.limits is not None:
             actual = self.record.prompt_tokens + self.record.completion_tokens
             self.state.limits.done(self.key.id, self.estimate, actual)
@@ -164,9 +155,9 @@ class _Books:
         return self.exchange
 
 
-class _Exchange(Response):
+class _ChatResponse(Response):
     """The rest of the request, run as the response: every path out goes through one
-    ``finally`` that closes the books (an SSE body that never started included)."""
+    ``finally`` that closes the ledger entry (an SSE body that never started included)."""
 
     def __init__(
         self,
@@ -181,57 +172,55 @@ class _Exchange(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        books = _Books(self.state, self.chat, self.payload, self.request.state.request_id)
-        self.request.state.usage_record = books.record  # for the access line (nobusy.access)
+        entry = _LedgerEntry(self.state, self.chat, self.payload, self.request.state.request_id)
+        self.request.state.usage_record = entry.record  # for the access line (nobusy.access)
         try:
-            response = await _unless_gone(receive, self._prepare(books))
+            response = await _unless_gone(receive, self._prepare(entry))
             await response(scope, receive, send)
         except _ClientGone as exc:
-            books.ended(exc)
+            entry.ended(exc)
             # Nobody reads this; it keeps the server from logging a response never started.
             await Response(status_code=499)(scope, receive, send)
         except BaseException as exc:
-            books.ended(exc)
+            entry.ended(exc)
             raise
         finally:
-            await books.settle()
+            await entry.settle()
 
-    async def _prepare(self, books: _Books) -> Response:
+    async def _prepare(self, entry: _LedgerEntry) -> Response:
         """Everything up to the response: admission, checks, a slot, the first token; for a
-        non-streaming request the whole answer, with the books closed before it is sent."""
+        non-streaming request the whole answer, with the entry closed before it is sent."""
         request, state, chat, body = self.request, self.state, self.chat, self.payload
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
-        await books.admit(key, chat, self.size)
-        body, books.masker = await state.offload.run(
-            self.size, _screen, state.guard, router.alias(chat.model).pii, body, books.hits
+        await entry.admit(key, chat, self.size)
+        body, entry.masker = await state.offload.run(
+            self.size, _screen, state.guard, router.alias(chat.model).pii, body, entry.hits
         )
         client = request.client.host if request.client else "unknown"
-        books.who = f"key:{key.id}" if key else f"client:{client}"
-        books.priority = key.priority if key else "normal"
+        who = f"key:{key.id}" if key else f"client:{client}"
+        priority = key.priority if key else "normal"
         default = key.max_wait if key and key.max_wait is not None else None
         patience = _patience(request, default or state.settings.default_max_wait)
-        books.started_at = time.monotonic()
-        books.deadline = books.started_at + patience
-        reservation = router.reserve(chat.model, books.who, books.priority)
-        if reservation is None:
-            books.ticket = router.enqueue(chat.model, books.who, books.priority, patience)
+        walk = Walker(router, chat.model, body, entry.record.request_id, who, priority, patience)
+        entry.walk = walk
+        if not walk.reserve():  # queued
             if chat.stream:
-                books.record.outcome = "client_gone"  # until the stream says otherwise
-                events = _queued_stream(chat, body, books)
+                entry.record.outcome = "client_gone"  # until the stream says otherwise
+                events = _queued_stream(chat, entry, walk)
                 return EventStreamResponse(events, {"x-nobusy-upstream": "queued"})
-            reservation = await _granted(books)
-        answer = await _open(books, chat, body, reservation)
+            await walk.granted()
+        answer = await _open(entry, walk)
         headers = {"x-nobusy-upstream": answer.upstream}
         request.state.upstream = answer.upstream
         if chat.stream:
-            books.record.outcome = "client_gone"  # until the stream says otherwise
-            events = sse_events(answer, chat, books.record, books.close, books.capture)
+            entry.record.outcome = "client_gone"  # until the stream says otherwise
+            events = sse_events(answer, chat, entry.record, entry.close, entry.capture)
             return EventStreamResponse(events, headers)
-        completion = await collect(answer, chat, books.record, books.capture)
-        books.close()  # before the answer leaves: its row is then committed before its end
-        if books.record.notes:  # a continuation happened: say so where non-streaming clients see
-            headers["x-nobusy-failover"] = "; ".join(books.record.notes)
+        completion = await collect(answer, chat, entry.record, entry.capture)
+        entry.close()  # before the answer leaves: its row is then committed before its end
+        if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
+            headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
         return JSONResponse(completion, headers=headers)
 
 
@@ -248,72 +237,44 @@ def _screen(
     return masker.mask_request(body), masker
 
 
-async def _granted(books: _Books) -> Reservation:
-    """Wait for ``books.ticket``'s slot (a cancelled wait leaves the queue) and reserve it."""
-    ticket = books.ticket
-    assert ticket is not None
-    upstream = await ticket.wait()
-    books.ticket = None  # the slot is the reservation's now: an attempt releases it
-    books.record.queue_ms += round(ticket.waited * 1000, 3)
-    return books.state.router.reservation_for(books.record.alias, upstream, books.who)
-
-
-async def _open(
-    books: _Books, chat: ChatRequest, body: dict[str, Any], reservation: Reservation
-) -> Answer:
-    state = books.state
-    router = state.router
-    while True:
-        try:
-            answer = await router.open(chat.model, body, books.record.request_id, reservation)
-            break
-        except AllUpstreamsFailed as exc:
-            if not _only_busy(exc):
-                raise
-            # Every route said "busy" although it had a free slot by our count: its limit
-            # was probing above its real capacity. Wait for the next slot, first in line (this
-            # request already had its turn), within the patience; with no patience left the
-            # honest answer is the queue's 429, not a 503.
-            left = books.deadline - time.monotonic()
-            if left <= 0:
-                raise QueueTimeout(books.deadline - books.started_at, 1) from None
-            books.ticket = router.enqueue(chat.model, books.who, books.priority, left, front=True)
-            reservation = await _granted(books)
-    if books.masker is not None:
-        answer.chunks = restore_answer(answer.chunks, books.masker)
+async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
+    """The answer from the walk's slot on (requeued by the walker when every route was busy),
+    put back together and filtered as the request asks."""
+    state = entry.state
+    answer = await open_answer(walk)
+    if entry.masker is not None:
+        answer.chunks = restore_answer(answer.chunks, entry.masker)
     if state.guard is not None and state.guard.checks_output:
-        answer.chunks = filter_answer(answer.chunks, state.guard, books.hits)
-    books.answer = answer
-    books.record.upstream = answer.upstream
-    books.record.overflow = answer.overflow
+        answer.chunks = filter_answer(answer.chunks, state.guard, entry.hits)
+    entry.answer = answer
+    entry.record.upstream = answer.upstream
+    entry.record.overflow = answer.overflow
     return answer
 
 
 async def _queued_stream(
-    chat: ChatRequest, body: dict[str, Any], books: _Books
+    chat: ChatRequest, entry: _LedgerEntry, walk: Walker
 ) -> AsyncIterator[bytes]:
     """Queue positions as SSE comments (ignored by OpenAI SDKs), then the answer itself."""
-    ticket = books.ticket
-    assert ticket is not None
     try:
         try:
-            async for position, eta in ticket.updates():
+            async for position, eta in walk.positions():
                 yield f": nobusy: queued, position {position}, about {eta:.0f}s\n\n".encode()
-            reservation = await _granted(books)
-            answer = await _open(books, chat, body, reservation)
+            await walk.granted()
+            answer = await _open(entry, walk)
         except NobusyError as exc:
-            books.record.outcome = exc.code or "error"
+            entry.record.outcome = exc.code or "error"
             yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
             return
         except Exception as exc:
-            books.record.outcome = "internal_error"
-            yield internal_error_event(books.record.request_id, exc)
+            entry.record.outcome = "internal_error"
+            yield internal_error_event(entry.record.request_id, exc)
             return
         yield f": nobusy: answering from {answer.upstream}\n\n".encode()
-        async for part in sse_events(answer, chat, books.record, books.close, books.capture):
+        async for part in sse_events(answer, chat, entry.record, entry.close, entry.capture):
             yield part
     finally:
-        books.close()
+        entry.close()
 
 
 async def _unless_gone(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
@@ -356,15 +317,6 @@ async def _disconnected(receive: Receive) -> None:
     # The body has been read: what receive() delivers now is the client leaving.
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _only_busy(exc: AllUpstreamsFailed) -> bool:
-    # A failover the retry budget refused is no reason to fail the client: waiting for the
-    # next slot goes through admission, which no upstream's limit lets amplify.
-    tried = [f for f in exc.failures if f.attempted]
-    return bool(tried) and all(
-        isinstance(f, UpstreamOverloaded) and f.retry_after is None for f in tried
-    )
 
 
 def _patience(request: Request, default: float) -> float:

@@ -32,8 +32,7 @@ async def readyz(request: Request) -> Response:
     # Why each upstream cannot answer now: its circuit is open, or its last real attempt
     # (within the circuit's window) failed. An upstream never tried yet counts as able.
     why = {
-        name: health.why_not(health.circuit.settings.window)
-        for name, health in router.health.items()
+        name: stats.why_not(stats.circuit.settings.window) for name, stats in router.stats.items()
     }
     aliases: dict[str, dict[str, Any]] = {}
     for alias, spec in router.models.items():

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from nobusy.cli.errors import CliError
 from nobusy.cli.options import config_option, given, setting_flags, settings_for
-from nobusy.continuation_probe import check_continuations
 from nobusy.errors import ConfigError, UpstreamError
+from nobusy.routing.continuation_probe import check_continuations
 from nobusy.settings import Settings
 from nobusy.upstreams import build_upstream
 from nobusy.upstreams.base import Probe, Upstream, UpstreamCall, has_token

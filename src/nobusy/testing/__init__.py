@@ -3,12 +3,12 @@
 ``ScriptedUpstream`` implements the upstream protocol (``nobusy.upstreams.base.Upstream``)
 and plays one scripted step per call — an answer, a refusal, a hang, a cut, an error event —
 raising the same ``nobusy.errors`` the ``openai`` kind raises for that fault on the wire. Give
-it to the real ``Router`` to test routing, failover, hedging and continuation without a
-socket, in milliseconds::
+it to the real ``Router`` and walk a request with a ``Walker`` to test routing, failover,
+hedging and continuation without a socket, in milliseconds::
 
     from nobusy import testing
     from nobusy.metrics import Metrics
-    from nobusy.routing import Router
+    from nobusy.routing import Router, Walker, open_answer
     from nobusy.settings import ModelAlias, Route, Settings
     from nobusy.testing import CutAfter, Refuse, Reply, ScriptedUpstream
 
@@ -23,8 +23,9 @@ socket, in milliseconds::
     )
     router = Router(settings, ups, Metrics())
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    reservation = router.reserve("m")
-    answer = await router.open("m", body, "req-1", reservation)
+    walk = Walker(router, "m", body, "req-1")
+    assert walk.reserve()  # a slot taken at once (else the walk waits in the queue)
+    answer = await open_answer(walk)
     text = "".join(
         [
             chunk["choices"][0]["delta"].get("content") or ""

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat
 
-from nobusy.continuation import CONTINUE_INSTRUCTION
 from nobusy.errors import (
     UpstreamAuthFailed,
     UpstreamError,
@@ -37,6 +36,7 @@ from nobusy.errors import (
     UpstreamRejectedRequest,
     UpstreamUnreachable,
 )
+from nobusy.routing.continuation import CONTINUE_INSTRUCTION
 from nobusy.testing.steps import (
     Answer,
     CutAfter,

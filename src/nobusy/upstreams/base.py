@@ -1,9 +1,9 @@
 """The one protocol every upstream kind implements: a request in, an async iterator of chunks out.
 
 A chunk is one OpenAI ``chat.completion.chunk`` as a dict. Non-streaming answers are built by
-collecting the same chunks (``nobusy.relay``), so every kind gets streaming, non-streaming,
-first-token detection (``nobusy.routing``) and mid-stream continuation (``nobusy.failover``)
-from one code path.
+collecting the same chunks (``nobusy.routing.relay``), so every kind gets streaming,
+non-streaming, first-token detection (``nobusy.routing.attempt``) and mid-stream continuation
+(``nobusy.routing.answer``) from one code path.
 """
 
 from __future__ import annotations
@@ -14,9 +14,15 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from nobusy.circuit import CircuitSettings
-
-__all__ = ["Chunk", "Probe", "Upstream", "UpstreamCall", "UpstreamSettings", "has_token"]
+__all__ = [
+    "Chunk",
+    "CircuitSettings",
+    "Probe",
+    "Upstream",
+    "UpstreamCall",
+    "UpstreamSettings",
+    "has_token",
+]
 
 Chunk = dict[str, Any]
 
@@ -30,6 +36,30 @@ def has_token(chunk: Chunk) -> bool:
         if choice.get("finish_reason"):
             return True
     return False
+
+
+class CircuitSettings(BaseModel):
+    """When an upstream is taken out of rotation, and for how long.
+
+    Declared here, beside the other options of an upstream, so that reading an upstream's
+    settings does not import the router (``nobusy.routing.circuit`` applies them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consecutive_failures: PositiveInt = Field(
+        5, description="Consecutive failed attempts that open the circuit."
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of failed attempts in the window that opens it."
+    )
+    min_requests: PositiveInt = Field(
+        20, description="Attempts needed in the window before the failure rate counts."
+    )
+    window: PositiveFloat = Field(30.0, description="Seconds of history for the failure rate.")
+    ejection: PositiveFloat = Field(
+        30.0, description="Seconds out of rotation on the first ejection; multiplied by n."
+    )
+    max_ejection: PositiveFloat = Field(300.0, description="Longest ejection, in seconds.")
 
 
 class UpstreamSettings(BaseModel):

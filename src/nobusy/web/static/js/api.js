@@ -58,7 +58,7 @@ export async function call(path, { method = "GET", body, admin = false, signal }
   return data;
 }
 
-// nobusy's own SSE comments (see api/chat.py and failover.py): what it is doing for the
+// nobusy's own SSE comments (see api/chat.py and routing/answer.py): what it is doing for the
 // client. OpenAI SDKs ignore comments; the console shows them.
 const NOTES = [
   [/^nobusy: queued, position (\d+), about (\d+)s$/, (m) => ({ kind: "queued", position: +m[1], eta: +m[2] })],

@@ -10,7 +10,7 @@ The partial answer goes to the next route with that route's continuation:
 - ``none``: an instruction to continue, after which text that repeats the end of the partial
   answer is trimmed (``OverlapTrimmer``). A model may still restate or reword; nothing checks.
 - ``auto`` (the default): the best of these the upstream was seen to honour, found by a probe
-  the first time it is needed (``nobusy.continuation_probe``).
+  the first time it is needed (``nobusy.routing.continuation_probe``).
 
 Only a native continuation that was checked is announced as seamless (``Method.how``): a
 configured ``prefix`` that the upstream silently ignores makes it start over.

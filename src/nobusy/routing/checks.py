@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-from nobusy.circuit import State
-from nobusy.routing import Router
+from nobusy.routing.circuit import State
+from nobusy.routing.router import Router
 
 __all__ = ["Prober"]
 
@@ -34,11 +34,11 @@ class Prober:
 
     async def _loop(self, name: str, interval: float) -> None:
         upstream = self.router.upstreams[name]
-        health = self.router.health[name]
+        stats = self.router.stats[name]
         while True:
             await asyncio.sleep(interval)
             probe = await upstream.probe()
-            circuit = health.circuit
+            circuit = stats.circuit
             if probe.ok:
                 # Not noted as a success: /models answering says nothing about completions,
                 # and readiness goes by real outcomes.
@@ -46,7 +46,7 @@ class Prober:
                     circuit.success()
                 continue
             log.warning("health probe of %s failed: %s", name, probe.detail)
-            health.note_failure(f"health probe: {probe.detail}")
+            stats.note_failure(f"health probe: {probe.detail}")
             if circuit.state is not State.OPEN:
                 circuit.failure(f"health probe: {probe.detail}")
 

@@ -2,7 +2,7 @@
 
 After the first token, a failure (a dropped connection, an error event, a gap longer than
 ``idle_timeout``) does not reach the client. The stream continues on the next route with the
-partial answer (``nobusy.continuation``), drops what the client already has, and carries on.
+partial answer (``routing.continuation``), drops what the client already has, and carries on.
 Along the way it:
 
 - buffers tool-call deltas until each call is complete, so a call cut in half is restarted
@@ -13,26 +13,25 @@ Along the way it:
 - emits notes (``{"nobusy_note": ...}``) that the relay writes as SSE comments, which OpenAI
   SDKs ignore and the web console shows.
 
-It reaches the router only through the two small protocols below (``Walker``, ``RouteAttempt``),
-which ``nobusy.routing``'s ``Router`` and ``Attempt`` implement: the router imports this module,
-never the other way round.
+The stream asks its ``Walker`` for the next attempt (``routing.walker``); the walker owns the
+plan, the failures and the attempts, so the stream holds only what the client has been sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
-from nobusy.continuation import Joiner, Skipper, continuation_body
-from nobusy.continuation_probe import ContinuationModes
-from nobusy.errors import AllUpstreamsFailed, UpstreamError, UpstreamTimeout
+from nobusy.errors import UpstreamError, UpstreamTimeout
+from nobusy.routing.continuation import Joiner, Skipper, continuation_body
+from nobusy.routing.walker import Walker
 from nobusy.settings import Route
-from nobusy.upstreams.base import Chunk, Upstream, UpstreamSettings, has_token
+from nobusy.upstreams.base import Chunk, has_token
 
-__all__ = ["AnswerStream", "RouteAttempt", "Walker", "note"]
+__all__ = ["Answer", "AnswerStream", "note", "open_answer"]
 
 log = logging.getLogger("nobusy.failover")
 
@@ -41,65 +40,48 @@ def note(text: str) -> Chunk:
     return {"nobusy_note": text}
 
 
-class RouteAttempt(Protocol):
-    """One request to one upstream, started and read up to its first token (``prefix``)."""
+@dataclass(slots=True)
+class Answer:
+    """An answer whose first token has arrived: where it comes from, and all its chunks."""
 
-    route: Route
-    prefix: list[Chunk]
-    iterator: AsyncIterator[Chunk]
-
-    @property
-    def settings(self) -> UpstreamSettings: ...
-
-    async def first_token(self) -> None: ...
-
-    async def succeed(self) -> None: ...
-
-    async def fail(self, exc: UpstreamError) -> None: ...
-
-    async def cancel(self) -> None: ...
-
-
-class Walker(Protocol):
-    """What the stream asks of the router to carry an answer over to the next route."""
+    route: Route  # the route that spoke first
+    chunks: AsyncIterator[Chunk]
+    first_token_at: float
+    walker: Walker
+    overflow: bool = False
 
     @property
-    def upstreams(self) -> Mapping[str, Upstream]: ...
+    def upstream(self) -> str:
+        return f"{self.route} (overflow)" if self.overflow else str(self.route)
 
     @property
-    def continuations(self) -> ContinuationModes: ...
+    def failures(self) -> list[UpstreamError]:
+        return self.walker.failures
 
-    def next_route(
-        self, queue: deque[Route], failures: list[UpstreamError], attempts: int, who: str = ""
-    ) -> Route | None: ...
+    def tried(self) -> list[str]:
+        """Upstreams attempted so far, in order, ending with the one answering now."""
+        return self.walker.tried()
 
-    def start(
-        self, route: Route, body: dict[str, Any], request_id: str, who: str = ""
-    ) -> RouteAttempt: ...
+
+async def open_answer(walker: Walker) -> Answer:
+    """The walker's first attempt to speak, relayed with failover as one answer."""
+    attempt = await walker.first_attempt()
+    assert attempt.first_token_at is not None
+    stream = AnswerStream(walker)
+    return Answer(
+        attempt.route,
+        stream.chunks(),
+        attempt.first_token_at,
+        walker,
+        overflow=walker.overflow and attempt.route == walker.reserved,
+    )
 
 
 class AnswerStream:
     """Relays one attempt after another as a single answer."""
 
-    def __init__(
-        self,
-        router: Walker,
-        body: dict[str, Any],
-        request_id: str,
-        attempt: RouteAttempt,
-        queue: deque[Route],
-        failures: list[UpstreamError],
-        attempts: int,
-        who: str = "",
-    ) -> None:
-        self.router = router
-        self.body = body
-        self.request_id = request_id
-        self.attempt = attempt
-        self.queue = queue
-        self.failures = failures
-        self.attempts = attempts
-        self.who = who
+    def __init__(self, walker: Walker) -> None:
+        self.walker = walker
         # What the client has, as pieces (joined only when a continuation needs the text).
         self._content: list[str] = []
         self._reasoning: list[str] = []
@@ -115,7 +97,9 @@ class AnswerStream:
         self.how = ""  # how the current continuation was made, for the note
 
     async def chunks(self) -> AsyncIterator[Chunk]:
-        attempt = self.attempt
+        walker = self.walker
+        attempt = walker.attempt
+        assert attempt is not None
         try:
             while True:
                 try:
@@ -157,16 +141,16 @@ class AnswerStream:
                     self._count_lost_usage()
                     if not exc.retryable:
                         raise
-                    self.failures.append(exc)
+                    walker.failures.append(exc)
                     log.warning(
                         "request %s: %s failed mid-answer: %s; continuing on the next route",
-                        self.request_id, attempt.route, exc.message,
+                        walker.request_id, attempt.route, exc.message,
                     )  # fmt: skip
-                    attempt = await self._continue(exc)
+                    self.tools = []  # a half-made tool call is made again from the start
+                    attempt = await walker.next_attempt(self._continuation_body)
                     log.warning(
-                        "request %s: continuing the answer on %s", self.request_id, attempt.route
+                        "request %s: continuing the answer on %s", walker.request_id, attempt.route
                     )
-                    self.attempt = attempt
                     # Worded by what is known of the method (continuation.Method.how): only a
                     # continuation seen to work is called seamless.
                     yield note(
@@ -174,7 +158,8 @@ class AnswerStream:
                         f"continuing on {attempt.route}: {self.how}"
                     )
         finally:
-            await self.attempt.cancel()  # no-op when it already ended
+            if walker.attempt is not None:
+                await walker.attempt.cancel()  # no-op when it already ended
 
     def _process(self, chunk: Chunk) -> list[Chunk]:
         usage = chunk.get("usage")
@@ -265,7 +250,8 @@ class AnswerStream:
         rest = skip.feed(text)
         if skip.diverged and not diverged_before:
             # The new route thinks differently: restart its reasoning in full, visibly.
-            route = self.attempt.route
+            assert self.walker.attempt is not None
+            route = self.walker.attempt.route
             return [note(f"nobusy: reasoning restarted on {route}"), "\n\n" + skip.matched + rest]
         return [rest] if rest else []
 
@@ -278,49 +264,21 @@ class AnswerStream:
         self.attempt_pieces = 0
         self.attempt_usage = False
 
-    async def _continue(self, cause: UpstreamError) -> RouteAttempt:
-        """Open the next route with what the client already has, up to its first token."""
-        self.tools = []  # a half-made tool call is made again from the start
-        router = self.router
-        while True:
-            route = router.next_route(self.queue, self.failures, self.attempts, self.who)
-            if route is None:
-                raise AllUpstreamsFailed(str(self.body.get("model", "")), self.failures)
-            self.attempts += 1
-            attempt = await self._continuation_attempt(route)
-            try:
-                await attempt.first_token()
-            except UpstreamError as exc:
-                await attempt.fail(exc)
-                log.warning(
-                    "request %s: continuation on %s failed: %s",
-                    self.request_id, route, exc.message,
-                )  # fmt: skip
-                if not exc.retryable:
-                    raise
-                self.failures.append(exc)
-                continue
-            return attempt
-
-    async def _continuation_attempt(self, route: Route) -> RouteAttempt:
-        router = self.router
-        settings = router.upstreams[route.upstream].settings
+    async def _continuation_body(self, route: Route) -> dict[str, Any]:
+        """The request that has ``route`` continue what the client already has."""
+        body = self.walker.body
         self.continuing = True
         self.joiner = self.reasoning_skip = None
         content = "".join(self._content)
-        if content:
-            upstream = router.upstreams[route.upstream]
-            model = route.model or upstream.default_model
-            method = await router.continuations.method(upstream, settings, model)
-            self.how = method.how
-            self.joiner = Joiner(content, method.mode)
-            produced = len(self._content) + len(self._reasoning)
-            body = continuation_body(self.body, self.joiner.partial, method.mode, produced)
-        else:
-            body = self.body
+        if not content:
             self.how = "restarting the answer (no text had been sent)"
             self.reasoning_skip = Skipper("".join(self._reasoning))
-        return self.router.start(route, body, self.request_id, self.who)
+            return body
+        method = await self.walker.continuation(route)
+        self.how = method.how
+        self.joiner = Joiner(content, method.mode)
+        produced = len(self._content) + len(self._reasoning)
+        return continuation_body(body, self.joiner.partial, method.mode, produced)
 
 
 def _choice_chunk(choice: dict[str, Any], delta: dict[str, Any], finish: str | None) -> Chunk:

@@ -18,21 +18,22 @@ import orjson
 from nobusy.errors import NobusyError
 from nobusy.message import MessageBuilder
 from nobusy.responses import internal_error_body
-from nobusy.routing import Answer
+from nobusy.routing.answer import Answer
 from nobusy.schema import ChatRequest
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
-__all__ = ["Tally", "collect", "internal_error_event", "sse_events"]
+__all__ = ["ChunkRewriter", "collect", "internal_error_event", "sse_events"]
 
 DONE = b"data: [DONE]\n\n"
 
 log = logging.getLogger("nobusy")
 
 
-class Tally:
-    """Per-answer bookkeeping shared by the streaming and the collecting path."""
+class ChunkRewriter:
+    """Rewrites each chunk of one answer for the client, counting its usage into the record;
+    shared by the streaming and the collecting path."""
 
     __slots__ = ("alias", "completion_id", "created", "include_usage", "record", "saw_usage")
 
@@ -44,7 +45,7 @@ class Tally:
         self.record = record
         self.saw_usage = False
 
-    def absorb(self, chunk: Chunk) -> Chunk | None:
+    def rewrite(self, chunk: Chunk) -> Chunk | None:
         """Rewrite one chunk for the client; None when the client should not see it."""
         chunk["id"] = self.completion_id
         chunk["model"] = self.alias
@@ -79,7 +80,7 @@ async def sse_events(
 
     With ``capture``, what the client receives (content, reasoning, tool calls) is also
     assembled there, for the audit log."""
-    tally = Tally(request, record)
+    rewriter = ChunkRewriter(request, record)
     record.outcome = "client_gone"
     try:
         async for chunk in answer.chunks:
@@ -87,7 +88,7 @@ async def sse_events(
                 record.notes.append(chunk["nobusy_note"])
                 yield b": " + chunk["nobusy_note"].encode() + b"\n\n"
                 continue
-            out = tally.absorb(chunk)
+            out = rewriter.rewrite(chunk)
             if out is not None:
                 if capture is not None:
                     for choice in out.get("choices") or ():
@@ -125,24 +126,24 @@ async def collect(
     capture: Transcript | None = None,
 ) -> dict[str, Any]:
     """Assemble the whole answer into one ``chat.completion`` object (also into ``capture``)."""
-    tally = Tally(request, record)
+    rewriter = ChunkRewriter(request, record)
     built = capture.answer if capture is not None else MessageBuilder()
     try:
         async for chunk in answer.chunks:
             if "nobusy_note" in chunk:
                 record.notes.append(chunk["nobusy_note"])
                 continue
-            tally.absorb(chunk)
+            rewriter.rewrite(chunk)
             for choice in chunk.get("choices") or ():
                 built.add(choice)
     finally:
         await _aclose(answer.chunks)
     prompt, completion = record.prompt_tokens, record.completion_tokens
     return {
-        "id": tally.completion_id,
+        "id": rewriter.completion_id,
         "object": "chat.completion",
-        "created": tally.created,
-        "model": tally.alias,
+        "created": rewriter.created,
+        "model": rewriter.alias,
         "choices": [
             {
                 "index": 0,

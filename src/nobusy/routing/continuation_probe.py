@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nobusy.continuation import Method, continuation_body
 from nobusy.errors import UpstreamError
+from nobusy.routing.continuation import Method, continuation_body
 from nobusy.upstreams.base import UpstreamCall
 
 if TYPE_CHECKING:

@@ -11,33 +11,33 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from nobusy.health import UpstreamHealth
+from nobusy.routing.stats import UpstreamStats
 from nobusy.settings import Route
 
 __all__ = ["plan_routes"]
 
 
 def plan_routes(
-    routes: Sequence[Route], health: Mapping[str, UpstreamHealth], rng: random.Random
+    routes: Sequence[Route], stats: Mapping[str, UpstreamStats], rng: random.Random
 ) -> tuple[list[Route], list[Route]]:
     """Split routes into (usable routes in the order to try them, routes skipped as open)."""
-    usable = [r for r in routes if health[r.upstream].circuit.available()]
+    usable = [r for r in routes if stats[r.upstream].circuit.available()]
     skipped = [r for r in routes if r not in usable]
     ordered: list[Route] = []
     for tier in sorted({r.tier for r in usable}):
         members = [r for r in usable if r.tier == tier]
-        ordered.extend(_order_tier(members, health, rng))
+        ordered.extend(_order_tier(members, stats, rng))
     return ordered, skipped
 
 
 def _order_tier(
-    members: list[Route], health: Mapping[str, UpstreamHealth], rng: random.Random
+    members: list[Route], stats: Mapping[str, UpstreamStats], rng: random.Random
 ) -> list[Route]:
     if len(members) < 2:
         return members
     a, b = _two_by_weight(members, rng)
-    first = a if health[a.upstream].score() <= health[b.upstream].score() else b
-    rest = sorted((r for r in members if r is not first), key=lambda r: health[r.upstream].score())
+    first = a if stats[a.upstream].score() <= stats[b.upstream].score() else b
+    rest = sorted((r for r in members if r is not first), key=lambda r: stats[r.upstream].score())
     return [first, *rest]
 
 

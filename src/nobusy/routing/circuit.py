@@ -20,32 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from nobusy.upstreams.base import CircuitSettings
 
-__all__ = ["Circuit", "CircuitSettings", "State"]
+__all__ = ["Circuit", "State"]
 
 log = logging.getLogger("nobusy.circuit")
-
-
-class CircuitSettings(BaseModel):
-    """When an upstream is taken out of rotation, and for how long."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    consecutive_failures: PositiveInt = Field(
-        5, description="Consecutive failed attempts that open the circuit."
-    )
-    failure_rate: float = Field(
-        0.5, gt=0, le=1, description="Share of failed attempts in the window that opens it."
-    )
-    min_requests: PositiveInt = Field(
-        20, description="Attempts needed in the window before the failure rate counts."
-    )
-    window: PositiveFloat = Field(30.0, description="Seconds of history for the failure rate.")
-    ejection: PositiveFloat = Field(
-        30.0, description="Seconds out of rotation on the first ejection; multiplied by n."
-    )
-    max_ejection: PositiveFloat = Field(300.0, description="Longest ejection, in seconds.")
 
 
 class State(StrEnum):

@@ -1,7 +1,8 @@
-"""What this process knows about each upstream: its circuit, load and time to first token.
+"""Live statistics of each upstream in this process: its circuit, load and time to first token.
 
-Routing reads it to order routes and skip ejected ones; the admin endpoint, ``/metrics`` and
-``nobusy check`` show it.
+Routing reads them to order routes and skip ejected ones; the admin endpoint, ``/metrics``,
+``/readyz`` and ``nobusy check`` show them. (Active health checks are ``routing.checks``; the
+health endpoints are ``api/ops.py``.)
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nobusy.circuit import Circuit
+from nobusy.routing.circuit import Circuit
 
-__all__ = ["UpstreamHealth"]
+__all__ = ["UpstreamStats"]
 
 # Smoothing for the time-to-first-token average: recent requests count most, as in
 # Finagle's and Envoy's peak-EWMA balancers.
@@ -23,7 +24,7 @@ _DEFAULT_TTFT = 1.0
 
 
 @dataclass
-class UpstreamHealth:
+class UpstreamStats:
     """Live figures for one upstream in this process."""
 
     name: str

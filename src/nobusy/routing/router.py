@@ -1,0 +1,118 @@
+"""The routes of each model alias, and what choosing among them needs: one ``Router`` per app.
+
+The router holds what every request shares: the upstreams, their live statistics
+(``routing.stats``) and circuits, the slots and queue of ``admission.capacity``, the retry and
+hedge budgets, and how each upstream continues a cut answer. It plans an alias's routes
+(``routing.balancing``: tiers, then power of two choices over load and time to first token,
+skipping upstreams whose circuit is open). Walking the plan for one request is
+``routing.walker``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+
+from nobusy.admission.capacity import Capacity, Ticket
+from nobusy.errors import ModelNotFound, UpstreamEjected
+from nobusy.metrics import Metrics
+from nobusy.routing.balancing import plan_routes
+from nobusy.routing.budget import Budget
+from nobusy.routing.circuit import Circuit
+from nobusy.routing.continuation_probe import ContinuationModes
+from nobusy.routing.stats import UpstreamStats
+from nobusy.settings import ModelAlias, Route, Settings
+from nobusy.upstreams.base import Upstream
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Holds the upstreams, their statistics, slots and budgets, and the alias table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstreams: Mapping[str, Upstream],
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.models: dict[str, ModelAlias] = dict(settings.models)
+        self.upstreams = dict(upstreams)
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.stats = {
+            name: UpstreamStats(name, spec.kind, Circuit(spec.circuit, name=name))
+            for name, spec in settings.upstreams.items()
+        }
+        self.retry_budgets = {name: self._budget() for name in self.upstreams}
+        self.continuations = ContinuationModes()  # how each upstream continues a cut answer
+        # With several worker processes the ceilings are counted together across them (the
+        # app shares them at start-up: admission/shared.py); each still adapts its own limit.
+        self.capacity = Capacity(
+            {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
+            max(1, settings.initial_concurrency // settings.workers),
+        )
+        self.capacity.pause = self._pause
+        for name, limit in self.capacity.limits.items():
+            limit.name = limit.name or name  # for its log lines
+        self.hedge_budgets = {
+            alias: Budget(spec.hedge.budget, 1, settings.retry_window)
+            for alias, spec in self.models.items()
+            if spec.hedge is not None
+        }
+
+    def _budget(self) -> Budget:
+        s = self.settings
+        return Budget(s.retry_budget, s.retry_budget_min, s.retry_window)
+
+    def aliases(self) -> list[str]:
+        return list(self.models)
+
+    def alias(self, name: str) -> ModelAlias:
+        spec = self.models.get(name)
+        if spec is None:
+            available = ", ".join(self.models) or "(none)"
+            raise ModelNotFound(
+                f"The model '{name}' does not exist. Available models: {available}.",
+                param="model",
+            )
+        return spec
+
+    def usable(self, upstream: str) -> bool:
+        return self.stats[upstream].circuit.available()
+
+    def _pause(self, upstream: str) -> float:
+        """Seconds until ``upstream`` may be sent a request (a moment while a probe is out)."""
+        circuit = self.stats[upstream].circuit
+        return 0.0 if circuit.available() else max(circuit.retry_in(), 0.05)
+
+    def plan(self, routes: Sequence[Route]) -> tuple[list[Route], list[Route]]:
+        """(usable routes in the order to try them, routes skipped because their circuit is
+        open), by ``routing.balancing``."""
+        return plan_routes(routes, self.stats, self.rng)
+
+    def enqueue(
+        self, alias: str, key: str, priority: str, patience: float, front: bool = False
+    ) -> Ticket:
+        """Wait for a slot on any route of the alias (QueueFull if it would take long); one
+        whose circuit is open hands out no slot until it may be used again."""
+        spec = self.alias(alias)
+        upstreams = frozenset(r.upstream for r in (*spec.routes, *spec.overflow))
+        return self.capacity.enqueue(upstreams, key, priority, patience, front)
+
+    def ejected(self, route: Route) -> UpstreamEjected:
+        """The failure that names a route skipped because its circuit is open."""
+        circuit = self.stats[route.upstream].circuit
+        wait = circuit.retry_in()
+        reason = f" after: {circuit.reason}" if circuit.reason else ""
+        return UpstreamEjected(
+            f"circuit open for {wait:.0f}s more{reason}",
+            upstream=route.upstream,
+            retry_after=wait,
+        )
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
