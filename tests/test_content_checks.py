@@ -396,8 +396,8 @@ def test_a_masked_tool_name_comes_back_restored(
 
 def test_the_request_body_is_copied_not_changed(tmp_path: Path) -> None:
     """The guard replaces containers; a copy taken earlier (the audit's) keeps what was sent."""
-    from nobusy.filtering import check_request
     from nobusy.guard import Guard, LexiconSettings
+    from nobusy.guard.filtering import check_request
 
     (tmp_path / "mask.txt").write_text("secretname\n")
     guard = Guard([LexiconSettings(path=tmp_path / "mask.txt", action="mask")])

@@ -9,9 +9,9 @@ from typing import cast
 import pytest
 from pydantic import SecretStr
 
-from nobusy.auth import Authenticator
 from nobusy.crypto import load_suite
-from nobusy.edge import EdgePolicy
+from nobusy.edge.auth import Authenticator
+from nobusy.edge.policy import EdgePolicy
 from nobusy.errors import AdminAuthRequired, ConfigError
 from nobusy.settings import load_settings
 from nobusy.store.audit import AuditLog

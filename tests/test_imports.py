@@ -130,7 +130,7 @@ def shortest_cycle(start: str, edges: dict[str, set[str]], group: set[str]) -> l
 
 def test_the_walker_sees_lazy_type_checking_and_string_imports() -> None:
     edges = graph()
-    assert "nobusy.app" in edges["nobusy.server"]  # inside run(), and as uvicorn's import string
+    assert "nobusy.app" in edges["nobusy.edge.server"]  # inside run(); uvicorn's import string
     assert "nobusy.routing.stats" in edges["nobusy.metrics"]  # under `if TYPE_CHECKING:` only
     assert "nobusy.upstreams.openai" in edges["nobusy.upstreams"]  # a kind's import string
     assert "nobusy.errors" in edges["nobusy.routing.router"]  # `from nobusy.errors import ...`

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from nobusy.api import admin
 from nobusy.api import keys as api
-from nobusy.auth import Authenticator
+from nobusy.edge.auth import Authenticator
 from nobusy.errors import (
     InvalidApiKey,
     InvalidRequest,

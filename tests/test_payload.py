@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nobusy import payload
-from nobusy.filtering import check_request
-from nobusy.guard import Guard, Hit, LexiconSettings
-from nobusy.pii import Masker
+from nobusy.guard import Guard, Hit, LexiconSettings, payload
+from nobusy.guard.filtering import check_request
+from nobusy.guard.pii import Masker
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),

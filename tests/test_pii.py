@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from nobusy.pii import KINDS, Kind, Masker, PiiSettings
+from nobusy.guard.pii import KINDS, Kind, Masker, PiiSettings
 
 ID = "11010519491231002X"  # the standard's own example
 MOBILE = "13800138000"

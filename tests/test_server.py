@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nobusy.app import create_app
-from nobusy.server import uvicorn_config
+from nobusy.edge.server import uvicorn_config
 from nobusy.settings import load_settings
 from nobusy.store.migrations import DB_NAME
 from tests.conftest import Process, serve

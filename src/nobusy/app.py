@@ -11,13 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from nobusy import web
-from nobusy.access import AccessLog
 from nobusy.api import admin, chat, keys, models, openapi, ops
-from nobusy.auth import Authenticator, hashers_for
+from nobusy.edge.access import AccessLog
+from nobusy.edge.auth import Authenticator, hashers_for
+from nobusy.edge.middleware import RequestContextMiddleware
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
-from nobusy.middleware import RequestContextMiddleware
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.settings import Settings

@@ -30,7 +30,7 @@ from pydantic import (
 
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
-from nobusy.pii import PiiSettings
+from nobusy.guard.pii import PiiSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 

@@ -18,8 +18,8 @@ from starlette.requests import Request
 
 from nobusy.admission.limits import KeyLimits
 from nobusy.admission.shared import SharedSlots
-from nobusy.auth import Authenticator
 from nobusy.crypto import load_suite
+from nobusy.edge.auth import Authenticator
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload

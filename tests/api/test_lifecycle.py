@@ -26,7 +26,7 @@ import nobusy.api.chat as chat_module
 from nobusy.admission.capacity import Ticket
 from nobusy.app import create_app
 from nobusy.errors import NobusyError, StorageUnavailable
-from nobusy.pii import Masker
+from nobusy.guard.pii import Masker
 from nobusy.routing import Walker
 from nobusy.routing.relay import ChunkRewriter
 from nobusy.settings import load_settings

@@ -54,7 +54,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
         monkeypatch.delenv(env_name(name), raising=False)
     runs: list[Settings] = []
     monkeypatch.setattr(
-        "nobusy.server.run", lambda settings, config_file=None: runs.append(settings)
+        "nobusy.edge.server.run", lambda settings, config_file=None: runs.append(settings)
     )
     return runs
 

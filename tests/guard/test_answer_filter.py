@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nobusy.filtering import filter_answer
 from nobusy.guard import Guard, Hit, LexiconSettings
+from nobusy.guard.filtering import filter_answer
 from nobusy.message import MessageBuilder
 
 Chunk = dict[str, Any]

@@ -30,10 +30,10 @@ from starlette.types import Receive, Scope, Send
 
 from nobusy.admission.limits import estimate_tokens
 from nobusy.errors import InvalidRequest, NobusyError
-from nobusy.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard import Guard, Hit
+from nobusy.guard.filtering import check_request, filter_answer, restore_answer
+from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.pii import Masker, PiiSettings
 from nobusy.responses import EventStreamResponse, JSONResponse
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.relay import collect, internal_error_event, sse_events
@@ -173,7 +173,7 @@ class _ChatResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = _LedgerEntry(self.state, self.chat, self.payload, self.request.state.request_id)
-        self.request.state.usage_record = entry.record  # for the access line (nobusy.access)
+        self.request.state.usage_record = entry.record  # for the access line (nobusy.edge.access)
         try:
             response = await _unless_gone(receive, self._prepare(entry))
             await response(scope, receive, send)

@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nobusy.auth import hashers_for
 from nobusy.cli.options import (
     config_option,
     data_dir_option,
@@ -22,6 +21,7 @@ from nobusy.cli.options import (
     store_options,
     where,
 )
+from nobusy.edge.auth import hashers_for
 from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import PRIORITIES, Key, validate
 from nobusy.store.keys import KeyStore

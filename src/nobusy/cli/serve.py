@@ -38,7 +38,7 @@ _settings = settings_for
 def serve(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Run the OpenAI-compatible service."""
     settings = _settings(config_file, **given(ctx, flags))
-    from nobusy.server import run
+    from nobusy.edge.server import run
 
     # The start-up lines (addresses, console) are logged by `run` once the settings and the
     # address have passed every check: nothing says "serving" before a refusal.

@@ -1,4 +1,9 @@
-"""Sensitive-word filtering (敏感词过滤) of requests and of answers as they stream.
+"""What may pass in and out: sensitive words, PII.
+
+This module is the sensitive-word filtering (敏感词过滤) of requests and of answers as they
+stream; ``lexicon``, ``normalize`` and ``stream`` are its parts. ``pii`` masks personal data
+before a request leaves and puts it back in the answer; ``payload`` lists every string of a
+request that goes upstream, for both; ``filtering`` puts the guard and PII on a request's path.
 
     guard = Guard.load(settings.guard, base_dir=config_file.parent)
     verdict = guard.check_input(text)            # .blocked, .text (masked), .hits

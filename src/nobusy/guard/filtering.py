@@ -7,7 +7,7 @@ which holds back only the few characters a split word could still need; tool cal
 whole once complete. A block word ends the answer with ``finish_reason: "content_filter"`` and
 closes the upstream request.
 
-The input check reads every string that goes upstream (``nobusy.payload``), not only the
+The input check reads every string that goes upstream (``nobusy.guard.payload``), not only the
 messages' text. Bidi embedding and override controls are taken out of checked text on both
 sides: ``"\u202ekcalb"`` would show as a word the matcher never read.
 """
@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from nobusy import payload
 from nobusy.errors import ContentFiltered
-from nobusy.guard import Guard, Hit, StreamFilter
+from nobusy.guard import Guard, Hit, StreamFilter, payload
 from nobusy.guard.normalize import strip_bidi
+from nobusy.guard.pii import Masker, Restorer
 from nobusy.message import merge_tool_call
-from nobusy.pii import Masker, Restorer
 from nobusy.upstreams.base import Chunk
 
 __all__ = ["check_request", "filter_answer", "restore_answer"]

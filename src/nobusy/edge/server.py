@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
-from nobusy.edge import is_loopback
+from nobusy.edge.policy import is_loopback
 from nobusy.errors import ConfigError, HeadersTooLarge
 from nobusy.settings import Settings
 
@@ -192,7 +192,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         http=GuardedHttpToolsProtocol,
         ws="none",
         lifespan="on",
-        access_log=False,  # nobusy.access writes one line per request instead
+        access_log=False,  # nobusy.edge.access writes one line per request instead
         log_level=settings.log_level,
         log_config=log_config(settings.log_level),
         timeout_keep_alive=5,
@@ -286,7 +286,7 @@ def _app_factory(settings: Settings) -> functools.partial[Any]:
 
 def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
-    from nobusy.auth import hashers_for
+    from nobusy.edge.auth import hashers_for
     from nobusy.store.keys import KeyStore
 
     store = KeyStore(settings.data_dir, hashers_for(settings.crypto))

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nobusy import payload
+from nobusy.guard import payload
 
 __all__ = ["KINDS", "Kind", "Masker", "PiiSettings", "Restorer"]
 
@@ -300,7 +300,7 @@ class Masker:
 
     def mask_request(self, body: dict[str, Any]) -> dict[str, Any]:
         """A copy of a chat request with every string that goes upstream masked (see
-        ``nobusy.payload``: names, tool calls and schemas, ``user``, unknown fields...); the
+        ``nobusy.guard.payload``: names, tool calls and schemas, ``user``, unknown fields...); the
         input is left untouched, so the audit log keeps the request as sent."""
         out = payload.copy(body)
         payload.rewrite(out, self.mask)

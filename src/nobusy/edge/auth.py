@@ -6,8 +6,8 @@ every request under ``/v1/`` needs one, except the admin endpoints (``/v1/nobusy
 admin, is answered 429 instead of 401 once it passes its allowance, while a valid key from the same
 address (a shared NAT) still gets through: a key lookup is one hash, so refusing early would save
 little and would let one bad client lock out its neighbours. The address is the TCP peer's unless
-it is a trusted proxy (``nobusy.edge``), so a forged X-Forwarded-For does not buy a fresh allowance
-per request.
+it is a trusted proxy (``nobusy.edge.policy``), so a forged X-Forwarded-For does not buy a fresh
+allowance per request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 from pydantic import SecretStr
 
-from nobusy.edge import is_loopback
+from nobusy.edge.policy import is_loopback
 from nobusy.errors import AdminAuthRequired, InvalidApiKey, RateLimited
 from nobusy.keys import Hasher, Key, sha256_hasher, sm3_hasher
 from nobusy.store.keys import KeyStore

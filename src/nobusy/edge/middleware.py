@@ -1,7 +1,7 @@
 """The outermost layer of every request: its id, its response headers, and its body's limits.
 
 A pure ASGI middleware (no BaseHTTPMiddleware task per request). Before any handler runs it
-settles the client's address, applies the edge policy (``nobusy.edge``: Origin, Host, body
+settles the client's address, applies the edge policy (``nobusy.edge.policy``: Origin, Host, body
 type) and checks the API key. The body cap counts bytes as they arrive, so a chunked body
 without Content-Length is cut off too; a client that pauses longer than ``body_timeout``
 mid-body, or takes longer than ``body_deadline`` in all, is cut off as well.
@@ -17,8 +17,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nobusy.auth import Authenticator
-from nobusy.edge import EdgePolicy, is_json
+from nobusy.edge.auth import Authenticator
+from nobusy.edge.policy import EdgePolicy, is_json
 from nobusy.errors import (
     HostNotAllowed,
     NobusyError,
