@@ -5,6 +5,7 @@ Each app owns its registry, so two apps in one process (tests, workers) never sh
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -96,8 +97,57 @@ class Metrics:
         self.registry.register(_UpstreamCollector(source, capacity))
 
     def attempt(self, upstream: str, outcome: str) -> None:
-        self.attempts.labels(upstream, outcome).inc()
-        self.upstream_up.labels(upstream).set(1 if outcome == "ok" else 0)
+        attempts, up = self._attempt_children(upstream, outcome)
+        attempts.inc()
+        up.set(1 if outcome == "ok" else 0)
+
+    def answered(
+        self,
+        alias: str,
+        upstream: str,
+        outcome: str,
+        seconds: float,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Count one finished request (its row in the usage log is written beside this)."""
+        requests, latency, ttft_seconds, prompt, completion = self._answer_children(
+            alias, upstream, outcome
+        )
+        if ttft is not None:
+            ttft_seconds.observe(ttft)
+        requests.inc()
+        latency.observe(seconds)
+        if prompt_tokens:
+            prompt.inc(prompt_tokens)
+        if completion_tokens:
+            completion.inc(completion_tokens)
+        if outcome not in ("ok", "client_gone"):
+            self.errors.labels(alias, outcome).inc()
+
+    # prometheus_client's labels() checks, converts and locks on every call, eight times per
+    # request; the children of a label set never change, so they are looked up once. Label
+    # values are bounded by the configuration (aliases, upstreams) and the outcome codes.
+    @functools.cache  # noqa: B019  # one Metrics per app, alive as long as the app
+    def _answer_children(
+        self, alias: str, upstream: str, outcome: str
+    ) -> tuple[Counter, Histogram, Histogram, Counter, Counter]:
+        return (
+            self.requests.labels(alias, upstream, outcome),
+            self.latency.labels(alias, upstream),
+            self.ttft.labels(alias, upstream),
+            self.tokens.labels(alias, upstream, "prompt"),
+            self.tokens.labels(alias, upstream, "completion"),
+        )
+
+    @functools.cache  # noqa: B019
+    def in_flight_of(self, alias: str) -> Gauge:
+        return self.in_flight.labels(alias)
+
+    @functools.cache  # noqa: B019
+    def _attempt_children(self, upstream: str, outcome: str) -> tuple[Counter, Gauge]:
+        return self.attempts.labels(upstream, outcome), self.upstream_up.labels(upstream)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

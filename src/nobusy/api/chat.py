@@ -76,7 +76,7 @@ class _LedgerEntry:
         self.hits: list[Hit] = self.exchange.hits if self.exchange is not None else []
         self.started = time.perf_counter()
         self.record = UsageRecord(request_id=request_id, alias=chat.model, stream=chat.stream)
-        self.in_flight = state.metrics.in_flight.labels(chat.model)
+        self.in_flight = state.metrics.in_flight_of(chat.model)
         self.in_flight.inc()
         self.answer: Answer | None = None
         self.closed = False

@@ -27,6 +27,7 @@ from typing import Any
 
 from nobusy.errors import UpstreamError, UpstreamTimeout
 from nobusy.routing.continuation import Joiner, Skipper, continuation_body
+from nobusy.routing.idle import IdleTimer
 from nobusy.routing.walker import Walker
 from nobusy.settings import Route
 from nobusy.upstreams.base import Chunk, has_token
@@ -109,26 +110,29 @@ class AnswerStream:
                     attempt.prefix = []
                     idle = attempt.settings.idle_timeout
                     iterator = attempt.iterator
-                    loop = asyncio.get_running_loop()
-                    left = idle
-                    while True:
-                        # The deadline covers only the wait for the upstream, never the time
-                        # the client takes to read what was yielded; and only a token restarts
-                        # it, so a stream of empty chunks times out like silence does.
-                        waiting = loop.time()
-                        try:
-                            async with asyncio.timeout(left):
+                    # The deadline covers only the wait for the upstream, never the time the
+                    # client takes to read what was yielded; and only a token restarts it, so
+                    # a stream of empty chunks times out like silence does.
+                    timer = IdleTimer(idle)
+                    try:
+                        while True:
+                            timer.wait()
+                            try:
                                 chunk = await anext(iterator)
-                        except StopAsyncIteration:
-                            break
-                        except TimeoutError:
-                            raise UpstreamTimeout(
-                                f"timed out mid-answer after {idle:g} s without a token",
-                                upstream=attempt.route.upstream,
-                            ) from None
-                        left = idle if has_token(chunk) else left - (loop.time() - waiting)
-                        for out in self._process(chunk):
-                            yield out
+                            except StopAsyncIteration:
+                                break
+                            except asyncio.CancelledError:
+                                if timer.timed_out():
+                                    raise UpstreamTimeout(
+                                        f"timed out mid-answer after {idle:g} s without a token",
+                                        upstream=attempt.route.upstream,
+                                    ) from None
+                                raise
+                            timer.got(has_token(chunk))
+                            for out in self._process(chunk):
+                                yield out
+                    finally:
+                        timer.cancel()
                     held = self._held_content()  # the stream ended without a finish chunk
                     if held:
                         yield _content_chunk(held)

@@ -92,18 +92,19 @@ class Ledger:
         now = time.perf_counter()
         record.duration_ms = round((now - started) * 1000, 3)
         upstream = record.upstream or "none"
-        m = self.metrics
+        ttft = None
         if first_token_at is not None:
-            record.ttft_ms = round((first_token_at - started) * 1000, 3)
-            m.ttft.labels(record.alias, upstream).observe(first_token_at - started)
-        m.requests.labels(record.alias, upstream, record.outcome).inc()
-        m.latency.labels(record.alias, upstream).observe(now - started)
-        if record.prompt_tokens:
-            m.tokens.labels(record.alias, upstream, "prompt").inc(record.prompt_tokens)
-        if record.completion_tokens:
-            m.tokens.labels(record.alias, upstream, "completion").inc(record.completion_tokens)
-        if record.outcome not in ("ok", "client_gone"):
-            m.errors.labels(record.alias, record.outcome).inc()
+            ttft = first_token_at - started
+            record.ttft_ms = round(ttft * 1000, 3)
+        self.metrics.answered(
+            record.alias,
+            upstream,
+            record.outcome,
+            now - started,
+            ttft,
+            record.prompt_tokens,
+            record.completion_tokens,
+        )
         self.log.record(record)
         if record.key_id is not None and self.keys is not None:
             tokens = record.prompt_tokens + record.completion_tokens
