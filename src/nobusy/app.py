@@ -14,6 +14,7 @@ from nobusy import web
 from nobusy.api import admin, chat, keys, models, openapi, ops
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
+from nobusy.edge.drain import drain_on_signals
 from nobusy.edge.middleware import RequestContextMiddleware
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
@@ -31,8 +32,9 @@ from nobusy.web import status
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the ASGI app: routes, middleware, error rendering, and upstreams on startup."""
+def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
+    """Build the ASGI app: routes, middleware, error rendering, and upstreams on startup.
+    With ``drain_signals`` (``nobusy serve``) SIGTERM and SIGINT drain it before it stops."""
     metrics = Metrics()
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
@@ -45,7 +47,9 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageSink]]:
         async with running(settings, router, metrics, auth, guard) as state:
             app.state.nobusy = state
-            yield {USAGE_LOG: state.ledger.log}  # lifespan state: CommittedAnswers finds it there
+            with drain_on_signals(state.drain) if drain_signals else contextlib.nullcontext():
+                # Lifespan state: CommittedAnswers finds the usage log there.
+                yield {USAGE_LOG: state.ledger.log}
 
     return Starlette(
         routes=[

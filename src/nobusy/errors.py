@@ -33,6 +33,7 @@
     │   └── UpstreamRejectedRequest 400 invalid_request         request invalid: not retried
     ├── AllUpstreamsFailed          503 all_upstreams_failed    every route of an alias failed
     ├── StorageUnavailable          503 storage_unavailable     SQLite locked or failing
+    ├── Draining                    503 draining                the process is stopping
     └── ConfigError                 500 -                       start-up: a wrong key or value
 
 Each line gives the class's HTTP status and OpenAI error ``code`` (``-``: none). Each class
@@ -57,6 +58,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ContentFiltered",
+    "Draining",
     "HeadersTooLarge",
     "HostNotAllowed",
     "InvalidApiKey",
@@ -229,6 +231,20 @@ class StorageUnavailable(NobusyError):
     status_code = 503
     error_type = "service_unavailable"
     code = "storage_unavailable"
+
+
+class Draining(NobusyError):
+    """The process is stopping (SIGTERM): it takes no new request, and cut one still running at
+    ``drain_timeout``. Another replica, or this one restarted, answers the retry."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "draining"
+
+    def __init__(self, message: str) -> None:
+        # A retry after a second reaches another replica behind a load balancer, or a single
+        # host restarted by then; `connection: close` moves a keep-alive client off this process.
+        super().__init__(message, headers={"retry-after": "1", "connection": "close"})
 
 
 class RateLimited(ClientError):

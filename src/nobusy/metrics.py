@@ -87,6 +87,11 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.draining = Gauge(
+            "nobusy_draining",
+            "1 while this process drains before it stops (SIGTERM): new requests refused.",
+            registry=r,
+        )
 
     def watch_upstreams(
         self,

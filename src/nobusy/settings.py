@@ -208,6 +208,12 @@ class Settings(BaseModel):
         "routes",
         description="/readyz: routes: 503 when no route of any alias can answer; process: up.",
     )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM or SIGINT: seconds running requests may take to finish, new "
+        "ones refused (503) and /readyz 503, before the rest are cut and the process exits.",
+    )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
         description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",

@@ -20,6 +20,7 @@ from nobusy.admission.limits import KeyLimits
 from nobusy.admission.shared import SharedSlots
 from nobusy.crypto import load_suite
 from nobusy.edge.auth import Authenticator
+from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
@@ -48,6 +49,7 @@ class AppState:
     keys: KeyStore | None = None
     limits: LimitCounters | None = None
     offload: Offload = field(default_factory=Offload)
+    drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
 
 
 def app_state(request: Request) -> AppState:
@@ -95,7 +97,10 @@ async def running(
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
-        yield AppState(settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload)
+        drain = Drain(settings.drain_timeout, metrics.draining)
+        yield AppState(
+            settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain
+        )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

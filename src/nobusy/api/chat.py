@@ -13,6 +13,8 @@ request every route refused as busy). The entry is closed in one ``finally``
 whatever happens — an error, a bug, a client that leaves — with one usage row saying how it
 ended. A client that leaves before its answer is ready is noticed at once, streaming or not:
 its queue place is given up, its upstream request closed, and its row says ``client_gone``.
+While the process drains before it stops (``nobusy.edge.drain``) a new request is refused with
+503 before its body is read; one still running at ``drain_timeout`` is cut, its row ``drained``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from nobusy.admission.limits import estimate_tokens
-from nobusy.errors import InvalidRequest, NobusyError
+from nobusy.errors import Draining, InvalidRequest, NobusyError
 from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.responses import EventStreamResponse, JSONResponse
+from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.relay import collect, internal_error_event, sse_events
 from nobusy.schema import ChatRequest, parse_chat_request
@@ -52,6 +54,7 @@ _WATCH_AFTER = 0.05  # seconds before a request starts watching for its client t
 async def chat_completions(request: Request) -> Response:
     """Answer a chat completion from the first route of the alias that can, streaming or not."""
     state = app_state(request)
+    state.drain.check()  # the process is stopping: 503 before the body is read
     raw = await request.body()
     # A large body is parsed off the loop (see nobusy.offload), like its guard and PII checks.
     chat, body = await state.offload.run(len(raw), parse_chat_request, raw)
@@ -174,6 +177,9 @@ class _ChatResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = _LedgerEntry(self.state, self.chat, self.payload, self.request.state.request_id)
         self.request.state.usage_record = entry.record  # for the access line (nobusy.edge.access)
+        drain = self.state.drain
+        task = drain.enter(entry.record)
+        response: Response | None = None
         try:
             response = await _unless_gone(receive, self._prepare(entry))
             await response(scope, receive, send)
@@ -181,11 +187,20 @@ class _ChatResponse(Response):
             entry.ended(exc)
             # Nobody reads this; it keeps the server from logging a response never started.
             await Response(status_code=499)(scope, receive, send)
+        except asyncio.CancelledError as exc:
+            if not drain.was_cut(task):
+                entry.ended(exc)
+                raise
+            task.uncancel()  # cut at drain_timeout: the outcome says so already
+            await _cut_off(response, scope, receive, send)
         except BaseException as exc:
             entry.ended(exc)
             raise
         finally:
-            await entry.settle()
+            try:
+                await entry.settle()
+            finally:
+                drain.leave(task)
 
     async def _prepare(self, entry: _LedgerEntry) -> Response:
         """Everything up to the response: admission, checks, a slot, the first token; for a
@@ -222,6 +237,17 @@ class _ChatResponse(Response):
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
         return JSONResponse(completion, headers=headers)
+
+
+async def _cut_off(response: Response | None, scope: Scope, receive: Receive, send: Send) -> None:
+    """A request still running at drain_timeout: a 503 if nothing was sent yet, else an error
+    event that ends its stream (an OpenAI SDK raises it as APIError)."""
+    error = Draining("This server is restarting and had to cut this answer; retry.")
+    if response is None:
+        await error_response(error)(scope, receive, send)
+    elif isinstance(response, EventStreamResponse):
+        event = b"data: " + orjson.dumps(error.body()) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 def _screen(

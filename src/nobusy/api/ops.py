@@ -1,6 +1,6 @@
 """What orchestrators and monitoring ask a running process: ``/healthz`` (alive), ``/readyz``
-(some route can answer now) and ``/metrics`` (Prometheus). An upstream's own health is
-``nobusy.routing``'s business, not this module's."""
+(not draining, and some route can answer now) and ``/metrics`` (Prometheus). An upstream's
+own health is ``nobusy.routing``'s business, not this module's."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready (200) when some route of some alias can answer now; 503 with the reasons when
-    none can. ``readiness: process`` makes it mean only that the process is up."""
+    none can. ``readiness: process`` makes it mean only that the process is up. A process
+    that is stopping (draining, ``nobusy.edge.drain``) is never ready."""
     state = app_state(request)
+    if state.drain.draining:
+        reason = "draining: this process is stopping and takes no new requests"
+        return JSONResponse({"status": "draining", "reason": reason}, 503)
     if state.settings.readiness == "process":
         return JSONResponse({"status": "ready", "readiness": "process"})
     router = state.router

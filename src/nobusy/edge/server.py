@@ -10,11 +10,15 @@ line and headers pass ``max_header_bytes`` or ``max_headers``, before parsing an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import logging
 import logging.config
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httptools
@@ -196,6 +200,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         log_config=log_config(settings.log_level),
         timeout_keep_alive=5,
+        # Only after nobusy's own drain (nobusy.edge.drain), which keeps the socket answering
+        # while requests finish: by then nothing runs, unless a second Ctrl+C skipped it.
         timeout_graceful_shutdown=10,
         # X-Forwarded-For is believed only from trusted_proxies, by nobusy's own middleware
         # (uvicorn would believe any loopback peer, so a local client could pick its address).
@@ -272,7 +278,7 @@ def _startup_lines(
 def _single_app(settings: Settings) -> Any:
     from nobusy.app import create_app
 
-    return create_app(settings)
+    return create_app(settings, drain_signals=True)
 
 
 def _app_factory(settings: Settings) -> functools.partial[Any]:
@@ -281,7 +287,7 @@ def _app_factory(settings: Settings) -> functools.partial[Any]:
     spawn pipe rather than the environment (which a worker's children would inherit too)."""
     from nobusy.app import create_app
 
-    return functools.partial(create_app, settings)
+    return functools.partial(create_app, settings, drain_signals=True)
 
 
 def run(settings: Settings, config_file: Path | None = None) -> None:
@@ -303,4 +309,23 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     if settings.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:
-        server.run()
+        with _exit_zero_after_stop():
+            server.run()
+
+
+@contextlib.contextmanager
+def _exit_zero_after_stop() -> Iterator[None]:
+    """Once down, uvicorn raises the signal it stopped for again, for the handler it found:
+    SIGTERM would then kill the process and SIGINT raise KeyboardInterrupt. For ``nobusy
+    serve`` a stop that has drained (``nobusy.edge.drain``) is a clean exit, status 0.
+    (uvicorn's parent of ``--workers N`` exits 0 by itself.)"""
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(sig: int, frame: FrameType | None) -> None:
+    """The server has stopped and drained: nothing is left to do."""

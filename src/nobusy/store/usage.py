@@ -40,7 +40,8 @@ class UsageRecord:
 
     ``outcome``: ``ok``; ``client_gone`` (the client left first, streaming or not: what the
     upstream produced until then is billed); the error's ``code`` (``queue_full``,
-    ``all_upstreams_failed``...; ``internal_error`` for a bug); ``cancelled`` (server stopping).
+    ``all_upstreams_failed``...; ``internal_error`` for a bug); ``drained`` (still running when
+    a stopping server's ``drain_timeout`` ended: cut); ``cancelled`` (server stopped otherwise).
     """
 
     request_id: str

@@ -49,6 +49,7 @@ async def status(request: Request) -> Response:
             "errors": {"total": sum(errors.values()), "by_code": errors},
             "in_flight": sum(in_flight.values()),
             "queue": state.router.capacity.queue.depth(),
+            "draining": state.drain.draining,
             "keys": {"window": int(USAGE_WINDOW.total_seconds()), "data": keys},
         }
     )

@@ -124,7 +124,7 @@ function renderTiles(status, queue) {
     tile(t("inFlight"), String(status.in_flight), sparkline(series.inFlight, t("inFlight"))),
     tile(t("queue"), String(waiting), byPriority),
     tile(t("errors"), String(status.errors.total)),
-    tile(t("uptime"), duration(status.time - status.started)),
+    tile(t("uptime"), status.draining ? t("draining") : duration(status.time - status.started)),
   );
 }
 
