@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -158,6 +159,8 @@ def test_a_stream_longer_than_drain_timeout_is_cut_and_still_billed(
 def test_every_worker_drains(start: Callable[..., Process]) -> None:
     """With --workers 2 uvicorn's parent passes SIGTERM to each worker, which drains."""
     server = start(20, "--workers", "2")
+    while server.log.read_text().count("Application startup complete") < 2:
+        time.sleep(0.05)  # both workers serving (the test's timeout bounds the wait)
     lines = stream(server, "slow")
     request_id = next(lines)
     received = [next(lines)]
@@ -169,4 +172,3 @@ def test_every_worker_drains(start: Callable[..., Process]) -> None:
     assert len(log_lines(server, r"drained in ")) == 2
     row = usage_row(server.data_dir, request_id)
     assert row is not None and row["outcome"] == "ok" and row["completion_tokens"] == 24
-

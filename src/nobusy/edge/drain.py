@@ -53,6 +53,7 @@ class Drain:
         self._gauge = gauge
         self._running: dict[asyncio.Task[Any], UsageRecord] = {}
         self._cut: set[asyncio.Task[Any]] = set()
+        self._waited = 0  # requests the drain waited for
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -67,6 +68,8 @@ class Drain:
         assert task is not None
         self._running[task] = record
         self._idle.clear()
+        if self.draining:  # its body was still arriving when the drain began
+            self._waited += 1
         return task
 
     def leave(self, task: asyncio.Task[Any]) -> None:
@@ -85,7 +88,7 @@ class Drain:
         if self._gauge is not None:
             self._gauge.set(1)
         started = time.monotonic()
-        waited = len(self._running)
+        self._waited = waited = len(self._running)
         log.info(
             "draining (%s, process %d): new requests refused, /readyz 503; waiting up to %gs "
             "for %d running request%s",
@@ -108,9 +111,9 @@ class Drain:
             "drain_timeout",
             time.monotonic() - started,
             os.getpid(),
-            waited,
-            "" if waited == 1 else "s",
-            waited - cut,
+            self._waited,
+            "" if self._waited == 1 else "s",
+            self._waited - cut,
             cut,
         )
 
