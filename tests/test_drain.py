@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -136,24 +137,39 @@ def test_sigterm_lets_a_running_stream_finish_and_refuses_new_requests(
     assert row is not None and row["outcome"] == "ok" and row["completion_tokens"] == 24
 
 
-def test_a_stream_longer_than_drain_timeout_is_cut_and_still_billed(
+def test_requests_longer_than_drain_timeout_are_cut_and_still_billed(
     start: Callable[..., Process],
 ) -> None:
     server = start(1)
     lines = stream(server, "long")
     request_id = next(lines)
     received = [next(lines)]
-    server.proc.send_signal(signal.SIGTERM)
-    received += list(lines)
+    body = {"model": "long", "messages": MESSAGES}
+    with ThreadPoolExecutor(1) as pool:  # and one not streamed, still waiting for its answer
+        waiting = pool.submit(
+            httpx.post, f"{server.url}/v1/chat/completions", json=body, timeout=30
+        )
+        while (
+            'nobusy_in_flight_requests{alias="long"} 2.0'
+            not in httpx.get(f"{server.url}/metrics").text
+        ):
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        received += list(lines)
+        cut = waiting.result()
 
     last = json.loads(received[-1].removeprefix("data: "))
     assert last["error"]["code"] == "draining"  # the stream ends with an error, not [DONE]
     assert "data: [DONE]" not in received
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "draining"
+    assert cut.headers["retry-after"] == "1"
     assert server.proc.wait(20) == 0
-    assert log_lines(server, r"drained in .*: 1 request waited for, 0 finished, 1 cut")
+    assert log_lines(server, r"drained in .*: 2 requests waited for, 0 finished, 2 cut")
     row = usage_row(server.data_dir, request_id)
     assert row is not None and row["outcome"] == "drained"
     assert isinstance(row["completion_tokens"], int) and row["completion_tokens"] >= 1
+    row = usage_row(server.data_dir, cut.headers["x-request-id"])
+    assert row is not None and row["outcome"] == "drained" and not row["stream"]
 
 
 def test_every_worker_drains(start: Callable[..., Process]) -> None:
