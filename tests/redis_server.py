@@ -35,9 +35,7 @@ class RedisServer:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
         args += ["no", "--dir", str(self.folder), *self.extra]
         with (self.folder / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, *args], stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([self.binary, *args], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -254,9 +254,7 @@ class Settings(BaseModel):
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         # Said at load time, without echoing the value: it may hold a password.
-        if value is not None and not value.get_secret_value().startswith(
-            ("redis://", "rediss://")
-        ):
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-
 from nobusy.admission.limits import KeyLimits
 from nobusy.errors import RateLimited, StorageUnavailable
 from nobusy.keys import Key

@@ -185,8 +185,10 @@ class RedisKeyLimits:
 
     async def _admit_shared(self, key: Key, estimate: int) -> None:
         limits = (_limit(key.rpm), _limit(key.tpm), _limit(key.max_concurrency))
-        args = [self.member, self._id(), estimate, *limits, int(WINDOW), LIVE, KEEP]
-        answer = await self._admit(keys=[*_keys(key.id), REPLICAS], args=[*args, KEEP_IN_FLIGHT])
+        args: list[str | int] = [self.member, self._id(), estimate, *limits, int(WINDOW), LIVE]
+        answer = await self._admit(
+            keys=[*_keys(key.id), REPLICAS], args=[*args, KEEP, KEEP_IN_FLIGHT]
+        )
         if answer[0] == 1:
             self._in_flight[key.id] += 1
             return
@@ -210,7 +212,7 @@ class RedisKeyLimits:
 
     async def _done_shared(self, key_id: str, correction: int) -> None:
         try:
-            args = [self.member, self._id(), correction, KEEP, KEEP_IN_FLIGHT]
+            args: list[str | int] = [self.member, self._id(), correction, KEEP, KEEP_IN_FLIGHT]
             await self._done(keys=_keys(key_id), args=args)
         except ERRORS as exc:
             # The token correction is lost (the estimate stands, as in SharedKeyLimits); the
