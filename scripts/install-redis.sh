@@ -25,6 +25,9 @@ if [ ! -e "$policy" ]; then
   chmod +x "$policy"
   trap 'rm -f "$policy"' EXIT
 fi
-apt-get update
-apt-get install -y --no-install-recommends redis-server
+# A machine without the package mirrors skips these tests, visibly, rather than failing them all.
+if ! { apt-get update && apt-get install -y --no-install-recommends redis-server; }; then
+  echo "==> could not install redis-server from Debian's packages: its tests will be skipped" >&2
+  exit 0
+fi
 echo "    $(redis-server --version | cut -d' ' -f1-3) ready after $(( $(date +%s) - start ))s"
