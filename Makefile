@@ -31,6 +31,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	@bash scripts/install-chromium.sh
+	@bash scripts/install-redis.sh
 	@echo "==> pytest"
 	$(BIN)/pytest
 

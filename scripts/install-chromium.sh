@@ -26,7 +26,10 @@ echo "==> installing chromium and $FONT_PACKAGE from Debian's packages for the w
      "tests (a minute or two)"
 export DEBIAN_FRONTEND=noninteractive
 start=$(date +%s)
-apt-get update
-apt-get install -y chromium fontconfig "$FONT_PACKAGE"
+# A machine without the package mirrors skips these tests, visibly, rather than failing them all.
+if ! { apt-get update && apt-get install -y chromium fontconfig "$FONT_PACKAGE"; }; then
+  echo "==> could not install Chromium from Debian's packages: its tests will be skipped" >&2
+  exit 0
+fi
 echo "    $(/usr/bin/chromium --version) and $(fc-list :lang=zh family | head -1) ready" \
      "after $(( $(date +%s) - start ))s"

@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from tests.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -89,6 +91,14 @@ def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]
     process = start_process(["fake-upstream", "--port", str(port)], "/healthz", log, port)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the session (skips, saying why, where none is installed)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

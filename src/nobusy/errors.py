@@ -226,7 +226,8 @@ class KeyNameTaken(ClientError):
 
 
 class StorageUnavailable(NobusyError):
-    """The database could not be read or written (locked past the busy timeout, disk error)."""
+    """The database could not be read or written (locked past the busy timeout, disk error),
+    or the shared state (Redis) does not answer under ``on_state_failure: refuse``."""
 
     status_code = 503
     error_type = "service_unavailable"

@@ -101,6 +101,13 @@ class Metrics:
         """Report each upstream's circuit and load when scraped (nothing on the hot path)."""
         self.registry.register(_UpstreamCollector(source, capacity))
 
+    def watch_replica(
+        self, replica: str, state: Callable[[], tuple[bool, int]] | None = None
+    ) -> None:
+        """Name this replica; with ``state`` set, say whether key limits are shared now and
+        how many replicas share them."""
+        self.registry.register(_ReplicaCollector(replica, state))
+
     def attempt(self, upstream: str, outcome: str) -> None:
         attempts, up = self._attempt_children(upstream, outcome)
         attempts.inc()
@@ -212,3 +219,30 @@ class _UpstreamCollector(Collector):
         for priority, depth in capacity.queue.depth().items():
             queued.add_metric([priority], depth)
         yield from (limit, queued)
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, replica: str, state: Callable[[], tuple[bool, int]] | None) -> None:
+        self.replica = replica
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "nobusy_replica_info", "This replica's id (replica_id).", labels=["replica"]
+        )
+        info.add_metric([self.replica], 1.0)
+        yield info
+        if self.state is None:
+            return
+        shared, replicas = self.state()
+        yield GaugeMetricFamily(
+            "nobusy_state_shared",
+            "1 while key limits are shared through Redis (state), 0 while they are local "
+            "because it does not answer.",
+            value=1.0 if shared else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "nobusy_state_replicas",
+            "Replicas seen sharing the state at the last heartbeat.",
+            value=replicas,
+        )

@@ -218,6 +218,22 @@ class Settings(BaseModel):
         "gm",
         description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",
     )
+    state: SecretStr | None = Field(
+        None,
+        description="Redis shared by every replica for key limits (`redis://[:PASSWORD@]HOST"
+        "[:PORT][/DB]`, `rediss://` for TLS); none: this host only.",
+    )
+    replica_id: str | None = Field(
+        None, description="This replica's name in logs and metrics (default: HOSTNAME-PID)."
+    )
+    on_state_failure: Literal["local", "refuse"] = Field(
+        "local",
+        description="When Redis does not answer: local: key limits divided among the replicas "
+        "last seen; refuse: 503 for keys with limits.",
+    )
+    replicas_hint: PositiveInt = Field(
+        1, description="Replicas to divide key limits by if Redis is down before any were seen."
+    )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."
     )
@@ -238,6 +254,14 @@ class Settings(BaseModel):
         # than guess whether `NOBUSY_ADMIN_KEY=` or `${X:-}` meant "no key" or "forgot it".
         if value is not None:
             check_secret("admin_key", value.get_secret_value())
+        return value
+
+    @field_validator("state")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Said at load time, without echoing the value: it may hold a password.
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "trusted_proxies", mode="before")

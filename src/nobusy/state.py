@@ -32,6 +32,8 @@ from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
+from nobusy.store.redis_client import replica_name
+from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
@@ -73,11 +75,7 @@ async def running(
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
         stack.callback(ledger.flush_charges)
-        # One worker counts per-key limits in memory; several share them through SQLite.
-        limits: LimitCounters = (
-            SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
-        )
-        stack.callback(limits.close)
+        limits = await _open_limits(settings, metrics, stack)
         offload = Offload()
         stack.callback(offload.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
@@ -101,6 +99,31 @@ async def running(
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain
         )
+
+
+async def _open_limits(
+    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> LimitCounters:
+    """Per-key limits: in Redis when ``state`` names one (every replica shares them), else in
+    memory for one worker, else in SQLite for the workers of this host."""
+    replica = replica_name(settings)
+    if settings.state is None:
+        metrics.watch_replica(replica)
+        limits: LimitCounters = (
+            SharedKeyLimits(settings.data_dir) if settings.workers > 1 else KeyLimits()
+        )
+        stack.callback(limits.close)
+        return limits
+    shared = RedisKeyLimits(
+        settings.state.get_secret_value(),
+        replica,
+        settings.on_state_failure,
+        settings.replicas_hint,
+    )
+    stack.push_async_callback(shared.aclose)
+    await shared.start()
+    metrics.watch_replica(replica, lambda: (shared.shared, shared.replicas))
+    return shared
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

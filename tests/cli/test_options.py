@@ -28,12 +28,14 @@ def other_value(name: str) -> tuple[str, Any]:
         return str(default + 1), default + 1
     if annotation is float:
         return str(default / 2), default / 2
-    if annotation is str:
+    if annotation is str or get_args(annotation) == (str, type(None)):
         return "example.test", "example.test"
     if annotation is Path:
         return "elsewhere", Path("elsewhere")
     if get_origin(annotation) is tuple:
         return "a.example, b.example", ("a.example", "b.example")
+    if name == "state":
+        return "redis://:s3cret@cache.test/0", SecretStr("redis://:s3cret@cache.test/0")
     if SecretStr in get_args(annotation):
         return "s3cret-" * 3, SecretStr("s3cret-" * 3)
     raise AssertionError(f"{name}: add its type to this test ({annotation})")
@@ -69,8 +71,9 @@ def test_every_scalar_setting_is_a_variable() -> None:
 def test_every_scalar_setting_but_secrets_is_a_flag_of_serve(served: list[Settings]) -> None:
     params = {param.name: param for param in serve.params}
     flagged = [n for n in SCALARS if SecretStr not in get_args(Settings.model_fields[n].annotation)]
-    assert set(SCALARS) - set(flagged) == {"admin_key"}  # a command line is readable by all
-    assert "admin_key" not in params
+    # A command line is readable by all; a Redis URL may hold a password.
+    assert set(SCALARS) - set(flagged) == {"admin_key", "state"}
+    assert "admin_key" not in params and "state" not in params
     for name in flagged:
         param, field = params[name], Settings.model_fields[name]
         assert isinstance(param, click.Option)

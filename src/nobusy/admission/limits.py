@@ -6,8 +6,8 @@ is a 429 whose message names the limit and when it resets, with ``Retry-After``.
 
 The checks are here; the counters live behind ``nobusy.store.interfaces.LimitCounters``:
 ``KeyLimits`` in the process (one worker), ``nobusy.store.limits.SharedKeyLimits`` in
-``nobusy.db`` so that several worker processes enforce one limit. A Redis-backed store would be
-a third implementation of the same three methods.
+``nobusy.db`` so that several worker processes enforce one limit, and
+``nobusy.store.redis_limits.RedisKeyLimits`` in Redis so that several replicas do.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
 from click.core import ParameterSource
@@ -81,6 +82,9 @@ def _is_secret(annotation: Any) -> bool:
 
 def _flag(name: str, field: FieldInfo) -> Callable[[F], F]:
     annotation, flag = field.annotation, "--" + name.replace("_", "-")
+    present = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(present) == 1:  # `str | None`
+        annotation = present[0]
     shown: dict[str, Any] = {"help": field.description, "default": field.default}
     if annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, **shown)

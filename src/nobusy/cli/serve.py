@@ -29,7 +29,8 @@ _settings = settings_for
 @click.command(
     epilog="Each flag is also a key of the config file and a NOBUSY_* environment variable: "
     "--data-dir is data_dir and NOBUSY_DATA_DIR. A flag beats the variable, the variable beats "
-    "the file. admin_key has no flag: set NOBUSY_ADMIN_KEY or admin_key in the file. Nested "
+    "the file. Secrets have no flag: set NOBUSY_ADMIN_KEY and NOBUSY_STATE (a Redis URL with its "
+    "password), or admin_key and state in the file. Nested "
     "settings (upstreams, models, audit, guard) are set in the file; see docs/configuration.md."
 )
 @config_option

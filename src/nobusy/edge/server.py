@@ -294,6 +294,7 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     from nobusy.edge.auth import hashers_for
     from nobusy.store.keys import KeyStore
+    from nobusy.store.redis_client import check_state
 
     store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
     try:
@@ -303,6 +304,7 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     finally:
         store.close()
     configure_logging(settings.log_level)
+    check_state(settings)
     _startup_lines(settings, config_file, active, any_keys)
     config = uvicorn_config(settings)
     server = uvicorn.Server(config)

@@ -6,7 +6,8 @@ start-up in ``nobusy.state``; nothing on the request path names a backend.
 
 - ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory).
 - ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
-  ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host).
+  ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
+  ``store.redis_limits.RedisKeyLimits`` (Redis, every replica; ``done`` reconciles in a task).
 - ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host).
 - ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread).
 - ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread).
@@ -124,12 +125,14 @@ if TYPE_CHECKING:
     from nobusy.store.audit import AuditLog
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.redis_limits import RedisKeyLimits
     from nobusy.store.usage import UsageLog
 
     def _backends(
         keys: KeyStore,
         limits: KeyLimits,
         shared_limits: SharedKeyLimits,
+        redis_limits: RedisKeyLimits,
         slots: SharedSlots,
         usage: UsageLog,
         audit: AuditLog,
@@ -138,6 +141,7 @@ if TYPE_CHECKING:
         _keys: KeyLookup = keys
         _limits: LimitCounters = limits
         _shared_limits: LimitCounters = shared_limits
+        _redis_limits: LimitCounters = redis_limits
         _slots: Leases = slots
         _usage: UsageSink = usage
         _audit: AuditSink = audit

@@ -1,0 +1,122 @@
+"""The Redis that ``state`` names: its URL shown without secrets, a client, a start-up check.
+
+redis-py's errors enter nobusy here and in ``nobusy.store.redis_limits``, and nowhere else;
+``ERRORS`` is the tuple both catch. A URL's password never leaves this module in text: every
+message names the URL through ``redact`` and passes redis-py's own words through ``scrub``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.retry import Retry
+
+from nobusy.errors import ConfigError
+from nobusy.settings import Settings
+
+__all__ = ["ERRORS", "connect", "check_state", "redact", "replica_name", "scrub"]
+
+ERRORS = (RedisError, OSError)
+# Short: on loopback or a LAN Redis answers in well under a millisecond, and a request waiting
+# on a dead one is a request not served by the local fallback.
+CONNECT_TIMEOUT = 0.5
+COMMAND_TIMEOUT = 1.0
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` parameter) as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        # A lone userinfo is a username to redis-py, but some write the password there.
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = urlencode(
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a foreign error's words) with any secret of ``url`` replaced by ``***``."""
+    parts = urlsplit(url)
+    secrets = [parts.password, parts.username if parts.password is None else None]
+    secrets += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
+
+
+def replica_name(settings: Settings) -> str:
+    """This process's replica id: the ``replica_id`` setting, else ``HOSTNAME-PID``."""
+    return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def connect(url: str) -> redis.asyncio.Redis:
+    """An asyncio client with short timeouts and one immediate retry (a pooled connection
+    that a restarted Redis closed fails once, then reconnects); RESP2, which every supported
+    Redis and Valkey speaks, whatever redis-py's own default."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        protocol=2,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        retry=AsyncRetry(NoBackoff(), 1),
+    )
+
+
+def check_state(settings: Settings) -> None:
+    """At start: refuse a Redis that is wrong (password, cluster mode) with a clear message;
+    one that does not answer too, unless ``on_state_failure`` is ``local``."""
+    if settings.state is None:
+        return
+    url = settings.state.get_secret_value()
+    shown = redact(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            protocol=2,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"state: {shown} is not a Redis URL ({scrub(str(exc), url)}); write "
+            "redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://... for TLS"
+        ) from None
+    try:
+        info = client.info("cluster")
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise ConfigError(
+            f"Redis at {shown} refused nobusy's credentials ({scrub(str(exc), url)}): check "
+            "the user and password in state (NOBUSY_STATE)"
+        ) from None
+    except ERRORS as exc:
+        what = f"cannot reach Redis at {shown} ({scrub(str(exc), url)})"
+        if settings.on_state_failure == "local":
+            logging.getLogger("nobusy").warning(
+                "%s: starting with local key limits until it answers", what
+            )
+            return
+        raise ConfigError(
+            f"{what}: check that redis-server runs there and accepts this host (bind, "
+            "protected-mode, firewall; TLS needs rediss://), or set on_state_failure: local "
+            "to serve with local key limits meanwhile"
+        ) from None
+    finally:
+        client.close()
+    if info.get("cluster_enabled"):
+        raise ConfigError(
+            f"Redis at {shown} runs in cluster mode, which nobusy does not support yet: "
+            "point state at a standalone Redis or Valkey primary"
+        )

@@ -1,0 +1,309 @@
+"""Each key's rate and concurrency counters in Redis, shared by every replica.
+
+The ``LimitCounters`` backend chosen when ``state`` names a Redis; the checks are
+``nobusy.admission.limits``' and the windows slide exactly as ``KeyLimits`` counts them: a
+request counts for sixty seconds from its admission, its estimated tokens with it, and the
+correction by its real usage from when it ends. One Lua script per admission reads and updates
+a key's counters atomically in one round trip, on Redis's clock, so replicas whose clocks
+differ still share one window.
+
+Per key: ``req`` (a sorted set of admissions by time), ``tok`` (token entries by time, each
+member ending in its amount), ``sum`` (the tokens in ``tok``) and ``fl`` (requests in flight
+by replica). A replica's in-flight count is believed while the replica beats (``replicas``,
+every ``BEAT`` seconds): a replica killed holding slots frees them within ``LIVE`` seconds.
+
+``done`` is synchronous in the protocol; here it schedules the reconciliation as a task (the
+request's answer does not wait for it). When Redis fails, ``on_state_failure`` decides:
+``refuse`` answers 503; ``local`` admits with ``KeyLimits`` in this process, each limit divided
+by the replicas last seen beating (``replicas_hint`` before any were), says so once in the log,
+and returns to Redis once a beat succeeds again, writing back its exact in-flight counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import secrets
+from collections import Counter
+from typing import Literal
+
+from nobusy.admission.limits import WINDOW, KeyLimits, check_counts, check_key, limited
+from nobusy.errors import RateLimited, StorageUnavailable
+from nobusy.keys import Key
+from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+
+__all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
+
+BEAT = 2.0  # seconds between a replica's heartbeats
+LIVE = 10  # seconds after its last beat that a replica's in-flight counts still hold
+KEEP = int(2 * WINDOW)  # seconds a key's window outlives its last write
+KEEP_IN_FLIGHT = 86400  # a key's in-flight counts: longer than any stream
+REPLICAS = "nobusy:replicas"
+
+log = logging.getLogger("nobusy.state")
+
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function at(x) return string.format('%.6f', x) end
+"""
+
+# KEYS: req, tok, sum, fl, replicas. ARGV: member, request id, estimate, rpm, tpm,
+# max_concurrency (-1: none), window, live, keep, keep_in_flight.
+_ADMIT = (
+    _CLOCK
+    + """
+redis.call('ZADD', KEYS[5], at(now), ARGV[1])
+local horizon = '(' .. at(now - tonumber(ARGV[7]))
+local sum = tonumber(redis.call('GET', KEYS[3]) or '0')
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', horizon)) do
+  sum = sum - tonumber(string.match(m, ':(-?%d+)$'))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', horizon)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
+redis.call('SET', KEYS[3], string.format('%d', sum))
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+local in_flight, live = 0, now - tonumber(ARGV[8])
+local counts = redis.call('HGETALL', KEYS[4])
+for i = 1, #counts, 2 do
+  local seen = redis.call('ZSCORE', KEYS[5], counts[i])
+  if seen and tonumber(seen) >= live then
+    in_flight = in_flight + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[4], counts[i])
+  end
+end
+local requests = redis.call('ZCARD', KEYS[1])
+local estimate, rpm, tpm, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+  tonumber(ARGV[6])
+if (most >= 0 and in_flight >= most) or (rpm >= 0 and requests >= rpm)
+    or (tpm >= 0 and requests > 0 and sum + estimate > tpm) then
+  local oldest = ''
+  if requests > 0 then oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] end
+  return {0, in_flight, requests, sum, oldest, at(now)}
+end
+redis.call('ZADD', KEYS[1], at(now), ARGV[2])
+redis.call('ZADD', KEYS[2], at(now), ARGV[2] .. ':' .. ARGV[3])
+redis.call('INCRBY', KEYS[3], ARGV[3])
+for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+return {1}
+"""
+)
+
+# KEYS: req, tok, sum, fl. ARGV: member, entry id, correction, keep, keep_in_flight.
+_DONE = (
+    _CLOCK
+    + """
+if redis.call('HINCRBY', KEYS[4], ARGV[1], -1) < 0 then redis.call('HSET', KEYS[4], ARGV[1], 0) end
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('ZADD', KEYS[2], at(now), ARGV[2] .. ':' .. ARGV[3])
+redis.call('INCRBY', KEYS[3], ARGV[3])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+"""
+)
+
+# KEYS: replicas. ARGV: member, live. Returns the replicas beating now.
+_BEAT = (
+    _CLOCK
+    + """
+redis.call('ZADD', KEYS[1], at(now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. at(now - tonumber(ARGV[2])))
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+
+def _keys(key_id: str) -> list[str]:
+    # One hash tag per key: its four keys would share a slot on a cluster.
+    return [f"nobusy:key:{{{key_id}}}:{part}" for part in ("req", "tok", "sum", "fl")]
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+class RedisKeyLimits:
+    """The counters in Redis, so that a key's limits hold across all replicas together."""
+
+    def __init__(
+        self,
+        url: str,
+        replica: str,
+        on_failure: Literal["local", "refuse"] = "local",
+        replicas_hint: int = 1,
+    ) -> None:
+        self.url, self.shown, self.replica = url, redact(url), replica
+        self.on_failure = on_failure
+        # Counts are per incarnation: a replica restarted under the same id starts from zero.
+        self.member = f"{replica}:{secrets.token_hex(4)}"
+        self.replicas = replicas_hint  # the replicas seen beating last, for the local share
+        self.shared = True  # False while limits are local because Redis does not answer
+        self._redis = connect(url)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._done = self._redis.register_script(_DONE)
+        self._beat = self._redis.register_script(_BEAT)
+        self._ids = itertools.count()
+        self._local = KeyLimits()
+        # Requests in flight by key, admitted through Redis and locally: ``done`` only names
+        # the key, so it gives back a local one first.
+        self._in_flight: Counter[str] = Counter()
+        self._local_in_flight: Counter[str] = Counter()
+        self._unsynced: set[str] = set()  # keys whose in-flight count Redis may have wrong
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._beating: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Beat once (Redis unreachable: local limits from the start), then every ``BEAT``."""
+        log.info("key limits shared through %s as replica %s", self.shown, self.replica)
+        await self.beat()
+        self._beating = asyncio.create_task(self._beat_forever(), name="nobusy-state-beat")
+
+    async def admit(self, key: Key, alias: str, estimate: int) -> None:
+        check_key(key, alias)
+        if not limited(key):
+            return
+        if self.shared or self.on_failure == "refuse":
+            try:
+                await self._admit_shared(key, estimate)
+            except ERRORS as exc:
+                self._lost(exc)
+                if self.on_failure == "refuse":
+                    raise StorageUnavailable(
+                        "Shared rate limits are unavailable (the state store does not "
+                        "answer); retry shortly."
+                    ) from None
+            else:
+                self._regained()
+                return
+        await self._local.admit(self._share(key), alias, estimate)
+        self._local_in_flight[key.id] += 1
+
+    async def _admit_shared(self, key: Key, estimate: int) -> None:
+        limits = (_limit(key.rpm), _limit(key.tpm), _limit(key.max_concurrency))
+        args: list[str | int] = [self.member, self._id(), estimate, *limits, int(WINDOW), LIVE]
+        answer = await self._admit(
+            keys=[*_keys(key.id), REPLICAS], args=[*args, KEEP, KEEP_IN_FLIGHT]
+        )
+        if answer[0] == 1:
+            self._in_flight[key.id] += 1
+            return
+        _, in_flight, requests, tokens, oldest, now = answer
+        first = float(oldest) if oldest else None
+        check_counts(key, int(in_flight), int(requests), int(tokens), first, estimate, float(now))
+        # Unreachable while the script and check_counts agree; never admit on a disagreement.
+        raise RateLimited(f"Key '{key.name}' reached one of its limits.", retry_after=1)
+
+    def done(self, key_id: str, estimate: int, actual: int) -> None:
+        if self._local_in_flight[key_id] > 0:
+            self._local_in_flight[key_id] -= 1
+            self._local.done(key_id, estimate, actual)
+            return
+        if self._in_flight[key_id] <= 0:
+            return  # a key without limits: nothing was counted
+        self._in_flight[key_id] -= 1
+        task = asyncio.get_running_loop().create_task(self._done_shared(key_id, actual - estimate))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _done_shared(self, key_id: str, correction: int) -> None:
+        try:
+            args: list[str | int] = [self.member, self._id(), correction, KEEP, KEEP_IN_FLIGHT]
+            await self._done(keys=_keys(key_id), args=args)
+        except ERRORS as exc:
+            # The token correction is lost (the estimate stands, as in SharedKeyLimits); the
+            # in-flight count is written back exactly by the next beat that succeeds.
+            self._unsynced.add(key_id)
+            self._lost(exc)
+
+    async def beat(self) -> None:
+        """Say this replica is alive and count the replicas; the first success after a
+        failure returns to shared limits and writes back in-flight counts Redis may have
+        wrong (lost in a restart, or not given back while it was away)."""
+        try:
+            self.replicas = max(1, int(await self._beat(keys=[REPLICAS], args=[self.member, LIVE])))
+        except ERRORS as exc:
+            self._lost(exc)
+            return
+        self._regained()
+        if self._unsynced:
+            try:
+                await self._sync()
+            except ERRORS as exc:
+                self._lost(exc)
+
+    async def _sync(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        keys = sorted(self._unsynced)
+        for key_id in keys:
+            fl = _keys(key_id)[3]
+            pipe.hset(fl, self.member, max(0, self._in_flight[key_id]))
+            pipe.expire(fl, KEEP_IN_FLIGHT)
+        await pipe.execute()
+        self._unsynced.difference_update(keys)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT)
+            await self.beat()
+
+    def _lost(self, exc: BaseException) -> None:
+        """Redis failed: said once, until it answers again."""
+        if not self.shared:
+            return
+        self.shared = False
+        reason = scrub(str(exc) or type(exc).__name__, self.url)
+        if self.on_failure == "refuse":
+            log.error("Redis at %s does not answer (%s): refusing limited keys", self.shown, reason)
+            return
+        log.warning(
+            "Redis at %s does not answer (%s): key limits are local now, each limit divided "
+            "by %d replica(s), until it answers again",
+            self.shown,
+            reason,
+            self.replicas,
+        )
+
+    def _regained(self) -> None:
+        if not self.shared:
+            self.shared = True
+            self._unsynced.update(k for k, n in self._in_flight.items() if n > 0)
+            log.warning("Redis at %s answers again: key limits are shared again", self.shown)
+
+    def _share(self, key: Key) -> Key:
+        """The key with each limit divided among the replicas (at least 1)."""
+        n = self.replicas
+
+        def part(value: int | None) -> int | None:
+            return None if value is None else max(1, value // n)
+
+        return dataclasses.replace(
+            key, rpm=part(key.rpm), tpm=part(key.tpm), max_concurrency=part(key.max_concurrency)
+        )
+
+    def _id(self) -> str:
+        return f"{self.member}:{next(self._ids)}"
+
+    async def flush(self) -> None:
+        """Wait (two seconds at most) for the reconciliations ``done`` scheduled."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
+
+    def close(self) -> None:
+        """Nothing here: ``aclose`` closes the connection (``running`` awaits it)."""
+
+    async def aclose(self) -> None:
+        """Finish pending reconciliations, leave the replicas (so this one's in-flight counts
+        stop counting at once), close the connections."""
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        await self.flush()
+        with contextlib.suppress(*ERRORS):
+            await self._redis.zrem(REPLICAS, self.member)
+        await self._redis.aclose()
