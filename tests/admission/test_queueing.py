@@ -116,6 +116,24 @@ def reset(fake: Process) -> None:
     httpx.post(f"{fake.url}/_fake/reset").raise_for_status()
 
 
+def wait_until(gateway: Process, in_flight: int, queued: int = 0) -> None:
+    """Until ``gateway`` holds ``in_flight`` attempts on `tight` and ``queued`` requests wait:
+    a fixed sleep was too short on a loaded machine, and the next request then found a free
+    slot instead of the queue the test is about."""
+    want = {
+        'nobusy_upstream_in_flight{upstream="tight"}': float(in_flight),
+        'nobusy_queue_depth{priority="normal"}': float(queued),
+    }
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        seen = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.split(" ")[0] in want)
+        if all(float(seen.get(name, "0")) >= value for name, value in want.items()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the gateway never reached {want}")
+
+
 def test_a_burst_three_times_capacity_is_queued_not_rejected(
     gateway4: Process, busy_fake: Process
 ) -> None:
@@ -137,7 +155,7 @@ def test_streaming_client_is_told_its_place_in_the_queue(
     reset(busy_fake)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         blockers = [pool.submit(post, gateway4, "tight") for _ in range(4)]
-        time.sleep(0.15)  # let them take the four slots
+        wait_until(gateway4, in_flight=4)  # the four slots taken
         lines: list[str] = []
         body = {"model": "tight", "messages": MESSAGES, "stream": True}
         with httpx.stream(
@@ -162,7 +180,7 @@ def test_impatient_request_is_refused_at_once_with_retry_after(
     reset(busy_fake)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         blockers = [pool.submit(post, gateway4, "tight") for _ in range(6)]
-        time.sleep(0.15)  # let them take the four slots and queue
+        wait_until(gateway4, in_flight=4, queued=2)  # the four slots taken, two waiting
         refused = post(gateway4, "tight", **{"x-nobusy-max-wait": "0"})
         assert all(b.result().status_code == 200 for b in blockers)
     assert refused.status_code == 429
