@@ -14,9 +14,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# llama-cpp-python compiles llama.cpp, so the embedded build needs a compiler for that step.
+# llama-cpp-python compiles llama.cpp, so the embedded build needs a compiler for that step
+# (libgomp1, its OpenMP runtime, stays installed);
+# the same portable CPU flags as scripts/setup.sh, since the image runs on other machines.
 RUN if [ "$EMBEDDED" = "1" ]; then \
-        apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+        export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+        && apt-get update && apt-get install -y --no-install-recommends build-essential cmake libgomp1 \
         && pip install ".[embedded]" \
         && apt-get purge -y build-essential cmake && apt-get autoremove -y \
         && rm -rf /var/lib/apt/lists/*; \
