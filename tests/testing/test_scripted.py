@@ -20,10 +20,9 @@ from nobusy.testing import (
     ScriptExhausted,
     ToolCall,
     pieces,
-    refusal,
 )
 from nobusy.upstreams import openai
-from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall
+from nobusy.upstreams.base import Chunk, Upstream, UpstreamCall, status_error
 
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "say it"}]}
 
@@ -51,7 +50,7 @@ def test_refusals_match_the_openai_kind(status: int, retry_after: float | None) 
     real = openai.Upstream("u", openai.Settings(base_url="http://127.0.0.1:9/v1"))
     headers = {"retry-after": "7"} if retry_after is not None else {}
     expected = real._error_from_body({"error": {"message": "nope"}}, status, headers)
-    got = refusal(status, "nope", "u", retry_after)
+    got = status_error(status, "nope", "u", retry_after)  # what ScriptedUpstream raises
     assert type(got) is type(expected)
     assert (got.message, got.upstream, got.upstream_status, got.retry_after) == (
         expected.message,

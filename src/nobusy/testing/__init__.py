@@ -64,7 +64,6 @@ from nobusy.testing.scripted import (
     ScriptExhausted,
     Settings,
     pieces,
-    refusal,
 )
 from nobusy.testing.steps import (
     CutAfter,
@@ -105,5 +104,4 @@ __all__ = [
     "answer_text",
     "create_fake_app",
     "pieces",
-    "refusal",
 ]

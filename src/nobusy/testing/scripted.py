@@ -4,9 +4,9 @@
 without a socket, as httpx's ``MockTransport`` stands in for a server. Each call to ``stream``
 takes the next step of its script (or asks a callable for one) and plays it: the OpenAI
 ``chat.completion.chunk`` dicts a real server would stream, then the error of
-``nobusy.errors`` that the ``openai`` kind raises for that fault (``refusal`` holds the
-status-to-class table and a test keeps it equal to the openai kind's). Every call is recorded
-in ``calls`` with how it ended, for assertions such as "the second upstream was asked to
+``nobusy.errors`` that the ``openai`` kind raises for that fault (a refusal's class comes
+from ``nobusy.upstreams.base.status_error``, the table the openai kind uses too). Every call is
+recorded in ``calls`` with how it ended, for assertions such as "the second upstream was asked to
 continue this partial answer" or "the hedged loser was closed".
 
 The steps are in ``nobusy.testing.steps``. Steps that answer speak ``text`` if they have one,
@@ -29,11 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, PositiveFloat
 
 from nobusy.errors import (
-    UpstreamAuthFailed,
     UpstreamError,
-    UpstreamOverloaded,
     UpstreamProtocolError,
-    UpstreamRejectedRequest,
     UpstreamUnreachable,
 )
 from nobusy.routing.continuation import CONTINUE_INSTRUCTION
@@ -53,7 +50,7 @@ from nobusy.testing.steps import (
     ToolCall,
     Unreachable,
 )
-from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings
+from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings, status_error
 
 __all__ = [
     "DEFAULT_ANSWER",
@@ -62,7 +59,6 @@ __all__ = [
     "ScriptedUpstream",
     "Settings",
     "pieces",
-    "refusal",
 ]
 
 DEFAULT_ANSWER = "alpha bravo charlie delta echo foxtrot golf hotel"
@@ -172,7 +168,7 @@ class ScriptedUpstream:
 
     async def _play(self, step: Step, call: UpstreamCall) -> AsyncGenerator[Chunk, None]:
         if isinstance(step, Refuse):
-            raise refusal(step.status, step.message, self.name, step.retry_after)
+            raise status_error(step.status, step.message, self.name, step.retry_after)
         if isinstance(step, Unreachable):
             raise UpstreamUnreachable("cannot connect: connection refused", upstream=self.name)
         if isinstance(step, Reply | ToolCall):
@@ -285,21 +281,6 @@ if TYPE_CHECKING:
 
     def _is_an_upstream(upstream: ScriptedUpstream) -> Upstream:
         return upstream  # mypy proves the double satisfies the protocol
-
-
-def refusal(
-    status: int, message: str, upstream: str, retry_after: float | None = None
-) -> UpstreamError:
-    """The error the openai kind raises for an HTTP error ``status`` with ``message``."""
-    text = f"HTTP {status}: {message}"
-    kwargs: dict[str, Any] = {"upstream": upstream, "status": status}
-    if status in (429, 503, 529):
-        return UpstreamOverloaded(text, retry_after=retry_after, **kwargs)
-    if status in (401, 403):
-        return UpstreamAuthFailed(text, **kwargs)
-    if status in (400, 413, 422):
-        return UpstreamRejectedRequest(message, **kwargs)
-    return UpstreamError(text, retry_after=retry_after, **kwargs)
 
 
 _PIECE = re.compile(r"\s*\S+\s*")

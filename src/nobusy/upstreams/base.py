@@ -14,6 +14,13 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from nobusy.errors import (
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRejectedRequest,
+)
+
 __all__ = [
     "Chunk",
     "CircuitSettings",
@@ -22,6 +29,7 @@ __all__ = [
     "UpstreamCall",
     "UpstreamSettings",
     "has_token",
+    "status_error",
 ]
 
 Chunk = dict[str, Any]
@@ -152,3 +160,21 @@ class Upstream(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads and models."""
         ...
+
+
+def status_error(
+    status: int, message: str, upstream: str, retry_after: float | None = None
+) -> UpstreamError:
+    """What an upstream's HTTP error ``status`` means for failover: busy (try elsewhere, teach
+    the limit), refused credentials, a request no upstream would take, or any other failure.
+
+    The one table for every kind that speaks HTTP, and for ``nobusy.testing``'s double.
+    """
+    text = f"HTTP {status}: {message}"
+    if status in (429, 503, 529):
+        return UpstreamOverloaded(text, upstream=upstream, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return UpstreamAuthFailed(text, upstream=upstream, status=status)
+    if status in (400, 413, 422):
+        return UpstreamRejectedRequest(message, upstream=upstream, status=status)
+    return UpstreamError(text, upstream=upstream, status=status, retry_after=retry_after)

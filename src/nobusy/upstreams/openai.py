@@ -27,15 +27,12 @@ from httpx_sse import EventSource, SSEError
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from nobusy.errors import (
-    UpstreamAuthFailed,
     UpstreamError,
-    UpstreamOverloaded,
     UpstreamProtocolError,
-    UpstreamRejectedRequest,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings
+from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings, status_error
 
 __all__ = ["Settings", "Upstream"]
 
@@ -197,17 +194,11 @@ class Upstream:
         else:
             message = str(err or body)[:300]
         retry_after = parse_retry_after(headers.get("retry-after")) if headers else None
-        text = f"HTTP {status}: {message}" if status != 200 else f"error in stream: {message}"
-        kwargs: dict[str, Any] = {"upstream": self.name, "status": status}
-        if status in (429, 503, 529):
-            return UpstreamOverloaded(text, retry_after=retry_after, **kwargs)
-        if status in (401, 403):
-            return UpstreamAuthFailed(text, **kwargs)
-        if status in (400, 413, 422):
-            return UpstreamRejectedRequest(message, **kwargs)
-        if status == 200:
-            return UpstreamProtocolError(text, **kwargs)
-        return UpstreamError(text, retry_after=retry_after, **kwargs)
+        if status == 200:  # an error event inside a stream that had started
+            return UpstreamProtocolError(
+                f"error in stream: {message}", upstream=self.name, status=status
+            )
+        return status_error(status, message, self.name, retry_after)
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
