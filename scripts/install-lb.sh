@@ -32,7 +32,7 @@ package=nginx
 if apt-cache show nginx-light >/dev/null 2>&1; then
   package=nginx-light
 fi
-if ! apt-get install -y --no-install-recommends "$package" redis-server; then
+if ! apt-get install -y --no-install-recommends "$package"; then
   echo "==> could not install $package from Debian's packages: the replicas benchmark" \
        "will say so" >&2
   exit 0

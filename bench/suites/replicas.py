@@ -9,8 +9,9 @@ nginx, on loopback, the fake upstreams behind them (``replicas_fleet``).
 3. *Admission*: the admission suite's 3× burst on a 4-slot upstream and its abusive key beside
    three normal keys, through the fleet.
 4. *Cost of sharing*: added latency of Redis state against local state on one replica, in
-   alternating rounds; Redis commands per request; throughput through nginx to 1 and 3 replicas.
-5. *Faults*: Redis stopped; one replica killed with SIGKILL; PostgreSQL stopped (when the build
+   alternating rounds; Redis round trips per request; throughput through nginx to 1 and 3
+   replicas.
+5. *Faults* (``replicas_faults``): Redis stopped; one replica killed with SIGKILL; PostgreSQL stopped (when the build
    has ``store``); a rolling restart (SIGTERM, drain, start, one replica at a time). Then every
    answered request's id is looked up in the usage table.
 
@@ -19,21 +20,16 @@ The figures and the page are ``replicas_report``'s.
 
 from __future__ import annotations
 
-import json
-import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from bench import procs
-from bench.loadgen import LoadSpec, Sent, chat_body, run_load, run_open
-from bench.suites import admission, replicas_fleet
+from bench.loadgen import LoadSpec, run_load, run_open
+from bench.suites import admission, replicas_faults, replicas_fleet
 from bench.suites.admission_report import ABUSE_X, PATIENCE, plan
 from bench.suites.base import Context, Endpoint, Result, Suite, aggregate, run_rounds
-from bench.suites.replicas_fleet import REPLICAS, UPSTREAM_SLOTS, Fleet
-from bench.suites.replicas_report import goals, render
+from bench.suites.replicas_fleet import REPLICAS, UPSTREAM_SLOTS, Fleet, request_spec
+from bench.suites.replicas_report import count, goals, outcome, render
 from nobusy.admission.limits import estimate_tokens
 
 __all__ = ["SUITE"]
@@ -53,48 +49,6 @@ def scale(quick: bool) -> Result:
             "restart_load_s": 60.0, "cost_requests": 3_000}  # fmt: skip
 
 
-def _spec(port: int, secret: str, model: str, stream: bool, **extra: Any) -> LoadSpec:
-    body = json.dumps(chat_body(model, stream, "Hello", **extra)).encode()
-    return LoadSpec(port, body, stream, {"Authorization": f"Bearer {secret}"})
-
-
-def outcome(sent: Sent) -> Result:
-    """One request as its client saw it: ``answered`` (whole), ``broken`` (a 200 stream that
-    ended without ``[DONE]`` or with an error event), ``429``, ``5xx``, ``failed``, ``cut``."""
-    body = sent.body
-    out: Result = {"status": sent.status, "id": sent.headers.get("x-request-id"), "tokens": 0}
-    if sent.cut:
-        return out | {"kind": "cut"}
-    if sent.status == 200 and sent.complete:
-        if body.startswith(b"data:") or b"\ndata:" in body:
-            whole = b"data: [DONE]" in body and b'"error"' not in body
-            return out | {"kind": "answered" if whole else "broken"}
-        try:
-            tokens = int(json.loads(body)["usage"]["total_tokens"])
-        except (ValueError, KeyError, TypeError):
-            return out | {"kind": "broken"}
-        return out | {"kind": "answered", "tokens": tokens}
-    if sent.status == 200:
-        return out | {"kind": "broken"}
-    if sent.status == 429:
-        return out | {"kind": "429"}
-    if sent.status >= 500:
-        return out | {"kind": "5xx"}
-    return out | {"kind": "failed", "error": sent.error}
-
-
-def count(outs: list[Result]) -> Result:
-    kinds: dict[str, int] = {}
-    for o in outs:
-        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
-    answered = kinds.get("answered", 0)
-    decided = len(outs) - kinds.get("cut", 0)
-    return {"sent": len(outs), "kinds": kinds, "answered": answered,
-            "answered_share": answered / decided if decided else None,
-            "tokens": sum(o["tokens"] for o in outs if o["kind"] == "answered"),
-            "client_5xx": kinds.get("5xx", 0), "broken": kinds.get("broken", 0)}  # fmt: skip
-
-
 def _fake_stats(fleet: Fleet, name: str) -> Result:
     return admission.fake_stats(fleet.fakes[name].port)
 
@@ -111,15 +65,16 @@ def limits(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str], s: 
     narrow_rate = 3 * UPSTREAM_SLOTS / 0.5  # its answers take ~0.5 s
     wait = {"x-nobusy-max-wait": "2"}
     groups: dict[str, tuple[float, LoadSpec]] = {
-        "rpm": (rpm_rate, _spec(lb.port, keys["rpm"], "fast", False)),
-        "tpm": (tpm_rate, _spec(lb.port, keys["tpm"], "fast", False, max_tokens=20)),
+        "rpm": (rpm_rate, request_spec(lb.port, keys["rpm"], "fast", False)),
+        "tpm": (tpm_rate, request_spec(lb.port, keys["tpm"], "fast", False, max_tokens=20)),
         "narrow": (narrow_rate, replace(
-            _spec(lb.port, keys["open"], "narrow", True),
+            request_spec(lb.port, keys["open"], "narrow", True),
             headers={"Authorization": f"Bearer {keys['open']}", **wait})),
     }  # fmt: skip
     if fleet.features.upstream_tpm:
         metered_rate = 3 * fleet.upstream_tpm / per_answer / s["limits_s"]
-        groups["metered"] = (metered_rate, _spec(lb.port, keys["open"], "metered", False))
+        metered = request_spec(lb.port, keys["open"], "metered", False)
+        groups["metered"] = (metered_rate, replace(metered, headers=metered.headers | wait))
     requests: list[tuple[float, LoadSpec, float]] = []
     owners: list[str] = []
     for name, (rate, spec) in groups.items():
@@ -153,7 +108,7 @@ def limits(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str], s: 
 
 def quota(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) -> Result:
     clients = s["quota_clients"]
-    spec = _spec(lb.port, secret, "fast", False, max_tokens=ctx.settings.tokens)
+    spec = request_spec(lb.port, secret, "fast", False, max_tokens=ctx.settings.tokens)
     per_answer = 1 + ctx.settings.tokens
     n = 3 * s["quota"] // per_answer
     result = run_load(spec, clients, requests=n, keep_records=True)
@@ -209,7 +164,7 @@ def cost(ctx: Context, fleet: Fleet, secret: str, s: Result) -> Result:
         idle_from, t0 = monitor.counts(), time.monotonic()
         time.sleep(3.0)
         idle_to, t1 = monitor.counts(), time.monotonic()
-        spec = _spec(shared.port, secret, "fast", False)
+        spec = request_spec(shared.port, secret, "fast", False)
         started = time.monotonic()
         load = run_load(spec, 8, requests=s["cost_requests"])
         time.sleep(0.5)  # the last reconciliations
@@ -254,188 +209,13 @@ def cost(ctx: Context, fleet: Fleet, secret: str, s: Result) -> Result:
             "counted_errors": load.errors, "throughput": throughput}  # fmt: skip
 
 
-# --- 5. faults -------------------------------------------------------------------------------
-
-
-class Background:
-    """An open-loop load in a thread, so that this thread can stop and start processes (a
-    child started from another thread would die with it: PR_SET_PDEATHSIG)."""
-
-    def __init__(self, requests: list[tuple[float, LoadSpec, float]]) -> None:
-        self.requests, self.sents = requests, []
-        self.t0 = 0.0
-        self.thread = threading.Thread(target=self._run, name="replicas-load", daemon=True)
-
-    def _run(self) -> None:
-        self.sents = run_open(self.requests, on_start=self._mark)
-
-    def _mark(self) -> None:
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> Background:
-        self.thread.start()
-        while not self.t0:
-            time.sleep(0.01)
-        return self
-
-    def at(self, seconds: float) -> None:
-        """Sleep until ``seconds`` after the load began."""
-        time.sleep(max(0.0, self.t0 + seconds - time.monotonic()))
-
-    def __exit__(self, *exc: object) -> None:
-        self.thread.join()
-
-    def outcomes(self) -> list[tuple[float, Result]]:
-        return [(x.sent_at, outcome(x)) for x in self.sents]
-
-
-def _steady(spec: LoadSpec, rate: float, seconds: float) -> list[tuple[float, LoadSpec, float]]:
-    return [(i / rate, spec, 30.0) for i in range(int(rate * seconds))]
-
-
-def _shared_again(fleet: Fleet, limit: float = 30.0) -> float | None:
-    """Seconds until every replica says its key limits are shared again."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        texts = []
-        for proc in fleet.procs[:REPLICAS]:
-            if proc is not None:
-                status, body = procs.http_call(proc.port, "GET", "/metrics", timeout=2)
-                texts.append(body.decode() if status == 200 else "")
-        if all("nobusy_state_shared 1.0" in t for t in texts):
-            return time.monotonic() - started
-        time.sleep(0.2)
-    return None
-
-
-def redis_down(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) -> Result:
-    lead, down = s["fault_lead_s"], s["redis_down_s"]
-    spec = _spec(lb.port, secret, "fast", False)
-    with Background(_steady(spec, 20.0, 2 * lead + down)) as load:
-        load.at(lead)
-        fleet.stop_redis()
-        load.at(lead + down)
-        fleet.start_redis()
-        back = _shared_again(fleet)
-    outs = load.outcomes()
-    during = count([o for t, o in outs if lead <= t < lead + down])
-    ctx.log(f"[replicas] Redis down {down:g}s: {count([o for _, o in outs])['kinds']}")
-    return {"down_s": down, "all": count([o for _, o in outs]), "during": during,
-            "shared_again_s": back, "ids": _ids(outs)}  # fmt: skip
-
-
-def _ids(outs: list[tuple[float, Result]]) -> list[str]:
-    return [o["id"] for _, o in outs if o["kind"] == "answered" and o["id"]]
-
-
-def _until_free(
-    probes: dict[str, Callable[[], int]], since: float, limit: float
-) -> tuple[dict[str, float | None], dict[str, list[int]]]:
-    """Each probe every 0.25 s until it answers 200: seconds from ``since`` to that 200 (None:
-    not within ``limit``), and the statuses each saw."""
-    back: dict[str, float | None] = {name: None for name in probes}
-    seen: dict[str, list[int]] = {name: [] for name in probes}
-    while time.monotonic() - since < limit and any(v is None for v in back.values()):
-        for name, probe in probes.items():
-            if back[name] is None:
-                status = probe()
-                seen[name].append(status)
-                if status == 200:
-                    back[name] = time.monotonic() - since
-        time.sleep(0.25)
-    return back, seen
-
-
-def kill(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str], s: Result) -> Result:
-    """Load through nginx; replica 2 holds every slot of the lease key (and of the narrow
-    upstream) when it gets SIGKILL; probes on replica 1 time the slots' return."""
-    lead, tail = s["fault_lead_s"], s["kill_tail_s"]
-    victim, survivor = fleet.replica(1), fleet.replica(0)
-    load_spec = _spec(lb.port, keys["open"], "long", True)
-    holders = [(0.0, _spec(victim.port, keys["lease"], "hold", False), 60.0)] * LEASE_SLOTS
-    holders += [
-        (0.0, _spec(victim.port, keys["open"], "narrow-hold", False), 60.0)
-    ] * UPSTREAM_SLOTS
-    with Background(_steady(load_spec, 6.0, lead + tail)) as load:
-        held = threading.Thread(target=run_open, args=(holders,), daemon=True)
-        load.at(lead - 1.0)
-        held.start()
-        lease_spec = {"model": "fast", "messages": [{"role": "user", "content": "Hello"}]}
-        narrow = {**lease_spec, "model": "narrow"}
-        probes = {
-            "key": lambda: procs.http_json(
-                survivor.port, lease_spec, {"Authorization": f"Bearer {keys['lease']}"}
-            )[0],
-            "upstream": lambda: procs.http_json(
-                survivor.port,
-                narrow,
-                {"Authorization": f"Bearer {keys['open']}", "x-nobusy-max-wait": "0.2"},
-            )[0],
-        }
-        load.at(lead - 0.2)
-        # Every slot is held on the victim: the survivor refuses the key (429), and the
-        # upstream too where its slots are shared (else it answers from slots of its own).
-        held_before = {name: probe() for name, probe in probes.items()}
-        load.at(lead)
-        victim.popen.kill()
-        back, seen = _until_free(probes, time.monotonic(), 30.0)
-    held.join(60)
-    outs = load.outcomes()
-    after = count([o for t, o in outs if t >= lead + 0.5])
-    fleet.start(1)  # back, same port and data dir, for what follows
-    ctx.log(f"[replicas] kill -9: after it {after['kinds']}; held {held_before}, back {back}")
-    return {"all": count([o for _, o in outs]), "after_kill": after,
-            "held_before": held_before, "slots_back_s": back,
-            "probe_statuses": {k: v[:40] for k, v in seen.items()}, "ids": _ids(outs)}  # fmt: skip
-
-
-LEASE_SLOTS = 4  # the lease key's max_concurrency: all held by the replica that is killed
-
-
-def postgres_down(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) -> Result:
-    lead, down = s["fault_lead_s"], s["pg_down_s"]
-    spec = _spec(lb.port, secret, "fast", False)
-    with Background(_steady(spec, 20.0, 2 * lead + down)) as load:
-        load.at(lead)
-        fleet.stop_postgres()
-        load.at(lead + down)
-        fleet.start_postgres_again()
-    outs = load.outcomes()
-    ctx.log(f"[replicas] PostgreSQL down {down:g}s: {count([o for _, o in outs])['kinds']}")
-    return {"down_s": down, "all": count([o for _, o in outs]), "ids": _ids(outs)}
-
-
-def rolling(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) -> Result:
-    """SIGTERM one replica, wait for its drain and exit, start it again; then the next."""
-    spec = _spec(lb.port, secret, "long", True)
-    steps: list[Result] = []
-    with Background(_steady(spec, 6.0, s["restart_load_s"])) as load:
-        load.at(3.0)
-        for index in range(REPLICAS):
-            proc = fleet.replica(index)
-            began = time.monotonic()
-            proc.popen.send_signal(signal.SIGTERM)
-            proc.popen.wait(replicas_fleet.DRAIN_TIMEOUT + 10)
-            drained = time.monotonic() - began
-            fleet.ctx.procs.stop(proc)
-            fleet.start(index)
-            steps.append({"replica": index + 1, "drain_s": drained,
-                          "exit_code": proc.popen.returncode,
-                          "back_s": time.monotonic() - began})  # fmt: skip
-        finished = time.monotonic() - load.t0
-    outs = [(t, o) for t, o in load.outcomes() if t < finished]
-    result = count([o for _, o in outs])
-    ctx.log(f"[replicas] rolling restart in {finished:.0f}s: {result['kinds']}")
-    return {"steps": steps, "during": result, "restart_s": finished, "ids": _ids(outs)}
-
-
 # --- the run -----------------------------------------------------------------------------
 
 
 def _keys(fleet: Fleet, s: Result) -> dict[str, str]:
     keys = {"rpm": ["--rpm", str(s["rpm"])], "tpm": ["--tpm", str(s["tpm"])],
             "quota": ["--quota-tokens", str(s["quota"])],
-            "lease": ["--max-concurrency", str(LEASE_SLOTS)],
+            "lease": ["--max-concurrency", str(replicas_faults.LEASE_SLOTS)],
             "cost": ["--rpm", BIG, "--tpm", BIG], "open": []}  # fmt: skip
     keys |= {name: [] for name in FAIR_KEYS}
     return fleet.make_keys(keys)
@@ -465,19 +245,24 @@ def _run(ctx: Context, fleet: Fleet, s: Result) -> Result:
     out["quota"] = quota(ctx, fleet, lb, keys["quota"], s)
     out["admission"] = admission_runs(ctx, fleet, lb, keys)
     out["cost"] = cost(ctx, fleet, keys["cost"], s)
-    faults: Result = {"redis": redis_down(ctx, fleet, lb, keys["cost"], s)}
-    faults["kill"] = kill(ctx, fleet, lb, keys, s)
+    faults: Result = {"redis": replicas_faults.redis_down(ctx, fleet, lb, keys["cost"], s)}
+    faults["kill"] = replicas_faults.kill(ctx, fleet, lb, keys, s)
     if fleet.store_url is not None:
-        faults["postgres"] = postgres_down(ctx, fleet, lb, keys["cost"], s)
+        faults["postgres"] = replicas_faults.postgres_down(ctx, fleet, lb, keys["cost"], s)
     else:
         why = fleet.features.postgres or "no `store` setting"
         faults["postgres"] = {"unavailable": f"not available on this build ({why})"}
-    faults["rolling"] = rolling(ctx, fleet, lb, keys["open"], s)
+    faults["rolling"] = replicas_faults.rolling(ctx, fleet, lb, keys["open"], s)
     fleet.stop_all()  # flushes the usage rows of the survivors
-    logged = fleet.usage_ids()
+    try:
+        logged: set[str] | None = fleet.usage_ids()
+    except Exception as exc:  # a store whose table differs: say so, keep the other figures
+        logged = None
+        out["usage_error"] = f"{type(exc).__name__}: {exc}"
+        ctx.log(f"[replicas] cannot read the usage table: {out['usage_error']}")
     for name in ("redis", "kill", "postgres", "rolling"):
         ids = faults[name].pop("ids", None)
-        if ids is not None:
+        if ids is not None and logged is not None:
             missing = len([i for i in ids if i not in logged])
             faults[name]["usage"] = {"answered": len(ids), "missing": missing}
     out["faults"] = faults

@@ -14,11 +14,13 @@ others' data dirs before they start, as a shared key store would hold them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 from collections import Counter
 from contextlib import closing
@@ -27,16 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
+from bench.loadgen import LoadSpec, chat_body
 from bench.suites.admission import FAKE_FLAGS
 from bench.suites.admission_report import CHUNK_DELAY, SLOTS, TOKENS
 from bench.suites.base import Context
 
-__all__ = ["Features", "Fleet", "Monitor", "features", "nginx_binary"]
+__all__ = ["Features", "Fleet", "Monitor", "features", "nginx_binary", "request_spec"]
 
 REPLICAS = 3
 UPSTREAM_SLOTS = 4  # the `narrow` upstream's max_concurrency: the ceiling the fleet must hold
 LONG_TOKENS, LONG_DELAY = 20, 0.1  # `long` answers: 20 chunks 0.1 s apart, a 2 s stream
 DRAIN_TIMEOUT = 30.0
+PG_DATABASE = "nobusy_bench"
 # Sent by every client: nginx retries a draining replica's 503 or a dead one's refusal on the
 # next replica. `non_idempotent`: without it nginx never retries a POST once it reached a
 # replica, so a draining replica's 503 would reach the client.
@@ -61,21 +65,31 @@ def _served_env() -> dict[str, str]:
 
 
 def features() -> Features:
-    """Ask the served nobusy: ``serve --help`` for ``--store``, the upstream settings' fields
-    for a tokens-per-minute ceiling."""
-    env = _served_env()
-    helptext = subprocess.run(
-        [str(procs.NOBUSY), "serve", "--help"], capture_output=True, text=True, env=env, check=True
-    ).stdout
+    """Ask the served nobusy's settings: a ``store`` field (it may have no flag: a URL with a
+    password is set in the file or the environment only), and a tokens-per-minute field among
+    the upstream settings."""
     probe = (
+        "from nobusy.settings import Settings as S\n"
         "from nobusy.upstreams.base import UpstreamSettings as U\n"
         "names = [n for n in ('tpm', 'tokens_per_minute', 'max_tpm') if n in U.model_fields]\n"
-        "print(names[0] if names else '')\n"
+        "print('store' in S.model_fields, names[0] if names else '')\n"
     )
-    field = subprocess.run(
-        [str(_SERVED_PYTHON), "-c", probe], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
-    return Features(store="--store" in helptext, upstream_tpm=field or None)
+    done = subprocess.run(
+        [str(_SERVED_PYTHON), "-c", probe],
+        capture_output=True,
+        text=True,
+        env=_served_env(),
+        check=True,
+        cwd=procs.RUN_DIR,  # not the checkout: PYTHONPATH alone says which nobusy is served
+    )
+    store, _, field = done.stdout.strip().partition(" ")
+    return Features(store=store == "True", upstream_tpm=field or None)
+
+
+def request_spec(port: int, secret: str, model: str, stream: bool, **extra: Any) -> LoadSpec:
+    """A chat request for the load generator, with this key."""
+    body = json.dumps(chat_body(model, stream, "Hello", **extra)).encode()
+    return LoadSpec(port, body, stream, {"Authorization": f"Bearer {secret}"})
 
 
 def nginx_binary() -> str | None:
@@ -108,6 +122,7 @@ class Fleet:
         for fake in self.fakes.values():
             p.ready(fake)
         self.pg: Any = None
+        self.pg_dir: Path | None = None
         self.store_url: str | None = None
         if feats.store and feats.postgres is None:
             self._start_postgres()
@@ -144,10 +159,11 @@ class Fleet:
         try:
             from tests.postgres_server import PostgresServer
 
-            folder = self.dir / "pg"
-            folder.mkdir()
-            self.pg = PostgresServer(folder, procs.free_port()).start()
-            self.store_url = self.pg.new_database("nobusy_bench")
+            # Under /tmp, as in the tests: as root the helper opens up every parent folder to
+            # PostgreSQL's own user.
+            self.pg_dir = Path(tempfile.mkdtemp(prefix="nobusy-bench-pg-"))
+            self.pg = PostgresServer(self.pg_dir, procs.free_port()).start()
+            self.store_url = self.pg.new_database(PG_DATABASE)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # pytest's skip is a BaseException: the reason is wanted
@@ -169,6 +185,8 @@ class Fleet:
             with contextlib.suppress(Exception):
                 self.pg.stop()
             self.pg = None
+        if self.pg_dir is not None:
+            shutil.rmtree(self.pg_dir, ignore_errors=True)
 
     # --- keys -----------------------------------------------------------------------------
 
@@ -328,8 +346,8 @@ class Fleet:
     def usage_ids(self) -> set[str]:
         """Request ids in the usage table: PostgreSQL's, or every replica's SQLite."""
         if self.store_url is not None:
-            rows = self.pg.execute("SELECT request_id FROM usage", database="nobusy_bench")
-            return {str(row[0]) for row in rows}
+            query = "SELECT request_id FROM usage"
+            return {str(row[0]) for row in self.pg.execute(query, database=PG_DATABASE)}
         from nobusy.store.migrations import DB_NAME
 
         found: set[str] = set()

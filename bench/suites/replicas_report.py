@@ -3,13 +3,15 @@ figures of a run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from bench import plots
+from bench.loadgen import Sent
 from bench.suites.base import Goal, Result, at_least, at_most, fmt, md_table
 
-__all__ = ["goals", "render"]
+__all__ = ["count", "goals", "outcome", "render"]
 
 LEASE_TTL_S = 10.0  # a killed replica's slots come back within this (issue 13, "≤ 10 s")
 NOT_HERE = "this build has no upstream tokens-per-minute setting (only its max_concurrency)"
@@ -94,11 +96,12 @@ def goals(result: Result) -> list[Goal]:
                 LEASE_TTL_S, "s", "the upstream's slots are per replica on this build (the "
                 "survivor admitted a request while the victim held all 4)"),
         at_most("Replicas, kill -9: answered requests missing from usage",
-                _get(kill, "usage", "missing"), 0, "requests"),
+                _get(kill, "usage", "missing"), 0, "requests", result.get("usage_error", "")),
         at_most("Replicas, Redis stopped: client 5xx",
                 _get(faults, "redis", "all", "client_5xx"), 0, "errors"),
         at_most("Replicas, PostgreSQL stopped: usage rows lost",
-                _get(pg, "usage", "missing"), 0, "rows", pg.get("unavailable", "")),
+                _get(pg, "usage", "missing"), 0, "rows",
+                pg.get("unavailable", result.get("usage_error", ""))),
         at_most("Replicas, rolling restart: broken streams",
                 _get(rolling, "during", "broken"), 0, "streams"),
         at_most("Replicas, rolling restart: client errors",
@@ -124,6 +127,43 @@ def _latency(result: Result) -> float | None:
             value = row.get("added_p50_ms")
             return None if value is None else float(value)
     return None
+
+
+def outcome(sent: Sent) -> Result:
+    """One request as its client saw it: ``answered`` (whole), ``broken`` (a 200 stream that
+    ended without ``[DONE]`` or with an error event), ``429``, ``5xx``, ``failed``, ``cut``."""
+    body = sent.body
+    out: Result = {"status": sent.status, "id": sent.headers.get("x-request-id"), "tokens": 0}
+    if sent.cut:
+        return out | {"kind": "cut"}
+    if sent.status == 200 and sent.complete:
+        if body.startswith(b"data:") or b"\ndata:" in body:
+            whole = b"data: [DONE]" in body and b'"error"' not in body
+            return out | {"kind": "answered" if whole else "broken"}
+        try:
+            tokens = int(json.loads(body)["usage"]["total_tokens"])
+        except (ValueError, KeyError, TypeError):
+            return out | {"kind": "broken"}
+        return out | {"kind": "answered", "tokens": tokens}
+    if sent.status == 200:
+        return out | {"kind": "broken"}
+    if sent.status == 429:
+        return out | {"kind": "429"}
+    if sent.status >= 500:
+        return out | {"kind": "5xx"}
+    return out | {"kind": "failed", "error": sent.error}
+
+
+def count(outs: list[Result]) -> Result:
+    kinds: dict[str, int] = {}
+    for o in outs:
+        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
+    answered = kinds.get("answered", 0)
+    decided = len(outs) - kinds.get("cut", 0)
+    return {"sent": len(outs), "kinds": kinds, "answered": answered,
+            "answered_share": answered / decided if decided else None,
+            "tokens": sum(o["tokens"] for o in outs if o["kind"] == "answered"),
+            "client_5xx": kinds.get("5xx", 0), "broken": kinds.get("broken", 0)}  # fmt: skip
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -258,7 +298,7 @@ def _slots(kill: Result) -> str:
     out = []
     for name, what in (("key", "the key's slots"), ("upstream", "the upstream's slots")):
         if held.get(name) == 200:
-            out.append(f"{what} were not shared (the survivor admitted it before the kill)")
+            out.append(f"{what} were not shared (the survivor admitted a request before the kill)")
         else:
             out.append(f"{what} back after {fmt(back.get(name), 1)} s")
     return "; ".join(out)
@@ -273,10 +313,12 @@ def _cost(result: Result) -> str:
     rows = []
     for row in c["latency"]:
         rows.append([f"one replica, {row['path']}, c=1", fmt(row["rps"], 0), fmt(row["p50_ms"]),
-                     fmt(row["p99_ms"]), fmt(row["added_p50_ms"])])  # fmt: skip
+                     fmt(row["p99_ms"]), fmt(row["gateway_cpu_per_1k"]),
+                     fmt(row["added_p50_ms"])])  # fmt: skip
     for row in c["throughput"]:
+        ratio = fmt(row["x_reference"], 2, "× 1 replica")
         rows.append([f"nginx → {row['path']}, c=32", fmt(row["rps"], 0), fmt(row["p50_ms"]),
-                     fmt(row["p99_ms"]), fmt(row["x_reference"], 2, "× 1 replica")])  # fmt: skip
+                     fmt(row["p99_ms"]), "—", ratio])  # fmt: skip
     per = c["redis_per_request"]
 
     def listed(kind: str) -> str:
@@ -296,8 +338,9 @@ def _cost(result: Result) -> str:
         "same 2 cores as the fake, nginx, Redis and the client: the cores, not the replicas, "
         "are the ceiling."
     )
-    headers = ["path", "req/s", "p50 ms", "p99 ms", "added p50 ms / ratio"]
-    return text + "\n\n" + md_table(headers, rows, "lrrrr")
+    headers = ["path", "req/s", "p50 ms", "p99 ms", "replica CPU s / 1k req"]
+    headers += ["added p50 ms / ratio"]
+    return text + "\n\n" + md_table(headers, rows, "lrrrrr")
 
 
 def render(result: Result, img: Path) -> str:
