@@ -11,9 +11,9 @@ nginx, on loopback, the fake upstreams behind them (``replicas_fleet``).
 4. *Cost of sharing*: added latency of Redis state against local state on one replica, in
    alternating rounds; Redis round trips per request; throughput through nginx to 1 and 3
    replicas.
-5. *Faults* (``replicas_faults``): Redis stopped; one replica killed with SIGKILL; PostgreSQL stopped (when the build
-   has ``store``); a rolling restart (SIGTERM, drain, start, one replica at a time). Then every
-   answered request's id is looked up in the usage table.
+5. *Faults* (``replicas_faults``): Redis stopped; one replica killed with SIGKILL; PostgreSQL
+   stopped (when the build has ``store``); a rolling restart (SIGTERM, drain, start, one
+   replica at a time). Then every answered request's id is looked up in the usage table.
 
 The figures and the page are ``replicas_report``'s.
 """
@@ -153,7 +153,9 @@ def cost(ctx: Context, fleet: Fleet, secret: str, s: Result) -> Result:
         Endpoint("local state", solo.port, "fast", gateway=solo, upstream=fake),
         Endpoint("Redis state", shared.port, "fast", gateway=shared, upstream=fake),
     ]
-    runs = run_rounds(keyed, "replicas", endpoints, [(False, 1)])
+    # More rounds than other suites: a fraction of a millisecond on 2 busy cores needs them.
+    rounds = replace(ctx.settings, rounds=3 if ctx.settings.quick else 6)
+    runs = run_rounds(replace(keyed, settings=rounds), "replicas", endpoints, [(False, 1)])
     latency = aggregate(runs, baseline="local state", reference="local state")
     fleet.ctx.procs.stop(solo)
     # Redis round trips per request: one replica, a counted run under MONITOR; the idle

@@ -190,7 +190,7 @@ def _limits(result: Result, img: Path) -> str:
         limit = shared["limit"]
         a, b = _accepted(parts["shared"], name), _accepted(parts.get("local"), name)
         ra, rb = _ratio(a, limit), _ratio(b, limit)
-        labels.append(label)
+        labels.append(label.replace("`", ""))
         ratios["one Redis"].append(ra)
         ratios["no Redis"].append(rb)
         body.append([label, f"{limit:,}", fmt(a, 0), fmt(ra, 3, "×"), fmt(b, 0),
