@@ -328,7 +328,8 @@ def _cost(result: Result) -> str:
 
     text = (
         "Added latency: one replica with `state: redis://` against one without, the same key "
-        "(rpm and tpm set, so its counters are kept), rounds alternating. Redis round trips: "
+        f"(rpm and tpm set, so its counters are kept), {_rounds(c)} alternating rounds, "
+        "each a closed loop of one connection. Redis round trips: "
         f"{c['counted_requests']:,} requests on one replica (8 connections) under Redis's "
         "`MONITOR`, the idle replicas' heartbeats counted beforehand and taken off: "
         f"{fmt(_get(per, 'sent', 'total'))} commands sent a request ({listed('sent')}; a "
@@ -341,6 +342,10 @@ def _cost(result: Result) -> str:
     headers = ["path", "req/s", "p50 ms", "p99 ms", "replica CPU s / 1k req"]
     headers += ["added p50 ms / ratio"]
     return text + "\n\n" + md_table(headers, rows, "lrrrrr")
+
+
+def _rounds(cost: Result) -> str:
+    return str(max((row["rounds"] for row in cost["latency"]), default=0))
 
 
 def render(result: Result, img: Path) -> str:
