@@ -24,6 +24,8 @@ request's answer does not wait for it). When Redis fails, ``on_state_failure`` d
 ``refuse`` answers 503; ``local`` admits with ``KeyLimits`` in this process, each limit divided
 by the replicas last seen beating (``replicas_hint`` before any were), says so once in the log,
 and returns to Redis once a beat succeeds again, writing back its exact in-flight counts.
+The beat also publishes this replica's figures and reads the fleet's
+(``nobusy.store.replicas``); ``health`` says how Redis is (``nobusy.store.health``).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ import dataclasses
 import itertools
 import logging
 import secrets
+import time
 from collections import Counter
 from typing import Literal
 
 from nobusy.admission.limits import WINDOW, KeyLimits, check_counts, check_key, limited
 from nobusy.errors import QuotaExhausted, RateLimited, StorageUnavailable
 from nobusy.keys import Key
+from nobusy.store.health import Health
 from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.store.replicas import BEAT_SCRIPT, FLEET, Fleet
 
 __all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
 
@@ -147,16 +152,6 @@ if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'spent
 """
 )
 
-# KEYS: replicas. ARGV: member, live. Returns the replicas beating now.
-_BEAT = (
-    _CLOCK
-    + """
-redis.call('ZADD', KEYS[1], at(now), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. at(now - tonumber(ARGV[2])))
-return redis.call('ZCARD', KEYS[1])
-"""
-)
-
 
 _PARTS = ("req", "tok", "sum", "fl", "quota", "rsv")
 
@@ -179,6 +174,7 @@ class RedisKeyLimits:
         replica: str,
         on_failure: Literal["local", "refuse"] = "local",
         replicas_hint: int = 1,
+        fleet: Fleet | None = None,
     ) -> None:
         self.url, self.shown, self.replica = url, redact(url), replica
         self.on_failure = on_failure
@@ -186,10 +182,13 @@ class RedisKeyLimits:
         self.member = f"{replica}:{secrets.token_hex(4)}"
         self.replicas = replicas_hint  # the replicas seen beating last, for the local share
         self.shared = True  # False while limits are local because Redis does not answer
+        self.since = time.time()  # when ``shared`` last changed
+        self.reason = ""  # why Redis was last found failing (its words, scrubbed)
+        self.fleet = fleet or Fleet(replica)
         self._redis = connect(url)
         self._admit = self._redis.register_script(_ADMIT)
         self._done = self._redis.register_script(_DONE)
-        self._beat = self._redis.register_script(_BEAT)
+        self._beat = self._redis.register_script(BEAT_SCRIPT)
         self._ids = itertools.count()
         self._local = KeyLimits()
         # Requests in flight by key, admitted through Redis and locally: ``done`` only names
@@ -289,7 +288,10 @@ class RedisKeyLimits:
         failure returns to shared limits and writes back in-flight counts Redis may have
         wrong (lost in a restart, or not given back while it was away)."""
         try:
-            self.replicas = max(1, int(await self._beat(keys=[REPLICAS], args=[self.member, LIVE])))
+            answer = await self._beat(
+                keys=[REPLICAS, FLEET], args=[self.member, LIVE, self.fleet.published()]
+            )
+            self.replicas = max(1, self.fleet.read(answer, self.member))
         except ERRORS as exc:
             self._lost(exc)
             return
@@ -317,12 +319,26 @@ class RedisKeyLimits:
             await asyncio.sleep(BEAT)
             await self.beat()
 
+    def health(self) -> Health:
+        """Shared, or degraded to local limits (``refuse``: down), and since when."""
+        if self.shared:
+            detail = f"key limits shared by {self.replicas} replica(s)"
+            return Health("redis", self.shown, "ok", detail, self.since)
+        if self.on_failure == "refuse":
+            detail = f"does not answer ({self.reason}): refusing keys with limits"
+            return Health("redis", self.shown, "down", detail, self.since)
+        detail = (
+            f"does not answer ({self.reason}): key limits local, each divided by "
+            f"{self.replicas} replica(s)"
+        )
+        return Health("redis", self.shown, "degraded", detail, self.since)
+
     def _lost(self, exc: BaseException) -> None:
         """Redis failed: said once, until it answers again."""
         if not self.shared:
             return
-        self.shared = False
-        reason = scrub(str(exc) or type(exc).__name__, self.url)
+        self.shared, self.since = False, time.time()
+        self.reason = reason = scrub(str(exc) or type(exc).__name__, self.url)
         if self.on_failure == "refuse":
             log.error("Redis at %s does not answer (%s): refusing limited keys", self.shown, reason)
             return
@@ -336,7 +352,7 @@ class RedisKeyLimits:
 
     def _regained(self) -> None:
         if not self.shared:
-            self.shared = True
+            self.shared, self.since = True, time.time()
             self._unsynced.update(k for k, n in self._in_flight.items() if n > 0)
             log.warning("Redis at %s answers again: key limits are shared again", self.shown)
 
@@ -372,4 +388,5 @@ class RedisKeyLimits:
         await self.flush()
         with contextlib.suppress(*ERRORS):
             await self._redis.zrem(REPLICAS, self.member)
+            await self._redis.hdel(FLEET, self.member)
         await self._redis.aclose()
