@@ -45,4 +45,5 @@ def test_the_board_lists_every_replica_and_redis(fleet: list[Process], page: Pag
     status = httpx.get(
         f"{one.url}/v1/nobusy/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
     ).json()
-    assert [r["id"] for r in status["replicas"]] == ["board-a", "board-b"]
+    # Other tests' replicas may share this Redis (the session's): these two are there.
+    assert {"board-a", "board-b"} <= {r["id"] for r in status["replicas"]}
