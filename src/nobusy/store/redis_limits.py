@@ -242,8 +242,8 @@ class RedisKeyLimits:
             if quota >= 0:
                 self._reserved[key.id] += estimate
             return
-        _, in_flight, requests, tokens, oldest, now, spent_now, held = answer
-        reserved = int(held)
+        _, in_flight, requests, tokens, oldest, now, spent_now, reserved_now = answer
+        reserved = int(reserved_now)
         if quota >= 0 and quota - int(spent_now) - reserved <= 0:
             held = f", {reserved} of them reserved by requests in flight" if reserved else ""
             raise QuotaExhausted(
