@@ -43,10 +43,10 @@ def scale(quick: bool) -> Result:
     if quick:
         return {"limits_s": 12.0, "rpm": 120, "tpm": 4_000, "quota": 3_000, "quota_clients": 12,
                 "redis_down_s": 4.0, "pg_down_s": 5.0, "fault_lead_s": 3.0, "kill_tail_s": 6.0,
-                "restart_load_s": 30.0, "cost_requests": 600}  # fmt: skip
+                "restart_load_s": 25.0, "cost_requests": 600}  # fmt: skip
     return {"limits_s": 60.0, "rpm": 600, "tpm": 20_000, "quota": 20_000, "quota_clients": 24,
             "redis_down_s": 10.0, "pg_down_s": 30.0, "fault_lead_s": 5.0, "kill_tail_s": 10.0,
-            "restart_load_s": 60.0, "cost_requests": 3_000}  # fmt: skip
+            "restart_load_s": 30.0, "cost_requests": 3_000}  # fmt: skip
 
 
 def _fake_stats(fleet: Fleet, name: str) -> Result:

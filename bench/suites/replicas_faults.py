@@ -186,6 +186,8 @@ def rolling(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) 
                           "exit_code": proc.popen.returncode,
                           "back_s": time.monotonic() - began})  # fmt: skip
         finished = time.monotonic() - load.t0
+    if finished > s["restart_load_s"]:
+        ctx.log(f"[replicas] the restarts outlasted the load ({finished:.0f} s): lengthen it")
     outs = [(t, o) for t, o in load.outcomes() if t < finished]
     result = count([o for _, o in outs])
     ctx.log(f"[replicas] rolling restart in {finished:.0f}s: {result['kinds']}")
