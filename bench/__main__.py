@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = procs.Processes(log)
     ctx = Context(settings, processes, log)
     failed: list[str] = []
-    mode = "quick smoke run (~4 min)" if settings.quick else "full run (~26 min on 2 cores)"
+    mode = "quick smoke run (~4 min)" if settings.quick else "full run (~24 min on 2 cores)"
     log(f"bench: {mode} of {', '.join(args.names)}; processes log to bench/.run/")
     if "overhead" in args.names and not procs.litellm_ready():
         log("  (plus 1-3 min to install LiteLLM into bench/.litellm-venv, this once)")
