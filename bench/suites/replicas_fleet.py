@@ -71,7 +71,7 @@ def features() -> Features:
     probe = (
         "from nobusy.settings import Settings as S\n"
         "from nobusy.upstreams.base import UpstreamSettings as U\n"
-        "names = [n for n in ('tpm', 'tokens_per_minute', 'max_tpm') if n in U.model_fields]\n"
+        "names = [n for n in U.model_fields if 'tpm' in n or 'tokens_per_minute' in n]\n"
         "print('store' in S.model_fields, names[0] if names else '')\n"
     )
     done = subprocess.run(
