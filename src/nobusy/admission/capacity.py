@@ -113,15 +113,16 @@ class Capacity:
         light keys' reserve stays free in the fleet."""
         limit = self.limits[upstream]
         while self.queue.size and limit.has_room() and self.pause(upstream) <= 0:
-            waiter = self.queue.pop_for(upstream, lambda k: not self._reserve(upstream, k))
+            waiter = self.queue.pop_for(upstream, lambda k: not self._reserve(upstream, k)[0])
             waiter = waiter or self.queue.pop_for(upstream)
             if waiter is None:
                 return
-            taken = await leases.take(upstream, self._reserve(upstream, waiter.key))
+            who = waiter.key
+            taken = await leases.take(upstream, who, *self._reserve(upstream, who))
             self._follow(upstream)
             if waiter.future.done():  # it left while Redis was asked
                 if taken:
-                    leases.give_back(upstream)
+                    leases.give_back(upstream, who)
                 continue
             if not taken:
                 self.queue.push(waiter, front=True)
@@ -136,7 +137,7 @@ class Capacity:
             return self.try_take(upstream, who)
         if not self.limits[upstream].has_room():
             return False
-        taken = await leases.take(upstream, self._reserve(upstream, who))
+        taken = await leases.take(upstream, who, *self._reserve(upstream, who))
         self._follow(upstream)
         if taken:
             self._grant(upstream, who, self._priority(who))
@@ -150,16 +151,17 @@ class Capacity:
         limit.epoch = self.leases.epoch[upstream]
         limit.fleet = self.leases.held(upstream)
 
-    def _reserve(self, upstream: str, who: str) -> int:
-        """Slots a take by ``who`` must leave free in the fleet: the light keys' reserve when
-        ``who`` is heavy, else none."""
+    def _reserve(self, upstream: str, who: str) -> tuple[int, frozenset[str]]:
+        """What a take by ``who`` must leave free in the fleet: when ``who`` is heavy, the
+        light keys' recent peak less what they hold (Redis counts that exactly), else none."""
+        light: frozenset[str] = frozenset()
         if not who:
-            return 0
+            return 0, light
         peers = self._peers(who)
         if not peers:
-            return 0
-        light, holding, peak = self._light(upstream, who, peers)
-        return 0 if who in light else max(0, peak - holding)
+            return 0, light
+        light, _, peak = self._light(upstream, who, peers)
+        return (0, frozenset()) if who in light else (peak, light)
 
     def _shared_take(self, upstream: str) -> bool:
         shared = self.shared
@@ -305,7 +307,7 @@ class Capacity:
                 self.leases.adjust(upstream, "drop", *sent)
             elif limit.limit != before:
                 self.leases.adjust(upstream, "add", limit.limit - before)
-            self.leases.give_back(upstream)
+            self.leases.give_back(upstream, who)
         self._shared_give_back(upstream)
         held = self._held[upstream]
         if held.get(who, 0) > 1:

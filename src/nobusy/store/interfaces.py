@@ -23,7 +23,7 @@ Each backend is checked against its protocol by mypy (``_backends`` below).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nobusy.keys import Key
@@ -95,11 +95,14 @@ class FleetLeases(Protocol):
     limit: dict[str, float]  # the fleet's learned limit of each, as last seen
     epoch: dict[str, int]  # its decreases so far (a refusal sent before one is old news)
 
-    async def take(self, upstream: str, reserve: int = 0) -> bool:
-        """One more slot for this replica if all hold fewer than the limit less ``reserve``."""
+    async def take(
+        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+    ) -> bool:
+        """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
+        slots kept for the ``light`` keys (less what they hold now)."""
         ...
 
-    def give_back(self, upstream: str) -> None:
+    def give_back(self, upstream: str, who: str = "") -> None:
         """Free one of this replica's slots, without waiting for the backend."""
         ...
 

@@ -6,8 +6,10 @@ hash: slots held by each replica incarnation) and ``limit`` (the adaptive limit 
 one value for the fleet). One Lua script takes a slot atomically in one round trip: it first
 applies what this replica owes the upstream since its last call (slots given back, changes
 of the limit from ``admission.adaptive``), then counts the slots of the replicas alive and
-takes one only while ``held + 1 + reserve <= min(ceiling, limit)``; ``reserve`` is the slots
-``admission.fairness`` keeps free for light keys when the taker is a heavy one.
+takes one only while ``held + 1 + reserve <= min(ceiling, limit)``. ``reserve`` is what
+``admission.fairness`` keeps free for light keys when the taker is a heavy one: the light
+keys' recent peak (sent by the replica) less the slots they hold now across the fleet, counted
+exactly in the script (the lease hash counts slots by key too), not as last reported.
 
 A replica is alive while it syncs (every ``SYNC`` seconds; it says so in ``holders``): one
 killed with slots held loses them ``ttl`` seconds after its last sync, one that closes gives
@@ -29,7 +31,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from nobusy.store.redis_client import ERRORS, connect, redact, scrub
@@ -48,23 +50,37 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function at(x) return string.format('%.6f', x) end
 """
 
-# KEYS: lease, holders, limit. ARGV: member, ceiling, initial, take (1/0), reserve, ttl, give,
-# then limit changes as triples (kind, a, b). The floor (1) and the backoff (0.9) of a drop
-# are AIMDLimit's (admission/adaptive.py).
+# KEYS: lease, holders, limit. ARGV: member, ceiling, initial, take (1/0), peak, ttl, who,
+# then the slots given back (a count, then key and slots for each), the light keys (a count,
+# then each), and the limit's changes as triples (kind, a, b). The lease hash holds, per
+# replica incarnation, its total (field: member) and its slots by key (member NUL key). The
+# floor (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
 _TAKE = (
     _CLOCK
     + """
-local member = ARGV[1]
+local member, who = ARGV[1], ARGV[7]
 redis.call('ZADD', KEYS[2], at(now), member)
-local give = tonumber(ARGV[7])
-if give > 0 and redis.call('HINCRBY', KEYS[1], member, -give) < 0 then
-  redis.call('HSET', KEYS[1], member, 0)
+local function add(field, n)
+  if redis.call('HINCRBY', KEYS[1], field, n) <= 0 then redis.call('HDEL', KEYS[1], field) end
 end
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do
+  local n = tonumber(ARGV[i + 1])
+  add(member, -n)
+  if ARGV[i] ~= '' then add(member .. '\\0' .. ARGV[i], -n) end
+  i = i + 2
+end
+local light = {}
+for _ = 1, tonumber(ARGV[i]) do
+  light[ARGV[i + 1]] = true
+  i = i + 1
+end
+i = i + 1
 local ceiling = tonumber(ARGV[2])
 local limit = tonumber(redis.call('HGET', KEYS[3], 'limit') or ARGV[3])
 local epoch = tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0')
-for i = 8, #ARGV, 3 do
-  local kind, a, b = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+for j = i, #ARGV, 3 do
+  local kind, a, b = ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
   if kind == 'add' then
     limit = limit + a
   elseif kind == 'drop' and b >= epoch then
@@ -76,24 +92,46 @@ for i = 8, #ARGV, 3 do
 end
 limit = math.max(1, math.min(limit, ceiling))
 redis.call('HSET', KEYS[3], 'limit', string.format('%.6f', limit), 'epoch', epoch)
-local live, held = now - tonumber(ARGV[6]), 0
+local live, alive, held, holding = now - tonumber(ARGV[6]), {}, 0, 0
 local counts = redis.call('HGETALL', KEYS[1])
-for i = 1, #counts, 2 do
-  local seen = redis.call('ZSCORE', KEYS[2], counts[i])
-  if seen and tonumber(seen) >= live then
-    held = held + tonumber(counts[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], counts[i])
+for j = 1, #counts, 2 do
+  local field = counts[j]
+  local owner, key = string.match(field, '^(.-)%z(.*)$')
+  owner = owner or field
+  if alive[owner] == nil then
+    local seen = redis.call('ZSCORE', KEYS[2], owner)
+    alive[owner] = seen ~= false and tonumber(seen) >= live
+  end
+  if not alive[owner] then
+    redis.call('HDEL', KEYS[1], field)
+  elseif key == nil then
+    held = held + tonumber(counts[j + 1])
+  elseif light[key] then
+    holding = holding + tonumber(counts[j + 1])
   end
 end
 local ok = 0
-if ARGV[4] == '1' and held + 1 + tonumber(ARGV[5]) <= math.floor(limit) then
+local reserve = math.max(0, tonumber(ARGV[5]) - holding)
+if ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
   redis.call('HINCRBY', KEYS[1], member, 1)
+  if who ~= '' then redis.call('HINCRBY', KEYS[1], member .. '\\0' .. who, 1) end
   held, ok = held + 1, 1
 end
 return {ok, held, epoch, string.format('%.6f', limit)}
 """
 )
+
+# KEYS: lease. ARGV: member, then field and count pairs. Replaces every field of member's.
+_RESET = """
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field == ARGV[1] or string.sub(field, 1, #ARGV[1] + 1) == ARGV[1] .. '\\0' then
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+for i = 2, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""
 
 # KEYS: holders, fleet. ARGV: member, ttl, report. Returns the live holders' count, then the
 # other live replicas' reports as (member, report) pairs.
@@ -144,6 +182,7 @@ class RedisLeases:
         self.replicas = replicas_hint  # replicas holding leases at the last sync
         self.shared = True  # False while slots are counted here because Redis does not answer
         self.mine: Counter[str] = Counter()  # slots this replica holds, however taken
+        self.mine_by: Counter[tuple[str, str]] = Counter()  # ... by (upstream, key)
         # The fleet as last seen: slots held by all, the shared limit and its epoch.
         self.fleet: dict[str, int] = dict.fromkeys(ceilings, 0)
         self.limit: dict[str, float] = {name: float(v) for name, v in self.initial.items()}
@@ -151,11 +190,13 @@ class RedisLeases:
         self.reports: dict[str, Any] = {}  # the other live replicas' reports, by member
         self.report: Callable[[], Any] = dict  # what this replica tells the others
         self.learn: Callable[[list[Any]], None] = lambda _: None  # told after each sync
-        self._owed: Counter[str] = Counter()  # slots given back, not yet told to Redis
+        # Slots given back, not yet told to Redis: upstream -> key -> slots.
+        self._owed: dict[str, Counter[str]] = {}
         self._changes: dict[str, list[str | float]] = {}  # limit changes, not yet told
         self._redis = connect(url)
         self._take = self._redis.register_script(_TAKE)
         self._sync = self._redis.register_script(_SYNC)
+        self._reset = self._redis.register_script(_RESET)
         self._flushing: asyncio.Task[None] | None = None
         self._syncing: asyncio.Task[None] | None = None
 
@@ -167,33 +208,44 @@ class RedisLeases:
 
     # --- slots -----------------------------------------------------------------------------
 
-    async def take(self, upstream: str, reserve: int = 0) -> bool:
-        """One more slot on ``upstream`` if all replicas together hold fewer than its limit
-        less ``reserve``; also tells Redis what this replica owes it (one round trip)."""
+    async def take(
+        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+    ) -> bool:
+        """One more slot on ``upstream`` for ``who`` if all replicas together hold fewer than
+        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now); also
+        tells Redis what this replica owes it. One round trip."""
         if self.shared:
             try:
-                taken = await self._call(upstream, take=True, reserve=reserve)
+                taken = await self._call(upstream, True, who, peak, light)
             except ERRORS as exc:
                 self._lost(exc)
             else:
                 if taken:
-                    self.mine[upstream] += 1
+                    self._count(upstream, who, 1)
                 return taken
         share = max(1, int(min(self.ceilings[upstream], self.limit[upstream])) // self.replicas)
+        reserve = max(0, peak - sum(self.mine_by[upstream, k] for k in light))
         if self.mine[upstream] + reserve >= share:
             return False
-        self.mine[upstream] += 1
+        self._count(upstream, who, 1)
         self.fleet[upstream] = self.mine[upstream]
         return True
 
-    def give_back(self, upstream: str) -> None:
+    def give_back(self, upstream: str, who: str = "") -> None:
         """Free one of this replica's slots; Redis hears of it without the caller waiting."""
         if self.mine[upstream] <= 0:
             return
-        self.mine[upstream] -= 1
+        self._count(upstream, who, -1)
         if self.shared:
-            self._owed[upstream] += 1
+            self._owed.setdefault(upstream, Counter())[who] += 1
             self._flush_soon()
+
+    def _count(self, upstream: str, who: str, n: int) -> None:
+        self.mine[upstream] += n
+        if who:
+            self.mine_by[upstream, who] += n
+            if self.mine_by[upstream, who] <= 0:
+                del self.mine_by[upstream, who]
 
     def adjust(self, upstream: str, kind: str, a: float, b: float = 0.0) -> None:
         """A change of the shared limit (``add`` a; ``drop`` to a - 1 if epoch b is current;
@@ -206,10 +258,20 @@ class RedisLeases:
         """Slots on ``upstream`` held by every replica together, as last seen."""
         return self.fleet.get(upstream, 0)
 
-    async def _call(self, upstream: str, take: bool, reserve: int = 0) -> bool:
-        owed, changes = self._owed.pop(upstream, 0), self._changes.pop(upstream, [])
+    async def _call(
+        self,
+        upstream: str,
+        take: bool,
+        who: str = "",
+        peak: int = 0,
+        light: Collection[str] = (),
+    ) -> bool:
+        owed, changes = self._owed.pop(upstream, Counter()), self._changes.pop(upstream, [])
         args: list[str | int | float] = [self.member, self.ceilings[upstream]]
-        args += [self.initial[upstream], int(take), reserve, self.ttl, owed, *changes]
+        args += [self.initial[upstream], int(take), peak, self.ttl, who, len(owed)]
+        for key, n in owed.items():
+            args += [key, n]
+        args += [len(light), *light, *changes]
         # On an error, whether Redis applied what was owed is unknown: the sync after it
         # answers again writes back this replica's exact counts (the limit's changes are lost).
         ok, held, epoch, limit = await self._take(keys=_keys(upstream), args=args)
@@ -252,13 +314,18 @@ class RedisLeases:
         self._regained()
 
     async def _write_back(self) -> None:
-        pipe = self._redis.pipeline(transaction=False)
         for upstream in self.ceilings:
-            lease = _keys(upstream)[0]
-            pipe.hset(lease, self.member, self.mine[upstream])
-        await pipe.execute()
+            await self._reset(keys=_keys(upstream)[:1], args=self._fields(upstream))
         self._owed.clear()
         self._changes.clear()
+
+    def _fields(self, upstream: str) -> list[str | int]:
+        """This replica's fields in the lease hash of ``upstream``, and their counts."""
+        fields: list[str | int] = [self.member, self.member, self.mine[upstream]]
+        for (name, key), n in self.mine_by.items():
+            if name == upstream:
+                fields += [f"{self.member}\0{key}", n]
+        return fields
 
     async def _sync_forever(self) -> None:
         while True:
@@ -298,13 +365,12 @@ class RedisLeases:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, *ERRORS):
                     await task
-        with contextlib.suppress(*ERRORS):
-            pipe = self._redis.pipeline(transaction=False)
-            for upstream in self.ceilings:
-                pipe.hdel(_keys(upstream)[0], self.member)
-            pipe.zrem(HOLDERS, self.member)
-            pipe.hdel(FLEET, self.member)
-            await pipe.execute()
+        if self.shared:
+            with contextlib.suppress(*ERRORS):
+                for upstream in self.ceilings:
+                    await self._reset(keys=_keys(upstream)[:1], args=[self.member])
+                await self._redis.zrem(HOLDERS, self.member)
+                await self._redis.hdel(FLEET, self.member)
         await self._redis.aclose()
 
 
