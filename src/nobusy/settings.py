@@ -220,7 +220,8 @@ class Settings(BaseModel):
     )
     state: SecretStr | None = Field(
         None,
-        description="Redis shared by every replica for key limits (`redis://[:PASSWORD@]HOST"
+        description="Redis shared by every replica for key limits, upstream slots and circuits "
+        "(`redis://[:PASSWORD@]HOST"
         "[:PORT][/DB]`, `rediss://` for TLS); none: this host only.",
     )
     replica_id: str | None = Field(
