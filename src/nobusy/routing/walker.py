@@ -98,6 +98,8 @@ class Walker:
 
     async def take(self) -> bool:
         """``reserve``, where a slot may be a lease from the fleet (a round trip each)."""
+        if self.router.capacity.leases is None:
+            return self.reserve()  # without state: no slot needs a round trip
         failures, candidates = self._candidates()
         for route, rest, overflow, skipped in candidates:
             if await self.router.capacity.take(route.upstream, self.who):
