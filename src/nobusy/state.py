@@ -25,10 +25,11 @@ from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
-from nobusy.routing import Router, fleet
+from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
+from nobusy.store.health import Watched
 from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
@@ -37,6 +38,7 @@ from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
+from nobusy.store.replicas import Fleet
 from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
@@ -55,6 +57,8 @@ class AppState:
     limits: LimitCounters | None = None
     offload: Offload = field(default_factory=Offload)
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
+    fleet: Fleet | None = None  # the replicas serving together, this one included
+    backends: list[Watched] = field(default_factory=list)  # the shared backends opened
 
 
 def app_state(request: Request) -> AppState:
@@ -78,7 +82,9 @@ async def running(
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
         stack.callback(ledger.flush_charges)
-        limits = await _open_limits(settings, metrics, stack)
+        # The shared backends opened below, for /readyz, the status board and /metrics.
+        fleet, backends = Fleet(replica_name(settings)), list[Watched]()
+        limits = await _open_limits(settings, metrics, stack, fleet, backends)
         offload = Offload()
         stack.callback(offload.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
@@ -101,17 +107,25 @@ async def running(
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
         drain = Drain(settings.drain_timeout, metrics.draining)
+        queue = router.capacity.queue
+        fleet.figures = lambda: (drain.running, sum(queue.depth().values()), drain.draining)
+        metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
-            settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain
-        )
+            settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
+            fleet, backends,
+        )  # fmt: skip
 
 
 async def _open_limits(
-    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack
+    settings: Settings,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+    fleet: Fleet,
+    backends: list[Watched],
 ) -> LimitCounters:
     """Per-key limits: in Redis when ``state`` names one (every replica shares them), else in
     memory for one worker, else in SQLite for the workers of this host."""
-    replica = replica_name(settings)
+    replica = fleet.replica
     if settings.state is None:
         metrics.watch_replica(replica)
         limits: LimitCounters = (
@@ -124,7 +138,9 @@ async def _open_limits(
         replica,
         settings.on_state_failure,
         settings.replicas_hint,
+        fleet,
     )
+    backends.append(shared)
     stack.push_async_callback(shared.aclose)
     await shared.start()
     metrics.watch_replica(replica, lambda: (shared.shared, shared.replicas))
@@ -145,8 +161,8 @@ async def _share_upstreams(
     leases = RedisLeases(
         url, replica, ceilings, initial, settings.lease_ttl, settings.replicas_hint
     )
-    leases.report = lambda: fleet.report(router)
-    leases.learn = lambda reports: fleet.learn(router, reports)
+    leases.report = lambda: reports.report(router)
+    leases.learn = lambda others: reports.learn(router, others)
     stack.push_async_callback(leases.aclose)  # after the pump and the signals: slots go back
     await leases.start()
     capacity.lease(leases)

@@ -13,7 +13,7 @@ is no such reserve: higher classes are simply served first.
 
 With ``state`` set, slots are leases in Redis (``store.redis_leases``, taken by ``take``) and
 the limit is the fleet's; each replica keeps its own queue, served by ``pump`` as leases free
-up anywhere. Who is heavy is decided on the fleet's numbers (``others``, ``admission.fleet``),
+up anywhere. Who is heavy is decided on the fleet's numbers (``others``, ``routing.reports``),
 and a heavy key's take asks Redis to leave the light keys' reserve free across the fleet.
 """
 
@@ -75,7 +75,7 @@ class Capacity:
         self.leases: FleetLeases | None = None  # with ``state``: leases in Redis
         self._wake = asyncio.Event()  # a lease was given back: the pump tries at once
         # The other replicas' active keys: key -> (priority, requests waiting there), and
-        # upstream -> key -> slots they hold there (``admission.fleet``).
+        # upstream -> key -> slots they hold there (``routing.reports``).
         self.others: dict[str, tuple[str, int]] = {}
         self.others_held: dict[str, dict[str, int]] = {}
         # Seconds until an upstream may be sent anything (its circuit is open, or a probe is

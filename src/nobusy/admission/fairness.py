@@ -16,7 +16,7 @@ while the slots left free still cover what the light keys held at their busiest 
 will.
 
 With ``state`` set, a key's demand is the fleet's: ``others`` holds the request rate and answer
-time the other replicas report for it (``admission.fleet``), so a key flooding one replica is
+time the other replicas report for it (``routing.reports``), so a key flooding one replica is
 heavy on all of them, and a quiet key on another replica counts among the light ones.
 """
 

@@ -7,7 +7,8 @@ start-up in ``nobusy.state``; nothing on the request path names a backend.
 - ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory).
 - ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
   ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
-  ``store.redis_limits.RedisKeyLimits`` (Redis, every replica; ``done`` reconciles in a task).
+  ``store.redis_limits.RedisKeyLimits`` (Redis, every replica, the token quota's reservations
+  too; ``done`` reconciles in a task).
 - ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host;
   decided in microseconds, so taken synchronously where a slot is handed over).
 - ``FleetLeases``: ``store.redis_leases.RedisLeases`` (Redis, every replica): the same slots

@@ -15,7 +15,7 @@ A replica is alive while it syncs (every ``SYNC`` seconds; it says so in ``holde
 killed with slots held loses them ``ttl`` seconds after its last sync, one that closes gives
 them back at once. Giving back never waits: it rides on the next take of the same upstream, or
 on a task started at once if none comes. The sync also carries this replica's report (its
-keys' demand and waiting, its budgets, ``admission.fleet``) and returns the others'.
+keys' demand and waiting, its budgets, ``routing.reports``) and returns the others'.
 
 When Redis fails, slots are counted in this process, ``min(ceiling, limit) / replicas`` each
 (never refused: an upstream's slot is not a key's limit, and the upstreams themselves still
@@ -40,7 +40,7 @@ __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
 SYNC = 0.2  # seconds between a replica's syncs: heartbeat, and the reports of its keys
 HOLDERS = "nobusy:leaseholders"
-FLEET = "nobusy:fleet"
+FLEET = "nobusy:leases:reports"
 
 log = logging.getLogger("nobusy.state")
 

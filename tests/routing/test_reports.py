@@ -1,4 +1,4 @@
-"""What replicas tell each other (routing.fleet), in-process: a key flooding one replica is
+"""What replicas tell each other (routing.reports), in-process: a key flooding one replica is
 heavy on another, a quiet key there is light and keeps its reserve, and the retry budget
 counts the other replicas' failovers."""
 
@@ -8,7 +8,7 @@ import json
 
 from nobusy.metrics import Metrics
 from nobusy.routing import Router
-from nobusy.routing.fleet import learn, report
+from nobusy.routing.reports import learn, report
 from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.testing import ScriptedUpstream
 
