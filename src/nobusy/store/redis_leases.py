@@ -14,7 +14,7 @@ exactly in the script (the lease hash counts slots by key too), not as last repo
 A replica is alive while it syncs (every ``SYNC`` seconds; it says so in ``holders``): one
 killed with slots held loses them ``ttl`` seconds after its last sync, one that closes gives
 them back at once. Giving back never waits: it rides on the next take of the same upstream, or
-on a task started at once if none comes. The sync also carries this replica's report (its
+on a call of its own 5 ms later if none comes. The sync also carries this replica's report (its
 keys' demand and waiting, its budgets, ``routing.reports``) and returns the others'.
 
 When Redis fails, slots are counted in this process, ``min(ceiling, limit) / replicas`` each
@@ -39,6 +39,7 @@ from nobusy.store.redis_client import ERRORS, connect, redact, scrub
 __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
 SYNC = 0.2  # seconds between a replica's syncs: heartbeat, and the reports of its keys
+_COALESCE = 0.005  # seconds a give-back waits for a take to ride on (then a call of its own)
 HOLDERS = "nobusy:leaseholders"
 FLEET = "nobusy:leases:reports"
 
@@ -284,7 +285,9 @@ class RedisLeases:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        """Tell Redis what is owed for every upstream, until nothing is."""
+        """Tell Redis what is owed for every upstream, until nothing is: after a moment, in
+        which the next take (under load, the usual case) carries it for free."""
+        await asyncio.sleep(_COALESCE)
         while self.shared and (self._owed or self._changes):
             upstream = next(iter(self._owed or self._changes))
             try:
