@@ -209,13 +209,19 @@ class Capacity:
         if seen is None:
             return []
         now, priority = self.clock(), seen[1]
-        peers = {
+        peers = [
             k
             for k, (t, p) in self._seen.items()
             if k != who and p == priority and now - t < _ACTIVE
-        }
-        peers.update(k for k, (p, _) in self.others.items() if k != who and p == priority)
-        return sorted(peers)
+        ]
+        if self.others:  # with state: the keys active on the other replicas too
+            mine = set(peers)
+            peers += [
+                k
+                for k, (p, _) in self.others.items()
+                if k != who and p == priority and k not in mine
+            ]
+        return peers
 
     def _light(self, upstream: str, who: str, peers: list[str]) -> tuple[frozenset[str], int, int]:
         """The light keys of ``who``'s class on ``upstream``, the slots they hold there now,
