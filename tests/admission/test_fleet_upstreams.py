@@ -22,6 +22,7 @@ upstreams:
   pausing: {{kind: openai, base_url: "{fake}/v1", default_model: ok}}
 models:
   slow: ["four/ok:delay=1"]
+  slower: ["four/ok:delay=5"]
   paused: ["pausing/http429"]
 """
 
@@ -111,7 +112,12 @@ def test_a_killed_replicas_slots_return(
 ) -> None:
     config = CONFIG.replace("max_concurrency: 4", "max_concurrency: 2")
     started, (secret,) = replicas(
-        tmp_path, fake, redis_server.url, ("--name", "k"), config=config, ttl="2"
+        tmp_path,
+        fake,
+        redis_server.url,
+        ("--name", "k"),
+        config=config,
+        env={"NOBUSY_LEASE_TTL": "2"},
     )
     one, two = started
     try:
@@ -127,6 +133,33 @@ def test_a_killed_replicas_slots_return(
         assert [ask(two, secret, "slow").status_code for _ in range(2)] == [200, 200]
         text = httpx.get(f"{two.url}/metrics").text
         assert 'nobusy_upstream_leases_held{upstream="four"}' in text
+    finally:
+        for process in started:
+            process.stop()
+
+
+def test_a_replica_that_stops_gives_its_slots_back_at_once(
+    fake: Process, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = CONFIG.replace("max_concurrency: 4", "max_concurrency: 2")
+    # Slots would outlive a replica by a minute: only giving them back can free them sooner.
+    env = {"NOBUSY_LEASE_TTL": "60", "NOBUSY_DRAIN_TIMEOUT": "0.5"}
+    started, (secret,) = replicas(
+        tmp_path, fake, redis_server.url, ("--name", "k"), config=config, env=env
+    )
+    one, two = started
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(ask, one, secret, "slower", True) for _ in range(2)]
+            wait_for(lambda: stats(fake)["in_flight"] >= 2)
+            one.proc.terminate()  # SIGTERM: drain for 0.5 s, cut both answers, exit
+            assert one.proc.wait(10) == 0
+            for future in held:
+                future.result()  # the streams were cut after their headers
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: ask(two, secret, "slow", True, 5), range(2)))
+        assert [a.status_code for a in answers] == [200, 200]
+        assert [a.headers["x-nobusy-upstream"] for a in answers] == ["four/ok:delay=1"] * 2
     finally:
         for process in started:
             process.stop()

@@ -36,7 +36,7 @@ def replicas(
     redis_url: str,
     *keys: tuple[str, ...],
     config: str = CONFIG,
-    ttl: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[Process], list[str]]:
     """Keys made in the first replica's data dir and copied to the second's, as a shared key
     store would hold them; then both replicas on the same Redis."""
@@ -53,10 +53,8 @@ def replicas(
     started: list[Process] = []
     try:
         for folder in (first, second):
-            env = {"NOBUSY_STATE": redis_url, "NOBUSY_REPLICA_ID": folder.name}
-            if ttl is not None:
-                env["NOBUSY_LEASE_TTL"] = ttl
-            started.append(serve(folder, config, env=env))
+            each = {"NOBUSY_STATE": redis_url, "NOBUSY_REPLICA_ID": folder.name, **(env or {})}
+            started.append(serve(folder, config, env=each))
     except BaseException:
         for process in started:
             process.stop()
