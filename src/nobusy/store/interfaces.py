@@ -9,7 +9,13 @@ start-up in ``nobusy.state``; nothing on the request path names a backend.
   ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
   ``store.redis_limits.RedisKeyLimits`` (Redis, every replica, the token quota's reservations
   too; ``done`` reconciles in a task).
-- ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host).
+- ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host;
+  decided in microseconds, so taken synchronously where a slot is handed over).
+- ``FleetLeases``: ``store.redis_leases.RedisLeases`` (Redis, every replica): the same slots
+  over the network, so ``take`` is async (one round trip, which also carries the slots given
+  back and the limit's changes); ``give_back`` and ``adjust`` never wait; the learned limit
+  is the fleet's. A separate protocol, not an async ``Leases``: the one-host file needs no
+  round trip, and making it async would move every hand-over of a freed slot into a task.
 - ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread).
 - ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread).
 
@@ -18,13 +24,13 @@ Each backend is checked against its protocol by mypy (``_backends`` below).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nobusy.keys import Key
 from nobusy.store.usage import UsageRecord
 
-__all__ = ["AuditSink", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
+__all__ = ["AuditSink", "FleetLeases", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
 
 
 class KeyLookup(Protocol):
@@ -83,6 +89,37 @@ class Leases(Protocol):
         ...
 
 
+class FleetLeases(Protocol):
+    """Slots on upstreams held by every replica together, under a limit they share."""
+
+    ceilings: dict[str, int]  # the upstreams counted, and each one's ceiling
+    limit: dict[str, float]  # the fleet's learned limit of each, as last seen
+    epoch: dict[str, int]  # its decreases so far (a refusal sent before one is old news)
+
+    async def take(
+        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+    ) -> bool:
+        """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
+        slots kept for the ``light`` keys (less what they hold now)."""
+        ...
+
+    def give_back(self, upstream: str, who: str = "") -> None:
+        """Free one of this replica's slots, without waiting for the backend."""
+        ...
+
+    def adjust(self, upstream: str, kind: str, a: float, b: float = 0.0) -> None:
+        """Change the shared limit (``add``, ``drop``, ``scale``), without waiting."""
+        ...
+
+    def held(self, upstream: str) -> int:
+        """Slots on ``upstream`` held by every replica together, as last seen."""
+        ...
+
+    async def aclose(self) -> None:
+        """Give back this replica's slots at once."""
+        ...
+
+
 class UsageSink(Protocol):
     """Where usage records go: queued without waiting, committed soon, safe once committed."""
 
@@ -126,6 +163,7 @@ if TYPE_CHECKING:
     from nobusy.store.audit import AuditLog
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
     from nobusy.store.usage import UsageLog
 
@@ -135,6 +173,7 @@ if TYPE_CHECKING:
         shared_limits: SharedKeyLimits,
         redis_limits: RedisKeyLimits,
         slots: SharedSlots,
+        leases: RedisLeases,
         usage: UsageLog,
         audit: AuditLog,
     ) -> None:
@@ -144,5 +183,6 @@ if TYPE_CHECKING:
         _shared_limits: LimitCounters = shared_limits
         _redis_limits: LimitCounters = redis_limits
         _slots: Leases = slots
+        _leases: FleetLeases = leases
         _usage: UsageSink = usage
         _audit: AuditSink = audit
