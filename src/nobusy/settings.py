@@ -234,6 +234,11 @@ class Settings(BaseModel):
     replicas_hint: PositiveInt = Field(
         1, description="Replicas to divide key limits by if Redis is down before any were seen."
     )
+    store: SecretStr | None = Field(
+        None,
+        description="PostgreSQL shared by every replica for keys, usage and audit "
+        "(`postgresql://USER:PASSWORD@HOST[:PORT]/DB`); none: SQLite in data_dir.",
+    )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."
     )
@@ -262,6 +267,16 @@ class Settings(BaseModel):
         # Said at load time, without echoing the value: it may hold a password.
         if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Said at load time, without echoing the value: it holds a password.
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "trusted_proxies", mode="before")

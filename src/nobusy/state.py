@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -28,13 +29,16 @@ from nobusy.routing import Router
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
+from nobusy.store.backends import health, open_audit, open_usage
 from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_limits import RedisKeyLimits
-from nobusy.store.usage import UsageLog
+
+if TYPE_CHECKING:
+    from nobusy.store.postgres import Health
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -52,6 +56,7 @@ class AppState:
     limits: LimitCounters | None = None
     offload: Offload = field(default_factory=Offload)
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
+    store_health: Health | None = None  # PostgreSQL (`store`): name, url, ok, detail
 
 
 def app_state(request: Request) -> AppState:
@@ -68,9 +73,9 @@ async def running(
     keys = auth.keys
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(keys.close)  # opened by create_app: the middleware's Authenticator needs it
-        usage_log = UsageLog(settings.data_dir)
+        usage_log = open_usage(settings, keys)
         stack.callback(usage_log.close)
-        audit = _open_audit(settings)
+        audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
@@ -95,9 +100,23 @@ async def running(
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
+        if settings.store is not None:  # PostgreSQL: the key copy is refreshed by a task
+            watching = asyncio.create_task(keys.watch(), name="nobusy-keys")
+            stack.push_async_callback(_cancel, watching)
         drain = Drain(settings.drain_timeout, metrics.draining)
         yield AppState(
-            settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain
+            settings,
+            router,
+            metrics,
+            ledger,
+            auth,
+            guard,
+            audit,
+            keys,
+            limits,
+            offload,
+            drain,
+            health(keys),
         )
 
 
@@ -132,12 +151,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _open_audit(settings: Settings) -> AuditLog | None:
+def _open_audit(settings: Settings, keys: KeyStore) -> AuditLog | None:
     if not settings.audit.enabled:
         return None
     suite = load_suite(settings.crypto, settings.data_dir, os.environ)
-    audit = settings.audit
-    return AuditLog(settings.data_dir, suite, audit.store, audit.retention_days)
+    return open_audit(settings, suite, keys, serving=True)
 
 
 async def _prune_audit(audit: AuditLog) -> None:

@@ -1,0 +1,173 @@
+"""Rows PostgreSQL could not take, kept in order in a local file until it takes them again.
+
+A writer thread hands each batch to ``Spill.write``. While PostgreSQL answers and nothing is
+spilled, the batch goes straight to it. When it fails, the batch is appended to
+``data_dir/spill/<what>-<pid>.jsonl`` (one JSON array per row, 0600) and a replay thread tries
+every ``retry_interval`` to write the file's rows, oldest first, in batches; until the file is
+empty, later batches go behind it, so the order holds. A batch whose commit was lost with the
+connection may be replayed though it was stored: the rows carry unique ids and the backends
+skip those already there, so nothing is stored twice. A file left by a process that died
+(its pid is gone) is adopted at start and replayed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from nobusy.store.postgres import DOWN, ERRORS, Health
+from nobusy.store.sqlite import private_dir, private_file
+
+__all__ = ["Spill"]
+
+log = logging.getLogger("nobusy")
+
+Row = Sequence[Any]
+_CHUNK = 500
+
+
+class Spill:
+    """Write rows through ``write`` (one transaction per call), spilling to a file meanwhile."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        what: str,
+        write: Callable[[Sequence[Row]], None],
+        health: Health,
+        raw_url: str,
+        *,
+        lock: threading.RLock | None = None,
+        retry_interval: float = 1.0,
+        encode: Callable[[Row], Row] = list,
+        decode: Callable[[Row], Row] = list,
+    ) -> None:
+        self.what, self._write, self.health, self._url = what, write, health, raw_url
+        # A row as JSON can hold, and back (the audit log encrypts its content there).
+        self._encode, self._decode = encode, decode
+        self._lock = lock or threading.RLock()
+        self._interval = retry_interval
+        folder = data_dir / "spill"
+        private_dir(folder)
+        self.path = folder / f"{what}-{os.getpid()}.jsonl"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.spilled = self.replayed = self.lost = 0
+        with self._lock:
+            self._adopt(folder)
+            if self._pending():
+                self._kick()
+
+    def write(self, batch: Sequence[Row]) -> None:
+        """Store ``batch``: in PostgreSQL, or behind what is spilled already."""
+        with self._lock:
+            if not self._pending():
+                try:
+                    self._write(batch)
+                except DOWN as exc:  # other errors: rows the table refuses, the caller's
+                    self.health.down(exc, self._url, f"writing {self.what}")
+                else:
+                    self.health.up()
+                    return
+            self._append(batch)
+            self._kick()
+
+    def replay(self) -> bool:
+        """Write what is spilled, oldest first; whether the file is empty now."""
+        with self._lock:
+            if not self._pending():
+                return True
+            lines = self.path.read_bytes().splitlines()
+            rows = [self._decode(orjson.loads(line)) for line in lines if line]
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                try:
+                    self._write(chunk)
+                except DOWN as exc:
+                    self.health.down(exc, self._url, f"replaying {self.what}")
+                    self._rewrite(rows[start:])
+                    return False
+                except ERRORS:  # refused, not down: retrying would never end
+                    self.lost += len(chunk)
+                    log.exception(
+                        "%s: %d spilled rows refused by PostgreSQL", self.what, len(chunk)
+                    )
+                else:
+                    self.replayed += len(chunk)
+            self.path.unlink()
+            self.health.up()
+            log.warning("%s: %d spilled rows written to PostgreSQL", self.what, len(rows))
+            return True
+
+    def close(self) -> None:
+        """Stop retrying (one last replay first); what is left stays for the next start."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        if not self.replay():
+            log.error("%s: rows left in %s, replayed at the next start", self.what, self.path)
+
+    def _pending(self) -> bool:
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def _append(self, batch: Sequence[Row]) -> None:
+        if not self._pending():
+            private_file(self.path)
+            log.error("%s: PostgreSQL does not take rows, spilling to %s", self.what, self.path)
+        with self.path.open("ab") as f:
+            f.write(b"".join(orjson.dumps(self._encode(row)) + b"\n" for row in batch))
+        self.spilled += len(batch)
+
+    def _rewrite(self, rows: Sequence[Row]) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        private_file(temporary)
+        temporary.write_bytes(b"".join(orjson.dumps(self._encode(row)) + b"\n" for row in rows))
+        temporary.replace(self.path)
+
+    def _kick(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name=f"nobusy-{self.what}-replay", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self.replay():
+                return
+
+    def _adopt(self, folder: Path) -> None:
+        """Put the rows of spill files whose process is gone in front of this one's."""
+        for orphan in sorted(folder.glob(f"{self.what}-*.jsonl")):
+            pid = orphan.stem.rpartition("-")[2]
+            if orphan == self.path or not pid.isdigit() or _alive(int(pid)):
+                continue
+            claimed = orphan.with_name(f"{orphan.name}.{os.getpid()}")
+            try:
+                orphan.rename(claimed)  # atomic: of two processes adopting, one wins
+            except FileNotFoundError:
+                continue
+            mine = self.path.read_bytes() if self._pending() else b""
+            private_file(self.path)
+            self.path.write_bytes(claimed.read_bytes() + mine)
+            claimed.unlink()
+            log.warning("%s: adopted spilled rows of a stopped process: %s", self.what, orphan)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
