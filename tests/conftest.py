@@ -224,9 +224,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A private PostgreSQL 18 for the session (skips, saying why, where it cannot start)."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port()).start()
-    yield server
-    server.stop()
+    with PostgresServer.private(free_port()) as server:
+        yield server.start()
 
 
 @pytest.fixture()

@@ -13,8 +13,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,22 @@ class PostgresServer:
                 parent.chmod(parent.stat().st_mode | 0o055)
             folder.chmod(0o777)
         self._init()
+
+    @classmethod
+    @contextmanager
+    def private(cls, port: int) -> Iterator[PostgresServer]:
+        """A server in a folder of its own under /tmp, stopped and removed after. Not under
+        pytest's tmp_path: pytest makes its folders 0700 again, and PostgreSQL's own user must
+        keep reaching the data folder until it stops."""
+        folder = Path(tempfile.mkdtemp(prefix="nobusy-pg-"))
+        try:
+            server = cls(folder, port)
+            try:
+                yield server
+            finally:
+                server.stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def url(
         self, database: str = "postgres", user: str = "postgres", password: str = PASSWORD

@@ -241,13 +241,12 @@ def test_storage_errors_name_the_url_without_its_password(pg_url: str) -> None:
 
 
 @pytest.fixture()
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own, to stop and start again."""
     from tests.conftest import free_port
 
-    server = PostgresServer(tmp_path_factory.mktemp("own-pg"), free_port()).start()
-    yield server
-    server.stop()
+    with PostgresServer.private(free_port()) as server:
+        yield server.start()
 
 
 def _wait(condition: Callable[[], bool], seconds: float = 15) -> bool:
