@@ -129,3 +129,64 @@ def test_start_up_errors_are_clear_and_keep_the_password_out(
             assert result.returncode != 0, output
             assert words in output and "Traceback" not in output, output
             assert PASSWORD not in output and "not-the-password-42" not in output
+
+
+def test_a_key_made_through_one_replicas_admin_api_opens_the_other(
+    fleet: tuple[str, Path, list[Process]],
+) -> None:
+    _, _, (first, second) = fleet
+    made = httpx.post(f"{first.url}/v1/nobusy/keys", json={"name": "via-admin"}, timeout=10)
+    assert made.status_code == 201, made.text
+    client = openai.OpenAI(base_url=f"{second.url}/v1", api_key=made.json()["secret"])
+    knows = False
+    for _ in range(100):  # until the second replica's copy has it (reloaded each second)
+        try:
+            client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+        except openai.AuthenticationError:
+            time.sleep(0.05)
+        else:
+            knows = True
+            break
+    assert knows
+
+
+def test_postgresql_down_loses_no_answered_request(fake_upstream: Process, tmp_path: Path) -> None:
+    with PostgresServer.private(free_port()) as server:
+        url = server.start().url()
+        made = nobusy(tmp_path, url, "keys", "create", "--name", "steady")
+        assert made.returncode == 0, made.stderr
+        env = {"NOBUSY_STORE": url, "NOBUSY_SECRET_KEY": DATA_KEY}
+        replica = serve(tmp_path, CONFIG.format(fake=fake_upstream.url), env=env)
+        try:
+            client = openai.OpenAI(
+                base_url=f"{replica.url}/v1", api_key=made.stdout.strip(), max_retries=0
+            )
+            ids = []
+
+            def ask() -> None:
+                answer = client.chat.completions.with_raw_response.create(
+                    model="ok", messages=[{"role": "user", "content": "hi"}]
+                )
+                ids.append(answer.headers["x-request-id"])
+
+            for _ in range(3):
+                ask()
+            server.stop()
+            for _ in range(5):  # keys from the replica's copy; rows to its spill file
+                ask()
+            spill = tmp_path / "data" / "spill"
+            assert any(spill.glob("usage-*.jsonl"))
+            server.start()
+            for _ in range(2):
+                ask()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(spill.glob("*.jsonl")):
+                time.sleep(0.05)
+        finally:
+            replica.stop()
+        stored = [row[0] for row in server.execute("SELECT request_id FROM usage ORDER BY id")]
+        assert stored == ids  # every answered request, once, in order
+        log = (tmp_path / "nobusy.log").read_text()
+        assert log.count("is down") == 1 and PASSWORD not in log
+        verified = nobusy(tmp_path, url, "audit", "verify")
+        assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout

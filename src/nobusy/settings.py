@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -273,10 +274,15 @@ class Settings(BaseModel):
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
         # Said at load time, without echoing the value: it holds a password.
-        if value is not None and not value.get_secret_value().startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        try:
+            urlsplit(url).port  # noqa: B018  # raises on a bad port or IPv6 address
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "trusted_proxies", mode="before")

@@ -16,6 +16,7 @@ import pytest
 
 from nobusy.crypto import load_suite
 from nobusy.errors import ConfigError, InvalidApiKey, KeyNameTaken, StorageUnavailable
+from nobusy.settings import load_settings
 from nobusy.store.audit import AuditLog
 from nobusy.store.migrations import AUDIT, NOBUSY, migrate
 from nobusy.store.pg_audit import PgAuditLog
@@ -337,3 +338,17 @@ def test_a_spill_file_left_by_a_stopped_process_is_replayed_at_start(
     assert _wait(lambda: own_count(pg_url) == 1)
     usage.close()
     assert not orphan.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("mysql://u:pw-123@h/db", "must be a postgresql:// URL"),
+        ("postgresql://u:pw-123@h:abc/db", "is not a valid URL"),
+        ("postgresql://u:pw-123@[::1/db", "is not a valid URL"),
+    ],
+)
+def test_a_bad_store_url_is_refused_at_load_without_echoing_it(url: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"NOBUSY_STORE": url})
+    assert words in caught.value.message and "pw-123" not in caught.value.message

@@ -137,11 +137,11 @@ def _listening(url: str) -> bool:
     except psycopg.Error:
         return False
     host = str(info.get("host") or "").split(",")[0]
-    port = int(str(info.get("port") or "5432").split(",")[0])
-    if not host or host.startswith("/"):
+    port = str(info.get("port") or "5432").split(",")[0]
+    if not host or host.startswith("/") or not port.isdigit():
         return False
     try:
-        with socket.create_connection((host, port), timeout=2):
+        with socket.create_connection((host, int(port)), timeout=2):
             return True
     except OSError:
         return False
