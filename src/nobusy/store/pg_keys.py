@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from nobusy.errors import NotFound
+from nobusy.errors import NotFound, StorageUnavailable
 from nobusy.keys import Hasher, Key, bad_field, sha256_hasher, show, sm3_hasher, utcnow
 from nobusy.store.keys import _COLUMNS, KeyStore, index, to_key
 from nobusy.store.migrations import AUDIT, NOBUSY
@@ -84,7 +84,7 @@ class PgKeyStore(KeyStore):
                     with self._translated(), self._conn.conn.transaction():
                         for key_id, tokens in unsent.items():
                             self._conn.conn.execute(_CHARGE, (tokens, self._now(), key_id))
-                except Exception as exc:  # noqa: BLE001  # shutting down: say what is lost
+                except StorageUnavailable as exc:  # shutting down: say what is lost
                     log.error("quota charges of %d keys not recorded: %s", len(unsent), exc)
             self._link.close()
 
