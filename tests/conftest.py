@@ -225,7 +225,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A private PostgreSQL 18 for the session (skips, saying why, where it cannot start)."""
     with PostgresServer.private(free_port()) as server:
-        yield server.start()
+        yield server.start_or_skip()
 
 
 @pytest.fixture()

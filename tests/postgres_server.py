@@ -99,6 +99,13 @@ class PostgresServer:
                   "-o", options, "start")  # fmt: skip
         return self
 
+    def start_or_skip(self) -> PostgresServer:
+        """``start``, or skip the test saying why the server would not start."""
+        try:
+            return self.start()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"the embedded PostgreSQL did not start: {exc}")
+
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.pgdata), "-w", "-m", "fast", "stop")

@@ -247,7 +247,7 @@ def own_postgres() -> Iterator[PostgresServer]:
     from tests.conftest import free_port
 
     with PostgresServer.private(free_port()) as server:
-        yield server.start()
+        yield server.start_or_skip()
 
 
 def _wait(condition: Callable[[], bool], seconds: float = 15) -> bool:
