@@ -184,6 +184,9 @@ def test_postgresql_down_loses_no_answered_request(fake_upstream: Process, tmp_p
                 ask()
             spill = tmp_path / "data" / "spill"
             assert any(spill.glob("usage-*.jsonl"))
+            ready = httpx.get(f"{replica.url}/readyz", timeout=10)
+            assert ready.status_code == 200 and ready.json()["degraded"] == ["postgresql"]
+            assert PASSWORD not in ready.text
             server.start()
             for _ in range(2):
                 ask()

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from nobusy.admission.capacity import Capacity
     from nobusy.routing.stats import UpstreamStats
+    from nobusy.store.health import Health
+    from nobusy.store.replicas import Replica
 
 __all__ = ["Metrics"]
 
@@ -107,6 +109,13 @@ class Metrics:
         """Name this replica; with ``state`` set, say whether key limits are shared now and
         how many replicas share them."""
         self.registry.register(_ReplicaCollector(replica, state))
+
+    def watch_fleet(
+        self, replicas: Callable[[], Iterable[Replica]], backends: Callable[[], Iterable[Health]]
+    ) -> None:
+        """Report every replica's load as its heartbeat last showed it, and whether each shared
+        backend answers, when scraped (read from memory: a scrape never waits on Redis)."""
+        self.registry.register(_FleetCollector(replicas, backends))
 
     def attempt(self, upstream: str, outcome: str) -> None:
         attempts, up = self._attempt_children(upstream, outcome)
@@ -246,3 +255,43 @@ class _ReplicaCollector(Collector):
             "Replicas seen sharing the state at the last heartbeat.",
             value=replicas,
         )
+
+
+class _FleetCollector(Collector):
+    def __init__(
+        self, replicas: Callable[[], Iterable[Replica]], backends: Callable[[], Iterable[Health]]
+    ) -> None:
+        self.replicas = replicas
+        self.backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        def family(name: str, text: str, label: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=[label])
+
+        in_flight = family(
+            "nobusy_replica_in_flight", "Chat requests running on each replica.", "replica"
+        )
+        queue = family(
+            "nobusy_replica_queue_depth", "Requests waiting for a slot on each replica.", "replica"
+        )
+        draining = family("nobusy_replica_draining", "1 while a replica drains.", "replica")
+        seen = family(
+            "nobusy_replica_last_seen_seconds",
+            "Seconds since each replica's last heartbeat (0 for this one).",
+            "replica",
+        )
+        now = time.time()
+        for replica in self.replicas():
+            in_flight.add_metric([replica.id], replica.in_flight)
+            queue.add_metric([replica.id], replica.queue)
+            draining.add_metric([replica.id], 1.0 if replica.draining else 0.0)
+            seen.add_metric([replica.id], max(0.0, now - replica.seen))
+        up = family(
+            "nobusy_backend_up",
+            "1 while a shared backend (redis, postgresql) answers as configured, 0 while it "
+            "does not (serving on a local fallback, or refusing).",
+            "backend",
+        )
+        for health in self.backends():
+            up.add_metric([health.backend], 1.0 if health.ok else 0.0)
+        yield from (in_flight, queue, draining, seen, up)

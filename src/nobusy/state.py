@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -29,16 +28,15 @@ from nobusy.routing import Router
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
-from nobusy.store.backends import health, open_audit, open_usage
+from nobusy.store.backends import liveness, open_audit, open_usage
+from nobusy.store.health import Watched
 from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_limits import RedisKeyLimits
-
-if TYPE_CHECKING:
-    from nobusy.store.postgres import Health
+from nobusy.store.replicas import Fleet
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -56,7 +54,8 @@ class AppState:
     limits: LimitCounters | None = None
     offload: Offload = field(default_factory=Offload)
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
-    store_health: Health | None = None  # PostgreSQL (`store`): name, url, ok, detail
+    fleet: Fleet | None = None  # the replicas serving together, this one included
+    backends: list[Watched] = field(default_factory=list)  # the shared backends opened
 
 
 def app_state(request: Request) -> AppState:
@@ -80,7 +79,14 @@ async def running(
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
         stack.callback(ledger.flush_charges)
-        limits = await _open_limits(settings, metrics, stack)
+        # The shared backends opened below, for /readyz, the status board and /metrics.
+        fleet, backends = Fleet(replica_name(settings)), list[Watched]()
+        limits = await _open_limits(settings, metrics, stack, fleet, backends)
+        postgres = liveness(keys)
+        if postgres is not None:  # `store`: PostgreSQL's keys copied, refreshed by a task
+            backends.append(postgres)
+            watching = asyncio.create_task(keys.watch(), name="nobusy-keys")
+            stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
@@ -100,32 +106,26 @@ async def running(
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
-        if settings.store is not None:  # PostgreSQL: the key copy is refreshed by a task
-            watching = asyncio.create_task(keys.watch(), name="nobusy-keys")
-            stack.push_async_callback(_cancel, watching)
         drain = Drain(settings.drain_timeout, metrics.draining)
+        queue = router.capacity.queue
+        fleet.figures = lambda: (drain.running, sum(queue.depth().values()), drain.draining)
+        metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
-            settings,
-            router,
-            metrics,
-            ledger,
-            auth,
-            guard,
-            audit,
-            keys,
-            limits,
-            offload,
-            drain,
-            health(keys),
-        )
+            settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
+            fleet, backends,
+        )  # fmt: skip
 
 
 async def _open_limits(
-    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack
+    settings: Settings,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+    fleet: Fleet,
+    backends: list[Watched],
 ) -> LimitCounters:
     """Per-key limits: in Redis when ``state`` names one (every replica shares them), else in
     memory for one worker, else in SQLite for the workers of this host."""
-    replica = replica_name(settings)
+    replica = fleet.replica
     if settings.state is None:
         metrics.watch_replica(replica)
         limits: LimitCounters = (
@@ -138,7 +138,9 @@ async def _open_limits(
         replica,
         settings.on_state_failure,
         settings.replicas_hint,
+        fleet,
     )
+    backends.append(shared)
     stack.push_async_callback(shared.aclose)
     await shared.start()
     metrics.watch_replica(replica, lambda: (shared.shared, shared.replicas))

@@ -24,7 +24,7 @@ from nobusy.store.pg_keys import PgKeyStore
 from nobusy.store.pg_migrations import STEPS, applied
 from nobusy.store.pg_migrations import migrate as pg_migrate
 from nobusy.store.pg_usage import PgUsageLog
-from nobusy.store.postgres import Qmark, connect
+from nobusy.store.postgres import Qmark, connect, probe
 from nobusy.store.usage import UsageRecord, summarize
 from tests.postgres_server import PASSWORD, PostgresServer
 
@@ -265,9 +265,9 @@ async def test_rows_spill_while_postgresql_is_down_and_replay_in_order(
     url = own_postgres.url()
     keys = PgKeyStore(url)
     key, secret = keys.create("dave")
-    usage = PgUsageLog(url, tmp_path, health=keys.health, retry_interval=0.1)
+    usage = PgUsageLog(url, tmp_path, liveness=keys.liveness, retry_interval=0.1)
     suite = _suite(tmp_path)
-    audit = PgAuditLog(url, tmp_path, suite, health=keys.health, retry_interval=0.1)
+    audit = PgAuditLog(url, tmp_path, suite, liveness=keys.liveness, retry_interval=0.1)
     for i in range(5):
         usage.record(_record(i, key.id))
         audit.append("request", f"req-{i}", {"i": i})
@@ -280,7 +280,10 @@ async def test_rows_spill_while_postgresql_is_down_and_replay_in_order(
         audit.append("request", f"req-{i}", {"i": i})
     await usage.committed("req-14")  # committed: in the spill file
     audit.flush()
-    assert not keys.health.ok and "writing" in keys.health.detail
+    assert not keys.liveness.ok and "writing" in keys.liveness.detail
+    health = keys.liveness.health()
+    assert health.status == "degraded" and "spilled" in health.detail
+    assert health.url.startswith("postgresql://postgres:***@") and PASSWORD not in health.detail
     assert usage.spill.path.exists() and audit.open_spill().path.exists()
     assert b"req-14" in usage.spill.path.read_bytes()
     assert b'"i"' not in audit.open_spill().path.read_bytes()  # content encrypted there
@@ -288,7 +291,7 @@ async def test_rows_spill_while_postgresql_is_down_and_replay_in_order(
 
     own_postgres.start()
     assert _wait(lambda: not usage.spill.path.exists() and not audit.open_spill().path.exists())
-    assert keys.health.ok
+    assert keys.liveness.ok
     usage.record(_record(15, key.id))
     await usage.committed("req-15")
     usage.close()
@@ -352,3 +355,13 @@ def test_a_bad_store_url_is_refused_at_load_without_echoing_it(url: str, words: 
     with pytest.raises(ConfigError) as caught:
         load_settings(env={"NOBUSY_STORE": url})
     assert words in caught.value.message and "pw-123" not in caught.value.message
+
+
+def test_nobusy_check_probes_postgresql(postgres_server: PostgresServer, pg_url: str) -> None:
+    assert probe(load_settings(env={})) is None  # no store: nothing to probe
+    health = probe(load_settings(env={"NOBUSY_STORE": pg_url}))
+    assert health is not None and health.ok and health.detail.startswith("PostgreSQL 18")
+    wrong = postgres_server.url(password="wrong-password-123")
+    health = probe(load_settings(env={"NOBUSY_STORE": wrong}))
+    assert health is not None and health.status == "down" and "refused nobusy" in health.detail
+    assert "wrong-password-123" not in health.detail + health.url

@@ -87,3 +87,11 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+
+
+def test_empty_api_key_sends_no_authorization_header() -> None:
+    """``api_key: ${KEY:-}`` that expanded to nothing means a keyless server, not "Bearer "."""
+    keyless = Upstream("local", Settings(kind="openai", base_url="http://h/v1", api_key=""))  # type: ignore[arg-type]
+    keyed = Upstream("cloud", Settings(kind="openai", base_url="http://h/v1", api_key="sk-1"))  # type: ignore[arg-type]
+    assert "authorization" not in keyless._headers
+    assert keyed._headers["authorization"] == "Bearer sk-1"

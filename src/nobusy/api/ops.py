@@ -1,6 +1,7 @@
 """What orchestrators and monitoring ask a running process: ``/healthz`` (alive), ``/readyz``
-(not draining, and some route can answer now) and ``/metrics`` (Prometheus). An upstream's
-own health is ``nobusy.routing``'s business, not this module's."""
+(not draining, and some route can answer now; the shared backends' health beside, which never
+changes its status) and ``/metrics`` (Prometheus). An upstream's own health is
+``nobusy.routing``'s business, not this module's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy.responses import JSONResponse
-from nobusy.state import app_state
+from nobusy.state import AppState, app_state
 
 __all__ = ["healthz", "metrics", "readyz", "routes"]
 
@@ -25,13 +26,16 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready (200) when some route of some alias can answer now; 503 with the reasons when
     none can. ``readiness: process`` makes it mean only that the process is up. A process
-    that is stopping (draining, ``nobusy.edge.drain``) is never ready."""
+    that is stopping (draining, ``nobusy.edge.drain``) is never ready. A shared backend that
+    does not answer is named under ``degraded`` but leaves the status as it is: every replica
+    shares it, so taking this one out of the balancer would help nothing."""
     state = app_state(request)
+    shared = _backends(state)
     if state.drain.draining:
         reason = "draining: this process is stopping and takes no new requests"
-        return JSONResponse({"status": "draining", "reason": reason}, 503)
+        return JSONResponse({"status": "draining", "reason": reason, **shared}, 503)
     if state.settings.readiness == "process":
-        return JSONResponse({"status": "ready", "readiness": "process"})
+        return JSONResponse({"status": "ready", "readiness": "process", **shared})
     router = state.router
     # Why each upstream cannot answer now: its circuit is open, or its last real attempt
     # (within the circuit's window) failed. An upstream never tried yet counts as able.
@@ -53,9 +57,23 @@ async def readyz(request: Request) -> Response:
     ready = any(entry["ready"] for entry in aliases.values())
     usable = [name for name, reason in why.items() if reason is None]
     body = {"status": "ready" if ready else "unavailable", "usable": usable, "aliases": aliases}
+    body |= shared
     if not ready:
         body["reason"] = "no route of any alias can answer now"
     return JSONResponse(body, 200 if ready else 503)
+
+
+def _backends(state: AppState) -> dict[str, Any]:
+    """This replica's id and its shared backends' health (URLs redacted); ``degraded`` names
+    the ones not answering as configured."""
+    healths = [backend.health() for backend in state.backends]
+    out: dict[str, Any] = {"backends": [health.json() for health in healths]}
+    if state.fleet is not None:
+        out["replica"] = state.fleet.replica
+    degraded = [health.backend for health in healths if not health.ok]
+    if degraded:
+        out["degraded"] = degraded
+    return out
 
 
 async def metrics(request: Request) -> Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,19 @@ from nobusy.cli.options import config_option, given, setting_flags, settings_for
 from nobusy.errors import ConfigError, UpstreamError
 from nobusy.routing.continuation_probe import check_continuations
 from nobusy.settings import Settings
+from nobusy.store.health import Health
 from nobusy.upstreams import build_upstream
 from nobusy.upstreams.base import Probe, Upstream, UpstreamCall, has_token
 
-__all__ = ["check", "models", "serve"]
+__all__ = ["PROBES", "check", "models", "serve"]
+
+# The shared backends ``check`` probes: name -> "module:function", the function taking the
+# Settings and returning a ``nobusy.store.health.Health``, or None when that backend is not
+# configured. Import strings: a driver is imported only when probed.
+PROBES: dict[str, str] = {
+    "redis": "nobusy.store.redis_client:probe",
+    "postgresql": "nobusy.store.postgres:probe",
+}
 
 _settings = settings_for
 
@@ -74,9 +85,11 @@ def models(config_file: Path | None) -> None:
 )
 @click.option("--admin-key", default=None, help="Its admin key (default: the config's admin_key).")
 def check(config_file: Path | None, url: str | None, admin_key: str | None) -> None:
-    """Validate the config, probe every upstream with a one-token answer, and show a running
-    server's circuits; exit 1 if any upstream is down or its circuit is open."""
+    """Validate the config, probe the shared backends (Redis) and every upstream with a
+    one-token answer, and show a running server's circuits; exit 1 if a backend does not
+    answer, or any upstream is down or its circuit is open."""
     settings = _settings(config_file)
+    backends_down = _check_backends(settings)
     results, continuations = asyncio.run(_probe_all(settings))
     live = _live_circuits(settings, url, admin_key)
     # The circuit columns come from the running server; the caption says so, so the headers
@@ -105,8 +118,31 @@ def check(config_file: Path | None, url: str | None, admin_key: str | None) -> N
             row += [_circuit_cell(entry), _outcome_cell(entry)]
         table.add_row(*row)
     Console().print(table)
-    if down:
+    if down or backends_down:
         raise SystemExit(1)
+
+
+def _check_backends(settings: Settings) -> bool:
+    """Print the shared backends' table (when any is configured); True if one is down."""
+    found: list[Health] = []
+    for target in PROBES.values():
+        module, _, name = target.partition(":")
+        probe: Callable[[Settings], Health | None] = getattr(importlib.import_module(module), name)
+        health = probe(settings)
+        if health is not None:
+            found.append(health)
+    if not found:
+        return False
+    table = Table(title="Shared backends")
+    for column in ("backend", "url", "status", "latency", "detail"):
+        table.add_column(column, justify="right" if column == "latency" else "left")
+    for health in found:
+        status = "[green]ok[/]" if health.ok else "[red]down[/]"
+        latency = "" if health.latency_ms is None else f"{health.latency_ms:.0f} ms"
+        row = [health.backend, escape(health.url), status, latency, escape(health.detail)]
+        table.add_row(*row)
+    Console().print(table)
+    return not all(health.ok for health in found)
 
 
 def _live_circuits(

@@ -57,6 +57,11 @@ class Drain:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def running(self) -> int:
+        """Chat requests running in this process now."""
+        return len(self._running)
+
     def check(self) -> None:
         """Refuse a new request once the process is stopping."""
         if self.draining:

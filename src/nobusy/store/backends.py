@@ -21,9 +21,17 @@ from nobusy.store.usage import UsageLog, key_usage, key_usage_rows
 if TYPE_CHECKING:
     from nobusy.crypto import CryptoSuite
     from nobusy.keys import Hasher
-    from nobusy.store.postgres import Health
+    from nobusy.store.postgres import Liveness
 
-__all__ = ["describe", "health", "open_audit", "open_keys", "open_usage", "reading", "usage_by_key"]
+__all__ = [
+    "describe",
+    "liveness",
+    "open_audit",
+    "open_keys",
+    "open_usage",
+    "reading",
+    "usage_by_key",
+]
 
 
 def describe(settings: Settings) -> str:
@@ -44,19 +52,19 @@ def open_keys(settings: Settings, hashers: tuple[Hasher, ...]) -> KeyStore:
     return PgKeyStore(settings.store.get_secret_value(), hashers)
 
 
-def health(keys: KeyStore) -> Health | None:
-    """PostgreSQL's health as the key store sees it; None for SQLite."""
-    found: Health | None = getattr(keys, "health", None)
+def liveness(keys: KeyStore) -> Liveness | None:
+    """Whether PostgreSQL answers, as the key store and the logs find it; None for SQLite."""
+    found: Liveness | None = getattr(keys, "liveness", None)
     return found
 
 
 def open_usage(settings: Settings, keys: KeyStore) -> UsageLog:
-    """The usage log (its writer thread started), sharing ``keys``'s health flag."""
+    """The usage log (its writer thread started), sharing ``keys``'s ``Liveness``."""
     if settings.store is None:
         return UsageLog(settings.data_dir)
     from nobusy.store.pg_usage import PgUsageLog
 
-    return PgUsageLog(settings.store.get_secret_value(), settings.data_dir, health=health(keys))
+    return PgUsageLog(settings.store.get_secret_value(), settings.data_dir, liveness=liveness(keys))
 
 
 def open_audit(
@@ -75,7 +83,7 @@ def open_audit(
         suite,
         audit.store,
         audit.retention_days,
-        health=None if keys is None else health(keys),
+        liveness=None if keys is None else liveness(keys),
     )
     if serving:
         log.open_spill()

@@ -8,7 +8,8 @@ and PostgreSQL for several hosts: modules implementing the same protocols, chose
   ``store.pg_keys.PgKeyStore`` (PostgreSQL, cached in memory, refreshed by a task).
 - ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
   ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
-  ``store.redis_limits.RedisKeyLimits`` (Redis, every replica; ``done`` reconciles in a task).
+  ``store.redis_limits.RedisKeyLimits`` (Redis, every replica, the token quota's reservations
+  too; ``done`` reconciles in a task).
 - ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host).
 - ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread),
   ``store.pg_usage.PgUsageLog`` (PostgreSQL, spilling to a local file while it is down).

@@ -26,7 +26,7 @@ from nobusy.crypto import CryptoSuite
 from nobusy.store.audit import _CHAIN_COLUMNS, GENESIS, AuditLog, Store, _Pending
 from nobusy.store.migrations import AUDIT, NOBUSY
 from nobusy.store.pg_migrations import migrate
-from nobusy.store.postgres import ERRORS, Health, Link, Qmark, connect, redact, startup_error
+from nobusy.store.postgres import ERRORS, Link, Liveness, Qmark, connect, redact, startup_error
 from nobusy.store.spill import Spill
 
 __all__ = ["PgAuditLog"]
@@ -50,12 +50,12 @@ class PgAuditLog(AuditLog):
         store: Store = "full",
         retention_days: int = 180,
         *,
-        health: Health | None = None,
+        liveness: Liveness | None = None,
         retry_interval: float = 1.0,
         **options: Any,
     ) -> None:
         self._url, self._data_dir = url, data_dir
-        self.health = health or Health("postgresql", redact(url))
+        self.liveness = liveness or Liveness(redact(url))
         self._retry_interval = retry_interval
         self._spill: Spill | None = None  # made by the first write: verify and export need none
         super().__init__(data_dir, suite, store, retention_days, **options)
@@ -80,7 +80,7 @@ class PgAuditLog(AuditLog):
         opens it at start; verify and export never need it."""
         if self._spill is None:
             self._spill = Spill(
-                self._data_dir, "audit", self._insert, self.health, self._url,
+                self._data_dir, "audit", self._insert, self.liveness, self._url,
                 lock=self._write_lock, retry_interval=self._retry_interval,
                 encode=self._encode, decode=self._decode,
             )  # fmt: skip

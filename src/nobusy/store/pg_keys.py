@@ -29,8 +29,8 @@ from nobusy.store.pg_migrations import migrate
 from nobusy.store.postgres import (
     CONNECT_TIMEOUT,
     ERRORS,
-    Health,
     Link,
+    Liveness,
     redact,
     startup_error,
     translated,
@@ -56,11 +56,11 @@ class PgKeyStore(KeyStore):
         *,
         refresh_interval: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
-        health: Health | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self._setup(hashers, refresh_interval, clock)
         self._url = url
-        self.health = health or Health("postgresql", redact(url))
+        self.liveness = liveness or Liveness(redact(url))
         self._link = Link(url)
         # Tokens charged to the copy and not yet sent, by key id.
         self._unsent: dict[str, int] = {}
@@ -147,14 +147,14 @@ class PgKeyStore(KeyStore):
                 cursor = await conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY seq")
                 rows = await cursor.fetchall()
         except ERRORS as exc:
-            self.health.down(exc, self._url, "reading API keys")
+            self.liveness.down(exc, self._url, "reading API keys")
             return
         finally:
             if unsent:  # not sent: kept for the next round
                 with self._charge_lock:
                     for key_id, tokens in unsent.items():
                         self._unsent[key_id] = self._unsent.get(key_id, 0) + tokens
-        self.health.up()
+        self.liveness.up()
         self._install(rows)
 
     # Management (threads): one connection, under the lock.

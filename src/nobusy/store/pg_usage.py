@@ -18,7 +18,7 @@ from typing import Any
 
 from nobusy.store.migrations import AUDIT, NOBUSY
 from nobusy.store.pg_migrations import migrate
-from nobusy.store.postgres import ERRORS, Health, Link, redact, startup_error
+from nobusy.store.postgres import ERRORS, Link, Liveness, redact, startup_error
 from nobusy.store.spill import Spill
 from nobusy.store.usage import COLUMNS, UsageLog, UsageRecord
 
@@ -40,12 +40,12 @@ class PgUsageLog(UsageLog):
         url: str,
         data_dir: Path,
         *,
-        health: Health | None = None,
+        liveness: Liveness | None = None,
         retry_interval: float = 1.0,
         **options: Any,
     ) -> None:
         self._url = url
-        self.health = health or Health("postgresql", redact(url))
+        self.liveness = liveness or Liveness(redact(url))
         self._retry_interval = retry_interval
         super().__init__(data_dir, **options)
 
@@ -57,7 +57,7 @@ class PgUsageLog(UsageLog):
             self._link.close()
             raise startup_error(exc, self._url, migrating=True) from None
         self.spill = Spill(
-            data_dir, "usage", self._insert, self.health, self._url,
+            data_dir, "usage", self._insert, self.liveness, self._url,
             retry_interval=self._retry_interval,
         )  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 psycopg's errors enter nobusy here and in the ``pg_*`` backends, which catch ``ERRORS`` and
 turn them into ``StorageUnavailable`` (``translated``), ``ConfigError`` at start
-(``startup_error``), or a spill to a local file (``nobusy.store.spill``). A URL's password never
+(``startup_error``), or a spill to a local file (``nobusy.store.spill``) while ``Liveness``
+says it is down. A URL's password never
 leaves in text: messages name the URL through ``redact`` and pass the server's words through
 ``scrub`` (the same rules as Redis URLs). ``Qmark`` lets the SQL shared with the SQLite
 backends keep its ``?`` placeholders.
@@ -13,24 +14,27 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from nobusy.errors import ConfigError, StorageUnavailable
+from nobusy.settings import Settings
+from nobusy.store.health import Health
 from nobusy.store.redis_client import redact, scrub
 
 __all__ = [
     "DOWN",
     "ERRORS",
-    "Health",
     "Link",
+    "Liveness",
     "Qmark",
     "connect",
+    "probe",
     "redact",
     "scrub",
     "startup_error",
@@ -152,26 +156,62 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].removeprefix("connection failed: ")
 
 
-@dataclass
-class Health:
-    """Whether PostgreSQL answers, as the status board, /readyz and /metrics show it."""
+class Liveness:
+    """Whether PostgreSQL answers, as the backends using it last found: a ``Watched`` for
+    ``/readyz``, the status board and ``/metrics`` (no I/O); each change logged once."""
 
-    name: str
-    url: str  # redacted
-    ok: bool = True
-    detail: str = "ok"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self, url: str) -> None:
+        self.url = url  # redacted
+        self.ok = True
+        self.detail = "answers"
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def health(self) -> Health:
+        if self.ok:
+            return Health("postgresql", self.url, "ok", "keys, usage and audit", self.since)
+        detail = f"does not answer ({self.detail}): keys from memory, usage and audit spilled"
+        return Health("postgresql", self.url, "degraded", detail, self.since)
 
     def down(self, exc: BaseException, raw_url: str, doing: str) -> None:
         """Mark it down; the first time, log what failed and what happens meanwhile."""
         with self._lock:
             was, self.ok = self.ok, False
             self.detail = f"{doing}: {scrub(_first_line(exc), raw_url)}"
+            if was:
+                self.since = time.time()
         if was:
-            log.error("PostgreSQL at %s is down (%s)", self.url, self.detail)
+            log.error(
+                "PostgreSQL at %s is down (%s): serving keys from memory, spilling usage and "
+                "audit rows to the data dir until it answers",
+                self.url,
+                self.detail,
+            )
 
     def up(self) -> None:
         with self._lock:
-            was, self.ok, self.detail = self.ok, True, "ok"
+            was, self.ok, self.detail = self.ok, True, "answers"
+            if not was:
+                self.since = time.time()
         if not was:
             log.warning("PostgreSQL at %s answers again", self.url)
+
+
+def probe(settings: Settings) -> Health | None:
+    """``nobusy check``: does the PostgreSQL of ``store`` answer, which version, are nobusy's
+    migrations applied (None without ``store``)."""
+    if settings.store is None:
+        return None
+    url = settings.store.get_secret_value()
+    shown = redact(url)
+    started = time.perf_counter()
+    try:
+        with connect(url, timeout=2) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            table = conn.execute("SELECT to_regclass('nobusy_migrations')").fetchone()
+    except ERRORS as exc:
+        return Health("postgresql", shown, "down", startup_error(exc, url).message)
+    latency = (time.perf_counter() - started) * 1000
+    migrated = "migrated" if table and table[0] else "not migrated yet (nobusy serve does it)"
+    detail = f"PostgreSQL {version[0] if version else '?'}, {migrated}"
+    return Health("postgresql", shown, "ok", detail, latency_ms=latency)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -21,8 +22,9 @@ from redis.retry import Retry
 
 from nobusy.errors import ConfigError
 from nobusy.settings import Settings
+from nobusy.store.health import Health
 
-__all__ = ["ERRORS", "connect", "check_state", "redact", "replica_name", "scrub"]
+__all__ = ["ERRORS", "check_state", "connect", "probe", "redact", "replica_name", "scrub"]
 
 ERRORS = (RedisError, OSError)
 # Short: on loopback or a LAN Redis answers in well under a millisecond, and a request waiting
@@ -120,3 +122,37 @@ def check_state(settings: Settings) -> None:
             f"Redis at {shown} runs in cluster mode, which nobusy does not support yet: "
             "point state at a standalone Redis or Valkey primary"
         )
+
+
+def probe(settings: Settings) -> Health | None:
+    """``nobusy check``: does the Redis of ``state`` answer, which version, how many replicas
+    beat on it now (None without ``state``)."""
+    if settings.state is None:
+        return None
+    url = settings.state.get_secret_value()
+    shown = redact(url)
+    started = time.perf_counter()
+    try:
+        client = redis.Redis.from_url(
+            url, protocol=2, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+        )
+    except ValueError as exc:
+        return Health("redis", shown, "down", f"not a Redis URL ({scrub(str(exc), url)})")
+    try:
+        info = client.info("server") | client.info("cluster")
+        # The heartbeats' sorted set (nobusy.store.redis_limits.REPLICAS), read without a
+        # script: a beat older than LIVE seconds may still be counted.
+        beating = client.zcard("nobusy:replicas")
+    except (AuthenticationError, AuthorizationError) as exc:
+        detail = f"refused nobusy's credentials ({scrub(str(exc), url)}): check state's password"
+        return Health("redis", shown, "down", detail)
+    except ERRORS as exc:
+        return Health("redis", shown, "down", f"does not answer ({scrub(str(exc), url)})")
+    finally:
+        client.close()
+    latency = (time.perf_counter() - started) * 1000
+    if info.get("cluster_enabled"):
+        detail = "runs in cluster mode, which nobusy does not support yet"
+        return Health("redis", shown, "down", detail, latency_ms=latency)
+    detail = f"Redis {info.get('redis_version', '?')}, {beating} replica(s) beating"
+    return Health("redis", shown, "ok", detail, latency_ms=latency)

@@ -12,11 +12,20 @@ member ending in its amount), ``sum`` (the tokens in ``tok``) and ``fl`` (reques
 by replica). A replica's in-flight count is believed while the replica beats (``replicas``,
 every ``BEAT`` seconds): a replica killed holding slots frees them within ``LIVE`` seconds.
 
+A key with a token quota also has ``quota`` (the quota it mirrors and the tokens spent, as
+Redis saw the requests end) and ``rsv`` (the estimates reserved by requests in flight, by
+replica, believed like ``fl``). The durable balance stays in the key store; the mirror starts
+from it (``quota_tokens - balance`` spent), never counts less than it, and starts again when
+the quota changes (a top-up or an edit). A request is admitted while quota - spent - reserved
+is above zero, and reserves its estimate; ``done`` replaces the reservation by the tokens spent.
+
 ``done`` is synchronous in the protocol; here it schedules the reconciliation as a task (the
 request's answer does not wait for it). When Redis fails, ``on_state_failure`` decides:
 ``refuse`` answers 503; ``local`` admits with ``KeyLimits`` in this process, each limit divided
 by the replicas last seen beating (``replicas_hint`` before any were), says so once in the log,
 and returns to Redis once a beat succeeds again, writing back its exact in-flight counts.
+The beat also publishes this replica's figures and reads the fleet's
+(``nobusy.store.replicas``); ``health`` says how Redis is (``nobusy.store.health``).
 """
 
 from __future__ import annotations
@@ -27,13 +36,16 @@ import dataclasses
 import itertools
 import logging
 import secrets
+import time
 from collections import Counter
 from typing import Literal
 
 from nobusy.admission.limits import WINDOW, KeyLimits, check_counts, check_key, limited
-from nobusy.errors import RateLimited, StorageUnavailable
+from nobusy.errors import QuotaExhausted, RateLimited, StorageUnavailable
 from nobusy.keys import Key
+from nobusy.store.health import Health
 from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.store.replicas import BEAT_SCRIPT, FLEET, Fleet
 
 __all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
 
@@ -51,8 +63,9 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function at(x) return string.format('%.6f', x) end
 """
 
-# KEYS: req, tok, sum, fl, replicas. ARGV: member, request id, estimate, rpm, tpm,
-# max_concurrency (-1: none), window, live, keep, keep_in_flight.
+# KEYS: req, tok, sum, fl, replicas, quota, rsv. ARGV: member, request id, estimate, rpm, tpm,
+# max_concurrency (-1: none), window, live, keep, keep_in_flight, quota (-1: none), the tokens
+# the key store says were spent (quota - balance).
 _ADMIT = (
     _CLOCK
     + """
@@ -76,14 +89,37 @@ for i = 1, #counts, 2 do
     redis.call('HDEL', KEYS[4], counts[i])
   end
 end
+local quota, spent, reserved = tonumber(ARGV[11]), tonumber(ARGV[12]), 0
+if quota >= 0 then
+  -- The mirror counts for the quota it was made for; a new quota (a top-up, an edit) starts
+  -- it again from the store. It never counts less than the store has charged.
+  local mirror = redis.call('HMGET', KEYS[6], 'quota', 'spent')
+  if mirror[1] and tonumber(mirror[1]) == quota then
+    spent = math.max(spent, tonumber(mirror[2]))
+  end
+  redis.call('HSET', KEYS[6], 'quota', ARGV[11], 'spent', string.format('%d', spent))
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+  local held = redis.call('HGETALL', KEYS[7])
+  for i = 1, #held, 2 do
+    local seen = redis.call('ZSCORE', KEYS[5], held[i])
+    if seen and tonumber(seen) >= live then
+      reserved = reserved + tonumber(held[i + 1])
+    else
+      redis.call('HDEL', KEYS[7], held[i])
+    end
+  end
+else
+  redis.call('DEL', KEYS[6])  -- no quota now: a quota given later starts from the store
+end
 local requests = redis.call('ZCARD', KEYS[1])
 local estimate, rpm, tpm, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
   tonumber(ARGV[6])
-if (most >= 0 and in_flight >= most) or (rpm >= 0 and requests >= rpm)
-    or (tpm >= 0 and requests > 0 and sum + estimate > tpm) then
+if (quota >= 0 and quota - spent - reserved <= 0) or (most >= 0 and in_flight >= most)
+    or (rpm >= 0 and requests >= rpm) or (tpm >= 0 and requests > 0 and sum + estimate > tpm) then
   local oldest = ''
   if requests > 0 then oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] end
-  return {0, in_flight, requests, sum, oldest, at(now)}
+  return {0, in_flight, requests, sum, oldest, at(now), string.format('%d', spent),
+    string.format('%d', reserved)}
 end
 redis.call('ZADD', KEYS[1], at(now), ARGV[2])
 redis.call('ZADD', KEYS[2], at(now), ARGV[2] .. ':' .. ARGV[3])
@@ -91,11 +127,16 @@ redis.call('INCRBY', KEYS[3], ARGV[3])
 for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
 redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[4], ARGV[10])
+if quota >= 0 then
+  redis.call('HINCRBY', KEYS[7], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
+end
 return {1}
 """
 )
 
-# KEYS: req, tok, sum, fl. ARGV: member, entry id, correction, keep, keep_in_flight.
+# KEYS: req, tok, sum, fl, quota, rsv. ARGV: member, entry id, correction, keep,
+# keep_in_flight, tokens spent, tokens reserved to release.
 _DONE = (
     _CLOCK
     + """
@@ -104,23 +145,20 @@ redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[2], at(now), ARGV[2] .. ':' .. ARGV[3])
 redis.call('INCRBY', KEYS[3], ARGV[3])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+if tonumber(ARGV[7]) > 0 and redis.call('HINCRBY', KEYS[6], ARGV[1], -tonumber(ARGV[7])) < 0 then
+  redis.call('HSET', KEYS[6], ARGV[1], 0)
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'spent', ARGV[6]) end
 """
 )
 
-# KEYS: replicas. ARGV: member, live. Returns the replicas beating now.
-_BEAT = (
-    _CLOCK
-    + """
-redis.call('ZADD', KEYS[1], at(now), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. at(now - tonumber(ARGV[2])))
-return redis.call('ZCARD', KEYS[1])
-"""
-)
+
+_PARTS = ("req", "tok", "sum", "fl", "quota", "rsv")
 
 
 def _keys(key_id: str) -> list[str]:
-    # One hash tag per key: its four keys would share a slot on a cluster.
-    return [f"nobusy:key:{{{key_id}}}:{part}" for part in ("req", "tok", "sum", "fl")]
+    # One hash tag per key: its keys would share a slot on a cluster.
+    return [f"nobusy:key:{{{key_id}}}:{part}" for part in _PARTS]
 
 
 def _limit(value: int | None) -> int:
@@ -136,6 +174,7 @@ class RedisKeyLimits:
         replica: str,
         on_failure: Literal["local", "refuse"] = "local",
         replicas_hint: int = 1,
+        fleet: Fleet | None = None,
     ) -> None:
         self.url, self.shown, self.replica = url, redact(url), replica
         self.on_failure = on_failure
@@ -143,16 +182,21 @@ class RedisKeyLimits:
         self.member = f"{replica}:{secrets.token_hex(4)}"
         self.replicas = replicas_hint  # the replicas seen beating last, for the local share
         self.shared = True  # False while limits are local because Redis does not answer
+        self.since = time.time()  # when ``shared`` last changed
+        self.reason = ""  # why Redis was last found failing (its words, scrubbed)
+        self.fleet = fleet or Fleet(replica)
         self._redis = connect(url)
         self._admit = self._redis.register_script(_ADMIT)
         self._done = self._redis.register_script(_DONE)
-        self._beat = self._redis.register_script(_BEAT)
+        self._beat = self._redis.register_script(BEAT_SCRIPT)
         self._ids = itertools.count()
         self._local = KeyLimits()
         # Requests in flight by key, admitted through Redis and locally: ``done`` only names
         # the key, so it gives back a local one first.
         self._in_flight: Counter[str] = Counter()
         self._local_in_flight: Counter[str] = Counter()
+        # Tokens this replica reserved in Redis for its requests in flight, by key.
+        self._reserved: Counter[str] = Counter()
         self._unsynced: set[str] = set()  # keys whose in-flight count Redis may have wrong
         self._tasks: set[asyncio.Task[None]] = set()
         self._beating: asyncio.Task[None] | None = None
@@ -164,8 +208,8 @@ class RedisKeyLimits:
         self._beating = asyncio.create_task(self._beat_forever(), name="nobusy-state-beat")
 
     async def admit(self, key: Key, alias: str, estimate: int) -> None:
-        check_key(key, alias)
-        if not limited(key):
+        check_key(key, alias)  # the store's balance spent: refused without a round trip
+        if not limited(key) and key.quota_tokens is None:
             return
         if self.shared or self.on_failure == "refuse":
             try:
@@ -186,13 +230,26 @@ class RedisKeyLimits:
     async def _admit_shared(self, key: Key, estimate: int) -> None:
         limits = (_limit(key.rpm), _limit(key.tpm), _limit(key.max_concurrency))
         args: list[str | int] = [self.member, self._id(), estimate, *limits, int(WINDOW), LIVE]
+        quota = _limit(key.quota_tokens)
+        spent = 0 if key.quota_tokens is None else key.quota_tokens - (key.balance or 0)
+        keys = _keys(key.id)
         answer = await self._admit(
-            keys=[*_keys(key.id), REPLICAS], args=[*args, KEEP, KEEP_IN_FLIGHT]
+            keys=[*keys[:4], REPLICAS, *keys[4:]],
+            args=[*args, KEEP, KEEP_IN_FLIGHT, quota, spent],
         )
         if answer[0] == 1:
             self._in_flight[key.id] += 1
+            if quota >= 0:
+                self._reserved[key.id] += estimate
             return
-        _, in_flight, requests, tokens, oldest, now = answer
+        _, in_flight, requests, tokens, oldest, now, spent_now, reserved_now = answer
+        reserved = int(reserved_now)
+        if quota >= 0 and quota - int(spent_now) - reserved <= 0:
+            held = f", {reserved} of them reserved by requests in flight" if reserved else ""
+            raise QuotaExhausted(
+                f"Key '{key.name}' has used its token quota ({key.quota_tokens}{held}); "
+                "top it up to continue."
+            )
         first = float(oldest) if oldest else None
         check_counts(key, int(in_flight), int(requests), int(tokens), first, estimate, float(now))
         # Unreachable while the script and check_counts agree; never admit on a disagreement.
@@ -206,17 +263,23 @@ class RedisKeyLimits:
         if self._in_flight[key_id] <= 0:
             return  # a key without limits: nothing was counted
         self._in_flight[key_id] -= 1
-        task = asyncio.get_running_loop().create_task(self._done_shared(key_id, actual - estimate))
+        # A key given a quota while this request ran reserved nothing for it.
+        release = min(estimate, self._reserved[key_id])
+        self._reserved[key_id] -= release
+        task = asyncio.get_running_loop().create_task(
+            self._done_shared(key_id, actual - estimate, actual, release)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _done_shared(self, key_id: str, correction: int) -> None:
+    async def _done_shared(self, key_id: str, correction: int, actual: int, release: int) -> None:
         try:
             args: list[str | int] = [self.member, self._id(), correction, KEEP, KEEP_IN_FLIGHT]
-            await self._done(keys=_keys(key_id), args=args)
+            await self._done(keys=_keys(key_id), args=[*args, actual, release])
         except ERRORS as exc:
             # The token correction is lost (the estimate stands, as in SharedKeyLimits); the
-            # in-flight count is written back exactly by the next beat that succeeds.
+            # in-flight count and reservations are written back exactly by the next beat that
+            # succeeds, and the spending reaches the mirror from the key store's balance.
             self._unsynced.add(key_id)
             self._lost(exc)
 
@@ -225,7 +288,10 @@ class RedisKeyLimits:
         failure returns to shared limits and writes back in-flight counts Redis may have
         wrong (lost in a restart, or not given back while it was away)."""
         try:
-            self.replicas = max(1, int(await self._beat(keys=[REPLICAS], args=[self.member, LIVE])))
+            answer = await self._beat(
+                keys=[REPLICAS, FLEET], args=[self.member, LIVE, self.fleet.published()]
+            )
+            self.replicas = max(1, self.fleet.read(answer, self.member))
         except ERRORS as exc:
             self._lost(exc)
             return
@@ -240,9 +306,11 @@ class RedisKeyLimits:
         pipe = self._redis.pipeline(transaction=False)
         keys = sorted(self._unsynced)
         for key_id in keys:
-            fl = _keys(key_id)[3]
+            _, _, _, fl, _, rsv = _keys(key_id)
             pipe.hset(fl, self.member, max(0, self._in_flight[key_id]))
             pipe.expire(fl, KEEP_IN_FLIGHT)
+            pipe.hset(rsv, self.member, max(0, self._reserved[key_id]))
+            pipe.expire(rsv, KEEP_IN_FLIGHT)
         await pipe.execute()
         self._unsynced.difference_update(keys)
 
@@ -251,12 +319,26 @@ class RedisKeyLimits:
             await asyncio.sleep(BEAT)
             await self.beat()
 
+    def health(self) -> Health:
+        """Shared, or degraded to local limits (``refuse``: down), and since when."""
+        if self.shared:
+            detail = f"key limits shared by {self.replicas} replica(s)"
+            return Health("redis", self.shown, "ok", detail, self.since)
+        if self.on_failure == "refuse":
+            detail = f"does not answer ({self.reason}): refusing keys with limits"
+            return Health("redis", self.shown, "down", detail, self.since)
+        detail = (
+            f"does not answer ({self.reason}): key limits local, each divided by "
+            f"{self.replicas} replica(s)"
+        )
+        return Health("redis", self.shown, "degraded", detail, self.since)
+
     def _lost(self, exc: BaseException) -> None:
         """Redis failed: said once, until it answers again."""
         if not self.shared:
             return
-        self.shared = False
-        reason = scrub(str(exc) or type(exc).__name__, self.url)
+        self.shared, self.since = False, time.time()
+        self.reason = reason = scrub(str(exc) or type(exc).__name__, self.url)
         if self.on_failure == "refuse":
             log.error("Redis at %s does not answer (%s): refusing limited keys", self.shown, reason)
             return
@@ -270,7 +352,7 @@ class RedisKeyLimits:
 
     def _regained(self) -> None:
         if not self.shared:
-            self.shared = True
+            self.shared, self.since = True, time.time()
             self._unsynced.update(k for k, n in self._in_flight.items() if n > 0)
             log.warning("Redis at %s answers again: key limits are shared again", self.shown)
 
@@ -306,4 +388,5 @@ class RedisKeyLimits:
         await self.flush()
         with contextlib.suppress(*ERRORS):
             await self._redis.zrem(REPLICAS, self.member)
+            await self._redis.hdel(FLEET, self.member)
         await self._redis.aclose()

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from nobusy.store.postgres import DOWN, ERRORS, Health
+from nobusy.store.postgres import DOWN, ERRORS, Liveness
 from nobusy.store.sqlite import private_dir, private_file
 
 __all__ = ["Spill"]
@@ -40,7 +40,7 @@ class Spill:
         data_dir: Path,
         what: str,
         write: Callable[[Sequence[Row]], None],
-        health: Health,
+        liveness: Liveness,
         raw_url: str,
         *,
         lock: threading.RLock | None = None,
@@ -48,7 +48,7 @@ class Spill:
         encode: Callable[[Row], Row] = list,
         decode: Callable[[Row], Row] = list,
     ) -> None:
-        self.what, self._write, self.health, self._url = what, write, health, raw_url
+        self.what, self._write, self.liveness, self._url = what, write, liveness, raw_url
         # A row as JSON can hold, and back (the audit log encrypts its content there).
         self._encode, self._decode = encode, decode
         self._lock = lock or threading.RLock()
@@ -71,9 +71,9 @@ class Spill:
                 try:
                     self._write(batch)
                 except DOWN as exc:  # other errors: rows the table refuses, the caller's
-                    self.health.down(exc, self._url, f"writing {self.what}")
+                    self.liveness.down(exc, self._url, f"writing {self.what}")
                 else:
-                    self.health.up()
+                    self.liveness.up()
                     return
             self._append(batch)
             self._kick()
@@ -90,7 +90,7 @@ class Spill:
                 try:
                     self._write(chunk)
                 except DOWN as exc:
-                    self.health.down(exc, self._url, f"replaying {self.what}")
+                    self.liveness.down(exc, self._url, f"replaying {self.what}")
                     self._rewrite(rows[start:])
                     return False
                 except ERRORS:  # refused, not down: retrying would never end
@@ -101,7 +101,7 @@ class Spill:
                 else:
                     self.replayed += len(chunk)
             self.path.unlink()
-            self.health.up()
+            self.liveness.up()
             log.warning("%s: %d spilled rows written to PostgreSQL", self.what, len(rows))
             return True
 

@@ -72,7 +72,9 @@ class Upstream:
         self._chat_url = base + "/chat/completions"
         self._models_url = base + "/models"
         self._headers = {"accept": "text/event-stream", **settings.headers}
-        if settings.api_key is not None:
+        # An api_key that expanded to nothing (`${KEY:-}` for a local server) means no key: a
+        # bare "Bearer " is a malformed header some servers reject outright.
+        if settings.api_key is not None and settings.api_key.get_secret_value():
             self._headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
         # Only a safety net: the router enforces first_token_timeout and idle_timeout itself,
         # because keep-alive comments would reset a socket read timeout.

@@ -4,7 +4,9 @@
 Totals only, never rates: the page polls and differences two answers over their ``time``, so
 the server keeps no history and two open boards cannot disturb each other. Counters are this
 process's (with ``--workers N``, of the worker that answered); usage per key comes from the
-shared database, so it covers every worker.
+shared database, so it covers every worker. ``replicas`` lists every replica sharing the
+state as its heartbeat last showed it (this one alone without ``state``), ``backends`` the
+health of the shared backends (URLs redacted).
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ async def status(request: Request) -> Response:
     in_flight = counter_totals(registry, "nobusy_in_flight_requests", "alias", suffix="")
     since = datetime.now(UTC) - USAGE_WINDOW
     keys = await run_in_threadpool(usage_by_key, state.settings, since)
+    now = time.time()
     return JSONResponse(
         {
             "object": "nobusy.status",
-            "time": time.time(),
+            "time": now,
             "started": state.metrics.started,
             "requests": {"total": sum(requests.values()), "by_outcome": requests},
             "tokens": {"total": sum(tokens.values()), "by_type": tokens},
@@ -51,6 +54,9 @@ async def status(request: Request) -> Response:
             "queue": state.router.capacity.queue.depth(),
             "draining": state.drain.draining,
             "keys": {"window": int(USAGE_WINDOW.total_seconds()), "data": keys},
+            "replica": state.fleet.replica if state.fleet is not None else None,
+            "replicas": [r.json(now) for r in state.fleet.replicas()] if state.fleet else [],
+            "backends": [backend.health().json() for backend in state.backends],
         }
     )
 

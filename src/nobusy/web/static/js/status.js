@@ -1,5 +1,5 @@
 // The status board: each upstream's circuit, load and speed, the queue, request and token
-// rates, and usage per key. Polls the admin endpoints every 2 s while it is on screen; rates
+// rates, the replicas and shared backends (with `state`), and usage per key. Polls the admin endpoints every 2 s while it is on screen; rates
 // are differences between two polls of the server's running totals.
 
 import { call } from "./api.js";
@@ -95,6 +95,7 @@ function record(status, upstreams) {
 
 function render(upstreams, status, keyList) {
   renderTiles(status, upstreams.queue);
+  renderFleet(status);
   $("status-upstreams").replaceChildren(...upstreams.data.map(upstreamCard));
   renderUsage(status.keys.data, keyList);
 }
@@ -126,6 +127,46 @@ function renderTiles(status, queue) {
     tile(t("errors"), String(status.errors.total)),
     tile(t("uptime"), status.draining ? t("draining") : duration(status.time - status.started)),
   );
+}
+
+const BACKEND = { ok: "backendOk", degraded: "backendDegraded", down: "backendDown" };
+
+/** Every replica and the shared backends; hidden for a lone replica without shared state. */
+function renderFleet(status) {
+  const replicas = status.replicas ?? [];
+  const backends = status.backends ?? [];
+  $("status-fleet").hidden = !backends.length && replicas.length < 2;
+  $("status-backends").replaceChildren(...backends.map((b) => {
+    const item = el("li", "backend");
+    item.dataset.status = b.status;
+    item.title = `${b.url}: ${b.detail}`;
+    item.append(el("span", `pill backend-${b.status}`, t(BACKEND[b.status] ?? b.status, { backend: b.backend })));
+    // Not as configured: say why and since when, not only in the tooltip.
+    if (b.status !== "ok") {
+      const since = b.since ? ` (${t("since", { time: new Date(b.since * 1000).toLocaleTimeString() })})` : "";
+      item.append(" ", el("span", "dim", `${b.detail}${since}`));
+    }
+    return item;
+  }));
+  const body = $("status-replicas").tBodies[0];
+  body.replaceChildren();
+  for (const r of replicas) {
+    const row = body.insertRow();
+    row.dataset.replica = r.id;
+    const name = row.insertCell();
+    name.append(r.id);
+    if (r.id === status.replica) name.append(" ", el("span", "dim", `(${t("thisReplica")})`));
+    if (r.draining) name.append(" ", el("span", "pill warn", t("draining")));
+    for (const value of [r.in_flight, r.queue]) {
+      const cell = row.insertCell();
+      cell.className = "num";
+      cell.textContent = String(value);
+    }
+    const seen = row.insertCell();
+    seen.className = "num";
+    seen.textContent = t("secondsAgo", { n: Math.round(r.last_seen) });
+    row.insertCell().textContent = r.version;
+  }
 }
 
 const STATES = { closed: "stateClosed", open: "stateOpen", half_open: "stateHalfOpen" };
