@@ -229,8 +229,8 @@ def test_a_role_without_rights_to_migrate_is_a_clear_error(
 def test_storage_errors_name_the_url_without_its_password(pg_url: str) -> None:
     store = PgKeyStore(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE application_name = 'nobusy'")  # fmt: skip
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                     "application_name = 'nobusy' AND datname = current_database()")  # fmt: skip
         conn.execute("ALTER TABLE keys RENAME TO keys_gone")
     with pytest.raises(StorageUnavailable) as caught:
         store.list()

@@ -80,15 +80,15 @@ class PgAuditLog(AuditLog):
         opens it at start; verify and export never need it."""
         if self._spill is None:
             self._spill = Spill(
-                self._data_dir, "audit", self._insert, self.liveness, self._url,
+                self._data_dir, "audit", self._insert, self._link, self.liveness,
                 lock=self._write_lock, retry_interval=self._retry_interval,
                 encode=self._encode, decode=self._decode,
             )  # fmt: skip
         return self._spill
 
     @contextmanager
-    def _transaction(self) -> Iterator[Qmark]:
-        db = self._link.get()
+    def _transaction(self, link: Link | None = None) -> Iterator[Qmark]:
+        db = (link or self._link).get()
         with db.conn.transaction():
             # Every writer of the chain (each replica's writer thread, prune) waits here.
             db.execute("SELECT pg_advisory_xact_lock(?)", (_CHAIN_LOCK,))
@@ -105,12 +105,12 @@ class PgAuditLog(AuditLog):
 
     def _write(self, batch: list[_Pending]) -> None:
         """Into PostgreSQL (the writer holds ``_write_lock``, which the spill shares)."""
-        self.open_spill().write([(*vars_of(p), uuid.uuid4().hex) for p in batch])
+        self.open_spill().write([(*_fields(p), uuid.uuid4().hex) for p in batch])
 
-    def _insert(self, rows: Sequence[Sequence[Any]]) -> None:
+    def _insert(self, rows: Sequence[Sequence[Any]], link: Link | None = None) -> None:
         """Chain ``rows`` (pending events with their event ids) after the head, skipping any
         event already stored (a batch replayed after a lost commit acknowledgement)."""
-        with self._transaction() as db:
+        with self._transaction(link) as db:
             ids = [row[-1] for row in rows]
             stored = {
                 r[0]
@@ -144,5 +144,5 @@ class PgAuditLog(AuditLog):
         return [*head, payload, event_id]
 
 
-def vars_of(p: _Pending) -> tuple[Any, ...]:
+def _fields(p: _Pending) -> tuple[Any, ...]:
     return (p.ns, p.event, p.request_id, p.key_id, p.alias, p.upstream, p.payload)

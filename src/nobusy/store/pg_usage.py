@@ -57,7 +57,7 @@ class PgUsageLog(UsageLog):
             self._link.close()
             raise startup_error(exc, self._url, migrating=True) from None
         self.spill = Spill(
-            data_dir, "usage", self._insert, self.liveness, self._url,
+            data_dir, "usage", _insert, self._link, self.liveness,
             retry_interval=self._retry_interval,
         )  # fmt: skip
 
@@ -83,6 +83,11 @@ class PgUsageLog(UsageLog):
         self.written += len(batch)
 
     def _insert(self, rows: Sequence[Sequence[Any]]) -> None:
-        conn = self._link.get().conn
-        with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT.encode(), rows)
+        _insert(rows, self._link)
+
+
+def _insert(rows: Sequence[Sequence[Any]], link: Link) -> None:
+    """One transaction; rows already stored (by ``record_id``) are skipped."""
+    conn = link.get().conn
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(_INSERT.encode(), rows)

@@ -4,7 +4,9 @@ A writer thread hands each batch to ``Spill.write``. While PostgreSQL answers an
 spilled, the batch goes straight to it. When it fails, the batch is appended to
 ``data_dir/spill/<what>-<pid>.jsonl`` (one JSON array per row, 0600) and a replay thread tries
 every ``retry_interval`` to write the file's rows, oldest first, in batches; until the file is
-empty, later batches go behind it, so the order holds. A batch whose commit was lost with the
+empty, later batches go behind it, so the order holds. The replay has a connection of its
+own and holds the writer's lock only to read and cut the file: a PostgreSQL that does not
+answer (a connect timeout) stalls the replay, never the writer. A batch whose commit was lost with the
 connection may be replayed though it was stored: the rows carry unique ids and the backends
 skip those already there, so nothing is stored twice. A file left by a process that died
 (its pid is gone) is adopted at start and replayed first.
@@ -12,6 +14,7 @@ skip those already there, so nothing is stored twice. A file left by a process t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -21,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from nobusy.store.postgres import DOWN, ERRORS, Liveness
+from nobusy.store.postgres import DOWN, ERRORS, Link, Liveness
 from nobusy.store.sqlite import private_dir, private_file
 
 __all__ = ["Spill"]
@@ -39,16 +42,21 @@ class Spill:
         self,
         data_dir: Path,
         what: str,
-        write: Callable[[Sequence[Row]], None],
+        write: Callable[[Sequence[Row], Link], None],
+        link: Link,
         liveness: Liveness,
-        raw_url: str,
         *,
         lock: threading.RLock | None = None,
         retry_interval: float = 1.0,
         encode: Callable[[Row], Row] = list,
         decode: Callable[[Row], Row] = list,
     ) -> None:
-        self.what, self._write, self.liveness, self._url = what, write, liveness, raw_url
+        self.what, self._write, self.liveness = what, write, liveness
+        self._link, self._url = link, link.url
+        # Replays on a connection of their own, outside the lock: a PostgreSQL that does not
+        # answer holds the replay (up to the connect timeout), never the writer.
+        self._replay_link = Link(link.url)
+        self._replaying = threading.Lock()
         # A row as JSON can hold, and back (the audit log encrypts its content there).
         self._encode, self._decode = encode, decode
         self._lock = lock or threading.RLock()
@@ -69,7 +77,7 @@ class Spill:
         with self._lock:
             if not self._pending():
                 try:
-                    self._write(batch)
+                    self._write(batch, self._link)
                 except DOWN as exc:  # other errors: rows the table refuses, the caller's
                     self.liveness.down(exc, self._url, f"writing {self.what}")
                 else:
@@ -80,19 +88,35 @@ class Spill:
 
     def replay(self) -> bool:
         """Write what is spilled, oldest first; whether the file is empty now."""
-        with self._lock:
-            if not self._pending():
-                return True
-            lines = self.path.read_bytes().splitlines()
-            rows = [self._decode(orjson.loads(line)) for line in lines if line]
-            for start in range(0, len(rows), _CHUNK):
-                chunk = rows[start : start + _CHUNK]
+        ok, empty = self._replay_once(hold=False)
+        while ok and not empty:  # rows spilled meanwhile: go on at once
+            ok, empty = self._replay_once(hold=self._small())
+        return empty
+
+    def _replay_once(self, hold: bool) -> tuple[bool, bool]:
+        """One pass over the file: (PostgreSQL took every row, the file is empty now).
+
+        Without ``hold`` the lock is taken only to read and to cut the file, so the writer
+        goes on spilling meanwhile and a PostgreSQL that does not answer holds only this
+        thread (on a connection of its own); with it (a last few rows) the writer waits, so
+        the file surely empties and the writer goes back to PostgreSQL.
+        """
+        with self._replaying, self._lock if hold else contextlib.nullcontext():
+            with self._lock:
+                if not self._pending():
+                    return True, True
+                taken = self.path.read_bytes()
+            lines = [line for line in taken.splitlines() if line]
+            done, ok = 0, True
+            for start in range(0, len(lines), _CHUNK):
+                chunk = lines[start : start + _CHUNK]
                 try:
-                    self._write(chunk)
+                    self._write([self._decode(orjson.loads(line)) for line in chunk],
+                                self._replay_link)  # fmt: skip
                 except DOWN as exc:
                     self.liveness.down(exc, self._url, f"replaying {self.what}")
-                    self._rewrite(rows[start:])
-                    return False
+                    ok = False
+                    break
                 except ERRORS:  # refused, not down: retrying would never end
                     self.lost += len(chunk)
                     log.exception(
@@ -100,9 +124,23 @@ class Spill:
                     )
                 else:
                     self.replayed += len(chunk)
-            self.path.unlink()
+                done += len(chunk)
+            with self._lock:
+                added = self.path.read_bytes()[len(taken) :]  # spilled while replaying
+                left = b"".join(line + b"\n" for line in lines[done:]) + added
+                if left:
+                    self._rewrite(left)
+                else:
+                    self.path.unlink()
+                    log.warning("%s: spilled rows all written to PostgreSQL", self.what)
+        if ok:
             self.liveness.up()
-            log.warning("%s: %d spilled rows written to PostgreSQL", self.what, len(rows))
+        return ok, not left
+
+    def _small(self) -> bool:
+        try:
+            return self.path.stat().st_size < 256 * 1024
+        except FileNotFoundError:
             return True
 
     def close(self) -> None:
@@ -112,6 +150,7 @@ class Spill:
             self._thread.join(30)
         if not self.replay():
             log.error("%s: rows left in %s, replayed at the next start", self.what, self.path)
+        self._replay_link.close()
 
     def _pending(self) -> bool:
         try:
@@ -127,10 +166,10 @@ class Spill:
             f.write(b"".join(orjson.dumps(self._encode(row)) + b"\n" for row in batch))
         self.spilled += len(batch)
 
-    def _rewrite(self, rows: Sequence[Row]) -> None:
+    def _rewrite(self, data: bytes) -> None:
         temporary = self.path.with_suffix(".tmp")
         private_file(temporary)
-        temporary.write_bytes(b"".join(orjson.dumps(self._encode(row)) + b"\n" for row in rows))
+        temporary.write_bytes(data)
         temporary.replace(self.path)
 
     def _kick(self) -> None:
