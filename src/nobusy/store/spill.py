@@ -6,9 +6,9 @@ spilled, the batch goes straight to it. When it fails, the batch is appended to
 every ``retry_interval`` to write the file's rows, oldest first, in batches; until the file is
 empty, later batches go behind it, so the order holds. The replay has a connection of its
 own and holds the writer's lock only to read and cut the file: a PostgreSQL that does not
-answer (a connect timeout) stalls the replay, never the writer. A batch whose commit was lost with the
-connection may be replayed though it was stored: the rows carry unique ids and the backends
-skip those already there, so nothing is stored twice. A file left by a process that died
+answer (a connect timeout) stalls the replay, never the writer. A batch whose commit was lost
+with the connection may be replayed though it was stored: the rows carry unique ids and the
+backends skip those already there, so nothing is stored twice. A file left by a process that died
 (its pid is gone) is adopted at start and replayed first.
 """
 
