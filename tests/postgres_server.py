@@ -43,8 +43,11 @@ class PostgresServer:
         if os.geteuid() == 0:  # postgres refuses to run as root
             self.user = "embedded_postgres"
             _ensure_user(self.user)
-            for parent in folder.parents:  # it must reach its folder
-                parent.chmod(parent.stat().st_mode | 0o055)
+            # It must reach its folder and the wheel's binaries (as the wheel itself ensures).
+            for parent in [*folder.parents, *self.bin.parent.parents]:
+                _readable(parent)
+            for path in self.bin.parent.rglob("*"):
+                _readable(path)
             folder.chmod(0o777)
         self._init()
 
@@ -132,3 +135,13 @@ def _ensure_user(name: str) -> None:
         subprocess.run(
             ["useradd", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True
         )
+
+
+def _readable(path: Path) -> None:
+    """Let other users read ``path`` (and enter or run it, where its owner may)."""
+    if path.is_symlink():  # its target is in the tree too
+        return
+    mode = path.stat().st_mode
+    wanted = mode | 0o044 | (0o011 if mode & 0o100 else 0)
+    if wanted != mode:
+        path.chmod(wanted)
