@@ -64,6 +64,10 @@ def test_keys_create_authenticate_revoke_through_postgresql(pg_url: str) -> None
     new, _ = other.create("alice")  # a revoked key's name may be reused
     assert other.get("alice").id == new.id
     assert store.active_count() == 1
+    changed = store.update("alice", rpm=10, models=["chat"], quota_tokens=500)
+    assert (changed.rpm, changed.models, changed.balance) == (10, ("chat",), 500)
+    assert store.topup("alice", 250).balance == 750
+    assert [k.name for k in other.list()] == ["alice", "alice"]  # the revoked one kept
     other.close()
     store.close()
 
