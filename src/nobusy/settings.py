@@ -221,7 +221,8 @@ class Settings(BaseModel):
     )
     state: SecretStr | None = Field(
         None,
-        description="Redis shared by every replica for key limits (`redis://[:PASSWORD@]HOST"
+        description="Redis shared by every replica for key limits, upstream slots and circuits "
+        "(`redis://[:PASSWORD@]HOST"
         "[:PORT][/DB]`, `rediss://` for TLS); none: this host only.",
     )
     replica_id: str | None = Field(
@@ -234,6 +235,13 @@ class Settings(BaseModel):
     )
     replicas_hint: PositiveInt = Field(
         1, description="Replicas to divide key limits by if Redis is down before any were seen."
+    )
+    lease_ttl: float = Field(
+        10.0,
+        gt=0.5,
+        le=300,
+        description="With state: seconds after a replica's last heartbeat (every 0.2 s) that "
+        "its upstream slots still count; a replica killed holding slots frees them then.",
     )
     store: SecretStr | None = Field(
         None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
-from nobusy.routing import Router
+from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
@@ -35,7 +36,9 @@ from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
 from nobusy.store.redis_client import replica_name
+from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
+from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 
 __all__ = ["AppState", "app_state", "running"]
@@ -94,7 +97,9 @@ async def running(
         stack.push_async_callback(router.aclose)
         for upstream in router.upstreams.values():
             await upstream.start()
-        shared = _shared_slots(settings)
+        if settings.state is not None:
+            await _share_upstreams(settings, router, metrics, stack)
+        shared = _shared_slots(settings) if settings.state is None else None
         if shared is not None:
             stack.callback(shared.close)
             router.capacity.share(shared)
@@ -145,6 +150,48 @@ async def _open_limits(
     await shared.start()
     metrics.watch_replica(replica, lambda: (shared.shared, shared.replicas))
     return shared
+
+
+async def _share_upstreams(
+    settings: Settings, router: Router, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> None:
+    """With ``state``: every upstream's slots are leases in Redis under the fleet's learned
+    limit, circuits are told to every replica, keys' demand and retry budgets are reported;
+    this replica's queue is served by the pump as leases free up anywhere."""
+    assert settings.state is not None
+    url, capacity = settings.state.get_secret_value(), router.capacity
+    ceilings = {name: int(limit.ceiling) for name, limit in capacity.limits.items()}
+    initial = dict.fromkeys(ceilings, settings.initial_concurrency)
+    replica = replica_name(settings)
+    leases = RedisLeases(
+        url, replica, ceilings, initial, settings.lease_ttl, settings.replicas_hint
+    )
+    leases.report = lambda: reports.report(router)
+    leases.learn = lambda others: reports.learn(router, others)
+    stack.push_async_callback(leases.aclose)  # after the pump and the signals: slots go back
+    await leases.start()
+    capacity.lease(leases)
+    metrics.watch_leases(lambda: leases.shared)
+
+    def follow(verdict: Verdict) -> None:
+        upstream, event, seconds, reason, ejections = verdict
+        stats = router.stats.get(upstream)
+        if stats is not None:
+            stats.circuit.follow(event, seconds, reason, ejections)
+
+    signals = RedisSignals(url, leases.member, follow)
+    stack.push_async_callback(signals.aclose)
+    for name, stats in router.stats.items():
+        stats.circuit.told = functools.partial(_tell, signals, name)
+    await signals.start()
+    pump = asyncio.create_task(capacity.pump(), name="nobusy-pump")
+    stack.push_async_callback(_cancel, pump)
+
+
+def _tell(
+    signals: RedisSignals, upstream: str, event: str, seconds: float, reason: str, ejections: int
+) -> None:
+    signals.tell((upstream, event, seconds, reason, ejections))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
