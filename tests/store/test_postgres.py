@@ -369,3 +369,22 @@ def test_nobusy_check_probes_postgresql(postgres_server: PostgresServer, pg_url:
     health = probe(load_settings(env={"NOBUSY_STORE": wrong}))
     assert health is not None and health.status == "down" and "refused nobusy" in health.detail
     assert "wrong-password-123" not in health.detail + health.url
+
+
+async def test_a_restart_of_postgresql_between_writes_is_not_an_outage(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = own_postgres.url()
+    keys = PgKeyStore(url)
+    usage = PgUsageLog(url, tmp_path, liveness=keys.liveness)
+    usage.record(_record(1))
+    await usage.committed("req-1")
+    own_postgres.stop()  # closes every connection, seen only when used
+    own_postgres.start()
+    usage.record(_record(2))
+    await usage.committed("req-2")
+    assert keys.list() == []  # management reconnects too
+    assert keys.liveness.ok and not usage.spill.path.exists()
+    usage.close()
+    keys.close()
+    assert own_postgres.execute("SELECT COUNT(*) FROM usage") == [(2,)]

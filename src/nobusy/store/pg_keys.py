@@ -123,6 +123,9 @@ class PgKeyStore(KeyStore):
             open=False,
             timeout=CONNECT_TIMEOUT,
             kwargs={"autocommit": True, "application_name": "nobusy"},
+            # Checked on each take (once a second): after a restart the pooled connections
+            # are closed, and the first reload must not report PostgreSQL down.
+            check=AsyncConnectionPool.check_connection,
             name="nobusy-keys",
         )
         # Opened without waiting: a pool that cannot connect keeps trying in its own task.
@@ -162,7 +165,8 @@ class PgKeyStore(KeyStore):
     @contextmanager
     def _translated(self) -> Iterator[None]:
         with translated(self._url, "key store"):
-            self._conn = self._link.get()
+            # Checked: management is rare, and the first call after a restart must not fail.
+            self._conn = self._link.get(check=True)
             yield
 
     @contextmanager

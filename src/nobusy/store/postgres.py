@@ -79,13 +79,23 @@ class Link:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection[Any] | None = None
+        self.reused = False  # whether ``get`` last returned a connection opened before
 
-    def get(self) -> Qmark:
-        """The connection, reconnecting if it is closed or broken; psycopg errors if it cannot."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
+    def get(self, check: bool = False) -> Qmark:
+        """The connection, reconnecting if it is closed or broken (with ``check``, also if it
+        does not answer a ``SELECT 1``: a restarted PostgreSQL closed it unseen); psycopg
+        errors if it cannot."""
+        if self._conn is not None and not (self._conn.closed or self._conn.broken) and check:
+            try:
+                self._conn.execute("SELECT 1")
+            except DOWN:
+                pass  # now broken: opened again below
+        self.reused = not (self._conn is None or self._conn.closed or self._conn.broken)
+        if not self.reused:
             if self._conn is not None:
                 self._conn.close()
             self._conn = connect(self.url)
+        assert self._conn is not None
         return Qmark(self._conn)
 
     def close(self) -> None:

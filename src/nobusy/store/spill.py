@@ -77,7 +77,7 @@ class Spill:
         with self._lock:
             if not self._pending():
                 try:
-                    self._write(batch, self._link)
+                    self._write_once_more(batch, self._link)
                 except DOWN as exc:  # other errors: rows the table refuses, the caller's
                     self.liveness.down(exc, self._url, f"writing {self.what}")
                 else:
@@ -111,8 +111,8 @@ class Spill:
             for start in range(0, len(lines), _CHUNK):
                 chunk = lines[start : start + _CHUNK]
                 try:
-                    self._write([self._decode(orjson.loads(line)) for line in chunk],
-                                self._replay_link)  # fmt: skip
+                    rows = [self._decode(orjson.loads(line)) for line in chunk]
+                    self._write_once_more(rows, self._replay_link)
                 except DOWN as exc:
                     self.liveness.down(exc, self._url, f"replaying {self.what}")
                     ok = False
@@ -136,6 +136,16 @@ class Spill:
         if ok:
             self.liveness.up()
         return ok, not left
+
+    def _write_once_more(self, rows: Sequence[Row], link: Link) -> None:
+        """``write``, again on a new connection if the one used before was found closed (a
+        restarted PostgreSQL closes its connections, unseen until used)."""
+        try:
+            self._write(rows, link)
+        except DOWN:
+            if not link.reused:
+                raise
+            self._write(rows, link)
 
     def _small(self) -> bool:
         try:
