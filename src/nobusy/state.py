@@ -29,6 +29,7 @@ from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
+from nobusy.store.backends import liveness, open_audit, open_usage
 from nobusy.store.health import Watched
 from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
@@ -39,7 +40,6 @@ from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
-from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -75,9 +75,9 @@ async def running(
     keys = auth.keys
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(keys.close)  # opened by create_app: the middleware's Authenticator needs it
-        usage_log = UsageLog(settings.data_dir)
+        usage_log = open_usage(settings, keys)
         stack.callback(usage_log.close)
-        audit = _open_audit(settings)
+        audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
@@ -85,6 +85,11 @@ async def running(
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
+        postgres = liveness(keys)
+        if postgres is not None:  # `store`: PostgreSQL's keys copied, refreshed by a task
+            backends.append(postgres)
+            watching = asyncio.create_task(keys.watch(), name="nobusy-keys")
+            stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
@@ -195,12 +200,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _open_audit(settings: Settings) -> AuditLog | None:
+def _open_audit(settings: Settings, keys: KeyStore) -> AuditLog | None:
     if not settings.audit.enabled:
         return None
     suite = load_suite(settings.crypto, settings.data_dir, os.environ)
-    audit = settings.audit
-    return AuditLog(settings.data_dir, suite, audit.store, audit.retention_days)
+    return open_audit(settings, suite, keys, serving=True)
 
 
 async def _prune_audit(audit: AuditLog) -> None:

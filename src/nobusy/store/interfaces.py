@@ -1,10 +1,11 @@
 """What the request path needs from storage: five small protocols a backend implements.
 
-Today's backends are SQLite files in the data dir and a memory-mapped file on one host; Redis
-or PostgreSQL (several hosts) would be new modules implementing the same protocols, chosen at
-start-up in ``nobusy.state``; nothing on the request path names a backend.
+Today's backends are SQLite files in the data dir and a memory-mapped file on one host, Redis
+and PostgreSQL for several hosts: modules implementing the same protocols, chosen at start-up
+(``nobusy.state``, ``nobusy.store.backends``); nothing on the request path names a backend.
 
-- ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory).
+- ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory),
+  ``store.pg_keys.PgKeyStore`` (PostgreSQL, cached in memory, refreshed by a task).
 - ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
   ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
   ``store.redis_limits.RedisKeyLimits`` (Redis, every replica, the token quota's reservations
@@ -16,8 +17,10 @@ start-up in ``nobusy.state``; nothing on the request path names a backend.
   back and the limit's changes); ``give_back`` and ``adjust`` never wait; the learned limit
   is the fleet's. A separate protocol, not an async ``Leases``: the one-host file needs no
   round trip, and making it async would move every hand-over of a freed slot into a task.
-- ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread).
-- ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread).
+- ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread),
+  ``store.pg_usage.PgUsageLog`` (PostgreSQL, spilling to a local file while it is down).
+- ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread),
+  ``store.pg_audit.PgAuditLog`` (PostgreSQL, one chain for every replica).
 
 Each backend is checked against its protocol by mypy (``_backends`` below).
 """
@@ -163,6 +166,9 @@ if TYPE_CHECKING:
     from nobusy.store.audit import AuditLog
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.pg_audit import PgAuditLog
+    from nobusy.store.pg_keys import PgKeyStore
+    from nobusy.store.pg_usage import PgUsageLog
     from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
     from nobusy.store.usage import UsageLog
@@ -176,6 +182,9 @@ if TYPE_CHECKING:
         leases: RedisLeases,
         usage: UsageLog,
         audit: AuditLog,
+        pg_keys: PgKeyStore,
+        pg_usage: PgUsageLog,
+        pg_audit: PgAuditLog,
     ) -> None:
         """Never called: mypy checks that each of today's backends satisfies its protocol."""
         _keys: KeyLookup = keys
@@ -186,3 +195,6 @@ if TYPE_CHECKING:
         _leases: FleetLeases = leases
         _usage: UsageSink = usage
         _audit: AuditSink = audit
+        _pg_keys: KeyLookup = pg_keys
+        _pg_usage: UsageSink = pg_usage
+        _pg_audit: AuditSink = pg_audit
