@@ -139,7 +139,7 @@ async def test_keys_without_limits_never_reach_redis(replicas: list[RedisKeyLimi
     key = make_key()
     await one.admit(key, "chat", 10)
     one.done(key.id, 10, 20)
-    assert not one._tasks
+    assert not one._pending and one._flushing is None
 
 
 @pytest.fixture()

@@ -132,7 +132,7 @@ async def test_concurrent_replicas_never_admit_beyond_the_quota(
                 await limits.admit(key, "chat", estimate)
             except QuotaExhausted:
                 await limits.flush()
-                if not any(r._tasks for r in replicas):
+                if not any(r._pending or r._flushing for r in replicas):
                     return
                 continue
             in_flight += 1

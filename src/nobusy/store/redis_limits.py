@@ -53,6 +53,7 @@ BEAT = 2.0  # seconds between a replica's heartbeats
 LIVE = 10  # seconds after its last beat that a replica's in-flight counts still hold
 KEEP = int(2 * WINDOW)  # seconds a key's window outlives its last write
 KEEP_IN_FLIGHT = 86400  # a key's in-flight counts: longer than any stream
+_COALESCE = 0.005  # seconds a done waits for an admission to ride on (then a call of its own)
 REPLICAS = "nobusy:replicas"
 
 log = logging.getLogger("nobusy.state")
@@ -63,12 +64,44 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function at(x) return string.format('%.6f', x) end
 """
 
-# KEYS: req, tok, sum, fl, replicas, quota, rsv. ARGV: member, request id, estimate, rpm, tpm,
-# max_concurrency (-1: none), window, live, keep, keep_in_flight, quota (-1: none), the tokens
-# the key store says were spent (quota - balance).
+# The end of a request (``done``), for the key whose six keys (req, tok, sum, fl, quota, rsv)
+# start after KEYS[k]: its in-flight count and reservation given back, the estimate replaced by
+# the tokens spent. ARGV[1] is the replica's member in every script that applies it.
+_APPLY_DONE = """
+local function done(k, id, correction, spent, release, keep, keep_in_flight)
+  if redis.call('HINCRBY', KEYS[k + 4], ARGV[1], -1) < 0 then
+    redis.call('HSET', KEYS[k + 4], ARGV[1], 0)
+  end
+  redis.call('EXPIRE', KEYS[k + 4], keep_in_flight)
+  redis.call('ZADD', KEYS[k + 2], at(now), id .. ':' .. correction)
+  redis.call('INCRBY', KEYS[k + 3], correction)
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[k + i], keep) end
+  local rsv = KEYS[k + 6]
+  if tonumber(release) > 0 and redis.call('HINCRBY', rsv, ARGV[1], -tonumber(release)) < 0 then
+    redis.call('HSET', rsv, ARGV[1], 0)
+  end
+  if redis.call('EXISTS', KEYS[k + 5]) == 1 then
+    redis.call('HINCRBY', KEYS[k + 5], 'spent', spent)
+  end
+end
+local function apply_dones(k, a, keep, keep_in_flight)
+  for i = 1, tonumber(ARGV[a]) do
+    local b = a + 4 * (i - 1)
+    done(k + 6 * (i - 1), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], keep, keep_in_flight)
+  end
+end
+"""
+
+# KEYS: req, tok, sum, fl, replicas, quota, rsv, then six per pending done. ARGV: member,
+# request id, estimate, rpm, tpm, max_concurrency (-1: none), window, live, keep,
+# keep_in_flight, quota (-1: none), the tokens the key store says were spent (quota -
+# balance), then the pending dones (a count, then entry id, correction, spent, release each):
+# this replica's requests that ended since its last call ride on its next admission.
 _ADMIT = (
     _CLOCK
+    + _APPLY_DONE
     + """
+apply_dones(7, 13, ARGV[9], ARGV[10])
 redis.call('ZADD', KEYS[5], at(now), ARGV[1])
 local horizon = '(' .. at(now - tonumber(ARGV[7]))
 local sum = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -135,22 +168,8 @@ return {1}
 """
 )
 
-# KEYS: req, tok, sum, fl, quota, rsv. ARGV: member, entry id, correction, keep,
-# keep_in_flight, tokens spent, tokens reserved to release.
-_DONE = (
-    _CLOCK
-    + """
-if redis.call('HINCRBY', KEYS[4], ARGV[1], -1) < 0 then redis.call('HSET', KEYS[4], ARGV[1], 0) end
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('ZADD', KEYS[2], at(now), ARGV[2] .. ':' .. ARGV[3])
-redis.call('INCRBY', KEYS[3], ARGV[3])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-if tonumber(ARGV[7]) > 0 and redis.call('HINCRBY', KEYS[6], ARGV[1], -tonumber(ARGV[7])) < 0 then
-  redis.call('HSET', KEYS[6], ARGV[1], 0)
-end
-if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'spent', ARGV[6]) end
-"""
-)
+# KEYS: six per done. ARGV: member, keep, keep_in_flight, then the dones as in _ADMIT.
+_DONE = _CLOCK + _APPLY_DONE + "apply_dones(0, 4, ARGV[2], ARGV[3])\n"
 
 
 _PARTS = ("req", "tok", "sum", "fl", "quota", "rsv")
@@ -198,7 +217,9 @@ class RedisKeyLimits:
         # Tokens this replica reserved in Redis for its requests in flight, by key.
         self._reserved: Counter[str] = Counter()
         self._unsynced: set[str] = set()  # keys whose in-flight count Redis may have wrong
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Dones not yet sent: (key, entry id, correction, tokens spent, reservation released).
+        self._pending: list[tuple[str, str, int, int, int]] = []
+        self._flushing: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -233,10 +254,16 @@ class RedisKeyLimits:
         quota = _limit(key.quota_tokens)
         spent = 0 if key.quota_tokens is None else key.quota_tokens - (key.balance or 0)
         keys = _keys(key.id)
-        answer = await self._admit(
-            keys=[*keys[:4], REPLICAS, *keys[4:]],
-            args=[*args, KEEP, KEEP_IN_FLIGHT, quota, spent],
-        )
+        done_keys, done_args, done_ids = self._take_pending()
+        try:
+            answer = await self._admit(
+                keys=[*keys[:4], REPLICAS, *keys[4:], *done_keys],
+                args=[*args, KEEP, KEEP_IN_FLIGHT, quota, spent, *done_args],
+            )
+        except BaseException:
+            self._delivered(done_ids, False)
+            raise
+        self._delivered(done_ids, True)
         if answer[0] == 1:
             self._in_flight[key.id] += 1
             if quota >= 0:
@@ -266,22 +293,46 @@ class RedisKeyLimits:
         # A key given a quota while this request ran reserved nothing for it.
         release = min(estimate, self._reserved[key_id])
         self._reserved[key_id] -= release
-        task = asyncio.get_running_loop().create_task(
-            self._done_shared(key_id, actual - estimate, actual, release)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # No call of its own: it rides on this replica's next admission (one round trip for
+        # both, and the slot is free before that admission is decided), or on a call of its
+        # own _COALESCE later when no admission comes.
+        self._pending.append((key_id, self._id(), actual - estimate, actual, release))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_soon())
 
-    async def _done_shared(self, key_id: str, correction: int, actual: int, release: int) -> None:
+    def _take_pending(self) -> tuple[list[str], list[str | int], list[str]]:
+        """The pending dones as extra KEYS and ARGV of a script (``_APPLY_DONE``), and the
+        keys they are for."""
+        pending, self._pending = self._pending, []
+        keys: list[str] = []
+        args: list[str | int] = [len(pending)]
+        for key_id, entry, correction, actual, release in pending:
+            keys += _keys(key_id)
+            args += [entry, correction, actual, release]
+        return keys, args, [key_id for key_id, *_ in pending]
+
+    def _delivered(self, key_ids: list[str], ok: bool) -> None:
+        """A call carrying dones returned (``ok``) or failed: on a failure their token
+        corrections are lost (the estimate stands, as in SharedKeyLimits); the in-flight
+        counts and reservations are written back exactly by the next beat that succeeds, and
+        the spending reaches the mirror from the key store's balance."""
+        if not ok:
+            self._unsynced.update(key_ids)
+
+    async def _flush_soon(self) -> None:
         try:
-            args: list[str | int] = [self.member, self._id(), correction, KEEP, KEEP_IN_FLIGHT]
-            await self._done(keys=_keys(key_id), args=[*args, actual, release])
-        except ERRORS as exc:
-            # The token correction is lost (the estimate stands, as in SharedKeyLimits); the
-            # in-flight count and reservations are written back exactly by the next beat that
-            # succeeds, and the spending reaches the mirror from the key store's balance.
-            self._unsynced.add(key_id)
-            self._lost(exc)
+            await asyncio.sleep(_COALESCE)
+            while self._pending:
+                keys, args, key_ids = self._take_pending()
+                try:
+                    await self._done(keys=keys, args=[self.member, KEEP, KEEP_IN_FLIGHT, *args])
+                except ERRORS as exc:
+                    self._delivered(key_ids, False)
+                    self._lost(exc)
+                else:
+                    self._delivered(key_ids, True)
+        finally:
+            self._flushing = None
 
     async def beat(self) -> None:
         """Say this replica is alive and count the replicas; the first success after a
@@ -371,9 +422,11 @@ class RedisKeyLimits:
         return f"{self.member}:{next(self._ids)}"
 
     async def flush(self) -> None:
-        """Wait (two seconds at most) for the reconciliations ``done`` scheduled."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=2)
+        """Send the dones still pending now, and wait (two seconds at most) for them."""
+        if self._pending and self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_soon())
+        if self._flushing is not None:
+            await asyncio.wait({self._flushing}, timeout=2)
 
     def close(self) -> None:
         """Nothing here: ``aclose`` closes the connection (``running`` awaits it)."""
