@@ -1,0 +1,148 @@
+"""The Messages API behind keys: `x-api-key` or bearer, Anthropic's 401/403/429, and the same
+usage and audit rows as chat requests."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from nobusy.store.audit import AUDIT_DB
+from nobusy.store.migrations import DB_NAME
+from nobusy.testing.fake_upstream import answer_text
+from tests.admission.test_keys_e2e import make_key
+from tests.conftest import Process, serve
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Are you there?"}]
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Process, dict[str, str]]]:
+    tmp = tmp_path_factory.mktemp("messages-keyed")
+    data = tmp / "data"
+    keys = {
+        "plain": make_key(data, "--name", "plain"),
+        "narrow": make_key(data, "--name", "narrow", "--models", "other"),
+        "slow": make_key(data, "--name", "slow", "--rpm", "1"),
+    }
+    config = f"""
+audit: {{enabled: true, store: full}}
+upstreams:
+  fake: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
+models:
+  ok: [fake/ok]
+  other: [fake/ok]
+"""
+    process = serve(tmp, config)
+    yield process, keys
+    process.stop()
+
+
+def sdk(process: Process, **auth: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=process.url, max_retries=0, **auth)  # type: ignore[arg-type]
+
+
+def rows(process: Process, db: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(process.data_dir / db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, args)]
+
+
+def wait_for(process: Process, db: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    # The audit log is written by a batch writer after the answer: give it a moment.
+    for _ in range(100):
+        found = rows(process, db, sql, *args)
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"nothing in {db} for {args}")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_usage_and_audit_rows_as_for_chat(
+    keyed: tuple[Process, dict[str, str]], stream: bool
+) -> None:
+    process, keys = keyed
+    with sdk(process, api_key=keys["plain"]) as client:
+        if stream:
+            with client.messages.stream(model="ok", max_tokens=64, messages=MESSAGES) as events:
+                message = events.get_final_message()
+                request_id = events.response.headers["x-request-id"]
+        else:
+            raw = client.messages.with_raw_response.create(
+                model="ok", max_tokens=64, messages=MESSAGES
+            )
+            message, request_id = raw.parse(), raw.headers["x-request-id"]
+    assert message.content[0].text == answer_text(MESSAGES)  # type: ignore[union-attr]
+    (usage,) = rows(process, DB_NAME, "SELECT * FROM usage WHERE request_id = ?", request_id)
+    assert usage["alias"] == "ok" and usage["outcome"] == "ok"
+    assert usage["stream"] == int(stream) and usage["upstream"] == "fake/ok"
+    assert usage["key_id"] is not None
+    assert usage["completion_tokens"] == message.usage.output_tokens > 0
+    assert usage["prompt_tokens"] == message.usage.input_tokens
+    events = wait_for(
+        process,
+        AUDIT_DB,
+        "SELECT event, content FROM audit WHERE request_id = ? ORDER BY id",
+        request_id,
+    )
+    # The request as nobusy routed it (the internal chat body) and the answer (encrypted).
+    assert [e["event"] for e in events] == ["request", "response"]
+
+
+def test_bearer_works_as_well_as_x_api_key(keyed: tuple[Process, dict[str, str]]) -> None:
+    process, keys = keyed
+    with sdk(process, auth_token=keys["plain"]) as client:
+        message = client.messages.create(model="ok", max_tokens=16, messages=MESSAGES)
+    assert message.stop_reason == "end_turn"
+
+
+def test_auth_and_limits_in_anthropics_shape(keyed: tuple[Process, dict[str, str]]) -> None:
+    process, keys = keyed
+    with sdk(process, api_key="nb-wrong") as client:
+        with pytest.raises(anthropic.AuthenticationError) as unknown:
+            client.messages.create(model="ok", max_tokens=16, messages=MESSAGES)
+    assert unknown.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    missing = httpx.post(
+        process.url + "/v1/messages",
+        json={"model": "ok", "max_tokens": 16, "messages": MESSAGES},
+    )
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in missing.json()["error"]["message"]
+    with sdk(process, api_key=keys["narrow"]) as client:
+        with pytest.raises(anthropic.PermissionDeniedError) as narrow:
+            client.messages.create(model="ok", max_tokens=16, messages=MESSAGES)
+        with pytest.raises(anthropic.PermissionDeniedError):
+            client.messages.count_tokens(model="ok", messages=MESSAGES)
+    assert narrow.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    with sdk(process, api_key=keys["slow"]) as client:
+        client.messages.create(model="ok", max_tokens=16, messages=MESSAGES)
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            client.messages.create(model="ok", max_tokens=16, messages=MESSAGES)
+    assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "retry-after" in limited.value.response.headers
+
+
+def test_body_over_the_cap_is_413_request_too_large(
+    keyed: tuple[Process, dict[str, str]],
+) -> None:
+    process, keys = keyed
+    big = {
+        "model": "ok",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "x" * 11_000_000}],
+    }
+    response = httpx.post(
+        process.url + "/v1/messages", json=big, headers={"x-api-key": keys["plain"]}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "request_too_large"
