@@ -1,5 +1,9 @@
 """From an upstream's chunks to what the client asked for: an SSE stream or one completion.
 
+The stream's wire format is the client protocol's ``Encoder`` (OpenAI's ``data:`` lines by
+default; ``nobusy.protocols`` has the others); the whole answer is one ``chat.completion``
+that a protocol renders in its own shape.
+
 Both paths rewrite each chunk's ``id`` and ``model`` (so an answer keeps one identity whichever
 upstream produced it), count usage from the upstream's usage chunk, and hide that chunk when
 the client did not ask for it. The usage record is closed in ``finally``: a client that leaves
