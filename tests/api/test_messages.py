@@ -222,3 +222,13 @@ def test_unknown_model_and_path_are_404_not_found_error(base_url: str) -> None:
 def test_chat_errors_keep_openais_shape(base_url: str) -> None:
     response = post(base_url, {"model": "nope", "messages": MESSAGES}, "/chat/completions")
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_stream_that_cannot_be_continued_ends_in_an_error_event(base_url: str) -> None:
+    # One route that drops mid-answer and nowhere to continue: headers are gone, so the
+    # stream ends with Anthropic's `error` event, which the SDK raises.
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(base_url, "drop", True)
+    assert caught.value.body["type"] == "error"  # type: ignore[index]
+    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert "Traceback" not in str(caught.value.body)

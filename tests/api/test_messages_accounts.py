@@ -3,6 +3,7 @@ usage and audit rows as chat requests."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 
 from nobusy.store.audit import AUDIT_DB
@@ -37,9 +39,12 @@ def keyed(
 audit: {{enabled: true, store: full}}
 upstreams:
   fake: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: ok}}
+  one: {{kind: openai, base_url: "{fake_upstream.url}/v1", max_concurrency: 1,
+         first_token_timeout: 30, idle_timeout: 30}}
 models:
   ok: [fake/ok]
   other: [fake/ok]
+  single: ["one/slow:chunk_delay=0.1"]
 """
     process = serve(tmp, config)
     yield process, keys
@@ -146,3 +151,30 @@ def test_body_over_the_cap_is_413_request_too_large(
     )
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "request_too_large"
+
+
+def test_a_queued_stream_is_still_anthropics(keyed: tuple[Process, dict[str, str]]) -> None:
+    process, keys = keyed
+    headers = {"x-api-key": keys["plain"]}
+    body = {"model": "single", "max_tokens": 64, "messages": MESSAGES}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(
+            httpx.post, process.url + "/v1/messages", json=body, headers=headers, timeout=60
+        )
+        for _ in range(400):  # until the first request holds the upstream's one slot
+            metrics = httpx.get(process.url + "/metrics").text
+            if 'nobusy_upstream_in_flight{upstream="one"} 1.0' in metrics:
+                break
+            time.sleep(0.01)
+        url = process.url + "/v1/messages"
+        streamed = {**body, "stream": True}
+        with httpx.stream("POST", url, json=streamed, headers=headers, timeout=60) as response:
+            assert response.headers["x-nobusy-upstream"] == "queued"
+            lines = list(response.iter_lines())
+        assert first.result().status_code == 200
+    assert any(line.startswith(": nobusy: queued, position") for line in lines)
+    data = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert [d["type"] for d in data][:2] == ["message_start", "ping"]
+    assert data[-1]["type"] == "message_stop"
+    text = "".join(d["delta"].get("text", "") for d in data if d["type"] == "content_block_delta")
+    assert text == answer_text(MESSAGES)
