@@ -1,5 +1,5 @@
-"""The Messages API behind keys: `x-api-key` or bearer, Anthropic's 401/403/429, and the same
-usage and audit rows as chat requests."""
+"""The Messages and Responses APIs behind keys: `x-api-key` or bearer, Anthropic's
+401/403/429, and the same usage and audit rows as chat requests."""
 
 from __future__ import annotations
 
@@ -178,3 +178,17 @@ def test_a_queued_stream_is_still_anthropics(keyed: tuple[Process, dict[str, str
     assert data[-1]["type"] == "message_stop"
     text = "".join(d["delta"].get("text", "") for d in data if d["type"] == "content_block_delta")
     assert text == answer_text(MESSAGES)
+
+
+def test_responses_api_writes_usage_rows_too(keyed: tuple[Process, dict[str, str]]) -> None:
+    process, keys = keyed
+    response = httpx.post(
+        process.url + "/v1/responses",
+        json={"model": "ok", "input": "Are you there?"},
+        headers={"authorization": f"Bearer {keys['plain']}"},
+    )
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    (usage,) = rows(process, DB_NAME, "SELECT * FROM usage WHERE request_id = ?", request_id)
+    assert usage["outcome"] == "ok" and usage["key_id"] is not None
+    assert usage["completion_tokens"] == response.json()["usage"]["output_tokens"] > 0
