@@ -36,6 +36,7 @@ from nobusy.store.limits import SharedKeyLimits
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.replicas import Fleet
+from nobusy.store.responses import ResponseStore
 from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
@@ -56,6 +57,7 @@ class AppState:
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
     fleet: Fleet | None = None  # the replicas serving together, this one included
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
+    responses: ResponseStore | None = None  # the Responses API's kept responses
 
 
 def app_state(request: Request) -> AppState:
@@ -84,6 +86,8 @@ async def running(
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
         offload = Offload()
         stack.callback(offload.close)
+        responses = ResponseStore(settings.data_dir, settings.responses_ttl)
+        stack.callback(responses.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -107,7 +111,7 @@ async def running(
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
-            fleet, backends,
+            fleet, backends, responses=responses,
         )  # fmt: skip
 
 

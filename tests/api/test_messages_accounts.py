@@ -12,6 +12,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -192,3 +193,26 @@ def test_responses_api_writes_usage_rows_too(keyed: tuple[Process, dict[str, str
     (usage,) = rows(process, DB_NAME, "SELECT * FROM usage WHERE request_id = ?", request_id)
     assert usage["outcome"] == "ok" and usage["key_id"] is not None
     assert usage["completion_tokens"] == response.json()["usage"]["output_tokens"] > 0
+
+
+def test_a_kept_response_is_its_keys_only(keyed: tuple[Process, dict[str, str]]) -> None:
+    process, keys = keyed
+    clients = {
+        name: openai.OpenAI(base_url=process.url + "/v1", api_key=keys[name], max_retries=0)
+        for name in ("plain", "narrow")
+    }
+    try:
+        mine = clients["plain"].responses.create(model="other", input="Are you there?")
+        assert clients["plain"].responses.retrieve(mine.id).id == mine.id
+        with pytest.raises(openai.NotFoundError):
+            clients["narrow"].responses.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            clients["narrow"].responses.create(
+                model="other", input="And?", previous_response_id=mine.id
+            )
+        with pytest.raises(openai.NotFoundError):
+            clients["narrow"].responses.delete(mine.id)
+        assert clients["plain"].responses.retrieve(mine.id).id == mine.id
+    finally:
+        for client in clients.values():
+            client.close()

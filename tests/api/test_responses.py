@@ -134,7 +134,11 @@ def test_every_route_down_is_503_in_openais_shape(base_url: str) -> None:
         ({"model": "ok", "input": [{"role": "robot", "content": "x"}]}, 400, "input[0].role"),
         ({"model": "ok", "input": [{"type": "computer_call"}]}, 400, "input[0].type"),
         ({"model": "ok", "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
-        ({"model": "ok", "input": "x", "previous_response_id": "resp_1"}, 404, None),
+        (
+            {"model": "ok", "input": "x", "previous_response_id": "resp_1"},
+            404,
+            "previous_response_id",
+        ),
         ({"model": "nope", "input": "x"}, 404, None),
     ],
 )
@@ -153,7 +157,37 @@ def test_bad_bodies_say_what_to_fix(
     assert error["message"] and "Traceback" not in response.text
 
 
-def test_stored_responses_are_not_kept(base_url: str) -> None:
+def test_previous_response_id_continues_the_conversation(
+    base_url: str, fake_stats: httpx.Client
+) -> None:
+    client = openai_client(base_url)
+    first = client.responses.create(model="ok", input=INPUT, instructions="Be brief.")
+    second = client.responses.create(model="ok", input="And now?", previous_response_id=first.id)
+    sent = fake_stats.get("/_fake/last").json()["messages"]
+    # The first turn's instructions are not carried over, its conversation is.
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert (sent[0]["content"], sent[1]["content"]) == (INPUT, first.output_text)
+    assert second.previous_response_id == first.id
+    assert second.output_text == answer_text([{"role": "user", "content": "And now?"}])
+    events = list(
+        client.responses.create(
+            model="ok", input="Once more?", previous_response_id=second.id, stream=True
+        )
+    )
+    third = events[-1].response
+    assert len(fake_stats.get("/_fake/last").json()["messages"]) == 5
+    assert client.responses.retrieve(third.id).output_text == third.output_text
+    client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):
-        openai_client(base_url).responses.retrieve("resp_123")
-    assert httpx.delete(base_url + "/responses/resp_123").status_code == 404
+        client.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="ok", input="x", previous_response_id=second.id)
+
+
+def test_store_false_keeps_nothing(base_url: str) -> None:
+    client = openai_client(base_url)
+    response = client.responses.create(model="ok", input=INPUT, store=False)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.retrieve(response.id)
+    assert caught.value.code == "not_found"
+    assert httpx.delete(base_url + "/responses/" + response.id).status_code == 404

@@ -15,7 +15,7 @@ from nobusy.store.usage import UsageRecord
 
 
 def parse(**body: Any) -> dict[str, Any]:
-    return parse_responses_request(orjson.dumps({"model": "m", **body}))[1]
+    return parse_responses_request(orjson.dumps({"model": "m", **body})).body
 
 
 def test_items_translate_to_chat_messages() -> None:

@@ -1,8 +1,9 @@
-"""``POST /v1/responses``: OpenAI's Responses API, answered through the shared pipeline
+"""``/v1/responses``: OpenAI's Responses API, answered through the shared pipeline
 (``nobusy.protocols.pipeline``) from any upstream kind, failed over and continued like chat.
 
-nobusy keeps no responses yet: ``GET`` and ``DELETE /v1/responses/{id}`` answer 404, as does
-a request naming a ``previous_response_id``.
+Answers are kept for ``responses_ttl`` (``store.responses``) unless a request says
+``store: false``, for ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``;
+each key sees only its own.
 """
 
 from __future__ import annotations
@@ -12,27 +13,55 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy.errors import NotFound
-from nobusy.protocols.openai_responses import OPENAI_RESPONSES, parse_responses_request
+from nobusy.keys import Key
+from nobusy.protocols.openai_responses import OpenAIResponses
 from nobusy.protocols.pipeline import handle
+from nobusy.responses import JSONResponse
+from nobusy.state import app_state
 
-__all__ = ["create_response", "routes", "stored_response"]
+__all__ = ["create_response", "delete_response", "get_response", "routes"]
+
+
+def _key_id(request: Request) -> str | None:
+    key: Key | None = getattr(request.state, "key", None)
+    return key.id if key is not None else None
 
 
 async def create_response(request: Request) -> Response:
     """Create a response: the answer of the alias's first route that can, streaming or not."""
-    return await handle(request, OPENAI_RESPONSES, parse_responses_request)
+    protocol = OpenAIResponses(app_state(request).responses, _key_id(request))
+    return await handle(request, protocol, protocol.parse)
 
 
-async def stored_response(request: Request) -> Response:
-    """A stored response: none is kept, so 404 naming the id."""
-    raise NotFound(
-        f"Response '{request.path_params['response_id']}' not found: nobusy does not keep "
-        "responses.",
+def _missing(response_id: str) -> NotFound:
+    return NotFound(
+        f"Response with id '{response_id}' not found (it may have expired, or belong to "
+        "another key).",
         param="response_id",
     )
 
 
+async def get_response(request: Request) -> Response:
+    """A kept response, as it was sent."""
+    response_id = request.path_params["response_id"]
+    store = app_state(request).responses
+    found = store.response(response_id, _key_id(request)) if store is not None else None
+    if found is None:
+        raise _missing(response_id)
+    return JSONResponse(found)
+
+
+async def delete_response(request: Request) -> Response:
+    """Forget a kept response (its conversation goes with it)."""
+    response_id = request.path_params["response_id"]
+    store = app_state(request).responses
+    if store is None or not store.delete(response_id, _key_id(request)):
+        raise _missing(response_id)
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
 routes: list[BaseRoute] = [
     Route("/v1/responses", create_response, methods=["POST"]),
-    Route("/v1/responses/{response_id}", stored_response, methods=["GET", "DELETE"]),
+    Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+    Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
 ]

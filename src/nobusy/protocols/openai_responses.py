@@ -5,13 +5,16 @@ messages (roles ``user``, ``system``, ``developer``, ``assistant``; ``input_text
 ``output_text`` and ``input_image`` parts), ``function_call`` items (the assistant's
 ``tool_calls``) and ``function_call_output`` items (``tool`` messages). Function ``tools``,
 ``tool_choice``, ``max_output_tokens``, ``reasoning.effort`` and ``text.format`` map to their
-chat names. nobusy keeps no responses yet, so a ``previous_response_id`` is unknown (404): a
-client sends the whole conversation, as with ``store: false``. The answer goes back out
-through ``openai_responses_events``.
+chat names. A ``previous_response_id`` puts the conversation kept with that response
+(``store.responses``, the same key's only) before ``input``; an unknown or expired one is a
+404. The answer goes back out through ``openai_responses_events`` and, unless the request
+says ``store: false``, is kept in turn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -20,9 +23,12 @@ from nobusy.errors import InvalidRequest, NotFound
 from nobusy.protocols.openai_responses_events import ResponsesEvents, render_response
 from nobusy.routing.relay import Encoder
 from nobusy.schema import ChatRequest, invalid_request, parse_json_object
+from nobusy.store.responses import ResponseStore
 from nobusy.store.usage import UsageRecord
 
-__all__ = ["OPENAI_RESPONSES", "OpenAIResponses", "parse_responses_request"]
+__all__ = ["OpenAIResponses", "ResponsesRequest", "parse_responses_request"]
+
+History = Callable[[str], list[Any] | None]
 
 _ROLES = ("user", "system", "developer", "assistant")
 
@@ -42,43 +48,85 @@ class _Request(msgspec.Struct):
     reasoning: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
     user: str | None = None
+    store: bool = True
 
 
+@dataclass(slots=True)
+class ResponsesRequest:
+    """A Responses request read: the internal request, and what keeping its answer needs."""
+
+    chat: ChatRequest
+    body: dict[str, Any]  # the chat body that goes upstream
+    items: list[Any]  # the conversation as Responses items: the previous ones, then the input
+    store: bool = True
+    previous: str | None = None
+
+
+@dataclass(slots=True)
 class OpenAIResponses:
-    """The ``ClientProtocol`` of ``/v1/responses``: semantic events and a response object out."""
+    """The ``ClientProtocol`` of one ``/v1/responses`` request: its parser (with the kept
+    conversations of its key) and its way out, which keeps the answer when asked to."""
+
+    store: ResponseStore | None
+    key_id: str | None
+    read: ResponsesRequest | None = field(default=None, init=False)
+
+    def parse(self, raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+        store, key_id = self.store, self.key_id
+        history = None if store is None else lambda rid: store.items(rid, key_id)
+        self.read = parse_responses_request(raw, history)
+        return self.read.chat, self.read.body
 
     def encoder(self, chat: ChatRequest, record: UsageRecord) -> Encoder:
-        return ResponsesEvents(chat, record)
+        return ResponsesEvents(chat, record, self._previous(), self._keep)
 
     def render(self, completion: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
-        return render_response(completion, chat)
+        response = render_response(completion, chat, self._previous())
+        self._keep(response)
+        return response
+
+    def _previous(self) -> str | None:
+        return self.read.previous if self.read is not None else None
+
+    def _keep(self, response: dict[str, Any]) -> None:
+        read = self.read
+        if self.store is None or read is None or not read.store:
+            return
+        conversation = [*read.items, *response["output"]]
+        self.store.put(response["id"], self.key_id, conversation, response)
 
 
-OPENAI_RESPONSES = OpenAIResponses()
-
-
-def parse_responses_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
-    """A Responses body as (typed view, chat body to send upstream), or a 400/404."""
+def parse_responses_request(raw: bytes, history: History | None = None) -> ResponsesRequest:
+    """A Responses body read into the internal request, or a 400 (404: an unknown
+    ``previous_response_id``; ``history`` gives the kept conversation of a response id)."""
     body_in = parse_json_object(raw, "a JSON object with `model` and `input`")
     try:
         request = msgspec.convert(body_in, _Request)
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
-    if request.previous_response_id is not None:
-        raise NotFound(
-            f"Response '{request.previous_response_id}' not found: nobusy does not keep "
-            "responses; send the whole conversation in 'input'.",
-            param="previous_response_id",
-        )
     if not request.model:
         raise InvalidRequest("'model' must not be empty.", param="model")
+    kept: list[Any] = []
+    if request.previous_response_id is not None:
+        found = history(request.previous_response_id) if history is not None else None
+        if found is None:
+            raise NotFound(
+                f"Previous response with id '{request.previous_response_id}' not found (it "
+                "may have expired, or belong to another key).",
+                param="previous_response_id",
+            )
+        kept = found
+    given = (
+        [{"role": "user", "content": request.input}]
+        if isinstance(request.input, str)
+        else request.input
+    )
     messages: list[dict[str, Any]] = []
-    if request.instructions:
+    if request.instructions:  # a previous response's instructions are not carried over
         messages.append({"role": "system", "content": request.instructions})
-    if isinstance(request.input, str):
-        messages.append({"role": "user", "content": request.input})
-    else:
-        _items(request.input, messages)
+    _items(kept, messages)
+    _items(given, messages)
+    items = [*kept, *given]
     if not messages:
         raise InvalidRequest("'input' must contain at least one item.", param="input")
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
@@ -109,7 +157,7 @@ def parse_responses_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         chat = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
-    return chat, body
+    return ResponsesRequest(chat, body, items, request.store, request.previous_response_id)
 
 
 def _items(items: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
@@ -208,9 +256,9 @@ def _tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"Missing required parameter: '{at}.name'.", param=f"{at}.name")
     function: dict[str, Any] = {"name": name}
-    for field in ("description", "parameters", "strict"):
-        if tool.get(field) is not None:
-            function[field] = tool[field]
+    for option in ("description", "parameters", "strict"):
+        if tool.get(option) is not None:
+            function[option] = tool[option]
     return {"type": "function", "function": function}
 
 

@@ -14,6 +14,7 @@ items carry on, nothing is sent twice. An error after the headers is an ``error`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -45,6 +46,7 @@ def _response(
     output: list[dict[str, Any]],
     usage: dict[str, Any] | None,
     finish: str | None = None,
+    previous: str | None = None,
 ) -> dict[str, Any]:
     reason = _INCOMPLETE.get(finish or "")
     if status == "completed" and reason is not None:
@@ -65,8 +67,7 @@ def _response(
         "max_output_tokens": chat.max_tokens,
         "metadata": {},
         "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "store": False,
+        "previous_response_id": previous,
         "temperature": chat.temperature,
         "top_p": chat.top_p,
         "text": {"format": {"type": "text"}},
@@ -114,11 +115,30 @@ def _function_call(
 class ResponsesEvents:
     """The ``Encoder`` of one streamed Responses answer: its items, the one open, the count."""
 
-    __slots__ = ("chat", "created", "finish", "items", "open", "record", "response_id", "seq")
+    __slots__ = (
+        "chat",
+        "created",
+        "done",
+        "finish",
+        "items",
+        "open",
+        "previous",
+        "record",
+        "response_id",
+        "seq",
+    )
 
-    def __init__(self, chat: ChatRequest, record: UsageRecord) -> None:
+    def __init__(
+        self,
+        chat: ChatRequest,
+        record: UsageRecord,
+        previous: str | None = None,
+        done: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.chat = chat
         self.record = record
+        self.previous = previous
+        self.done = done  # given the final response (to keep it)
         self.response_id = f"resp_{record.request_id}"
         self.created = int(record.started)
         self.seq = 0
@@ -135,7 +155,14 @@ class ResponsesEvents:
     def _snapshot(self, status: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
         output = [self._item(item, "completed") for item in self.items]
         return _response(
-            self.response_id, self.created, self.chat, status, output, usage, self.finish
+            self.response_id,
+            self.created,
+            self.chat,
+            status,
+            output,
+            usage,
+            self.finish,
+            self.previous,
         )
 
     @staticmethod
@@ -202,6 +229,8 @@ class ResponsesEvents:
         response = self._snapshot("completed", usage)
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         out += self._event(kind, response=response)
+        if self.done is not None:
+            self.done(response)
         return bytes(out)
 
     def error(self, status: int, body: dict[str, Any]) -> bytes:
@@ -291,7 +320,9 @@ class ResponsesEvents:
         return out + self._event("response.output_item.done", output_index=n, item=done)
 
 
-def render_response(completion: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
+def render_response(
+    completion: dict[str, Any], chat: ChatRequest, previous: str | None = None
+) -> dict[str, Any]:
     """A whole answer (one ``chat.completion``) as a Responses ``response`` object."""
     choice = completion["choices"][0]
     message = choice["message"]
@@ -322,4 +353,5 @@ def render_response(completion: dict[str, Any], chat: ChatRequest) -> dict[str, 
         output,
         _usage(usage["prompt_tokens"], usage["completion_tokens"]),
         choice.get("finish_reason"),
+        previous,
     )
