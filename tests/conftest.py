@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,3 +219,17 @@ def openai_client(base_url: str) -> openai.OpenAI:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for client in _CLIENTS.values():
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A private PostgreSQL 18 for the session (skips, saying why, where it cannot start)."""
+    with PostgresServer.private(free_port()) as server:
+        yield server.start_or_skip()
+
+
+@pytest.fixture()
+def pg_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty database of its own for one test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    return postgres_server.new_database(name)

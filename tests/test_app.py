@@ -20,8 +20,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-import nobusy.app as app_module
 import nobusy.state as state_module
+import nobusy.store.backends as backends_module
 from nobusy.admission.capacity import Capacity
 from nobusy.app import create_app
 from nobusy.routing.checks import Prober
@@ -94,9 +94,10 @@ def spy_class(
 
 def watch(monkeypatch: pytest.MonkeyPatch, journal: Journal) -> None:
     """Put a spy on every resource start-up opens."""
-    spy_class(monkeypatch, journal, app_module, "KeyStore", "keys")
-    spy_class(monkeypatch, journal, state_module, "UsageLog", "usage log")
-    spy_class(monkeypatch, journal, state_module, "AuditLog", "audit")
+    # Opened where the backend is chosen (SQLite here: no `store`).
+    spy_class(monkeypatch, journal, backends_module, "KeyStore", "keys")
+    spy_class(monkeypatch, journal, backends_module, "UsageLog", "usage log")
+    spy_class(monkeypatch, journal, backends_module, "AuditLog", "audit")
     spy_class(monkeypatch, journal, state_module, "Ledger", "ledger", close="flush_charges")
     spy_class(monkeypatch, journal, state_module, "SharedKeyLimits", "limits")
     spy_class(monkeypatch, journal, state_module, "Offload", "offload")

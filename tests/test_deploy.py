@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -131,7 +132,7 @@ def test_grace_periods_exceed_the_drain_timeout(tmp_path: Path) -> None:
 
 def test_secrets_come_from_the_secret_and_the_config_from_the_configmap() -> None:
     secret = k8s("Secret")["stringData"]
-    assert {"NOBUSY_STATE", "NOBUSY_ADMIN_KEY"} <= set(secret)
+    assert {"NOBUSY_STATE", "NOBUSY_STORE", "NOBUSY_ADMIN_KEY"} <= set(secret)
     pod = k8s("Deployment")["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "nobusy"]
     assert container["envFrom"] == [{"secretRef": {"name": k8s("Secret")["metadata"]["name"]}}]
@@ -139,6 +140,28 @@ def test_secrets_come_from_the_secret_and_the_config_from_the_configmap() -> Non
     assert config["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
     for spec in nobusy_services().values():
         assert spec["environment"]["NOBUSY_STATE"].startswith("redis://")
+        assert spec["environment"]["NOBUSY_STORE"].startswith("postgresql://")
+
+
+def test_replicas_share_keys_in_postgresql_and_so_run_without_insecure() -> None:
+    services = compose()["services"]
+    for spec in nobusy_services().values():
+        assert "--insecure" not in spec["command"]
+        url = urlsplit(spec["environment"]["NOBUSY_STORE"].replace("${", "").replace("}", ""))
+        assert url.hostname in services and url.port == 5432
+        assert spec["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "nobusy"]
+    assert "--insecure" not in container["command"]
+    store = urlsplit(k8s("Secret")["stringData"]["NOBUSY_STORE"])
+    service = k8s("Service", store.hostname or "")
+    assert service["spec"]["ports"][0]["port"] == store.port
+    assert k8s("Deployment", store.hostname or "")["spec"]["replicas"] == 1
+    # The Secret's URL is one nobusy accepts as `store`.
+    assert load_settings(env={**ENV, "NOBUSY_STORE": store.geturl()}).store is not None
 
 
 def test_the_hpa_scales_on_a_metric_nobusy_exports() -> None:

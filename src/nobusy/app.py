@@ -23,8 +23,8 @@ from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.settings import Settings
 from nobusy.state import running
+from nobusy.store.backends import open_keys
 from nobusy.store.interfaces import UsageSink
-from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import USAGE_LOG, CommittedAnswers
 from nobusy.upstreams import build_upstream
 from nobusy.web import status
@@ -41,7 +41,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
-    auth = Authenticator(KeyStore(settings.data_dir, hashers_for(settings.crypto)))
+    auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageSink]]:

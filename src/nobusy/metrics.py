@@ -110,6 +110,17 @@ class Metrics:
         how many replicas share them."""
         self.registry.register(_ReplicaCollector(replica, state))
 
+    def watch_leases(self, shared: Callable[[], bool]) -> None:
+        """With state: say whether upstream slots are leases in Redis now (1) or counted in
+        this replica because Redis does not answer (0)."""
+        gauge = Gauge(
+            "nobusy_upstream_leases_shared",
+            "1 while upstream slots are leases shared through Redis (state), 0 while each "
+            "replica counts its share locally because Redis does not answer.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if shared() else 0.0)
+
     def watch_fleet(
         self, replicas: Callable[[], Iterable[Replica]], backends: Callable[[], Iterable[Health]]
     ) -> None:
@@ -220,14 +231,22 @@ class _UpstreamCollector(Collector):
             "Each upstream's adaptive concurrency limit now.",
             labels=["upstream"],
         )
+        leases = GaugeMetricFamily(
+            "nobusy_upstream_leases_held",
+            "With state: slots on each upstream held by every replica together (as this "
+            "replica last saw them).",
+            labels=["upstream"],
+        )
         for name, figures in capacity.snapshot().items():
             limit.add_metric([name], figures["limit"])
+            if "leases_held" in figures:
+                leases.add_metric([name], figures["leases_held"])
         queued = GaugeMetricFamily(
             "nobusy_queue_depth", "Requests waiting for a slot, by priority.", labels=["priority"]
         )
         for priority, depth in capacity.queue.depth().items():
             queued.add_metric([priority], depth)
-        yield from (limit, queued)
+        yield from (limit, queued, leases)
 
 
 class _ReplicaCollector(Collector):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -226,7 +227,8 @@ class Settings(BaseModel):
     )
     state: SecretStr | None = Field(
         None,
-        description="Redis shared by every replica for key limits (`redis://[:PASSWORD@]HOST"
+        description="Redis shared by every replica for key limits, upstream slots and circuits "
+        "(`redis://[:PASSWORD@]HOST"
         "[:PORT][/DB]`, `rediss://` for TLS); none: this host only.",
     )
     replica_id: str | None = Field(
@@ -239,6 +241,18 @@ class Settings(BaseModel):
     )
     replicas_hint: PositiveInt = Field(
         1, description="Replicas to divide key limits by if Redis is down before any were seen."
+    )
+    lease_ttl: float = Field(
+        10.0,
+        gt=0.5,
+        le=300,
+        description="With state: seconds after a replica's last heartbeat (every 0.2 s) that "
+        "its upstream slots still count; a replica killed holding slots frees them then.",
+    )
+    store: SecretStr | None = Field(
+        None,
+        description="PostgreSQL shared by every replica for keys, usage and audit "
+        "(`postgresql://USER:PASSWORD@HOST[:PORT]/DB`); none: SQLite in data_dir.",
     )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."
@@ -268,6 +282,21 @@ class Settings(BaseModel):
         # Said at load time, without echoing the value: it may hold a password.
         if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Said at load time, without echoing the value: it holds a password.
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        try:
+            urlsplit(url).port  # noqa: B018  # raises on a bad port or IPv6 address
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "trusted_proxies", mode="before")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -24,20 +25,22 @@ from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
-from nobusy.routing import Router
+from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
+from nobusy.store.backends import liveness, open_audit, open_usage
 from nobusy.store.health import Watched
 from nobusy.store.interfaces import LimitCounters
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
 from nobusy.store.redis_client import replica_name
+from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
+from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.responses import ResponseStore
-from nobusy.store.usage import UsageLog
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -74,9 +77,9 @@ async def running(
     keys = auth.keys
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(keys.close)  # opened by create_app: the middleware's Authenticator needs it
-        usage_log = UsageLog(settings.data_dir)
+        usage_log = open_usage(settings, keys)
         stack.callback(usage_log.close)
-        audit = _open_audit(settings)
+        audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
         ledger = Ledger(usage_log, metrics, audit, keys)
@@ -84,6 +87,11 @@ async def running(
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
+        postgres = liveness(keys)
+        if postgres is not None:  # `store`: PostgreSQL's keys copied, refreshed by a task
+            backends.append(postgres)
+            watching = asyncio.create_task(keys.watch(), name="nobusy-keys")
+            stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
         responses = ResponseStore(settings.data_dir, settings.responses_ttl)
@@ -93,7 +101,9 @@ async def running(
         stack.push_async_callback(router.aclose)
         for upstream in router.upstreams.values():
             await upstream.start()
-        shared = _shared_slots(settings)
+        if settings.state is not None:
+            await _share_upstreams(settings, router, metrics, stack)
+        shared = _shared_slots(settings) if settings.state is None else None
         if shared is not None:
             stack.callback(shared.close)
             router.capacity.share(shared)
@@ -146,18 +156,59 @@ async def _open_limits(
     return shared
 
 
+async def _share_upstreams(
+    settings: Settings, router: Router, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> None:
+    """With ``state``: every upstream's slots are leases in Redis under the fleet's learned
+    limit, circuits are told to every replica, keys' demand and retry budgets are reported;
+    this replica's queue is served by the pump as leases free up anywhere."""
+    assert settings.state is not None
+    url, capacity = settings.state.get_secret_value(), router.capacity
+    ceilings = {name: int(limit.ceiling) for name, limit in capacity.limits.items()}
+    initial = dict.fromkeys(ceilings, settings.initial_concurrency)
+    replica = replica_name(settings)
+    leases = RedisLeases(
+        url, replica, ceilings, initial, settings.lease_ttl, settings.replicas_hint
+    )
+    leases.report = lambda: reports.report(router)
+    leases.learn = lambda others: reports.learn(router, others)
+    stack.push_async_callback(leases.aclose)  # after the pump and the signals: slots go back
+    await leases.start()
+    capacity.lease(leases)
+    metrics.watch_leases(lambda: leases.shared)
+
+    def follow(verdict: Verdict) -> None:
+        upstream, event, seconds, reason, ejections = verdict
+        stats = router.stats.get(upstream)
+        if stats is not None:
+            stats.circuit.follow(event, seconds, reason, ejections)
+
+    signals = RedisSignals(url, leases.member, follow)
+    stack.push_async_callback(signals.aclose)
+    for name, stats in router.stats.items():
+        stats.circuit.told = functools.partial(_tell, signals, name)
+    await signals.start()
+    pump = asyncio.create_task(capacity.pump(), name="nobusy-pump")
+    stack.push_async_callback(_cancel, pump)
+
+
+def _tell(
+    signals: RedisSignals, upstream: str, event: str, seconds: float, reason: str, ejections: int
+) -> None:
+    signals.tell((upstream, event, seconds, reason, ejections))
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
 
-def _open_audit(settings: Settings) -> AuditLog | None:
+def _open_audit(settings: Settings, keys: KeyStore) -> AuditLog | None:
     if not settings.audit.enabled:
         return None
     suite = load_suite(settings.crypto, settings.data_dir, os.environ)
-    audit = settings.audit
-    return AuditLog(settings.data_dir, suite, audit.store, audit.retention_days)
+    return open_audit(settings, suite, keys, serving=True)
 
 
 async def _prune_audit(audit: AuditLog) -> None:

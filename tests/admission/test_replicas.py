@@ -31,7 +31,12 @@ models:
 
 
 def replicas(
-    tmp: Path, fake: Process, redis_url: str, *keys: tuple[str, ...]
+    tmp: Path,
+    fake: Process,
+    redis_url: str,
+    *keys: tuple[str, ...],
+    config: str = CONFIG,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[Process], list[str]]:
     """Keys made in the first replica's data dir and copied to the second's, as a shared key
     store would hold them; then both replicas on the same Redis."""
@@ -44,12 +49,12 @@ def replicas(
     copy = sqlite3.connect(second / "data" / DB_NAME)
     with closing(source), closing(copy):
         source.backup(copy)
-    config = CONFIG.format(fake=fake.url)
+    config = config.format(fake=fake.url)
     started: list[Process] = []
     try:
         for folder in (first, second):
-            env = {"NOBUSY_STATE": redis_url, "NOBUSY_REPLICA_ID": folder.name}
-            started.append(serve(folder, config, env=env))
+            each = {"NOBUSY_STATE": redis_url, "NOBUSY_REPLICA_ID": folder.name, **(env or {})}
+            started.append(serve(folder, config, env=each))
     except BaseException:
         for process in started:
             process.stop()

@@ -36,6 +36,9 @@ def other_value(name: str) -> tuple[str, Any]:
         return "a.example, b.example", ("a.example", "b.example")
     if name == "state":
         return "redis://:s3cret@cache.test/0", SecretStr("redis://:s3cret@cache.test/0")
+    if name == "store":
+        url = "postgresql://nobusy:s3cret@db.test/nobusy"
+        return url, SecretStr(url)
     if SecretStr in get_args(annotation):
         return "s3cret-" * 3, SecretStr("s3cret-" * 3)
     raise AssertionError(f"{name}: add its type to this test ({annotation})")
@@ -71,9 +74,9 @@ def test_every_scalar_setting_is_a_variable() -> None:
 def test_every_scalar_setting_but_secrets_is_a_flag_of_serve(served: list[Settings]) -> None:
     params = {param.name: param for param in serve.params}
     flagged = [n for n in SCALARS if SecretStr not in get_args(Settings.model_fields[n].annotation)]
-    # A command line is readable by all; a Redis URL may hold a password.
-    assert set(SCALARS) - set(flagged) == {"admin_key", "state"}
-    assert "admin_key" not in params and "state" not in params
+    # A command line is readable by all; a Redis or PostgreSQL URL may hold a password.
+    assert set(SCALARS) - set(flagged) == {"admin_key", "state", "store"}
+    assert not {"admin_key", "state", "store"} & set(params)
     for name in flagged:
         param, field = params[name], Settings.model_fields[name]
         assert isinstance(param, click.Option)

@@ -106,3 +106,27 @@ def test_a_success_still_in_flight_does_not_reopen_an_ejected_upstream() -> None
     c.begin()
     c.success()  # the probe
     assert c.state is State.CLOSED
+
+
+def test_verdicts_are_told_and_another_replicas_are_followed_without_telling() -> None:
+    told: list[tuple[str, float, str, int]] = []
+    c, clock = circuit(consecutive_failures=1, ejection=10)
+    c.told = lambda *verdict: told.append(verdict)
+    c.failure("boom")  # an ejection
+    c.failure("HTTP 429", retry_after=30)  # a pause: the longer end
+    assert told == [("open", 10.0, "boom", 1), ("open", 30.0, "HTTP 429", 1)]
+    clock.now += 30
+    c.begin()
+    c.success()  # the probe closed it
+    assert told[-1] == ("close", 0.0, "", 0)
+
+    other, clock = circuit()
+    other.told = lambda *verdict: told.append(verdict)
+    count = len(told)
+    other.follow("open", 30.0, "HTTP 429", 2)
+    assert other.state is State.OPEN and other.retry_in() == 30 and other.ejections == 2
+    other.follow("open", 5.0, "later, shorter", 2)
+    assert other.retry_in() == 30  # never shorter than what it knows
+    other.follow("close", 0.0, "", 0)
+    assert other.state is State.CLOSED and other.available()
+    assert len(told) == count  # following is not telling: no echo between replicas

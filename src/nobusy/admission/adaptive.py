@@ -63,6 +63,7 @@ class AIMDLimit:
     slowdowns: int = 0  # decreases for a queue seen in the time to first token
     name: str = ""  # the upstream's, for the log
     reported: int = 0  # the whole limit last logged
+    fleet: int = 0  # with state: slots the whole fleet held, as last seen (else 0)
 
     def __post_init__(self) -> None:
         self.reported = self.current
@@ -125,7 +126,7 @@ class AIMDLimit:
             self.last_drop = float(in_flight)
             self.limit = max(self.floor, min(self.limit * self.backoff, in_flight - 1.0))
             self._log_change(f"busy with {in_flight} of ours in flight")
-        elif outcome == "ok" and self.in_flight + 1 >= self.current / 2:
+        elif outcome == "ok" and max(self.in_flight + 1, self.fleet) >= self.current / 2:
             step = 1.0
             if self.limit >= self.last_drop + 1:
                 # The refused level has held a while: the upstream has grown.

@@ -10,11 +10,17 @@ Within a priority class, a key asking for more than its max-min fair share (a *h
 of the class needed at their busiest lately: no request is pre-empted once running, so free
 slots are what keep a flooding key from making the others wait at all. Across classes there
 is no such reserve: higher classes are simply served first.
+
+With ``state`` set, slots are leases in Redis (``store.redis_leases``, taken by ``take``) and
+the limit is the fleet's; each replica keeps its own queue, served by ``pump`` as leases free
+up anywhere. Who is heavy is decided on the fleet's numbers (``others``, ``routing.reports``),
+and a heavy key's take asks Redis to leave the light keys' reserve free across the fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -24,6 +30,7 @@ from nobusy.admission.fairness import Fairness
 from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
 from nobusy.admission.shared import SharedSlots
 from nobusy.errors import QueueFull, QueueTimeout
+from nobusy.store.interfaces import FleetLeases
 
 __all__ = ["Capacity", "Ticket"]
 
@@ -65,6 +72,12 @@ class Capacity:
         # When answers ended well lately: how fast an upstream really drains its slots.
         self._answered: dict[str, deque[float]] = {name: deque() for name in max_concurrency}
         self.shared: SharedSlots | None = None
+        self.leases: FleetLeases | None = None  # with ``state``: leases in Redis
+        self._wake = asyncio.Event()  # a lease was given back: the pump tries at once
+        # The other replicas' active keys: key -> (priority, requests waiting there), and
+        # upstream -> key -> slots they hold there (``routing.reports``).
+        self.others: dict[str, tuple[str, int]] = {}
+        self.others_held: dict[str, dict[str, int]] = {}
         # Seconds until an upstream may be sent anything (its circuit is open, or a probe is
         # out): the router's view. Slots on it are not handed to waiters meanwhile.
         self.pause: Callable[[str], float] = lambda _: 0.0
@@ -73,12 +86,82 @@ class Capacity:
         """Count slots on ``shared.ceilings``' upstreams with the other worker processes."""
         self.shared = shared
 
+    def lease(self, leases: FleetLeases) -> None:
+        """Take every slot as a lease from ``leases``, under the fleet's shared limit."""
+        self.leases = leases
+        for name, limit in self.limits.items():
+            limit.limit = leases.limit[name]
+
     async def pump(self) -> None:
-        """With shared ceilings: hand slots freed by other workers to this one's waiters."""
+        """With shared ceilings: hand slots freed by other workers (or replicas) to this one's
+        waiters."""
         while True:
-            await asyncio.sleep(_PUMP_EVERY)
-            if self.shared is not None and self.queue.size:
-                self.dispatch(self.shared.ceilings)
+            if self.leases is None:
+                await asyncio.sleep(_PUMP_EVERY)
+                if self.shared is not None and self.queue.size:
+                    self.dispatch(self.shared.ceilings)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _PUMP_EVERY)
+            self._wake.clear()
+            for upstream in self.leases.ceilings:
+                if self.queue.size:
+                    await self._serve(upstream, self.leases)
+
+    async def _serve(self, upstream: str, leases: FleetLeases) -> None:
+        """Hand leases on ``upstream`` to waiters: light keys first, a heavy key while the
+        light keys' reserve stays free in the fleet."""
+        limit = self.limits[upstream]
+        while self.queue.size and limit.has_room() and self.pause(upstream) <= 0:
+            waiter = self.queue.pop_for(upstream, lambda k: not self._reserve(upstream, k)[0])
+            waiter = waiter or self.queue.pop_for(upstream)
+            if waiter is None:
+                return
+            who = waiter.key
+            taken = await leases.take(upstream, who, *self._reserve(upstream, who))
+            self._follow(upstream)
+            if waiter.future.done():  # it left while Redis was asked
+                if taken:
+                    leases.give_back(upstream, who)
+                continue
+            if not taken:
+                self.queue.push(waiter, front=True)
+                return
+            self._grant(upstream, waiter.key, waiter.priority)
+            waiter.future.set_result(upstream)
+
+    async def take(self, upstream: str, who: str = "") -> bool:
+        """``try_take``, as a lease from the fleet's when ``state`` is set (one round trip)."""
+        leases = self.leases
+        if leases is None or upstream not in leases.ceilings:
+            return self.try_take(upstream, who)
+        if not self.limits[upstream].has_room():
+            return False
+        taken = await leases.take(upstream, who, *self._reserve(upstream, who))
+        self._follow(upstream)
+        if taken:
+            self._grant(upstream, who, self._priority(who))
+        return taken
+
+    def _follow(self, upstream: str) -> None:
+        """The fleet's limit and load, as Redis last said, become this replica's view."""
+        assert self.leases is not None
+        limit = self.limits[upstream]
+        limit.limit = self.leases.limit[upstream]
+        limit.epoch = self.leases.epoch[upstream]
+        limit.fleet = self.leases.held(upstream)
+
+    def _reserve(self, upstream: str, who: str) -> tuple[int, frozenset[str]]:
+        """What a take by ``who`` must leave free in the fleet: when ``who`` is heavy, the
+        light keys' recent peak less what they hold (Redis counts that exactly), else none."""
+        light: frozenset[str] = frozenset()
+        if not who:
+            return 0, light
+        peers = self._peers(who)
+        if not peers:
+            return 0, light
+        light, _, peak = self._light(upstream, who, peers)
+        return (0, frozenset()) if who in light else (peak, light)
 
     def _shared_take(self, upstream: str) -> bool:
         shared = self.shared
@@ -104,9 +187,21 @@ class Capacity:
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < _ACTIVE}
             self.fair.forget(self._seen)
 
+    def active(self) -> list[tuple[str, str]]:
+        """The keys (with their class) that asked this replica for something lately."""
+        now = self.clock()
+        return [(k, p) for k, (t, p) in self._seen.items() if now - t < _ACTIVE]
+
+    def holding(self) -> dict[str, dict[str, int]]:
+        """Slots this replica holds on each upstream, by key."""
+        return {name: dict(held) for name, held in self._held.items()}
+
     def _priority(self, who: str) -> str:
         seen = self._seen.get(who)
-        return seen[1] if seen is not None else "normal"
+        if seen is not None:
+            return seen[1]
+        other = self.others.get(who)
+        return other[0] if other is not None else "normal"
 
     def _peers(self, who: str) -> list[str]:
         """Other keys of ``who``'s class that asked for something lately."""
@@ -114,11 +209,19 @@ class Capacity:
         if seen is None:
             return []
         now, priority = self.clock(), seen[1]
-        return [
+        peers = [
             k
             for k, (t, p) in self._seen.items()
             if k != who and p == priority and now - t < _ACTIVE
         ]
+        if self.others:  # with state: the keys active on the other replicas too
+            mine = set(peers)
+            peers += [
+                k
+                for k, (p, _) in self.others.items()
+                if k != who and p == priority and k not in mine
+            ]
+        return peers
 
     def _light(self, upstream: str, who: str, peers: list[str]) -> tuple[frozenset[str], int, int]:
         """The light keys of ``who``'s class on ``upstream``, the slots they hold there now,
@@ -126,10 +229,11 @@ class Capacity:
         priority = self._priority(who)
         limit, service = self.limits[upstream], self.service[upstream]
         light = self.fair.light(upstream, priority, [who, *peers], limit.current, service)
-        held = self._held[upstream]
-        holding = sum(held.get(k, 0) for k in light)
-        wanted = holding + sum(self.queue.waiting(k, priority) for k in light)
-        return light, holding, self.fair.peak(upstream, wanted, service)
+        held, theirs = self._held[upstream], self.others_held.get(upstream, {})
+        holding = sum(held.get(k, 0) + theirs.get(k, 0) for k in light)
+        waiting = sum(self.queue.waiting(k, priority) for k in light)
+        waiting += sum(self.others[k][1] for k in light if k in self.others)
+        return light, holding, self.fair.peak(upstream, holding + waiting, service)
 
     def _within_share(self, upstream: str, who: str) -> bool:
         """May ``who`` take one more slot on ``upstream`` without making a peer wait?"""
@@ -148,8 +252,10 @@ class Capacity:
 
     def try_take(self, upstream: str, who: str = "") -> bool:
         """Take a slot if the upstream has room and ``who`` (noted by the caller) is within its
-        share."""
+        share. (A lease from the fleet needs a round trip: ``take``.)"""
         limit = self.limits[upstream]
+        if self._leased(upstream):
+            return False
         if not limit.has_room() or not self._within_share(upstream, who):
             return False
         if not self._shared_take(upstream):
@@ -159,11 +265,21 @@ class Capacity:
 
     def first_token(self, upstream: str, seconds: float, sent: Load) -> None:
         """An attempt's first token came after ``seconds``: the limit watches for a queue."""
-        self.limits[upstream].first_token(seconds, sent)
+        limit = self.limits[upstream]
+        before = limit.limit
+        if limit.first_token(seconds, sent) and self._leased(upstream):
+            assert self.leases is not None
+            self.leases.adjust(upstream, "scale", limit.limit / before)
 
     def load(self, upstream: str) -> Load:
-        """Read when a request is sent on a slot, handed back on release."""
-        return self.limits[upstream].load()
+        """Read when a request is sent on a slot, handed back on release (with leases, the
+        fleet's load as the last take saw it)."""
+        limit = self.limits[upstream]
+        in_flight, epoch = limit.load()
+        return max(in_flight, limit.fleet), epoch
+
+    def _leased(self, upstream: str) -> bool:
+        return self.leases is not None and upstream in self.leases.ceilings
 
     def _grant(self, upstream: str, who: str, priority: str) -> None:
         self.limits[upstream].acquire()
@@ -187,7 +303,17 @@ class Capacity:
         sent: Load | None = None,
     ) -> None:
         """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
-        self.limits[upstream].release(outcome, sent)
+        limit = self.limits[upstream]
+        before, epoch = limit.limit, limit.epoch
+        limit.release(outcome, sent)
+        if self._leased(upstream):
+            # The fleet's limit learns what this answer taught, in Redis (off the hot path).
+            assert self.leases is not None
+            if limit.epoch != epoch and sent is not None:
+                self.leases.adjust(upstream, "drop", *sent)
+            elif limit.limit != before:
+                self.leases.adjust(upstream, "add", limit.limit - before)
+            self.leases.give_back(upstream, who)
         self._shared_give_back(upstream)
         held = self._held[upstream]
         if held.get(who, 0) > 1:
@@ -211,6 +337,9 @@ class Capacity:
             self._hand_over(upstream)
 
     def _hand_over(self, upstream: str) -> None:
+        if self._leased(upstream):
+            self._wake.set()  # leases are taken by the pump, a round trip each
+            return
         limit = self.limits[upstream]
         if self.queue.size and self.pause(upstream) > 0:
             return  # a waiter's ticket dispatches again within a second
@@ -310,6 +439,8 @@ class Capacity:
             }
             if self.shared is not None and name in self.shared.ceilings:
                 view["in_flight_all_workers"] = self.shared.held(name)
+            if self.leases is not None and name in self.leases.ceilings:
+                view["leases_held"] = self.leases.held(name)
             views[name] = view
         return views
 

@@ -14,6 +14,10 @@ wait alone (issue 11: p99 2.5-2.9× with random arrivals). So a heavy key takes 
 while the slots left free still cover what the light keys held at their busiest lately
 (``_PEAK_WINDOW``): the flood gets what the others did not need, not a share of what they
 will.
+
+With ``state`` set, a key's demand is the fleet's: ``others`` holds the request rate and answer
+time the other replicas report for it (``routing.reports``), so a key flooding one replica is
+heavy on all of them, and a quiet key on another replica counts among the light ones.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Fairness:
         self._peaks: dict[str, deque[tuple[float, int]]] = {}
         # (upstream, class) -> (when, the keys classified, the light ones among them)
         self._light: dict[tuple[str, str], tuple[float, frozenset[str], frozenset[str]]] = {}
+        # key -> (requests per second, answer time or 0) at the other replicas, as reported
+        self.others: dict[str, tuple[float, float]] = {}
 
     def arrived(self, key: str) -> None:
         now = self.clock()
@@ -65,8 +71,8 @@ class Fairness:
         self._arrivals = {k: v for k, v in self._arrivals.items() if k in kept}
         self._seconds = {k: v for k, v in self._seconds.items() if k in kept}
 
-    def demand(self, key: str, service: float) -> float:
-        """Slots ``key`` offers to keep busy: its request rate times its answer time."""
+    def rate(self, key: str) -> float:
+        """Requests per second ``key`` sent to this process lately."""
         seen = self._arrivals.get(key)
         if seen is None:
             return 0.0
@@ -75,8 +81,17 @@ class Fairness:
         # A key seen for less than the window has had less time to send: divide by the time
         # the decayed count covers (as Adam's bias correction), at least a second.
         span = _WINDOW * (1.0 - math.exp(-max(now - first, 1.0) / _WINDOW))
-        rate = count * math.exp(-(now - last) / _WINDOW) / span
-        return rate * self._seconds.get(key, service)
+        return count * math.exp(-(now - last) / _WINDOW) / span
+
+    def seconds(self, key: str) -> float | None:
+        """``key``'s smoothed answer time here, if it was answered lately."""
+        return self._seconds.get(key)
+
+    def demand(self, key: str, service: float) -> float:
+        """Slots ``key`` offers to keep busy: its request rate times its answer time (the
+        fleet's, with ``others``)."""
+        rate, seconds = self.others.get(key, (0.0, 0.0))
+        return (self.rate(key) + rate) * self._seconds.get(key, seconds or service)
 
     def light(
         self, upstream: str, cls: str, keys: Iterable[str], slots: int, service: float

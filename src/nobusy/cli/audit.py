@@ -18,7 +18,10 @@ from rich.table import Table
 
 from nobusy.cli.options import existing_store, settings_for, store_options
 from nobusy.crypto import CryptoError, SuiteName, load_suite, signature_algorithm
+from nobusy.errors import ConfigError
+from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog, verify_export
+from nobusy.store.backends import open_audit
 
 __all__ = ["audit", "parse_since"]
 
@@ -38,21 +41,21 @@ def _common(fn: F) -> F:
 
 def _where(
     config_file: Path | None, data_dir: Path | None, crypto: SuiteName | None, need: bool = True
-) -> tuple[Path, SuiteName]:
-    """The server's data dir (it must hold audit.db when ``need``) and crypto suite."""
+) -> tuple[Settings, SuiteName]:
+    """The server's settings (its data dir must hold audit.db when ``need``, unless the log
+    is in PostgreSQL) and crypto suite."""
     if need:
-        settings, found = existing_store(config_file, data_dir, "audit.db")
+        settings, _ = existing_store(config_file, data_dir, "audit.db")
     else:
         settings = settings_for(config_file, data_dir=data_dir)
-        found = settings.data_dir
-    return found, crypto or settings.crypto
+    return settings, crypto or settings.crypto
 
 
-def _open(data_dir: Path, crypto: SuiteName) -> AuditLog:
+def _open(settings: Settings, crypto: SuiteName) -> AuditLog:
     try:
-        suite = load_suite(crypto, data_dir, os.environ, create_key=False)
-        return AuditLog(data_dir, suite)
-    except (CryptoError, AuditError) as e:
+        suite = load_suite(crypto, settings.data_dir, os.environ, create_key=False)
+        return open_audit(settings, suite)
+    except (CryptoError, AuditError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -93,15 +96,16 @@ def verify(
     public_key: Path | None,
 ) -> None:
     """Check the hash chain of audit.db (or a signed export); exit 1 at the first bad row."""
-    data_dir, crypto = _where(config_file, data_dir, crypto, need=export_file is None)
+    settings, crypto = _where(config_file, data_dir, crypto, need=export_file is None)
+    data_dir = settings.data_dir
     console = Console()
     table = Table(show_header=False)
     if export_file is None:
         if signature or public_key:
             raise click.UsageError("--signature and --public-key need --export")
-        with _open(data_dir, crypto) as log:
+        with _open(settings, crypto) as log:
             result = log.verify()
-        table.title = f"audit log {data_dir / 'audit.db'} ({crypto})"
+        table.title = f"audit log {log.where} ({crypto})"
         rows = [
             ("rows checked", f"{result.rows_checked:,}"),
             ("pruned through row", str(result.pruned_through or "-")),
@@ -157,10 +161,10 @@ def export(
 ) -> None:
     """Write audit rows from --since on as JSON lines, optionally with a signature file."""
     start = parse_since(since)
-    data_dir, crypto = _where(config_file, data_dir, crypto)
+    settings, crypto = _where(config_file, data_dir, crypto)
     if sign and out is None:
         raise click.UsageError("--sign needs --out: the signature covers the file's bytes")
-    with _open(data_dir, crypto) as log:
+    with _open(settings, crypto) as log:
         try:
             if out is None:
                 for record in log.export(start, decrypt):

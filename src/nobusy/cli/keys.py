@@ -24,6 +24,7 @@ from nobusy.cli.options import (
 from nobusy.edge.auth import hashers_for
 from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import PRIORITIES, Key, validate
+from nobusy.store.backends import open_keys
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME
 
@@ -115,9 +116,9 @@ def _store(
     try:
         if fields is not None:
             validate(fields)
-        new = not (settings.data_dir / DB_NAME).is_file()
+        new = settings.store is None and not (settings.data_dir / DB_NAME).is_file()
         # The same hashers as the server's: its `crypto` setting.
-        store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+        store = open_keys(settings, hashers_for(settings.crypto))
         if new:
             Console(stderr=True).print(
                 f"Created a new key database {escape(str((settings.data_dir / DB_NAME).resolve()))}"

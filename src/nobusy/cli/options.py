@@ -155,7 +155,7 @@ def existing_store(
     """The settings and data dir, once ``data_dir/file`` is known to exist."""
     settings = settings_for(config_file, data_dir=data_dir)
     path = settings.data_dir / file
-    if not path.is_file():
+    if settings.store is None and not path.is_file():  # PostgreSQL: no file to find
         raise CliError(
             f"no {file} in {settings.data_dir.resolve()} "
             f"(the data dir from {where(settings, config_file, data_dir)})",

@@ -31,6 +31,7 @@ __all__ = ["PROBES", "check", "models", "serve"]
 # configured. Import strings: a driver is imported only when probed.
 PROBES: dict[str, str] = {
     "redis": "nobusy.store.redis_client:probe",
+    "postgresql": "nobusy.store.postgres:probe",
 }
 
 _settings = settings_for

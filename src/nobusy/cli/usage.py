@@ -15,7 +15,7 @@ from rich.table import Table
 from nobusy.cli.audit import parse_since
 from nobusy.cli.options import existing_store, store_options
 from nobusy.errors import NobusyError
-from nobusy.store.migrations import DB_NAME, open_db
+from nobusy.store.backends import describe, reading
 from nobusy.store.usage import GROUPS, Group, summarize
 
 __all__ = ["percentile", "usage"]
@@ -45,18 +45,15 @@ def percentile(ordered: list[float], p: float) -> float | None:
 def usage(by: str, since: str | None, config_file: Path | None, data_dir: Path | None) -> None:
     """Requests, outcomes, tokens, time to first token and queue wait, grouped."""
     start = parse_since(since) if since is not None else None
-    _, data_dir = existing_store(config_file, data_dir)
+    settings, _ = existing_store(config_file, data_dir)
     try:
-        db = open_db(data_dir)
+        with reading(settings) as conn:
+            groups = summarize(conn, by, start)
     except NobusyError as exc:
         raise click.ClickException(exc.message) from None
-    try:
-        groups = summarize(db.conn, by, start)
-    finally:
-        db.close()
     window = f"since {start:%Y-%m-%d %H:%M} UTC" if start is not None else "all time"
     if not groups:
-        Console().print(f"No requests logged in {data_dir / DB_NAME}, {window}.")
+        Console().print(f"No requests logged in {escape(describe(settings))}, {window}.")
         return
     Console().print(_table(groups, f"Usage by {by}, {window}"))
 

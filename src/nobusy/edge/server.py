@@ -293,10 +293,10 @@ def _app_factory(settings: Settings) -> functools.partial[Any]:
 def run(settings: Settings, config_file: Path | None = None) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     from nobusy.edge.auth import hashers_for
-    from nobusy.store.keys import KeyStore
+    from nobusy.store.backends import open_keys
     from nobusy.store.redis_client import check_state
 
-    store = KeyStore(settings.data_dir, hashers_for(settings.crypto))
+    store = open_keys(settings, hashers_for(settings.crypto))
     try:
         check_bind(settings, has_keys=store.any_keys())
         active = store.active_count()

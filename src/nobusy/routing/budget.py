@@ -2,6 +2,10 @@
 
 Used for retries (Google SRE: keep retries under ~10% of requests, so an outage grows load
 ~1.1x instead of ~3x) and for hedged requests (a few percent of requests at most).
+
+With ``state`` set, the other replicas' events and spending within their windows (``others``,
+reported every ``store.redis_leases.SYNC`` seconds) count too, so the budget bounds the
+fleet's failovers, not each replica's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class Budget:
     clock: Callable[[], float] = time.monotonic
     _events: deque[float] = field(default_factory=deque)
     _spent: deque[float] = field(default_factory=deque)
+    others: tuple[int, int] = (0, 0)  # the other replicas' (events, spent) in their windows
 
     def note(self) -> None:
         """Count one base event (a request, or a first attempt)."""
@@ -43,7 +48,16 @@ class Budget:
         for queue in (self._events, self._spent):
             while queue and queue[0] < horizon:
                 queue.popleft()
-        if len(self._spent) < self.minimum + self.ratio * len(self._events):
+        events, spent = self.others
+        if len(self._spent) + spent < self.minimum + self.ratio * (len(self._events) + events):
             self._spent.append(now)
             return True
         return False
+
+    def counts(self) -> tuple[int, int]:
+        """(events, spent) within the window now: what this replica reports to the others."""
+        horizon = self.clock() - self.window
+        for queue in (self._events, self._spent):
+            while queue and queue[0] < horizon:
+                queue.popleft()
+        return len(self._events), len(self._spent)

@@ -9,6 +9,9 @@
 Ejection time grows with each ejection (``base × n``, capped), as in Envoy's outlier
 detection; a ``Retry-After`` is the upstream's own statement of when to come back, so it sets
 the time directly and does not count as an ejection.
+
+With ``state`` set, ``told`` hears every verdict of this process (opened for so long, closed)
+so the other replicas apply it (``follow``) within milliseconds (``store.redis_signals``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Circuit:
     probing: bool = False
     reason: str = ""
     name: str = ""  # the upstream's, for the log
+    # Hears this process's verdicts: ("open", seconds, reason, ejections) or ("close", ...).
+    told: Callable[[str, float, str, int], None] | None = None
     _history: deque[tuple[float, bool]] = field(default_factory=deque)
 
     @property
@@ -82,6 +87,7 @@ class Circuit:
             self.ejections = max(0, self.ejections - 1)
             self.reason = ""
             log.warning("circuit of %s closed: it answered again", self.name or "?")
+            self._tell("close", 0.0)
         self.probing = False
 
     def failure(
@@ -98,6 +104,7 @@ class Circuit:
                     self.name or "?", retry_after, reason,
                 )  # fmt: skip
             self.open_until = max(self.open_until, self.clock() + retry_after)
+            self._tell("open", self.open_until - self.clock())
             return
         if was_probe or misconfigured or self._tripped():
             self._eject()
@@ -106,11 +113,35 @@ class Circuit:
         """Back into rotation now, history forgotten (an operator's decision)."""
         if self.open_until:
             log.warning("circuit of %s closed by an operator's reset", self.name or "?")
+            self._tell("close", 0.0)
         self.consecutive = self.ejections = 0
         self.open_until = 0.0
         self.probing = False
         self.reason = ""
         self._history.clear()
+
+    def follow(self, event: str, seconds: float, reason: str, ejections: int) -> None:
+        """Apply another replica's verdict: open for ``seconds`` more (never shorter than this
+        process's own), or closed."""
+        if event == "open":
+            until = self.clock() + seconds
+            if until > self.open_until:
+                if self.open_until <= self.clock():
+                    log.warning(
+                        "circuit of %s open for %gs (told by another replica): %s",
+                        self.name or "?", round(seconds, 3), reason,
+                    )  # fmt: skip
+                self.open_until, self.reason = until, reason
+                self.ejections = max(self.ejections, ejections)
+        elif event == "close" and self.open_until:
+            self.open_until = 0.0
+            self.reason = ""
+            self.probing = False
+            log.warning("circuit of %s closed (told by another replica)", self.name or "?")
+
+    def _tell(self, event: str, seconds: float) -> None:
+        if self.told is not None:
+            self.told(event, seconds, self.reason, self.ejections)
 
     def cancelled(self) -> None:
         """The request ended without a verdict (the client left): free the probe slot."""
@@ -135,6 +166,7 @@ class Circuit:
             "circuit of %s open for %gs (ejection %d): %s",
             self.name or "?", seconds, self.ejections, self.reason,
         )  # fmt: skip
+        self._tell("open", seconds)
 
     def _record(self, ok: bool) -> None:
         now = self.clock()

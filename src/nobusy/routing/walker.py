@@ -43,6 +43,8 @@ log = logging.getLogger("nobusy.routing")
 
 # The request body to send on a route (a continuation's depends on the route's upstream).
 BodyFor = Callable[[Route], Awaitable[dict[str, Any]]]
+# A route to take a slot on: (route, routes to fail over to, overflow?, failures before it).
+_Candidate = tuple[Route, list[Route], bool, int]
 
 
 class Walker:
@@ -85,21 +87,44 @@ class Walker:
     def reserve(self) -> bool:
         """Take a slot on the first usable route with room (overflow routes last) and return
         True; else join the queue (QueueFull at once if the wait would outlast the patience)
-        and return False. AllUpstreamsFailed when no route is usable at all."""
+        and return False. AllUpstreamsFailed when no route is usable at all. (Slots that are
+        leases from the fleet, with ``state``, need ``take``.)"""
+        failures, candidates = self._candidates()
+        for route, rest, overflow, skipped in candidates:
+            if self.router.capacity.try_take(route.upstream, self.who):
+                self._plan(route, rest, failures[:skipped], overflow)
+                return True
+        return self._queue(failures, candidates)
+
+    async def take(self) -> bool:
+        """``reserve``, where a slot may be a lease from the fleet (a round trip each)."""
+        if self.router.capacity.leases is None:
+            return self.reserve()  # without state: no slot needs a round trip
+        failures, candidates = self._candidates()
+        for route, rest, overflow, skipped in candidates:
+            if await self.router.capacity.take(route.upstream, self.who):
+                self._plan(route, rest, failures[:skipped], overflow)
+                return True
+        return self._queue(failures, candidates)
+
+    def _candidates(self) -> tuple[list[UpstreamError], list[_Candidate]]:
+        """The failures of routes skipped (circuit open), and the usable routes in the order
+        to try them, each with the routes to fail over to after it, whether it is an overflow
+        route, and how many of the failures were met before it."""
         router, spec = self.router, self.spec
         router.capacity.note(self.who, self.priority)
         failures: list[UpstreamError] = []
-        usable: list[Route] = []
+        candidates: list[_Candidate] = []
         for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
             ordered, skipped = router.plan(routes)
             failures.extend(router.ejected(r) for r in skipped)
             for i, route in enumerate(ordered):
-                if router.capacity.try_take(route.upstream, self.who):
-                    rest = ordered[i + 1 :] if not overflow else ()
-                    self._plan(route, rest, failures, overflow)
-                    return True
-            usable.extend(ordered)
-        if not usable:
+                rest = ordered[i + 1 :] if not overflow else []
+                candidates.append((route, rest, overflow, len(failures)))
+        return failures, candidates
+
+    def _queue(self, failures: list[UpstreamError], candidates: list[_Candidate]) -> bool:
+        if not candidates:
             raise AllUpstreamsFailed(self.alias, failures)
         self._enqueue(self.patience)
         return False
@@ -166,7 +191,7 @@ class Walker:
     async def next_attempt(self, body_for: BodyFor) -> Attempt:
         """After the answering attempt failed mid-answer: the next route's attempt, sent the
         body ``body_for`` makes for it, read up to its first token."""
-        return await self._walk(self._next_route(), body_for)
+        return await self._walk(await self._next_route(), body_for)
 
     async def continuation(self, route: Route) -> Method:
         """How ``route``'s upstream continues a cut answer (``auto``: probed on first need)."""
@@ -192,7 +217,7 @@ class Walker:
                 if self.spec.hedge is not None and self.attempts == 1 and self.rest:
                     winner = await self._hedged(attempt)
                     if winner is None:  # both racers failed, and both are in failures
-                        route = self._next_route()
+                        route = await self._next_route()
                         continue
                     attempt = winner
                 else:
@@ -203,7 +228,7 @@ class Walker:
                     raise
                 self.failures.append(exc)
                 failed = attempt.route
-                route = self._next_route()
+                route = await self._next_route()
                 log.warning(
                     "request %s: %s failed before its first token: %s; %s",
                     self.request_id, failed, exc.message,
@@ -224,7 +249,7 @@ class Walker:
         call = UpstreamCall(model=route.model, body=body, request_id=self.request_id)
         return Attempt(self.router, route, call, self.who)
 
-    def _next_route(self) -> Route | None:
+    async def _next_route(self) -> Route | None:
         """The next usable route with a slot, if the attempt limit and the retry budget allow
         another; each route passed over is noted in ``failures``."""
         router, failures = self.router, self.failures
@@ -242,7 +267,7 @@ class Walker:
             route = self.rest.popleft()
             if not router.stats[route.upstream].circuit.available():
                 failures.append(router.ejected(route))
-            elif not router.capacity.try_take(route.upstream, self.who):
+            elif not await router.capacity.take(route.upstream, self.who):
                 failures.append(
                     UpstreamOverloaded("at its concurrency limit", upstream=route.upstream)
                 )
@@ -276,7 +301,7 @@ class Walker:
             await task
             return first
         budget.note()
-        route = self._next_route()  # notes the routes it skips
+        route = await self._next_route()  # notes the routes it skips
         if route is None:
             await task
             return first

@@ -19,11 +19,10 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,11 +93,11 @@ class AuditLog:
         self._content_key = suite.subkey("audit-content")
         self._block_timeout = block_timeout
         self.dropped = self.written = 0
-        self._write_lock = threading.Lock()  # the write connection: writer thread or prune()
+        self._write_lock = threading.RLock()  # the write connection: writer thread or prune()
         # Never held while writing: append() must not wait behind a slow disk or lock.
         self._drop_lock = threading.Lock()
-        # Autocommit: transactions are explicit (``transaction``), the meta rows commit alone.
-        self._db = migrate(self.path, AUDIT, autocommit=True).conn
+        self.where = str(self.path)  # where the log is, in messages
+        self._db = self._open()
         try:
             self._check_meta()
         except BaseException:
@@ -113,6 +112,27 @@ class AuditLog:
             linger=flush_interval,
         )
 
+    # What differs between databases (nobusy.store.pg_audit overrides these).
+    _SNAPSHOT = "BEGIN"  # reads in one snapshot
+    _read_columns = _READ_COLUMNS
+
+    def _open(self) -> Any:
+        # Autocommit: transactions are explicit (``transaction``), the meta rows commit alone.
+        return migrate(self.path, AUDIT, autocommit=True).conn
+
+    def _close_db(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction on the chain: no other writer appends until it ends."""
+        return transaction(self._db)
+
+    def _unguard(self, db: Any) -> None:
+        db.execute("DROP TRIGGER audit_no_delete")
+
+    def _reguard(self, db: Any) -> None:
+        db.execute(AUDIT_NO_DELETE)
+
     @property
     def failed(self) -> int:
         """Rows in batches that could not be written."""
@@ -120,17 +140,20 @@ class AuditLog:
 
     def _check_meta(self) -> None:
         check = self._mac(b"key-check", "")
-        self._db.execute("INSERT OR IGNORE INTO audit_meta VALUES ('suite', ?)", (self.suite.name,))
-        self._db.execute("INSERT OR IGNORE INTO audit_meta VALUES ('key_check', ?)", (check,))
+        # ON CONFLICT ... DO NOTHING: the same statement in SQLite and PostgreSQL.
+        for name, value in (("suite", self.suite.name), ("key_check", check)):
+            self._db.execute(
+                "INSERT INTO audit_meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, value)
+            )
         meta = dict(self._db.execute("SELECT name, value FROM audit_meta").fetchall())
         if meta["suite"] != self.suite.name:
             raise AuditError(
-                f"{self.path} was written with crypto {meta['suite']!r}, not "
+                f"{self.where} was written with crypto {meta['suite']!r}, not "
                 f"{self.suite.name!r}: set crypto (NOBUSY_CRYPTO) to {meta['suite']!r}"
             )
         if meta["key_check"] != check:
             raise AuditError(
-                f"{self.path} was written with another data key (NOBUSY_SECRET_KEY or "
+                f"{self.where} was written with another data key (NOBUSY_SECRET_KEY or "
                 "secret.key): its chain cannot be verified or its content decrypted with this one"
             )
 
@@ -176,7 +199,7 @@ class AuditLog:
         # A prune() still running on its thread (its task cancelled at shutdown) holds the
         # write connection: closing it under that thread crashed the interpreter.
         with self._write_lock:
-            self._db.close()
+            self._close_db()
 
     def _write_locked(self, batch: list[_Pending]) -> None:
         with self._write_lock:
@@ -184,7 +207,7 @@ class AuditLog:
         self.written += len(batch)
 
     def _write(self, batch: list[_Pending]) -> None:
-        with transaction(self._db) as db:
+        with self._transaction() as db:
             # The head is read inside the write lock, so several workers share one chain.
             last_id, prev = self._state(db, "head") or self._state(db, "anchor") or (0, GENESIS)
             rows = []
@@ -222,7 +245,7 @@ class AuditLog:
     def _mac(self, name: bytes, row_hash: str, row_id: int = 0) -> str:
         return self.suite.keyed_hash(self._chain_key, name + orjson.dumps([row_id, row_hash])).hex()
 
-    def _state(self, db: sqlite3.Connection, name: str) -> tuple[int, str] | None:
+    def _state(self, db: Any, name: str) -> tuple[int, str] | None:
         row = db.execute(
             "SELECT row_id, row_hash, mac FROM audit_chain WHERE name = ?", (name,)
         ).fetchone()
@@ -232,12 +255,15 @@ class AuditLog:
             raise AuditError(f"the {name} checkpoint was altered (its MAC does not match)")
         return int(row[0]), str(row[1])
 
-    def _set_state(self, db: sqlite3.Connection, name: str, row_id: int, row_hash: str) -> None:
+    def _set_state(self, db: Any, name: str, row_id: int, row_hash: str) -> None:
         mac = self._mac(name.encode(), row_hash, row_id)
-        db.execute("INSERT OR REPLACE INTO audit_chain VALUES (?, ?, ?, ?)",
-                   (name, row_id, row_hash, mac))  # fmt: skip
+        db.execute(
+            "INSERT INTO audit_chain VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "row_id = excluded.row_id, row_hash = excluded.row_hash, mac = excluded.mac",
+            (name, row_id, row_hash, mac),
+        )
 
-    def _read(self) -> closing[sqlite3.Connection]:
+    def _read(self) -> closing[Any]:
         db = read_only(self.path)
         # Tampered text need not be UTF-8: read it anyway, so the chain reports it as changed.
         db.text_factory = lambda b: b.decode(errors="replace")
@@ -246,7 +272,7 @@ class AuditLog:
     def verify(self) -> VerifyResult:
         """Walk the whole chain from the prune anchor to the head; report the first bad row."""
         with self._read() as db:
-            db.execute("BEGIN")  # one snapshot: rows and checkpoints from the same moment
+            db.execute(self._SNAPSHOT)  # one snapshot: rows and checkpoints from the same moment
             try:
                 return self._walk(db, None)
             except AuditError as e:
@@ -254,7 +280,7 @@ class AuditLog:
             finally:
                 db.execute("COMMIT")
 
-    def _walk(self, db: sqlite3.Connection, upto: int | None) -> VerifyResult:
+    def _walk(self, db: Any, upto: int | None) -> VerifyResult:
         anchor_id, prev = self._state(db, "anchor") or (0, GENESIS)
         head = self._state(db, "head")
         last_id, n = anchor_id, 0
@@ -262,7 +288,7 @@ class AuditLog:
         def bad(row_id: int, reason: str) -> VerifyResult:
             return VerifyResult(False, n, row_id, reason, anchor_id, last_id or None)
 
-        sql = f"SELECT {_READ_COLUMNS} FROM audit WHERE id <= ? ORDER BY id"
+        sql = f"SELECT {self._read_columns} FROM audit WHERE id <= ? ORDER BY id"
         for row in db.execute(sql, (upto if upto is not None else 2**62,)):
             row_id, stored_prev, stored_hash = row[0], row[-2], row[-1]
             if row_id <= anchor_id:
@@ -286,7 +312,7 @@ class AuditLog:
     def export(self, since: datetime, decrypt: bool = False) -> Iterator[dict[str, Any]]:
         """Rows from ``since`` on, oldest first; content decrypted, base64 of its token, or None."""
         with self._read() as db:
-            sql = f"SELECT {_READ_COLUMNS} FROM audit WHERE time >= ? ORDER BY id"
+            sql = f"SELECT {self._read_columns} FROM audit WHERE time >= ? ORDER BY id"
             for row in db.execute(sql, (_time_text(since),)):
                 record = dict(zip(_CHAIN_COLUMNS.split(", "), row, strict=True))
                 token = record["content"]
@@ -319,7 +345,7 @@ class AuditLog:
         with self._write_lock:
             if self._writer.closed:
                 return 0  # shutting down: the next start prunes
-            with transaction(self._db) as db:
+            with self._transaction() as db:
                 # A prefix only: a row newer than the cutoff may precede an older one (workers).
                 first_kept = db.execute(
                     "SELECT MIN(id) FROM audit WHERE time >= ?", (cutoff,)
@@ -334,9 +360,9 @@ class AuditLog:
                     raise AuditError(f"not pruning a broken chain: {checked.reason}")
                 row_hash = db.execute("SELECT row_hash FROM audit WHERE id = ?", (upto,))
                 self._set_state(db, "anchor", upto, row_hash.fetchone()[0])
-                db.execute("DROP TRIGGER audit_no_delete")
+                self._unguard(db)
                 removed = db.execute("DELETE FROM audit WHERE id <= ?", (upto,)).rowcount
-                db.execute(AUDIT_NO_DELETE)
+                self._reguard(db)
                 return int(removed)
 
 

@@ -1,30 +1,39 @@
 """What the request path needs from storage: five small protocols a backend implements.
 
-Today's backends are SQLite files in the data dir and a memory-mapped file on one host; Redis
-or PostgreSQL (several hosts) would be new modules implementing the same protocols, chosen at
-start-up in ``nobusy.state``; nothing on the request path names a backend.
+Today's backends are SQLite files in the data dir and a memory-mapped file on one host, Redis
+and PostgreSQL for several hosts: modules implementing the same protocols, chosen at start-up
+(``nobusy.state``, ``nobusy.store.backends``); nothing on the request path names a backend.
 
-- ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory).
+- ``KeyLookup``: ``store.keys.KeyStore`` (SQLite, cached in memory),
+  ``store.pg_keys.PgKeyStore`` (PostgreSQL, cached in memory, refreshed by a task).
 - ``LimitCounters``: ``admission.limits.KeyLimits`` (one process),
   ``store.limits.SharedKeyLimits`` (SQLite, the worker processes of one host),
   ``store.redis_limits.RedisKeyLimits`` (Redis, every replica, the token quota's reservations
   too; ``done`` reconciles in a task).
-- ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host).
-- ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread).
-- ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread).
+- ``Leases``: ``admission.shared.SharedSlots`` (a memory-mapped file under flock, one host;
+  decided in microseconds, so taken synchronously where a slot is handed over).
+- ``FleetLeases``: ``store.redis_leases.RedisLeases`` (Redis, every replica): the same slots
+  over the network, so ``take`` is async (one round trip, which also carries the slots given
+  back and the limit's changes); ``give_back`` and ``adjust`` never wait; the learned limit
+  is the fleet's. A separate protocol, not an async ``Leases``: the one-host file needs no
+  round trip, and making it async would move every hand-over of a freed slot into a task.
+- ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread),
+  ``store.pg_usage.PgUsageLog`` (PostgreSQL, spilling to a local file while it is down).
+- ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread),
+  ``store.pg_audit.PgAuditLog`` (PostgreSQL, one chain for every replica).
 
 Each backend is checked against its protocol by mypy (``_backends`` below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nobusy.keys import Key
 from nobusy.store.usage import UsageRecord
 
-__all__ = ["AuditSink", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
+__all__ = ["AuditSink", "FleetLeases", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
 
 
 class KeyLookup(Protocol):
@@ -83,6 +92,37 @@ class Leases(Protocol):
         ...
 
 
+class FleetLeases(Protocol):
+    """Slots on upstreams held by every replica together, under a limit they share."""
+
+    ceilings: dict[str, int]  # the upstreams counted, and each one's ceiling
+    limit: dict[str, float]  # the fleet's learned limit of each, as last seen
+    epoch: dict[str, int]  # its decreases so far (a refusal sent before one is old news)
+
+    async def take(
+        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+    ) -> bool:
+        """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
+        slots kept for the ``light`` keys (less what they hold now)."""
+        ...
+
+    def give_back(self, upstream: str, who: str = "") -> None:
+        """Free one of this replica's slots, without waiting for the backend."""
+        ...
+
+    def adjust(self, upstream: str, kind: str, a: float, b: float = 0.0) -> None:
+        """Change the shared limit (``add``, ``drop``, ``scale``), without waiting."""
+        ...
+
+    def held(self, upstream: str) -> int:
+        """Slots on ``upstream`` held by every replica together, as last seen."""
+        ...
+
+    async def aclose(self) -> None:
+        """Give back this replica's slots at once."""
+        ...
+
+
 class UsageSink(Protocol):
     """Where usage records go: queued without waiting, committed soon, safe once committed."""
 
@@ -126,6 +166,10 @@ if TYPE_CHECKING:
     from nobusy.store.audit import AuditLog
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.pg_audit import PgAuditLog
+    from nobusy.store.pg_keys import PgKeyStore
+    from nobusy.store.pg_usage import PgUsageLog
+    from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
     from nobusy.store.usage import UsageLog
 
@@ -135,8 +179,12 @@ if TYPE_CHECKING:
         shared_limits: SharedKeyLimits,
         redis_limits: RedisKeyLimits,
         slots: SharedSlots,
+        leases: RedisLeases,
         usage: UsageLog,
         audit: AuditLog,
+        pg_keys: PgKeyStore,
+        pg_usage: PgUsageLog,
+        pg_audit: PgAuditLog,
     ) -> None:
         """Never called: mypy checks that each of today's backends satisfies its protocol."""
         _keys: KeyLookup = keys
@@ -144,5 +192,9 @@ if TYPE_CHECKING:
         _shared_limits: LimitCounters = shared_limits
         _redis_limits: LimitCounters = redis_limits
         _slots: Leases = slots
+        _leases: FleetLeases = leases
         _usage: UsageSink = usage
         _audit: AuditSink = audit
+        _pg_keys: KeyLookup = pg_keys
+        _pg_usage: UsageSink = pg_usage
+        _pg_audit: AuditSink = pg_audit

@@ -16,12 +16,12 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from nobusy.errors import (
     InvalidApiKey,
@@ -48,7 +48,7 @@ from nobusy.keys import (
 from nobusy.store.migrations import open_db
 from nobusy.store.sqlite import parse_timestamp, timestamp, transaction
 
-__all__ = ["KeyStore"]
+__all__ = ["KeyStore", "index", "new_id", "to_key"]
 
 log = logging.getLogger("nobusy")
 
@@ -56,7 +56,16 @@ _SECRET = re.compile(r"nb-[A-Za-z0-9_-]{43}")
 _COLUMNS = ", ".join(f.name for f in fields(Key))
 
 
-def _to_key(row: Sequence[object]) -> Key:
+def index(keys: Iterable[Key]) -> tuple[dict[str, Key], dict[str, list[Key]]]:
+    """The keys by id and by prefix (the 8 characters after ``nb-``), in the given order."""
+    by_id = {key.id: key for key in keys}
+    by_prefix: dict[str, list[Key]] = {}
+    for key in by_id.values():
+        by_prefix.setdefault(key.prefix, []).append(key)
+    return by_id, by_prefix
+
+
+def to_key(row: Sequence[object]) -> Key:
     values = dict(zip((f.name for f in fields(Key)), row, strict=True))
     for name in ("created_at", "expires_at", "revoked_at", "last_used_at"):
         values[name] = parse_timestamp(cast("str | None", values[name]))
@@ -68,6 +77,9 @@ def _to_key(row: Sequence[object]) -> Key:
 class KeyStore:
     """The keys in ``data_dir/nobusy.db``; ``hashers[0]`` hashes new keys, all of them verify."""
 
+    _ORDER = "rowid"  # the column that orders keys by creation
+    _conn: Any  # sqlite3.Connection here; the statements are shared with other backends
+
     def __init__(
         self,
         data_dir: Path,
@@ -76,6 +88,19 @@ class KeyStore:
         refresh_interval: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self._setup(hashers, refresh_interval, clock)
+        self._db = open_db(data_dir)
+        self._conn = self._db.conn
+        with self._lock, self._translated():
+            self._reload()
+
+    def _setup(
+        self,
+        hashers: Hasher | Sequence[Hasher],
+        refresh_interval: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        """What every backend of the keys holds before it opens its database."""
         order = [hashers] if callable(hashers) else list(hashers)
         if not order:
             raise ValueError("KeyStore needs at least one hasher")
@@ -86,17 +111,17 @@ class KeyStore:
         self._lock = threading.RLock()
         self._by_id: dict[str, Key] = {}
         self._by_prefix: dict[str, list[Key]] = {}
-        self._db = open_db(data_dir)
-        self._conn = self._db.conn
         self._checked = time.monotonic()
         self._version = -1
-        with self._lock, self._translated():
-            self._reload()
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
             self._db.close()
+
+    async def watch(self) -> None:
+        """Keep the copy fresh in the background: nothing to do here, ``authenticate`` looks at
+        SQLite's data_version itself (a backend across the network refreshes in this task)."""
 
     # Hot path: no SQL but a data_version look once per refresh_interval.
 
@@ -205,7 +230,7 @@ class KeyStore:
         )
         with self._writing() as conn:
             self._check_name_free(name, None)
-            columns["id"] = key_id = _new_id(conn)
+            columns["id"] = key_id = new_id(conn)
             names = ", ".join(columns)
             marks = ", ".join("?" * len(columns))
             conn.execute(f"INSERT INTO keys ({names}) VALUES ({marks})", list(columns.values()))
@@ -287,7 +312,7 @@ class KeyStore:
                 ).fetchall()
             if not rows:
                 raise NotFound(f"No API key with id '{key_id}'.", param="key")
-            key = _to_key(rows[0])
+            key = to_key(rows[0])
             self._by_id[key.id] = key
             self._by_prefix[key.prefix] = [
                 key if k.id == key.id else k for k in self._by_prefix[key.prefix]
@@ -304,7 +329,7 @@ class KeyStore:
             raise StorageUnavailable(f"The key database is unavailable: {exc}.") from None
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[Any]:
         # IMMEDIATE: the name checks and the writes see the same rows.
         with self._lock, self._translated():
             with transaction(self._conn) as conn:
@@ -313,11 +338,8 @@ class KeyStore:
 
     def _reload(self) -> None:
         version = self._data_version()
-        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY rowid").fetchall()
-        by_id = {key.id: key for key in map(_to_key, rows)}
-        by_prefix: dict[str, list[Key]] = {}
-        for key in by_id.values():
-            by_prefix.setdefault(key.prefix, []).append(key)
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY {self._ORDER}").fetchall()
+        by_id, by_prefix = index(map(to_key, rows))
         # Swapped whole, so a reader without the lock sees the old or the new copy.
         self._by_id, self._by_prefix, self._version = by_id, by_prefix, version
 
@@ -330,12 +352,12 @@ class KeyStore:
         # then the newest.
         row = self._conn.execute(
             f"SELECT {_COLUMNS} FROM keys WHERE id = ? OR name = ? "
-            "ORDER BY id = ? DESC, revoked_at IS NULL DESC, rowid DESC",
+            f"ORDER BY id = ? DESC, revoked_at IS NULL DESC, {self._ORDER} DESC",
             (id_or_name, id_or_name, id_or_name),
         ).fetchone()
         if row is None:
             raise NotFound(f"No API key with id or name '{id_or_name}'.", param="key")
-        return _to_key(row)
+        return to_key(row)
 
     def _check_name_free(self, name: str, own_id: str | None) -> None:
         # Names are unique among keys not revoked (a partial unique index says the same).
@@ -358,7 +380,7 @@ def _algorithm_of(digest: str) -> str:
     return algorithm if colon else ""
 
 
-def _new_id(conn: sqlite3.Connection) -> str:
+def new_id(conn: Any) -> str:
     while True:  # 40 random bits: a clash is rare, but must not become an error
         key_id = "key_" + secrets.token_hex(5)
         if conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone() is None:

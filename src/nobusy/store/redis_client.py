@@ -1,8 +1,9 @@
 """The Redis that ``state`` names: its URL shown without secrets, a client, a start-up check.
 
-redis-py's errors enter nobusy here and in ``nobusy.store.redis_limits``, and nowhere else;
-``ERRORS`` is the tuple both catch. A URL's password never leaves this module in text: every
-message names the URL through ``redact`` and passes redis-py's own words through ``scrub``.
+redis-py's errors enter nobusy here and in the other ``nobusy.store.redis_*`` modules, and
+nowhere else; ``ERRORS`` is the tuple they catch. A URL's password never leaves this module in
+text: every message names the URL through ``redact`` and passes redis-py's own words through
+``scrub``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,16 @@ from nobusy.store.migrations import DB_NAME, open_db
 from nobusy.store.sqlite import read_only, timestamp, transaction
 from nobusy.store.writer import BatchWriter
 
-__all__ = ["GROUPS", "Group", "UsageLog", "UsageRecord", "key_usage", "summarize"]
+__all__ = [
+    "COLUMNS",
+    "GROUPS",
+    "Group",
+    "UsageLog",
+    "UsageRecord",
+    "key_usage",
+    "key_usage_rows",
+    "summarize",
+]
 
 log = logging.getLogger("nobusy")
 
@@ -81,10 +90,7 @@ class UsageLog:
         busy_timeout: float = 1.0,
         answer_timeout: float = 1.0,
     ) -> None:
-        self._db = open_db(data_dir)  # WAL, synchronous=NORMAL, migrated; ConfigError if not
-        self._conn = self._db.conn
-        # Short: a locked database is retried by the writer, which logs and can give up at close.
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._open(data_dir, busy_timeout)
         self._block_timeout = block_timeout
         self._answer_timeout = answer_timeout
         # Request ids recorded but not yet committed (or given up), and the answers waiting
@@ -104,9 +110,22 @@ class UsageLog:
         )
         self._writer.start()
 
+    def _open(self, data_dir: Path, busy_timeout: float) -> None:
+        self._db = open_db(data_dir)  # WAL, synchronous=NORMAL, migrated; ConfigError if not
+        self._conn = self._db.conn
+        # Short: a locked database is retried by the writer, which logs and can give up at close.
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+    def _close_db(self) -> None:
+        self._db.close()
+
+    def _row(self, record: UsageRecord) -> _Row:
+        """The row's values; ``row[1]`` is the request id (``_settle`` reads it)."""
+        return _row(record)
+
     def record(self, record: UsageRecord) -> None:
         """Queue one row; when the queue is full, wait ``block_timeout`` at most, then drop it."""
-        row = _row(record)  # a snapshot: the record may still be touched after this call
+        row = self._row(record)  # a snapshot: the record may still be touched after this call
         self._pending.add(record.request_id)  # before the writer can see it
         # Waiting absorbs a burst; once a row was dropped in the last second the writer is
         # stuck (a locked database), and waiting on every request would stall the loop.
@@ -155,7 +174,7 @@ class UsageLog:
         late = self._writer.close(timeout)
         if late:
             self._drop(len(late))
-        self._db.close()
+        self._close_db()
 
     def _write(self, batch: list[_Row]) -> None:
         try:
@@ -212,7 +231,7 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-_COLUMNS = (
+COLUMNS = _COLUMNS = (
     "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
     "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes"
 )
@@ -262,14 +281,16 @@ class Group:
         return self.queue_ms_total / self.requests if self.requests else 0.0
 
 
-def summarize(conn: sqlite3.Connection, by: str, since: datetime | None) -> list[Group]:
+def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
     """The usage rows since ``since`` (all if None) grouped ``by`` key, model or upstream."""
     column = GROUPS[by]
     where, params = ("WHERE time >= ?", [timestamp(since)]) if since is not None else ("", [])
     groups: dict[str | None, Group] = {}
     counts = conn.execute(
-        f"SELECT {column}, outcome, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
-        f"TOTAL(queue_ms) FROM usage {where} GROUP BY {column}, outcome",
+        # Portable SQL (SQLite and PostgreSQL): CAST keeps PostgreSQL's sums integers.
+        f"SELECT {column}, outcome, COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT), "
+        f"CAST(SUM(completion_tokens) AS BIGINT), COALESCE(SUM(queue_ms), 0.0) "
+        f"FROM usage {where} GROUP BY {column}, outcome",
         params,
     )
     for name, outcome, n, prompt, completion, queue_ms in counts:
@@ -308,15 +329,21 @@ def key_usage(data_dir: Path, since: datetime) -> list[dict[str, Any]]:
     # Read-only and separate from the writers' connection: this must never take a write lock.
     try:
         with closing(read_only(path, timeout=1)) as conn:
-            rows = conn.execute(
-                "SELECT usage.key_id, keys.name, COUNT(*), SUM(outcome = 'ok'), "
-                "SUM(prompt_tokens), SUM(completion_tokens) FROM usage "
-                "LEFT JOIN keys ON keys.id = usage.key_id WHERE time >= ? "
-                "GROUP BY usage.key_id ORDER BY COUNT(*) DESC",
-                [timestamp(since)],
-            ).fetchall()
+            return key_usage_rows(conn, since)
     except sqlite3.OperationalError:  # not migrated yet, or busy past the timeout: skip a beat
         return []
+
+
+def key_usage_rows(conn: Any, since: datetime) -> list[dict[str, Any]]:
+    """``key_usage`` read through ``conn`` (SQLite, or PostgreSQL through ``Qmark``)."""
+    rows = conn.execute(
+        "SELECT usage.key_id, keys.name, COUNT(*), "
+        "CAST(SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) AS BIGINT), "
+        "CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT) FROM usage "
+        "LEFT JOIN keys ON keys.id = usage.key_id WHERE time >= ? "
+        "GROUP BY usage.key_id, keys.name ORDER BY COUNT(*) DESC",
+        [timestamp(since)],
+    ).fetchall()
     return [
         {
             "key_id": key_id,

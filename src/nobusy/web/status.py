@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
-from nobusy.store.usage import key_usage
+from nobusy.store.backends import usage_by_key
 
 __all__ = ["USAGE_WINDOW", "counter_totals", "routes", "status"]
 
@@ -40,7 +40,7 @@ async def status(request: Request) -> Response:
     errors = counter_totals(registry, "nobusy_errors", "code")
     in_flight = counter_totals(registry, "nobusy_in_flight_requests", "alias", suffix="")
     since = datetime.now(UTC) - USAGE_WINDOW
-    keys = await run_in_threadpool(key_usage, state.settings.data_dir, since)
+    keys = await run_in_threadpool(usage_by_key, state.settings, since)
     now = time.time()
     return JSONResponse(
         {

@@ -1,0 +1,161 @@
+"""The PostgreSQL step of every migration in ``nobusy.store.migrations``, and how they apply.
+
+There is one list of migrations: ``NOBUSY`` and ``AUDIT`` there, named and ordered. Each
+migration has its SQLite step there (a decorated function) and its PostgreSQL step here, under
+the same name (``tests/store/test_pg_migrations.py`` checks that none is missing). ``migrate``
+applies the pending ones in the list's order and records each name in ``nobusy_migrations``
+(the columns of sqlite-utils' ``_sqlite_migrations``), forward-only, all in one transaction
+under an advisory lock: replicas starting together wait for the first, then find nothing to do.
+
+The tables are SQLite's, column for column, with PostgreSQL's types where they differ (BIGINT
+for counts, DOUBLE PRECISION, BYTEA, BOOLEAN). Timestamps stay UTC text in the SQLite form,
+as the shared code writes and parses them (and the audit chain hashes them). Additions: the
+keys' ``seq`` (SQLite's rowid: creation order), usage's ``record_id`` and audit's
+``event_id``, unique, so rows replayed from a spill file are never stored twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from sqlite_utils.migrations import Migrations
+
+from nobusy.store.migrations import AUDIT, NOBUSY
+
+__all__ = ["STEPS", "applied", "migrate"]
+
+TABLE = "nobusy_migrations"
+
+_KEYS = """
+    CREATE TABLE keys (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        priority TEXT NOT NULL DEFAULT 'normal' CHECK (priority IN ('high', 'normal', 'low')),
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrency BIGINT,
+        quota_tokens BIGINT,
+        balance BIGINT,
+        models TEXT,
+        max_wait DOUBLE PRECISION,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT,
+        last_used_at TEXT
+    )"""
+
+_USAGE = """
+    CREATE TABLE usage (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        record_id TEXT NOT NULL UNIQUE,
+        time TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id TEXT REFERENCES keys(id),
+        alias TEXT NOT NULL,
+        upstream TEXT,
+        tried TEXT NOT NULL DEFAULT '[]',
+        stream BOOLEAN NOT NULL DEFAULT false,
+        outcome TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL DEFAULT 0,
+        completion_tokens BIGINT NOT NULL DEFAULT 0,
+        ttft_ms DOUBLE PRECISION,
+        queue_ms DOUBLE PRECISION,
+        duration_ms DOUBLE PRECISION,
+        overflow BOOLEAN NOT NULL DEFAULT false
+    )"""
+
+_AUDIT = """
+    CREATE TABLE audit (
+        id BIGINT PRIMARY KEY, time TEXT NOT NULL, request_id TEXT NOT NULL, key_id TEXT,
+        alias TEXT, upstream TEXT, event TEXT NOT NULL, content BYTEA, content_hash TEXT,
+        prev_hash TEXT NOT NULL, row_hash TEXT NOT NULL, event_id TEXT UNIQUE
+    )"""
+
+# Guards against mistakes, as SQLite's triggers do; prune sets nobusy.pruning for its delete.
+_AUDIT_GUARD = """
+    CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' AND current_setting('nobusy.pruning', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'audit rows are append-only: use prune';
+    END $$"""
+
+# Set name -> migration name -> its statements. An empty step: nothing to do in PostgreSQL.
+STEPS: dict[str, dict[str, tuple[str, ...]]] = {
+    NOBUSY.name: {
+        "m001_keys": (_KEYS,),
+        "m002_usage": (
+            _USAGE,
+            "CREATE INDEX usage_key_time ON usage (key_id, time)",
+            "CREATE INDEX usage_time ON usage (time)",
+        ),
+        "m003_usage_notes": ("ALTER TABLE usage ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'",),
+        # The windows shared by the workers of one host: with PostgreSQL, Redis (`state`)
+        # holds the limits of every replica.
+        "m004_key_windows": (),
+        "m005_key_names_reusable": (
+            "ALTER TABLE keys DROP CONSTRAINT keys_name_key",
+            "CREATE UNIQUE INDEX keys_active_name ON keys (name) WHERE revoked_at IS NULL",
+        ),
+    },
+    AUDIT.name: {
+        "m001_audit": (
+            _AUDIT,
+            "CREATE INDEX audit_time ON audit (time)",
+            "CREATE TABLE audit_chain (name TEXT PRIMARY KEY, row_id BIGINT NOT NULL, "
+            "row_hash TEXT NOT NULL, mac TEXT NOT NULL)",
+            "CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            _AUDIT_GUARD,
+            "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+        ),
+    },
+}
+
+# Any fixed number: the lock only keeps two nobusy processes from migrating at once.
+_LOCK = 0x6E6F62757379
+
+
+def migrate(conn: psycopg.Connection[Any], *sets: Migrations) -> list[str]:
+    """Apply the pending migrations of ``sets`` in one transaction; the names applied.
+
+    psycopg's errors pass through: the caller names the URL (``startup_error``).
+    """
+    done: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (migration_set TEXT NOT NULL, name TEXT NOT "
+            "NULL, applied_at TEXT NOT NULL, PRIMARY KEY (migration_set, name))"
+        )
+        for migrations in sets:
+            have = set(applied(conn, migrations))
+            for migration in migrations._migrations:  # the list's order (sqlite-utils keeps it)
+                if migration.name in have:
+                    continue
+                for statement in STEPS[migrations.name][migration.name]:
+                    conn.execute(statement.encode())
+                conn.execute(
+                    f"INSERT INTO {TABLE} VALUES (%s, %s, %s)",
+                    (migrations.name, migration.name, str(datetime.now(UTC))),
+                )
+                done.append(migration.name)
+    return done
+
+
+def applied(conn: psycopg.Connection[Any], migrations: Migrations) -> list[str]:
+    """The names of ``migrations`` applied to the database, in the order they were."""
+    exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()
+    if exists is None or exists[0] is None:
+        return []
+    rows = conn.execute(
+        f"SELECT name FROM {TABLE} WHERE migration_set = %s ORDER BY applied_at, name",
+        (migrations.name,),
+    )
+    return [str(row[0]) for row in rows]

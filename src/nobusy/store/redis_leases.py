@@ -1,0 +1,381 @@
+"""Upstream slots as leases in Redis, the learned limit they are counted against, and the
+reports the replicas exchange about their keys and budgets.
+
+The ``FleetLeases`` backend chosen when ``state`` names a Redis. Per upstream, ``lease`` (a
+hash: slots held by each replica incarnation) and ``limit`` (the adaptive limit and its epoch,
+one value for the fleet). One Lua script takes a slot atomically in one round trip: it first
+applies what this replica owes the upstream since its last call (slots given back, changes
+of the limit from ``admission.adaptive``), then counts the slots of the replicas alive and
+takes one only while ``held + 1 + reserve <= min(ceiling, limit)``. ``reserve`` is what
+``admission.fairness`` keeps free for light keys when the taker is a heavy one: the light
+keys' recent peak (sent by the replica) less the slots they hold now across the fleet, counted
+exactly in the script (the lease hash counts slots by key too), not as last reported.
+
+A replica is alive while it syncs (every ``SYNC`` seconds; it says so in ``holders``): one
+killed with slots held loses them ``ttl`` seconds after its last sync, one that closes gives
+them back at once. Giving back never waits: it rides on the next take of the same upstream, or
+on a call of its own 5 ms later if none comes. The sync also carries this replica's report (its
+keys' demand and waiting, its budgets, ``routing.reports``) and returns the others'.
+
+When Redis fails, slots are counted in this process, ``min(ceiling, limit) / replicas`` each
+(never refused: an upstream's slot is not a key's limit, and the upstreams themselves still
+refuse what they cannot take), said once in the log; the first sync that succeeds writes back
+this replica's exact counts and shares again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+
+__all__ = ["HOLDERS", "SYNC", "RedisLeases"]
+
+SYNC = 0.2  # seconds between a replica's syncs: heartbeat, and the reports of its keys
+_COALESCE = 0.005  # seconds a give-back waits for a take to ride on (then a call of its own)
+HOLDERS = "nobusy:leaseholders"
+FLEET = "nobusy:leases:reports"
+
+log = logging.getLogger("nobusy.state")
+
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function at(x) return string.format('%.6f', x) end
+"""
+
+# KEYS: lease, holders, limit. ARGV: member, ceiling, initial, take (1/0), peak, ttl, who,
+# then the slots given back (a count, then key and slots for each), the light keys (a count,
+# then each), and the limit's changes as triples (kind, a, b). The lease hash holds, per
+# replica incarnation, its total (field: member) and its slots by key (member NUL key). The
+# floor (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
+_TAKE = (
+    _CLOCK
+    + """
+local member, who = ARGV[1], ARGV[7]
+redis.call('ZADD', KEYS[2], at(now), member)
+local function add(field, n)
+  if redis.call('HINCRBY', KEYS[1], field, n) <= 0 then redis.call('HDEL', KEYS[1], field) end
+end
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do
+  local n = tonumber(ARGV[i + 1])
+  add(member, -n)
+  if ARGV[i] ~= '' then add(member .. '\\0' .. ARGV[i], -n) end
+  i = i + 2
+end
+local light = {}
+for _ = 1, tonumber(ARGV[i]) do
+  light[ARGV[i + 1]] = true
+  i = i + 1
+end
+i = i + 1
+local ceiling = tonumber(ARGV[2])
+local limit = tonumber(redis.call('HGET', KEYS[3], 'limit') or ARGV[3])
+local epoch = tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0')
+for j = i, #ARGV, 3 do
+  local kind, a, b = ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+  if kind == 'add' then
+    limit = limit + a
+  elseif kind == 'drop' and b >= epoch then
+    epoch = epoch + 1
+    limit = math.max(1, math.min(limit * 0.9, a - 1))
+  elseif kind == 'scale' then
+    limit = math.max(1, limit * a)
+  end
+end
+limit = math.max(1, math.min(limit, ceiling))
+redis.call('HSET', KEYS[3], 'limit', string.format('%.6f', limit), 'epoch', epoch)
+local live, alive, held, holding = now - tonumber(ARGV[6]), {}, 0, 0
+local counts = redis.call('HGETALL', KEYS[1])
+for j = 1, #counts, 2 do
+  local field = counts[j]
+  local owner, key = string.match(field, '^(.-)%z(.*)$')
+  owner = owner or field
+  if alive[owner] == nil then
+    local seen = redis.call('ZSCORE', KEYS[2], owner)
+    alive[owner] = seen ~= false and tonumber(seen) >= live
+  end
+  if not alive[owner] then
+    redis.call('HDEL', KEYS[1], field)
+  elseif key == nil then
+    held = held + tonumber(counts[j + 1])
+  elseif light[key] then
+    holding = holding + tonumber(counts[j + 1])
+  end
+end
+local ok = 0
+local reserve = math.max(0, tonumber(ARGV[5]) - holding)
+if ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
+  redis.call('HINCRBY', KEYS[1], member, 1)
+  if who ~= '' then redis.call('HINCRBY', KEYS[1], member .. '\\0' .. who, 1) end
+  held, ok = held + 1, 1
+end
+return {ok, held, epoch, string.format('%.6f', limit)}
+"""
+)
+
+# KEYS: lease. ARGV: member, then field and count pairs. Replaces every field of member's.
+_RESET = """
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field == ARGV[1] or string.sub(field, 1, #ARGV[1] + 1) == ARGV[1] .. '\\0' then
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+for i = 2, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""
+
+# KEYS: holders, fleet. ARGV: member, ttl, report. Returns the live holders' count, then the
+# other live replicas' reports as (member, report) pairs.
+_SYNC = (
+    _CLOCK
+    + """
+redis.call('ZADD', KEYS[1], at(now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. at(now - tonumber(ARGV[2])))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local out = {redis.call('ZCARD', KEYS[1])}
+local reports = redis.call('HGETALL', KEYS[2])
+for i = 1, #reports, 2 do
+  if not redis.call('ZSCORE', KEYS[1], reports[i]) then
+    redis.call('HDEL', KEYS[2], reports[i])
+  elseif reports[i] ~= ARGV[1] then
+    table.insert(out, reports[i])
+    table.insert(out, reports[i + 1])
+  end
+end
+return out
+"""
+)
+
+
+def _keys(upstream: str) -> list[str]:
+    # One hash tag per upstream: its keys would share a slot on a cluster.
+    return [f"nobusy:up:{{{upstream}}}:lease", HOLDERS, f"nobusy:up:{{{upstream}}}:limit"]
+
+
+class RedisLeases:
+    """Slots on upstreams and their learned limits, shared by every replica through Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        replica: str,
+        ceilings: Mapping[str, int],
+        initial: Mapping[str, int],
+        ttl: float = 10.0,
+        replicas_hint: int = 1,
+    ) -> None:
+        self.url, self.shown, self.replica = url, redact(url), replica
+        self.ceilings = dict(ceilings)
+        self.initial = {name: min(ceilings[name], initial[name]) for name in ceilings}
+        self.ttl = ttl
+        # Leases are per incarnation: a replica restarted under the same id holds nothing.
+        self.member = f"{replica}:{secrets.token_hex(4)}"
+        self.replicas = replicas_hint  # replicas holding leases at the last sync
+        self.shared = True  # False while slots are counted here because Redis does not answer
+        self.mine: Counter[str] = Counter()  # slots this replica holds, however taken
+        self.mine_by: Counter[tuple[str, str]] = Counter()  # ... by (upstream, key)
+        # The fleet as last seen: slots held by all, the shared limit and its epoch.
+        self.fleet: dict[str, int] = dict.fromkeys(ceilings, 0)
+        self.limit: dict[str, float] = {name: float(v) for name, v in self.initial.items()}
+        self.epoch: dict[str, int] = dict.fromkeys(ceilings, 0)
+        self.reports: dict[str, Any] = {}  # the other live replicas' reports, by member
+        self.report: Callable[[], Any] = dict  # what this replica tells the others
+        self.learn: Callable[[list[Any]], None] = lambda _: None  # told after each sync
+        # Slots given back, not yet told to Redis: upstream -> key -> slots.
+        self._owed: dict[str, Counter[str]] = {}
+        self._changes: dict[str, list[str | float]] = {}  # limit changes, not yet told
+        self._redis = connect(url)
+        self._take = self._redis.register_script(_TAKE)
+        self._sync = self._redis.register_script(_SYNC)
+        self._reset = self._redis.register_script(_RESET)
+        self._flushing: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Sync once (Redis unreachable: local slots from the start), then every ``SYNC``."""
+        log.info("upstream slots shared through %s as replica %s", self.shown, self.replica)
+        await self.sync()
+        self._syncing = asyncio.create_task(self._sync_forever(), name="nobusy-leases-sync")
+
+    # --- slots -----------------------------------------------------------------------------
+
+    async def take(
+        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+    ) -> bool:
+        """One more slot on ``upstream`` for ``who`` if all replicas together hold fewer than
+        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now); also
+        tells Redis what this replica owes it. One round trip."""
+        if self.shared:
+            try:
+                taken = await self._call(upstream, True, who, peak, light)
+            except ERRORS as exc:
+                self._lost(exc)
+            else:
+                if taken:
+                    self._count(upstream, who, 1)
+                return taken
+        share = max(1, int(min(self.ceilings[upstream], self.limit[upstream])) // self.replicas)
+        reserve = max(0, peak - sum(self.mine_by[upstream, k] for k in light))
+        if self.mine[upstream] + reserve >= share:
+            return False
+        self._count(upstream, who, 1)
+        self.fleet[upstream] = self.mine[upstream]
+        return True
+
+    def give_back(self, upstream: str, who: str = "") -> None:
+        """Free one of this replica's slots; Redis hears of it without the caller waiting."""
+        if self.mine[upstream] <= 0:
+            return
+        self._count(upstream, who, -1)
+        if self.shared:
+            self._owed.setdefault(upstream, Counter())[who] += 1
+            self._flush_soon()
+
+    def _count(self, upstream: str, who: str, n: int) -> None:
+        self.mine[upstream] += n
+        if who:
+            self.mine_by[upstream, who] += n
+            if self.mine_by[upstream, who] <= 0:
+                del self.mine_by[upstream, who]
+
+    def adjust(self, upstream: str, kind: str, a: float, b: float = 0.0) -> None:
+        """A change of the shared limit (``add`` a; ``drop`` to a - 1 if epoch b is current;
+        ``scale`` by a), applied in Redis with the next call about ``upstream``."""
+        if self.shared:
+            self._changes.setdefault(upstream, []).extend((kind, a, b))
+            self._flush_soon()
+
+    def held(self, upstream: str) -> int:
+        """Slots on ``upstream`` held by every replica together, as last seen."""
+        return self.fleet.get(upstream, 0)
+
+    async def _call(
+        self,
+        upstream: str,
+        take: bool,
+        who: str = "",
+        peak: int = 0,
+        light: Collection[str] = (),
+    ) -> bool:
+        owed, changes = self._owed.pop(upstream, Counter()), self._changes.pop(upstream, [])
+        args: list[str | int | float] = [self.member, self.ceilings[upstream]]
+        args += [self.initial[upstream], int(take), peak, self.ttl, who, len(owed)]
+        for key, n in owed.items():
+            args += [key, n]
+        args += [len(light), *light, *changes]
+        # On an error, whether Redis applied what was owed is unknown: the sync after it
+        # answers again writes back this replica's exact counts (the limit's changes are lost).
+        ok, held, epoch, limit = await self._take(keys=_keys(upstream), args=args)
+        self.fleet[upstream], self.epoch[upstream] = int(held), int(epoch)
+        self.limit[upstream] = float(limit)
+        return bool(ok)
+
+    def _flush_soon(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Tell Redis what is owed for every upstream, until nothing is: after a moment, in
+        which the next take (under load, the usual case) carries it for free."""
+        await asyncio.sleep(_COALESCE)
+        while self.shared and (self._owed or self._changes):
+            upstream = next(iter(self._owed or self._changes))
+            try:
+                await self._call(upstream, take=False)
+            except ERRORS as exc:
+                self._lost(exc)
+
+    # --- the fleet -------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Say this replica is alive, send its report, read the others'. The first success
+        after a failure writes back this replica's exact slot counts and shares again."""
+        try:
+            if not self.shared:
+                await self._write_back()
+            report = json.dumps(self.report(), separators=(",", ":"))
+            answer = await self._sync(keys=[HOLDERS, FLEET], args=[self.member, self.ttl, report])
+        except ERRORS as exc:
+            self._lost(exc)
+            return
+        self.replicas = max(1, int(answer[0]))
+        pairs = answer[1:]
+        self.reports = {
+            _text(pairs[i]): json.loads(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)
+        }
+        self.learn(list(self.reports.values()))
+        self._regained()
+
+    async def _write_back(self) -> None:
+        for upstream in self.ceilings:
+            await self._reset(keys=_keys(upstream)[:1], args=self._fields(upstream))
+        self._owed.clear()
+        self._changes.clear()
+
+    def _fields(self, upstream: str) -> list[str | int]:
+        """This replica's fields in the lease hash of ``upstream``, and their counts."""
+        fields: list[str | int] = [self.member, self.member, self.mine[upstream]]
+        for (name, key), n in self.mine_by.items():
+            if name == upstream:
+                fields += [f"{self.member}\0{key}", n]
+        return fields
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC)
+            await self.sync()
+
+    def _lost(self, exc: BaseException) -> None:
+        """Redis failed: said once, until it answers again."""
+        if not self.shared:
+            return
+        self.shared = False
+        self._owed.clear()
+        self._changes.clear()
+        reason = scrub(str(exc) or type(exc).__name__, self.url)
+        log.warning(
+            "Redis at %s does not answer (%s): upstream slots are counted here now, each "
+            "limit divided by %d replica(s), until it answers again",
+            self.shown,
+            reason,
+            self.replicas,
+        )
+
+    def _regained(self) -> None:
+        if not self.shared:
+            self.shared = True
+            log.warning("Redis at %s answers again: upstream slots are shared again", self.shown)
+
+    def close(self) -> None:
+        """Nothing here: ``aclose`` gives the slots back and closes the connection."""
+
+    async def aclose(self) -> None:
+        """Stop syncing, tell Redis what is owed, give back every slot this replica holds and
+        leave the holders (the others may take them at once), close the connection."""
+        for task in (self._syncing, self._flushing):
+            if task is not None and not task.done():
+                if task is self._syncing:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *ERRORS):
+                    await task
+        if self.shared:
+            with contextlib.suppress(*ERRORS):
+                for upstream in self.ceilings:
+                    await self._reset(keys=_keys(upstream)[:1], args=[self.member])
+                await self._redis.zrem(HOLDERS, self.member)
+                await self._redis.hdel(FLEET, self.member)
+        await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
