@@ -243,7 +243,9 @@ def _text(block: dict[str, Any], at: str) -> str:
 
 
 def _image(block: dict[str, Any], at: str) -> dict[str, Any]:
-    source = block.get("source") or {}
+    source = block.get("source")
+    if not isinstance(source, dict):
+        source = {}
     if source.get("type") == "base64" and source.get("media_type") and source.get("data"):
         url = f"data:{source['media_type']};base64,{source['data']}"
     elif source.get("type") == "url" and source.get("url"):

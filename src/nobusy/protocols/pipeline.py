@@ -237,7 +237,7 @@ class _PipelineResponse(Response):
         patience = _patience(request, default or state.settings.default_max_wait)
         walk = Walker(router, chat.model, body, entry.record.request_id, who, priority, patience)
         entry.walk = walk
-        if not walk.reserve():  # queued
+        if not await walk.take():  # queued
             if chat.stream:
                 entry.record.outcome = "client_gone"  # until the stream says otherwise
                 events = _queued_stream(chat, entry, walk, self.encoder(entry))
