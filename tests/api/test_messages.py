@@ -232,3 +232,7 @@ def test_a_stream_that_cannot_be_continued_ends_in_an_error_event(base_url: str)
     assert caught.value.body["type"] == "error"  # type: ignore[index]
     assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     assert "Traceback" not in str(caught.value.body)
+
+
+def test_a_wrong_method_is_405_in_anthropics_shape(base_url: str) -> None:
+    anthropic_error(httpx.get(base_url + "/messages"), 405, "invalid_request_error")
