@@ -37,12 +37,14 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` (a ~1 minute smoke run) or
+# BENCH_ARGS: e.g. `make bench BENCH_ARGS=--quick` (a ~4 minute smoke run) or
 # `make bench BENCH_ARGS="--only overhead,memory"`.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	@echo "==> installing the bench extra (matplotlib)"
 	$(BIN)/pip install -q -e ".[bench]"
+	@bash scripts/install-redis.sh
+	@bash scripts/install-lb.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -30,7 +30,7 @@ def log(message: str) -> None:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="one short round per figure: a smoke test (~1 min)"
+        "--quick", action="store_true", help="one short round per figure: a smoke test (~4 min)"
     )
     parser.add_argument(
         "--only",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = procs.Processes(log)
     ctx = Context(settings, processes, log)
     failed: list[str] = []
-    mode = "quick smoke run (~1 min)" if settings.quick else "full run (~18 min on 2 cores)"
+    mode = "quick smoke run (~4 min)" if settings.quick else "full run (~24 min on 2 cores)"
     log(f"bench: {mode} of {', '.join(args.names)}; processes log to bench/.run/")
     if "overhead" in args.names and not procs.litellm_ready():
         log("  (plus 1-3 min to install LiteLLM into bench/.litellm-venv, this once)")

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-__all__ = ["bars", "latency_lines", "series"]
+__all__ = ["bars", "latency_lines", "paired_bars", "series", "simple_bars"]
 
 COLOURS = {
     "direct": "#7f7f7f",
@@ -140,4 +140,34 @@ def simple_bars(labels: list[str], values: list[float], ylabel: str, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
+    _save(fig, out)
+
+
+def paired_bars(
+    labels: list[str],
+    groups: dict[str, list[float | None]],
+    ylabel: str,
+    title: str,
+    out: Path,
+    target: float | None = None,
+) -> None:
+    """Bars side by side per label, one colour per group, values on top; ``target`` draws a
+    dashed horizontal line (a ratio of 1, say)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / max(len(groups), 1)
+    for i, (name, values) in enumerate(groups.items()):
+        xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(labels))]
+        shown = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        drawn = ax.bar([x for x, _ in shown], [v for _, v in shown], width, label=name,
+                       color=f"C{i}")  # fmt: skip
+        for bar, (_, v) in zip(drawn, shown, strict=True):
+            ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)  # fmt: skip
+    if target is not None:
+        ax.axhline(target, color="#444", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     _save(fig, out)

@@ -142,7 +142,7 @@ class Proc:
     port: int
     log_path: Path
     headers: dict[str, str] = field(default_factory=dict)
-    health: str = "/healthz"  # what ``Processes.ready`` polls...
+    health: str | None = "/healthz"  # what ``Processes.ready`` polls (None: the TCP port)...
     ready_timeout: float = 60.0  # ...for at most this long after the start
     started_at: float = field(default_factory=time.monotonic)
 
@@ -178,13 +178,14 @@ class Processes:
         name: str,
         argv: list[str],
         port: int,
-        health: str,
+        health: str | None,
         timeout: float = 60.0,
         env: dict[str, str | None] | None = None,
         headers: dict[str, str] | None = None,
         wait: bool = True,
     ) -> Proc:
-        """Start a server and wait until GET ``health`` answers 200; ``None`` in env unsets.
+        """Start a server and wait until GET ``health`` answers 200 (``health=None``: until its
+        port accepts a connection, for servers that do not speak HTTP); ``None`` in env unsets.
         With ``wait=False`` return at once: ``ready(proc)`` waits later, so a slow starter
         can come up while something else runs (in this thread: a child started from another
         thread would get its parent-death signal when that thread ends)."""
@@ -220,7 +221,11 @@ class Processes:
                     f"{name} exited with {proc.popen.returncode} while starting; "
                     f"log {log_path}:\n{proc.log_tail()}"
                 )
-            if _http_ok(port, proc.health, proc.headers):
+            if (
+                proc.health is None
+                and _tcp_ok(port)
+                or (proc.health is not None and _http_ok(port, proc.health, proc.headers))
+            ):
                 break
             if time.monotonic() - proc.started_at > proc.ready_timeout:
                 self.stop(proc)
@@ -380,6 +385,14 @@ def _http_ok(port: int, path: str, headers: dict[str, str]) -> bool:
         return False
     finally:
         conn.close()
+
+
+def _tcp_ok(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def http_call(

@@ -184,7 +184,10 @@ def write(records: dict[str, Record] | None = None) -> Path:
     """Rebuild docs/benchmarks.md (and its plots) from the newest saved results."""
     records = latest() if records is None else records
     IMG.mkdir(parents=True, exist_ok=True)
-    newest = max(records.values(), key=lambda r: r["finished_at"], default=None)
+    # The machine, date and method of the newest full run: a quick smoke run of one suite
+    # must not describe the others' rounds and windows.
+    full = [r for r in records.values() if not r.get("quick")] or list(records.values())
+    newest = max(full, key=lambda r: r["finished_at"], default=None)
     info = newest["machine"] if newest else machine()
     date = newest["date"] if newest else dt.date.today().isoformat()
     settings = newest.get("settings", {}) if newest else {}

@@ -178,6 +178,7 @@ def test_nginx_retries_a_draining_replica_and_does_not_buffer_streams() -> None:
     conf = (DEPLOY / "nginx.conf").read_text()
     (retry,) = re.findall(r"^\s*proxy_next_upstream ([^;]*);", conf, re.MULTILINE)
     assert "http_503" in retry.split()
+    assert "non_idempotent" in retry.split()  # else nginx never retries a POST (a chat request)
     assert re.search(r"^\s*proxy_buffering off;", conf, re.MULTILINE)
     for name in nobusy_services():
         assert f"server {name}:{PORT}" in conf

@@ -16,6 +16,7 @@ from bench.suites import (
     guard,
     memory,
     overhead,
+    replicas,
     sigkill,
     workers,
 )
@@ -37,5 +38,6 @@ SUITES: dict[str, Suite] = {
         audit.SUITE,
         admission.SUITE,
         sigkill.SUITE,
+        replicas.SUITE,
     )
 }
