@@ -145,3 +145,14 @@ def test_the_python_example_of_the_readme_runs(gateway: Any) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_the_anthropic_example_of_the_readme_runs(gateway: Any) -> None:
+    (code,) = [b for b in blocks(ROOT / "README.md", "python") if "anthropic.Anthropic(" in b]
+    assert 'base_url="http://127.0.0.1:8000"' in code
+    code = code.replace("http://127.0.0.1:8000", gateway.url)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()

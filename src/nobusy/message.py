@@ -33,13 +33,16 @@ def merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> 
 class MessageBuilder:
     """Feed it each chunk's first choice; ``message()`` is the assistant message so far."""
 
-    __slots__ = ("content", "finish_reason", "reasoning", "tool_calls")
+    __slots__ = ("content", "finish_reason", "reasoning", "stop_reason", "tool_calls")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
+        # The stop sequence that ended the answer, where the upstream says (vLLM's
+        # `stop_reason`): the Messages API reports it as `stop_sequence`.
+        self.stop_reason: str | None = None
 
     def add(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
@@ -50,6 +53,9 @@ class MessageBuilder:
         for call in delta.get("tool_calls") or ():
             merge_tool_call(self.tool_calls, call)
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        stop = choice.get("stop_reason")
+        if isinstance(stop, str):
+            self.stop_reason = stop
 
     def message(self) -> dict[str, Any]:
         """``content`` is null only when the message has tool calls, as OpenAI sends it."""

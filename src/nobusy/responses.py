@@ -1,7 +1,9 @@
-"""Responses nobusy sends, and the one place an exception becomes an OpenAI-shaped error.
+"""Responses nobusy sends, and the one place an exception becomes an error response.
 
 Every error leaves as ``{"error": {"message", "type", "param", "code"}}`` with the class's
-HTTP status; nothing else about an exception, least of all a traceback, reaches a client.
+HTTP status, or in the shape of the client protocol its path serves
+(``nobusy.protocols.errors``); nothing else about an exception, least of all a traceback,
+reaches a client.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from nobusy.errors import NobusyError, error_body
+from nobusy.protocols.errors import error_for
 
 __all__ = [
     "EventStreamResponse",
@@ -90,8 +93,10 @@ async def _until_disconnect(receive: Receive) -> None:
             return
 
 
-def error_response(exc: NobusyError) -> Response:
-    return JSONResponse(exc.body(), exc.status_code, exc.headers or None)
+def error_response(exc: NobusyError, path: str = "") -> Response:
+    """``exc`` as the protocol served at ``path`` shapes errors."""
+    status, body = error_for(path, exc.status_code, exc.body())
+    return JSONResponse(body, status, exc.headers or None)
 
 
 async def nobusy_error_handler(request: Request, exc: Exception) -> Response:
@@ -99,7 +104,7 @@ async def nobusy_error_handler(request: Request, exc: Exception) -> Response:
     if exc.public_message != exc.message:  # the client got the summary; the log gets the rest
         request_id = getattr(request.state, "request_id", "-")
         log.warning("request %s: %s", request_id, exc.message)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
@@ -109,8 +114,12 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         404: f"No such endpoint: {request.method} {request.url.path}.",
         405: f"Method {request.method} is not allowed on {request.url.path}.",
     }.get(exc.status_code, str(exc.detail))
-    body = error_body(message, "invalid_request_error", None, code)
-    return JSONResponse(body, exc.status_code, dict(exc.headers or {}) or None)
+    status, body = error_for(
+        request.url.path,
+        exc.status_code,
+        error_body(message, "invalid_request_error", None, code),
+    )
+    return JSONResponse(body, status, dict(exc.headers or {}) or None)
 
 
 def internal_error_body(request_id: str, exc: BaseException) -> dict[str, Any]:
@@ -124,6 +133,7 @@ def internal_error_body(request_id: str, exc: BaseException) -> dict[str, Any]:
     )
 
 
-def internal_error(request_id: str, exc: BaseException) -> Response:
-    """A bug in nobusy before the headers: a 500 in OpenAI's shape."""
-    return JSONResponse(internal_error_body(request_id, exc), 500)
+def internal_error(request_id: str, exc: BaseException, path: str = "") -> Response:
+    """A bug in nobusy before the headers: a 500 in the shape of ``path``'s protocol."""
+    status, body = error_for(path, 500, internal_error_body(request_id, exc))
+    return JSONResponse(body, status)

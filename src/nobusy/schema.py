@@ -15,7 +15,13 @@ import orjson
 
 from nobusy.errors import InvalidRequest
 
-__all__ = ["ChatRequest", "Message", "parse_chat_request", "parse_json_object"]
+__all__ = [
+    "ChatRequest",
+    "Message",
+    "invalid_request",
+    "parse_chat_request",
+    "parse_json_object",
+]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -94,12 +100,13 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     try:
         request = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid_request(str(exc)) from None
     _check(request)
     return request, body
 
 
-def _invalid(text: str) -> InvalidRequest:
+def invalid_request(text: str) -> InvalidRequest:
+    """msgspec's validation message as a 400 naming the field (``param``)."""
     # msgspec says e.g. "Expected `array`, got `str` - at `$.messages`".
     match = _MSGSPEC_PATH.search(text)
     param = match.group("path").lstrip(".") if match else None

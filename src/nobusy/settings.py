@@ -215,6 +215,12 @@ class Settings(BaseModel):
         description="On SIGTERM or SIGINT: seconds running requests may take to finish, new "
         "ones refused (503) and /readyz 503, before the rest are cut and the process exits.",
     )
+    responses_ttl: float = Field(
+        30 * 86400.0,
+        ge=0,
+        description="Seconds a Responses API answer is kept (per key, in nobusy.db) for "
+        "previous_response_id and GET /v1/responses/{id}; 0 keeps none.",
+    )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
         description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",

@@ -40,6 +40,7 @@ from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
+from nobusy.store.responses import ResponseStore
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -59,6 +60,7 @@ class AppState:
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
     fleet: Fleet | None = None  # the replicas serving together, this one included
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
+    responses: ResponseStore | None = None  # the Responses API's kept responses
 
 
 def app_state(request: Request) -> AppState:
@@ -92,6 +94,8 @@ async def running(
             stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
+        responses = ResponseStore(settings.data_dir, settings.responses_ttl)
+        stack.callback(responses.close)
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -117,7 +121,7 @@ async def running(
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
-            fleet, backends,
+            fleet, backends, responses=responses,
         )  # fmt: skip
 
 

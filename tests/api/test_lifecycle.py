@@ -23,6 +23,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import nobusy.api.chat as chat_module
+import nobusy.protocols.pipeline as pipeline_module
 from nobusy.admission.capacity import Ticket
 from nobusy.app import create_app
 from nobusy.errors import NobusyError, StorageUnavailable
@@ -58,7 +59,7 @@ def inject(step: str, exc: Exception, state: AppState, monkeypatch: pytest.Monke
         assert state.limits is not None
         monkeypatch.setattr(state.limits, "admit", aboom)
     elif step == "guard":
-        monkeypatch.setattr(chat_module, "check_request", boom)
+        monkeypatch.setattr(pipeline_module, "check_request", boom)
     elif step == "pii":
         monkeypatch.setattr(Masker, "mask_request", boom)
     elif step == "reserve":
@@ -187,7 +188,9 @@ def test_large_bodies_are_parsed_guarded_and_masked_off_the_event_loop(
     monkeypatch.setattr(
         chat_module, "parse_chat_request", where("parse", chat_module.parse_chat_request)
     )
-    monkeypatch.setattr(chat_module, "check_request", where("guard", chat_module.check_request))
+    monkeypatch.setattr(
+        pipeline_module, "check_request", where("guard", pipeline_module.check_request)
+    )
     monkeypatch.setattr(Masker, "mask_request", where("pii", Masker.mask_request))
     padding = "call 13800138000 " + "lorem ipsum " * 10_000  # ~120 KB
     big = {"model": "ok", "messages": [{"role": "user", "content": padding}]}

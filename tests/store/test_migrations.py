@@ -40,6 +40,7 @@ NOBUSY_NAMES = [
     "m003_usage_notes",
     "m004_key_windows",
     "m005_key_names_reusable",
+    "m006_responses",
 ]
 
 

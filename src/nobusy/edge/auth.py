@@ -73,7 +73,8 @@ class Authenticator:
         try:
             if scheme.lower() != "bearer" or not secret.strip():
                 raise InvalidApiKey(
-                    "This service needs an API key: send it as 'Authorization: Bearer nb-...'."
+                    "This service needs an API key: send it as 'Authorization: Bearer nb-...' "
+                    "(or 'x-api-key: nb-...')."
                 )
             return self.keys.authenticate(secret.strip())
         except InvalidApiKey:

@@ -85,11 +85,11 @@ class RequestContextMiddleware:
                 and not path.startswith("/v1/nobusy/")
             ):
                 client = scope["client"][0] if scope.get("client") else "unknown"
-                state["key"] = self.authenticator.check(headers.get(b"authorization", ""), client)
+                state["key"] = self.authenticator.check(_authorization(headers), client)
             self._check_host(path, headers, state)
             self._check_body_type(scope["method"], path, headers)
         except NobusyError as exc:
-            await error_response(exc)(scope, receive, send_with_headers)
+            await error_response(exc, path)(scope, receive, send_with_headers)
             return
 
         limit = self.max_body_bytes
@@ -99,7 +99,7 @@ class RequestContextMiddleware:
                     too_large = RequestTooLarge(
                         f"The request body is larger than the limit of {limit} bytes."
                     )
-                    await error_response(too_large)(scope, receive, send_with_headers)
+                    await error_response(too_large, path)(scope, receive, send_with_headers)
                     return
                 break
 
@@ -146,7 +146,7 @@ class RequestContextMiddleware:
             # even a 500 carries x-request-id. After the headers, only the log can be told.
             if started:
                 raise
-            await internal_error(request_id, exc)(scope, receive, send_with_headers)
+            await internal_error(request_id, exc, path)(scope, receive, send_with_headers)
 
     def _settle_client(
         self, scope: Scope, headers: dict[bytes, str], state: dict[str, object]
@@ -199,6 +199,14 @@ class RequestContextMiddleware:
             "-H 'Content-Type: application/json').",
             param="content-type",
         )
+
+
+def _authorization(headers: dict[bytes, str]) -> str:
+    """The bearer credential; Anthropic's SDKs and coding agents send ``x-api-key`` instead."""
+    authorization = headers.get(b"authorization")
+    if authorization is None and b"x-api-key" in headers:
+        return "Bearer " + headers[b"x-api-key"]
+    return authorization or ""
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:

@@ -138,6 +138,17 @@ def m005_key_names_reusable(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX keys_active_name ON keys (name) WHERE revoked_at IS NULL")
 
 
+@NOBUSY()
+def m006_responses(db: Database) -> None:
+    # The Responses API's stored responses (store/responses.py): the conversation so far as
+    # Responses items, for previous_response_id, and the response for GET /v1/responses/{id}.
+    db.execute(
+        "CREATE TABLE responses (id TEXT PRIMARY KEY, key_id TEXT, created_at TEXT NOT NULL, "
+        "expires REAL NOT NULL, items BLOB NOT NULL, response BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX responses_expires ON responses (expires)")
+
+
 # --- audit.db: the chained audit rows ----------------------------------------------------------
 
 AUDIT = Migrations("nobusy-audit")
