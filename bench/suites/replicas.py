@@ -20,14 +20,19 @@ The figures and the page are ``replicas_report``'s.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 from bench import procs
 from bench.loadgen import LoadSpec, run_load, run_open
-from bench.suites import admission, replicas_faults, replicas_fleet
+from bench.suites import (
+    admission,
+    replicas_cost,
+    replicas_faults,
+    replicas_fleet,
+    replicas_litellm,
+)
 from bench.suites.admission_report import ABUSE_X, PATIENCE, plan
-from bench.suites.base import Context, Endpoint, Result, Suite, aggregate, run_rounds
+from bench.suites.base import Context, Result, Suite
 from bench.suites.replicas_fleet import REPLICAS, UPSTREAM_SLOTS, Fleet, request_spec
 from bench.suites.replicas_report import count, goals, outcome, render
 from nobusy.admission.limits import estimate_tokens
@@ -141,76 +146,6 @@ def admission_runs(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, s
             "fair": fair, "abuse_x": ABUSE_X}  # fmt: skip
 
 
-# --- 4. cost of sharing ----------------------------------------------------------------------
-
-
-def cost(ctx: Context, fleet: Fleet, secret: str, s: Result) -> Result:
-    keyed = replace(ctx, key=secret)
-    solo = fleet.start(REPLICAS)  # the same keys, no `state`: local counters
-    fake = fleet.fakes["fast"]
-    shared = fleet.replica(0)
-    endpoints = [
-        Endpoint("local state", solo.port, "fast", gateway=solo, upstream=fake),
-        Endpoint("Redis state", shared.port, "fast", gateway=shared, upstream=fake),
-    ]
-    # More rounds than other suites: a fraction of a millisecond on 2 busy cores needs them.
-    rounds = replace(ctx.settings, rounds=3 if ctx.settings.quick else 6)
-    runs = run_rounds(replace(keyed, settings=rounds), "replicas", endpoints, [(False, 1)])
-    latency = aggregate(runs, baseline="local state", reference="local state")
-    fleet.ctx.procs.stop(solo)
-    # Redis round trips per request: one replica, a counted run under MONITOR; the idle
-    # replicas' heartbeats are counted first, for as long, and taken off.
-    monitor = fleet.monitor()
-    try:
-        time.sleep(0.5)
-        idle_from, t0 = monitor.counts(), time.monotonic()
-        time.sleep(3.0)
-        idle_to, t1 = monitor.counts(), time.monotonic()
-        spec = request_spec(shared.port, secret, "fast", False)
-        started = time.monotonic()
-        load = run_load(spec, 8, requests=s["cost_requests"])
-        time.sleep(0.5)  # the last reconciliations
-        after, elapsed = monitor.counts(), time.monotonic() - started
-    finally:
-        monitor.close()
-    done = load.completed
-    per_request: Result = {}
-    for kind in (0, 1):  # 0: sent by clients, 1: run inside scripts
-        idle_rate = {k: (idle_to[kind][k] - idle_from[kind][k]) / (t1 - t0) for k in idle_to[kind]}
-        per = (
-            {
-                k: max(
-                    0.0,
-                    (after[kind][k] - idle_to[kind][k] - idle_rate.get(k, 0.0) * elapsed) / done,
-                )
-                for k in after[kind]
-            }
-            if done
-            else {}
-        )
-        # Two decimals: the heartbeats taken off are a rate, not the exact count of the run.
-        per = {k: round(v, 2) for k, v in per.items() if v >= 0.005}
-        total = round(sum(per.values()), 2)
-        per_request["sent" if kind == 0 else "scripted"] = per | {"total": total}
-    ctx.log(
-        f"[replicas] Redis per request: {per_request['sent']['total']:.2f} commands sent, "
-        f"{per_request['scripted']['total']:.2f} run by scripts"
-    )
-    # Throughput: nginx to one replica against nginx to all three, alternating rounds.
-    one = fleet.start_lb("lb-one", [0])
-    three = fleet.lbs[0]
-    through = [
-        Endpoint("1 replica", one.port, "fast", gateway=fleet.replica(0), upstream=fake),
-        Endpoint(f"{REPLICAS} replicas", three.port, "fast", gateway=three, upstream=fake),
-    ]
-    scale_runs = run_rounds(keyed, "replicas", through, [(False, 32)])
-    throughput = aggregate(scale_runs, baseline=None, reference="1 replica")
-    fleet.ctx.procs.stop(one)
-    return {"latency": latency, "latency_runs": runs, "redis_per_request": per_request,
-            "counted_requests": done,
-            "counted_errors": load.errors, "throughput": throughput}  # fmt: skip
-
-
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -246,7 +181,7 @@ def _run(ctx: Context, fleet: Fleet, s: Result) -> Result:
     out["limits"] = {"shared": limits(ctx, fleet, lb, keys, s)}
     out["quota"] = quota(ctx, fleet, lb, keys["quota"], s)
     out["admission"] = admission_runs(ctx, fleet, lb, keys)
-    out["cost"] = cost(ctx, fleet, keys["cost"], s)
+    out["cost"] = replicas_cost.cost(ctx, fleet, keys, s["cost_requests"])
     faults: Result = {"redis": replicas_faults.redis_down(ctx, fleet, lb, keys["cost"], s)}
     faults["kill"] = replicas_faults.kill(ctx, fleet, lb, keys, s)
     if fleet.store_url is not None:
@@ -273,6 +208,10 @@ def _run(ctx: Context, fleet: Fleet, s: Result) -> Result:
     fleet.start_all(shared=False)
     out["limits"]["local"] = limits(ctx, fleet, lb, keys, s)
     fleet.stop_all()
+    # LiteLLM's three proxies on the same Redis, its deployment at the same tokens/min.
+    seconds = s["limits_s"] - 0.5
+    rate = 3 * s["tpm"] / (1 + ctx.settings.tokens) / s["limits_s"]
+    out["limits"]["litellm"] = replicas_litellm.run(ctx, fleet, s["tpm"], seconds, rate)
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -24,7 +25,7 @@ import tempfile
 import threading
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,15 @@ from bench.suites.admission import FAKE_FLAGS
 from bench.suites.admission_report import CHUNK_DELAY, SLOTS, TOKENS
 from bench.suites.base import Context
 
-__all__ = ["Features", "Fleet", "Monitor", "features", "nginx_binary", "request_spec"]
+__all__ = [
+    "Features",
+    "Fleet",
+    "Monitor",
+    "features",
+    "nginx_binary",
+    "request_spec",
+    "served_env",
+]
 
 REPLICAS = 3
 UPSTREAM_SLOTS = 4  # the `narrow` upstream's max_concurrency: the ceiling the fleet must hold
@@ -57,7 +66,7 @@ class Features:
     postgres: str | None = None  # why PostgreSQL cannot run here, when `store` exists
 
 
-def _served_env() -> dict[str, str]:
+def served_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOBUSY_")}
     if os.environ.get("BENCH_NOBUSY_SRC"):
         env["PYTHONPATH"] = os.environ["BENCH_NOBUSY_SRC"]
@@ -78,7 +87,7 @@ def features() -> Features:
         [str(_SERVED_PYTHON), "-c", probe],
         capture_output=True,
         text=True,
-        env=_served_env(),
+        env=served_env(),
         check=True,
         cwd=procs.RUN_DIR,  # not the checkout: PYTHONPATH alone says which nobusy is served
     )
@@ -152,8 +161,8 @@ class Fleet:
             self.ctx.procs.stop(self.redis)
             self.redis = None
 
-    def monitor(self) -> Monitor:
-        return Monitor(self.redis_port)
+    def monitor(self, split: dict[str, int] | None = None) -> Monitor:
+        return Monitor(self.redis_port, split)
 
     def _start_postgres(self) -> None:
         try:
@@ -245,7 +254,16 @@ class Fleet:
         for name, args in keys.items():
             argv = [str(procs.NOBUSY), "keys", "create", "--name", name, *args]
             argv += ["--data-dir", str(first), "--config", str(self._config_path(0))]
-            done = subprocess.run(argv, capture_output=True, text=True, env=_served_env())
+            done = subprocess.run(argv, capture_output=True, text=True, env=served_env())
+            if done.returncode and self.store_url is not None:
+                # The store refused (a migration missing for PostgreSQL, say): the other
+                # scenarios run on SQLite, the PostgreSQL one says why it did not.
+                why = f"`keys create` against PostgreSQL failed: {done.stderr.strip()[-300:]}"
+                self.ctx.log(f"[replicas] {why}; going on with SQLite")
+                self.features = replace(self.features, postgres=why)
+                self.store_url = None
+                self.close()
+                return self.make_keys(keys)
             if done.returncode:
                 raise RuntimeError(f"keys create {name}: {done.stderr.strip()[-500:]}")
             secrets[name] = done.stdout.strip().splitlines()[-1]
@@ -299,17 +317,23 @@ class Fleet:
 
     # --- the load balancer ----------------------------------------------------------------
 
-    def start_lb(self, name: str, replicas: list[int]) -> procs.Proc:
-        """nginx on a free port in front of these replicas, as deploy/nginx.conf has it."""
+    def start_lb(
+        self,
+        name: str,
+        replicas: list[int],
+        ports: list[int] | None = None,
+        health: str = "/healthz",
+    ) -> procs.Proc:
+        """nginx on a free port in front of these replicas (or of the servers on ``ports``),
+        as deploy/nginx.conf has it."""
+        backends = ports if ports is not None else [self.ports[i] for i in replicas]
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is missing: run `bash scripts/install-lb.sh` (as root)")
         prefix = self.dir / name
         prefix.mkdir(exist_ok=True)
         port = procs.free_port()
-        servers = "\n".join(
-            f"        server {procs.HOST}:{self.ports[i]} max_fails=0;" for i in replicas
-        )
+        servers = "\n".join(f"        server {procs.HOST}:{p} max_fails=0;" for p in backends)
         user = "user root root;\n" if os.geteuid() == 0 else ""
         temp = "\n".join(
             f"    {kind}_temp_path {prefix}/{kind};"
@@ -330,14 +354,14 @@ class Fleet:
             '            proxy_set_header Connection "";\n'
             "            proxy_set_header Host $host;\n"
             f"            proxy_next_upstream {NEXT_UPSTREAM};\n"
-            f"            proxy_next_upstream_tries {len(replicas)};\n"
+            f"            proxy_next_upstream_tries {len(backends)};\n"
             "            proxy_buffering off;\n"
             "            proxy_read_timeout 300s;\n"
             "        }\n    }\n}\n"
         )
         argv = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
         argv += ["-e", str(prefix / "error.log")]
-        proc = self.ctx.procs.start(f"rep-{name}", argv, port, "/healthz", timeout=20)
+        proc = self.ctx.procs.start(f"rep-{name}", argv, port, health, timeout=20)
         self.lbs.append(proc)
         return proc
 
@@ -361,14 +385,18 @@ class Fleet:
 class Monitor:
     """Redis's MONITOR on a socket of its own, read by a thread: each command a client sent
     (one round trip at most: a pipeline sends several in one) and each command a script ran
-    (``[0 lua]``), by name. ``INFO commandstats`` cannot tell the two apart."""
+    (``[0 lua]``), by name; and each ``EVALSHA`` by its script's SHA1 (and, for the scripts in
+    ``split``, by the value of one of its arguments: ``{sha: ARGV index}``, 1-based as in Lua).
+    ``INFO commandstats`` cannot tell a client's command from a script's."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, split: dict[str, int] | None = None) -> None:
+        self.split = split or {}
         self.sock = socket.create_connection((procs.HOST, port), timeout=5)
         self.sock.sendall(b"MONITOR\r\n")
         self.sock.settimeout(0.2)
         self.sent: Counter[str] = Counter()
         self.scripted: Counter[str] = Counter()
+        self.scripts: Counter[tuple[str, str]] = Counter()  # (sha, the split argument or "")
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
@@ -391,19 +419,33 @@ class Monitor:
                     self._count(line)
 
     def _count(self, line: bytes) -> None:
-        # +1702000000.123456 [0 127.0.0.1:54321] "evalsha" "..." / [0 lua] "zadd" ...
+        # +1702000000.123456 [0 127.0.0.1:54321] "evalsha" "<sha>" "3" "k1" ... / [0 lua] "zadd"
         source, _, rest = line.partition(b'] "')
         if not rest:
             return
         name = rest.split(b'"', 1)[0].decode(errors="replace").lower()
-        (self.scripted if source.endswith(b" lua") else self.sent)[name] += 1
+        if source.endswith(b" lua"):
+            self.scripted[name] += 1
+            return
+        self.sent[name] += 1
+        if name == "evalsha":
+            args = [a.decode(errors="replace") for a in _QUOTED.findall(b'"' + rest)]
+            sha = args[1].lower() if len(args) > 1 else ""
+            flag = ""
+            if sha in self.split and len(args) > 2 and args[2].isdigit():
+                at = 2 + int(args[2]) + self.split[sha]  # evalsha, sha, numkeys, KEYS, ARGV
+                flag = args[at] if at < len(args) else ""
+            self.scripts[(sha, flag)] += 1
 
-    def counts(self) -> tuple[Counter[str], Counter[str]]:
-        """What clients sent and what scripts ran so far, by command."""
+    def counts(self) -> tuple[Counter[str], Counter[str], Counter[tuple[str, str]]]:
+        """What clients sent, what scripts ran and which scripts were called, so far."""
         with self.lock:
-            return Counter(self.sent), Counter(self.scripted)
+            return Counter(self.sent), Counter(self.scripted), Counter(self.scripts)
 
     def close(self) -> None:
         self.done.set()
         self.thread.join(2)
         self.sock.close()
+
+
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')  # MONITOR's quoted arguments, escapes kept

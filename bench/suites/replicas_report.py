@@ -14,7 +14,11 @@ from bench.suites.base import Goal, Result, at_least, at_most, fmt, md_table
 __all__ = ["count", "goals", "outcome", "render"]
 
 LEASE_TTL_S = 10.0  # a killed replica's slots come back within this (issue 13, "≤ 10 s")
-NOT_HERE = "this build has no upstream tokens-per-minute setting (only its max_concurrency)"
+NOT_HERE = (
+    "not available on this build: it has no upstream tokens-per-minute setting (only its "
+    "max_concurrency)"
+)
+LITELLM = "LiteLLM 1.106.2"
 
 
 def _get(row: Any, *keys: str) -> Any:
@@ -106,10 +110,10 @@ def goals(result: Result) -> list[Goal]:
                 _get(rolling, "during", "broken"), 0, "streams"),
         at_most("Replicas, rolling restart: client errors",
                 _errors(_get(rolling, "during")), 0, "errors"),
-        at_most("Replicas: added p50, Redis state vs local state",
+        at_most("Replicas: added p50, Redis state vs local state (key with rpm)",
                 _latency(result), 0.5, "ms"),
-        at_most("Replicas: Redis round trips per request (hot path)",
-                _get(result, "cost", "redis_per_request", "sent", "total"), 2, "round trips"),
+        at_most("Replicas: Redis round trips per request, hot path (key with rpm)",
+                _get(result, "cost", "redis", "rpm", "hot"), 2, "round trips"),
     ]  # fmt: skip
     return out
 
@@ -122,11 +126,8 @@ def _errors(part: Result | None) -> float | None:
 
 
 def _latency(result: Result) -> float | None:
-    for row in _get(result, "cost", "latency") or []:
-        if row["path"] == "Redis state":
-            value = row.get("added_p50_ms")
-            return None if value is None else float(value)
-    return None
+    value = _get(result, "cost", "latency", "added", "rpm", "median_ms")
+    return None if value is None else float(value)
 
 
 def outcome(sent: Sent) -> Result:
@@ -185,7 +186,7 @@ def _limits(result: Result, img: Path) -> str:
         shared = _get(parts, "shared", name)
         if shared is None:
             if name == "metered":
-                body.append([label, "—", "—", "—", "—", "—", f"not measured: {NOT_HERE}"])
+                body.append([label, "—", "—", "—", "—", "—", NOT_HERE])
             continue
         limit = shared["limit"]
         a, b = _accepted(parts["shared"], name), _accepted(parts.get("local"), name)
@@ -195,6 +196,17 @@ def _limits(result: Result, img: Path) -> str:
         ratios["no Redis"].append(rb)
         body.append([label, f"{limit:,}", fmt(a, 0), fmt(ra, 3, "×"), fmt(b, 0),
                      fmt(rb, 2, "×"), what])  # fmt: skip
+    lite = parts.get("litellm")
+    label = f"{LITELLM}, deployment `tpm`"
+    if isinstance(lite, dict) and "unavailable" in lite:
+        body.append([label, "—", "—", "—", "—", "—", lite["unavailable"]])
+    elif isinstance(lite, dict):
+        ra = _ratio(float(lite["tokens"]), lite["limit"])
+        labels.append(f"{LITELLM} deployment tpm")
+        ratios["one Redis"].append(ra)
+        ratios["no Redis"].append(None)
+        body.append([label, f"{lite['limit']:,}", f"{lite['tokens']:,}", fmt(ra, 3, "×"), "—",
+                     "—", "tokens answered (3 proxies, one Redis)"])  # fmt: skip
     if labels:
         plots.paired_bars(labels, ratios, "accepted / limit", "Limits through 3 replicas at 3× "
                           "demand", img / "bench-replicas-limits.png", target=1.0)  # fmt: skip
@@ -205,7 +217,14 @@ def _limits(result: Result, img: Path) -> str:
         "share `state: redis://`; *no Redis*: the same replicas restarted without it, each "
         "enforcing its own limits (the baseline: up to 3×). The upstream's ceiling is the "
         "fake's own count of requests in flight at once (`max_in_flight`), with clients "
-        "waiting at most 2 s (`x-nobusy-max-wait`) for a slot."
+        "waiting at most 2 s (`x-nobusy-max-wait`) for a slot. The upstream tokens/min row is "
+        "an upstream `tpm` in front of the fast fake, when the build has that setting. "
+        f"{LITELLM} in the same run: three LiteLLM proxies (one worker each) behind the same "
+        "nginx, on the same Redis (`router_settings`: `redis_host`, `redis_port`, "
+        "`routing_strategy: usage-based-routing-v2`, `enable_pre_call_checks: true`), the fast "
+        "fake as one deployment with `tpm` at the same limit, driven at the same 3× inside one "
+        "calendar minute (LiteLLM counts per `%H-%M` minute); its per-key limits need its "
+        "PostgreSQL (virtual keys), so only the deployment's limit is compared."
     )
     headers = ["limit", "value", "one Redis", "× limit", "no Redis", "× limit", "counted"]
     table = md_table(headers, body, "lrrrrrl")
@@ -308,44 +327,66 @@ def _kinds(part: Result) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(part["kinds"].items()))
 
 
+KINDS = {"rpm": "key with rpm and tpm", "none": "key without limits"}
+
+
 def _cost(result: Result) -> str:
     c = result["cost"]
+    if "redis" not in c:  # a result file from before the split of hot path and total
+        return "Cost of sharing: this result predates the current measurement; run the suite."
+    lat = c["latency"]
     rows = []
-    for row in c["latency"]:
-        rows.append([f"one replica, {row['path']}, c=1", fmt(row["rps"], 0), fmt(row["p50_ms"]),
-                     fmt(row["p99_ms"]), fmt(row["gateway_cpu_per_1k"]),
-                     fmt(row["added_p50_ms"])])  # fmt: skip
-    for row in c["throughput"]:
-        ratio = fmt(row["x_reference"], 2, "× 1 replica")
-        rows.append([f"nginx → {row['path']}, c=32", fmt(row["rps"], 0), fmt(row["p50_ms"]),
-                     fmt(row["p99_ms"]), "—", ratio])  # fmt: skip
-    per = c["redis_per_request"]
-
-    def listed(kind: str) -> str:
-        mine = per.get(kind, {})
-        names = sorted((k for k in mine if k != "total"), key=lambda k: -mine[k])
-        return ", ".join(f"`{k.upper()}` {mine[k]:.2f}" for k in names) or "none"
-
+    for row in lat["rows"]:
+        where, _, kind = row["path"].partition(", ")
+        added = lat["added"][kind] if where == "Redis" else None
+        spread = "—" if added is None else (
+            f"{fmt(added['median_ms'], 3)} ({fmt(added['min_ms'], 3)} to "
+            f"{fmt(added['max_ms'], 3)})")  # fmt: skip
+        rows.append([f"{where} state, {KINDS[kind]}", f"{row['requests']:,}",
+                     fmt(row["p50_ms"], 3), fmt(row["p99_ms"]), spread])  # fmt: skip
+    latency = (
+        "Added latency: one replica with `state: redis://` against one without (the same keys), "
+        "measured request by request: one client visits the four paths in turn, each on its "
+        f"own keep-alive connection, {lat['cycles']:,} visits a round, {lat['rounds']} rounds "
+        "(so whatever else the 2 cores do hits the four alike). The added p50 is the median "
+        "over rounds of Redis minus local in the same round; in brackets the lowest and the "
+        "highest round. The key with rpm and tpm (limits never reached) is admitted in Redis "
+        "and takes the upstream's lease there; the key without limits only takes the lease. "
+        "Latencies include the Python client's own time (the same on every path)."
+    )
+    headers = ["path", "requests", "p50 ms", "p99 ms", "added p50 ms (range over rounds)"]
+    latency += "\n\n" + md_table(headers, rows, "lrrrr")
+    trips = []
+    for kind, part in c["redis"].items():
+        scripts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(part["scripts"].items(),
+                                                                key=lambda kv: -kv[1]))  # fmt: skip
+        trips.append([KINDS[kind], fmt(part["hot"]), fmt(part["after"]), fmt(part["total"]),
+                      scripts or "none"])  # fmt: skip
+    rpm = c["redis"]["rpm"]
     text = (
-        "Added latency: one replica with `state: redis://` against one without, the same key "
-        f"(rpm and tpm set, so its counters are kept), {_rounds(c)} alternating rounds, "
-        "each a closed loop of one connection. Redis round trips: "
-        f"{c['counted_requests']:,} requests on one replica (8 connections) under Redis's "
-        "`MONITOR`, the idle replicas' heartbeats counted beforehand and taken off: "
-        f"{fmt(_get(per, 'sent', 'total'))} commands sent a request ({listed('sent')}; a "
-        "command sent is at most one round trip), which ran "
-        f"{fmt(_get(per, 'scripted', 'total'))} commands inside Redis ({listed('scripted')}). "
+        f"Redis round trips: {rpm['requests']:,} requests on one replica (8 connections) under "
+        "Redis's `MONITOR`, for each key; the idle fleet's commands (heartbeats, syncs) counted "
+        "for 3 s beforehand and taken off at that rate. Each `EVALSHA` is put down to its "
+        "script by the SHA1 of the Lua sources of the nobusy under test. *Hot path*: what a "
+        "request waits for before its first byte (the key's admission, the lease take); "
+        "*after*: what rides after the answer in calls of their own (a key's end rides on "
+        "the next admission when one comes within 5 ms, a lease's give-back on the next take); "
+        "*in all*: every command sent, syncs taken off (a command sent is at most one round "
+        "trip: a pipeline sends several in one)."
+    )
+    headers = ["key", "hot path", "after", "in all", "scripts called per request"]
+    text += "\n\n" + md_table(headers, trips, "lrrrl")
+    through = []
+    for row in c["throughput"]:
+        through.append([f"nginx → {row['path']}, c=32", fmt(row["rps"], 0), fmt(row["p50_ms"]),
+                        fmt(row["p99_ms"]), fmt(row["x_reference"], 2, "× 1 replica")])  # fmt: skip
+    scale = (
         "Throughput: nginx in front of one replica against nginx in front of three, on the "
         "same 2 cores as the fake, nginx, Redis and the client: the cores, not the replicas, "
         "are the ceiling."
     )
-    headers = ["path", "req/s", "p50 ms", "p99 ms", "replica CPU s / 1k req"]
-    headers += ["added p50 ms / ratio"]
-    return text + "\n\n" + md_table(headers, rows, "lrrrrr")
-
-
-def _rounds(cost: Result) -> str:
-    return str(max((row["rounds"] for row in cost["latency"]), default=0))
+    scale += "\n\n" + md_table(["path", "req/s", "p50 ms", "p99 ms", "ratio"], through, "lrrrr")
+    return "\n\n".join([latency, text, scale])
 
 
 def render(result: Result, img: Path) -> str:
