@@ -84,7 +84,7 @@ def latency(ctx: Context, fleet: Fleet, keys: dict[str, str]) -> Result:
     paths = [(f"{where}, {kind}", proc.port, keys[key])
              for kind, key in (("rpm", "cost"), ("none", "open"))
              for where, proc in (("local", solo), ("Redis", shared))]  # fmt: skip
-    rounds, cycles = (4, 250) if ctx.settings.quick else (10, 1_000)
+    rounds, cycles = (4, 250) if ctx.settings.quick else (10, 600)
     body = json.dumps(chat_body("fast", False)).encode()
     conns = {name: http.client.HTTPConnection(procs.HOST, port, timeout=10)
              for name, port, _ in paths}  # fmt: skip

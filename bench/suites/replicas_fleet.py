@@ -226,7 +226,7 @@ class Fleet:
         if self.features.upstream_tpm:  # the fast fake again, under a token ceiling of its own
             ceiling = f"{self.features.upstream_tpm}: {self.upstream_tpm}"
             lines.insert(
-                -5,
+                lines.index("models:"),
                 f'  metered: {{kind: openai, base_url: "{url("fast")}", '
                 f"default_model: ok, {ceiling}}}",
             )

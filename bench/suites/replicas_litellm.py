@@ -1,7 +1,8 @@
 """LiteLLM in the ``replicas`` suite: three LiteLLM proxies on the suite's Redis behind the same
 nginx, the fast fake as one deployment with a ``tpm`` of its own, driven at 3× as nobusy's
 upstream token ceiling is (issue 13: "compare ... with LiteLLM 1.106.2 with its Redis
-settings (its accepted count)").
+settings (its accepted count)"); then one of the proxies alone at the same demand, which
+shows whether its limit holds at all.
 
 Only a deployment's limit can be compared here: LiteLLM's per-key limits belong to virtual
 keys, which need its PostgreSQL database (Prisma, whose engine it downloads at run time). The
@@ -72,21 +73,31 @@ def run(ctx: Context, fleet: Fleet, tpm: int, seconds: float, rate: float) -> Re
         return {"unavailable": f"LiteLLM {procs.LITELLM_VERSION} did not start: {exc}"[:600]}
     lb = fleet.start_lb("lb-litellm", [], [p.port for p in started], "/health/liveliness")
     try:
-        spec = request_spec(lb.port, key, "fast", False)
-        warm = run_open([(0.0, spec, 15.0)])  # one answer before the clock: imports, pools
-        wait = _next_minute()
-        if seconds + 0.5 > wait - 0.2:  # the run must fit in one minute: wait for the next
-            ctx.log(f"[replicas] LiteLLM: waiting {wait:.0f}s for the minute to turn")
-            time.sleep(wait)
-        n = int(rate * seconds)
-        requests: list[tuple[float, LoadSpec, float]] = [(i / rate, spec, 15.0) for i in range(n)]
-        ctx.log(f"[replicas] LiteLLM deployment tpm: {n} requests over {seconds:g}s")
-        outs = [outcome(x) for x in run_open(requests)]
+        warm = run_open([(0.0, request_spec(lb.port, key, "fast", False), 15.0)])
+        out = _drive(ctx, lb.port, key, seconds, rate, "3 proxies, one Redis")
+        # One proxy alone, the same demand, the next minute: whether the limit holds at all.
+        out["alone"] = _drive(ctx, started[0].port, key, seconds, rate, "one proxy alone", True)
     finally:
         ctx.procs.stop(lb)
         for proc in started:
             ctx.procs.stop(proc)
-    out = count(outs) | {"limit": tpm, "rate_per_s": rate, "seconds": seconds,
-                         "warm_status": warm[0].status if warm else None}  # fmt: skip
-    ctx.log(f"[replicas] LiteLLM deployment tpm: {out['tokens']} tokens answered of {tpm}")
+    return out | {"limit": tpm, "rate_per_s": rate, "seconds": seconds,
+                  "warm_status": warm[0].status if warm else None}  # fmt: skip
+
+
+def _drive(
+    ctx: Context, port: int, key: str, seconds: float, rate: float, what: str, fresh: bool = False
+) -> Result:
+    """``rate`` requests/s for ``seconds``, all inside one minute of the clock (``fresh``: a
+    minute nothing was sent in yet, so its counters start at zero)."""
+    spec = request_spec(port, key, "fast", False)
+    wait = _next_minute()
+    if fresh or seconds + 0.5 > wait - 0.2:  # the run must fit in one minute
+        ctx.log(f"[replicas] LiteLLM: waiting {wait:.0f}s for the minute to turn")
+        time.sleep(wait)
+    n = int(rate * seconds)
+    requests: list[tuple[float, LoadSpec, float]] = [(i / rate, spec, 15.0) for i in range(n)]
+    ctx.log(f"[replicas] LiteLLM deployment tpm, {what}: {n} requests over {seconds:g}s")
+    out = count([outcome(x) for x in run_open(requests)])
+    ctx.log(f"[replicas] LiteLLM deployment tpm, {what}: {out['tokens']} tokens answered")
     return out

@@ -202,11 +202,14 @@ def _limits(result: Result, img: Path) -> str:
         body.append([label, "—", "—", "—", "—", "—", lite["unavailable"]])
     elif isinstance(lite, dict):
         ra = _ratio(float(lite["tokens"]), lite["limit"])
+        alone = lite.get("alone") or {}
+        rb = _ratio(alone.get("tokens"), lite["limit"])
         labels.append(f"{LITELLM} deployment tpm")
         ratios["one Redis"].append(ra)
-        ratios["no Redis"].append(None)
-        body.append([label, f"{lite['limit']:,}", f"{lite['tokens']:,}", fmt(ra, 3, "×"), "—",
-                     "—", "tokens answered (3 proxies, one Redis)"])  # fmt: skip
+        ratios["no Redis"].append(rb)
+        body.append([label, f"{lite['limit']:,}", f"{lite['tokens']:,}", fmt(ra, 3, "×"),
+                     fmt(alone.get("tokens"), 0), fmt(rb, 2, "×"), "tokens answered (*no Redis*: "
+                     "one proxy alone)"])  # fmt: skip
     if labels:
         plots.paired_bars(labels, ratios, "accepted / limit", "Limits through 3 replicas at 3× "
                           "demand", img / "bench-replicas-limits.png", target=1.0)  # fmt: skip
@@ -223,8 +226,10 @@ def _limits(result: Result, img: Path) -> str:
         "nginx, on the same Redis (`router_settings`: `redis_host`, `redis_port`, "
         "`routing_strategy: usage-based-routing-v2`, `enable_pre_call_checks: true`), the fast "
         "fake as one deployment with `tpm` at the same limit, driven at the same 3× inside one "
-        "calendar minute (LiteLLM counts per `%H-%M` minute); its per-key limits need its "
-        "PostgreSQL (virtual keys), so only the deployment's limit is compared."
+        "calendar minute (LiteLLM counts per `%H-%M` minute), then one of its proxies alone at "
+        "the same demand the next minute (in the *no Redis* column: whether the limit holds at "
+        "all); its per-key limits need its PostgreSQL (virtual keys), so only the deployment's "
+        "limit is compared."
     )
     headers = ["limit", "value", "one Redis", "× limit", "no Redis", "× limit", "counted"]
     table = md_table(headers, body, "lrrrrrl")
