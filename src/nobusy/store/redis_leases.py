@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
 
 __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
@@ -195,9 +195,9 @@ class RedisLeases:
         self._owed: dict[str, Counter[str]] = {}
         self._changes: dict[str, list[str | float]] = {}  # limit changes, not yet told
         self._redis = connect(url)
-        self._take = self._redis.register_script(_TAKE)
-        self._sync = self._redis.register_script(_SYNC)
-        self._reset = self._redis.register_script(_RESET)
+        self._take = Script(self._redis, _TAKE)
+        self._sync = Script(self._redis, _SYNC)
+        self._reset = Script(self._redis, _RESET)
         self._flushing: asyncio.Task[None] | None = None
         self._syncing: asyncio.Task[None] | None = None
 
@@ -372,8 +372,8 @@ class RedisLeases:
             with contextlib.suppress(*ERRORS):
                 for upstream in self.ceilings:
                     await self._reset(keys=_keys(upstream)[:1], args=[self.member])
-                await self._redis.zrem(HOLDERS, self.member)
-                await self._redis.hdel(FLEET, self.member)
+                await bounded(self._redis.zrem(HOLDERS, self.member))
+                await bounded(self._redis.hdel(FLEET, self.member))
         await self._redis.aclose()
 
 
