@@ -174,7 +174,7 @@ async def _share_upstreams(
         initial,
         settings.lease_ttl,
         settings.replicas_hint,
-        capacity.rates.ceilings,
+        {name: (spec.rpm, spec.tpm) for name, spec in settings.upstreams.items()},
     )
     leases.report = lambda: reports.report(router)
     leases.learn = lambda others: reports.learn(router, others)

@@ -54,7 +54,10 @@ class Router:
         self.capacity = Capacity(
             {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
             max(1, settings.initial_concurrency // settings.workers),
-            rates={name: (spec.rpm, spec.tpm) for name, spec in settings.upstreams.items()},
+            rates={
+                name: (_part(spec.rpm, settings.workers), _part(spec.tpm, settings.workers))
+                for name, spec in settings.upstreams.items()
+            },
         )
         self.capacity.pause = self._pause
         for name, limit in self.capacity.limits.items():
@@ -123,3 +126,9 @@ class Router:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
+
+
+def _part(value: int | None, workers: int) -> int | None:
+    """One worker's part of an upstream's rpm or tpm (without ``state``, windows are per
+    process: divided, the workers together never pass the ceiling)."""
+    return None if value is None else max(1, value // workers)
