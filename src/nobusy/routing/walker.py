@@ -272,9 +272,9 @@ class Walker:
             if not router.stats[route.upstream].circuit.available():
                 failures.append(router.ejected(route))
             elif not await router.capacity.take(route.upstream, self.who, self.estimate):
-                failures.append(
-                    UpstreamOverloaded("at its concurrency or rate limit", upstream=route.upstream)
-                )
+                full = router.capacity.resting(route.upstream) > 0
+                reason = "at its rpm/tpm limit" if full else "at its concurrency limit"
+                failures.append(UpstreamOverloaded(reason, upstream=route.upstream))
             else:
                 return route
         return None
