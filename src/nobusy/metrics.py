@@ -237,16 +237,28 @@ class _UpstreamCollector(Collector):
             "replica last saw them).",
             labels=["upstream"],
         )
+        window = {
+            part: GaugeMetricFamily(
+                f"nobusy_upstream_window_{part}",
+                f"The {part} in the last minute's window of each upstream with rpm or tpm "
+                "(with state: every replica's, as this replica last saw them).",
+                labels=["upstream"],
+            )
+            for part in ("requests", "tokens")
+        }
         for name, figures in capacity.snapshot().items():
             limit.add_metric([name], figures["limit"])
             if "leases_held" in figures:
                 leases.add_metric([name], figures["leases_held"])
+            for part, family in window.items():
+                if f"window_{part}" in figures:
+                    family.add_metric([name], figures[f"window_{part}"])
         queued = GaugeMetricFamily(
             "nobusy_queue_depth", "Requests waiting for a slot, by priority.", labels=["priority"]
         )
         for priority, depth in capacity.queue.depth().items():
             queued.add_metric([priority], depth)
-        yield from (limit, queued, leases)
+        yield from (limit, queued, leases, *window.values())
 
 
 class _ReplicaCollector(Collector):

@@ -168,7 +168,13 @@ async def _share_upstreams(
     initial = dict.fromkeys(ceilings, settings.initial_concurrency)
     replica = replica_name(settings)
     leases = RedisLeases(
-        url, replica, ceilings, initial, settings.lease_ttl, settings.replicas_hint
+        url,
+        replica,
+        ceilings,
+        initial,
+        settings.lease_ttl,
+        settings.replicas_hint,
+        {name: (spec.rpm, spec.tpm) for name, spec in settings.upstreams.items()},
     )
     leases.report = lambda: reports.report(router)
     leases.learn = lambda others: reports.learn(router, others)

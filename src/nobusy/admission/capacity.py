@@ -15,6 +15,11 @@ With ``state`` set, slots are leases in Redis (``store.redis_leases``, taken by 
 the limit is the fleet's; each replica keeps its own queue, served by ``pump`` as leases free
 up anywhere. Who is heavy is decided on the fleet's numbers (``others``, ``routing.reports``),
 and a heavy key's take asks Redis to leave the light keys' reserve free across the fleet.
+
+An upstream's ``rpm`` and ``tpm`` (``rates.py``) are one more condition of a slot: none is
+taken on an upstream whose window has no room for the request's estimated tokens (with leases,
+Redis decides both in the take's one round trip). Windows free up with time, not with answers:
+waiters are offered them again by their tickets each second, and by the pump.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from nobusy.admission.adaptive import AIMDLimit, Load
 from nobusy.admission.fairness import Fairness
 from nobusy.admission.queue import PRIORITIES, FairQueue, Waiter
+from nobusy.admission.rates import Rates, UpstreamRates
 from nobusy.admission.shared import SharedSlots
 from nobusy.errors import QueueFull, QueueTimeout
 from nobusy.store.interfaces import FleetLeases
@@ -54,8 +60,10 @@ class Capacity:
         max_concurrency: Mapping[str, int | None],
         initial: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        rates: Mapping[str, Rates] | None = None,
     ) -> None:
         self.clock = clock
+        self.rates = UpstreamRates(rates or {}, clock)  # upstreams' rpm and tpm, here
         self.fair = Fairness(clock)
         self.limits = {
             name: AIMDLimit.for_upstream(ceiling, initial)
@@ -113,12 +121,15 @@ class Capacity:
         light keys' reserve stays free in the fleet."""
         limit = self.limits[upstream]
         while self.queue.size and limit.has_room() and self.pause(upstream) <= 0:
+            if leases.resting(upstream) > 0:
+                return  # its window was full a moment ago: no round trip until it may not be
             waiter = self.queue.pop_for(upstream, lambda k: not self._reserve(upstream, k)[0])
             waiter = waiter or self.queue.pop_for(upstream)
             if waiter is None:
                 return
             who = waiter.key
-            taken = await leases.take(upstream, who, *self._reserve(upstream, who))
+            peak, light = self._reserve(upstream, who)
+            taken = await leases.take(upstream, who, peak, light, waiter.tokens)
             self._follow(upstream)
             if waiter.future.done():  # it left while Redis was asked
                 if taken:
@@ -130,14 +141,15 @@ class Capacity:
             self._grant(upstream, waiter.key, waiter.priority)
             waiter.future.set_result(upstream)
 
-    async def take(self, upstream: str, who: str = "") -> bool:
+    async def take(self, upstream: str, who: str = "", tokens: int = 0) -> bool:
         """``try_take``, as a lease from the fleet's when ``state`` is set (one round trip)."""
         leases = self.leases
         if leases is None or upstream not in leases.ceilings:
-            return self.try_take(upstream, who)
-        if not self.limits[upstream].has_room():
+            return self.try_take(upstream, who, tokens)
+        if not self.limits[upstream].has_room() or leases.resting(upstream) > 0:
             return False
-        taken = await leases.take(upstream, who, *self._reserve(upstream, who))
+        peak, light = self._reserve(upstream, who)
+        taken = await leases.take(upstream, who, peak, light, tokens)
         self._follow(upstream)
         if taken:
             self._grant(upstream, who, self._priority(who))
@@ -250,16 +262,18 @@ class Capacity:
 
     # --- slots -----------------------------------------------------------------------------
 
-    def try_take(self, upstream: str, who: str = "") -> bool:
-        """Take a slot if the upstream has room and ``who`` (noted by the caller) is within its
-        share. (A lease from the fleet needs a round trip: ``take``.)"""
+    def try_take(self, upstream: str, who: str = "", tokens: int = 0) -> bool:
+        """Take a slot if the upstream has room, its window room for ``tokens`` more, and
+        ``who`` (noted by the caller) is within its share. (A lease from the fleet needs a
+        round trip: ``take``.)"""
         limit = self.limits[upstream]
         if self._leased(upstream):
             return False
-        if not limit.has_room() or not self._within_share(upstream, who):
+        if not limit.has_room() or not self.rates.room(upstream, tokens):
             return False
-        if not self._shared_take(upstream):
+        if not self._within_share(upstream, who) or not self._shared_take(upstream):
             return False
+        self.rates.count(upstream, tokens)
         self._grant(upstream, who, self._priority(who))
         return True
 
@@ -301,9 +315,17 @@ class Capacity:
         seconds: float,
         who: str = "",
         sent: Load | None = None,
+        tokens: tuple[int, int] = (0, 0),
     ) -> None:
-        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter."""
+        """Free a slot (``ok``, ``overload`` or ``ignore``) and hand it to a waiter;
+        ``tokens``: the attempt's estimate and the tokens it used, for the rate window."""
         limit = self.limits[upstream]
+        if tokens[0] != tokens[1]:
+            if self._leased(upstream):
+                assert self.leases is not None
+                self.leases.correct(upstream, tokens[1] - tokens[0])
+            else:
+                self.rates.done(upstream, *tokens)
         before, epoch = limit.limit, limit.epoch
         limit.release(outcome, sent)
         if self._leased(upstream):
@@ -344,12 +366,19 @@ class Capacity:
         if self.queue.size and self.pause(upstream) > 0:
             return  # a waiter's ticket dispatches again within a second
         while self.queue.size and limit.has_room():
+            if not self.rates.room(upstream):
+                return  # its window is full: the waiters' tickets dispatch again each second
             if not self._shared_take(upstream):
                 return  # other workers hold the rest: the pump retries
             waiter = self.queue.pop_for(upstream, lambda k: self._within_share(upstream, k))
             if waiter is None:
                 self._shared_give_back(upstream)
                 return
+            if not self.rates.room(upstream, waiter.tokens):
+                self._shared_give_back(upstream)
+                self.queue.push(waiter, front=True)
+                return
+            self.rates.count(upstream, waiter.tokens)
             self._grant(upstream, waiter.key, waiter.priority)
             waiter.future.set_result(upstream)
 
@@ -402,7 +431,14 @@ class Capacity:
             # a while, and a flood told "never" would only come back sooner.
             share = max(1, left) / heavy
             eta = max(eta, (self.queue.rank(waiter) + 1) / (rate * share / slots))
-        return max(eta, min(self.pause(u) for u in waiter.upstreams))
+        return max(eta, min(max(self.pause(u), self.resting(u)) for u in waiter.upstreams))
+
+    def resting(self, upstream: str) -> float:
+        """Seconds until ``upstream``'s rpm/tpm window has room again (0: it has now)."""
+        if self._leased(upstream):
+            assert self.leases is not None
+            return self.leases.window_wait(upstream)
+        return self.rates.wait(upstream)
 
     def enqueue(
         self,
@@ -411,11 +447,12 @@ class Capacity:
         priority: str,
         patience: float,
         front: bool = False,
+        tokens: int = 0,
     ) -> Ticket:
         """Join the queue (``front``: see ``FairQueue.push``), or raise QueueFull at once if
-        the wait would exceed ``patience``."""
+        the wait would exceed ``patience``; ``tokens``: the request's estimate."""
         self.note(key, priority, arrival=False)  # the router counted this request already
-        waiter = Waiter(key, priority, upstreams)
+        waiter = Waiter(key, priority, upstreams, tokens=tokens)
         self.queue.push(waiter, front)
         peers = self._peers(key)
         for name in upstreams if key else ():
@@ -441,6 +478,12 @@ class Capacity:
                 view["in_flight_all_workers"] = self.shared.held(name)
             if self.leases is not None and name in self.leases.ceilings:
                 view["leases_held"] = self.leases.held(name)
+            if name in self.rates.ceilings:
+                used = self.rates.used(name)
+                if self._leased(name):
+                    assert self.leases is not None
+                    used = self.leases.window.get(name, used)
+                view["window_requests"], view["window_tokens"] = used
             views[name] = view
         return views
 

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from nobusy.errors import ModelNotAllowed, QuotaExhausted, RateLimited
 from nobusy.keys import Key
 
-__all__ = ["WINDOW", "KeyLimits", "check_counts", "check_key", "estimate_tokens", "limited"]
+__all__ = [
+    "WINDOW",
+    "KeyLimits",
+    "Window",
+    "check_counts",
+    "check_key",
+    "estimate_tokens",
+    "limited",
+]
 
 WINDOW = 60.0  # seconds: the window of rpm and tpm
 
@@ -90,6 +98,9 @@ class _Usage:
             self.requests.popleft()
         while self.tokens and self.tokens[0][0] < horizon:
             self.token_sum -= self.tokens.popleft()[1]
+
+
+Window = _Usage  # the same sliding window counts an upstream's rpm and tpm (admission.rates)
 
 
 class KeyLimits:

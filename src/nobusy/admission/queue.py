@@ -29,6 +29,7 @@ class Waiter:
     future: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    tokens: int = 0  # the request's estimated tokens, for its upstream's tpm window
 
 
 class FairQueue:

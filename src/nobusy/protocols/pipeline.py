@@ -235,7 +235,12 @@ class _PipelineResponse(Response):
         priority = key.priority if key else "normal"
         default = key.max_wait if key and key.max_wait is not None else None
         patience = _patience(request, default or state.settings.default_max_wait)
-        walk = Walker(router, chat.model, body, entry.record.request_id, who, priority, patience)
+        tokens = entry.estimate or estimate_tokens(
+            self.size, chat.max_completion_tokens or chat.max_tokens
+        )
+        walk = Walker(
+            router, chat.model, body, entry.record.request_id, who, priority, patience, tokens
+        )
         entry.walk = walk
         if not await walk.take():  # queued
             if chat.stream:

@@ -92,6 +92,7 @@ class AnswerStream:
         self.saw_usage = False
         self.attempt_pieces = 0
         self.attempt_usage = False
+        self.attempt_tokens = 0  # what the answering attempt's upstream reported using
         self.role_sent = False
         self.joiner: Joiner | None = None
         self.reasoning_skip: Skipper | None = None
@@ -136,7 +137,7 @@ class AnswerStream:
                     held = self._held_content()  # the stream ended without a finish chunk
                     if held:
                         yield _content_chunk(held)
-                    await attempt.succeed()
+                    await attempt.succeed(self.attempt_tokens if self.attempt_usage else None)
                     if self.saw_usage:
                         yield _usage_chunk(self.usage)
                     return
@@ -171,6 +172,8 @@ class AnswerStream:
             self.saw_usage = self.attempt_usage = True
             self.usage["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             self.usage["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            self.attempt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.attempt_tokens += int(usage.get("completion_tokens") or 0)
             if not chunk.get("choices"):
                 return []
             chunk = {k: v for k, v in chunk.items() if k != "usage"}
@@ -267,6 +270,7 @@ class AnswerStream:
             self.usage["completion_tokens"] += self.attempt_pieces
         self.attempt_pieces = 0
         self.attempt_usage = False
+        self.attempt_tokens = 0
 
     async def _continuation_body(self, route: Route) -> dict[str, Any]:
         """The request that has ``route`` continue what the client already has."""

@@ -33,7 +33,9 @@ _FLOOR_PAUSE = 1.0  # seconds an upstream rests after refusing a lone request at
 class Attempt:
     """One request to one upstream, and its bookkeeping: load, circuit, metrics."""
 
-    def __init__(self, router: Router, route: Route, call: UpstreamCall, who: str = "") -> None:
+    def __init__(
+        self, router: Router, route: Route, call: UpstreamCall, who: str = "", estimate: int = 0
+    ) -> None:
         self.route = route
         self.upstream = router.upstreams[route.upstream]
         self.stats = router.stats[route.upstream]
@@ -44,6 +46,10 @@ class Attempt:
         self.first_token_at: float | None = None
         self.ended = False
         self.who = who
+        # Tokens counted in the upstream's tpm window when sent, and those it reported using
+        # (None: unknown, the estimate stands).
+        self.estimate = estimate
+        self.used: int | None = None
         self.capacity = router.capacity
         self.sent = router.capacity.load(route.upstream)  # our load when this was sent
         self.stats.in_flight += 1
@@ -74,7 +80,9 @@ class Attempt:
         self.stats.observe_ttft(ttft)
         self.capacity.first_token(self.route.upstream, ttft, self.sent)
 
-    async def succeed(self) -> None:
+    async def succeed(self, used: int | None = None) -> None:
+        """The answer ended well; ``used``: the tokens the upstream reported for it."""
+        self.used = used
         if not self._end("ok"):
             return
         # Like refusals, successes count for the failure rate only at a load the limit still
@@ -136,8 +144,14 @@ class Attempt:
             return False
         self.ended = True
         self.stats.in_flight -= 1
+        used = self.estimate if self.used is None else self.used
         self.capacity.release(
-            self.route.upstream, outcome, time.perf_counter() - self.started, self.who, self.sent
+            self.route.upstream,
+            outcome,
+            time.perf_counter() - self.started,
+            self.who,
+            self.sent,
+            (self.estimate, used),
         )
         return True
 

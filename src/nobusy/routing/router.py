@@ -54,6 +54,10 @@ class Router:
         self.capacity = Capacity(
             {name: spec.max_concurrency for name, spec in settings.upstreams.items()},
             max(1, settings.initial_concurrency // settings.workers),
+            rates={
+                name: (_part(spec.rpm, settings.workers), _part(spec.tpm, settings.workers))
+                for name, spec in settings.upstreams.items()
+            },
         )
         self.capacity.pause = self._pause
         for name, limit in self.capacity.limits.items():
@@ -95,13 +99,19 @@ class Router:
         return plan_routes(routes, self.stats, self.rng)
 
     def enqueue(
-        self, alias: str, key: str, priority: str, patience: float, front: bool = False
+        self,
+        alias: str,
+        key: str,
+        priority: str,
+        patience: float,
+        front: bool = False,
+        tokens: int = 0,
     ) -> Ticket:
         """Wait for a slot on any route of the alias (QueueFull if it would take long); one
         whose circuit is open hands out no slot until it may be used again."""
         spec = self.alias(alias)
         upstreams = frozenset(r.upstream for r in (*spec.routes, *spec.overflow))
-        return self.capacity.enqueue(upstreams, key, priority, patience, front)
+        return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
 
     def ejected(self, route: Route) -> UpstreamEjected:
         """The failure that names a route skipped because its circuit is open."""
@@ -116,3 +126,9 @@ class Router:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
+
+
+def _part(value: int | None, workers: int) -> int | None:
+    """One worker's part of an upstream's rpm or tpm (without ``state``, windows are per
+    process: divided, the workers together never pass the ceiling)."""
+    return None if value is None else max(1, value // workers)

@@ -59,6 +59,7 @@ class Walker:
         who: str = "",
         priority: str = "normal",
         patience: float | None = None,
+        estimate: int = 0,
     ) -> None:
         self.router = router
         self.alias = alias
@@ -68,6 +69,7 @@ class Walker:
         self.who = who
         self.priority = priority
         self.patience = router.settings.default_max_wait if patience is None else patience
+        self.estimate = estimate  # tokens, for the upstreams' tpm (``admission.rates``)
         self.started_at = time.monotonic()
         self.deadline = self.started_at + self.patience
         # A queue place not yet turned into a slot: given up if the request ends first.
@@ -91,7 +93,7 @@ class Walker:
         leases from the fleet, with ``state``, need ``take``.)"""
         failures, candidates = self._candidates()
         for route, rest, overflow, skipped in candidates:
-            if self.router.capacity.try_take(route.upstream, self.who):
+            if self.router.capacity.try_take(route.upstream, self.who, self.estimate):
                 self._plan(route, rest, failures[:skipped], overflow)
                 return True
         return self._queue(failures, candidates)
@@ -102,7 +104,7 @@ class Walker:
             return self.reserve()  # without state: no slot needs a round trip
         failures, candidates = self._candidates()
         for route, rest, overflow, skipped in candidates:
-            if await self.router.capacity.take(route.upstream, self.who):
+            if await self.router.capacity.take(route.upstream, self.who, self.estimate):
                 self._plan(route, rest, failures[:skipped], overflow)
                 return True
         return self._queue(failures, candidates)
@@ -156,7 +158,9 @@ class Walker:
             self.ticket = None
 
     def _enqueue(self, patience: float, front: bool = False) -> None:
-        self.ticket = self.router.enqueue(self.alias, self.who, self.priority, patience, front)
+        self.ticket = self.router.enqueue(
+            self.alias, self.who, self.priority, patience, front, self.estimate
+        )
 
     def _plan(
         self, route: Route, rest: Iterable[Route], failures: list[UpstreamError], overflow: bool
@@ -247,7 +251,7 @@ class Walker:
         attempt is read)."""
         self.attempts += 1
         call = UpstreamCall(model=route.model, body=body, request_id=self.request_id)
-        return Attempt(self.router, route, call, self.who)
+        return Attempt(self.router, route, call, self.who, self.estimate)
 
     async def _next_route(self) -> Route | None:
         """The next usable route with a slot, if the attempt limit and the retry budget allow
@@ -267,10 +271,10 @@ class Walker:
             route = self.rest.popleft()
             if not router.stats[route.upstream].circuit.available():
                 failures.append(router.ejected(route))
-            elif not await router.capacity.take(route.upstream, self.who):
-                failures.append(
-                    UpstreamOverloaded("at its concurrency limit", upstream=route.upstream)
-                )
+            elif not await router.capacity.take(route.upstream, self.who, self.estimate):
+                full = router.capacity.resting(route.upstream) > 0
+                reason = "at its rpm/tpm limit" if full else "at its concurrency limit"
+                failures.append(UpstreamOverloaded(reason, upstream=route.upstream))
             else:
                 return route
         return None

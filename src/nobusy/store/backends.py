@@ -107,10 +107,13 @@ def reading(settings: Settings) -> Iterator[Any]:
     url = settings.store.get_secret_value()
     try:
         conn = Qmark(connect(url))
-        migrate(conn.conn, *_sets())
     except ERRORS as exc:
         raise startup_error(exc, url, migrating=True) from None
     with closing(conn):
+        try:
+            migrate(conn.conn, *_sets())
+        except ERRORS as exc:
+            raise startup_error(exc, url, migrating=True) from None
         yield conn
 
 

@@ -99,11 +99,32 @@ class FleetLeases(Protocol):
     limit: dict[str, float]  # the fleet's learned limit of each, as last seen
     epoch: dict[str, int]  # its decreases so far (a refusal sent before one is old news)
 
+    window: dict[str, tuple[int, int]]  # requests and tokens in each rpm/tpm window, last seen
+
     async def take(
-        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+        self,
+        upstream: str,
+        who: str = "",
+        peak: int = 0,
+        light: Collection[str] = (),
+        tokens: int = 0,
     ) -> bool:
         """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
-        slots kept for the ``light`` keys (less what they hold now)."""
+        slots kept for the ``light`` keys (less what they hold now), and the upstream's
+        rpm/tpm window has room for ``tokens`` more."""
+        ...
+
+    def correct(self, upstream: str, tokens: int) -> None:
+        """Add ``tokens`` (an attempt's usage less its estimate) to the window, without
+        waiting."""
+        ...
+
+    def resting(self, upstream: str) -> float:
+        """Seconds before a take is worth a round trip (the window was full lately)."""
+        ...
+
+    def window_wait(self, upstream: str) -> float:
+        """Seconds until the window, full when last seen, has room again."""
         ...
 
     def give_back(self, upstream: str, who: str = "") -> None:

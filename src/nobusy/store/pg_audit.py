@@ -69,6 +69,9 @@ class PgAuditLog(AuditLog):
         except ERRORS as exc:
             self._link.close()
             raise startup_error(exc, self._url, migrating=True) from None
+        except BaseException:
+            self._link.close()  # a bug, not the database: no connection left for the GC
+            raise
 
     def _close_db(self) -> None:
         if self._spill is not None:

@@ -73,6 +73,9 @@ class PgKeyStore(KeyStore):
         except ERRORS as exc:
             self._link.close()
             raise startup_error(exc, url, migrating=True) from None
+        except BaseException:
+            self._link.close()  # a bug, not the database: no connection left for the GC
+            raise
 
     def close(self) -> None:
         """Send the charges still waiting (once), then close the connection."""

@@ -103,6 +103,9 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             "ALTER TABLE keys DROP CONSTRAINT keys_name_key",
             "CREATE UNIQUE INDEX keys_active_name ON keys (name) WHERE revoked_at IS NULL",
         ),
+        # The Responses API's kept responses stay in each replica's own nobusy.db for now
+        # (store/responses.py): a replica other than the one that answered cannot see them.
+        "m006_responses": (),
     },
     AUDIT.name: {
         "m001_audit": (

@@ -56,6 +56,9 @@ class PgUsageLog(UsageLog):
         except ERRORS as exc:
             self._link.close()
             raise startup_error(exc, self._url, migrating=True) from None
+        except BaseException:
+            self._link.close()  # a bug, not the database: no connection left for the GC
+            raise
         self.spill = Spill(
             data_dir, "usage", _insert, self._link, self.liveness,
             retry_interval=self._retry_interval,

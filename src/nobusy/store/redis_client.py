@@ -8,10 +8,13 @@ text: every message names the URL through ``redact`` and passes redis-py's own w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -25,7 +28,19 @@ from nobusy.errors import ConfigError
 from nobusy.settings import Settings
 from nobusy.store.health import Health
 
-__all__ = ["ERRORS", "check_state", "connect", "probe", "redact", "replica_name", "scrub"]
+__all__ = [
+    "ERRORS",
+    "Script",
+    "bounded",
+    "check_state",
+    "connect",
+    "probe",
+    "redact",
+    "replica_name",
+    "scrub",
+]
+
+T = TypeVar("T")
 
 ERRORS = (RedisError, OSError)
 # Short: on loopback or a LAN Redis answers in well under a millisecond, and a request waiting
@@ -65,16 +80,36 @@ def replica_name(settings: Settings) -> str:
 
 
 def connect(url: str) -> redis.asyncio.Redis:
-    """An asyncio client with short timeouts and one immediate retry (a pooled connection
-    that a restarted Redis closed fails once, then reconnects); RESP2, which every supported
-    Redis and Valkey speaks, whatever redis-py's own default."""
+    """An asyncio client with a short connect timeout and one immediate retry (a pooled
+    connection that a restarted Redis closed fails once, then reconnects); RESP2, which every
+    supported Redis and Valkey speaks, whatever redis-py's own default. Commands are bounded
+    by ``bounded`` and ``Script``, not by a ``socket_timeout``: with one, redis-py writes each
+    command through ``asyncio.wait_for``, a task and two turns of the event loop per write,
+    which measured 0.15 ms of the 0.4 ms a script call took inside a busy server."""
     return redis.asyncio.Redis.from_url(
         url,
         protocol=2,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
         retry=AsyncRetry(NoBackoff(), 1),
     )
+
+
+async def bounded(command: Awaitable[T]) -> T:
+    """``command``'s answer, or TimeoutError (an OSError, so among ``ERRORS``) after
+    ``COMMAND_TIMEOUT``: a Redis that stopped answering must not hold a request. redis-py
+    drops a connection whose command was cancelled, so no late answer is read as another's."""
+    async with asyncio.timeout(COMMAND_TIMEOUT):
+        return await command
+
+
+class Script:
+    """A Lua script run by EVALSHA (loaded again by redis-py if Redis lost it), ``bounded``."""
+
+    def __init__(self, client: redis.asyncio.Redis, source: str) -> None:
+        self._script = client.register_script(source)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float] = ()) -> Any:
+        return await bounded(self._script(keys=list(keys), args=list(args)))
 
 
 def check_state(settings: Settings) -> None:

@@ -11,6 +11,12 @@ takes one only while ``held + 1 + reserve <= min(ceiling, limit)``. ``reserve`` 
 keys' recent peak (sent by the replica) less the slots they hold now across the fleet, counted
 exactly in the script (the lease hash counts slots by key too), not as last reported.
 
+An upstream with ``rpm`` or ``tpm`` also has ``req`` (its attempts by time), ``tok`` (their
+tokens by time, each member ending in its amount) and ``sum``, the window of
+``admission.rates`` on Redis's clock: the same take admits the attempt only while the window
+has room, and counts it in. Corrections by the usage reported ride on the next call, like
+give-backs; a window found full makes this replica skip the round trip for a moment.
+
 A replica is alive while it syncs (every ``SYNC`` seconds; it says so in ``holders``): one
 killed with slots held loses them ``ttl`` seconds after its last sync, one that closes gives
 them back at once. Giving back never waits: it rides on the next take of the same upstream, or
@@ -18,6 +24,7 @@ on a call of its own 5 ms later if none comes. The sync also carries this replic
 keys' demand and waiting, its budgets, ``routing.reports``) and returns the others'.
 
 When Redis fails, slots are counted in this process, ``min(ceiling, limit) / replicas`` each
+(and rpm and tpm likewise, in a window of this process's)
 (never refused: an upstream's slot is not a key's limit, and the upstreams themselves still
 refuse what they cannot take), said once in the log; the first sync that succeeds writes back
 this replica's exact counts and shares again.
@@ -27,19 +34,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.admission.limits import WINDOW
+from nobusy.admission.rates import Rates, UpstreamRates
+from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
 
 __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
 SYNC = 0.2  # seconds between a replica's syncs: heartbeat, and the reports of its keys
 _COALESCE = 0.005  # seconds a give-back waits for a take to ride on (then a call of its own)
+_RECHECK = 0.5  # seconds a full window is believed full before asking Redis again
+_KEEP = int(2 * WINDOW)  # seconds an upstream's window outlives its last write
 HOLDERS = "nobusy:leaseholders"
 FLEET = "nobusy:leases:reports"
 
@@ -51,9 +64,13 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function at(x) return string.format('%.6f', x) end
 """
 
-# KEYS: lease, holders, limit. ARGV: member, ceiling, initial, take (1/0), peak, ttl, who,
-# then the slots given back (a count, then key and slots for each), the light keys (a count,
-# then each), and the limit's changes as triples (kind, a, b). The lease hash holds, per
+# KEYS: lease, holders, limit, req, tok, sum. ARGV: member, ceiling, initial, take (1/0),
+# peak, ttl, who, then the slots given back (a count, then key and slots for each), the light
+# keys (a count, then each), the window's rpm, tpm (-1: none), the take's estimated tokens,
+# an id for this call's entries, the tokens corrected since the last call, the window's
+# seconds and how long its keys outlive a write, and the limit's changes as triples (kind, a,
+# b). Returns taken (1/0), held, epoch, limit, then seconds until a full window has room
+# (0: not full), and the requests and tokens in the window. The lease hash holds, per
 # replica incarnation, its total (field: member) and its slots by key (member NUL key). The
 # floor (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
 _TAKE = (
@@ -77,6 +94,27 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 1
 end
 i = i + 1
+local rpm, tpm, estimate = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local rid, correction = ARGV[i + 3], tonumber(ARGV[i + 4])
+local window, keep = tonumber(ARGV[i + 5]), ARGV[i + 6]
+i = i + 7
+local rated, requests, sum = rpm >= 0 or tpm >= 0, 0, 0
+if rated then
+  -- The window of admission.rates (and of a key's limits, store/redis_limits.py).
+  if correction ~= 0 then
+    redis.call('ZADD', KEYS[5], at(now), rid .. 'c:' .. correction)
+    redis.call('INCRBY', KEYS[6], correction)
+  end
+  local horizon = '(' .. at(now - window)
+  sum = tonumber(redis.call('GET', KEYS[6]) or '0')
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', horizon)) do
+    sum = sum - tonumber(string.match(m, ':(-?%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', horizon)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', horizon)
+  redis.call('SET', KEYS[6], string.format('%d', sum), 'EX', keep)
+  requests = redis.call('ZCARD', KEYS[4])
+end
 local ceiling = tonumber(ARGV[2])
 local limit = tonumber(redis.call('HGET', KEYS[3], 'limit') or ARGV[3])
 local epoch = tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0')
@@ -111,14 +149,27 @@ for j = 1, #counts, 2 do
     holding = holding + tonumber(counts[j + 1])
   end
 end
-local ok = 0
+local ok, rest = 0, 0
 local reserve = math.max(0, tonumber(ARGV[5]) - holding)
-if ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
+if rated and ((rpm >= 0 and requests >= rpm)
+    or (tpm >= 0 and requests > 0 and sum + estimate > tpm)) then
+  -- No room in the window (a first request always fits, as for a key's tpm): when the
+  -- oldest request in it leaves, there may be.
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
+  rest = math.max(0, tonumber(oldest) + window - now)
+elseif ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
   redis.call('HINCRBY', KEYS[1], member, 1)
   if who ~= '' then redis.call('HINCRBY', KEYS[1], member .. '\\0' .. who, 1) end
   held, ok = held + 1, 1
+  if rated then
+    redis.call('ZADD', KEYS[4], at(now), rid)
+    redis.call('ZADD', KEYS[5], at(now), rid .. ':' .. estimate)
+    redis.call('INCRBY', KEYS[6], estimate)
+    for k = 4, 6 do redis.call('EXPIRE', KEYS[k], keep) end
+    requests, sum = requests + 1, sum + estimate
+  end
 end
-return {ok, held, epoch, string.format('%.6f', limit)}
+return {ok, held, epoch, string.format('%.6f', limit), at(rest), requests, sum}
 """
 )
 
@@ -159,7 +210,8 @@ return out
 
 def _keys(upstream: str) -> list[str]:
     # One hash tag per upstream: its keys would share a slot on a cluster.
-    return [f"nobusy:up:{{{upstream}}}:lease", HOLDERS, f"nobusy:up:{{{upstream}}}:limit"]
+    up = f"nobusy:up:{{{upstream}}}"
+    return [f"{up}:lease", HOLDERS, f"{up}:limit", f"{up}:req", f"{up}:tok", f"{up}:sum"]
 
 
 class RedisLeases:
@@ -173,6 +225,7 @@ class RedisLeases:
         initial: Mapping[str, int],
         ttl: float = 10.0,
         replicas_hint: int = 1,
+        rates: Mapping[str, Rates] | None = None,
     ) -> None:
         self.url, self.shown, self.replica = url, redact(url), replica
         self.ceilings = dict(ceilings)
@@ -194,10 +247,17 @@ class RedisLeases:
         # Slots given back, not yet told to Redis: upstream -> key -> slots.
         self._owed: dict[str, Counter[str]] = {}
         self._changes: dict[str, list[str | float]] = {}  # limit changes, not yet told
+        # The upstreams' rpm and tpm: decided in Redis; counted here while it does not answer.
+        self.rates = UpstreamRates(rates or {})
+        self.window: dict[str, tuple[int, int]] = {}  # requests and tokens in it, last seen
+        self._corrections: Counter[str] = Counter()  # tokens to add to a window, not yet told
+        self._full_until: dict[str, float] = {}  # when a window seen full may have room
+        self._ids = itertools.count()
+        self._asked: dict[str, float] = {}  # when Redis was last asked about an upstream
         self._redis = connect(url)
-        self._take = self._redis.register_script(_TAKE)
-        self._sync = self._redis.register_script(_SYNC)
-        self._reset = self._redis.register_script(_RESET)
+        self._take = Script(self._redis, _TAKE)
+        self._sync = Script(self._redis, _SYNC)
+        self._reset = Script(self._redis, _RESET)
         self._flushing: asyncio.Task[None] | None = None
         self._syncing: asyncio.Task[None] | None = None
 
@@ -210,14 +270,20 @@ class RedisLeases:
     # --- slots -----------------------------------------------------------------------------
 
     async def take(
-        self, upstream: str, who: str = "", peak: int = 0, light: Collection[str] = ()
+        self,
+        upstream: str,
+        who: str = "",
+        peak: int = 0,
+        light: Collection[str] = (),
+        tokens: int = 0,
     ) -> bool:
         """One more slot on ``upstream`` for ``who`` if all replicas together hold fewer than
-        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now); also
-        tells Redis what this replica owes it. One round trip."""
+        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now), and
+        its rpm/tpm window has room for ``tokens``; also tells Redis what this replica owes
+        it. One round trip."""
         if self.shared:
             try:
-                taken = await self._call(upstream, True, who, peak, light)
+                taken = await self._call(upstream, True, who, peak, light, tokens)
             except ERRORS as exc:
                 self._lost(exc)
             else:
@@ -227,6 +293,8 @@ class RedisLeases:
         share = max(1, int(min(self.ceilings[upstream], self.limit[upstream])) // self.replicas)
         reserve = max(0, peak - sum(self.mine_by[upstream, k] for k in light))
         if self.mine[upstream] + reserve >= share:
+            return False
+        if not self.rates.admit(upstream, tokens, self.replicas):
             return False
         self._count(upstream, who, 1)
         self.fleet[upstream] = self.mine[upstream]
@@ -255,6 +323,31 @@ class RedisLeases:
             self._changes.setdefault(upstream, []).extend((kind, a, b))
             self._flush_soon()
 
+    def correct(self, upstream: str, tokens: int) -> None:
+        """Add ``tokens`` (an attempt's usage less its estimate) to ``upstream``'s window: in
+        Redis with the next call about it, here while Redis does not answer."""
+        if upstream not in self.rates.ceilings or not tokens:
+            return
+        if not self.shared:
+            self.rates.done(upstream, 0, tokens)
+            return
+        self._corrections[upstream] += tokens
+        self._flush_soon()
+
+    def resting(self, upstream: str) -> float:
+        """Seconds before a take on ``upstream`` is worth a round trip (its window was full
+        lately; at most ``_RECHECK``, as another replica's correction may free it)."""
+        until = self._full_until.get(upstream)
+        if until is None or not self.shared:
+            return 0.0
+        return max(0.0, min(until, self._asked.get(upstream, 0.0) + _RECHECK) - time.monotonic())
+
+    def window_wait(self, upstream: str) -> float:
+        """Seconds until ``upstream``'s window, full when last seen, has room again."""
+        if not self.shared:
+            return self.rates.wait(upstream, self.replicas)
+        return max(0.0, self._full_until.get(upstream, 0.0) - time.monotonic())
+
     def held(self, upstream: str) -> int:
         """Slots on ``upstream`` held by every replica together, as last seen."""
         return self.fleet.get(upstream, 0)
@@ -266,18 +359,32 @@ class RedisLeases:
         who: str = "",
         peak: int = 0,
         light: Collection[str] = (),
+        tokens: int = 0,
     ) -> bool:
         owed, changes = self._owed.pop(upstream, Counter()), self._changes.pop(upstream, [])
+        correction = self._corrections.pop(upstream, 0)
         args: list[str | int | float] = [self.member, self.ceilings[upstream]]
         args += [self.initial[upstream], int(take), peak, self.ttl, who, len(owed)]
         for key, n in owed.items():
             args += [key, n]
-        args += [len(light), *light, *changes]
+        rpm, tpm = self.rates.ceilings.get(upstream, (None, None))
+        rid = f"{self.member}:{next(self._ids)}"
+        args += [len(light), *light, _limit(rpm), _limit(tpm), tokens, rid, correction]
+        args += [int(WINDOW), _KEEP, *changes]
         # On an error, whether Redis applied what was owed is unknown: the sync after it
-        # answers again writes back this replica's exact counts (the limit's changes are lost).
-        ok, held, epoch, limit = await self._take(keys=_keys(upstream), args=args)
+        # answers again writes back this replica's exact counts (the limit's changes and the
+        # window's corrections are lost).
+        self._asked[upstream] = time.monotonic()
+        answer = await self._take(keys=_keys(upstream), args=args)
+        ok, held, epoch, limit, rest, requests, tokens_now = answer
         self.fleet[upstream], self.epoch[upstream] = int(held), int(epoch)
         self.limit[upstream] = float(limit)
+        if upstream in self.rates.ceilings:
+            self.window[upstream] = (int(requests), int(tokens_now))
+            if float(rest) > 0:
+                self._full_until[upstream] = time.monotonic() + float(rest)
+            else:
+                self._full_until.pop(upstream, None)
         return bool(ok)
 
     def _flush_soon(self) -> None:
@@ -288,8 +395,8 @@ class RedisLeases:
         """Tell Redis what is owed for every upstream, until nothing is: after a moment, in
         which the next take (under load, the usual case) carries it for free."""
         await asyncio.sleep(_COALESCE)
-        while self.shared and (self._owed or self._changes):
-            upstream = next(iter(self._owed or self._changes))
+        while self.shared and (self._owed or self._changes or self._corrections):
+            upstream = next(iter(self._owed or self._changes or self._corrections))
             try:
                 await self._call(upstream, take=False)
             except ERRORS as exc:
@@ -321,6 +428,7 @@ class RedisLeases:
             await self._reset(keys=_keys(upstream)[:1], args=self._fields(upstream))
         self._owed.clear()
         self._changes.clear()
+        self._corrections.clear()
 
     def _fields(self, upstream: str) -> list[str | int]:
         """This replica's fields in the lease hash of ``upstream``, and their counts."""
@@ -342,6 +450,7 @@ class RedisLeases:
         self.shared = False
         self._owed.clear()
         self._changes.clear()
+        self._corrections.clear()
         reason = scrub(str(exc) or type(exc).__name__, self.url)
         log.warning(
             "Redis at %s does not answer (%s): upstream slots are counted here now, each "
@@ -372,9 +481,13 @@ class RedisLeases:
             with contextlib.suppress(*ERRORS):
                 for upstream in self.ceilings:
                     await self._reset(keys=_keys(upstream)[:1], args=[self.member])
-                await self._redis.zrem(HOLDERS, self.member)
-                await self._redis.hdel(FLEET, self.member)
+                await bounded(self._redis.zrem(HOLDERS, self.member))
+                await bounded(self._redis.hdel(FLEET, self.member))
         await self._redis.aclose()
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
 
 
 def _text(value: bytes | str) -> str:

@@ -44,7 +44,7 @@ from nobusy.admission.limits import WINDOW, KeyLimits, check_counts, check_key, 
 from nobusy.errors import QuotaExhausted, RateLimited, StorageUnavailable
 from nobusy.keys import Key
 from nobusy.store.health import Health
-from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
 from nobusy.store.replicas import BEAT_SCRIPT, FLEET, Fleet
 
 __all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
@@ -205,9 +205,9 @@ class RedisKeyLimits:
         self.reason = ""  # why Redis was last found failing (its words, scrubbed)
         self.fleet = fleet or Fleet(replica)
         self._redis = connect(url)
-        self._admit = self._redis.register_script(_ADMIT)
-        self._done = self._redis.register_script(_DONE)
-        self._beat = self._redis.register_script(BEAT_SCRIPT)
+        self._admit = Script(self._redis, _ADMIT)
+        self._done = Script(self._redis, _DONE)
+        self._beat = Script(self._redis, BEAT_SCRIPT)
         self._ids = itertools.count()
         self._local = KeyLimits()
         # Requests in flight by key, admitted through Redis and locally: ``done`` only names
@@ -362,7 +362,7 @@ class RedisKeyLimits:
             pipe.expire(fl, KEEP_IN_FLIGHT)
             pipe.hset(rsv, self.member, max(0, self._reserved[key_id]))
             pipe.expire(rsv, KEEP_IN_FLIGHT)
-        await pipe.execute()
+        await bounded(pipe.execute())
         self._unsynced.difference_update(keys)
 
     async def _beat_forever(self) -> None:
@@ -440,6 +440,6 @@ class RedisKeyLimits:
                 await self._beating
         await self.flush()
         with contextlib.suppress(*ERRORS):
-            await self._redis.zrem(REPLICAS, self.member)
-            await self._redis.hdel(FLEET, self.member)
+            await bounded(self._redis.zrem(REPLICAS, self.member))
+            await bounded(self._redis.hdel(FLEET, self.member))
         await self._redis.aclose()

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from nobusy.store.redis_client import ERRORS, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
 
 __all__ = ["CHANNEL", "RedisSignals", "Verdict"]
 
@@ -62,8 +62,8 @@ class RedisSignals:
         self.apply = apply
         self.listening = False
         self._redis = connect(url)
-        self._tell = self._redis.register_script(_TELL)
-        self._read = self._redis.register_script(_READ)
+        self._tell = Script(self._redis, _TELL)
+        self._read = Script(self._redis, _READ)
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -111,7 +111,7 @@ class RedisSignals:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await bounded(pubsub.subscribe(CHANNEL))
                 await self._in_force()
                 self._listening(True)
                 while True:

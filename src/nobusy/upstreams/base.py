@@ -87,6 +87,20 @@ class UpstreamSettings(BaseModel):
     max_concurrency: PositiveInt | None = Field(
         None, description="Ceiling on requests in flight to this upstream (none: unlimited)."
     )
+    rpm: PositiveInt | None = Field(
+        None,
+        description=(
+            "Requests per minute this upstream accepts from nobusy, all replicas together "
+            "(its account's RPM); past it the next route is tried, or the request waits."
+        ),
+    )
+    tpm: PositiveInt | None = Field(
+        None,
+        description=(
+            "Tokens per minute this upstream accepts from nobusy, all replicas together "
+            "(estimated when sent, corrected by the usage it reports)."
+        ),
+    )
     continuation: Literal["auto", "prefix", "vllm", "none"] = Field(
         "auto",
         description=(
