@@ -24,9 +24,8 @@ from typing import Any
 
 from nobusy.crypto import CryptoSuite
 from nobusy.store.audit import _CHAIN_COLUMNS, GENESIS, AuditLog, Store, _Pending
-from nobusy.store.migrations import AUDIT, NOBUSY
-from nobusy.store.pg_migrations import migrate
-from nobusy.store.postgres import ERRORS, Link, Liveness, Qmark, connect, redact, startup_error
+from nobusy.store.pg_migrations import migrated
+from nobusy.store.postgres import Link, Liveness, Qmark, connect, redact
 from nobusy.store.spill import Spill
 
 __all__ = ["PgAuditLog"]
@@ -62,16 +61,8 @@ class PgAuditLog(AuditLog):
         self.where = f"the audit log in PostgreSQL at {redact(url)}"
 
     def _open(self) -> Qmark:
-        self._link = Link(self._url)
-        try:
-            migrate(self._link.get().conn, NOBUSY, AUDIT)
-            return self._link.get()
-        except ERRORS as exc:
-            self._link.close()
-            raise startup_error(exc, self._url, migrating=True) from None
-        except BaseException:
-            self._link.close()  # a bug, not the database: no connection left for the GC
-            raise
+        self._link = migrated(self._url)
+        return self._link.get()
 
     def _close_db(self) -> None:
         if self._spill is not None:

@@ -24,12 +24,10 @@ from psycopg_pool import AsyncConnectionPool
 from nobusy.errors import NotFound, StorageUnavailable
 from nobusy.keys import Hasher, Key, bad_field, sha256_hasher, show, sm3_hasher, utcnow
 from nobusy.store.keys import _COLUMNS, KeyStore, index, to_key
-from nobusy.store.migrations import AUDIT, NOBUSY
-from nobusy.store.pg_migrations import migrate
+from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import (
     CONNECT_TIMEOUT,
     ERRORS,
-    Link,
     Liveness,
     redact,
     startup_error,
@@ -61,18 +59,17 @@ class PgKeyStore(KeyStore):
         self._setup(hashers, refresh_interval, clock)
         self._url = url
         self.liveness = liveness or Liveness(redact(url))
-        self._link = Link(url)
+        self._link = migrated(url)
         # Tokens charged to the copy and not yet sent, by key id.
         self._unsent: dict[str, int] = {}
         self._charge_lock = threading.Lock()
         try:
-            migrate(self._link.get().conn, NOBUSY, AUDIT)
             with self._lock:
                 self._conn = self._link.get()
                 self._reload()
         except ERRORS as exc:
             self._link.close()
-            raise startup_error(exc, url, migrating=True) from None
+            raise startup_error(exc, url) from None
         except BaseException:
             self._link.close()  # a bug, not the database: no connection left for the GC
             raise

@@ -23,8 +23,9 @@ import psycopg
 from sqlite_utils.migrations import Migrations
 
 from nobusy.store.migrations import AUDIT, NOBUSY
+from nobusy.store.postgres import ERRORS, Link, startup_error
 
-__all__ = ["STEPS", "applied", "migrate"]
+__all__ = ["STEPS", "applied", "migrate", "migrated"]
 
 TABLE = "nobusy_migrations"
 
@@ -162,3 +163,19 @@ def applied(conn: psycopg.Connection[Any], migrations: Migrations) -> list[str]:
         (migrations.name,),
     )
     return [str(row[0]) for row in rows]
+
+
+def migrated(url: str) -> Link:
+    """A connection to the PostgreSQL at ``url`` with every migration applied; ConfigError
+    naming what to check when it cannot be opened or migrated. Nothing is left open on any
+    failure (a bug included), so no connection waits for the garbage collector."""
+    link = Link(url)
+    try:
+        migrate(link.get().conn, NOBUSY, AUDIT)
+    except ERRORS as exc:
+        link.close()
+        raise startup_error(exc, url, migrating=True) from None
+    except BaseException:
+        link.close()
+        raise
+    return link

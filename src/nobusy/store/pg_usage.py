@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nobusy.store.migrations import AUDIT, NOBUSY
-from nobusy.store.pg_migrations import migrate
-from nobusy.store.postgres import ERRORS, Link, Liveness, redact, startup_error
+from nobusy.store.pg_migrations import migrated
+from nobusy.store.postgres import ERRORS, Link, Liveness, redact
 from nobusy.store.spill import Spill
 from nobusy.store.usage import COLUMNS, UsageLog, UsageRecord
 
@@ -50,15 +49,7 @@ class PgUsageLog(UsageLog):
         super().__init__(data_dir, **options)
 
     def _open(self, data_dir: Path, busy_timeout: float) -> None:
-        self._link = Link(self._url)
-        try:
-            migrate(self._link.get().conn, NOBUSY, AUDIT)
-        except ERRORS as exc:
-            self._link.close()
-            raise startup_error(exc, self._url, migrating=True) from None
-        except BaseException:
-            self._link.close()  # a bug, not the database: no connection left for the GC
-            raise
+        self._link = migrated(self._url)
         self.spill = Spill(
             data_dir, "usage", _insert, self._link, self.liveness,
             retry_interval=self._retry_interval,

@@ -30,6 +30,7 @@ from nobusy.store.health import Health
 
 __all__ = [
     "ERRORS",
+    "LUA_CLOCK",
     "Script",
     "bounded",
     "check_state",
@@ -41,6 +42,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The prelude of every Lua script that needs the time: Redis's clock, so that replicas whose
+# clocks differ share one window; ``at`` formats a time as a sorted-set score.
+LUA_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function at(x) return string.format('%.6f', x) end
+"""
 
 ERRORS = (RedisError, OSError)
 # Short: on loopback or a LAN Redis answers in well under a millisecond, and a request waiting

@@ -45,7 +45,7 @@ from typing import Any
 
 from nobusy.admission.limits import WINDOW
 from nobusy.admission.rates import Rates, UpstreamRates
-from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, LUA_CLOCK, Script, bounded, connect, redact, scrub
 
 __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
@@ -58,12 +58,6 @@ FLEET = "nobusy:leases:reports"
 
 log = logging.getLogger("nobusy.state")
 
-_CLOCK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function at(x) return string.format('%.6f', x) end
-"""
-
 # KEYS: lease, holders, limit, req, tok, sum. ARGV: member, ceiling, initial, take (1/0),
 # peak, ttl, who, then the slots given back (a count, then key and slots for each), the light
 # keys (a count, then each), the window's rpm, tpm (-1: none), the take's estimated tokens,
@@ -74,7 +68,7 @@ local function at(x) return string.format('%.6f', x) end
 # replica incarnation, its total (field: member) and its slots by key (member NUL key). The
 # floor (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
 _TAKE = (
-    _CLOCK
+    LUA_CLOCK
     + """
 local member, who = ARGV[1], ARGV[7]
 redis.call('ZADD', KEYS[2], at(now), member)
@@ -188,7 +182,7 @@ end
 # KEYS: holders, fleet. ARGV: member, ttl, report. Returns the live holders' count, then the
 # other live replicas' reports as (member, report) pairs.
 _SYNC = (
-    _CLOCK
+    LUA_CLOCK
     + """
 redis.call('ZADD', KEYS[1], at(now), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. at(now - tonumber(ARGV[2])))

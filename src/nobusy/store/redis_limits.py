@@ -44,7 +44,7 @@ from nobusy.admission.limits import WINDOW, KeyLimits, check_counts, check_key, 
 from nobusy.errors import QuotaExhausted, RateLimited, StorageUnavailable
 from nobusy.keys import Key
 from nobusy.store.health import Health
-from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, LUA_CLOCK, Script, bounded, connect, redact, scrub
 from nobusy.store.replicas import BEAT_SCRIPT, FLEET, Fleet
 
 __all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
@@ -57,12 +57,6 @@ _COALESCE = 0.005  # seconds a done waits for an admission to ride on (then a ca
 REPLICAS = "nobusy:replicas"
 
 log = logging.getLogger("nobusy.state")
-
-_CLOCK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function at(x) return string.format('%.6f', x) end
-"""
 
 # The end of a request (``done``), for the key whose six keys (req, tok, sum, fl, quota, rsv)
 # start after KEYS[k]: its in-flight count and reservation given back, the estimate replaced by
@@ -98,7 +92,7 @@ end
 # balance), then the pending dones (a count, then entry id, correction, spent, release each):
 # this replica's requests that ended since its last call ride on its next admission.
 _ADMIT = (
-    _CLOCK
+    LUA_CLOCK
     + _APPLY_DONE
     + """
 apply_dones(7, 13, ARGV[9], ARGV[10])
@@ -112,16 +106,22 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', horizon)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
 redis.call('SET', KEYS[3], string.format('%d', sum))
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
-local in_flight, live = 0, now - tonumber(ARGV[8])
-local counts = redis.call('HGETALL', KEYS[4])
-for i = 1, #counts, 2 do
-  local seen = redis.call('ZSCORE', KEYS[5], counts[i])
-  if seen and tonumber(seen) >= live then
-    in_flight = in_flight + tonumber(counts[i + 1])
-  else
-    redis.call('HDEL', KEYS[4], counts[i])
+local live = now - tonumber(ARGV[8])
+-- The sum of a hash's counts by replica, over the replicas beating since ``live``; the counts
+-- of the others (killed, or gone) are dropped.
+local function live_sum(hash)
+  local total, counts = 0, redis.call('HGETALL', hash)
+  for i = 1, #counts, 2 do
+    local seen = redis.call('ZSCORE', KEYS[5], counts[i])
+    if seen and tonumber(seen) >= live then
+      total = total + tonumber(counts[i + 1])
+    else
+      redis.call('HDEL', hash, counts[i])
+    end
   end
+  return total
 end
+local in_flight = live_sum(KEYS[4])
 local quota, spent, reserved = tonumber(ARGV[11]), tonumber(ARGV[12]), 0
 if quota >= 0 then
   -- The mirror counts for the quota it was made for; a new quota (a top-up, an edit) starts
@@ -132,15 +132,7 @@ if quota >= 0 then
   end
   redis.call('HSET', KEYS[6], 'quota', ARGV[11], 'spent', string.format('%d', spent))
   redis.call('EXPIRE', KEYS[6], ARGV[10])
-  local held = redis.call('HGETALL', KEYS[7])
-  for i = 1, #held, 2 do
-    local seen = redis.call('ZSCORE', KEYS[5], held[i])
-    if seen and tonumber(seen) >= live then
-      reserved = reserved + tonumber(held[i + 1])
-    else
-      redis.call('HDEL', KEYS[7], held[i])
-    end
-  end
+  reserved = live_sum(KEYS[7])
 else
   redis.call('DEL', KEYS[6])  -- no quota now: a quota given later starts from the store
 end
@@ -169,7 +161,7 @@ return {1}
 )
 
 # KEYS: six per done. ARGV: member, keep, keep_in_flight, then the dones as in _ADMIT.
-_DONE = _CLOCK + _APPLY_DONE + "apply_dones(0, 4, ARGV[2], ARGV[3])\n"
+_DONE = LUA_CLOCK + _APPLY_DONE + "apply_dones(0, 4, ARGV[2], ARGV[3])\n"
 
 
 _PARTS = ("req", "tok", "sum", "fl", "quota", "rsv")

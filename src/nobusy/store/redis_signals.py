@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from nobusy.store.redis_client import ERRORS, Script, bounded, connect, redact, scrub
+from nobusy.store.redis_client import ERRORS, LUA_CLOCK, Script, bounded, connect, redact, scrub
 
 __all__ = ["CHANNEL", "RedisSignals", "Verdict"]
 
@@ -30,9 +30,9 @@ log = logging.getLogger("nobusy.state")
 Verdict = tuple[str, str, float, str, int]
 
 # KEYS: circuits. ARGV: channel, member, upstream, event, seconds, reason, ejections.
-_TELL = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_TELL = (
+    LUA_CLOCK
+    + """
 if ARGV[4] == 'open' then
   local entry = cjson.encode({until_ = now + tonumber(ARGV[5]), reason = ARGV[6],
     ejections = tonumber(ARGV[7])})
@@ -44,6 +44,7 @@ redis.call('PUBLISH', ARGV[1], cjson.encode({from = ARGV[2], upstream = ARGV[3],
   event = ARGV[4], seconds = tonumber(ARGV[5]), reason = ARGV[6],
   ejections = tonumber(ARGV[7])}))
 """
+)
 
 # KEYS: circuits. Returns Redis's time now, then the (upstream, entry) pairs.
 _READ = """

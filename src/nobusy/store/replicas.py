@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nobusy import __version__
+from nobusy.store.redis_client import LUA_CLOCK
 
 __all__ = ["BEAT_SCRIPT", "FLEET", "Fleet", "Replica"]
 
@@ -24,10 +25,9 @@ FLEET = "nobusy:fleet"  # a hash: heartbeat member -> its figures (JSON)
 # (seconds a beat counts), this replica's figures. Prunes the replicas not seen for ``live``
 # seconds, beats, and returns the number beating and, for each, its member, the seconds since
 # its beat (on Redis's clock, so replicas' clocks need not agree) and its figures.
-BEAT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function at(x) return string.format('%.6f', x) end
+BEAT_SCRIPT = (
+    LUA_CLOCK
+    + """
 local horizon = '(' .. at(now - tonumber(ARGV[2]))
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', horizon)) do
   redis.call('HDEL', KEYS[2], m)
@@ -43,6 +43,7 @@ for i = 1, #beats, 2 do
 end
 return {#beats / 2, fleet}
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
