@@ -34,7 +34,7 @@ LATER = {("_TAKE", "0"): "lease give-back", ("_DONE", ""): "key done"}
 PERIODIC = ("SYNC", "BEAT")  # heartbeats and syncs: by the second, not by the request
 
 _PROBE = """
-import hashlib, importlib, json, pkgutil, nobusy
+import hashlib, importlib, importlib.util, json, pkgutil, nobusy
 names = {}
 for info in sorted(pkgutil.walk_packages(nobusy.__path__, "nobusy."), key=lambda m: m.name):
     spec = importlib.util.find_spec(info.name)
