@@ -83,7 +83,11 @@ def limits(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str], s: 
     requests: list[tuple[float, LoadSpec, float]] = []
     owners: list[str] = []
     for name, (rate, spec) in groups.items():
-        n = int(rate * seconds)
+        # A request that queues may be admitted up to its max wait after it is sent: the
+        # queueing groups stop sending that much earlier, so every admission falls inside one
+        # window (an admission 61 s after the first finds the first ones' tokens gone).
+        queues = "x-nobusy-max-wait" in spec.headers
+        n = int(rate * (seconds - (float(wait["x-nobusy-max-wait"]) if queues else 0.0)))
         requests += [(i / rate, spec, 15.0) for i in range(n)]
         owners += [name] * n
     mode = "shared" if fleet.shared else "local"
