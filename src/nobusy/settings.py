@@ -243,7 +243,7 @@ class Settings(BaseModel):
         1, description="Replicas to divide key limits by if Redis is down before any were seen."
     )
     lease_ttl: float = Field(
-        10.0,
+        5.0,
         gt=0.5,
         le=300,
         description="With state: seconds after a replica's last heartbeat (every 0.2 s) that "
