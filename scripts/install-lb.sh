@@ -21,12 +21,9 @@ fi
 echo "==> installing nginx from Debian's packages for the replicas benchmark"
 export DEBIAN_FRONTEND=noninteractive
 start=$(date +%s)
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod +x "$policy"
-  trap 'rm -f "$policy"' EXIT
-fi
+# shellcheck source=scripts/debian-service.sh
+source "$(dirname "$0")/debian-service.sh"
+hold_service_start
 apt-get update >/dev/null
 package=nginx
 if apt-cache show nginx-light >/dev/null 2>&1; then

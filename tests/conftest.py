@@ -84,12 +84,18 @@ def start_process(
     return process
 
 
+def start_fake(folder: Path) -> Process:
+    """`nobusy fake-upstream` on a free port, logging to ``folder``; the caller stops it."""
+    port = free_port()
+    return start_process(
+        ["fake-upstream", "--port", str(port)], "/healthz", folder / "fake.log", port
+    )
+
+
 @pytest.fixture(scope="session")
 def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """`nobusy fake-upstream` as a user would run it; the route's model name picks the fault."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("fake") / "fake.log"
-    process = start_process(["fake-upstream", "--port", str(port)], "/healthz", log, port)
+    process = start_fake(tmp_path_factory.mktemp("fake"))
     yield process
     process.stop()
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.admission.test_replicas import replicas, wait_for
-from tests.conftest import Process, free_port, start_process
+from tests.conftest import Process, start_fake
 from tests.redis_server import RedisServer
 
 CONFIG = """
@@ -30,9 +30,7 @@ models:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """This module's own fake upstream: its counters count only these tests' requests."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("fleet-fake") / "fake.log"
-    process = start_process(["fake-upstream", "--port", str(port)], "/healthz", log, port)
+    process = start_fake(tmp_path_factory.mktemp("fleet-fake"))
     yield process
     process.stop()
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.admission.test_replicas import replicas
-from tests.conftest import Process, free_port, serve, start_process
+from tests.conftest import Process, free_port, serve, start_fake
 from tests.redis_server import RedisServer
 
 CONFIG = """
@@ -34,18 +34,13 @@ models:
 """
 
 
-def fake(tmp: Path) -> Process:
-    port = free_port()
-    return start_process(["fake-upstream", "--port", str(port)], "/healthz", tmp / "f.log", port)
-
-
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Process]]:
     """One fake per upstream: each one's counters count only its own calls."""
     started: dict[str, Process] = {}
     try:
         for name in ("capped", "metered", "spare"):
-            started[name] = fake(tmp_path_factory.mktemp(f"rates-{name}"))
+            started[name] = start_fake(tmp_path_factory.mktemp(f"rates-{name}"))
         yield started
     finally:
         for process in started.values():

@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page
 
 from nobusy.metrics import Metrics
 from nobusy.web.status import counter_totals
-from tests.conftest import Process, free_port, start_process
+from tests.conftest import Process, start_fake
 from tests.web.conftest import ADMIN_KEY, enter_keys, start_console
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -22,9 +22,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 @pytest.fixture(scope="module")
 def doomed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """A fake upstream of its own, for the test that kills it."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("doomed") / "fake.log"
-    process = start_process(["fake-upstream", "--port", str(port)], "/healthz", log, port)
+    process = start_fake(tmp_path_factory.mktemp("doomed"))
     yield process
     process.stop()
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from nobusy.admission.shared import process_alive
 from nobusy.store.postgres import DOWN, ERRORS, Link, Liveness
 from nobusy.store.sqlite import private_dir, private_file
 
@@ -198,7 +199,7 @@ class Spill:
         """Put the rows of spill files whose process is gone in front of this one's."""
         for orphan in sorted(folder.glob(f"{self.what}-*.jsonl")):
             pid = orphan.stem.rpartition("-")[2]
-            if orphan == self.path or not pid.isdigit() or _alive(int(pid)):
+            if orphan == self.path or not pid.isdigit() or process_alive(int(pid)):
                 continue
             claimed = orphan.with_name(f"{orphan.name}.{os.getpid()}")
             try:
@@ -210,13 +211,3 @@ class Spill:
             self.path.write_bytes(claimed.read_bytes() + mine)
             claimed.unlink()
             log.warning("%s: adopted spilled rows of a stopped process: %s", self.what, orphan)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
