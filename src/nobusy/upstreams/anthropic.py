@@ -54,6 +54,15 @@ class Settings(UpstreamSettings):
     kind: Literal["anthropic"] = Field(
         "anthropic", description="Anthropic's Messages API or a compatible endpoint."
     )
+    continuation: Literal["auto", "prefix", "vllm", "none"] = Field(
+        "auto",
+        description=(
+            "How this upstream continues a partial answer after a failover: `prefix` (or "
+            "`vllm`, the same here) sends it as a trailing assistant turn, which the Messages "
+            "API continues (prefill); `none` asks in words; `auto` probes prefill once, on "
+            "first need."
+        ),
+    )
     base_url: AnyHttpUrl = Field(
         description=(
             "The endpoint's base URL, as its ANTHROPIC_BASE_URL (https://api.anthropic.com, "
@@ -78,6 +87,8 @@ class Settings(UpstreamSettings):
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
     max_connections: int = Field(256, gt=0, description="Connection pool size to this upstream.")
+
+    continuation_label: ClassVar[str | None] = "assistant prefill"
 
     def has_default_model(self) -> bool:
         return self.default_model is not None
