@@ -1,5 +1,8 @@
 """A fault-injecting fake OpenAI-compatible upstream for tests, benchmarks and failure drills.
 
+It also speaks Anthropic's Messages API (``POST /v1/messages``, ``testing.fake_anthropic``):
+the same answers and faults, translated.
+
 Answers are deterministic (they depend only on the last user message and ``tokens``) and
 identical in every mode, so a healthy answer and one assembled after a failover compare
 equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
@@ -28,6 +31,8 @@ import click
 import orjson
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nobusy.testing.fake_anthropic import MessagesAPI
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -62,7 +67,6 @@ _HTTP_ERRORS: dict[int, tuple[str, str, str | None]] = {
 _RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _TEXT_PATHS = frozenset({"/v1/completions", "/completions"})
-_MESSAGES_PATHS = frozenset({"/v1/messages", "/messages"})  # Anthropic's: fake_anthropic
 _JSON = b"application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -281,8 +285,6 @@ class _FakeApp:
         path, method = scope["path"], scope["method"]
         if method == "POST" and (path in _CHAT_PATHS or path in _TEXT_PATHS):
             await self._generate(scope, receive, send, chat=path in _CHAT_PATHS)
-        elif method == "POST" and path in _MESSAGES_PATHS:
-            await self._generate(scope, receive, send, chat=True, messages=True)
         elif method == "GET" and path in ("/v1/models", "/models"):
             await _send_json(send, 200, self.models)
         elif method == "GET" and path == "/healthz":
@@ -301,9 +303,7 @@ class _FakeApp:
         else:
             await _send_json(send, 404, _NOT_FOUND)
 
-    async def _generate(
-        self, scope: Scope, receive: Receive, send: Send, chat: bool, messages: bool = False
-    ) -> None:
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         raw = await _read_body(receive)
         self.last = raw or b"{}"
         counts = self.counts
@@ -312,13 +312,7 @@ class _FakeApp:
             request = orjson.loads(raw)
         except orjson.JSONDecodeError:
             request = None
-        # The Messages API side (fake_anthropic) builds on this module's helpers, so it is
-        # imported here, not at the top, where it would be a cycle.
-        from nobusy.testing import fake_anthropic
-
         if not isinstance(request, dict):
-            if messages:
-                return await fake_anthropic.bad_json(send)
             return await _send_json(send, 400, _BAD_JSON)
         capacity = self.options.capacity
         slots = self.slots
@@ -330,30 +324,31 @@ class _FakeApp:
                 counts["queued"] -= 1
         elif capacity is not None and counts["in_flight"] >= capacity:
             counts["rejected"] += 1
-            if messages:  # Anthropic says "overloaded" with 529
-                return await fake_anthropic.http_error(send, 529, self.options)
             return await _http_error(send, 503, self.options, "")
         counts["in_flight"] += 1
         counts["max_in_flight"] = max(counts["max_in_flight"], counts["in_flight"])
         watch = _Watch(receive)
         try:
-            if messages:
-                await fake_anthropic.answer(self, request, scope, watch, send)
-            else:
-                await self._answer(request, scope, watch, send, chat)
+            await self._answer(request, scope, watch, send, chat)
         finally:
             counts["in_flight"] -= 1
             watch.close()
             if slots is not None:
                 slots.release()
 
-    def _choose(self, request: dict[str, Any], scope: Scope) -> tuple[str, str, FakeOptions]:
-        """(model, mode, options) of a request, its turn counted; ValueError for a bad mode."""
+    async def _answer(
+        self, request: dict[str, Any], scope: Scope, watch: _Watch, send: Send, chat: bool
+    ) -> None:
         model = request.get("model")
         model = model if isinstance(model, str) and model else self.options.model_name
-        header = next((v for k, v in scope["headers"] if k == b"x-fake-mode"), b"")
-        spec = header.decode("latin-1")
-        mode, opts = _select_mode(spec, model, self.options)
+        try:
+            header = next((v for k, v in scope["headers"] if k == b"x-fake-mode"), b"")
+            spec = header.decode("latin-1")
+            mode, opts = _select_mode(spec, model, self.options)
+        except ValueError as exc:
+            return await _send_json(
+                send, 400, _error(str(exc), "invalid_request_error", None, "model")
+            )
         if opts.fail_every is not None or opts.slow_every is not None:
             key = spec or model
             turn = self.turns[key] = self.turns.get(key, 0) + 1
@@ -361,17 +356,6 @@ class _FakeApp:
                 mode = "ok"
             if opts.slow_every is not None and turn % opts.slow_every:
                 opts = dataclasses.replace(opts, delay=0.0)
-        return model, mode, opts
-
-    async def _answer(
-        self, request: dict[str, Any], scope: Scope, watch: _Watch, send: Send, chat: bool
-    ) -> None:
-        try:
-            model, mode, opts = self._choose(request, scope)
-        except ValueError as exc:
-            return await _send_json(
-                send, 400, _error(str(exc), "invalid_request_error", None, "model")
-            )
         if mode in ("http503", "http429", "http"):
             status = {"http503": 503, "http429": 429}.get(mode, opts.status or 500)
             return await _http_error(send, status, opts, model)
@@ -599,7 +583,8 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
         raise ValueError(f"Unknown fake mode {options.mode!r}; known: {', '.join(MODES)}")
     _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
-    return _FakeApp(options)
+    # Anthropic's /v1/messages in front of the chat side: the same faults in its format.
+    return MessagesAPI(_FakeApp(options))
 
 
 def run(options: FakeOptions, host: str, port: int) -> None:
@@ -662,6 +647,6 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     help="Apply --delay to every Nth request only.",
 )
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
-    """Run a fake OpenAI-compatible upstream that injects faults on demand."""
+    """Run a fake OpenAI-compatible upstream (and Messages API) that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")
     run(FakeOptions(**options), host, port)
