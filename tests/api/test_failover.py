@@ -116,6 +116,30 @@ def test_tool_call_cut_never_shows_broken_json(any_kind_url: str, stream: bool) 
     assert json.loads(answer["tools"][0]["arguments"]) == {"query": "Are you there?"}
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_tool_call_round_trip(any_kind_url: str, stream: bool) -> None:
+    # The call (cut once on the way), then its result sent back: with kind anthropic this
+    # travels as tool_use and tool_result blocks, and the answer is the healthy one.
+    answer, _ = ask(any_kind_url, "fault-tool-call-cut", stream, tools=TOOLS)
+    (call,) = answer["tools"]
+    arguments = json.loads(call["arguments"])
+    follow_up = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": call},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": f"found {arguments['query']}"},
+    ]
+    raw = client(any_kind_url).chat.completions.create(
+        model="ok", messages=follow_up, tools=TOOLS, stream=False
+    )
+    assert raw.choices[0].message.content == answer_text(MESSAGES)
+
+
 def test_mid_stream_continuation_is_announced_in_an_sse_comment(any_kind_url: str) -> None:
     body = {"model": "fault-drop5", "stream": True, "messages": MESSAGES}
     with httpx.stream("POST", f"{any_kind_url}/chat/completions", json=body) as response:
