@@ -15,8 +15,9 @@ from bench import procs
 from bench.suites.base import Context, Result
 from bench.suites.failover_report import FAULT_MODES, FIRST_TOKEN_TIMEOUT
 from bench.suites.protocols_clients import PROTOCOLS, Answer, Clients, ask
+from nobusy.upstreams import settings_class
 
-__all__ = ["KINDS", "SCENARIOS", "litellm_yaml", "measure", "nobusy_yaml"]
+__all__ = ["SCENARIOS", "litellm_yaml", "kinds_served", "measure", "nobusy_yaml"]
 
 # name -> (the faulty route's model at the fake, what the request asks for). The first five and
 # drop5 are the failover suite's faults as it sets them; the rest are the chat failover tests'.
@@ -36,9 +37,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "tool-call-cut": ("tool-call:cut_after=2", "tool"),
 }
 HEALTHY = {"text": "ok", "reasoning": "reasoning", "tool": "tool-call"}
-# Upstream kinds behind nobusy. `anthropic` joins when the served nobusy has that kind and the
-# fake speaks the Messages wire format (see `kinds_served`).
-KINDS = ("openai", "anthropic")
+LITELLM_CAP = 20.0  # seconds: a LiteLLM request to a keep-alive-only upstream never ends
 IDLE_TIMEOUT = 1.0  # nobusy's idle_timeout: a stream silent this long is continued elsewhere
 
 
@@ -128,7 +127,7 @@ def _healthy(clients: Clients, kind: str, gateway: str) -> dict[tuple[str, str, 
     return out
 
 
-def _cases(kind: str) -> list[tuple[str, str, bool]]:
+def _cases() -> list[tuple[str, str, bool]]:
     return [
         (scenario, protocol, stream)
         for scenario in SCENARIOS
@@ -137,10 +136,11 @@ def _cases(kind: str) -> list[tuple[str, str, bool]]:
     ]
 
 
-def _record(
-    samples: dict[str, list[str]], key: str, answer: Answer, healthy: Answer
-) -> None:
+def _record(samples: Result, key: str, answer: Answer, healthy: Answer) -> None:
+    """A verdict per repetition under ``samples[key]``; the first note under ``notes``."""
     samples.setdefault(key, []).append(answer.verdict(healthy))
+    if answer.notes:
+        samples.setdefault("notes", {}).setdefault(key, answer.notes[0])
 
 
 def measure_nobusy(ctx: Context, port: int, kind: str, reps: int) -> Result:
@@ -149,20 +149,22 @@ def measure_nobusy(ctx: Context, port: int, kind: str, reps: int) -> Result:
     try:
         healthy = _healthy(clients, kind, "nobusy")
         broken = {k: a.verdict(a) for k, a in healthy.items() if a.error or a.flaws}
-        samples: dict[str, list[str]] = {}
+        samples: Result = {}
         for rep in range(reps):
-            for scenario, protocol, stream in _cases(kind):
+            for scenario, protocol, stream in _cases():
                 name = alias(kind, scenario, protocol, stream)
                 procs.http_call(port, "POST", f"/v1/nobusy/upstreams/{name}/reset")
                 what = SCENARIOS[scenario][1]
                 answer = ask(clients, protocol, name, stream, what)
                 _record(samples, name, answer, healthy[(protocol, what, stream)])
-            passed = sum(v[-1] == "ok" for v in samples.values())
+            passed = sum(v[-1] == "ok" for k, v in samples.items() if k != "notes")
             ctx.log(f"[protocols] nobusy, {kind} upstream, round {rep + 1}/{reps}: "
-                    f"{passed} of {len(samples)} identical to the healthy answer")  # fmt: skip
+                    f"{passed} of {len(_cases())} identical to the healthy answer")  # fmt: skip
     finally:
         clients.close()
-    return {"samples": samples, "healthy_broken": {str(k): v for k, v in broken.items()}}
+    notes = samples.pop("notes", {})
+    return {"samples": samples, "notes": notes,
+            "healthy_broken": {str(k): v for k, v in broken.items()}}  # fmt: skip
 
 
 def measure_litellm(ctx: Context, port: int, cap: float) -> Result:
@@ -172,41 +174,55 @@ def measure_litellm(ctx: Context, port: int, cap: float) -> Result:
     try:
         healthy = _healthy(clients, "openai", "litellm")
         broken = {str(k): a.verdict(a) for k, a in healthy.items() if a.error or a.flaws}
-        samples: dict[str, list[str]] = {}
+        samples: Result = {}
 
         def one(case: tuple[str, str, bool]) -> tuple[str, Answer]:
             scenario, protocol, stream = case
             name = alias("openai", scenario, protocol, stream)
             return name, ask(clients, protocol, name, stream, SCENARIOS[scenario][1])
 
-        cases = _cases("openai")
+        cases = _cases()
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             for (scenario, protocol, stream), (name, answer) in zip(
                 cases, pool.map(one, cases), strict=True
             ):
                 what = SCENARIOS[scenario][1]
                 _record(samples, name, answer, healthy[(protocol, what, stream)])
+        notes = samples.pop("notes", {})
         passed = sum(v[-1] == "ok" for v in samples.values())
         ctx.log(f"[protocols] LiteLLM: {passed} of {len(samples)} identical to the healthy answer")
     finally:
         clients.close()
-    return {"samples": samples, "healthy_broken": broken}
+    return {"samples": samples, "notes": notes, "healthy_broken": broken}
 
 
-def measure(ctx: Context, kinds: dict[str, int | None], reps: int) -> Result:
-    """Start the fakes, nobusy (and LiteLLM), ask every case; ``kinds`` maps each upstream
-    kind to None (serve it) or a reason it is not served."""
+def kinds_served(fake_port: int) -> dict[str, str | None]:
+    """Each upstream kind, None when this build can put it behind nobusy, else why not: the
+    ``anthropic`` kind needs the kind in ``nobusy.upstreams`` and ``/v1/messages`` at the fake."""
+    out: dict[str, str | None] = {"openai": None}
+    try:
+        settings_class("anthropic")
+    except (KeyError, ImportError, ValueError) as exc:
+        out["anthropic"] = f"this build has no `kind: anthropic` upstream ({exc})"
+        return out
+    status, _ = procs.http_call(fake_port, "POST", "/v1/messages",
+                                {"model": "ok", "max_tokens": 8,
+                                 "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    out["anthropic"] = None if status == 200 else f"the fake answers /v1/messages with {status}"
+    return out
+
+
+def measure(ctx: Context, reps: int) -> Result:
+    """Start the fake, nobusy (and LiteLLM), ask every case through each upstream kind served."""
     out: Result = {"scenarios": {k: list(v) for k, v in SCENARIOS.items()}, "reps": reps,
-                   "kinds": {}, "errors": {}}  # fmt: skip
+                   "errors": {}}  # fmt: skip
+    fake = ctx.procs.fake_upstream(12, name="protocols-fake")
+    kinds = kinds_served(fake.port)
+    out["kinds"] = kinds
     served = [k for k, why in kinds.items() if why is None]
-    out["kinds"] = {k: why for k, why in kinds.items()}
-    fakes = {k: ctx.procs.fake_upstream(12, name=f"protocols-fake-{k}", extra=_fake_flags(k))
-             for k in served}  # fmt: skip
     dead = procs.free_port()
-    ports = {k: p.port for k, p in fakes.items()}
-    config = nobusy_yaml(ports, dead)
+    config = nobusy_yaml({k: fake.port for k in served}, dead)
     nobusy = ctx.procs.nobusy("nobusy-protocols", None, config=config)
-    out["nobusy_config_lines"] = len(config.splitlines())
     out["nobusy"] = {k: measure_nobusy(ctx, nobusy.port, k, reps) for k in served}
     ctx.procs.stop(nobusy)
     install = ctx.litellm()
@@ -214,16 +230,12 @@ def measure(ctx: Context, kinds: dict[str, int | None], reps: int) -> Result:
         out["errors"]["litellm"] = f"LiteLLM {procs.LITELLM_VERSION} not installed: {install.error}"
         return out
     try:
-        litellm = ctx.procs.litellm(
-            install, 0, ctx.key, config=litellm_yaml(ports["openai"], dead), name="litellm-protocols"
-        )
+        litellm = ctx.procs.litellm(install, 0, ctx.key, config=litellm_yaml(fake.port, dead),
+                                    name="litellm-protocols")  # fmt: skip
     except procs.StartError as exc:
         out["errors"]["litellm"] = f"LiteLLM proxy did not start: {exc}"
         return out
-    out["litellm"] = measure_litellm(ctx, litellm.port, 20.0)
+    out["litellm"] = measure_litellm(ctx, litellm.port, LITELLM_CAP)
+    # LiteLLM waits on SIGTERM for requests to keep-alive-only upstreams: no point waiting.
     ctx.procs.stop(litellm, timeout=2.0)
     return out
-
-
-def _fake_flags(kind: str) -> list[str]:
-    return [] if kind == "openai" else ["--wire", kind]
