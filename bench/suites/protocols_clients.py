@@ -63,7 +63,8 @@ class Answer:
         if self.flaws:
             return "malformed: " + "; ".join(self.flaws)
         if self.text != healthy.text:
-            return f"text differs: {self.text[:60]!r}… ({len(self.text)} chars, healthy {len(healthy.text)})"
+            size = f"{len(self.text)} chars, healthy {len(healthy.text)}"
+            return f"text differs: {self.text[:60]!r}… ({size})"
         if self.reasoning != healthy.reasoning:
             return f"reasoning differs: {self.reasoning[:60]!r}…"
         if self.tools != healthy.tools:
@@ -120,9 +121,7 @@ def _chat(sdk: openai.OpenAI, model: str, stream: bool, extra: dict[str, Any]) -
         return out
     content, reasoning, finishes, ids = [], [], [], set()
     calls: dict[int, dict[str, str]] = {}
-    for chunk in sdk.chat.completions.create(
-        model=model, messages=messages, stream=True, **extra
-    ):
+    for chunk in sdk.chat.completions.create(model=model, messages=messages, stream=True, **extra):
         ids.add(chunk.id)
         if not chunk.choices:
             continue
@@ -173,6 +172,11 @@ def _messages(sdk: anthropic.Anthropic, model: str, stream: bool, extra: dict[st
         out.flaws.append("text deltas differ from the final message")
     if types.count("message_start") != 1 or types[-1:] != ["message_stop"]:
         out.flaws.append(f"events {types[:2]}…{types[-2:]}")
+    if types.count("message_delta") != 1:
+        out.flaws.append(f"{types.count('message_delta')} message_delta")
+    opened, closed = types.count("content_block_start"), types.count("content_block_stop")
+    if opened != closed or opened != len(message.content):
+        out.flaws.append(f"{opened} blocks started, {closed} stopped, {len(message.content)} kept")
     return out
 
 
@@ -206,12 +210,21 @@ def _responses(sdk: openai.OpenAI, model: str, stream: bool, extra: dict[str, An
         out.error = f"stream ended with {types[-1] if types else 'nothing'}: {said}"[:200]
         return out
     _output(final.response, out)
-    if types.count("response.created") != 1:
-        out.flaws.append(f"{types.count('response.created')} response.created")
+    for once in ("response.created", "response.completed"):
+        if types.count(once) > 1:
+            out.flaws.append(f"{types.count(once)} {once}")
+    added, done = (
+        types.count("response.output_item.added"),
+        types.count("response.output_item.done"),
+    )
+    if added != done or added != len(final.response.output):
+        out.flaws.append(f"{added} items added, {done} done, {len(final.response.output)} kept")
     numbers = [getattr(e, "sequence_number", None) for e in events]
     if numbers != list(range(len(events))):
         # The SDK reads the answer without them, so this is a note and not a flaw.
-        out.notes.append(f"sequence numbers {numbers[:3]}…{numbers[-2:]}, not 0..{len(numbers) - 1}")
+        out.notes.append(
+            f"sequence numbers {numbers[:3]}…{numbers[-2:]}, not 0..{len(numbers) - 1}"
+        )
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     if deltas != out.text:
         out.flaws.append("text deltas differ from output_text")
@@ -224,17 +237,20 @@ def _responses(sdk: openai.OpenAI, model: str, stream: bool, extra: dict[str, An
 def extras(protocol: str, kind: str) -> dict[str, Any]:
     """What a request asks besides its prompt: thinking/reasoning or the tool, per protocol."""
     if kind == "reasoning":
-        return {
+        asks: dict[str, dict[str, Any]] = {
             "chat": {},
             "messages": {"thinking": {"type": "enabled", "budget_tokens": 2048}},
             "responses": {"reasoning": {"effort": "low"}},
-        }[protocol]
+        }
+        return asks[protocol]
     if kind == "tool":
         return {"tools": _TOOLS[protocol]}
     return {}
 
 
-def _send(clients: Clients, protocol: str, model: str, stream: bool, extra: dict[str, Any]) -> Answer:
+def _send(
+    clients: Clients, protocol: str, model: str, stream: bool, extra: dict[str, Any]
+) -> Answer:
     try:
         if protocol == "chat":
             return _chat(clients.openai, model, stream, extra)

@@ -56,11 +56,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
-def _call(conn: http.client.HTTPConnection, path: str, raw: bytes, head: dict[str, str]) -> float | None:
+def _call(
+    conn: http.client.HTTPConnection, path: str, raw: bytes, head: dict[str, str]
+) -> float | None:
     """One request on a keep-alive connection, read to its end: seconds, or None."""
     started = time.perf_counter()
     try:
-        conn.request("POST", _ROUTES[path], body=raw, headers={"Content-Type": "application/json", **head})
+        conn.request(
+            "POST", _ROUTES[path], body=raw, headers={"Content-Type": "application/json", **head}
+        )
         response = conn.getresponse()
         response.read()
     except (OSError, http.client.HTTPException):
@@ -123,7 +127,7 @@ def throughput(ctx: Context, nobusy: procs.Proc, fake: procs.Proc, stream: bool)
     rounds = 2 if s.quick else 5
     runs: dict[str, list[Result]] = {p: [] for p in PATHS}
     for number in range(rounds):
-        order = PATHS[number % 3:] + PATHS[:number % 3]
+        order = PATHS[number % 3 :] + PATHS[: number % 3]
         for p in order:
             spec = LoadSpec(nobusy.port, json.dumps(body(p, stream)).encode(), stream,
                             headers(p, ctx.key), path=_ROUTES[p])  # fmt: skip
@@ -149,7 +153,9 @@ def throughput(ctx: Context, nobusy: procs.Proc, fake: procs.Proc, stream: bool)
     out: Result = {"rounds": rounds, "concurrency": 32, "paths": {}}
     for p in PATHS:
         rps = [r["rps"] for r in runs[p]]
-        ratios = [a["rps"] / c["rps"] for a, c in zip(runs[p], runs["chat"], strict=True) if c["rps"]]
+        ratios = [
+            a["rps"] / c["rps"] for a, c in zip(runs[p], runs["chat"], strict=True) if c["rps"]
+        ]
         out["paths"][p] = {
             "rps": median(rps),
             "round_rps": [round(v, 1) for v in rps],
@@ -168,10 +174,9 @@ def cost(ctx: Context) -> Result:
     load = {"before": os.getloadavg()}
     out: Result = {"tokens": ctx.settings.tokens}
     try:
-        out["latency"] = {mode: latency(ctx, nobusy.port, stream)
-                          for mode, stream in (("non-stream", False), ("stream", True))}  # fmt: skip
-        out["throughput"] = {mode: throughput(ctx, nobusy, fake, stream)
-                             for mode, stream in (("non-stream", False), ("stream", True))}  # fmt: skip
+        modes = (("non-stream", False), ("stream", True))
+        out["latency"] = {mode: latency(ctx, nobusy.port, stream) for mode, stream in modes}
+        out["throughput"] = {mode: throughput(ctx, nobusy, fake, stream) for mode, stream in modes}
     finally:
         ctx.procs.stop(nobusy)
         ctx.procs.stop(fake)

@@ -11,13 +11,15 @@ one through the same protocol and mode (``protocols_clients.Answer.verdict``).
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterable
+
 from bench import procs
 from bench.suites.base import Context, Result
 from bench.suites.failover_report import FAULT_MODES, FIRST_TOKEN_TIMEOUT
 from bench.suites.protocols_clients import PROTOCOLS, Answer, Clients, ask
 from nobusy.upstreams import settings_class
 
-__all__ = ["SCENARIOS", "litellm_yaml", "kinds_served", "measure", "nobusy_yaml"]
+__all__ = ["MORE", "SCENARIOS", "litellm_yaml", "kinds_served", "measure", "nobusy_yaml"]
 
 # name -> (the faulty route's model at the fake, what the request asks for). The first five and
 # drop5 are the failover suite's faults as it sets them; the rest are the chat failover tests'.
@@ -36,9 +38,30 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "reasoning-cut": ("reasoning:cut_after=3", "reasoning"),
     "tool-call-cut": ("tool-call:cut_after=2", "tool"),
 }
+# The chat failover tests' other drills, nobusy only: a cut continued by a route of another
+# continuation mode (vLLM's, probed, in words), a 401, a cut after the reasoning.
+# name -> (the faulty route's model, what is asked, the backup upstream's name suffix).
+MORE: dict[str, tuple[str, str, str]] = {
+    "drop5-vllm": (FAULT_MODES["drop"], "text", "vllm"),
+    "drop5-auto": (FAULT_MODES["drop"], "text", "auto"),
+    "drop5-wordy": (FAULT_MODES["drop"], "text", "wordy"),
+    "http401": ("http:status=401", "text", "backup"),
+    "reasoning-then-content-cut": ("reasoning:cut_after=15", "reasoning", "backup"),
+}
 HEALTHY = {"text": "ok", "reasoning": "reasoning", "tool": "tool-call"}
+# The backups: how each continues a cut answer (`auto`: as nobusy finds out by probing).
+_BACKUPS = {
+    "backup": "continuation: prefix",
+    "vllm": "continuation: vllm",
+    "auto": "default_model: ok",
+    "wordy": 'default_model: "ok:continuation=none"',
+}
 LITELLM_CAP = 20.0  # seconds: a LiteLLM request to a keep-alive-only upstream never ends
 IDLE_TIMEOUT = 1.0  # nobusy's idle_timeout: a stream silent this long is continued elsewhere
+
+
+def _all() -> dict[str, tuple[str, str, str]]:
+    return {k: (m, w, "backup") for k, (m, w) in SCENARIOS.items()} | MORE
 
 
 def alias(kind: str, scenario: str, protocol: str, stream: bool) -> str:
@@ -60,12 +83,11 @@ def nobusy_yaml(fakes: dict[str, int], dead: int) -> str:
     models = ["models:"]
     for kind, port in fakes.items():
         url = _base(kind, port)
-        lines.append(
-            f'  {kind}-backup: {{kind: {kind}, base_url: "{url}", continuation: prefix}}'
-        )
+        for backup, extra in _BACKUPS.items():
+            lines.append(f'  {kind}-{backup}: {{kind: {kind}, base_url: "{url}", {extra}}}')
         for what, model in HEALTHY.items():
             models.append(f'  {healthy_alias(kind, what)}: ["{kind}-backup/{model}"]')
-        for scenario, (model, what) in SCENARIOS.items():
+        for scenario, (model, what, backup) in _all().items():
             base = _base(kind, dead) if scenario == "refused" else url
             for protocol in PROTOCOLS:
                 for stream in (False, True):
@@ -75,7 +97,9 @@ def nobusy_yaml(fakes: dict[str, int], dead: int) -> str:
                         f"first_token_timeout: {FIRST_TOKEN_TIMEOUT:g}, "
                         f"idle_timeout: {IDLE_TIMEOUT:g}, continuation: prefix}}"
                     )
-                    models.append(f'  {name}: [{name}, "{kind}-backup/{HEALTHY[what]}"]')
+                    second = f"{kind}-{backup}" + ("" if backup in ("auto", "wordy") else
+                                                   f"/{HEALTHY[what]}")  # fmt: skip
+                    models.append(f'  {name}: [{name}, "{second}"]')
     return "\n".join(lines + models) + "\n"
 
 
@@ -121,16 +145,18 @@ def _healthy(clients: Clients, kind: str, gateway: str) -> dict[tuple[str, str, 
         for what in HEALTHY:
             for stream in (False, True):
                 model = (
-                    f"backup-{protocol}-{what}" if gateway == "litellm" else healthy_alias(kind, what)
+                    f"backup-{protocol}-{what}"
+                    if gateway == "litellm"
+                    else healthy_alias(kind, what)
                 )
                 out[(protocol, what, stream)] = ask(clients, protocol, model, stream, what)
     return out
 
 
-def _cases() -> list[tuple[str, str, bool]]:
+def _cases(scenarios: Iterable[str] = SCENARIOS) -> list[tuple[str, str, bool]]:
     return [
         (scenario, protocol, stream)
-        for scenario in SCENARIOS
+        for scenario in scenarios
         for protocol in PROTOCOLS
         for stream in (False, True)
     ]
@@ -151,15 +177,16 @@ def measure_nobusy(ctx: Context, port: int, kind: str, reps: int) -> Result:
         broken = {k: a.verdict(a) for k, a in healthy.items() if a.error or a.flaws}
         samples: Result = {}
         for rep in range(reps):
-            for scenario, protocol, stream in _cases():
+            for scenario, protocol, stream in _cases(_all()):
                 name = alias(kind, scenario, protocol, stream)
                 procs.http_call(port, "POST", f"/v1/nobusy/upstreams/{name}/reset")
-                what = SCENARIOS[scenario][1]
+                what = _all()[scenario][1]
                 answer = ask(clients, protocol, name, stream, what)
                 _record(samples, name, answer, healthy[(protocol, what, stream)])
             passed = sum(v[-1] == "ok" for k, v in samples.items() if k != "notes")
+            asked = len(_cases(_all()))
             ctx.log(f"[protocols] nobusy, {kind} upstream, round {rep + 1}/{reps}: "
-                    f"{passed} of {len(_cases())} identical to the healthy answer")  # fmt: skip
+                    f"{passed} of {asked} identical to the healthy answer")  # fmt: skip
     finally:
         clients.close()
     notes = samples.pop("notes", {})
@@ -215,6 +242,7 @@ def kinds_served(fake_port: int) -> dict[str, str | None]:
 def measure(ctx: Context, reps: int) -> Result:
     """Start the fake, nobusy (and LiteLLM), ask every case through each upstream kind served."""
     out: Result = {"scenarios": {k: list(v) for k, v in SCENARIOS.items()}, "reps": reps,
+                   "more": {k: list(v) for k, v in MORE.items()},
                    "errors": {}}  # fmt: skip
     fake = ctx.procs.fake_upstream(12, name="protocols-fake")
     kinds = kinds_served(fake.port)

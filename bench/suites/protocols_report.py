@@ -13,7 +13,10 @@ _MODES = (("n", "not streamed"), ("s", "streamed"))
 
 def _gateways(faults: Result) -> list[tuple[str, Result]]:
     """(label, part) for nobusy over each upstream kind, then LiteLLM."""
-    out = [(f"nobusy, `kind: {kind}` upstream", part) for kind, part in faults.get("nobusy", {}).items()]
+    out = [
+        (f"nobusy, `kind: {kind}` upstream", part)
+        for kind, part in faults.get("nobusy", {}).items()
+    ]
     if "litellm" in faults:
         out.append(("LiteLLM 1.106.2, openai-format upstream", faults["litellm"]))
     return out
@@ -42,14 +45,15 @@ def totals(part: Result, scenarios: list[str], protocols: tuple[str, ...]) -> tu
     return passed, total
 
 
-def _pass_table(faults: Result) -> str:
-    scenarios = list(faults["scenarios"])
+def _pass_table(faults: Result, scenarios: list[str], nobusy_only: bool = False) -> str:
     headers = ["gateway"]
     for protocol in PROTOCOL_NAMES.values():
         headers += [f"{protocol}, {label}" for _, label in _MODES]
     headers.append("all")
     rows = []
     for label, part in _gateways(faults):
+        if nobusy_only and not label.startswith("nobusy"):
+            continue
         row = [label]
         for protocol in PROTOCOL_NAMES:
             for mode, _ in _MODES:
@@ -95,20 +99,34 @@ def _fault_section(faults: Result) -> str:
         "`response.created`, one finish reason; deltas that add up to the final object) whose "
         "text, reasoning, tool calls (arguments parsed as JSON) and stop reason equal the "
         "healthy answer's through the same protocol and mode. nobusy: every case "
-        f"{faults['reps']} times, one alias per case; a case passes when every repetition "
-        "does. LiteLLM: once each, six at a time, each request given up after 20 s.",
-        _pass_table(faults),
+        f"{_times(faults['reps'])}, one alias per case; a case passes when every repetition "
+        "does. LiteLLM (`num_retries: 0`, a fallback to a healthy deployment per case, the "
+        "first-token `timeout`/`stream_timeout` of 1 s on the hang and keep-alive deployments, "
+        "as in the failover suite): once each, six at a time, each request given up after 20 s.",
+        _pass_table(faults, scenarios),
     ]
+    more = list(faults.get("more", {}))
+    if more:
+        parts.append(
+            f"The chat failover tests' {len(more)} other drills ("
+            + ", ".join(f"`{m}`" for m in more)
+            + "; a cut continued by a backup that continues as vLLM does, as nobusy probes, or "
+            "in words; a 401; a cut after the reasoning), nobusy only:"
+        )
+        parts.append(_pass_table(faults, more, nobusy_only=True))
     for kind, why in faults.get("kinds", {}).items():
         if why is not None:
             parts.append(f"`kind: {kind}` upstreams were not measured: {why}.")
     for label, part in _gateways(faults):
-        p, t = totals(part, scenarios, tuple(PROTOCOL_NAMES))
+        asked = scenarios + (more if label.startswith("nobusy") else [])
+        p, t = totals(part, asked, tuple(PROTOCOL_NAMES))
         if p < t:
-            parts.append(f"**{label}**, case by case:\n\n" + _matrix(part, scenarios))
+            parts.append(f"**{label}**, case by case:\n\n" + _matrix(part, asked))
         if part.get("healthy_broken"):
-            broken = "; ".join(f"{k}: {_short(v)}" for k, v in part["healthy_broken"].items())
-            parts.append(f"{label}: the healthy answer itself failed for {broken}.")
+            broken = "; ".join(
+                f"{_case(k)}: {_short(v)}" for k, v in part["healthy_broken"].items()
+            )
+            parts.append(f"{label}: the healthy request itself failed ({broken}).")
         notes = sorted(set(part.get("notes", {}).values()))
         if notes:
             parts.append(f"{label}, departures from the spec the SDK tolerated: "
@@ -116,6 +134,19 @@ def _fault_section(faults: Result) -> str:
     for name, error in faults.get("errors", {}).items():
         parts.append(f"{name}: {error.splitlines()[0]}")
     return "\n\n".join(parts)
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _case(key: str) -> str:
+    """``('messages', 'reasoning', True)`` as "Messages, reasoning, streamed"."""
+    bits = [b.strip(" '()") for b in key.split(",")]
+    if len(bits) != 3:
+        return key
+    mode = "streamed" if bits[2] == "True" else "not streamed"
+    return f"{PROTOCOL_NAMES.get(bits[0], bits[0])}, {bits[1]}, {mode}"
 
 
 def _load(values: Any) -> str:
@@ -146,9 +177,7 @@ def _cost_section(cost: Result, load: Result) -> str:
         "32 connections on one path at a time, the three in turn each round; the ratio to "
         "chat's requests/s in the same round, the median over rounds."
     )
-    table = md_table(
-        ["path", "requests", "p50 ms", "p95 ms", "added p50 ms", "added p95 ms"], rows
-    )
+    table = md_table(["path", "requests", "p50 ms", "p95 ms", "added p50 ms", "added p95 ms"], rows)
     trows = []
     for mode, part in cost["throughput"].items():
         for path, row in part["paths"].items():
