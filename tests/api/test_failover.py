@@ -275,3 +275,27 @@ def test_active_probes_eject_a_dead_upstream_without_traffic(base_url: str) -> N
     assert state == "open"
     assert probed["attempts"] == 0  # no request was sent there: the probe found it
     assert "health probe" in probed["last_error"]
+
+
+def test_what_the_messages_api_cannot_carry_is_a_400_naming_it(
+    anthropic_gateway: Process, fake_stats: httpx.Client
+) -> None:
+    # Arguments that are not JSON cannot become a tool_use block's input: the kind refuses the
+    # request before sending it, as an upstream's 400 (not retried elsewhere, no stack trace).
+    bad = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": "r"},
+    ]
+    response = httpx.post(
+        f"{anthropic_gateway.url}/v1/chat/completions", json={"model": "rejected", "messages": bad}
+    )
+    assert response.status_code == 400, response.text
+    assert "arguments: not valid JSON" in response.json()["error"]["message"]
+    assert "Traceback" not in response.text
+    assert fake_stats.get("/_fake/stats").json()["requests"] == 0

@@ -252,3 +252,12 @@ def test_what_the_messages_api_cannot_say_is_a_rejected_request(
     with pytest.raises(UpstreamRejectedRequest, match=says) as caught:
         messages_body({"messages": messages}, "m", 8192, "up")
     assert not caught.value.retryable
+
+
+async def test_a_stop_sequence_is_named_as_vllm_names_it() -> None:
+    delta = {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+    end = event("content_block_stop", index=0)
+    end += event("message_delta", delta=delta, usage={"output_tokens": 1})
+    chunks = await collect(sse_response(START + TEXT + HI + end + event("message_stop")))
+    finish = chunks[-2]["choices"][0]
+    assert finish["finish_reason"] == "stop" and finish["stop_reason"] == "END"

@@ -71,6 +71,12 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    arguments = orjson.dumps(block.get("input") or {}).decode()
+    function = {"name": block.get("name"), "arguments": arguments}
+    return {"id": block.get("id"), "type": "function", "function": function}
+
+
 def chat_request(request: dict[str, Any]) -> dict[str, Any]:
     """The chat request a Messages request stands for (what the fake's chat side answers)."""
     messages: list[dict[str, Any]] = []
@@ -84,17 +90,7 @@ def chat_request(request: dict[str, Any]) -> dict[str, Any]:
         blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
         if turn.get("role") == "assistant":
             message: dict[str, Any] = {"role": "assistant", "content": _text(content)}
-            calls = [
-                {"id": b.get("id"), "type": "function"}
-                | {
-                    "function": {
-                        "name": b.get("name"),
-                        "arguments": orjson.dumps(b.get("input") or {}).decode(),
-                    }
-                }
-                for b in blocks
-                if b.get("type") == "tool_use"
-            ]
+            calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
             if calls:
                 message["tool_calls"] = calls
             messages.append(message)
