@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from nobusy import web
-from nobusy.api import admin, chat, keys, messages, models, openapi, ops, responses_api
+from nobusy.api import admin, chat, keys, messages, models, openapi, ops, responses_api, usage
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
 from nobusy.edge.drain import drain_on_signals
@@ -59,7 +59,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *models.routes,
             *ops.routes,
             *openapi.routes,
-            admin.mount([*admin.routes, *keys.routes, *status.routes]),
+            admin.mount([*admin.routes, *keys.routes, *status.routes, *usage.routes]),
             *web.routes(),
         ],
         middleware=[

@@ -18,6 +18,7 @@
     │   ├── KeyNameTaken            409 key_name_taken          creating a key: name in use
     │   ├── RateLimited             429 rate_limit_exceeded     a key's rpm/tpm/concurrency
     │   ├── QuotaExhausted          429 insufficient_quota      a key's balance is spent
+    │   │   └── BudgetExhausted     429 insufficient_quota      a key's money budget is spent
     │   ├── ModelNotAllowed         403 model_not_allowed       outside the key's model list
     │   ├── QueueFull               429 queue_full              the wait would pass patience
     │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
@@ -68,6 +69,7 @@ __all__ = [
     "KeyRevoked",
     "ModelNotAllowed",
     "QuotaExhausted",
+    "BudgetExhausted",
     "RateLimited",
     "StorageUnavailable",
     "ModelNotFound",
@@ -267,6 +269,13 @@ class QuotaExhausted(ClientError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "insufficient_quota"
+
+
+class BudgetExhausted(QuotaExhausted):
+    """The key has spent its money budget for the period (it resets, or is topped up)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers={"retry-after": str(max(1, round(retry_after)))})
 
 
 class ModelNotAllowed(ClientError):

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from nobusy.errors import InvalidRequest
@@ -26,7 +27,9 @@ __all__ = [
     "PRIORITIES",
     "Hasher",
     "Key",
+    "BUDGET_PERIODS",
     "bad_field",
+    "check_money",
     "check_count",
     "to_columns",
     "parse_duration",
@@ -42,7 +45,8 @@ Priority = Literal["high", "normal", "low"]
 Status = Literal["active", "revoked", "expired"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 LIMITS = ("rpm", "tpm", "max_concurrency", "quota_tokens")
-EDITABLE = ("name", "priority", *LIMITS, "models", "expires", "max_wait")
+EDITABLE = ("name", "priority", *LIMITS, "models", "expires", "max_wait", "budget", "budget_period")
+BUDGET_PERIODS = ("daily", "weekly", "monthly")
 MAX_INT = 2**53  # exact in JSON clients and far inside SQLite's 64-bit integers
 _KEY_ID = re.compile(r"key_[0-9a-f]{10}")
 _DURATION = re.compile(r"(\d{1,9})([smhdw])")
@@ -82,6 +86,11 @@ class Key:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    # A money budget per period (nobusy.money.budgets), in micro-units of pricing.currency.
+    budget_micros: int | None = None
+    budget_period: str | None = None
+    spent_micros: int = 0
+    budget_since: datetime | None = None
 
     def status(self, now: datetime) -> Status:
         if self.revoked_at is not None:
@@ -172,6 +181,24 @@ def _check_expires(value: object, now: datetime) -> str | None:
         raise bad_field("expires", f"too far ahead: {show(value)}") from None
 
 
+def check_money(name: str, value: object, *, positive: bool = False) -> int | None:
+    """A money amount (a number, or its text) as micro-units; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise bad_field(name, f"must be an amount of money, got {show(value)}")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise bad_field(name, f"must be an amount of money, got {show(value)}") from None
+    if not amount.is_finite() or amount < 0 or (positive and amount == 0):
+        raise bad_field(name, f"must be {'above' if positive else 'at least'} 0, got {show(value)}")
+    micros = int((amount * 1_000_000).to_integral_value())
+    if micros > MAX_INT:
+        raise bad_field(name, "too large an amount")
+    return micros
+
+
 def _check_max_wait(value: object) -> float | None:
     if value is None:
         return None
@@ -205,6 +232,14 @@ def to_columns(given: Mapping[str, object], now: datetime) -> dict[str, object]:
             out["expires_at"] = _check_expires(value, now)
         elif name == "max_wait":
             out["max_wait"] = _check_max_wait(value)
+        elif name == "budget":
+            out["budget_micros"] = check_money("budget", value)
+        elif name == "budget_period":
+            if value is not None and value not in BUDGET_PERIODS:
+                raise bad_field(
+                    "budget_period", f"must be daily, weekly or monthly, got {show(value)}"
+                )
+            out["budget_period"] = value
         else:
             raise bad_field(name, f"unknown field; the fields are {', '.join(EDITABLE)}")
     return out

@@ -27,11 +27,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.money.prices import PricingSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
@@ -266,6 +268,23 @@ class Settings(BaseModel):
     models: dict[str, ModelAlias] = Field(
         default_factory=dict, description="Model aliases clients ask for, each a list of routes."
     )
+    pricing: PricingSettings = Field(
+        default_factory=lambda: PricingSettings(),
+        description="The currency spend is totalled and budgeted in, and exchange rates.",
+    )
+
+    @model_validator(mode="after")
+    def _rates_for_prices(self) -> Settings:
+        # A price in a currency with no rate into the reporting one could not be totalled.
+        for name, upstream in self.upstreams.items():
+            price = upstream.price
+            if price is not None and self.pricing.rate(price.currency) is None:
+                raise ValueError(
+                    f"upstreams.{name}.price.currency is {price.currency}: set "
+                    f"pricing.rates.{price.currency} (how many {self.pricing.currency} one "
+                    f"{price.currency} is worth)"
+                )
+        return self
 
     @field_validator("admin_key")
     @classmethod

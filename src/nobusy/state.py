@@ -24,6 +24,7 @@ from nobusy.edge.auth import Authenticator
 from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
+from nobusy.money.spend import Pricer
 from nobusy.offload import Offload
 from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
@@ -82,7 +83,7 @@ async def running(
         audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
-        ledger = Ledger(usage_log, metrics, audit, keys)
+        ledger = Ledger(usage_log, metrics, audit, keys, Pricer(settings).price)
         stack.callback(ledger.flush_charges)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()

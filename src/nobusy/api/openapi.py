@@ -102,6 +102,17 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/nobusy/usage": {
+                "get": {
+                    "summary": "Usage and spend grouped by key, model, upstream or day (admin).",
+                    "operationId": "usageReport",
+                    "parameters": [
+                        {"name": "by", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json(any_object, "Groups and totals."), **_errors(400)},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics.",

@@ -1,4 +1,5 @@
-"""``nobusy usage``: requests, outcomes, tokens and latency from the usage log, grouped."""
+"""``nobusy usage``: requests, outcomes, tokens, latency and spend from the usage log,
+grouped."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from rich.table import Table
 from nobusy.cli.audit import parse_since
 from nobusy.cli.options import existing_store, store_options
 from nobusy.errors import NobusyError
+from nobusy.money.budgets import money
 from nobusy.store.backends import describe, reading
 from nobusy.store.usage import GROUPS, Group, summarize
 
-__all__ = ["percentile", "usage"]
+__all__ = ["percentile", "spend_table", "usage"]
 
 
 def percentile(ordered: list[float], p: float) -> float | None:
@@ -34,7 +36,7 @@ def percentile(ordered: list[float], p: float) -> float | None:
     type=click.Choice(list(GROUPS)),
     default="key",
     show_default=True,
-    help="Group requests by API key, model alias or the upstream that answered.",
+    help="Group requests by API key, model alias, the upstream that answered, or UTC day.",
 )
 @click.option(
     "--since",
@@ -56,6 +58,7 @@ def usage(by: str, since: str | None, config_file: Path | None, data_dir: Path |
         Console().print(f"No requests logged in {escape(describe(settings))}, {window}.")
         return
     Console().print(_table(groups, f"Usage by {by}, {window}"))
+    Console().print(spend_table(groups, f"Spend by {by}, {window}", settings.pricing.currency))
 
 
 def _table(groups: Iterable[Group], title: str) -> Table:
@@ -82,6 +85,40 @@ def _table(groups: Iterable[Group], title: str) -> Table:
             _ms(g.mean_queue_ms),
         )
     return table
+
+
+def spend_table(groups: Iterable[Group], title: str, currency: str) -> Table:
+    """What each group cost, and what failover and overflow added to the first choice's."""
+    caption = (
+        f"In {currency} (pricing.currency); first choice: the same tokens on each alias's "
+        "first route; counted: rows whose upstream reported no usage (nobusy's count)."
+    )
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column("group", no_wrap=True)
+    for column in ("requests", "cached\ntokens", "spend", "on first\nchoice",
+                   "failover /\noverflow", "counted"):  # fmt: skip
+        table.add_column(column, justify="right")
+    total = Group("total")
+    for g in groups:
+        _add_spend(table, g)
+        for name in ("requests", "cached_tokens", "cost_micros", "first_choice_cost_micros",
+                     "counted"):  # fmt: skip
+            setattr(total, name, getattr(total, name) + getattr(g, name))
+    table.add_section()
+    _add_spend(table, total)
+    return table
+
+
+def _add_spend(table: Table, g: Group) -> None:
+    table.add_row(
+        escape(g.label),
+        f"{g.requests:,}",
+        f"{g.cached_tokens:,}",
+        money(g.cost_micros, 4),
+        money(g.first_choice_cost_micros, 4),
+        money(g.cost_micros - g.first_choice_cost_micros, 4),
+        f"{g.counted:,}",
+    )
 
 
 def _ms(value: float | None) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -37,6 +38,7 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
+from nobusy.money.budgets import budget_warning, check_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.relay import Encoder, collect, internal_error_event, sse_events
@@ -106,6 +108,9 @@ class _LedgerEntry:
 
     async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
         """Check the key's own limits; from here on the request counts against them."""
+        if key is not None:  # its money budget (nobusy.money.budgets), as this copy knows it
+            check_budget(key, self.state.settings.pricing.currency, datetime.now(UTC))
+            self.record.budgeted = key.budget_micros is not None
         limits = self.state.limits
         if key is None or limits is None:
             return
@@ -250,6 +255,11 @@ class _PipelineResponse(Response):
             await walk.granted()
         answer = await _open(entry, walk)
         headers = {"x-nobusy-upstream": answer.upstream}
+        if key is not None:
+            currency = state.settings.pricing.currency
+            warning = budget_warning(key, currency, datetime.now(UTC))
+            if warning is not None:
+                headers["x-nobusy-budget-warning"] = warning
         request.state.upstream = answer.upstream
         if chat.stream:
             entry.record.outcome = "client_gone"  # until the stream says otherwise

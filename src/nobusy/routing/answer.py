@@ -32,7 +32,7 @@ from nobusy.routing.walker import Walker
 from nobusy.settings import Route
 from nobusy.upstreams.base import Chunk, has_token
 
-__all__ = ["Answer", "AnswerStream", "note", "open_answer"]
+__all__ = ["Answer", "AnswerStream", "cached_tokens", "note", "open_answer"]
 
 log = logging.getLogger("nobusy.failover")
 
@@ -90,6 +90,7 @@ class AnswerStream:
         self.continuing = False  # after a failover: chunks need skipping and rewriting
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.saw_usage = False
+        self.cached_tokens = 0  # cache hits the upstreams reported (priced apart: money/)
         self.attempt_pieces = 0
         self.attempt_usage = False
         self.attempt_tokens = 0  # what the answering attempt's upstream reported using
@@ -139,7 +140,7 @@ class AnswerStream:
                         yield _content_chunk(held)
                     await attempt.succeed(self.attempt_tokens if self.attempt_usage else None)
                     if self.saw_usage:
-                        yield _usage_chunk(self.usage)
+                        yield _usage_chunk(self.usage, self.cached_tokens)
                     return
                 except UpstreamError as exc:
                     await attempt.fail(exc)
@@ -172,6 +173,7 @@ class AnswerStream:
             self.saw_usage = self.attempt_usage = True
             self.usage["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             self.usage["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            self.cached_tokens += cached_tokens(usage)
             self.attempt_tokens += int(usage.get("prompt_tokens") or 0)
             self.attempt_tokens += int(usage.get("completion_tokens") or 0)
             if not chunk.get("choices"):
@@ -307,10 +309,18 @@ def _content_chunk(text: str) -> Chunk:
     return _choice_chunk({}, {"content": text}, None)
 
 
-def _usage_chunk(usage: dict[str, int]) -> Chunk:
+def _usage_chunk(usage: dict[str, int], cached: int = 0) -> Chunk:
     total = usage["prompt_tokens"] + usage["completion_tokens"]
-    return {
-        "object": "chat.completion.chunk",
-        "choices": [],
-        "usage": {**usage, "total_tokens": total},
-    }
+    summed: dict[str, Any] = {**usage, "total_tokens": total}
+    if cached:
+        summed["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"object": "chat.completion.chunk", "choices": [], "usage": summed}
+
+
+def cached_tokens(usage: dict[str, Any]) -> int:
+    """Cache hits in an upstream's usage: OpenAI's ``prompt_tokens_details.cached_tokens``,
+    or DeepSeek's ``prompt_cache_hit_tokens``."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and details.get("cached_tokens"):
+        return int(details["cached_tokens"])
+    return int(usage.get("prompt_cache_hit_tokens") or 0)

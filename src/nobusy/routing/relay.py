@@ -22,7 +22,7 @@ import orjson
 from nobusy.errors import NobusyError
 from nobusy.message import MessageBuilder
 from nobusy.responses import internal_error_body
-from nobusy.routing.answer import Answer
+from nobusy.routing.answer import Answer, cached_tokens
 from nobusy.schema import ChatRequest
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
@@ -66,6 +66,8 @@ class ChunkRewriter:
             self.saw_usage = True
             self.record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.record.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.record.cached_tokens = cached_tokens(usage)
+            self.record.usage_source = "upstream"
             if not self.include_usage:
                 if not chunk.get("choices"):
                     return None

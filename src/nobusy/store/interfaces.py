@@ -48,8 +48,9 @@ class KeyLookup(Protocol):
         """Whether any key exists (revoked ones too): from then on every request needs one."""
         ...
 
-    def charge(self, key_id: str, tokens: int) -> Key:
-        """Take ``tokens`` off the key's balance; StorageUnavailable leaves it for a retry."""
+    def charge(self, key_id: str, tokens: int, cost_micros: int = 0) -> Key:
+        """Take ``tokens`` off the key's balance and add ``cost_micros`` to its spend in the
+        budget's period; StorageUnavailable leaves it for a retry."""
         ...
 
     def close(self) -> None: ...

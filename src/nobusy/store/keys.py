@@ -39,12 +39,14 @@ from nobusy.keys import (
     Key,
     bad_field,
     check_count,
+    check_money,
     sha256_hasher,
     show,
     sm3_hasher,
     to_columns,
     utcnow,
 )
+from nobusy.money.budgets import period_start
 from nobusy.store.migrations import open_db
 from nobusy.store.sqlite import parse_timestamp, timestamp, transaction
 
@@ -67,7 +69,7 @@ def index(keys: Iterable[Key]) -> tuple[dict[str, Key], dict[str, list[Key]]]:
 
 def to_key(row: Sequence[object]) -> Key:
     values = dict(zip((f.name for f in fields(Key)), row, strict=True))
-    for name in ("created_at", "expires_at", "revoked_at", "last_used_at"):
+    for name in ("created_at", "expires_at", "revoked_at", "last_used_at", "budget_since"):
         values[name] = parse_timestamp(cast("str | None", values[name]))
     models = cast("str | None", values["models"])
     values["models"] = None if models is None else tuple(json.loads(models))
@@ -213,12 +215,15 @@ class KeyStore:
         models: Sequence[str] | None = None,
         expires: timedelta | str | None = None,
         max_wait: float | None = None,
+        budget: object = None,
+        budget_period: str | None = None,
     ) -> tuple[Key, str]:
         """A new key and its secret, which is not stored and cannot be shown again."""
         now = self._clock()
         given = dict(
             name=name, priority=priority, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency,
             quota_tokens=quota_tokens, models=models, expires=expires, max_wait=max_wait,
+            budget=budget, budget_period=budget_period,
         )  # fmt: skip
         columns = to_columns(given, now)
         secret = "nb-" + secrets.token_urlsafe(32)
@@ -297,19 +302,51 @@ class KeyStore:
             )
         return self._by_id[key.id]
 
-    def charge(self, key_id: str, tokens: int) -> Key:
-        """Take ``tokens`` from the balance (it may go below zero) and mark the key used."""
+    def topup_money(self, id_or_name: str, amount: object) -> Key:
+        """Add ``amount`` (in pricing.currency) to the key's money budget."""
+        micros = cast(int, check_money("money", amount, positive=True))
+        with self._writing() as conn:
+            key = self._find(id_or_name)
+            if key.revoked_at is not None:
+                raise InvalidRequest(
+                    f"Key {key.name} ({key.id}) is revoked: a top-up could never be spent. "
+                    "Create a new key instead.",
+                    param="key",
+                )
+            if key.budget_micros is None:
+                raise InvalidRequest(
+                    f"Key {key.name} has no money budget: set one with --budget first.",
+                    param="key",
+                )
+            if key.budget_micros + micros > MAX_INT:
+                raise bad_field("money", "the budget would be too large")
+            conn.execute(
+                "UPDATE keys SET budget_micros = budget_micros + ? WHERE id = ?", (micros, key.id)
+            )
+        return self._by_id[key.id]
+
+    def charge(self, key_id: str, tokens: int, cost_micros: int = 0) -> Key:
+        """Take ``tokens`` from the balance (it may go below zero), add ``cost_micros`` to the
+        spend of the budget's current period, and mark the key used."""
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise bad_field("tokens", f"must be a whole number of at least 0, got {show(tokens)}")
+        now = self._clock()
+        known = self._by_id.get(key_id)
+        since = timestamp(period_start(known.budget_period if known else None, now))
         with self._lock, self._translated():
             # Only this key changes, so the copy is patched instead of reloaded: this runs
-            # once per request. Our own commits do not change our data_version.
+            # once per request. Our own commits do not change our data_version. The spend
+            # starts again from 0 when the last charge was in an earlier period.
             with transaction(self._conn) as conn:
                 rows = conn.execute(
-                    f"UPDATE keys SET balance = balance - ?, last_used_at = ? WHERE id = ? "
-                    f"RETURNING {_COLUMNS}",
-                    (tokens, timestamp(self._clock()), key_id),
-                ).fetchall()
+                    f"UPDATE keys SET balance = balance - ?, last_used_at = ?, "
+                    f"spent_micros = CASE WHEN coalesce(budget_since, '') < ? THEN ? "
+                    f"ELSE spent_micros + ? END, "
+                    f"budget_since = CASE WHEN coalesce(budget_since, '') < ? THEN ? "
+                    f"ELSE budget_since END WHERE id = ? RETURNING {_COLUMNS}",
+                    (tokens, timestamp(now), since, cost_micros, cost_micros, since, since,
+                     key_id),
+                ).fetchall()  # fmt: skip
             if not rows:
                 raise NotFound(f"No API key with id '{key_id}'.", param="key")
             key = to_key(rows[0])

@@ -9,6 +9,7 @@ client received is then never missing from the log, even after a SIGKILL.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,11 +73,14 @@ class Ledger:
         metrics: Metrics,
         audit: AuditSink | None = None,
         keys: KeyLookup | None = None,
+        price: Callable[[UsageRecord], None] | None = None,
     ) -> None:
         self.log = log
         self.metrics = metrics
         self.audit = audit
         self.keys = keys
+        self.price = price  # fills a record's cost (nobusy.money.spend.Pricer.price)
+        self._spend: dict[str, int] = {}  # micro-units of the reporting currency, per key
         # Quota charges are summed per key and written at most every half second: one SQLite
         # write per request would be the slowest step of the whole path.
         self._charges: dict[str, int] = {}
@@ -105,11 +109,17 @@ class Ledger:
             record.prompt_tokens,
             record.completion_tokens,
         )
+        if self.price is not None:
+            self.price(record)
         self.log.record(record)
         if record.key_id is not None and self.keys is not None:
             tokens = record.prompt_tokens + record.completion_tokens
             self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
-            if time.monotonic() - self._last_flush > 0.5:
+            cost = record.report_cost_micros
+            if cost:
+                self._spend[record.key_id] = self._spend.get(record.key_id, 0) + cost
+            # A key with a money budget is charged at once, so the next request sees it.
+            if (record.budgeted and cost) or time.monotonic() - self._last_flush > 0.5:
                 self.flush_charges()
         if self.audit is not None and transcript is not None:
             self._audit(record, transcript)
@@ -118,13 +128,16 @@ class Ledger:
         """Take the summed tokens off each key's balance."""
         self._last_flush = time.monotonic()
         charges, self._charges = self._charges, {}
+        spend, self._spend = self._spend, {}
         if self.keys is None:
             return
         for key_id, tokens in charges.items():
+            cost = spend.pop(key_id, 0)
             try:
-                self.keys.charge(key_id, tokens)
+                self.keys.charge(key_id, tokens, cost)
             except NobusyError:  # a locked database: keep the charge for the next flush
                 self._charges[key_id] = self._charges.get(key_id, 0) + tokens
+                self._spend[key_id] = self._spend.get(key_id, 0) + cost
 
     def _audit(self, record: UsageRecord, transcript: Transcript) -> None:
         audit = self.audit

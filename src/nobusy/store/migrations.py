@@ -149,6 +149,35 @@ def m006_responses(db: Database) -> None:
     db.execute("CREATE INDEX responses_expires ON responses (expires)")
 
 
+@NOBUSY()
+def m007_money(db: Database) -> None:
+    # What each request cost (nobusy.money.spend), in micro-units so that sums are exact, and
+    # each key's money budget (nobusy.money.budgets): spent since budget_since, the start of
+    # the current period.
+    for column in _MONEY_USAGE:
+        db.execute(f"ALTER TABLE usage ADD COLUMN {column}")
+    for column in _MONEY_KEYS:
+        db.execute(f"ALTER TABLE keys ADD COLUMN {column}")
+
+
+_MONEY_USAGE = (
+    "cached_tokens INTEGER NOT NULL DEFAULT 0",
+    "usage_source TEXT",
+    "currency TEXT",
+    "cost_micros INTEGER NOT NULL DEFAULT 0",
+    "report_currency TEXT",
+    "report_cost_micros INTEGER NOT NULL DEFAULT 0",
+    "first_choice TEXT",
+    "first_choice_cost_micros INTEGER",
+)
+_MONEY_KEYS = (
+    "budget_micros INTEGER",
+    "budget_period TEXT",
+    "spent_micros INTEGER NOT NULL DEFAULT 0",
+    "budget_since TEXT",
+)
+
+
 # --- audit.db: the chained audit rows ----------------------------------------------------------
 
 AUDIT = Migrations("nobusy-audit")

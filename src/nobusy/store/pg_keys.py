@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nobusy.errors import NotFound, StorageUnavailable
 from nobusy.keys import Hasher, Key, bad_field, sha256_hasher, show, sm3_hasher, utcnow
+from nobusy.money.budgets import period_start
 from nobusy.store.keys import _COLUMNS, KeyStore, index, to_key
 from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import (
@@ -39,7 +40,13 @@ __all__ = ["PgKeyStore"]
 
 log = logging.getLogger("nobusy")
 
-_CHARGE = "UPDATE keys SET balance = balance - %s, last_used_at = %s WHERE id = %s"
+# The spend starts again from 0 when the last charge was in an earlier budget period.
+_CHARGE = (
+    "UPDATE keys SET balance = balance - %(tokens)s, last_used_at = %(now)s, "
+    "spent_micros = CASE WHEN coalesce(budget_since, '') < %(since)s THEN %(cost)s "
+    "ELSE spent_micros + %(cost)s END, budget_since = CASE WHEN coalesce(budget_since, '') < "
+    "%(since)s THEN %(since)s ELSE budget_since END WHERE id = %(id)s"
+)
 
 
 class PgKeyStore(KeyStore):
@@ -60,8 +67,8 @@ class PgKeyStore(KeyStore):
         self._url = url
         self.liveness = liveness or Liveness(redact(url))
         self._link = migrated(url)
-        # Tokens charged to the copy and not yet sent, by key id.
-        self._unsent: dict[str, int] = {}
+        # Tokens and micro-units charged to the copy and not yet sent, by key id.
+        self._unsent: dict[str, tuple[int, int]] = {}
         self._charge_lock = threading.Lock()
         try:
             with self._lock:
@@ -82,8 +89,8 @@ class PgKeyStore(KeyStore):
             if unsent:
                 try:
                     with self._translated(), self._conn.conn.transaction():
-                        for key_id, tokens in unsent.items():
-                            self._conn.conn.execute(_CHARGE, (tokens, self._now(), key_id))
+                        for key_id, (tokens, cost) in unsent.items():
+                            self._conn.conn.execute(_CHARGE, self._charge(key_id, tokens, cost))
                 except StorageUnavailable as exc:  # shutting down: say what is lost
                     log.error("quota charges of %d keys not recorded: %s", len(unsent), exc)
             self._link.close()
@@ -93,19 +100,38 @@ class PgKeyStore(KeyStore):
     def _maybe_refresh(self) -> None:
         """``watch`` refreshes the copy: a request never waits for the network."""
 
-    def charge(self, key_id: str, tokens: int) -> Key:
-        """Take ``tokens`` off the copy's balance now; ``watch`` sends them to PostgreSQL."""
+    def charge(self, key_id: str, tokens: int, cost_micros: int = 0) -> Key:
+        """Take ``tokens`` off the copy's balance and add ``cost_micros`` to its spend now;
+        ``watch`` sends them to PostgreSQL."""
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise bad_field("tokens", f"must be a whole number of at least 0, got {show(tokens)}")
         key = self._by_id.get(key_id)
         if key is None:
             raise NotFound(f"No API key with id '{key_id}'.", param="key")
+        now = self._clock()
         balance = None if key.balance is None else key.balance - tokens
-        key = replace(key, balance=balance, last_used_at=self._clock())
+        start = period_start(key.budget_period, now)
+        fresh = key.budget_since is None or key.budget_since < start
+        key = replace(
+            key,
+            balance=balance,
+            last_used_at=now,
+            spent_micros=cost_micros if fresh else key.spent_micros + cost_micros,
+            budget_since=start if fresh else key.budget_since,
+        )
         with self._charge_lock:
-            self._unsent[key_id] = self._unsent.get(key_id, 0) + tokens
+            sent_tokens, sent_cost = self._unsent.get(key_id, (0, 0))
+            self._unsent[key_id] = (sent_tokens + tokens, sent_cost + cost_micros)
             self._patch(key)
         return key
+
+    def _charge(self, key_id: str, tokens: int, cost: int) -> dict[str, object]:
+        key = self._by_id.get(key_id)
+        since = period_start(key.budget_period if key else None, self._clock())
+        return {
+            "tokens": tokens, "now": self._now(), "since": timestamp(since), "cost": cost,
+            "id": key_id,
+        }  # fmt: skip
 
     def _patch(self, key: Key) -> None:
         self._by_id = {**self._by_id, key.id: key}
@@ -144,8 +170,8 @@ class PgKeyStore(KeyStore):
             async with pool.connection() as conn:
                 if unsent:
                     async with conn.transaction():
-                        for key_id, tokens in unsent.items():
-                            await conn.execute(_CHARGE, (tokens, self._now(), key_id))
+                        for key_id, (tokens, cost) in unsent.items():
+                            await conn.execute(_CHARGE, self._charge(key_id, tokens, cost))
                     unsent = {}
                 cursor = await conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY seq")
                 rows = await cursor.fetchall()
@@ -155,8 +181,9 @@ class PgKeyStore(KeyStore):
         finally:
             if unsent:  # not sent: kept for the next round
                 with self._charge_lock:
-                    for key_id, tokens in unsent.items():
-                        self._unsent[key_id] = self._unsent.get(key_id, 0) + tokens
+                    for key_id, (tokens, cost) in unsent.items():
+                        old_tokens, old_cost = self._unsent.get(key_id, (0, 0))
+                        self._unsent[key_id] = (old_tokens + tokens, old_cost + cost)
         self.liveness.up()
         self._install(rows)
 
@@ -185,9 +212,11 @@ class PgKeyStore(KeyStore):
         with self._charge_lock:
             keys = []
             for key in map(to_key, rows):
-                unsent = self._unsent.get(key.id, 0)
+                unsent, cost = self._unsent.get(key.id, (0, 0))
                 if unsent and key.balance is not None:
                     key = replace(key, balance=key.balance - unsent)
+                if cost:  # a later period starts from 0 when sent; close enough until then
+                    key = replace(key, spent_micros=key.spent_micros + cost)
                 keys.append(key)
             self._by_id, self._by_prefix = index(keys)
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from sqlite_utils.migrations import Migrations
 
-from nobusy.store.migrations import AUDIT, NOBUSY
+from nobusy.store.migrations import _MONEY_KEYS, _MONEY_USAGE, AUDIT, NOBUSY
 from nobusy.store.postgres import ERRORS, Link, startup_error
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
@@ -107,6 +107,11 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
         # The Responses API's kept responses stay in each replica's own nobusy.db for now
         # (store/responses.py): a replica other than the one that answered cannot see them.
         "m006_responses": (),
+        "m007_money": tuple(
+            f"ALTER TABLE {table} ADD COLUMN {column.replace('INTEGER', 'BIGINT')}"
+            for table, columns in (("usage", _MONEY_USAGE), ("keys", _MONEY_KEYS))
+            for column in columns
+        ),
     },
     AUDIT.name: {
         "m001_audit": (

@@ -25,8 +25,9 @@ __all__ = ["PgUsageLog"]
 
 log = logging.getLogger("nobusy")
 
+_MARKS = ", ".join(["%s"] * (COLUMNS.count(",") + 2))  # the columns and record_id
 _INSERT = (
-    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({', '.join(['%s'] * 16)}) "
+    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({_MARKS}) "
     "ON CONFLICT (record_id) DO NOTHING"
 )
 

@@ -68,6 +68,19 @@ class UsageRecord:
     notes: list[str] = field(default_factory=list)
     key_id: str | None = None
     duration_ms: float | None = None
+    # Money (nobusy.money.spend): cached-input tokens as the upstream reported them; whose
+    # count the tokens are ("upstream", or "counted" by nobusy when it reported none); the
+    # cost in the answering route's currency and in the reporting one, in micro-units; the
+    # alias's first-choice route and what the same tokens would have cost there.
+    cached_tokens: int = 0
+    usage_source: str = "counted"
+    currency: str | None = None
+    cost_micros: int = 0
+    report_currency: str | None = None
+    report_cost_micros: int = 0
+    first_choice: str | None = None
+    first_choice_cost_micros: int | None = None
+    budgeted: bool = False  # not stored: the key has a money budget, charge it at once
 
 
 class UsageLog:
@@ -233,9 +246,11 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 COLUMNS = _COLUMNS = (
     "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
-    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes"
+    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes, cached_tokens, "
+    "usage_source, currency, cost_micros, report_currency, report_cost_micros, first_choice, "
+    "first_choice_cost_micros"
 )
-_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 23)})"
 _Row = tuple[object, ...]
 
 
@@ -244,14 +259,16 @@ def _row(r: UsageRecord) -> _Row:
     tried, notes = orjson.dumps(r.tried).decode(), orjson.dumps(r.notes).decode()
     return (when, r.request_id, r.key_id, r.alias, r.upstream, tried, r.stream, r.outcome,
             r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.queue_ms, r.duration_ms,
-            r.overflow, notes)  # fmt: skip
+            r.overflow, notes, r.cached_tokens, r.usage_source, r.currency, r.cost_micros,
+            r.report_currency, r.report_cost_micros, r.first_choice,
+            r.first_choice_cost_micros)  # fmt: skip
 
 
 # --- Reading it back ---------------------------------------------------------------------------
 
 # What a group is, as SQL over `usage`; NULL becomes the label in brackets.
-GROUPS = {"key": "key_id", "model": "alias", "upstream": "upstream"}
-NONE_LABEL = {"key": "(no key)", "model": "(none)", "upstream": "(none)"}
+GROUPS = {"key": "key_id", "model": "alias", "upstream": "upstream", "day": "substr(time, 1, 10)"}
+NONE_LABEL = {"key": "(no key)", "model": "(none)", "upstream": "(none)", "day": "(none)"}
 # Outcomes are error codes (or ok / client_gone): a code nobusy answers with a 4xx means the
 # request was refused (limits, quota, a bad request); any other code means it failed.
 _CLIENT_CODES = {
@@ -275,6 +292,13 @@ class Group:
     completion_tokens: int = 0
     queue_ms_total: float = 0.0
     ttfts: list[float] = field(default_factory=list)  # sorted
+    # Money, in micro-units of the reporting currency: what the rows cost, what the same
+    # tokens would have cost on each alias's first-choice route; cache hits; rows whose
+    # tokens nobusy counted because the upstream reported none.
+    cost_micros: int = 0
+    first_choice_cost_micros: int = 0
+    cached_tokens: int = 0
+    counted: int = 0
 
     @property
     def mean_queue_ms(self) -> float:
@@ -289,12 +313,20 @@ def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
     counts = conn.execute(
         # Portable SQL (SQLite and PostgreSQL): CAST keeps PostgreSQL's sums integers.
         f"SELECT {column}, outcome, COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT), "
-        f"CAST(SUM(completion_tokens) AS BIGINT), COALESCE(SUM(queue_ms), 0.0) "
+        f"CAST(SUM(completion_tokens) AS BIGINT), COALESCE(SUM(queue_ms), 0.0), "
+        f"CAST(SUM(report_cost_micros) AS BIGINT), "
+        f"CAST(SUM(COALESCE(first_choice_cost_micros, report_cost_micros)) AS BIGINT), "
+        f"CAST(SUM(cached_tokens) AS BIGINT), "
+        f"CAST(SUM(CASE WHEN usage_source = 'counted' THEN 1 ELSE 0 END) AS BIGINT) "
         f"FROM usage {where} GROUP BY {column}, outcome",
         params,
     )
-    for name, outcome, n, prompt, completion, queue_ms in counts:
+    for name, outcome, n, prompt, completion, queue_ms, cost, first, cached, counted in counts:
         group = groups.setdefault(name, Group(name or NONE_LABEL[by]))
+        group.cost_micros += cost
+        group.first_choice_cost_micros += first
+        group.cached_tokens += cached
+        group.counted += counted
         group.requests += n
         group.prompt_tokens += prompt
         group.completion_tokens += completion
@@ -318,6 +350,8 @@ def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
         for key_id, group in groups.items():
             if key_id in names:
                 group.label = f"{names[key_id]} ({key_id})"
+    if by == "day":
+        return sorted(groups.values(), key=lambda g: g.label)
     return sorted(groups.values(), key=lambda g: (-g.requests, g.label))
 
 

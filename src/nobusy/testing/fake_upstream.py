@@ -99,6 +99,7 @@ class FakeOptions:
     slow_every: int | None = None
     model_name: str = "fake-model"
     continuation: str = "all"
+    cached: int = 0  # prompt tokens reported as cache hits (prompt_tokens_details), at most all
 
 
 # What `MODE:key=val` may override, and how each value is parsed (None defaults are ints).
@@ -382,6 +383,8 @@ class _FakeApp:
             prompt_tokens += len(partial.split())
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
         usage["total_tokens"] = prompt_tokens + sent
+        if opts.cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(opts.cached, prompt_tokens)}
         if reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": len(reasoning)}
         gap = opts.chunk_delay or (SLOW_CHUNK_DELAY if mode == "slow" else 0.0)

@@ -20,6 +20,7 @@ from nobusy.errors import (
     UpstreamOverloaded,
     UpstreamRejectedRequest,
 )
+from nobusy.money.prices import Price
 
 __all__ = [
     "Chunk",
@@ -114,6 +115,11 @@ class UpstreamSettings(BaseModel):
     )
     health_check_interval: PositiveFloat | None = Field(
         None, description="Seconds between active health probes (none: passive checks only)."
+    )
+    price: Price | None = Field(
+        None,
+        description="What this upstream's tokens cost, per million (none: free); see "
+        "docs/money.md.",
     )
 
     # A kind that continues a partial answer by construction names how (embedded: raw
