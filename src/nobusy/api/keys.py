@@ -8,6 +8,7 @@ thread pool: a write can wait up to the busy timeout for the CLI's lock.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from nobusy.errors import InvalidRequest
 from nobusy.keys import Key, validate
+from nobusy.money.budgets import spent
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
@@ -54,6 +56,9 @@ def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
         "expires_at": _unix(key.expires_at),
         "revoked_at": _unix(key.revoked_at),
         "last_used_at": _unix(key.last_used_at),
+        "budget": None if key.budget_micros is None else _amount(key.budget_micros),
+        "budget_period": key.budget_period,
+        "budget_spent": _amount(spent(key, now or datetime.now(UTC))),
     }
 
 
@@ -96,11 +101,18 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def topup_key(request: Request) -> Response:
-    """Add ``{"tokens": N}`` to a key's balance and quota."""
+    """Add ``{"tokens": N}`` to a key's balance and quota, or ``{"money": "20"}`` to its
+    money budget."""
     body = await _body(request)
-    if set(body) != {"tokens"}:
-        raise InvalidRequest('The body must be {"tokens": N} and nothing else.', param="tokens")
     store, name = _store(request), request.path_params["key"]
+    if set(body) == {"money"}:
+        key = await run_in_threadpool(store.topup_money, name, body["money"])
+        return JSONResponse(key_json(key))
+    if set(body) != {"tokens"}:
+        raise InvalidRequest(
+            'The body must be {"tokens": N} or {"money": AMOUNT} and nothing else.',
+            param="tokens",
+        )
     key = await run_in_threadpool(store.topup, name, body["tokens"])
     return JSONResponse(key_json(key))
 
@@ -113,6 +125,10 @@ def _store(request: Request) -> KeyStore:
 
 async def _body(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
+
+
+def _amount(micros: int) -> str:
+    return f"{Decimal(micros) / 1_000_000:.6f}"
 
 
 def _unix(moment: datetime | None) -> int | None:

@@ -23,7 +23,8 @@ from nobusy.cli.options import (
 )
 from nobusy.edge.auth import hashers_for
 from nobusy.errors import InvalidRequest, NobusyError
-from nobusy.keys import PRIORITIES, Key, validate
+from nobusy.keys import BUDGET_PERIODS, PRIORITIES, Key, validate
+from nobusy.money.budgets import money, spent
 from nobusy.store.backends import open_keys
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME
@@ -36,7 +37,9 @@ _UNLIMITED = object()  # what the option callbacks turn that word into
 STATUS_STYLE = {"active": "green", "revoked": "red", "expired": "yellow"}
 
 
-def _limit(kind: type[int] | type[float]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+def _limit(
+    kind: type[int] | type[float] | type[str],
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """An option callback: a whole number (or seconds), or ``none`` for no limit."""
 
     what = "whole number" if kind is int else "number"
@@ -68,6 +71,17 @@ def _options(*, create: bool) -> Callable[[F], F]:
         click.option("--models", metavar="A,B|all", help="Model aliases it may use (all)."),
         click.option("--expires", metavar="30d|12h|90m|never", help="Expire after this long."),
         click.option("--max-wait", **seconds, help="Seconds a request may queue (default)."),
+        click.option(
+            "--budget",
+            callback=_limit(str),
+            metavar="AMOUNT|none",
+            help="Money it may spend per period, in pricing.currency (unlimited if unset).",
+        ),
+        click.option(
+            "--budget-period",
+            type=click.Choice(BUDGET_PERIODS),
+            help="When the budget starts again, in UTC (daily).",
+        ),
         config_option,
         data_dir_option,
     ]
@@ -230,11 +244,23 @@ def revoke(key: str, config_file: Path | None, data_dir: Path | None) -> None:
 
 @keys.command()
 @click.argument("key")
-@click.argument("tokens", type=int)
+@click.argument("tokens", type=int, required=False)
+@click.option("--money", metavar="AMOUNT", help="Add AMOUNT (pricing.currency) to its budget.")
 @store_options
-def topup(key: str, tokens: int, config_file: Path | None, data_dir: Path | None) -> None:
-    """Add TOKENS to a key's balance and quota."""
-    with _store(config_file, data_dir, hints={"tokens": "'TOKENS'"}) as store:
+def topup(
+    key: str, tokens: int | None, money: str | None, config_file: Path | None,
+    data_dir: Path | None,
+) -> None:  # fmt: skip
+    """Add TOKENS to a key's balance and quota, or --money to its money budget."""
+    if (tokens is None) == (money is None):
+        raise click.UsageError("Give either TOKENS or --money AMOUNT.")
+    hints = {"tokens": "'TOKENS'", "money": "'--money'"}
+    with _store(config_file, data_dir, hints=hints) as store:
+        if money is not None:
+            topped = store.topup_money(key, money)
+            Console().print(f"{topped.id} ({escape(topped.name)}): budget {_budget(topped)}.")
+            return
+        assert tokens is not None
         topped = store.topup(key, tokens)
     Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
 
@@ -252,6 +278,7 @@ def _print(key: Key) -> None:
         "tpm": _number(key.tpm),
         "max concurrency": _number(key.max_concurrency),
         "balance / quota": _balance(key),
+        "budget": _budget(key),
         "models": _models(key),
         "max wait": "default" if key.max_wait is None else f"{key.max_wait:g}s",
         "status": _status(key, datetime.now(UTC)),
@@ -278,6 +305,14 @@ def _limits(key: Key) -> str:
     if key.max_wait is not None:
         parts.append(f"wait {key.max_wait:g}s")
     return ", ".join(parts) or "none"
+
+
+def _budget(key: Key) -> str:
+    """Spent of budget this period, or ``unlimited``."""
+    if key.budget_micros is None:
+        return "unlimited"
+    used = spent(key, datetime.now(UTC))
+    return f"{money(used)} / {money(key.budget_micros)} {key.budget_period or 'daily'}"
 
 
 def _balance(key: Key) -> str:

@@ -27,8 +27,7 @@ log = logging.getLogger("nobusy")
 
 _MARKS = ", ".join(["%s"] * (COLUMNS.count(",") + 2))  # the columns and record_id
 _INSERT = (
-    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({_MARKS}) "
-    "ON CONFLICT (record_id) DO NOTHING"
+    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({_MARKS}) ON CONFLICT (record_id) DO NOTHING"
 )
 
 
