@@ -1,0 +1,205 @@
+"""Prices, windows and costs as pure functions; the config errors that name the key; budgets
+and their periods on the key store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from nobusy.errors import BudgetExhausted, ConfigError, InvalidRequest
+from nobusy.money.budgets import budget_warning, check_budget, next_reset, period_start, spent
+from nobusy.money.prices import Price, PricingSettings
+from nobusy.money.spend import Pricer
+from nobusy.settings import load_settings
+from nobusy.store.keys import KeyStore
+from nobusy.store.usage import UsageRecord
+
+DEEPSEEK = {
+    "currency": "CNY",
+    "input": 2,
+    "cached_input": 0.5,
+    "output": 8,
+    "windows": [
+        {"start": "00:30", "end": "08:30", "tz": "Asia/Shanghai", "input": 1,
+         "cached_input": 0.25, "output": 2},
+    ],
+}  # fmt: skip
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_cost_is_tokens_times_price_with_cache_hits_apart() -> None:
+    price = Price.model_validate(DEEPSEEK)
+    # 1000 prompt tokens of which 400 cached, 500 output, at peak (12:00 Beijing):
+    # 600 * 2 + 400 * 0.5 + 500 * 8 = 5400 micro-yuan.
+    rates = price.at(datetime.fromisoformat("2026-12-07T12:00:00+08:00"))
+    assert rates.cost(1000, 400, 500) == 5400
+    # Cached tokens never exceed the prompt; without a cached price they cost the input price.
+    assert Price.model_validate({"input": 3}).cost(10, 50, 0) == 30
+
+
+@pytest.mark.parametrize(
+    ("moment", "off_peak"),
+    [
+        ("2026-12-07T00:29:59+08:00", False),
+        ("2026-12-07T00:30:00+08:00", True),  # the window opens at 00:30 Beijing time
+        ("2026-12-07T08:29:59+08:00", True),
+        ("2026-12-07T08:30:00+08:00", False),  # and closes at 08:30 (exclusive)
+        ("2026-12-06T16:30:00+00:00", True),  # the same instant as 00:30 Beijing, in UTC
+    ],
+)
+def test_the_window_is_chosen_by_the_start_time(moment: str, off_peak: bool) -> None:
+    rates = Price.model_validate(DEEPSEEK).at(datetime.fromisoformat(moment))
+    assert rates.cost(1000, 0, 1000) == (3000 if off_peak else 10000)
+
+
+def test_a_window_past_midnight_wraps() -> None:
+    price = Price.model_validate(
+        {"input": 1, "windows": [{"start": "22:00", "end": "06:00", "input": 0}]}
+    )
+    assert price.at(datetime(2026, 1, 1, 23, tzinfo=UTC)).cost(10, 0, 0) == 0
+    assert price.at(datetime(2026, 1, 1, 5, tzinfo=UTC)).cost(10, 0, 0) == 0
+    assert price.at(datetime(2026, 1, 1, 6, tzinfo=UTC)).cost(10, 0, 0) == 10
+
+
+def test_fractional_prices_round_each_row_half_even_and_convert_exactly() -> None:
+    price = Price.model_validate({"currency": "USD", "input": 0.075, "output": 0.3})
+    assert price.cost(3, 0, 1) == 1  # 0.225 + 0.3 = 0.525 micro-dollars -> 1
+    pricing = PricingSettings.model_validate({"currency": "CNY", "rates": {"USD": 7.1}})
+    assert pricing.convert(1_000_000, "USD") == 7_100_000
+    assert pricing.rate("USD") == Decimal("7.1")  # the YAML text, not a binary float
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "nobusy.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+upstreams:
+  ds:
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    price: {price}
+models:
+  chat: [ds/m]
+{pricing}
+"""
+
+
+@pytest.mark.parametrize(
+    ("price", "pricing", "message"),
+    [
+        ("{input: -1}", "", "upstreams.ds.price.input: Input should be greater than or equal"),
+        ("{input: lots}", "", "upstreams.ds.price.input"),
+        ("{output: .nan}", "", "upstreams.ds.price.output"),
+        ("{input: true}", "", "upstreams.ds.price.input"),
+        ("{currency: EUR}", "", "upstreams.ds.price.currency: Input should be 'CNY' or 'USD'"),
+        ("{currency: USD, input: 1}", "", "set pricing.rates.USD"),
+        ("{input: 1}", "pricing: {rates: {USD: -2}}", "pricing.rates"),
+        (
+            '{windows: [{start: "00:30", end: "08:30", tz: Asia/Shanghai}, '
+            '{start: "08:00", end: "09:00", tz: Asia/Shanghai}]}',
+            "",
+            "upstreams.ds.price: Value error, windows 0 (00:30-08:30 Asia/Shanghai) and 1 "
+            "(08:00-09:00 Asia/Shanghai) overlap",
+        ),
+        (
+            # The same hours written in two zones overlap too.
+            '{windows: [{start: "00:30", end: "08:30", tz: Asia/Shanghai}, '
+            '{start: "00:00", end: "01:00", tz: UTC}]}',
+            "",
+            "overlap",
+        ),
+        ('{windows: [{start: "01:00", end: "02:00", tz: Mars/Base}]}', "", "unknown time zone"),
+        ("{models: {m: {input: -3}}}", "", "upstreams.ds.price.models.m.input"),
+    ],
+)
+def test_bad_prices_are_config_errors_naming_the_key(
+    tmp_path: Path, price: str, pricing: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, BASE.format(price=price, pricing=pricing)), env={})
+    assert message in str(caught.value)
+
+
+def test_the_pricer_prices_the_answering_route_and_the_first_choice(tmp_path: Path) -> None:
+    config = """
+pricing: {currency: CNY, rates: {USD: 7}}
+upstreams:
+  cheap: {kind: openai, base_url: "http://127.0.0.1:9/v1", price: {input: 1, output: 2}}
+  dear:
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    price: {currency: USD, input: 1, output: 1, models: {big: {input: 10, output: 10}}}
+  local: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+models:
+  chat: [cheap/m, dear/big]
+"""
+    pricer = Pricer(load_settings(write(tmp_path, config), env={}))
+    record = UsageRecord("r", "chat", False, started=at("2026-12-07T12:00:00+00:00"))
+    record.upstream, record.prompt_tokens, record.completion_tokens = "dear/big", 100, 10
+    pricer.price(record)
+    assert (record.currency, record.cost_micros) == ("USD", 1100)
+    assert (record.report_currency, record.report_cost_micros) == ("CNY", 7700)
+    assert (record.first_choice, record.first_choice_cost_micros) == ("cheap/m", 120)
+    record.upstream = "local/x (overflow)"  # no price: free
+    pricer.price(record)
+    assert (record.cost_micros, record.report_cost_micros) == (0, 0)
+
+
+def test_budget_periods_reset_in_utc() -> None:
+    now = datetime(2026, 12, 9, 15, 30, tzinfo=UTC)  # a Wednesday
+    assert period_start("daily", now) == datetime(2026, 12, 9, tzinfo=UTC)
+    assert period_start("weekly", now) == datetime(2026, 12, 7, tzinfo=UTC)
+    assert period_start("monthly", now) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert next_reset("monthly", now) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert next_reset("weekly", now) == datetime(2026, 12, 14, tzinfo=UTC)
+
+
+def test_budget_spend_warning_limit_topup_and_reset(tmp_path: Path) -> None:
+    moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
+    store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+    key, _ = store.create("team-a", budget="1.5", budget_period="daily")
+    assert key.budget_micros == 1_500_000
+    key = store.charge(key.id, 10, 1_000_000)
+    assert spent(key, moment[0]) == 1_000_000
+    assert budget_warning(key, "CNY", moment[0]) is None
+    key = store.charge(key.id, 10, 200_000)  # 80%: the soft limit
+    warning = budget_warning(key, "CNY", moment[0])
+    assert warning is not None and warning.startswith("80% of the daily budget spent")
+    key = store.charge(key.id, 10, 300_000)
+    with pytest.raises(BudgetExhausted) as caught:
+        check_budget(key, "CNY", moment[0])
+    assert caught.value.code == "insufficient_quota" and caught.value.status_code == 429
+    assert "daily budget of 1.50 CNY" in caught.value.message
+    assert "resets at 2026-12-10 00:00 UTC" in caught.value.message
+    key = store.topup_money("team-a", "1")
+    check_budget(key, "CNY", moment[0])  # 1.5 spent of 2.5
+    moment[0] = datetime(2026, 12, 10, 0, 1, tzinfo=UTC)  # the next day: spend starts again
+    assert spent(store.get("team-a"), moment[0]) == 0
+    key = store.charge(key.id, 1, 5)
+    assert (key.spent_micros, key.budget_since) == (5, datetime(2026, 12, 10, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"budget": "-1"}, "budget: must be at least 0"),
+        ({"budget": "ten"}, "budget: must be an amount of money"),
+        ({"budget_period": "yearly"}, "budget_period: must be daily, weekly or monthly"),
+    ],
+)
+def test_bad_budgets_are_named(tmp_path: Path, fields: dict[str, str], message: str) -> None:
+    store = KeyStore(tmp_path)
+    with pytest.raises(InvalidRequest, match=message):
+        store.create("k", **fields)  # type: ignore[arg-type]
+    key, _ = store.create("k2")
+    with pytest.raises(InvalidRequest, match="has no money budget"):
+        store.topup_money(key.id, "5")
