@@ -56,8 +56,13 @@ def spent(key: Key, now: datetime) -> int:
     return key.spent_micros
 
 
-def money(micros: int, places: int = 2) -> str:
-    """Micro-units as an amount with ``places`` decimals (rounded half even by Decimal)."""
+def money(micros: int, places: int | None = None) -> str:
+    """Micro-units as an amount: with ``places`` decimals, or cents unless that would hide a
+    smaller part (then up to six decimals)."""
+    if places is None:
+        places = 2
+        while places < 6 and micros % 10 ** (6 - places):
+            places += 1
     return f"{Decimal(micros) / 1_000_000:,.{places}f}"
 
 
