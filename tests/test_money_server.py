@@ -135,12 +135,15 @@ def test_totals_equal_the_sum_of_the_rows(money: tuple[Process, dict[str, str]])
     for model in ("cheap", "dear", "free"):
         ask(process, keys["free"], model)
     with closing(sqlite3.connect(process.data_dir / DB_NAME)) as conn:
-        total, by_model = conn.execute("SELECT SUM(report_cost_micros) FROM usage").fetchone()[0], {
-            alias: cost
-            for alias, cost in conn.execute(
-                "SELECT alias, SUM(report_cost_micros) FROM usage GROUP BY alias"
-            )
-        }
+        total, by_model = (
+            conn.execute("SELECT SUM(report_cost_micros) FROM usage").fetchone()[0],
+            {
+                alias: cost
+                for alias, cost in conn.execute(
+                    "SELECT alias, SUM(report_cost_micros) FROM usage GROUP BY alias"
+                )
+            },
+        )
     auth = {"authorization": f"Bearer {ADMIN}"}
     for by in ("key", "model", "upstream", "day"):
         report = httpx.get(f"{process.url}/v1/nobusy/usage", params={"by": by}, headers=auth)
@@ -158,7 +161,8 @@ def test_totals_equal_the_sum_of_the_rows(money: tuple[Process, dict[str, str]])
     )
     assert printed.exit_code == 0, printed.output
     assert "Spend by day" in printed.output
-    total_line = next(line for line in printed.output.splitlines() if line.strip().startswith("total"))
+    lines = [line.strip() for line in printed.output.splitlines()]
+    total_line = next(line for line in lines if line.startswith("total"))
     assert f"{total / 1_000_000:,.4f}" in total_line
 
 
@@ -172,8 +176,8 @@ def test_a_budget_warns_at_80_percent_then_refuses(money: tuple[Process, dict[st
         sdk.chat.completions.create(model="dear", messages=HELLO)
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "insufficient_quota"
-    assert "Key 'team' has spent its daily budget of 0.0016 CNY (0.002646 spent)" in (
-        error["message"]
+    assert (
+        "Key 'team' has spent its daily budget of 0.0016 CNY (0.002646 spent)" in (error["message"])
     )
     assert "resets at" in error["message"] and caught.value.response.headers["retry-after"]
     # Topped up in money over the admin API: admitted again.
