@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.money.prices import ModelPrice, Price, PriceWindow, PricingSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
@@ -28,6 +29,10 @@ MODELS: dict[str, type[BaseModel]] = {
     "ModelAlias": ModelAlias,
     "HedgeSettings": HedgeSettings,
     "CircuitSettings": CircuitSettings,
+    "Price": Price,
+    "PriceWindow": PriceWindow,
+    "ModelPrice": ModelPrice,
+    "PricingSettings": PricingSettings,
     "GuardSettings": GuardSettings,
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
