@@ -203,3 +203,21 @@ def test_bad_budgets_are_named(tmp_path: Path, fields: dict[str, str], message: 
     key, _ = store.create("k2")
     with pytest.raises(InvalidRequest, match="has no money budget"):
         store.topup_money(key.id, "5")
+
+
+def test_cache_hits_are_read_from_each_wire_format() -> None:
+    from nobusy.routing.answer import cached_tokens
+    from nobusy.upstreams.anthropic_wire import message_chunks
+
+    assert cached_tokens({"prompt_tokens_details": {"cached_tokens": 7}}) == 7  # OpenAI
+    assert cached_tokens({"prompt_cache_hit_tokens": 5, "prompt_tokens": 9}) == 5  # DeepSeek
+    assert cached_tokens({"prompt_tokens": 9}) == 0
+    message = {
+        "content": [{"type": "text", "text": "hi"}],
+        "usage": {"input_tokens": 3, "cache_read_input_tokens": 40, "output_tokens": 2},
+    }
+    usage = [c["usage"] for c in message_chunks(message, "claude") if c.get("usage")]
+    assert usage == [
+        {"prompt_tokens": 43, "completion_tokens": 2, "total_tokens": 45,
+         "prompt_tokens_details": {"cached_tokens": 40}},
+    ]  # fmt: skip

@@ -304,7 +304,10 @@ def _call(ordinal: int, block: dict[str, Any], arguments: str) -> dict[str, Any]
 class EventReader:
     """One streamed Messages answer, event by event, as the internal chunks."""
 
-    __slots__ = ("blocks", "finished", "input_tokens", "output_tokens", "stopped", "upstream")
+    __slots__ = (
+        "blocks", "cached_tokens", "finished", "input_tokens", "output_tokens", "stopped",
+        "upstream",
+    )  # fmt: skip
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -312,6 +315,7 @@ class EventReader:
         # [its ordinal, its start input, whether arguments came].
         self.blocks: dict[int, Any] = {}
         self.input_tokens: int | None = None
+        self.cached_tokens = 0  # read from the prompt cache: priced apart (nobusy.money)
         self.output_tokens: int | None = None
         self.finished = False  # message_delta with a stop_reason seen
         self.stopped = False  # message_stop seen
@@ -434,6 +438,9 @@ class EventReader:
         counted = [t for t in tokens if isinstance(t, int)]
         if counted:
             self.input_tokens = sum(counted)
+        cache_read = usage.get("cache_read_input_tokens")
+        if isinstance(cache_read, int) and cache_read > 0:
+            self.cached_tokens = cache_read
         output = usage.get("output_tokens")
         if isinstance(output, int):
             self.output_tokens = output  # cumulative in message_delta
@@ -443,11 +450,13 @@ class EventReader:
         if self.output_tokens is None:
             return None
         prompt = self.input_tokens or 0
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": self.output_tokens,
             "total_tokens": prompt + self.output_tokens,
         }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         self.output_tokens = None  # reported once
         return {"object": "chat.completion.chunk", "choices": [], "usage": usage}
 
