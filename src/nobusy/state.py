@@ -30,9 +30,9 @@ from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
-from nobusy.store.backends import liveness, open_audit, open_usage
+from nobusy.store.backends import liveness, open_audit, open_responses, open_usage
 from nobusy.store.health import Watched
-from nobusy.store.interfaces import CacheStore, LimitCounters
+from nobusy.store.interfaces import CacheStore, LimitCounters, ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
@@ -43,7 +43,6 @@ from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
-from nobusy.store.responses import ResponseStore
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -63,7 +62,7 @@ class AppState:
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
     fleet: Fleet | None = None  # the replicas serving together, this one included
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
-    responses: ResponseStore | None = None  # the Responses API's kept responses
+    responses: ResponsesStore | None = None  # the Responses API's kept responses
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
 
 
@@ -98,7 +97,7 @@ async def running(
             stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
-        responses = ResponseStore(settings.data_dir, settings.responses_ttl)
+        responses = open_responses(settings)
         stack.callback(responses.close)
         cache = _open_cache(settings)
         if cache is not None:

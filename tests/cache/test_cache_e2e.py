@@ -43,7 +43,9 @@ def ask(text: str) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process, dict[str, str], Path]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Process, Process, dict[str, str], Path]]:
     """A gateway with its own fake upstream (stopped by the all-down test, last), two keys."""
     tmp = tmp_path_factory.mktemp("cache")
     fake = start_fake(tmp)

@@ -233,9 +233,13 @@ if TYPE_CHECKING:
     from nobusy.store.limits import SharedKeyLimits
     from nobusy.store.pg_audit import PgAuditLog
     from nobusy.store.pg_keys import PgKeyStore
+    from nobusy.store.pg_responses import PgResponseStore
     from nobusy.store.pg_usage import PgUsageLog
+    from nobusy.store.redis_cache import RedisCache
     from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
+    from nobusy.store.response_cache import SqliteCache
+    from nobusy.store.responses import ResponseStore
     from nobusy.store.usage import UsageLog
 
     def _backends(
@@ -250,6 +254,10 @@ if TYPE_CHECKING:
         pg_keys: PgKeyStore,
         pg_usage: PgUsageLog,
         pg_audit: PgAuditLog,
+        responses: ResponseStore,
+        pg_responses: PgResponseStore,
+        sqlite_cache: SqliteCache,
+        redis_cache: RedisCache,
     ) -> None:
         """Never called: mypy checks that each of today's backends satisfies its protocol."""
         _keys: KeyLookup = keys
@@ -263,3 +271,7 @@ if TYPE_CHECKING:
         _pg_keys: KeyLookup = pg_keys
         _pg_usage: UsageSink = pg_usage
         _pg_audit: AuditSink = pg_audit
+        _responses: ResponsesStore = responses
+        _pg_responses: ResponsesStore = pg_responses
+        _sqlite_cache: CacheStore = sqlite_cache
+        _redis_cache: CacheStore = redis_cache
