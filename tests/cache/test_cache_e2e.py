@@ -4,6 +4,7 @@ today's guard on a kept answer, every upstream down, and the usage rows."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sqlite3
 import time
@@ -25,7 +26,10 @@ from tests.conftest import Process, serve, start_fake
 CONFIG = """
 upstreams:
   fake: {{kind: openai, base_url: "{fake}/v1", default_model: ok, first_token_timeout: 2}}
+  one: {{kind: openai, base_url: "{fake}/v1", max_concurrency: 1, first_token_timeout: 30,
+         idle_timeout: 30}}
 models:
+  narrow: {{routes: ["one/slow:chunk_delay=0.1"], cache: {{enabled: true, ttl: 0.2}}}}
   cached: {{routes: [fake/ok], cache: {{enabled: true}}}}
   shared: {{routes: [fake/ok], cache: {{enabled: true, scope: shared}}}}
   brief: {{routes: [fake/ok], cache: {{enabled: true, ttl: 0.2, stale_if_error: 3600}}}}
@@ -219,6 +223,35 @@ def test_usage_marks_answers_from_the_cache(world: Any) -> None:
     metrics = httpx.get(process.url + "/metrics").text
     assert 'nobusy_cache_lookups_total{result="hit"}' in metrics
     assert "nobusy_cache_entries" in metrics
+
+
+def test_a_queue_that_cannot_admit_serves_the_kept_answer_stale(world: Any) -> None:
+    process = world[0]
+    client = chat(world)
+    messages = ask("a narrow door")
+    client.chat.completions.create(model="narrow", messages=messages, temperature=0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(
+            client.chat.completions.create, model="narrow", messages=ask("hold the slot")
+        )
+        for _ in range(400):  # until the other request holds the upstream's one slot
+            metrics = httpx.get(process.url + "/metrics").text
+            if 'nobusy_upstream_in_flight{upstream="one"} 1.0' in metrics:
+                break
+            time.sleep(0.01)
+        time.sleep(0.2)  # past the ttl: a hit no more
+        raw = client.chat.completions.with_raw_response.create(
+            model="narrow", messages=messages, temperature=0,
+            extra_headers={"x-nobusy-max-wait": "0"},
+        )  # fmt: skip
+        assert raw.headers["x-nobusy-cache"] == "stale"
+        assert raw.parse().choices[0].message.content == answer_text(messages)
+        with pytest.raises(openai.RateLimitError):  # never kept: the queue's 429 stands
+            client.chat.completions.create(
+                model="narrow", messages=ask("never kept"), temperature=0,
+                extra_headers={"x-nobusy-max-wait": "0"},
+            )  # fmt: skip
+        holder.result()
 
 
 def test_every_upstream_down_serves_the_kept_answer_stale(world: Any) -> None:
