@@ -271,11 +271,12 @@ class _PipelineResponse(Response):
                     return EventStreamResponse(events, {"x-nobusy-upstream": "queued", **marked})
                 await walk.granted()
             answer = await _open(entry, walk)
-        except STALE_ON:
+        except STALE_ON as exc:
             # No upstream can answer: an answer kept earlier, marked stale, beats the error.
             kept = await use.stale() if use is not None else None
             if kept is None:
                 raise
+            entry.record.tried = [f.upstream for f in getattr(exc, "failures", ()) if f.attempted]
             return await self._kept(entry, kept)
         request.state.upstream = answer.upstream
         return await self._respond(entry, answer, {"x-nobusy-upstream": answer.upstream, **marked})
