@@ -235,6 +235,15 @@ def render(result: Result, img: Path) -> str:
         "window, so every measured request is a hit). *added p50* is over direct, round by "
         "round; a hit skips the upstream, so it can cost less than nobusy's own path."
     )
+    hit = find(table, stream=False, path="nobusy hit") or {}
+    path = find(table, stream=False, path="nobusy") or {}
+    if hit.get("gateway_cpu_per_1k") and path.get("gateway_cpu_per_1k"):
+        share = hit["gateway_cpu_per_1k"] / path["gateway_cpu_per_1k"]
+        intro += (
+            f" A non-streaming hit costs nobusy {share:.0%} of the CPU of its own path to the "
+            "upstream: on a loaded machine the latencies grow with waiting for a core, and this "
+            "ratio is the steadier figure."
+        )
     statuses = ", ".join(f"{n}× {code}" for code, n in down["uncached_statuses"].items())
     down_intro = (
         f"Every upstream down: {down['cached']} distinct requests (`temperature: 0`, half of "
