@@ -289,7 +289,9 @@ class _PipelineResponse(Response):
         self.request.state.upstream = "cache"
         headers = {"x-nobusy-upstream": "cache", "x-nobusy-cache": use.status}
         note = STALE_NOTE if use.status == "stale" else None
-        return await self._respond(entry, Kept(_outward(entry, replay(kept))), headers, note)
+        return await self._respond(
+            entry, Kept(_outward(entry, replay(kept), kept=True)), headers, note
+        )
 
     async def _respond(
         self, entry: _LedgerEntry, answer: Chunked, headers: dict[str, str], note: str | None = None
@@ -354,15 +356,17 @@ async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     return answer
 
 
-def _outward(entry: _LedgerEntry, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """An answer on its way out (from upstream or the cache): personal data put back, the
-    output guard in force now."""
+def _outward(
+    entry: _LedgerEntry, chunks: AsyncIterator[Chunk], kept: bool = False
+) -> AsyncIterator[Chunk]:
+    """An answer on its way out (from upstream, or ``kept`` in the cache): personal data put
+    back, the output guard in force now."""
     state = entry.state
     if entry.masker is not None:
         chunks = restore_answer(chunks, entry.masker)
     if state.guard is not None and state.guard.checks_output:
         chunks = filter_answer(chunks, state.guard, entry.hits)
-    if entry.cache is not None:
+    if entry.cache is not None and not kept:  # how it ends decides whether it is kept
         chunks = entry.cache.watch(chunks)
     return chunks
 
@@ -395,7 +399,7 @@ async def _queued_stream(
             # The headers said miss; the comment says what this is.
             _from_cache(entry, use)
             yield encoder.note(STALE_NOTE)
-            answer = Kept(_outward(entry, replay(kept)))
+            answer = Kept(_outward(entry, replay(kept), kept=True))
         except Exception as exc:
             entry.record.outcome = "internal_error"
             yield internal_error_event(entry.record.request_id, exc, encoder)
