@@ -232,6 +232,11 @@ class Settings(BaseModel):
         description="Response-cache entries each process keeps in memory (least recently used "
         "go first), in front of data_dir/cache.db or Redis (state).",
     )
+    cache_memory_mb: PositiveInt = Field(
+        64,
+        description="Megabytes of response-cache entries each process keeps in memory at most "
+        "(least recently used go first).",
+    )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
         description="gm: SM3, SM4-GCM, SM2 (国密); standard: SHA-256, AES-GCM, Ed25519.",

@@ -227,7 +227,7 @@ def _open_cache(settings: Settings) -> ResponseCache | None:
         if settings.state is not None
         else SqliteCache(settings.data_dir)
     )
-    return ResponseCache(settings.cache_entries, store)
+    return ResponseCache(settings.cache_entries, store, max_bytes=settings.cache_memory_mb << 20)
 
 
 def _open_audit(settings: Settings, keys: KeyStore) -> AuditLog | None:

@@ -78,6 +78,15 @@ def test_fresh_stale_and_the_lru_bound() -> None:
     assert asyncio.run(cache.get("a", 110)) == [{"x": 1}]
 
 
+def test_memory_is_bounded_in_bytes_too() -> None:
+    cache = ResponseCache(100, max_bytes=200)
+    for key in "abcdef":
+        cache.put(key, [b'"' + b"x" * 60 + b'"'], 10)
+    assert cache.bytes <= 200 and len(cache) < 6
+    assert asyncio.run(cache.get("f", 10)) == ["x" * 60]
+    assert asyncio.run(cache.get("a", 10)) is None
+
+
 async def _answer(use: CacheUse, chunks: list[dict[str, Any]]) -> None:
     async for _ in use.watch(use.record(replay(chunks))):
         pass

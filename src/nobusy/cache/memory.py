@@ -20,24 +20,30 @@ import orjson
 
 from nobusy.store.interfaces import CacheStore
 
-__all__ = ["MAX_ENTRY_BYTES", "ResponseCache"]
+__all__ = ["MAX_ENTRY_BYTES", "ResponseCache", "compact"]
 
 # An answer larger than this is not kept: one entry must not push hundreds out of memory.
 MAX_ENTRY_BYTES = 1 << 20
+# Fields every chunk carries that the relay rewrites anyway: not kept.
+_REWRITTEN = ("id", "model", "created")
 
 
 class ResponseCache:
-    """Kept answers by key: ``entries`` of them in memory, all of them in ``store``."""
+    """Kept answers by key: at most ``entries`` of them and ``max_bytes`` in memory, all of
+    them in ``store``."""
 
     def __init__(
         self,
         entries: int,
         store: CacheStore | None = None,
         *,
+        max_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.capacity = entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._clock = clock
         # Running totals for the status board and /metrics.
@@ -77,11 +83,20 @@ class ResponseCache:
             self.store.put(key, data, keep)
 
     def _remember(self, key: str, at: float, data: bytes) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[1])
         self._memory[key] = (at, data)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.capacity:
-            self._memory.popitem(last=False)
+        self.bytes += len(data)
+        while len(self._memory) > self.capacity or self.bytes > self.max_bytes:
+            _, (_, gone) = self._memory.popitem(last=False)
+            self.bytes -= len(gone)
 
     async def aclose(self) -> None:
         if self.store is not None:
             await self.store.aclose()
+
+
+def compact(chunk: dict[str, Any]) -> bytes:
+    """A chunk as kept: JSON, without the fields the relay rewrites for each answer."""
+    return orjson.dumps({k: v for k, v in chunk.items() if k not in _REWRITTEN})

@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
-from nobusy.cache.memory import ResponseCache
+from nobusy.cache.memory import ResponseCache, compact
 from nobusy.cache.policy import CacheSettings, cache_key, mode
 from nobusy.errors import AllUpstreamsFailed, QueueFull, QueueTimeout
 from nobusy.schema import ChatRequest
@@ -100,7 +99,7 @@ class CacheUse:
         parts = self._parts
         async for chunk in chunks:
             if "nobusy_note" not in chunk:  # a continuation's note: not part of the answer
-                parts.append(orjson.dumps(chunk))
+                parts.append(compact(chunk))
             yield chunk
         self._complete = True
 

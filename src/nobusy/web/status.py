@@ -37,7 +37,7 @@ def _cache(cache: ResponseCache | None) -> dict[str, int] | None:
     if cache is None:
         return None
     return {"hits": cache.hits, "misses": cache.misses, "stale": cache.stale,
-            "kept": cache.kept, "entries": len(cache)}  # fmt: skip
+            "kept": cache.kept, "entries": len(cache), "bytes": cache.bytes}  # fmt: skip
 
 
 async def status(request: Request) -> Response:
