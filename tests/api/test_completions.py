@@ -122,7 +122,8 @@ def test_stop_and_sampling_reach_the_upstream(
 def test_a_list_of_one_prompt_and_echo(client: openai.OpenAI) -> None:
     result = client.completions.create(model="ok", prompt=[PROMPT], echo=True)
     assert result.choices[0].text == PROMPT + expected()
-    text, _, _ = streamed(client.completions.create(model="ok", prompt=PROMPT, echo=True, stream=True))
+    stream = client.completions.create(model="ok", prompt=PROMPT, echo=True, stream=True)
+    text, _, _ = streamed(stream)
     assert text == PROMPT + expected()
 
 
