@@ -28,12 +28,19 @@ from nobusy.schema import ChatRequest, Message, StreamOptions, invalid_request, 
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
-__all__ = ["CompletionEvents", "OpenAICompletions", "parse_completion_request"]
+__all__ = [
+    "CompletionEvents",
+    "CompletionRequest",
+    "OpenAICompletions",
+    "parse_completion_request",
+]
 
 
-class _Request(msgspec.Struct):
+class CompletionRequest(msgspec.Struct):
+    """A ``/v1/completions`` body as nobusy reads it (also its OpenAPI schema)."""
+
     model: str
-    prompt: Any = msgspec.field(default=msgspec.UNSET)
+    prompt: str | list[Any]
     suffix: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -54,7 +61,7 @@ def parse_completion_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any], s
     InvalidRequest naming the field to fix."""
     body = parse_json_object(raw, "a JSON object with `model` and `prompt`")
     try:
-        request = msgspec.convert(body, _Request)
+        request = msgspec.convert(body, CompletionRequest)
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
     prompt = _prompt(request.prompt)
@@ -82,9 +89,7 @@ def parse_completion_request(raw: bytes) -> tuple[ChatRequest, dict[str, Any], s
     return chat, out, prompt if request.echo else ""
 
 
-def _prompt(value: Any) -> str:
-    if value is msgspec.UNSET:
-        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
+def _prompt(value: str | list[Any]) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
@@ -102,7 +107,7 @@ def _prompt(value: Any) -> str:
     raise InvalidRequest("'prompt' must be a string (or a list of one string).", param="prompt")
 
 
-def _check(req: _Request) -> None:
+def _check(req: CompletionRequest) -> None:
     if not req.model:
         raise InvalidRequest("'model' must not be empty.", param="model")
     if req.n is not None and req.n != 1:
