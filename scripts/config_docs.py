@@ -17,6 +17,7 @@ from pydantic_core import PydanticUndefined
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
+from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
@@ -34,6 +35,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
+    "anthropic": AnthropicSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 
