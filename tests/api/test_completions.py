@@ -37,6 +37,10 @@ models:
   failover: [refused, text/http503, text/hang, fim]
   cut: ["text/drop:drop_after=2", fim]
   cut0: ["text/drop:drop_after=0", fim]
+  garbage: [text/garbage, fim]
+  error-in-stream: [text/error-in-stream, fim]
+  keepalive: [text/keepalive, fim]
+  limited: ["text/http429:retry_after=7", fim]
 """
 
 
@@ -164,9 +168,11 @@ def test_failover_before_the_first_token(client: openai.OpenAI, stream: bool) ->
     assert raw.headers["x-nobusy-upstream"] == "fim"
 
 
-@pytest.mark.parametrize("model", ["cut", "cut0"])
+@pytest.mark.parametrize(
+    "model", ["cut", "cut0", "garbage", "error-in-stream", "keepalive", "limited"]
+)
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
-def test_continuation_after_a_cut_is_seamless(
+def test_every_fault_gives_the_healthy_text(
     client: openai.OpenAI, fake_upstream: Process, model: str, stream: bool
 ) -> None:
     raw = client.completions.with_raw_response.create(
