@@ -17,6 +17,7 @@ from bench.suites import (
     guard,
     memory,
     overhead,
+    protocols,
     replicas,
     sigkill,
     workers,
@@ -40,6 +41,7 @@ SUITES: dict[str, Suite] = {
         admission.SUITE,
         sigkill.SUITE,
         replicas.SUITE,
+        protocols.SUITE,
         cache.SUITE,
     )
 }
