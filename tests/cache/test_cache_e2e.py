@@ -26,6 +26,7 @@ from tests.conftest import Process, serve, start_fake
 CONFIG = """
 upstreams:
   fake: {{kind: openai, base_url: "{fake}/v1", default_model: ok, first_token_timeout: 2}}
+  text: {{kind: openai, base_url: "{fake}/v1", default_model: ok, completions: true, fim: true}}
   one: {{kind: openai, base_url: "{fake}/v1", max_concurrency: 1, first_token_timeout: 30,
          idle_timeout: 30}}
 models:
@@ -34,6 +35,7 @@ models:
   shared: {{routes: [fake/ok], cache: {{enabled: true, scope: shared}}}}
   brief: {{routes: [fake/ok], cache: {{enabled: true, ttl: 0.2, stale_if_error: 3600}}}}
   plain: [fake/ok]
+  code: {{routes: [text], cache: {{enabled: true}}}}
 guard:
   lexicons: [{{path: "{words}", action: mask, scope: output}}]
 """
@@ -168,6 +170,20 @@ def test_messages_and_responses_hit_through_the_same_cache(world: Any) -> None:
     )
     done = [e for e in streamed if e.type == "response.completed"]
     assert done and done[0].response.output_text == answer_text(messages)
+
+
+def test_completions_use_the_same_cache(world: Any) -> None:
+    completions = chat(world).completions
+    asked = {"model": "code", "prompt": "def add(a, b):", "suffix": "\n", "temperature": 0}
+    first = completions.with_raw_response.create(**asked)
+    assert first.headers["x-nobusy-cache"] == "miss"
+    second = completions.with_raw_response.create(**asked)
+    assert second.headers["x-nobusy-cache"] == "hit"
+    assert second.parse().choices[0].text == first.parse().choices[0].text
+    streamed = completions.create(**asked, stream=True)
+    assert (
+        "".join(c.choices[0].text for c in streamed if c.choices) == first.parse().choices[0].text
+    )
 
 
 def test_a_kept_answer_is_its_keys_unless_shared(world: Any) -> None:
