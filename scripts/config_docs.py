@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from nobusy.cache import CacheSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.money.prices import ModelPrice, Price, PriceWindow, PricingSettings
@@ -37,6 +38,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
     "PiiSettings": PiiSettings,
+    "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,

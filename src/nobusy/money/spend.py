@@ -56,7 +56,8 @@ class Pricer:
     def price(self, record: UsageRecord) -> None:
         """Fill ``record``'s cost fields from its tokens, route and start time."""
         record.report_currency = self.pricing.currency
-        tokens = (record.prompt_tokens, record.cached_tokens, record.completion_tokens)
+        prompt, completion = record.upstream_tokens()  # an answer from the cache costs 0
+        tokens = (prompt, record.cached_tokens if prompt else 0, completion)
         if record.upstream is None:
             record.currency = self.pricing.currency
             return

@@ -22,7 +22,7 @@ import orjson
 from nobusy.errors import NobusyError
 from nobusy.message import MessageBuilder
 from nobusy.responses import internal_error_body
-from nobusy.routing.answer import Answer, cached_tokens
+from nobusy.routing.answer import cached_tokens
 from nobusy.schema import ChatRequest
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
@@ -30,6 +30,7 @@ from nobusy.upstreams.base import Chunk
 
 __all__ = [
     "ChunkRewriter",
+    "Chunked",
     "Encoder",
     "OpenAIEvents",
     "collect",
@@ -82,6 +83,12 @@ class ChunkRewriter:
         return chunk
 
 
+class Chunked(Protocol):
+    """What the relay reads of an answer: its chunks (an ``Answer``, or a kept one replayed)."""
+
+    chunks: AsyncIterator[Chunk]
+
+
 class Encoder(Protocol):
     """A client protocol's stream format: the rewritten chunks of one answer as its events.
 
@@ -131,7 +138,7 @@ class OpenAIEvents:
 
 
 async def sse_events(
-    answer: Answer,
+    answer: Chunked,
     request: ChatRequest,
     record: UsageRecord,
     close: Callable[[], None],
@@ -190,7 +197,7 @@ def internal_error_event(request_id: str, exc: Exception, encoder: Encoder | Non
 
 
 async def collect(
-    answer: Answer,
+    answer: Chunked,
     request: ChatRequest,
     record: UsageRecord,
     capture: Transcript | None = None,

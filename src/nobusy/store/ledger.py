@@ -100,20 +100,15 @@ class Ledger:
         if first_token_at is not None:
             ttft = first_token_at - started
             record.ttft_ms = round(ttft * 1000, 3)
+        prompt, completion = record.upstream_tokens()
         self.metrics.answered(
-            record.alias,
-            upstream,
-            record.outcome,
-            now - started,
-            ttft,
-            record.prompt_tokens,
-            record.completion_tokens,
+            record.alias, upstream, record.outcome, now - started, ttft, prompt, completion
         )
         if self.price is not None:
             self.price(record)
         self.log.record(record)
         if record.key_id is not None and self.keys is not None:
-            tokens = record.prompt_tokens + record.completion_tokens
+            tokens = prompt + completion
             self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
             cost = record.report_cost_micros
             if cost:

@@ -24,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 from nobusy.errors import ConfigError
 from nobusy.store.sqlite import connect, private_dir, private_file, transaction
 
-__all__ = ["AUDIT", "AUDIT_NO_DELETE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
+__all__ = ["AUDIT", "AUDIT_NO_DELETE", "CACHE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
 
 DB_NAME = "nobusy.db"
 
@@ -150,7 +150,20 @@ def m006_responses(db: Database) -> None:
 
 
 @NOBUSY()
-def m007_money(db: Database) -> None:
+def m007_usage_cache(db: Database) -> None:
+    # The response cache's part in a request: hit, stale, miss (NULL: not cached).
+    db.execute("ALTER TABLE usage ADD COLUMN cache TEXT")
+
+
+@NOBUSY()
+def m008_responses_shared(db: Database) -> None:
+    # Nothing in SQLite: with `store: postgresql://` the kept responses move to PostgreSQL
+    # (store/pg_responses.py), so every replica can continue a conversation.
+    pass
+
+
+@NOBUSY()
+def m009_money(db: Database) -> None:
     # What each request cost (nobusy.money.spend), in micro-units so that sums are exact, and
     # each key's money budget (nobusy.money.budgets): spent since budget_since, the start of
     # the current period.
@@ -176,6 +189,19 @@ _MONEY_KEYS = (
     "spent_micros INTEGER NOT NULL DEFAULT 0",
     "budget_since TEXT",
 )
+
+
+# --- cache.db: the response cache of one host (cache/, store/response_cache.py) -----------------
+
+CACHE = Migrations("nobusy-cache")
+
+
+@CACHE()
+def m001_cache(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE cache (key TEXT PRIMARY KEY, expires REAL NOT NULL, value BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX cache_expires ON cache (expires)")
 
 
 # --- audit.db: the chained audit rows ----------------------------------------------------------

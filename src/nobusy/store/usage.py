@@ -68,6 +68,8 @@ class UsageRecord:
     notes: list[str] = field(default_factory=list)
     key_id: str | None = None
     duration_ms: float | None = None
+    cache: str | None = None  # the response cache: hit, stale, miss; None when not used
+
     # Money (nobusy.money.spend): cached-input tokens as the upstream reported them; whose
     # count the tokens are ("upstream", or "counted" by nobusy when it reported none); the
     # cost in the answering route's currency and in the reporting one, in micro-units; the
@@ -81,6 +83,13 @@ class UsageRecord:
     first_choice: str | None = None
     first_choice_cost_micros: int | None = None
     budgeted: bool = False  # not stored: the key has a money budget, charge it at once
+
+    def upstream_tokens(self) -> tuple[int, int]:
+        """Prompt and completion tokens an upstream spent: none for an answer from the cache
+        (the client still sees the kept answer's own usage)."""
+        if self.cache in ("hit", "stale"):
+            return 0, 0
+        return self.prompt_tokens, self.completion_tokens
 
 
 class UsageLog:
@@ -246,21 +255,22 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 COLUMNS = _COLUMNS = (
     "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
-    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes, cached_tokens, "
+    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes, cache, cached_tokens, "
     "usage_source, currency, cost_micros, report_currency, report_cost_micros, first_choice, "
     "first_choice_cost_micros"
 )
-_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 24)})"
 _Row = tuple[object, ...]
 
 
 def _row(r: UsageRecord) -> _Row:
     when = timestamp(datetime.fromtimestamp(r.started, UTC))
     tried, notes = orjson.dumps(r.tried).decode(), orjson.dumps(r.notes).decode()
+    prompt, completion = r.upstream_tokens()
     return (when, r.request_id, r.key_id, r.alias, r.upstream, tried, r.stream, r.outcome,
-            r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.queue_ms, r.duration_ms,
-            r.overflow, notes, r.cached_tokens, r.usage_source, r.currency, r.cost_micros,
-            r.report_currency, r.report_cost_micros, r.first_choice,
+            prompt, completion, r.ttft_ms, r.queue_ms, r.duration_ms,
+            r.overflow, notes, r.cache, r.cached_tokens, r.usage_source, r.currency,
+            r.cost_micros, r.report_currency, r.report_cost_micros, r.first_choice,
             r.first_choice_cost_micros)  # fmt: skip
 
 
