@@ -68,4 +68,7 @@ class Pricer:
         first = self._first.get(record.alias)
         if first is not None:
             record.first_choice = str(first)
-            record.first_choice_cost_micros = self.cost(first, record.started, *tokens)[2]
+            same = first.upstream == route.upstream and first.model == route.model
+            record.first_choice_cost_micros = (
+                record.report_cost_micros if same else self.cost(first, record.started, *tokens)[2]
+            )
