@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from nobusy import web
-from nobusy.api import admin, chat, keys, messages, models, openapi, ops, responses_api
+from nobusy.api import admin, chat, keys, messages, models, openapi, ops, pool, responses_api
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
 from nobusy.edge.drain import drain_on_signals
@@ -21,6 +21,7 @@ from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
+from nobusy.routing.pool import pool_rows
 from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.store.backends import open_keys
@@ -39,6 +40,8 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
+    if router.placement is not None:
+        metrics.watch_pool(lambda: pool_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))
@@ -59,7 +62,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *models.routes,
             *ops.routes,
             *openapi.routes,
-            admin.mount([*admin.routes, *keys.routes, *status.routes]),
+            admin.mount([*admin.routes, *pool.routes, *keys.routes, *status.routes]),
             *web.routes(),
         ],
         middleware=[

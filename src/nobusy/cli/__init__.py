@@ -11,6 +11,7 @@ from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
 from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.keys import keys
+from nobusy.cli.pool import pool
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
 from nobusy.cli.usage import usage
@@ -39,6 +40,7 @@ cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(secret)
 cli.add_command(usage)
+cli.add_command(pool)
 cli.add_command(fake_upstream_command)
 
 

@@ -32,6 +32,7 @@ __all__ = ["BLOCK_CHARS", "Placement", "PrefixIndex", "ServerView", "prefix_hash
 BLOCK_CHARS = 64  # ≈ 16 tokens: vLLM's default block; tokenizers differ, so only approximate
 _MAX_BLOCKS = 512  # a prompt's first 32 k characters say enough about where it is cached
 _KV_PRESSURE = 0.9  # past this KV use, a server starts preempting
+_MASK = (1 << 64) - 1  # chained hashes stay machine-sized
 
 
 def prefix_hashes(messages: Any, block: int = BLOCK_CHARS) -> list[int]:
@@ -41,12 +42,11 @@ def prefix_hashes(messages: Any, block: int = BLOCK_CHARS) -> list[int]:
     text = "".join(
         f"{m.get('role')}\x00{m.get('content')}\x00" for m in messages if isinstance(m, dict)
     )
-    hashes: list[int] = []
-    h = 0
     end = min(len(text), block * _MAX_BLOCKS) - block + 1
-    for start in range(0, max(end, 0), block):
-        h = hash((h, text[start : start + block]))
-        hashes.append(h)
+    hashes = [hash(text[start : start + block]) for start in range(0, max(end, 0), block)]
+    h = 0
+    for i, piece in enumerate(hashes):  # chained: block i's hash stands for blocks 0..i
+        h = hashes[i] = ((h * 1_000_003) ^ piece) & _MASK
     return hashes
 
 
@@ -61,7 +61,9 @@ class PrefixIndex:
         """How many leading blocks the server probably holds (a binary search: a chained hash
         is present only if its prefix was, so presence is monotone, eviction aside)."""
         blocks = self.blocks
-        lo, hi = 0, len(hashes)
+        if not hashes or hashes[0] not in blocks:
+            return 0  # most servers never saw this prompt: one lookup
+        lo, hi = 1, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if hashes[mid - 1] in blocks:
@@ -86,13 +88,6 @@ class ServerView:
     signals: ServerSignals
     in_flight: Callable[[], int]  # nobusy's own count (routing.stats)
     limit: Callable[[], int]  # the learned concurrency limit (admission.adaptive)
-
-
-@dataclass(slots=True)
-class _Score:
-    route: Route
-    load: float
-    ttft: float
 
 
 class Placement:
@@ -144,33 +139,38 @@ class Placement:
         return out
 
     def _rank(self, group: Sequence[Route], hashes: list[int]) -> list[Route]:
+        # Inline and on tuples: this runs for every request over every server of the tier.
         now = self.clock()
-        scores = [self._score(r, hashes, now) for r in group]
-        average = sum(s.load for s in scores) / len(scores)
-        bound = (1 + self.epsilon) * average + 1  # +1: one request is no hot spot
-        # Over the bound: after every server within it, whatever its cache holds.
-        scores.sort(key=lambda s: (s.load > bound, s.ttft))
-        return [s.route for s in scores]
-
-    def _score(self, route: Route, hashes: list[int], now: float) -> _Score:
-        view = self.servers[route.upstream]
-        signals = view.signals
-        load = signals.load(now)
-        slots = signals.slots or view.limit()
-        if load is None:  # metrics stale or refused: nobusy's own count, the learned limit
-            load = float(view.in_flight())
-            slots = view.limit()
-        slots = max(slots, 1)
+        servers, indexes, per_queued = self.servers, self.indexes, self.blocks_ewma
         blocks = len(hashes)
-        cached = self.indexes[route.upstream].match(hashes) if blocks else 0
-        # Expected TTFT in blocks of prefill: the requests queued ahead of this one (each
-        # about one average prompt) and its own uncached blocks.
-        ttft = (blocks - cached) + max(0.0, load + 1 - slots) * self.blocks_ewma + 1
-        reading = signals.reading
-        kv = reading.kv_usage if reading is not None else None
-        if kv is not None and kv > _KV_PRESSURE:  # preemptions ahead: as many queue places
-            ttft += (kv - _KV_PRESSURE) * 10 * self.blocks_ewma
-        return _Score(route, load, ttft / max(route.weight, 1e-6))
+        scored: list[tuple[float, float, int, Route]] = []
+        total = 0.0
+        for i, route in enumerate(group):
+            view = servers[route.upstream]
+            signals = view.signals
+            load = signals.load(now)
+            if load is None:  # metrics stale or refused: nobusy's own count, the learned limit
+                load = float(view.in_flight())
+                slots = view.limit()
+            else:
+                slots = signals.slots or view.limit()
+            cached = indexes[route.upstream].match(hashes) if blocks else 0
+            # Expected TTFT in blocks of prefill: the requests queued ahead of this one (each
+            # about one average prompt) and its own uncached blocks.
+            queued = load + 1 - max(slots, 1)
+            ttft = blocks - cached + 1 + (queued * per_queued if queued > 0 else 0.0)
+            reading = signals.reading
+            kv = reading.kv_usage if reading is not None else None
+            if kv is not None and kv > _KV_PRESSURE:  # preemptions ahead: as many queue places
+                ttft += (kv - _KV_PRESSURE) * 10 * per_queued
+            if route.weight != 1.0:
+                ttft /= max(route.weight, 1e-6)
+            scored.append((load, ttft, i, route))
+            total += load
+        bound = (1 + self.epsilon) * total / len(scored) + 1  # +1: one request is no hot spot
+        # Over the bound: after every server within it, whatever its cache holds.
+        scored.sort(key=lambda s: (s[0] > bound, s[1], s[2]))
+        return [s[3] for s in scored]
 
     def placed_on(self, upstream: str, body: Mapping[str, Any]) -> None:
         """The request goes to ``upstream``: remember its prefix there."""
