@@ -47,7 +47,8 @@ def test_llamacpp_has_no_model_label() -> None:
         ('vllm:num_requests_running{model_name="m"} NaN', "is nan"),
         ('vllm:num_requests_running{model_name="other"} 1', r"another model \(other\)"),
         (
-            'vllm:num_requests_running{model_name="m"} 1\nvllm:kv_cache_usage_perc{model_name="m"} 3',
+            'vllm:num_requests_running{model_name="m"} 1\n'
+            'vllm:kv_cache_usage_perc{model_name="m"} 3',
             "a share over 1",
         ),
         ("<html>not found</html>", "not Prometheus text"),
