@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from nobusy.cli import cli
+from nobusy.upstreams import build_upstream, settings_class
 from tests.conftest import Process, free_port, serve, start_process
 
 SYSTEM = "You answer from this handbook only. " + "Section text of the handbook. " * 100
@@ -158,3 +159,15 @@ def test_pool_metrics_are_exported(pool: Any) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'nobusy_pool_utilisation{upstream="x"}' in text
     assert 'nobusy_pool_metrics_believed{upstream="blind"} 0.0' in text
+
+
+async def test_a_wrong_kind_is_said_plainly(pool: Any) -> None:
+    _, fakes = pool
+    spec = {"kind": "sglang", "base_url": fakes["x"].url + "/v1", "default_model": "fake-model"}
+    upstream = build_upstream("wrong", settings_class("sglang").model_validate(spec))
+    try:
+        probe = await upstream.probe()
+    finally:
+        await upstream.aclose()
+    assert not probe.ok
+    assert probe.detail == "its metrics are vllm's, not sglang's: set kind: vllm"

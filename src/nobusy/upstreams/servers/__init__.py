@@ -22,8 +22,8 @@ import orjson
 from pydantic import AnyHttpUrl, Field, PositiveFloat, PositiveInt
 
 from nobusy.upstreams import openai
-from nobusy.upstreams.base import Chunk, UpstreamCall
-from nobusy.upstreams.server_metrics import BadReading, ServerSignals, parse_metrics
+from nobusy.upstreams.base import Chunk, Probe, UpstreamCall
+from nobusy.upstreams.server_metrics import METRICS, BadReading, ServerSignals, parse_metrics
 
 __all__ = ["ServerSettings", "ServerUpstream"]
 
@@ -96,7 +96,7 @@ class ServerUpstream(openai.Upstream):
         """Read the metrics once; a bad read is ignored (warned once) and the signals go stale."""
         settings, signals = self.server_settings, self.signals
         if self._polls % _MODELS_EVERY == 0:
-            probe = await self.probe()
+            probe = await super().probe()
             if probe.ok:
                 signals.models = tuple(probe.models)
         self._polls += 1
@@ -118,6 +118,31 @@ class ServerUpstream(openai.Upstream):
                 log.info("upstream %s: metrics readable again", self.name)
             signals.reading, signals.at, signals.delta = reading, time.monotonic(), 0
             signals.problem = ""
+
+    async def probe(self) -> Probe:
+        """The openai kind's probe, then the metrics page: a server of another kind than the
+        config says (its metric names are another server's) is said plainly."""
+        probe = await super().probe()
+        if not probe.ok:
+            return probe
+        try:
+            async with asyncio.timeout(self.server_settings.metrics_timeout * 4):
+                text = await self._get(self._metrics_url)
+        except (TimeoutError, aiohttp.ClientError, BadReading) as exc:
+            probe.detail = f"metrics unreadable ({exc or 'timed out'}): placed by the learned limit"
+            return probe
+        try:
+            parse_metrics(self.kind, text)
+        except BadReading as exc:
+            others = [k for k in METRICS if k != self.kind and _parses(k, text)]
+            if others:
+                probe.ok = False
+                probe.detail = (
+                    f"its metrics are {others[0]}'s, not {self.kind}'s: set kind: {others[0]}"
+                )
+            else:
+                probe.detail = f"metrics ignored ({exc}): placed by the learned limit"
+        return probe
 
     def _ignore(self, problem: str) -> None:
         signals = self.signals
@@ -151,3 +176,11 @@ class ServerUpstream(openai.Upstream):
                 await self._poller
             self._poller = None
         await super().aclose()
+
+
+def _parses(kind: str, text: str) -> bool:
+    try:
+        parse_metrics(kind, text)
+    except BadReading:
+        return False
+    return True
