@@ -16,6 +16,7 @@ from bench.suites import (
     guard,
     memory,
     overhead,
+    protocols,
     replicas,
     sigkill,
     workers,
@@ -39,5 +40,6 @@ SUITES: dict[str, Suite] = {
         admission.SUITE,
         sigkill.SUITE,
         replicas.SUITE,
+        protocols.SUITE,
     )
 }

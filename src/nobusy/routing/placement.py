@@ -114,7 +114,11 @@ class Placement:
         memo_body, memo = self._memo
         if memo_body is body:  # planned, then placed: hash the prompt once
             return memo
-        hashes = prefix_hashes(body.get("messages"))
+        messages = body.get("messages")
+        prompt = body.get("prompt")  # /v1/completions: one text
+        if messages is None and isinstance(prompt, str):
+            messages = [{"role": "", "content": prompt}]
+        hashes = prefix_hashes(messages)
         self._memo = (body, hashes)
         return hashes
 
