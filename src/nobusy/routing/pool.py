@@ -47,7 +47,6 @@ def pool_rows(router: Router) -> list[dict[str, Any]]:
                 "placed": placement.placed[name],
                 "signals": "metrics" if reading is not None else "learned limit",
                 "problem": signals.problem,
-                "tier": getattr(upstream.settings, "tier", 0),
                 "drained": name in router.drained,
             }
         )

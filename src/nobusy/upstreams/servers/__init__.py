@@ -51,10 +51,6 @@ class ServerSettings(openai.Settings):
             "llama.cpp --parallel); none: llama.cpp's /slots, else the learned limit."
         ),
     )
-    tier: int = Field(0, description="Pool tier: lower tiers are filled first.")
-    cost: float = Field(
-        0.0, ge=0, description="Price per million tokens (0 for a server already paid for)."
-    )
 
 
 class ServerUpstream(openai.Upstream):
