@@ -17,6 +17,7 @@ from bench.suites import (
     guard,
     memory,
     overhead,
+    pool,
     protocols,
     replicas,
     sigkill,
@@ -43,5 +44,6 @@ SUITES: dict[str, Suite] = {
         replicas.SUITE,
         protocols.SUITE,
         cache.SUITE,
+        pool.SUITE,
     )
 }
