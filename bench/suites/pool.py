@@ -3,7 +3,7 @@
 Each policy gets fresh fakes (cold prefix caches) and the same mixed workload for the same
 time: multi-turn chats whose prefix grows turn by turn, RAG-style questions sharing one of 16
 long system prompts, and plain short requests. Clients keep about 80% of the 16 slots busy
-(13 clients with short pauses; the measured slot occupancy is reported). Policies:
+(20 clients with short pauses; the measured slot occupancy is reported). Policies:
 
 - round robin and least in-flight: nobusy has neither as a balancing option, so the bench
   client dispatches straight to the fakes itself (it knows its own in-flight counts exactly,
@@ -35,13 +35,13 @@ from bench.loadgen import percentile
 from bench.suites.base import Context, Goal, Result, Suite, at_least, at_most, fmt, md_table
 from nobusy.upstreams.server_metrics import parse_metrics
 
-POLICIES = ["round robin", "least in-flight", "power of two", "placement"]
+POLICIES = ["round robin", "least in-flight", "LiteLLM least-busy", "power of two", "placement"]
 PROMPTS = [
     f"Handbook {i}: " + f"rule {i} says to be careful with section {i}. " * 60 for i in range(16)
 ]
 SLOTS = 4  # per fake; four fakes
-CLIENTS = 13  # ≈ 80% of the 16 slots
-KINDS = ["chat"] * 5 + ["rag"] * 4 + ["short"] * 4
+CLIENTS = 20  # with their pauses, about 80% of the 16 slots busy (the run reports it)
+KINDS = ["chat"] * 8 + ["rag"] * 6 + ["short"] * 6
 TURNS = 6  # a chat starts over after this many turns
 SAMPLE = 0.25
 # name, prefill seconds per uncached token, seconds between tokens: a is twice as fast
@@ -57,6 +57,15 @@ def _fakes(ctx: Context, policy: str) -> dict[str, procs.Proc]:
     return fakes
 
 
+def _litellm_config(fakes: dict[str, procs.Proc]) -> str:
+    deployments = "".join(
+        "  - model_name: pool\n    litellm_params:\n      model: openai/fake-model\n"
+        f"      api_base: 'http://{procs.HOST}:{p.port}/v1'\n      api_key: x\n"
+        for p in fakes.values()
+    )
+    return f"model_list:\n{deployments}router_settings:\n  routing_strategy: least-busy\n"
+
+
 def _config(fakes: dict[str, procs.Proc], kind: str) -> str:
     lines = [
         f"  {n}: {{kind: {kind}, base_url: 'http://{procs.HOST}:{p.port}/v1', "
@@ -69,10 +78,12 @@ def _config(fakes: dict[str, procs.Proc], kind: str) -> str:
 class Dispatch:
     """Where the next request goes: one client per target, and the policy's choice."""
 
-    def __init__(self, policy: str, fakes: dict[str, procs.Proc], gateway: int | None) -> None:
+    def __init__(
+        self, policy: str, fakes: dict[str, procs.Proc], gateway: int | None, key: str
+    ) -> None:
         def client(port: int) -> openai.AsyncOpenAI:
             url = f"http://{procs.HOST}:{port}/v1"
-            return openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+            return openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
 
         if gateway is not None:
             self.targets = {"nobusy": client(gateway)}
@@ -169,12 +180,16 @@ async def _sample(fakes: dict[str, procs.Proc], until: float, out: dict[str, flo
 def _one(ctx: Context, policy: str, seconds: float) -> Result:
     fakes = _fakes(ctx, policy)
     gateway = None
-    if policy in ("power of two", "placement"):
+    if policy.startswith("LiteLLM"):
+        config = _litellm_config(fakes)
+        nobusy = ctx.procs.litellm(ctx.litellm(), 0, ctx.key, config=config, name="pool-litellm")
+        gateway = nobusy.port
+    elif policy in ("power of two", "placement"):
         kind = "vllm" if policy == "placement" else "openai"
         nobusy = ctx.procs.nobusy(f"pool-{policy[:5]}", None, config=_config(fakes, kind))
         gateway = nobusy.port
         time.sleep(1.5)  # placement reads the servers' metrics once
-    d = Dispatch(policy, fakes, gateway)
+    d = Dispatch(policy, fakes, gateway, ctx.key)
     records: list[tuple[str, float | None]] = []
     sampled = dict.fromkeys(("samples", "running", "idle_s", "free_slot_s"), 0.0)
 
@@ -227,14 +242,16 @@ def _one(ctx: Context, policy: str, seconds: float) -> Result:
 
 def run(ctx: Context) -> Result:
     seconds = 8.0 if ctx.settings.quick else 30.0
-    rows = [_one(ctx, policy, seconds) for policy in POLICIES]
+    # LiteLLM only when its virtualenv is there already: installing it takes minutes.
+    policies = [p for p in POLICIES if procs.litellm_ready() or not p.startswith("LiteLLM")]
+    rows = [_one(ctx, policy, seconds) for policy in policies]
     cost = placement_cost.measure(16, 4000 if ctx.settings.quick else 20000)
     ctx.log(f"[pool] placement scoring at 16 servers: {cost['cpu_ms']:.4f} ms CPU per request")
     return {
         "rows": rows,
         "scoring": cost,
         "load_average": list(os.getloadavg()),
-        "litellm": "not run: LiteLLM's least-busy is left for a later run",
+        "litellm": "run" if len(policies) == len(POLICIES) else "not run: no bench/.litellm-venv",
     }
 
 
@@ -318,9 +335,11 @@ queue, a 400-block prefix cache; `a` prefills and streams twice as fast as `b`, 
 fresh for each policy, {CLIENTS} clients for {seconds} s each: 5 multi-turn chats (prefix
 growing over {TURNS} turns), 4 RAG-style askers (one of 16 ~3 KB system prompts), 4 short
 requests. Round robin and least in-flight are not balancing options of nobusy: the bench
-client dispatches straight to the fakes for them. Power of two is nobusy with `kind: openai`
-upstreams in one tier (today's default); placement is nobusy with `kind: vllm`. LiteLLM's
-`least-busy` was not run (left). Load average at the end: {load} (2 shared cores).
+client dispatches straight to the fakes for them. LiteLLM 1.106.2 (`routing_strategy:
+least-busy`, the four fakes as four deployments of one model; {result.get("litellm")}; its
+TTFT includes its proxy's own cost on the busy cores, not only its choice of server). Power
+of two is nobusy with `kind: openai` upstreams in one tier (today's default); placement is
+nobusy with `kind: vllm`. Load average at the end: {load} (2 shared cores).
 
 {table}
 
