@@ -332,20 +332,22 @@ def render(result: Result, img: Path) -> str:
     seconds = _row(result, "placement").get("seconds", "?")
     return f"""Four fake vLLM servers (`fake-upstream --server vllm`, {SLOTS} slots each, a waiting
 queue, a 400-block prefix cache; `a` prefills and streams twice as fast as `b`, `c`, `d`),
-fresh for each policy, {CLIENTS} clients for {seconds} s each: 5 multi-turn chats (prefix
-growing over {TURNS} turns), 4 RAG-style askers (one of 16 ~3 KB system prompts), 4 short
-requests. Round robin and least in-flight are not balancing options of nobusy: the bench
-client dispatches straight to the fakes for them. LiteLLM 1.106.2 (`routing_strategy:
-least-busy`, the four fakes as four deployments of one model; {result.get("litellm")}; its
-TTFT includes its proxy's own cost on the busy cores, not only its choice of server). Power
-of two is nobusy with `kind: openai` upstreams in one tier (today's default); placement is
-nobusy with `kind: vllm`. Load average at the end: {load} (2 shared cores).
+fresh for each policy, {CLIENTS} clients for {seconds} s each: {KINDS.count("chat")} in
+multi-turn chats (prefix growing over {TURNS} turns), {KINDS.count("rag")} RAG-style askers (one
+of 16 ~3 KB system prompts), {KINDS.count("short")} sending short requests.
+Round robin and least in-flight are not balancing options of nobusy: the bench client
+dispatches straight to the fakes for them. LiteLLM 1.106.2 (`routing_strategy: least-busy`,
+the four fakes as four deployments of one model; {result.get("litellm")}): its TTFT and low
+slot occupancy come from its proxy's own cost on the busy cores, not only from its choice of
+server. Power of two is nobusy with `kind: openai` upstreams in one tier (today's default);
+placement is nobusy with `kind: vllm`. Load average at the end: {load} (2 shared cores).
 
 {table}
 
 Idle while waiting: seconds (sampled every {SAMPLE} s from the fakes' `/metrics`) in which
 one server had nothing running (or, next column, a free slot) while another had more than 2
-waiting. Slot occupancy: mean running / 16 over the samples.
+waiting. Slot occupancy: mean running / 16 over the samples; the same clients keep fewer slots
+busy where the cache answers prompts faster, so "~80% load" is the baselines' occupancy.
 
 Placement's scoring (order + note of the pick, `bench/placement_cost.py`) at 16 servers:
 {fmt(cost.get("cpu_ms"), 4)} ms CPU per request ({fmt(cost.get("wall_ms"), 4)} ms wall).
