@@ -355,9 +355,9 @@ Placement's scoring (order + note of the pick, `bench/placement_cost.py`) at 16 
 
 
 SUITE = Suite(
-    "pool",
-    "Pool: balancing local inference servers",
-    run,
-    render,
-    goals,
+    name="pool",
+    title="Pool: balancing local inference servers",
+    run=run,
+    render=render,
+    goals=goals,
 )
