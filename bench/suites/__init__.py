@@ -17,6 +17,7 @@ from bench.suites import (
     knowledge,
     memory,
     overhead,
+    protocols,
     replicas,
     sigkill,
     workers,
@@ -41,5 +42,6 @@ SUITES: dict[str, Suite] = {
         admission.SUITE,
         sigkill.SUITE,
         replicas.SUITE,
+        protocols.SUITE,
     )
 }

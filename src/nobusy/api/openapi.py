@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy import __version__
+from nobusy.api.openapi_protocols import protocol_paths
 from nobusy.responses import JSONResponse
 from nobusy.schema import ChatRequest
 
@@ -69,6 +70,8 @@ def openapi_spec() -> dict[str, Any]:
         },
     }
     any_object = {"type": "object"}
+    other_paths, other_schemas = protocol_paths()  # Messages, Responses, completions
+    components.update(other_schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -97,6 +100,7 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            **other_paths,
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embed texts with the embedded model or an alias's upstreams.",
