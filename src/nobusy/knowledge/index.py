@@ -36,9 +36,10 @@ from nobusy.knowledge.scoring import relevance
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.knowledge.vectors import StoreVectors
 
-__all__ = ["MODES", "Hit", "Index"]
+__all__ = ["INDEX_FILE", "MODES", "Hit", "Index"]
 
 MODES = ("hybrid", "bm25", "vector")
+INDEX_FILE = "knowledge.db"  # under data_dir: every store of the process in one file
 RRF_K = 60
 BM25_WEIGHT = 1.0
 COVERAGE_POWER = 3.0
