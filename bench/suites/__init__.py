@@ -10,6 +10,7 @@ from bench.suites import (
     admission,
     audit,
     bigbody,
+    cache,
     embedded,
     failover,
     failover_continuation,
@@ -43,5 +44,6 @@ SUITES: dict[str, Suite] = {
         sigkill.SUITE,
         replicas.SUITE,
         protocols.SUITE,
+        cache.SUITE,
     )
 }

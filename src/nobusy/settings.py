@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from nobusy.cache.policy import CacheSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
@@ -141,6 +142,11 @@ class ModelAlias(BaseModel):
         default_factory=lambda: PiiSettings(),
         description="Mask personal data before it leaves for an upstream; restore it after.",
     )
+    cache: CacheSettings = Field(
+        default_factory=lambda: CacheSettings(),
+        description="Answer identical requests from kept answers; serve them stale when no "
+        "upstream can answer.",
+    )
 
 
 class Settings(BaseModel):
@@ -227,6 +233,16 @@ class Settings(BaseModel):
         ge=0,
         description="Seconds a Responses API answer is kept (per key, in nobusy.db) for "
         "previous_response_id and GET /v1/responses/{id}; 0 keeps none.",
+    )
+    cache_entries: PositiveInt = Field(
+        10_000,
+        description="Response-cache entries each process keeps in memory (least recently used "
+        "go first), in front of data_dir/cache.db or Redis (state).",
+    )
+    cache_memory_mb: PositiveInt = Field(
+        64,
+        description="Megabytes of response-cache entries each process keeps in memory at most "
+        "(least recently used go first).",
     )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
