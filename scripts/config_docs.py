@@ -14,9 +14,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from nobusy.cache import CacheSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
+from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
@@ -31,9 +33,11 @@ MODELS: dict[str, type[BaseModel]] = {
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
     "PiiSettings": PiiSettings,
+    "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
+    "anthropic": AnthropicSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 

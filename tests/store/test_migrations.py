@@ -41,6 +41,8 @@ NOBUSY_NAMES = [
     "m004_key_windows",
     "m005_key_names_reusable",
     "m006_responses",
+    "m007_usage_cache",
+    "m008_responses_shared",
 ]
 
 
