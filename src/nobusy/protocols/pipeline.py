@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -110,14 +110,28 @@ class _LedgerEntry:
         self.cache: CacheUse | None = None
         self.first_token_at: float | None = None  # of an answer from the cache
 
-    async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
-        """Check the key's own limits; from here on the request counts against them."""
+    async def admit(
+        self,
+        key: Key | None,
+        chat: ChatRequest,
+        body_size: int,
+        meanwhile: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Check the key's own limits (from here on the request counts against them) while
+        ``meanwhile`` runs; its result. With ``state`` the check is a round trip to Redis:
+        the request's own work (screening) fills it instead of waiting for it."""
         limits = self.state.limits
         if key is None or limits is None:
-            return
+            return await meanwhile()
         self.record.key_id = key.id
         estimate = estimate_tokens(body_size, chat.max_completion_tokens or chat.max_tokens)
         admission = asyncio.ensure_future(limits.admit(key, chat.model, estimate))
+        await asyncio.sleep(0)  # the admission sends its command before ``meanwhile`` runs
+        failed: BaseException | None = None
+        try:
+            result = await meanwhile()
+        except BaseException as exc:  # re-raised below, once the admission is settled
+            failed = exc
         try:
             await asyncio.shield(admission)
         except asyncio.CancelledError:
@@ -129,7 +143,10 @@ class _LedgerEntry:
 
             admission.add_done_callback(give_back)
             raise
-        self.key, self.estimate = key, estimate
+        self.key, self.estimate = key, estimate  # admitted: its end is counted, whatever comes
+        if failed is not None:
+            raise failed
+        return result
 
     def ended(self, exc: BaseException) -> None:
         """Say how the request ended, unless an earlier step already did."""
@@ -245,9 +262,11 @@ class _PipelineResponse(Response):
             key.id if key else None,
             alias.pii,
         )
-        await entry.admit(key, chat, self.size)
-        body, entry.masker = await state.offload.run(
-            self.size, _screen, state.guard, alias.pii, body, entry.hits
+        body, entry.masker = await entry.admit(
+            key,
+            chat,
+            self.size,
+            lambda: state.offload.run(self.size, _screen, state.guard, alias.pii, body, entry.hits),
         )
         entry.cache = use
         if use is not None and (kept := await use.fresh()) is not None:
