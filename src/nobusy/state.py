@@ -23,6 +23,7 @@ from nobusy.crypto import load_suite
 from nobusy.edge.auth import Authenticator
 from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
 from nobusy.routing import Router, reports
@@ -61,6 +62,7 @@ class AppState:
     fleet: Fleet | None = None  # the replicas serving together, this one included
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
     responses: ResponseStore | None = None  # the Responses API's kept responses
+    knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
 
 
 def app_state(request: Request) -> AppState:
@@ -96,6 +98,9 @@ async def running(
         stack.callback(offload.close)
         responses = ResponseStore(settings.data_dir, settings.responses_ttl)
         stack.callback(responses.close)
+        knowledge = KnowledgeBase(settings)
+        stack.callback(knowledge.close)
+        knowledge.start()  # files left in progress by a crash or a restart are taken up again
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -121,7 +126,7 @@ async def running(
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
-            fleet, backends, responses=responses,
+            fleet, backends, responses=responses, knowledge=knowledge,
         )  # fmt: skip
 
 

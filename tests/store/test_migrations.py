@@ -41,6 +41,7 @@ NOBUSY_NAMES = [
     "m004_key_windows",
     "m005_key_names_reusable",
     "m006_responses",
+    "m007_knowledge",
 ]
 
 
