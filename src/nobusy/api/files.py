@@ -110,9 +110,7 @@ async def upload_file(request: Request) -> Response:
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("Missing required parameter: 'file'.", param="file")
         if purpose not in PURPOSES:
-            raise InvalidRequest(
-                f"purpose must be one of {', '.join(PURPOSES)}.", param="purpose"
-            )
+            raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}.", param="purpose")
         filename = _filename(upload.filename)
         file_id = new_id("file-")
         size, digest = await run_in_threadpool(kb.blobs.write, file_id, upload.file)

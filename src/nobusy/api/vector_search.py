@@ -50,9 +50,7 @@ async def search(request: Request) -> Response:
         raise InvalidRequest("rewrite_query must be a boolean.", param="rewrite_query")
 
     def run() -> dict[str, Any]:
-        hits = kb.search(
-            store, "\n".join(queries), k=k, filters=filters, score_threshold=threshold
-        )
+        hits = kb.search(store, "\n".join(queries), k=k, filters=filters, score_threshold=threshold)
         names = kb.records.filenames(list({hit.file_id for hit in hits}))
         counts = kb.records.counts(store.id)
         kb.records.touch(store.id)

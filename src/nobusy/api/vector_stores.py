@@ -55,7 +55,10 @@ def store_json(kb: KnowledgeBase, store: StoreRecord) -> dict[str, Any]:
         "expires_at": store.last_active_at + int(days) * 86400 if days else None,
         "last_active_at": store.last_active_at,
         "metadata": store.metadata,
-        "nobusy": {"embedding_model": store.embedding_model},
+        "nobusy": {
+            "embedding_model": store.embedding_model,
+            "chunks": kb.index(store.embedding_model).count(store.id),
+        },
     }
 
 
@@ -110,9 +113,7 @@ async def create_store(request: Request) -> Response:
 
     def create() -> dict[str, Any]:
         _check_files(kb, who, file_ids)
-        store = kb.records.create_store(
-            who.key_id, name, kb.default_model, metadata, expires_after
-        )
+        store = kb.records.create_store(who.key_id, name, kb.default_model, metadata, expires_after)
         _attach(kb, store.id, [(f, {}) for f in file_ids], chunking)
         return store_json(kb, store)
 
@@ -144,9 +145,7 @@ async def update_store(request: Request) -> Response:
     expires_after = _expires_after(body.get("expires_after"))
 
     def update() -> dict[str, Any]:
-        kb.records.update_store(
-            store.id, name=name, metadata=metadata, expires_after=expires_after
-        )
+        kb.records.update_store(store.id, name=name, metadata=metadata, expires_after=expires_after)
         updated = kb.records.store(Caller(None, admin=True), store.id)
         assert updated is not None
         return store_json(kb, updated)
@@ -317,9 +316,7 @@ async def _store_file(request: Request, store: StoreRecord | None = None) -> Sto
     file_id = request.path_params["file_id"]
     placed = await run_in_threadpool(knowledge(request).records.store_file, store.id, file_id)
     if placed is None:
-        raise NotFound(
-            f"No file {file_id} in vector store {store.id}.", param="file_id"
-        )
+        raise NotFound(f"No file {file_id} in vector store {store.id}.", param="file_id")
     return placed
 
 

@@ -111,9 +111,7 @@ class Page:
 
 
 _FILE = "id, owner, filename, purpose, bytes, sha256, created_at, expires_at"
-_STORE = (
-    "id, owner, name, embedding_model, metadata, expires_after, created_at, last_active_at"
-)
+_STORE = "id, owner, name, embedding_model, metadata, expires_after, created_at, last_active_at"
 _STORE_FILE = (
     "store_id, file_id, batch_id, status, last_error, attributes, chunking, usage_bytes, "
     "chunks, created_at"
@@ -143,7 +141,14 @@ class KnowledgeStore:
             conn.execute(
                 f"INSERT INTO kb_files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    record.id, owner, filename, purpose, size, sha256, record.created_at, None,
+                    record.id,
+                    owner,
+                    filename,
+                    purpose,
+                    size,
+                    sha256,
+                    record.created_at,
+                    None,
                 ),  # fmt: skip
             )
         return record
@@ -207,8 +212,14 @@ class KnowledgeStore:
             conn.execute(
                 f"INSERT INTO kb_stores ({_STORE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    record.id, owner, name, embedding_model, _json(metadata),
-                    None if expires_after is None else _json(expires_after), now, now,
+                    record.id,
+                    owner,
+                    name,
+                    embedding_model,
+                    _json(metadata),
+                    None if expires_after is None else _json(expires_after),
+                    now,
+                    now,
                 ),  # fmt: skip
             )
         return record
@@ -310,8 +321,12 @@ class KnowledgeStore:
                 f"INSERT OR REPLACE INTO kb_store_files ({_STORE_FILE}) "
                 "VALUES (?, ?, ?, 'in_progress', NULL, ?, ?, 0, 0, ?)",
                 (
-                    store_id, file_id, batch_id, _json(attributes),
-                    None if chunking is None else _json(chunking), now,
+                    store_id,
+                    file_id,
+                    batch_id,
+                    _json(attributes),
+                    None if chunking is None else _json(chunking),
+                    now,
                 ),  # fmt: skip
             )
             conn.execute("UPDATE kb_stores SET last_active_at = ? WHERE id = ?", (now, store_id))
@@ -379,8 +394,12 @@ class KnowledgeStore:
                 "UPDATE kb_store_files SET status = ?, last_error = ?, usage_bytes = ?, "
                 "chunks = ? WHERE store_id = ? AND file_id = ? AND status = 'in_progress'",
                 (
-                    status, None if error is None else _json(error), usage_bytes, chunks,
-                    store_id, file_id,
+                    status,
+                    None if error is None else _json(error),
+                    usage_bytes,
+                    chunks,
+                    store_id,
+                    file_id,
                 ),  # fmt: skip
             )
             return cursor.rowcount > 0
