@@ -14,6 +14,7 @@ from nobusy import web
 from nobusy.api import (
     admin,
     chat,
+    embeddings,
     files,
     keys,
     messages,
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *chat.routes,
             *messages.routes,
             *responses_api.routes,
+            *embeddings.routes,
             *files.routes,
             *vector_stores.routes,
             *vector_search.routes,

@@ -89,6 +89,11 @@ def admin(server: Process, keys: dict[str, str]) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
+def nobusy(item: Any) -> Any:
+    """What nobusy adds to an OpenAI object (the SDK keeps unknown fields as extras)."""
+    return item.model_extra["nobusy"]
+
+
 def upload(sdk: openai.OpenAI, name: str, data: bytes | str) -> Any:
     raw = data.encode() if isinstance(data, str) else data
     return sdk.files.create(file=(name, io.BytesIO(raw)), purpose="assistants")
@@ -148,7 +153,7 @@ def test_store_ingests_and_searches(alice: openai.OpenAI, hr_store: Any) -> None
         vector_store_id=hr_store.id, query="evilpayload cookie javascript", max_num_results=50
     )
     assert not any("evilpayload" in hit.content[0].text for hit in everything.data)
-    assert getattr(page, "nobusy")["vector_store_status"] == "completed"
+    assert nobusy(page)["vector_store_status"] == "completed"
 
 
 def test_search_options(alice: openai.OpenAI, hr_store: Any) -> None:
@@ -357,13 +362,13 @@ def test_resumes_after_a_kill(tmp_path: Path) -> None:
                 file_id=document.id, vector_store_id=store.id, poll_interval_ms=200
             )
             assert placed.status == "completed"
-            chunks = getattr(sdk.vector_stores.retrieve(store.id), "nobusy")["chunks"]
-            assert chunks == getattr(placed, "nobusy")["chunks"] > 1
+            chunks = nobusy(sdk.vector_stores.retrieve(store.id))["chunks"]
+            assert chunks == nobusy(placed)["chunks"] > 1
             again = sdk.vector_stores.files.create_and_poll(
                 vector_store_id=store.id, file_id=document.id, poll_interval_ms=200
             )
             assert again.status == "completed"
-            assert getattr(sdk.vector_stores.retrieve(store.id), "nobusy")["chunks"] == chunks
+            assert nobusy(sdk.vector_stores.retrieve(store.id))["chunks"] == chunks
             page = sdk.vector_stores.search(
                 vector_store_id=store.id, query="报销", max_num_results=50
             )

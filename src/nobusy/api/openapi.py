@@ -17,6 +17,25 @@ from nobusy.schema import ChatRequest
 __all__ = ["openapi_json", "openapi_spec", "routes"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_TOKENS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+_EMBEDDING_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                _TOKENS,
+                {"type": "array", "items": _TOKENS, "minItems": 1},
+            ]
+        },
+        "encoding_format": {"enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+    },
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -75,6 +94,20 @@ def openapi_spec() -> dict[str, Any]:
                             },
                         },
                         **_errors(400, 404, 408, 413, 502, 503, 504),
+                    },
+                }
+            },
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "Embed texts with the embedded model or an alias's upstreams.",
+                    "operationId": "createEmbedding",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _EMBEDDING_REQUEST}},
+                    },
+                    "responses": {
+                        "200": _json(any_object, "A list of embeddings, `model` the one used."),
+                        **_errors(400, 401, 404, 429, 503),
                     },
                 }
             },

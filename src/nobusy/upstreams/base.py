@@ -115,6 +115,11 @@ class UpstreamSettings(BaseModel):
     health_check_interval: PositiveFloat | None = Field(
         None, description="Seconds between active health probes (none: passive checks only)."
     )
+    embeddings: bool = Field(
+        False,
+        description="This upstream serves `POST /v1/embeddings` too: an alias's routes to it "
+        "answer embedding requests, with failover, like chat.",
+    )
 
     # A kind that continues a partial answer by construction names how (embedded: raw
     # completion after the chat template); None: by the `continuation` setting.
