@@ -39,12 +39,14 @@ __all__ = [
     "missing_file",
     "page_args",
     "routes",
+    "shown",
     "upload_file",
 ]
 
 # OpenAI's purposes; `assistants` and `user_data` are the ones vector stores read.
 PURPOSES = ("assistants", "user_data", "batch", "fine-tune", "vision", "evals")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_OUR_ID = re.compile(r"(?:file-|vs_|vsfb_)[0-9a-f]{24}")
 
 
 def caller(request: Request) -> Caller:
@@ -98,8 +100,14 @@ def page_args(request: Request, *, max_limit: int = 100) -> dict[str, Any]:
     return {"limit": int(raw), "after": query.get("after"), "order": order}
 
 
+def shown(value: str) -> str:
+    """An id from the request, for an error message: only one shaped like the ids nobusy
+    gives is echoed, so a message never carries whatever a client put in a path."""
+    return value if _OUR_ID.fullmatch(value) else "(not an id nobusy gives)"
+
+
 def missing_file(file_id: str) -> NotFound:
-    return NotFound(f"No such File object: {file_id}", param="file_id")
+    return NotFound(f"No such File object: {shown(file_id)}", param="file_id")
 
 
 async def upload_file(request: Request) -> Response:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from nobusy.api.files import caller, knowledge, list_json, missing_file, page_args
+from nobusy.api.files import caller, knowledge, list_json, missing_file, page_args, shown
 from nobusy.errors import InvalidRequest, NotFound, PermissionDenied
 from nobusy.knowledge.base import KnowledgeBase
 from nobusy.responses import JSONResponse
@@ -302,7 +302,7 @@ async def visible_store(request: Request, *, write: bool = False) -> StoreRecord
     store_id = request.path_params["store_id"]
     store = await run_in_threadpool(kb.records.store, who, store_id)
     if store is None:
-        raise NotFound(f"No such vector store: {store_id}", param="vector_store_id")
+        raise NotFound(f"No such vector store: {shown(store_id)}", param="vector_store_id")
     if write and not (who.admin or store.owner == who.key_id):
         raise PermissionDenied(
             f"Vector store {store_id} was granted to this key to read and search; only the "
@@ -316,7 +316,7 @@ async def _store_file(request: Request, store: StoreRecord | None = None) -> Sto
     file_id = request.path_params["file_id"]
     placed = await run_in_threadpool(knowledge(request).records.store_file, store.id, file_id)
     if placed is None:
-        raise NotFound(f"No file {file_id} in vector store {store.id}.", param="file_id")
+        raise NotFound(f"No file {shown(file_id)} in vector store {store.id}.", param="file_id")
     return placed
 
 
@@ -325,7 +325,7 @@ async def _batch(request: Request, *, write: bool = False) -> Batch:
     batch_id = request.path_params["batch_id"]
     batch = await run_in_threadpool(knowledge(request).records.batch, store.id, batch_id)
     if batch is None:
-        raise NotFound(f"No such file batch: {batch_id}", param="batch_id")
+        raise NotFound(f"No such file batch: {shown(batch_id)}", param="batch_id")
     return batch
 
 
