@@ -376,3 +376,25 @@ def test_resumes_after_a_kill(tmp_path: Path) -> None:
             assert len(texts) == len(set(texts)) == chunks
     finally:
         process.stop()
+
+
+def test_kb_commands(server: Process, keys: dict[str, str], tmp_path: Path) -> None:
+    """`nobusy kb add/list/search` against the running server, with a key."""
+    (tmp_path / "overtime.md").write_text("# 加班\n\n加班费按小时工资的1.5倍计算。\n")
+    (tmp_path / "setup.exe").write_bytes(b"MZ")
+    env = {**os.environ, "NOBUSY_API_KEY": keys["alice"], "COLUMNS": "200"}
+    kb = [sys.executable, "-m", "nobusy", "kb"]
+    where = ["--url", server.url]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*kb, *args, *where], capture_output=True, text=True, env=env)
+
+    added = run("add", "rules", str(tmp_path / "overtime.md"), str(tmp_path / "setup.exe"))
+    assert added.returncode == 1, added.stderr  # one file failed, and the table says why
+    assert "overtime.md" in added.stdout and "completed" in added.stdout
+    assert "setup.exe" in added.stdout and "not supported" in added.stdout
+    listed = run("list")
+    assert listed.returncode == 0 and "rules" in listed.stdout
+    found = run("search", "rules", "加班费")
+    assert found.returncode == 0, found.stderr
+    assert "overtime.md" in found.stdout and "1.5" in found.stdout
