@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -37,9 +38,17 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
+from nobusy.knowledge.grounding import Grounding, retrieve
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
-from nobusy.routing.relay import Encoder, collect, internal_error_event, sse_events
+from nobusy.routing.relay import (
+    DONE,
+    Encoder,
+    OpenAIEvents,
+    collect,
+    internal_error_event,
+    sse_events,
+)
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
@@ -102,6 +111,7 @@ class _LedgerEntry:
         self.key: Key | None = None
         self.walk: Walker | None = None
         self.masker: Masker | None = None
+        self.grounding: Grounding | None = None  # an alias's passages, retrieved once
         self.estimate = 0
 
     async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
@@ -227,6 +237,7 @@ class _PipelineResponse(Response):
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
         await entry.admit(key, chat, self.size)
+        entry.grounding = await _ground(state, chat, body)  # before the guard and PII see it
         body, entry.masker = await state.offload.run(
             self.size, _screen, state.guard, router.alias(chat.model).pii, body, entry.hits
         )
@@ -245,7 +256,10 @@ class _PipelineResponse(Response):
         if not await walk.take():  # queued
             if chat.stream:
                 entry.record.outcome = "client_gone"  # until the stream says otherwise
-                events = _queued_stream(chat, entry, walk, self.encoder(entry))
+                encoder = self.encoder(entry)
+                events = _cited(
+                    _queued_stream(chat, entry, walk, encoder), entry.grounding, encoder
+                )
                 return EventStreamResponse(events, {"x-nobusy-upstream": "queued"})
             await walk.granted()
         answer = await _open(entry, walk)
@@ -253,15 +267,17 @@ class _PipelineResponse(Response):
         request.state.upstream = answer.upstream
         if chat.stream:
             entry.record.outcome = "client_gone"  # until the stream says otherwise
-            events = sse_events(
-                answer, chat, entry.record, entry.close, entry.capture, self.encoder(entry)
-            )
-            return EventStreamResponse(events, headers)
+            encoder = self.encoder(entry)
+            events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
+            return EventStreamResponse(_cited(events, entry.grounding, encoder), headers)
         completion = await collect(answer, chat, entry.record, entry.capture)
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
-        return JSONResponse(self.protocol.render(completion, chat), headers=headers)
+        rendered = self.protocol.render(completion, chat)
+        if entry.grounding is not None:
+            rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
+        return JSONResponse(rendered, headers=headers)
 
     def encoder(self, entry: _LedgerEntry) -> Encoder:
         return self.protocol.encoder(self.chat, entry.record)
@@ -298,6 +314,8 @@ async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     put back together and filtered as the request asks."""
     state = entry.state
     answer = await open_answer(walk)
+    if entry.grounding is not None:  # the answer as the upstream wrote it: [n] are its own
+        answer.chunks = entry.grounding.tap(answer.chunks)
     if entry.masker is not None:
         answer.chunks = restore_answer(answer.chunks, entry.masker)
     if state.guard is not None and state.guard.checks_output:
@@ -306,6 +324,38 @@ async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     entry.record.upstream = answer.upstream
     entry.record.overflow = answer.overflow
     return answer
+
+
+async def _ground(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
+    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``."""
+    attached = state.router.alias(chat.model).knowledge
+    if attached is None or state.knowledge is None:
+        return None
+    grounding = await retrieve(state.knowledge, attached.stores, attached.top_k, body)
+    if grounding is not None:
+        grounding.apply(body)
+    return grounding
+
+
+async def _cited(
+    events: AsyncIterator[bytes], grounding: Grounding | None, encoder: Encoder
+) -> AsyncIterator[bytes]:
+    """OpenAI's stream with one more chunk before ``[DONE]``: ``nobusy.citations``, once the
+    whole answer is known (other protocols' streams end as their SDKs expect, unchanged)."""
+    if grounding is None or not isinstance(encoder, OpenAIEvents):
+        async for event in events:
+            yield event
+        return
+    async for event in events:
+        if event == DONE:
+            # A chunk with no choices, as the usage chunk is: SDKs parse it, clients skip it.
+            body = {
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "nobusy": grounding.citations(),
+            }
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+        yield event
 
 
 async def _queued_stream(
