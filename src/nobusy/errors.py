@@ -20,6 +20,7 @@
     │   ├── QuotaExhausted          429 insufficient_quota      a key's balance is spent
     │   ├── ModelNotAllowed         403 model_not_allowed       outside the key's model list
     │   ├── PermissionDenied        403 permission_denied       granted to read, not to change
+    │   ├── LocalOnlyStore          403 local_only_store        its passages stay on premises
     │   ├── QueueFull               429 queue_full              the wait would pass patience
     │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
     │   └── AdminAuthRequired       401 invalid_api_key         admin endpoint without the key
@@ -67,6 +68,7 @@ __all__ = [
     "KeyExpired",
     "KeyNameTaken",
     "KeyRevoked",
+    "LocalOnlyStore",
     "ModelNotAllowed",
     "QuotaExhausted",
     "RateLimited",
@@ -285,6 +287,14 @@ class PermissionDenied(ClientError):
     status_code = 403
     error_type = "permission_error"
     code = "permission_denied"
+
+
+class LocalOnlyStore(ClientError):
+    """An alias that could send a ``local_only`` vector store's passages to a remote upstream."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "local_only_store"
 
 
 class QueueFull(ClientError):

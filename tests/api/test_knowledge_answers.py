@@ -32,10 +32,14 @@ POLICY = """# 年假制度
 """
 
 
-def fill(data_dir: Path) -> tuple[str, str]:
-    """A store holding the policy, ingested: (store id, file id)."""
+def fill(data_dir: Path) -> tuple[str, str, str]:
+    """A store holding the policy, ingested, and a ``local_only`` one:
+    (store id, file id, local store id)."""
     kb = KnowledgeBase(Settings(data_dir=data_dir))
     try:
+        secret = kb.records.create_store(
+            None, "secret", kb.default_model, {"local_only": "true"}, None
+        )
         store = kb.records.create_store(None, "hr", kb.default_model, {}, None)
         file_id = "file-" + "0" * 24
         size, digest = kb.blobs.write(file_id, io.BytesIO(POLICY.encode()))
@@ -47,24 +51,27 @@ def fill(data_dir: Path) -> tuple[str, str]:
         assert kb.records.store(Caller(None, admin=True), store.id) is not None
     finally:
         kb.close()
-    return store.id, file_id
+    return store.id, file_id, secret.id
 
 
 @pytest.fixture(scope="module")
 def grounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process, str]]:
     """(nobusy, its private fake upstream, the file id) with aliases grounded in the store."""
     tmp = tmp_path_factory.mktemp("grounded")
-    store_id, file_id = fill(tmp / "data")
+    store_id, file_id, secret_id = fill(tmp / "data")
     fake = start_fake(tmp)
     config = f"""
 upstreams:
   fake: {{kind: openai, base_url: "{fake.url}/v1"}}
   dead: {{kind: openai, base_url: "http://127.0.0.1:{free_port()}/v1", default_model: ok}}
+  lan: {{kind: openai, base_url: "{fake.url}/v1", local: true}}
 models:
   hr-bot: {{routes: [fake/ok], knowledge: {{stores: [{store_id}], top_k: 2}}}}
   hr-failover: {{routes: [dead, fake/ok], knowledge: {{stores: [{store_id}]}}}}
   hr-private: {{routes: [fake/ok], knowledge: {{stores: [{store_id}]}}, pii: {{enabled: true}}}}
   plain: [fake/ok]
+  secret-remote: {{routes: [lan/ok, fake/ok], knowledge: {{stores: [{secret_id}]}}}}
+  secret-local: {{routes: [lan/ok], knowledge: {{stores: [{secret_id}]}}}}
 """
     try:
         process = serve(tmp, config)
@@ -139,3 +146,14 @@ def test_passages_are_masked_before_they_leave(grounded: tuple[Process, Process,
     ask(process, "hr-private", "人事部联系人的电话是多少？[1]")
     sent = orjson.dumps(sent_upstream(fake)).decode()
     assert "13812345678" not in sent and "王经理" in sent
+
+
+def test_local_only_stores_never_reach_a_remote_upstream(
+    grounded: tuple[Process, Process, str],
+) -> None:
+    process, _, _ = grounded
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        ask(process, "secret-remote", "年假有几天？")
+    error: Any = caught.value.body
+    assert error["code"] == "local_only_store" and "fake" in error["message"]
+    assert ask(process, "secret-local", "年假有几天？").choices[0].message.content

@@ -20,10 +20,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from nobusy.errors import LocalOnlyStore
 from nobusy.knowledge.base import KnowledgeBase
-from nobusy.store.knowledge import Caller
+from nobusy.store.knowledge import Caller, StoreRecord
 
-__all__ = ["Grounding", "Passage", "retrieve"]
+__all__ = ["Grounding", "Passage", "is_local", "local_only", "retrieve"]
 
 ADMIN = Caller(None, admin=True)
 SNIPPET = 200
@@ -76,6 +77,14 @@ class Grounding:
                     self.answer.append(content)
             yield chunk
 
+    def sources(self) -> list[dict[str, Any]]:
+        """Where each passage came from, for the audit log."""
+        return [
+            {"index": p.index, "vector_store_id": p.store_id, "file_id": p.file_id,
+             "filename": p.filename, "start": p.start, "end": p.end}
+            for p in self.passages
+        ]  # fmt: skip
+
     def citations(self, text: str | None = None) -> dict[str, Any]:
         """``nobusy.citations`` for an answer (``text``, else what ``tap`` saw)."""
         said = "".join(self.answer) if text is None else text
@@ -103,19 +112,44 @@ class Grounding:
         }
 
 
+def is_local(upstream: Any) -> bool:
+    """Whether an upstream runs on premises: the embedded kind, or one marked ``local``."""
+    return upstream.kind == "embedded" or bool(getattr(upstream.settings, "local", False))
+
+
+def local_only(store: StoreRecord) -> bool:
+    """A store whose passages may reach local upstreams only (metadata ``local_only``)."""
+    return str(store.metadata.get("local_only", "")).lower() in ("true", "1", "yes")
+
+
 async def retrieve(
-    kb: KnowledgeBase, stores: tuple[str, ...], top_k: int, body: dict[str, Any]
+    kb: KnowledgeBase,
+    stores: tuple[str, ...],
+    top_k: int,
+    body: dict[str, Any],
+    *,
+    remote: list[str] | None = None,
 ) -> Grounding | None:
     """The ``top_k`` best passages of ``stores`` for the last user message, best first
-    (None when the request has no user text to search with)."""
+    (None when the request has no user text to search with). ``remote``: the upstreams off
+    premises the request may reach; a ``local_only`` store then refuses (LocalOnlyStore),
+    before anything is searched."""
     query = _last_user_text(body.get("messages"))
     if not query:
         return None
 
     def search() -> list[Passage]:
         found = []
-        for store_id in stores:
-            store = kb.records.store(ADMIN, store_id)
+        records = [kb.records.store(ADMIN, store_id) for store_id in stores]
+        for store in records:
+            if store is not None and remote and local_only(store):
+                raise LocalOnlyStore(
+                    f"Vector store {store.id} is local_only: its passages may go to local "
+                    f"upstreams only, and this model may send them to {', '.join(remote)}. "
+                    "Mark those upstreams `local: true` if they run on premises, or use a "
+                    "model whose routes are all local."
+                )
+        for store in records:
             if store is None:  # deleted since the alias named it: the others still answer
                 continue
             found.extend(kb.search(store, query, k=top_k, filters=None, score_threshold=0.0))

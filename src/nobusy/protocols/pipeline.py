@@ -38,7 +38,7 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.knowledge.grounding import Grounding, retrieve
+from nobusy.knowledge.grounding import Grounding, is_local, retrieve
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.relay import (
@@ -237,7 +237,7 @@ class _PipelineResponse(Response):
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
         await entry.admit(key, chat, self.size)
-        entry.grounding = await _ground(state, chat, body)  # before the guard and PII see it
+        entry.grounding = await _ground(entry, chat, body)  # before the guard and PII see it
         body, entry.masker = await state.offload.run(
             self.size, _screen, state.guard, router.alias(chat.model).pii, body, entry.hits
         )
@@ -326,14 +326,27 @@ async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     return answer
 
 
-async def _ground(state: AppState, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
-    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``."""
-    attached = state.router.alias(chat.model).knowledge
-    if attached is None or state.knowledge is None:
+async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
+    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``
+    (LocalOnlyStore when a route could take a ``local_only`` store's passages off premises);
+    the audit records which documents they came from."""
+    router, kb = entry.state.router, entry.state.knowledge
+    alias = router.alias(chat.model)
+    attached = alias.knowledge
+    if attached is None or kb is None:
         return None
-    grounding = await retrieve(state.knowledge, attached.stores, attached.top_k, body)
+    remote = sorted(
+        {
+            route.upstream
+            for route in (*alias.routes, *alias.overflow)
+            if not is_local(router.upstreams[route.upstream])
+        }
+    )
+    grounding = await retrieve(kb, attached.stores, attached.top_k, body, remote=remote)
     if grounding is not None:
         grounding.apply(body)
+        if entry.exchange is not None:
+            entry.exchange.request["nobusy_retrieved"] = grounding.sources()
     return grounding
 
 

@@ -120,6 +120,11 @@ class UpstreamSettings(BaseModel):
         description="This upstream serves `POST /v1/embeddings` too: an alias's routes to it "
         "answer embedding requests, with failover, like chat.",
     )
+    local: bool = Field(
+        False,
+        description="This upstream runs on premises (vLLM, llama.cpp on the LAN): passages of "
+        "`local_only` vector stores may be sent to it. The embedded kind always is.",
+    )
 
     # A kind that continues a partial answer by construction names how (embedded: raw
     # completion after the chat template); None: by the `continuation` setting.
