@@ -8,6 +8,11 @@ answer, so a question that says "[1]" gets an answer that cites passage 1.
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,7 @@ def grounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process
     store_id, file_id, secret_id = fill(tmp / "data")
     fake = start_fake(tmp)
     config = f"""
+audit: {{enabled: true, store: full}}
 upstreams:
   fake: {{kind: openai, base_url: "{fake.url}/v1"}}
   dead: {{kind: openai, base_url: "http://127.0.0.1:{free_port()}/v1", default_model: ok}}
@@ -157,3 +163,22 @@ def test_local_only_stores_never_reach_a_remote_upstream(
     error: Any = caught.value.body
     assert error["code"] == "local_only_store" and "fake" in error["message"]
     assert ask(process, "secret-local", "年假有几天？").choices[0].message.content
+
+
+def test_the_audit_names_the_documents_retrieved(grounded: tuple[Process, Process, str]) -> None:
+    process, _, file_id = grounded
+    ask(process, "hr-bot", "audit me: 年假有几天？")
+    time.sleep(0.3)  # the audit writer flushes every 50 ms
+    export = subprocess.run(
+        [sys.executable, "-m", "nobusy", "audit", "export", "--since", "1d", "--decrypt"]
+        + ["--data-dir", str(process.data_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+        check=True,
+    )
+    rows = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+    requests = [r["content"] for r in rows if "audit me" in json.dumps(r, ensure_ascii=False)]
+    retrieved = [r["nobusy_retrieved"] for r in requests if "nobusy_retrieved" in r]
+    assert retrieved and retrieved[-1][0]["file_id"] == file_id
+    assert retrieved[-1][0]["filename"] == "policy.md"
