@@ -1,5 +1,8 @@
 """A fault-injecting fake OpenAI-compatible upstream for tests, benchmarks and failure drills.
 
+It also speaks Anthropic's Messages API (``POST /v1/messages``, ``testing.fake_anthropic``):
+the same answers and faults, translated.
+
 Answers are deterministic (they depend only on the last user message and ``tokens``) and
 identical in every mode, so a healthy answer and one assembled after a failover compare
 equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
@@ -29,6 +32,8 @@ import click
 import orjson
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nobusy.testing.fake_anthropic import MessagesAPI
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -613,7 +618,8 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
         raise ValueError(f"Unknown fake mode {options.mode!r}; known: {', '.join(MODES)}")
     _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
-    return _FakeApp(options)
+    # Anthropic's /v1/messages in front of the chat side: the same faults in its format.
+    return MessagesAPI(_FakeApp(options))
 
 
 def run(options: FakeOptions, host: str, port: int) -> None:
@@ -676,6 +682,6 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     help="Apply --delay to every Nth request only.",
 )
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
-    """Run a fake OpenAI-compatible upstream that injects faults on demand."""
+    """Run a fake OpenAI-compatible upstream (and Messages API) that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")
     run(FakeOptions(**options), host, port)

@@ -129,6 +129,9 @@ class UpstreamSettings(BaseModel):
     # A kind that continues a partial answer by construction names how (embedded: raw
     # completion after the chat template); None: by the `continuation` setting.
     native_continuation: ClassVar[str | None] = None
+    # How the failover note names this kind's `prefix`/`vllm` continuation when it is not
+    # those request fields (anthropic: a trailing assistant turn, the Messages API's prefill).
+    continuation_label: ClassVar[str | None] = None
 
     def has_default_model(self) -> bool:
         """Whether a route may name this upstream alone, without a model."""
