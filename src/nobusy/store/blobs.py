@@ -2,7 +2,7 @@
 
 A file is written to a temporary name beside its place and renamed into it once complete and
 flushed, so a crash never leaves half a file under a file id; temporary files a crash left
-behind are removed at the next start. The records (name, owner, size, hash) are the
+behind (an hour old) are removed at the next start. The records (name, owner, size, hash) are the
 ``KnowledgeStore``'s.
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,8 +30,11 @@ class Blobs:
     def __init__(self, root: Path) -> None:
         self.root = root
         private_dir(root)
-        for stale in root.glob("*.part"):
-            stale.unlink(missing_ok=True)
+        # Another worker process may be writing one now: only parts an hour old are stale.
+        for part in root.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - part.stat().st_mtime > 3600:
+                    part.unlink()
 
     def path(self, file_id: str) -> Path:
         if not _ID.fullmatch(file_id):  # ids come from requests: never a path of their own
