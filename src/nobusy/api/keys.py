@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from nobusy.errors import InvalidRequest
 from nobusy.keys import Key, validate
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
@@ -119,7 +120,7 @@ def _stores(request: Request, value: Any) -> list[str] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidRequest("stores must be a list of vector store ids.", param="stores")
-    kb = app_state(request).knowledge
+    kb = _knowledge(request)
     missing = kb.records.missing_stores(value) if kb is not None else value
     if missing:
         raise InvalidRequest(f"stores: no vector store {', '.join(missing)}.", param="stores")
@@ -128,12 +129,18 @@ def _stores(request: Request, value: Any) -> list[str] | None:
 
 async def _grant(request: Request, key_id: str, stores: list[str] | None) -> dict[str, Any]:
     """Grant ``stores`` (when given) to the key; ``{"stores": [...]}`` as granted now."""
-    kb = app_state(request).knowledge
+    kb = _knowledge(request)
     if kb is None:
         return {}
     if stores is not None:
         await run_in_threadpool(kb.records.grant, key_id, stores)
     return {"stores": await run_in_threadpool(kb.records.grants, key_id)}
+
+
+def _knowledge(request: Request) -> KnowledgeBase | None:
+    # A state without a knowledge base (an app built for keys alone): no grants to show.
+    kb: KnowledgeBase | None = getattr(app_state(request), "knowledge", None)
+    return kb
 
 
 def _store(request: Request) -> KeyStore:
