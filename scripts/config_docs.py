@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from nobusy.cache import CacheSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.knowledge.settings import KnowledgeSettings
@@ -34,6 +35,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "AuditSettings": AuditSettings,
     "KnowledgeSettings": KnowledgeSettings,
     "PiiSettings": PiiSettings,
+    "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,

@@ -10,12 +10,14 @@ from bench.suites import (
     admission,
     audit,
     bigbody,
+    cache,
     embedded,
     failover,
     failover_continuation,
     guard,
     memory,
     overhead,
+    protocols,
     replicas,
     sigkill,
     workers,
@@ -39,5 +41,7 @@ SUITES: dict[str, Suite] = {
         admission.SUITE,
         sigkill.SUITE,
         replicas.SUITE,
+        protocols.SUITE,
+        cache.SUITE,
     )
 }

@@ -14,6 +14,7 @@ from nobusy import web
 from nobusy.api import (
     admin,
     chat,
+    completions,
     embeddings,
     files,
     keys,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *chat.routes,
             *messages.routes,
             *responses_api.routes,
+            *completions.routes,
             *embeddings.routes,
             *files.routes,
             *vector_stores.routes,

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from nobusy.admission.capacity import Capacity
+    from nobusy.cache.memory import ResponseCache
     from nobusy.routing.stats import UpstreamStats
     from nobusy.store.health import Health
     from nobusy.store.replicas import Replica
@@ -120,6 +121,10 @@ class Metrics:
             registry=self.registry,
         )
         gauge.set_function(lambda: 1.0 if shared() else 0.0)
+
+    def watch_cache(self, cache: ResponseCache) -> None:
+        """The response cache's hits, misses, stale answers and entries, when scraped."""
+        self.registry.register(_CacheCollector(cache))
 
     def watch_fleet(
         self, replicas: Callable[[], Iterable[Replica]], backends: Callable[[], Iterable[Health]]
@@ -326,3 +331,25 @@ class _FleetCollector(Collector):
         for health in self.backends():
             up.add_metric([health.backend], 1.0 if health.ok else 0.0)
         yield from (in_flight, queue, draining, seen, up)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        lookups = CounterMetricFamily(
+            "nobusy_cache_lookups",
+            "Response-cache lookups: hit (answered from the cache), miss, stale (kept answer "
+            "served because no upstream could answer).",
+            labels=["result"],
+        )
+        for result, count in (("hit", cache.hits), ("miss", cache.misses), ("stale", cache.stale)):
+            lookups.add_metric([result], count)
+        yield lookups
+        yield GaugeMetricFamily(
+            "nobusy_cache_entries",
+            "Response-cache entries in this process's memory.",
+            value=len(cache),
+        )

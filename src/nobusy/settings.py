@@ -9,6 +9,7 @@ uvicorn: ``data_dir`` is ``NOBUSY_DATA_DIR`` and ``--data-dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from nobusy.cache.policy import CacheSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
@@ -83,6 +85,11 @@ class Route:
     model: str | None = None
     tier: int = 0
     weight: float = 1.0
+    # What this route's model takes, where it differs from its upstream's settings
+    # (routing.capabilities); None: as the upstream says.
+    vision: bool | None = None
+    completions: bool | None = None
+    fim: bool | None = None
 
     @classmethod
     def parse(cls, text: str, tier: int = 0, weight: float = 1.0) -> Route:
@@ -148,6 +155,11 @@ class ModelAlias(BaseModel):
     pii: PiiSettings = Field(
         default_factory=lambda: PiiSettings(),
         description="Mask personal data before it leaves for an upstream; restore it after.",
+    )
+    cache: CacheSettings = Field(
+        default_factory=lambda: CacheSettings(),
+        description="Answer identical requests from kept answers; serve them stale when no "
+        "upstream can answer.",
     )
     knowledge: AliasKnowledge | None = Field(
         None, description="Ground answers in these vector stores' passages, with citations."
@@ -238,6 +250,16 @@ class Settings(BaseModel):
         ge=0,
         description="Seconds a Responses API answer is kept (per key, in nobusy.db) for "
         "previous_response_id and GET /v1/responses/{id}; 0 keeps none.",
+    )
+    cache_entries: PositiveInt = Field(
+        10_000,
+        description="Response-cache entries each process keeps in memory (least recently used "
+        "go first), in front of data_dir/cache.db or Redis (state).",
+    )
+    cache_memory_mb: PositiveInt = Field(
+        64,
+        description="Megabytes of response-cache entries each process keeps in memory at most "
+        "(least recently used go first).",
     )
     crypto: Literal["gm", "standard"] = Field(
         "gm",
@@ -453,16 +475,28 @@ def _parse_tiers(items: list[Any], where: str) -> list[Route]:
     return routes
 
 
+# What a route may say of its own model (nobusy.routing.capabilities).
+_ROUTE_FLAGS = ("vision", "completions", "fim")
+
+
 def _parse_route(entry: Any, tier: int, where: str) -> Route:
     if isinstance(entry, str) and entry:
         return Route.parse(entry, tier)
     if isinstance(entry, dict) and isinstance(entry.get("route"), str):
         weight = entry.get("weight", 1.0)
-        if set(entry) - {"route", "weight"} or not isinstance(weight, int | float) or weight <= 0:
+        flags = {k: v for k, v in entry.items() if k in _ROUTE_FLAGS}
+        if (
+            set(entry) - {"route", "weight", *_ROUTE_FLAGS}
+            or not isinstance(weight, int | float)
+            or weight <= 0
+            or not all(isinstance(v, bool) for v in flags.values())
+        ):
             raise ConfigError(
-                f"{where}: a weighted route is {{route: UPSTREAM/MODEL, weight: N > 0}}"
+                f"{where}: a weighted route is {{route: UPSTREAM/MODEL, weight: N > 0}}, "
+                "optionally with vision, completions, fim: true/false"
             )
-        return Route.parse(entry["route"], tier, float(weight))
+        route = Route.parse(entry["route"], tier, float(weight))
+        return dataclasses.replace(route, **flags) if flags else route
     raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 

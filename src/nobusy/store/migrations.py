@@ -24,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 from nobusy.errors import ConfigError
 from nobusy.store.sqlite import connect, private_dir, private_file, transaction
 
-__all__ = ["AUDIT", "AUDIT_NO_DELETE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
+__all__ = ["AUDIT", "AUDIT_NO_DELETE", "CACHE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
 
 DB_NAME = "nobusy.db"
 
@@ -150,9 +150,22 @@ def m006_responses(db: Database) -> None:
 
 
 @NOBUSY()
-def m007_knowledge(db: Database) -> None:
+def m007_usage_cache(db: Database) -> None:
+    # The response cache's part in a request: hit, stale, miss (NULL: not cached).
+    db.execute("ALTER TABLE usage ADD COLUMN cache TEXT")
+
+
+@NOBUSY()
+def m008_responses_shared(db: Database) -> None:
+    # Nothing in SQLite: with `store: postgresql://` the kept responses move to PostgreSQL
+    # (store/pg_responses.py), so every replica can continue a conversation.
+    pass
+
+
+@NOBUSY()
+def m009_knowledge(db: Database) -> None:
     # The knowledge base's records (store/knowledge.py): uploaded files (their bytes are under
-    # data_dir/knowledge/files), vector stores, the files each store holds with their
+    # data_dir/files), vector stores, the files each store holds with their
     # ingestion status, batches, and the stores a key was granted. Times are Unix seconds, as
     # the Files and Vector Stores APIs give them; owner is the creating key (NULL without keys).
     for statement in KNOWLEDGE_TABLES:
@@ -180,6 +193,19 @@ KNOWLEDGE_TABLES = (
     "CREATE TABLE kb_grants (key_id TEXT NOT NULL, store_id TEXT NOT NULL, "
     "PRIMARY KEY (key_id, store_id))",
 )
+
+
+# --- cache.db: the response cache of one host (cache/, store/response_cache.py) -----------------
+
+CACHE = Migrations("nobusy-cache")
+
+
+@CACHE()
+def m001_cache(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE cache (key TEXT PRIMARY KEY, expires REAL NOT NULL, value BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX cache_expires ON cache (expires)")
 
 
 # --- audit.db: the chained audit rows ----------------------------------------------------------

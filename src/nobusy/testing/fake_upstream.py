@@ -34,6 +34,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nobusy.testing.fake_anthropic import MessagesAPI
+from nobusy.testing.fake_completions import text_conversation
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -504,11 +505,8 @@ def _conversation(
 ) -> tuple[list[dict[str, Any]], str | None, bool]:
     """The messages the answer is computed from, the partial answer to continue if any, and
     whether it was asked in words (so the continuation restates the partial's last words)."""
-    if not chat:
-        prompt = request.get("prompt")
-        if isinstance(prompt, list):
-            prompt = " ".join(p for p in prompt if isinstance(p, str))
-        return [{"role": "user", "content": prompt if isinstance(prompt, str) else ""}], None, False
+    if not chat:  # a text completion: nobusy.testing.fake_completions
+        return text_conversation(request, tokens, answer_text)
     raw = request.get("messages")
     messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
     last = messages[-1] if messages else {}

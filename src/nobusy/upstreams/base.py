@@ -29,7 +29,9 @@ __all__ = [
     "UpstreamCall",
     "UpstreamSettings",
     "has_token",
+    "is_text_completion",
     "status_error",
+    "text_chunk",
 ]
 
 Chunk = dict[str, Any]
@@ -44,6 +46,19 @@ def has_token(chunk: Chunk) -> bool:
         if choice.get("finish_reason"):
             return True
     return False
+
+
+def is_text_completion(body: dict[str, Any]) -> bool:
+    """Whether an internal request is a text completion (``/v1/completions``): its body is
+    the completions body, a ``prompt`` (and maybe a ``suffix``) where chat has ``messages``."""
+    return "prompt" in body and "messages" not in body
+
+
+def text_chunk(text: str, finish: str | None = None) -> Chunk:
+    """A piece of a text completion as the internal chunk every kind yields (its text as
+    ``delta.content``), so that the relay, continuation and the output guard treat it as chat."""
+    delta = {"content": text} if text else {}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
 class CircuitSettings(BaseModel):
@@ -124,6 +139,27 @@ class UpstreamSettings(BaseModel):
         False,
         description="This upstream runs on premises (vLLM, llama.cpp on the LAN): passages of "
         "`local_only` vector stores may be sent to it. The embedded kind always is.",
+    )
+    completions: bool = Field(
+        False,
+        description=(
+            "Serves `/v1/completions` (a prompt to continue): only such routes get a "
+            "completions request."
+        ),
+    )
+    fim: bool = Field(
+        False,
+        description=(
+            "Serves fill-in-the-middle (`/v1/completions` with `suffix`), as DeepSeek's "
+            "`/beta` does: only such routes get a request with a suffix."
+        ),
+    )
+    vision: bool = Field(
+        True,
+        description=(
+            "Takes images in messages; `false` (a text-only model) skips this upstream for a "
+            "request with an image. A route may say otherwise for its model."
+        ),
     )
 
     # A kind that continues a partial answer by construction names how (embedded: raw
