@@ -23,6 +23,7 @@ from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
+from nobusy.upstreams.servers.vllm import Settings as ServerSettings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 MODELS: dict[str, type[BaseModel]] = {
@@ -40,6 +41,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
     "anthropic": AnthropicSettings,
+    "servers": ServerSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 

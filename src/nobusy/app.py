@@ -22,6 +22,7 @@ from nobusy.api import (
     models,
     openapi,
     ops,
+    pool,
     responses_api,
     vector_search,
     vector_stores,
@@ -35,6 +36,7 @@ from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
+from nobusy.routing.pool import pool_rows
 from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.store.backends import open_keys
@@ -53,6 +55,8 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
+    if router.placement is not None:
+        metrics.watch_pool(lambda: pool_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))
@@ -78,7 +82,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *models.routes,
             *ops.routes,
             *openapi.routes,
-            admin.mount([*admin.routes, *keys.routes, *status.routes]),
+            admin.mount([*admin.routes, *pool.routes, *keys.routes, *status.routes]),
             *web.routes(),
         ],
         middleware=[

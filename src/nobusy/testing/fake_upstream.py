@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nobusy.testing.fake_anthropic import MessagesAPI
 from nobusy.testing.fake_completions import text_conversation
+from nobusy.testing.fake_server import SERVERS, FakeServer
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -85,6 +86,10 @@ class FakeOptions:
     ``Retry-After`` header. With ``queue``, requests beyond ``capacity`` wait for a slot (as
     vLLM, llama.cpp and Ollama do) instead of being answered 503. ``continuation`` is the
     native continuation honoured: ``all`` (both), ``prefix``, ``vllm`` or ``none``.
+    ``server`` (``vllm``, ``sglang``, ``llamacpp``) plays that local server
+    (``testing.fake_server``): ``capacity`` running slots (default 4) and a queue behind them,
+    a prefix cache of ``cache_blocks`` blocks, ``prefill_per_token`` seconds per prompt token
+    not cached, and the server's ``/metrics``.
     """
 
     mode: str = "ok"
@@ -101,6 +106,9 @@ class FakeOptions:
     slow_every: int | None = None
     model_name: str = "fake-model"
     continuation: str = "all"
+    server: str = ""
+    prefill_per_token: float = 0.0002
+    cache_blocks: int = 2048
 
 
 # What `MODE:key=val` may override, and how each value is parsed (None defaults are ints).
@@ -617,7 +625,17 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
     _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
     # Anthropic's /v1/messages in front of the chat side: the same faults in its format.
-    return MessagesAPI(_FakeApp(options))
+    app: ASGIApp = MessagesAPI(_FakeApp(options))
+    if options.server:
+        app = FakeServer(
+            app,
+            options.server,
+            options.model_name,
+            options.capacity or 4,
+            options.prefill_per_token,
+            options.cache_blocks,
+        )
+    return app
 
 
 def run(options: FakeOptions, host: str, port: int) -> None:
@@ -679,6 +697,25 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     type=click.IntRange(min=1),
     help="Apply --delay to every Nth request only.",
 )
+@click.option(
+    "--server",
+    type=click.Choice(("", *SERVERS)),
+    default="",
+    help="Play a local inference server: slots (--capacity), a queue, a prefix cache, /metrics.",
+)
+@click.option(
+    "--prefill-per-token",
+    default=0.0002,
+    show_default=True,
+    help="With --server: seconds of prefill per prompt token not in the prefix cache.",
+)
+@click.option(
+    "--cache-blocks",
+    default=2048,
+    show_default=True,
+    help="With --server: prefix-cache size in 64-character blocks.",
+)
+@click.option("--model-name", default="fake-model", show_default=True, help="Model served.")
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
     """Run a fake OpenAI-compatible upstream (and Messages API) that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")
