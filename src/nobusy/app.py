@@ -16,6 +16,7 @@ from nobusy.api import (
     chat,
     completions,
     embeddings,
+    files,
     keys,
     messages,
     models,
@@ -23,6 +24,8 @@ from nobusy.api import (
     ops,
     pool,
     responses_api,
+    vector_search,
+    vector_stores,
 )
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
@@ -73,6 +76,9 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *responses_api.routes,
             *completions.routes,
             *embeddings.routes,
+            *files.routes,
+            *vector_stores.routes,
+            *vector_search.routes,
             *models.routes,
             *ops.routes,
             *openapi.routes,

@@ -34,6 +34,15 @@ class KnowledgeSettings(BaseModel):
         50 * 1024 * 1024, description="Largest file accepted into the knowledge base."
     )
 
+    max_upload_bytes: PositiveInt = Field(
+        512 * 1024 * 1024,
+        description="Largest upload to /v1/files (413 beyond); a file over max_file_bytes "
+        "uploads but fails ingestion with the reason.",
+    )
+    workers: PositiveInt = Field(
+        1, description="Threads that parse, chunk, embed and index files in the background."
+    )
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> KnowledgeSettings:
         if self.chunk_overlap >= self.chunk_size:

@@ -135,6 +135,11 @@ class UpstreamSettings(BaseModel):
         description="This upstream serves `POST /v1/embeddings` too: an alias's routes to it "
         "answer embedding requests, with failover, like chat.",
     )
+    local: bool = Field(
+        False,
+        description="This upstream runs on premises (vLLM, llama.cpp on the LAN): passages of "
+        "`local_only` vector stores may be sent to it. The embedded kind always is.",
+    )
     completions: bool = Field(
         False,
         description=(
