@@ -17,6 +17,7 @@ from pydantic_core import PydanticUndefined
 from nobusy.cache import CacheSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
@@ -33,6 +34,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "GuardSettings": GuardSettings,
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
+    "KnowledgeSettings": KnowledgeSettings,
     "PiiSettings": PiiSettings,
     "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,

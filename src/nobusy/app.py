@@ -15,6 +15,8 @@ from nobusy.api import (
     admin,
     chat,
     completions,
+    embeddings,
+    files,
     keys,
     messages,
     models,
@@ -22,6 +24,8 @@ from nobusy.api import (
     ops,
     pool,
     responses_api,
+    vector_search,
+    vector_stores,
 )
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
@@ -71,6 +75,10 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *messages.routes,
             *responses_api.routes,
             *completions.routes,
+            *embeddings.routes,
+            *files.routes,
+            *vector_stores.routes,
+            *vector_search.routes,
             *models.routes,
             *ops.routes,
             *openapi.routes,

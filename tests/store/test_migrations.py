@@ -43,6 +43,7 @@ NOBUSY_NAMES = [
     "m006_responses",
     "m007_usage_cache",
     "m008_responses_shared",
+    "m009_knowledge",
 ]
 
 

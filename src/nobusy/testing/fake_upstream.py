@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import time
@@ -294,6 +295,8 @@ class _FakeApp:
         path, method = scope["path"], scope["method"]
         if method == "POST" and (path in _CHAT_PATHS or path in _TEXT_PATHS):
             await self._generate(scope, receive, send, chat=path in _CHAT_PATHS)
+        elif method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            await self._embed(scope, receive, send)
         elif method == "GET" and path in ("/v1/models", "/models"):
             await _send_json(send, 200, self.models)
         elif method == "GET" and path == "/healthz":
@@ -311,6 +314,38 @@ class _FakeApp:
             await _send_json(send, 200, orjson.dumps(counts))
         else:
             await _send_json(send, 404, _NOT_FOUND)
+
+    async def _embed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Deterministic 8-dimensional vectors from each text's hash; the model picks a fault
+        (``http503``, ``http:status=400``...) as for chat."""
+        self.counts["requests"] += 1
+        try:
+            request = orjson.loads(await _read_body(receive))
+        except orjson.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("input"), str | list):
+            return await _send_json(send, 400, _BAD_JSON)
+        model = str(request.get("model") or self.options.model_name)
+        try:
+            mode, opts = _select_mode("", model, self.options)
+        except ValueError as exc:
+            return await _send_json(send, 400, _error(str(exc), "invalid_request_error"))
+        if mode in ("http503", "http429", "http"):
+            status = {"http503": 503, "http429": 429}.get(mode, opts.status or 500)
+            return await _http_error(send, status, opts, model)
+        texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = []
+        for i, text in enumerate(texts):
+            digest = hashlib.sha256(str(text).encode()).digest()[:8]
+            vector = [b / 255 - 0.5 for b in digest]
+            norm = sum(v * v for v in vector) ** 0.5 or 1.0
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [v / norm for v in vector]}
+            )
+        tokens = sum(len(str(t).split()) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body = {"object": "list", "data": data, "model": model, "usage": usage}
+        await _send_json(send, 200, orjson.dumps(body))
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         raw = await _read_body(receive)
