@@ -17,12 +17,14 @@ from pydantic_core import PydanticUndefined
 from nobusy.cache import CacheSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.money.prices import ModelPrice, Price, PriceWindow, PricingSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
+from nobusy.upstreams.servers.vllm import Settings as ServerSettings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 MODELS: dict[str, type[BaseModel]] = {
@@ -37,12 +39,14 @@ MODELS: dict[str, type[BaseModel]] = {
     "GuardSettings": GuardSettings,
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
+    "KnowledgeSettings": KnowledgeSettings,
     "PiiSettings": PiiSettings,
     "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
     "anthropic": AnthropicSettings,
+    "servers": ServerSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 

@@ -21,7 +21,7 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)  # valid requests, th
 
 
 # The client protocols beside chat: fuzzed in a test of their own, with fewer examples each.
-PROTOCOLS = ("/v1/messages", "/v1/responses", "/v1/completions")
+PROTOCOLS = ("/v1/messages", "/v1/responses", "/v1/completions", "/v1/embeddings")
 
 
 def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:

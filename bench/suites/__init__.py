@@ -15,8 +15,10 @@ from bench.suites import (
     failover,
     failover_continuation,
     guard,
+    knowledge,
     memory,
     overhead,
+    pool,
     protocols,
     replicas,
     sigkill,
@@ -36,6 +38,7 @@ SUITES: dict[str, Suite] = {
         failover.SUITE,
         failover_continuation.SUITE,
         guard.SUITE,
+        knowledge.SUITE,
         bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,
@@ -43,5 +46,6 @@ SUITES: dict[str, Suite] = {
         replicas.SUITE,
         protocols.SUITE,
         cache.SUITE,
+        pool.SUITE,
     )
 }

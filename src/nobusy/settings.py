@@ -35,6 +35,7 @@ from nobusy.cache.policy import CacheSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.money.prices import PricingSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
@@ -42,6 +43,7 @@ from nobusy.upstreams.base import UpstreamSettings
 __all__ = [
     "MIN_SECRET_LENGTH",
     "SCALARS",
+    "AliasKnowledge",
     "AuditSettings",
     "HedgeSettings",
     "ModelAlias",
@@ -125,6 +127,19 @@ class HedgeSettings(BaseModel):
     budget: float = Field(0.05, gt=0, le=1, description="Largest share of requests hedged.")
 
 
+class AliasKnowledge(BaseModel):
+    """Vector stores whose passages ground an alias's answers, cited as [n]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stores: tuple[str, ...] = Field(
+        min_length=1, description="Vector store ids (`vs_...`) searched for every request."
+    )
+    top_k: PositiveInt = Field(
+        6, le=50, description="Passages put into the prompt, best first, numbered [1]..[k]."
+    )
+
+
 class ModelAlias(BaseModel):
     """The routes that serve one model name, in order of preference."""
 
@@ -147,6 +162,9 @@ class ModelAlias(BaseModel):
         default_factory=lambda: CacheSettings(),
         description="Answer identical requests from kept answers; serve them stale when no "
         "upstream can answer.",
+    )
+    knowledge: AliasKnowledge | None = Field(
+        None, description="Ground answers in these vector stores' passages, with citations."
     )
 
 
@@ -283,6 +301,10 @@ class Settings(BaseModel):
     )
     guard: GuardSettings = Field(
         default_factory=GuardSettings, description="Sensitive-word lexicons and their actions."
+    )
+    knowledge: KnowledgeSettings = Field(
+        default_factory=lambda: KnowledgeSettings(),
+        description="The knowledge base: chunking, the embedding model, Chinese words.",
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."

@@ -24,6 +24,7 @@ from nobusy.crypto import load_suite
 from nobusy.edge.auth import Authenticator
 from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.money.spend import Pricer
 from nobusy.offload import Offload
@@ -65,6 +66,7 @@ class AppState:
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
     responses: ResponsesStore | None = None  # the Responses API's kept responses
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
+    knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
 
 
 def app_state(request: Request) -> AppState:
@@ -104,6 +106,9 @@ async def running(
         if cache is not None:
             stack.push_async_callback(cache.aclose)
             metrics.watch_cache(cache)
+        knowledge = KnowledgeBase(settings)
+        stack.callback(knowledge.close)
+        knowledge.start()  # files left in progress by a crash or a restart are taken up again
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -129,7 +134,7 @@ async def running(
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
-            fleet, backends, responses=responses, cache=cache,
+            fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
         )  # fmt: skip
 
 

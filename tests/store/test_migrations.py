@@ -43,7 +43,8 @@ NOBUSY_NAMES = [
     "m006_responses",
     "m007_usage_cache",
     "m008_responses_shared",
-    "m009_money",
+    "m009_knowledge",
+    "m010_money",
 ]
 
 

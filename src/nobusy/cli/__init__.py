@@ -10,7 +10,9 @@ from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
 from nobusy.cli.errors import NobusyGroup
+from nobusy.cli.kb import kb
 from nobusy.cli.keys import keys
+from nobusy.cli.pool import pool
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
 from nobusy.cli.usage import usage
@@ -36,9 +38,11 @@ cli.add_command(models)
 cli.add_command(check)
 cli.add_command(chat)
 cli.add_command(keys)
+cli.add_command(kb)
 cli.add_command(audit)
 cli.add_command(secret)
 cli.add_command(usage)
+cli.add_command(pool)
 cli.add_command(fake_upstream_command)
 
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -39,11 +40,20 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
+from nobusy.knowledge.grounding import Grounding, is_local, retrieve
 from nobusy.money.budgets import budget_warning, check_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.capabilities import fitting
-from nobusy.routing.relay import Chunked, Encoder, collect, internal_error_event, sse_events
+from nobusy.routing.relay import (
+    DONE,
+    Chunked,
+    Encoder,
+    OpenAIEvents,
+    collect,
+    internal_error_event,
+    sse_events,
+)
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
@@ -108,21 +118,36 @@ class _LedgerEntry:
         self.key: Key | None = None
         self.walk: Walker | None = None
         self.masker: Masker | None = None
+        self.grounding: Grounding | None = None  # an alias's passages, retrieved once
         self.estimate = 0
         self.cache: CacheUse | None = None
         self.first_token_at: float | None = None  # of an answer from the cache
 
-    async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
-        """Check the key's own limits; from here on the request counts against them."""
+    async def admit(
+        self,
+        key: Key | None,
+        chat: ChatRequest,
+        body_size: int,
+        meanwhile: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Check the key's own limits (from here on the request counts against them) while
+        ``meanwhile`` runs; its result. With ``state`` the check is a round trip to Redis:
+        the request's own work (screening) fills it instead of waiting for it."""
         if key is not None:  # its money budget (nobusy.money.budgets), as this copy knows it
             check_budget(key, self.state.settings.pricing.currency, datetime.now(UTC))
             self.record.budgeted = key.budget_micros is not None
         limits = self.state.limits
         if key is None or limits is None:
-            return
+            return await meanwhile()
         self.record.key_id = key.id
         estimate = estimate_tokens(body_size, chat.max_completion_tokens or chat.max_tokens)
         admission = asyncio.ensure_future(limits.admit(key, chat.model, estimate))
+        await asyncio.sleep(0)  # the admission sends its command before ``meanwhile`` runs
+        failed: BaseException | None = None
+        try:
+            result = await meanwhile()
+        except BaseException as exc:  # re-raised below, once the admission is settled
+            failed = exc
         try:
             await asyncio.shield(admission)
         except asyncio.CancelledError:
@@ -134,7 +159,10 @@ class _LedgerEntry:
 
             admission.add_done_callback(give_back)
             raise
-        self.key, self.estimate = key, estimate
+        self.key, self.estimate = key, estimate  # admitted: its end is counted, whatever comes
+        if failed is not None:
+            raise failed
+        return result
 
     def ended(self, exc: BaseException) -> None:
         """Say how the request ended, unless an earlier step already did."""
@@ -250,10 +278,23 @@ class _PipelineResponse(Response):
             key.id if key else None,
             alias.pii,
         )
-        await entry.admit(key, chat, self.size)
-        body, entry.masker = await state.offload.run(
-            self.size, _screen, state.guard, alias.pii, body, entry.hits
-        )
+        if alias.knowledge is None:
+            body, entry.masker = await entry.admit(
+                key,
+                chat,
+                self.size,
+                lambda: state.offload.run(
+                    self.size, _screen, state.guard, alias.pii, body, entry.hits
+                ),
+            )
+        else:
+            # Passages are retrieved only for an admitted request, and go into the body before
+            # the guard and PII masking, which screen them like the client's own words.
+            await entry.admit(key, chat, self.size, _nothing)
+            entry.grounding = await _ground(entry, chat, body)
+            body, entry.masker = await state.offload.run(
+                self.size, _screen, state.guard, alias.pii, body, entry.hits
+            )
         entry.cache = use
         if use is not None and (kept := await use.fresh()) is not None:
             return await self._kept(entry, kept)
@@ -274,7 +315,10 @@ class _PipelineResponse(Response):
             if not await walk.take():  # queued
                 if chat.stream:
                     entry.record.outcome = "client_gone"  # until the stream says otherwise
-                    events = _queued_stream(chat, entry, walk, self.encoder(entry))
+                    encoder = self.encoder(entry)
+                    events = _cited(
+                        _queued_stream(chat, entry, walk, encoder), entry.grounding, encoder
+                    )
                     return EventStreamResponse(events, {"x-nobusy-upstream": "queued", **marked})
                 await walk.granted()
             answer = await _open(entry, walk)
@@ -302,9 +346,10 @@ class _PipelineResponse(Response):
         self.request.state.upstream = "cache"
         headers = {"x-nobusy-upstream": "cache", "x-nobusy-cache": use.status}
         note = STALE_NOTE if use.status == "stale" else None
-        return await self._respond(
-            entry, Kept(_outward(entry, replay(kept), kept=True)), headers, note
-        )
+        chunks = _outward(entry, replay(kept), kept=True)
+        if entry.grounding is not None:  # a kept answer cites as it did when it was new
+            chunks = entry.grounding.tap(chunks)
+        return await self._respond(entry, Kept(chunks), headers, note)
 
     async def _respond(
         self, entry: _LedgerEntry, answer: Chunked, headers: dict[str, str], note: str | None = None
@@ -317,12 +362,15 @@ class _PipelineResponse(Response):
             events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
             if note is not None:
                 events = after(encoder.note(note), events)
-            return EventStreamResponse(events, headers)
+            return EventStreamResponse(_cited(events, entry.grounding, encoder), headers)
         completion = await collect(answer, chat, entry.record, entry.capture)
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
-        return JSONResponse(self.protocol.render(completion, chat), headers=headers)
+        rendered = self.protocol.render(completion, chat)
+        if entry.grounding is not None:
+            rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
+        return JSONResponse(rendered, headers=headers)
 
     def encoder(self, entry: _LedgerEntry) -> Encoder:
         return self.protocol.encoder(self.chat, entry.record)
@@ -363,6 +411,8 @@ async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     if entry.cache is not None:
         chunks = entry.cache.record(chunks)
     answer.chunks = _outward(entry, chunks)
+    if entry.grounding is not None:  # the answer's [n], read as the client gets them
+        answer.chunks = entry.grounding.tap(answer.chunks)
     entry.answer = answer
     entry.record.upstream = answer.upstream
     entry.record.overflow = answer.overflow
@@ -388,6 +438,55 @@ def _from_cache(entry: _LedgerEntry, use: CacheUse) -> None:
     entry.record.upstream = "cache"
     entry.record.cache = use.status
     entry.first_token_at = time.perf_counter()
+
+
+async def _nothing() -> None:
+    """Admission's companion when nothing may run beside it."""
+
+
+async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
+    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``
+    (LocalOnlyStore when a route could take a ``local_only`` store's passages off premises);
+    the audit records which documents they came from."""
+    router, kb = entry.state.router, entry.state.knowledge
+    alias = router.alias(chat.model)
+    attached = alias.knowledge
+    if attached is None or kb is None:
+        return None
+    remote = sorted(
+        {
+            route.upstream
+            for route in (*alias.routes, *alias.overflow)
+            if not is_local(router.upstreams[route.upstream])
+        }
+    )
+    grounding = await retrieve(kb, attached.stores, attached.top_k, body, remote=remote)
+    if grounding is not None:
+        grounding.apply(body)
+        if entry.exchange is not None:
+            entry.exchange.request["nobusy_retrieved"] = grounding.sources()
+    return grounding
+
+
+async def _cited(
+    events: AsyncIterator[bytes], grounding: Grounding | None, encoder: Encoder
+) -> AsyncIterator[bytes]:
+    """OpenAI's stream with one more chunk before ``[DONE]``: ``nobusy.citations``, once the
+    whole answer is known (other protocols' streams end as their SDKs expect, unchanged)."""
+    if grounding is None or not isinstance(encoder, OpenAIEvents):
+        async for event in events:
+            yield event
+        return
+    async for event in events:
+        if event == DONE:
+            # A chunk with no choices, as the usage chunk is: SDKs parse it, clients skip it.
+            body = {
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "nobusy": grounding.citations(),
+            }
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+        yield event
 
 
 async def _queued_stream(

@@ -123,10 +123,18 @@ class FleetLeases(Protocol):
         peak: int = 0,
         light: Collection[str] = (),
         tokens: int = 0,
+        turn: tuple[float, float | None] | None = None,
+        need: int | None = None,
     ) -> bool:
         """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
-        slots kept for the ``light`` keys (less what they hold now), and the upstream's
-        rpm/tpm window has room for ``tokens`` more."""
+        slots kept for the ``light`` keys (less what they hold now), the upstream's rpm/tpm
+        window has room for ``need`` tokens (by default ``tokens``, counted in it), and
+        (``turn``: the place of this replica's first waiter of ``who``, and of the next one
+        once this take succeeds) no replica has an earlier one of ``who``."""
+        ...
+
+    def first(self, upstream: str) -> bool:
+        """Whether this replica's first waiter (of the key last taken for) was the fleet's."""
         ...
 
     def correct(self, upstream: str, tokens: int) -> None:

@@ -163,7 +163,40 @@ def m008_responses_shared(db: Database) -> None:
 
 
 @NOBUSY()
-def m009_money(db: Database) -> None:
+def m009_knowledge(db: Database) -> None:
+    # The knowledge base's records (store/knowledge.py): uploaded files (their bytes are under
+    # data_dir/files), vector stores, the files each store holds with their
+    # ingestion status, batches, and the stores a key was granted. Times are Unix seconds, as
+    # the Files and Vector Stores APIs give them; owner is the creating key (NULL without keys).
+    for statement in KNOWLEDGE_TABLES:
+        db.execute(statement)
+
+
+KNOWLEDGE_TABLES = (
+    "CREATE TABLE kb_files (id TEXT PRIMARY KEY, owner TEXT, filename TEXT NOT NULL, "
+    "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+    "created_at INTEGER NOT NULL, expires_at INTEGER)",
+    "CREATE INDEX kb_files_owner ON kb_files (owner, created_at)",
+    "CREATE TABLE kb_stores (id TEXT PRIMARY KEY, owner TEXT, name TEXT, "
+    "embedding_model TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', expires_after TEXT, "
+    "created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL)",
+    "CREATE INDEX kb_stores_owner ON kb_stores (owner, created_at)",
+    "CREATE TABLE kb_store_files (store_id TEXT NOT NULL, file_id TEXT NOT NULL, "
+    "batch_id TEXT, status TEXT NOT NULL, last_error TEXT, attributes TEXT NOT NULL "
+    "DEFAULT '{}', chunking TEXT, usage_bytes INTEGER NOT NULL DEFAULT 0, "
+    "chunks INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, "
+    "PRIMARY KEY (store_id, file_id))",
+    "CREATE INDEX kb_store_files_status ON kb_store_files (status)",
+    "CREATE INDEX kb_store_files_batch ON kb_store_files (batch_id)",
+    "CREATE TABLE kb_batches (id TEXT PRIMARY KEY, store_id TEXT NOT NULL, "
+    "status TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    "CREATE TABLE kb_grants (key_id TEXT NOT NULL, store_id TEXT NOT NULL, "
+    "PRIMARY KEY (key_id, store_id))",
+)
+
+
+@NOBUSY()
+def m010_money(db: Database) -> None:
     # What each request cost (nobusy.money.spend), in micro-units so that sums are exact, and
     # each key's money budget (nobusy.money.budgets): spent since budget_since, the start of
     # the current period.

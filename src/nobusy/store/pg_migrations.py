@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from sqlite_utils.migrations import Migrations
 
-from nobusy.store.migrations import _MONEY_KEYS, _MONEY_USAGE, AUDIT, NOBUSY
+from nobusy.store.migrations import _MONEY_KEYS, _MONEY_USAGE, AUDIT, KNOWLEDGE_TABLES, NOBUSY
 from nobusy.store.postgres import ERRORS, Link, startup_error
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
@@ -116,7 +116,11 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             "NULL)",
             "CREATE INDEX responses_expires ON responses (expires)",
         ),
-        "m009_money": tuple(
+        # The same tables (integers are BIGINT there): the knowledge base's records are this
+        # host's for now, in nobusy.db beside its index; the tables are made so that a
+        # PostgreSQL backend of store/knowledge.py needs no further migration.
+        "m009_knowledge": tuple(s.replace(" INTEGER", " BIGINT") for s in KNOWLEDGE_TABLES),
+        "m010_money": tuple(
             f"ALTER TABLE {table} ADD COLUMN {column.replace('INTEGER', 'BIGINT')}"
             for table, columns in (("usage", _MONEY_USAGE), ("keys", _MONEY_KEYS))
             for column in columns
