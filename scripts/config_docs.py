@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
@@ -30,6 +31,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "GuardSettings": GuardSettings,
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
+    "KnowledgeSettings": KnowledgeSettings,
     "PiiSettings": PiiSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,

@@ -32,6 +32,7 @@ from pydantic import (
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
 
@@ -259,6 +260,10 @@ class Settings(BaseModel):
     )
     guard: GuardSettings = Field(
         default_factory=GuardSettings, description="Sensitive-word lexicons and their actions."
+    )
+    knowledge: KnowledgeSettings = Field(
+        default_factory=lambda: KnowledgeSettings(),
+        description="The knowledge base: chunking, the embedding model, Chinese words.",
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."

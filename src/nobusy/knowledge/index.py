@@ -1,0 +1,454 @@
+"""The search index: chunks, their jieba words (FTS5, BM25) and vectors in one SQLite file.
+
+    chunks       one row per distinct text in a store (sha-256 of the text): offsets, heading,
+                 the vector as float32 bytes; a retried upload finds its rows there
+    chunk_files  which files hold each chunk (a text shared by two files is stored once, and
+                 goes when the last file holding it does)
+    files        each file's attributes (JSON), which filters are compiled against
+    stores       each store's embedding model: vectors of two models never meet in one store
+    chunks_fts   FTS5 over the chunk's heading and text cut into words by jieba
+
+Search runs BM25 and vector search each to a candidate list and fuses them by reciprocal rank
+(RRF, k=60: Cormack et al. 2009), optionally re-ordered for diversity by maximal marginal
+relevance. Vectors are searched exactly, by a matrix product over each store's vectors held in
+memory (``nobusy.knowledge.vectors``). One connection, one lock: safe for a process's threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from nobusy.errors import InvalidRequest, StorageUnavailable
+from nobusy.knowledge.chunking import Chunk
+from nobusy.knowledge.filters import compile_filter
+from nobusy.knowledge.scoring import relevance
+from nobusy.knowledge.segment import Segmenter, segmenter
+from nobusy.knowledge.vectors import StoreVectors
+
+__all__ = ["MODES", "Hit", "Index"]
+
+MODES = ("hybrid", "bm25", "vector")
+RRF_K = 60
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stores (
+    store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    store_id TEXT NOT NULL, file_id TEXT NOT NULL, attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (store_id, file_id));
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, store_id TEXT NOT NULL, file_id TEXT NOT NULL, hash TEXT NOT NULL,
+    text TEXT NOT NULL, heading TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    vector BLOB NOT NULL, UNIQUE (store_id, hash));
+CREATE TABLE IF NOT EXISTS chunk_files (
+    chunk_id INTEGER NOT NULL, store_id TEXT NOT NULL, file_id TEXT NOT NULL,
+    PRIMARY KEY (chunk_id, file_id));
+CREATE INDEX IF NOT EXISTS chunk_files_file ON chunk_files (store_id, file_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    words, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One chunk found: where it is, its text, its score and the scores it was fused from."""
+
+    store_id: str
+    file_id: str
+    chunk_id: int
+    text: str
+    start: int
+    end: int
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    attributes: dict[str, object] = field(default_factory=dict)
+    heading: str = ""
+
+
+class _Row(NamedTuple):
+    store_id: str
+    file_id: str
+    text: str
+    heading: str
+    start: int
+    end: int
+    vector: bytes
+    attributes: str
+
+
+class Index:
+    """Every store's chunks in one SQLite file, searched by words, by meaning, or both."""
+
+    def __init__(self, path: Path, embedder_name: str, *, dictionary: Path | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.embedder_name = embedder_name
+        self._segmenter: Segmenter = segmenter(dictionary)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._vectors: dict[str, StoreVectors] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"knowledge index {self.path}: {exc}") from exc
+
+    def add(
+        self,
+        store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        attributes: Mapping[str, object],
+    ) -> int:
+        """Add a file's chunks and their vectors; return how many were new to the store."""
+        if len(chunks) != len(vectors):
+            raise ValueError("Index.add: one vector per chunk")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        # Segmenting is the slow part of adding: done before the write lock is taken.
+        words = [" ".join(self._segmenter.words(c.context)) for c in chunks]
+        added = 0
+        with self._write() as db:
+            self._claim_store(db, store_id, vectors.shape[1] if len(vectors) else None)
+            db.execute(
+                "INSERT INTO files (store_id, file_id, attributes) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET attributes = excluded.attributes",
+                (store_id, file_id, json.dumps(dict(attributes), ensure_ascii=False)),
+            )
+            for piece, vector, text_words in zip(chunks, vectors, words, strict=True):
+                digest = _digest(piece.text)
+                cursor = db.execute(
+                    "INSERT INTO chunks (store_id, file_id, hash, text, heading, start, end, "
+                    "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        store_id,
+                        file_id,
+                        digest,
+                        piece.text,
+                        piece.heading,
+                        piece.start,
+                        piece.end,
+                        vector.tobytes(),
+                    ),
+                )
+                if cursor.rowcount:
+                    chunk_id = cursor.lastrowid
+                    db.execute(
+                        "INSERT INTO chunks_fts (rowid, words) VALUES (?, ?)",
+                        (chunk_id, text_words),
+                    )
+                    added += 1
+                else:
+                    row = db.execute(
+                        "SELECT id FROM chunks WHERE store_id = ? AND hash = ?", (store_id, digest)
+                    ).fetchone()
+                    chunk_id = row[0]
+                db.execute(
+                    "INSERT OR IGNORE INTO chunk_files VALUES (?, ?, ?)",
+                    (chunk_id, store_id, file_id),
+                )
+            self._vectors.pop(store_id, None)
+        return added
+
+    def _claim_store(self, db: sqlite3.Connection, store_id: str, dims: int | None) -> None:
+        row = db.execute(
+            "SELECT embedder, dimensions FROM stores WHERE store_id = ?", (store_id,)
+        ).fetchone()
+        if row is None:
+            if dims is not None:
+                db.execute(
+                    "INSERT INTO stores VALUES (?, ?, ?)", (store_id, self.embedder_name, dims)
+                )
+            return
+        if row[0] != self.embedder_name or (dims is not None and dims != row[1]):
+            raise InvalidRequest(
+                f"vector store {store_id} holds vectors of {row[0]} ({row[1]} dimensions); "
+                f"it cannot take vectors of {self.embedder_name}",
+                code="embedding_model_mismatch",
+            )
+
+    def store_embedder(self, store_id: str) -> str | None:
+        """The embedding model a store's vectors come from (None: it has none yet)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT embedder FROM stores WHERE store_id = ?", (store_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def remove_file(self, store_id: str, file_id: str) -> int:
+        """Remove a file from a store; return how many chunks went with it (shared ones stay)."""
+        with self._write() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT chunk_id FROM chunk_files WHERE store_id = ? AND file_id = ?",
+                    (store_id, file_id),
+                )
+            ]
+            db.execute(
+                "DELETE FROM chunk_files WHERE store_id = ? AND file_id = ?", (store_id, file_id)
+            )
+            db.execute("DELETE FROM files WHERE store_id = ? AND file_id = ?", (store_id, file_id))
+            removed = 0
+            for chunk_id in ids:
+                other = db.execute(
+                    "SELECT file_id FROM chunk_files WHERE chunk_id = ? LIMIT 1", (chunk_id,)
+                ).fetchone()
+                if other is None:
+                    db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+                    db.execute("DELETE FROM chunks_fts WHERE rowid = ?", (chunk_id,))
+                    removed += 1
+                else:
+                    db.execute("UPDATE chunks SET file_id = ? WHERE id = ?", (other[0], chunk_id))
+            self._vectors.pop(store_id, None)
+        return removed
+
+    def remove_store(self, store_id: str) -> None:
+        """Remove a store and everything in it."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE store_id = ?)",
+                (store_id,),
+            )
+            for table in ("chunks", "chunk_files", "files", "stores"):
+                db.execute(f"DELETE FROM {table} WHERE store_id = ?", (store_id,))
+            self._vectors.pop(store_id, None)
+
+    def count(self, store_id: str) -> int:
+        """How many distinct chunks a store holds."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM chunks WHERE store_id = ?", (store_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def search(
+        self,
+        store_ids: Sequence[str],
+        query: str,
+        vector: npt.NDArray[np.float32] | None,
+        *,
+        k: int,
+        filters: Mapping[str, object] | None = None,
+        score_threshold: float = 0.0,
+        mode: str = "hybrid",
+        diversity: float = 0.0,
+        candidates: int = 50,
+    ) -> list[Hit]:
+        """The ``k`` chunks of ``store_ids`` that best answer ``query``, best first.
+
+        ``mode``: ``hybrid`` fuses BM25 and vector ranks (BM25 alone when ``vector`` is None),
+        ``bm25`` or ``vector`` use one. ``score_threshold`` drops hits whose ``score`` (the
+        calibrated relevance in [0, 1]) is lower; ``diversity`` > 0 re-orders by MMR."""
+        if mode not in MODES:
+            raise InvalidRequest(f"search mode must be one of {', '.join(MODES)}", param="mode")
+        if not store_ids or k <= 0:
+            return []
+        pool = max(candidates, k)
+        with self._lock:
+            allowed = self._allowed_files(store_ids, filters)
+            keyword: list[tuple[int, float, str]] = []
+            semantic: list[tuple[int, float, str]] = []
+            if mode in ("hybrid", "bm25"):
+                keyword = self._bm25(store_ids, query, allowed, pool)
+            if mode in ("hybrid", "vector") and vector is not None:
+                semantic = self._nearest(store_ids, vector, allowed, pool)
+            fused = _fuse(keyword, semantic)
+            rows = self._rows([(chunk_id, file_id) for chunk_id, _, file_id in fused])
+        bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
+        cosine = {chunk_id: score for chunk_id, score, _ in semantic}
+        hits: list[Hit] = []
+        for chunk_id, rrf, _ in fused:
+            row = rows.get(chunk_id)
+            if row is None:
+                continue
+            store_id, file_id, text, heading, start, end, blob, attributes = row
+            chunk_cosine = cosine.get(chunk_id)
+            if chunk_cosine is None and vector is not None:
+                chunk_cosine = float(np.frombuffer(blob, dtype=np.float32) @ vector)
+            scores = {"rrf": rrf}
+            if chunk_id in bm25:
+                scores["bm25"] = bm25[chunk_id]
+            if chunk_cosine is not None:
+                scores["vector"] = chunk_cosine
+            score = relevance(self.embedder_name, chunk_cosine, bm25.get(chunk_id))
+            scores["relevance"] = score
+            if score < score_threshold:
+                continue
+            hits.append(
+                Hit(
+                    store_id,
+                    file_id,
+                    chunk_id,
+                    text,
+                    start,
+                    end,
+                    score,
+                    scores,
+                    json.loads(attributes),
+                    heading,
+                )
+            )
+        if diversity > 0 and vector is not None:
+            hits = _mmr(hits, rows, vector, k, 1.0 - diversity)
+        return hits[:k]
+
+    def _allowed_files(
+        self, store_ids: Sequence[str], filters: Mapping[str, object] | None
+    ) -> set[tuple[str, str]] | None:
+        if not filters:
+            return None
+        sql, params = compile_filter(filters)
+        marks = ",".join("?" for _ in store_ids)
+        rows = self._db.execute(
+            f"SELECT store_id, file_id FROM files WHERE store_id IN ({marks}) AND {sql}",
+            [*store_ids, *params],
+        )
+        return {(r[0], r[1]) for r in rows}
+
+    def _bm25(
+        self,
+        store_ids: Sequence[str],
+        query: str,
+        allowed: set[tuple[str, str]] | None,
+        limit: int,
+    ) -> list[tuple[int, float, str]]:
+        words = self._segmenter.query_words(query)
+        if not words or allowed == set():
+            return []
+        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        marks = ",".join("?" for _ in store_ids)
+        # A chunk held by several files comes once per file: the filter may allow any of them.
+        sql = (
+            "SELECT cf.chunk_id, -bm25(chunks_fts), cf.store_id, cf.file_id FROM chunks_fts "
+            "JOIN chunk_files cf ON cf.chunk_id = chunks_fts.rowid "
+            f"WHERE chunks_fts MATCH ? AND cf.store_id IN ({marks}) ORDER BY bm25(chunks_fts)"
+        )
+        out: dict[int, tuple[int, float, str]] = {}
+        for chunk_id, score, store_id, file_id in self._db.execute(sql, [match, *store_ids]):
+            if chunk_id in out or (allowed is not None and (store_id, file_id) not in allowed):
+                continue
+            out[chunk_id] = (int(chunk_id), float(score), str(file_id))
+            if len(out) >= limit:
+                break
+        return list(out.values())
+
+    def _nearest(
+        self,
+        store_ids: Sequence[str],
+        vector: npt.NDArray[np.float32],
+        allowed: set[tuple[str, str]] | None,
+        limit: int,
+    ) -> list[tuple[int, float, str]]:
+        if allowed == set():
+            return []
+        found: list[tuple[int, float, str]] = []
+        for store_id in store_ids:
+            vectors = self._vectors.get(store_id)
+            if vectors is None:
+                vectors = StoreVectors.load(self._db, store_id)
+                self._vectors[store_id] = vectors
+            found.extend(vectors.nearest(np.asarray(vector, dtype=np.float32), limit, allowed))
+        found.sort(key=lambda hit: -hit[1])
+        return found[:limit]
+
+    def _rows(self, found: Sequence[tuple[int, str]]) -> dict[int, _Row]:
+        """Each found chunk's row, with the file it was found in and that file's attributes."""
+        if not found:
+            return {}
+        file_of = dict((chunk_id, file_id) for chunk_id, file_id in found)
+        marks = ",".join("?" for _ in file_of)
+        rows = self._db.execute(
+            "SELECT id, store_id, text, heading, start, end, vector FROM chunks "
+            f"WHERE id IN ({marks})",
+            list(file_of),
+        ).fetchall()
+        out: dict[int, _Row] = {}
+        for chunk_id, store_id, text, heading, start, end, blob in rows:
+            file_id = file_of[chunk_id]
+            attrs = self._db.execute(
+                "SELECT attributes FROM files WHERE store_id = ? AND file_id = ?",
+                (store_id, file_id),
+            ).fetchone()
+            out[chunk_id] = _Row(
+                store_id,
+                file_id,
+                text,
+                heading,
+                start,
+                end,
+                blob,
+                attrs[0] if attrs else "{}",
+            )
+        return out
+
+
+def _digest(text: str) -> str:
+    # Whitespace differences (a re-exported file, CRLF) are the same passage.
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+
+
+def _fuse(*ranked: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
+    """Reciprocal rank fusion: each list gives 1 / (60 + rank) to each of its items."""
+    total: dict[int, float] = {}
+    file_of: dict[int, str] = {}
+    for results in ranked:
+        for rank, (chunk_id, _, file_id) in enumerate(results, start=1):
+            total[chunk_id] = total.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            file_of.setdefault(chunk_id, file_id)
+    best = sorted(total.items(), key=lambda pair: -pair[1])
+    return [(chunk_id, score, file_of[chunk_id]) for chunk_id, score in best]
+
+
+def _mmr(
+    hits: list[Hit],
+    rows: Mapping[int, _Row],
+    query: npt.NDArray[np.float32],
+    k: int,
+    weight: float,
+) -> list[Hit]:
+    """Maximal marginal relevance: each next hit is relevant and unlike those already taken."""
+    if len(hits) <= 1:
+        return hits
+    matrix = np.stack([np.frombuffer(rows[h.chunk_id].vector, dtype=np.float32) for h in hits])
+    relevance_to_query = matrix @ query
+    similarity = matrix @ matrix.T
+    chosen: list[int] = []
+    left = list(range(len(hits)))
+    while left and len(chosen) < k:
+
+        def gain(i: int) -> float:
+            redundancy = max((float(similarity[i, j]) for j in chosen), default=0.0)
+            return weight * float(relevance_to_query[i]) - (1 - weight) * redundancy
+
+        best = max(left, key=gain)
+        chosen.append(best)
+        left.remove(best)
+    return [hits[i] for i in chosen]
