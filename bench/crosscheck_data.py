@@ -80,7 +80,9 @@ def parse(source: str) -> list[Question]:
             hosts[provider.strip()] = [n.strip() for n in names.split(",")]
         elif line.startswith("@more "):  # more answers to an earlier question
             wanted = line[6:].strip()
-            questions.append(questions.pop(next(i for i, q in enumerate(questions) if q.id == wanted)))
+            questions.append(
+                questions.pop(next(i for i, q in enumerate(questions) if q.id == wanted))
+            )
         elif line.startswith("Q "):
             qid, lang, kind, split, question = (p.strip() for p in line[2:].split("|", 4))
             questions.append(Question(qid, lang, kind, split, question))
@@ -133,8 +135,13 @@ def load(split: str) -> list[Question]:
             )
         q.answers.append(
             Answer(
-                row["id"], row["qid"], row["provider"], row["host"], row["text"],
-                row["promotional"], row["spans"],
+                row["id"],
+                row["qid"],
+                row["provider"],
+                row["host"],
+                row["text"],
+                row["promotional"],
+                row["spans"],
             )
         )
     return list(questions.values())

@@ -59,7 +59,11 @@ def evaluate(questions: list[Question], mode: str, embedder: Embedder | None) ->
             for flag in report.flags:
                 if flag.type in PROMO_TYPES:
                     found |= set(range(flag.start, flag.end))
-            ctp, cfp, cfn = ctp + len(gold & found), cfp + len(found - gold), cfn + len(gold - found)
+            ctp, cfp, cfn = (
+                ctp + len(gold & found),
+                cfp + len(found - gold),
+                cfn + len(gold - found),
+            )
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     span_p = ctp / (ctp + cfp) if ctp + cfp else 0.0
@@ -144,10 +148,18 @@ def goals(result: Result) -> list[Goal]:
             "%",
         ),
         at_least("Cross-check, held-out character-span F1", held["span_f1"], SPAN_TARGET, ""),
-        at_most("Ad detector on a 1,000-character answer (median)", cost["detect_ms_median"],
-                DETECT_MS, "ms"),
-        at_most("Cross-check over 3 answers, time added (median)", cost["cross_ms_median"],
-                CROSS_MS, "ms"),
+        at_most(
+            "Ad detector on a 1,000-character answer (median)",
+            cost["detect_ms_median"],
+            DETECT_MS,
+            "ms",
+        ),
+        at_most(
+            "Cross-check over 3 answers, time added (median)",
+            cost["cross_ms_median"],
+            CROSS_MS,
+            "ms",
+        ),
     ]
 
 
@@ -180,11 +192,21 @@ def render(result: Result, img: Path) -> str:
         "than here: held-out uses brands and phrasings the rules were not tuned on, but its "
         "well-known brands may be in the shipped brand list. Detected = verdict `promotional`; "
         "FP on tricky clean = clean answers that must name brands, hospitals, emergency numbers "
-        "or slogans, judged `promotional`; \"not clean\" also counts `suspect`."
+        'or slogans, judged `promotional`; "not clean" also counts `suspect`.'
     )
     table = md_table(
-        ["split", "mode", "answers (promo)", "precision", "recall", "F1",
-         "FP tricky clean", "not clean, tricky", "FP all clean", "span F1"],
+        [
+            "split",
+            "mode",
+            "answers (promo)",
+            "precision",
+            "recall",
+            "F1",
+            "FP tricky clean",
+            "not clean, tricky",
+            "FP all clean",
+            "span F1",
+        ],
         rows,
     )
     cost_text = (

@@ -68,7 +68,9 @@ def calibrate() -> dict[str, Any]:
         labels: list[bool] = []
         for q, sup in zip(questions, all_supports, strict=True):
             sources = [Source(a.text, a.host) for a in q.answers]
-            for a, scored in zip(q.answers, score_inputs(q.question, sources, sup, only_below, q.lang), strict=True):
+            for a, scored in zip(
+                q.answers, score_inputs(q.question, sources, sup, only_below, q.lang), strict=True
+            ):
                 rows.append(scored.x)
                 labels.append(a.promotional)
         if "single" not in out:

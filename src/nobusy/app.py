@@ -11,7 +11,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from nobusy import web
-from nobusy.api import admin, chat, keys, messages, models, openapi, ops, responses_api
+from nobusy.api import (
+    admin,
+    chat,
+    crosscheck,
+    keys,
+    messages,
+    models,
+    openapi,
+    ops,
+    responses_api,
+)
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
 from nobusy.edge.drain import drain_on_signals
@@ -56,6 +66,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *chat.routes,
             *messages.routes,
             *responses_api.routes,
+            *crosscheck.routes,
             *models.routes,
             *ops.routes,
             *openapi.routes,

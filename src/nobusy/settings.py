@@ -32,6 +32,7 @@ from pydantic import (
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
+from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings
@@ -134,6 +135,10 @@ class ModelAlias(BaseModel):
     pii: PiiSettings = Field(
         default_factory=lambda: PiiSettings(),
         description="Mask personal data before it leaves for an upstream; restore it after.",
+    )
+    check_ads: bool = Field(
+        False,
+        description="Run the ad detector on every answer, as `x-nobusy-check: ads` asks.",
     )
 
 
@@ -264,6 +269,10 @@ class Settings(BaseModel):
     knowledge: KnowledgeSettings = Field(
         default_factory=lambda: KnowledgeSettings(),
         description="The knowledge base: chunking, the embedding model, Chinese words.",
+    )
+    crosscheck: CrossCheckSettings = Field(
+        default_factory=lambda: CrossCheckSettings(),
+        description="Cross-checks of several answers and the ad detector.",
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."

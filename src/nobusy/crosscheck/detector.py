@@ -39,6 +39,7 @@ class AnswerReport:
     flags: list[Flag]
     sentences: list[SentenceSupport] = field(default_factory=list)
     decided_by: str = "rules"
+    judge_explanation: str | None = None
 
     def as_dict(self, *, with_sentences: bool = False) -> dict[str, object]:
         out: dict[str, object] = {
@@ -47,6 +48,8 @@ class AnswerReport:
             "decided_by": self.decided_by,
             "flags": [f.as_dict() for f in self.flags],
         }
+        if self.judge_explanation is not None:
+            out["judge_explanation"] = self.judge_explanation
         if with_sentences:
             out["sentences"] = [
                 {
@@ -142,7 +145,9 @@ def cross_check(
     supports = support([s.text for s in sources], embedder)
     reports: list[AnswerReport] = []
     for source, parts, scored in zip(
-        sources, supports, score_inputs(question, sources, supports, cross.only_below, lang),
+        sources,
+        supports,
+        score_inputs(question, sources, supports, cross.only_below, lang),
         strict=True,
     ):
         x = scored.x if use_support else features(scored.flags)

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 
 from nobusy.crosscheck.explain import explain
 from nobusy.crosscheck.lexicons import Lexicons, fold, lexicons
-from nobusy.crosscheck.spans import Flag, FlagType, Sentence, overlaps, resolve, sentences
+from nobusy.crosscheck.spans import (
+    Flag,
+    FlagType,
+    Sentence,
+    Severity,
+    overlaps,
+    resolve,
+    sentences,
+)
 
 __all__ = ["Context", "find_flags"]
 
-_SEVERITY: dict[FlagType, str] = {
+_SEVERITY: dict[FlagType, Severity] = {
     "contact_or_purchase_path": "high",
     "self_preferencing": "medium",
     "call_to_action": "medium",
@@ -44,7 +52,7 @@ _ID_AFTER_LABEL = re.compile(
     r"\s?[：:]?\s?(￥[A-Za-z0-9]+￥|[@A-Za-z0-9][\w@.\-]{2,}(?<![.\-]))", re.ASCII
 )
 _SEARCH_PATH = re.compile(
-    rf"(?:(?:京东|淘宝|天猫|美团|抖音|拼多多|小红书)\s?)?搜(?:索)?\s?[“\"「]([^”\"」]{{1,24}})[”\"」]"
+    r"(?:(?:京东|淘宝|天猫|美团|抖音|拼多多|小红书)\s?)?搜(?:索)?\s?[“\"「]([^”\"」]{1,24})[”\"」]"
 )
 _SHOP_CART = re.compile(r"(?:点我)?主页小黄车|小黄车|橱窗链接|link in (?:my|the) bio")
 
@@ -156,7 +164,7 @@ class _Finder:
 
     def brands(self) -> None:
         quoted = [m.span() for m in _QUOTED.finditer(self.answer)]
-        for start, end, word, _ in self.lex.find("brands", self.folded):
+        for start, end, _, _ in self.lex.find("brands", self.folded):
             if not _ascii_bounded(self.folded, start, end) or not self._cased(start, end):
                 continue
             self._brand(start, end, quoted)
@@ -167,7 +175,11 @@ class _Finder:
         nouns = self.lex.lists["product_nouns"].words
         for match in _ZH_CUE.finditer(self.answer):
             name = _zh_name(fold(self.answer[match.end() : match.end() + 12]), nouns)
-            if name and self.answer[match.end()] != "的" and not any(g in self.answer[match.end() : match.end() + name] for g in _GENERIC):
+            if (
+                name
+                and self.answer[match.end()] != "的"
+                and not any(g in self.answer[match.end() : match.end() + name] for g in _GENERIC)
+            ):
                 self._brand(match.end(), match.end() + name, quoted)
 
     def _brand(self, start: int, end: int, quoted: Iterable[tuple[int, int]]) -> None:
@@ -238,7 +250,7 @@ class _Finder:
     def flags(self, parts: list[Sentence]) -> list[Flag]:
         language = self.context.language
         strong = [
-            Flag(s, e, kind, _SEVERITY[kind], self.answer[s:e])  # type: ignore[arg-type]
+            Flag(s, e, kind, _SEVERITY[kind], self.answer[s:e])
             for s, e, kind, weak in self.raw
             if not weak
         ]
@@ -259,9 +271,7 @@ class _Finder:
             weak = [f for f in weak if fold(f.text) not in asked]
         merged = resolve(strong + weak)
         return [
-            Flag(
-                f.start, f.end, f.type, f.severity, f.text, explain(f.type, f.text, language)
-            )
+            Flag(f.start, f.end, f.type, f.severity, f.text, explain(f.type, f.text, language))
             for f in merged
         ]
 

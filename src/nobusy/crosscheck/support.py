@@ -64,8 +64,7 @@ def support(
     for i, part in enumerate(parts):
         others = owner != i
         best = [
-            float(cosines[row + k][others].max()) if others.any() else 0.0
-            for k in range(len(part))
+            float(cosines[row + k][others].max()) if others.any() else 0.0 for k in range(len(part))
         ]
         mean = sum(best) / len(best) if best else 0.0
         spread = math.sqrt(sum((b - mean) ** 2 for b in best) / len(best)) if best else 0.0

@@ -45,7 +45,7 @@ from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
 
-__all__ = ["ClientProtocol", "Parser", "handle"]
+__all__ = ["ClientProtocol", "Parser", "complete", "handle"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,50 @@ async def handle(request: Request, protocol: ClientProtocol, parse: Parser) -> R
     chat, body = await state.offload.run(len(raw), parse, raw)
     state.router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
     return _PipelineResponse(request, state, protocol, chat, body, len(raw))
+
+
+async def complete(
+    request: Request,
+    chat: ChatRequest,
+    body: dict[str, Any],
+    size: int,
+    *,
+    request_id: str,
+    note: str,
+) -> tuple[dict[str, Any], UsageRecord]:
+    """One whole non-streaming answer through the same accounts as ``handle`` (key limits and
+    quota, guard and PII, a slot or a queue place, one usage row marked with ``note``), for a
+    feature that asks upstreams on a client's behalf (``nobusy.crosscheck``)."""
+    state = app_state(request)
+    state.drain.check()
+    entry = _LedgerEntry(state, chat, body, request_id)
+    entry.record.notes.append(note)
+    try:
+        key: Key | None = getattr(request.state, "key", None)
+        await entry.admit(key, chat, size)
+        body, entry.masker = await state.offload.run(
+            size, _screen, state.guard, state.router.alias(chat.model).pii, body, entry.hits
+        )
+        client = request.client.host if request.client else "unknown"
+        who = f"key:{key.id}" if key else f"client:{client}"
+        priority = key.priority if key else "normal"
+        default = key.max_wait if key and key.max_wait is not None else None
+        patience = _patience(request, default or state.settings.default_max_wait)
+        tokens = entry.estimate or estimate_tokens(
+            size, chat.max_completion_tokens or chat.max_tokens
+        )
+        walk = Walker(state.router, chat.model, body, request_id, who, priority, patience, tokens)
+        entry.walk = walk
+        if not await walk.take():
+            await walk.granted()
+        answer = await _open(entry, walk)
+        completion = await collect(answer, chat, entry.record, entry.capture)
+        return completion, entry.record
+    except BaseException as exc:
+        entry.ended(exc)
+        raise
+    finally:
+        await entry.settle()
 
 
 class _ClientGone(Exception):

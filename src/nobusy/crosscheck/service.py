@@ -1,0 +1,275 @@
+"""A cross-check request: checked, fanned out to its sources through the normal routing (each
+source one upstream call against the caller's key, its usage row marked ``crosscheck:ID``),
+then analysed; optionally judged.
+
+A source that fails is reported in its slot and the others are analysed; with one answer left
+the single-answer detector runs and the report says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+
+from nobusy.crosscheck.detector import AnswerReport, Source, check_answer, cross_check
+from nobusy.crosscheck.explain import language_of
+from nobusy.errors import InvalidRequest, ModelNotAllowed, NobusyError
+from nobusy.keys import Key
+from nobusy.knowledge.embedder import Embedder, load_embedder
+from nobusy.protocols.pipeline import complete
+from nobusy.schema import ChatRequest, Message, invalid_request, parse_json_object
+from nobusy.state import AppState, app_state
+
+__all__ = ["Check", "SourceResult", "analyse", "ask", "parse", "run"]
+
+MIN_MODELS, MAX_MODELS = 2, 5
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    messages: list[Message]
+    models: list[str]
+    judge: str | None = None
+    language: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+
+
+@dataclass
+class Check:
+    """A parsed cross-check: the question, the sources by name, the optional judge."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    question: str
+    models: list[str]
+    judge: str | None
+    language: str
+    stream: bool
+    max_tokens: int
+
+
+@dataclass
+class SourceResult:
+    """One source's slot: its answer, or how it failed."""
+
+    model: str
+    label: str
+    answer: str | None = None
+    upstream: str | None = None
+    latency_ms: float = 0.0
+    usage: dict[str, int] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    report: AnswerReport | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "label": self.label,
+            "status": "ok" if self.error is None else "failed",
+            "upstream": self.upstream,
+            "latency_ms": round(self.latency_ms, 1),
+            "usage": self.usage,
+            "answer": self.answer,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        if self.report is not None:
+            out.update(self.report.as_dict(with_sentences=True))
+        return out
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, str):
+        return content
+    parts = content or []
+    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+
+
+def parse(raw: bytes, state: AppState, key: Key | None, settings_max: int) -> Check:
+    """The request, or a 400 naming what is wrong with it."""
+    body = parse_json_object(raw, "a JSON object with `messages` and `models`")
+    try:
+        typed = msgspec.convert(body, _Body)
+    except msgspec.ValidationError as exc:
+        raise invalid_request(str(exc)) from None
+    users = [m for m in typed.messages if m.role == "user"]
+    question = _text(users[-1].content).strip() if users else ""
+    if not question:
+        raise InvalidRequest(
+            "The question is empty: the last user message has no text.", param="messages"
+        )
+    models = typed.models
+    if not MIN_MODELS <= len(models) <= MAX_MODELS:
+        raise InvalidRequest(
+            f"`models` must name {MIN_MODELS} to {MAX_MODELS} sources; it names {len(models)}.",
+            param="models",
+        )
+    if len(set(models)) != len(models):
+        raise InvalidRequest("`models` names a source twice.", param="models")
+    router = state.router
+    unknown = [m for m in models if not router.direct_route(m)]
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown model(s) in `models`: {', '.join(unknown)}. Use aliases of /v1/models "
+            "or UPSTREAM/MODEL routes of configured upstreams.",
+            param="models",
+        )
+    if typed.judge is not None:
+        if typed.judge in models:
+            raise InvalidRequest(
+                f"The judge '{typed.judge}' is one of the answering sources; pick another alias.",
+                param="judge",
+            )
+        if not router.direct_route(typed.judge):
+            raise InvalidRequest(f"Unknown judge model '{typed.judge}'.", param="judge")
+    if typed.language not in (None, "zh", "en"):
+        raise InvalidRequest("`language` must be `zh` or `en`.", param="language")
+    if key is not None:
+        for name in [*models, *([typed.judge] if typed.judge else [])]:
+            if not key.allows_model(name):
+                raise ModelNotAllowed(
+                    f"Key '{key.name}' may not use model '{name}'.", param="models"
+                )
+    messages = [msgspec.to_builtins(m) for m in typed.messages]
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    return Check(
+        id="xc-" + secrets.token_hex(8),
+        messages=messages,
+        question=question,
+        models=list(models),
+        judge=typed.judge,
+        language=typed.language or language_of(question),
+        stream=typed.stream,
+        max_tokens=typed.max_tokens or settings_max,
+    )
+
+
+async def ask(
+    request: Request,
+    check: Check,
+    model: str,
+    label: str,
+    note: str,
+    messages: list[dict[str, Any]],
+) -> SourceResult:
+    """One source's answer (or its failure) through the normal routing."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": check.max_tokens}
+    chat = msgspec.convert(body, ChatRequest)
+    result = SourceResult(model, label)
+    started = time.perf_counter()
+    try:
+        completion, record = await complete(
+            request,
+            chat,
+            body,
+            len(msgspec.json.encode(body)),
+            request_id=f"{request.state.request_id}-{label}",
+            note=note,
+        )
+    except NobusyError as exc:
+        result.error = exc.body()["error"]
+        result.latency_ms = (time.perf_counter() - started) * 1000
+        return result
+    result.latency_ms = (time.perf_counter() - started) * 1000
+    result.answer = _text(completion["choices"][0]["message"].get("content"))
+    result.upstream = record.upstream
+    result.usage = dict(completion.get("usage") or {})
+    return result
+
+
+def analyse(
+    check: Check,
+    results: Sequence[SourceResult],
+    embedder: Embedder | None,
+    hosts: dict[str, tuple[str, ...]],
+) -> dict[str, Any]:
+    """Run the detector over the answers that came back; the analysis part of the report."""
+    ok = [r for r in results if r.answer is not None]
+    if len(ok) >= 2:
+        sources = [Source(r.answer or "", hosts.get(r.upstream or "", ())) for r in ok]
+        report = cross_check(check.question, sources, embedder=embedder, language=check.language)
+        for r, answer in zip(ok, report.answers, strict=True):
+            r.report = answer
+        return {
+            "mode": "cross",
+            "agreement": round(report.agreement, 3),
+            "embedder": report.embedder,
+            "note": None,
+        }
+    for r in ok:
+        r.report = check_answer(
+            r.answer or "",
+            check.question,
+            host=hosts.get(r.upstream or "", ()),
+            language=check.language,
+        )
+    note = {
+        "zh": "只有一个来源给出了回答，因此只运行了单个回答的广告检测，没有交叉比对。",
+        "en": "Only one source answered: the single-answer detector ran, without a cross-check.",
+    }[check.language if check.language == "zh" else "en"]
+    return {
+        "mode": "single" if ok else "none",
+        "agreement": None,
+        "embedder": None,
+        "note": note if ok else None,
+    }
+
+
+async def embedder_of(state: AppState) -> Embedder | None:
+    """The configured sentence embedder, loaded off the event loop on first use."""
+    name = state.settings.crosscheck.embedder
+    if name == "none":
+        return None
+    return await asyncio.to_thread(load_embedder, name)
+
+
+async def run(request: Request, check: Check) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The cross-check as events: ``source`` for each answer as it arrives (in arrival order),
+    then ``analysis`` with the whole report."""
+    state = app_state(request)
+    labels = [chr(ord("A") + i) for i in range(len(check.models))]
+    note = f"crosscheck:{check.id}"
+    embedding = asyncio.ensure_future(embedder_of(state))
+    tasks = {
+        asyncio.ensure_future(ask(request, check, m, label, note, check.messages)): i
+        for i, (m, label) in enumerate(zip(check.models, labels, strict=True))
+    }
+    results: list[SourceResult | None] = [None] * len(tasks)
+    try:
+        for done in asyncio.as_completed(list(tasks)):
+            result = await done
+            i = check.models.index(result.model)
+            results[i] = result
+            yield "source", result.as_dict()
+        embedder = await embedding
+    finally:
+        for task in tasks:
+            task.cancel()
+        embedding.cancel()
+    final = [r for r in results if r is not None]
+    hosts = state.settings.crosscheck.hosts
+    analysis = await asyncio.to_thread(analyse, check, final, embedder, hosts)
+    judged: dict[str, Any] | None = None
+    if check.judge is not None and sum(r.answer is not None for r in final) >= 1:
+        from nobusy.crosscheck.judge import judge  # only a judged check needs it
+
+        judged = await judge(request, check, final, note)
+    yield (
+        "analysis",
+        {
+            "id": check.id,
+            "object": "nobusy.crosscheck",
+            "question": check.question,
+            "language": check.language,
+            **analysis,
+            "judge": judged,
+            "sources": [r.as_dict() for r in final],
+        },
+    )
