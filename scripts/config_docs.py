@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.knowledge.settings import KnowledgeSettings
@@ -32,6 +33,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
     "KnowledgeSettings": KnowledgeSettings,
+    "CrossCheckSettings": CrossCheckSettings,
     "PiiSettings": PiiSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,

@@ -29,10 +29,10 @@ from pydantic import (
     field_validator,
 )
 
+from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
-from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.upstreams import settings_class
 from nobusy.upstreams.base import UpstreamSettings

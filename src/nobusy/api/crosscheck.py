@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from nobusy.crosscheck.service import Check, parse, run
+from nobusy.crosscheck.service import parse, run
+from nobusy.crosscheck.sources import Check
 from nobusy.errors import NobusyError
 from nobusy.keys import Key
 from nobusy.responses import EventStreamResponse, JSONResponse

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nobusy.crosscheck.explain import explain
+from nobusy.crosscheck.sources import ask
 from nobusy.crosscheck.spans import PROMO_TYPES, Flag
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from nobusy.crosscheck.service import Check, SourceResult
+    from nobusy.crosscheck.sources import Check, SourceResult
 
 __all__ = ["build_prompt", "judge", "merge", "parse_verdicts"]
 
@@ -145,8 +146,6 @@ async def judge(
     request: Request, check: Check, results: Sequence[SourceResult], note: str
 ) -> dict[str, Any]:
     """Ask the judge once; merge its opinions into ``results``; what it did, for the report."""
-    from nobusy.crosscheck.service import ask
-
     ok = [r for r in results if r.answer is not None and r.report is not None]
     order = list(ok)
     random.Random(secrets.randbits(32)).shuffle(order)
@@ -159,7 +158,7 @@ async def judge(
         ],
         check.language,
     )
-    answered = {r.upstream for r in ok if r.upstream}
+    answered = {(r.upstream or "").partition("/")[0] for r in ok}
     model = _route(request, check.judge or "", answered)
     reply = await ask(
         request, check, model, "judge", note + ":judge", [{"role": "user", "content": prompt}]
@@ -185,6 +184,6 @@ async def judge(
         quotes_sent=sent,
         quotes_kept=kept,
         quotes_dropped=sent - kept,
-        same_upstream=reply.upstream in answered,
+        same_upstream=(reply.upstream or "").partition("/")[0] in answered,
     )
     return info

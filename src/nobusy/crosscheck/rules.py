@@ -277,17 +277,18 @@ class _Finder:
 
 
 def _zh_name(after: str, nouns: Sequence[str]) -> int:
-    """The length of the name at the start of ``after`` (0 if none): the longest stretch of
-    2-6 word characters before a terminator, else the shortest before a product noun."""
+    """The length of the name at the start of ``after`` (0 if none): the shortest stretch of
+    2-6 word characters before a product noun ("守护宝|防诈手表"), else the whole word before
+    a terminator ("说客英语，")."""
     word = 0
     while word < len(after) and re.match(rf"[{_CJK}A-Za-z0-9]", after[word]):
         word += 1
-    if 2 <= word <= 6 and (word == len(after) or after[word] in _ZH_TERMINATORS):
-        return word
     for length in range(2, min(word, 6) + 1):
         rest = after[length:]
         if any(rest.startswith(noun) for noun in nouns):
             return length
+    if 2 <= word <= 6 and (word == len(after) or after[word] in _ZH_TERMINATORS):
+        return word
     return 0
 
 

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 
-from nobusy.crosscheck.detector import AnswerReport, Source, check_answer, cross_check
+from nobusy.crosscheck.detector import Source, check_answer, cross_check
 from nobusy.crosscheck.explain import language_of
-from nobusy.errors import InvalidRequest, ModelNotAllowed, NobusyError
+from nobusy.crosscheck.judge import judge
+from nobusy.crosscheck.sources import Check, SourceResult, ask, text_of
+from nobusy.errors import InvalidRequest, ModelNotAllowed
 from nobusy.keys import Key
 from nobusy.knowledge.embedder import Embedder, load_embedder
-from nobusy.protocols.pipeline import complete
-from nobusy.schema import ChatRequest, Message, invalid_request, parse_json_object
+from nobusy.schema import Message, invalid_request, parse_json_object
 from nobusy.state import AppState, app_state
 
-__all__ = ["Check", "SourceResult", "analyse", "ask", "parse", "run"]
+__all__ = ["analyse", "parse", "run"]
 
 MIN_MODELS, MAX_MODELS = 2, 5
 
@@ -41,57 +40,6 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: int | None = None
 
 
-@dataclass
-class Check:
-    """A parsed cross-check: the question, the sources by name, the optional judge."""
-
-    id: str
-    messages: list[dict[str, Any]]
-    question: str
-    models: list[str]
-    judge: str | None
-    language: str
-    stream: bool
-    max_tokens: int
-
-
-@dataclass
-class SourceResult:
-    """One source's slot: its answer, or how it failed."""
-
-    model: str
-    label: str
-    answer: str | None = None
-    upstream: str | None = None
-    latency_ms: float = 0.0
-    usage: dict[str, int] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
-    report: AnswerReport | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": self.model,
-            "label": self.label,
-            "status": "ok" if self.error is None else "failed",
-            "upstream": self.upstream,
-            "latency_ms": round(self.latency_ms, 1),
-            "usage": self.usage,
-            "answer": self.answer,
-        }
-        if self.error is not None:
-            out["error"] = self.error
-        if self.report is not None:
-            out.update(self.report.as_dict(with_sentences=True))
-        return out
-
-
-def _text(content: str | list[dict[str, Any]] | None) -> str:
-    if isinstance(content, str):
-        return content
-    parts = content or []
-    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
-
-
 def parse(raw: bytes, state: AppState, key: Key | None, settings_max: int) -> Check:
     """The request, or a 400 naming what is wrong with it."""
     body = parse_json_object(raw, "a JSON object with `messages` and `models`")
@@ -100,7 +48,7 @@ def parse(raw: bytes, state: AppState, key: Key | None, settings_max: int) -> Ch
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
     users = [m for m in typed.messages if m.role == "user"]
-    question = _text(users[-1].content).strip() if users else ""
+    question = text_of(users[-1].content).strip() if users else ""
     if not question:
         raise InvalidRequest(
             "The question is empty: the last user message has no text.", param="messages"
@@ -151,39 +99,6 @@ def parse(raw: bytes, state: AppState, key: Key | None, settings_max: int) -> Ch
     )
 
 
-async def ask(
-    request: Request,
-    check: Check,
-    model: str,
-    label: str,
-    note: str,
-    messages: list[dict[str, Any]],
-) -> SourceResult:
-    """One source's answer (or its failure) through the normal routing."""
-    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": check.max_tokens}
-    chat = msgspec.convert(body, ChatRequest)
-    result = SourceResult(model, label)
-    started = time.perf_counter()
-    try:
-        completion, record = await complete(
-            request,
-            chat,
-            body,
-            len(msgspec.json.encode(body)),
-            request_id=f"{request.state.request_id}-{label}",
-            note=note,
-        )
-    except NobusyError as exc:
-        result.error = exc.body()["error"]
-        result.latency_ms = (time.perf_counter() - started) * 1000
-        return result
-    result.latency_ms = (time.perf_counter() - started) * 1000
-    result.answer = _text(completion["choices"][0]["message"].get("content"))
-    result.upstream = record.upstream
-    result.usage = dict(completion.get("usage") or {})
-    return result
-
-
 def analyse(
     check: Check,
     results: Sequence[SourceResult],
@@ -193,7 +108,7 @@ def analyse(
     """Run the detector over the answers that came back; the analysis part of the report."""
     ok = [r for r in results if r.answer is not None]
     if len(ok) >= 2:
-        sources = [Source(r.answer or "", hosts.get(r.upstream or "", ())) for r in ok]
+        sources = [Source(r.answer or "", hosts.get(_upstream(r), ())) for r in ok]
         report = cross_check(check.question, sources, embedder=embedder, language=check.language)
         for r, answer in zip(ok, report.answers, strict=True):
             r.report = answer
@@ -207,7 +122,7 @@ def analyse(
         r.report = check_answer(
             r.answer or "",
             check.question,
-            host=hosts.get(r.upstream or "", ()),
+            host=hosts.get(_upstream(r), ()),
             language=check.language,
         )
     note = {
@@ -220,6 +135,11 @@ def analyse(
         "embedder": None,
         "note": note if ok else None,
     }
+
+
+def _upstream(result: SourceResult) -> str:
+    """The upstream's name (the usage record names the route, ``UPSTREAM/MODEL``)."""
+    return (result.upstream or "").partition("/")[0]
 
 
 async def embedder_of(state: AppState) -> Embedder | None:
@@ -258,8 +178,6 @@ async def run(request: Request, check: Check) -> AsyncIterator[tuple[str, dict[s
     analysis = await asyncio.to_thread(analyse, check, final, embedder, hosts)
     judged: dict[str, Any] | None = None
     if check.judge is not None and sum(r.answer is not None for r in final) >= 1:
-        from nobusy.crosscheck.judge import judge  # only a judged check needs it
-
         judged = await judge(request, check, final, note)
     yield (
         "analysis",

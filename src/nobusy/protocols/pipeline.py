@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,6 +44,9 @@ from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
+
+if TYPE_CHECKING:
+    from nobusy.crosscheck.ads import AdsCheck
 
 __all__ = ["ClientProtocol", "Parser", "complete", "handle"]
 
@@ -295,17 +298,26 @@ class _PipelineResponse(Response):
         answer = await _open(entry, walk)
         headers = {"x-nobusy-upstream": answer.upstream}
         request.state.upstream = answer.upstream
+        ads = _ads_check(request, state, chat)
+        if ads is not None:
+            answer.chunks = ads.watch(answer.chunks)
         if chat.stream:
             entry.record.outcome = "client_gone"  # until the stream says otherwise
             events = sse_events(
                 answer, chat, entry.record, entry.close, entry.capture, self.encoder(entry)
             )
+            if ads is not None:
+                events = ads.around(events)
             return EventStreamResponse(events, headers)
         completion = await collect(answer, chat, entry.record, entry.capture)
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
-        return JSONResponse(self.protocol.render(completion, chat), headers=headers)
+        rendered = self.protocol.render(completion, chat)
+        if ads is not None:
+            text = "".join(ads.parts)
+            await state.offload.run(len(text) * 4, ads.annotate, rendered, text, headers)
+        return JSONResponse(rendered, headers=headers)
 
     def encoder(self, entry: _LedgerEntry) -> Encoder:
         return self.protocol.encoder(self.chat, entry.record)
@@ -418,6 +430,17 @@ async def _disconnected(receive: Receive) -> None:
     # The body has been read: what receive() delivers now is the client leaving.
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _ads_check(request: Request, state: AppState, chat: ChatRequest) -> AdsCheck | None:
+    """The ad detector for this answer when the request or its alias asks for it."""
+    header = request.headers.get("x-nobusy-check")
+    setting = state.router.alias(chat.model).check_ads
+    if header is None and not setting:
+        return None  # off: nothing imported or run
+    from nobusy.crosscheck.ads import AdsCheck, wanted  # numpy and the lexicons: on first use
+
+    return AdsCheck(chat) if wanted(header, setting) else None
 
 
 def _patience(request: Request, default: float) -> float:
