@@ -10,6 +10,7 @@ from bench.suites import (
     admission,
     audit,
     bigbody,
+    crosscheck,
     embedded,
     failover,
     failover_continuation,
@@ -39,5 +40,6 @@ SUITES: dict[str, Suite] = {
         admission.SUITE,
         sigkill.SUITE,
         replicas.SUITE,
+        crosscheck.SUITE,
     )
 }

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from nobusy.crosscheck.explain import explain, language_of
 from nobusy.crosscheck.lexicons import fold
 from nobusy.crosscheck.rules import Context, find_flags
@@ -135,6 +138,7 @@ def cross_check(
     embedder: Embedder | None = None,
     language: str | None = None,
     use_support: bool = True,
+    vectors: Sequence[npt.NDArray[np.float32] | None] | None = None,
 ) -> CrossReport:
     """Check each answer with the rules and with its support from the others
     (``use_support=False``: the rules alone, for comparison)."""
@@ -142,7 +146,7 @@ def cross_check(
     name = embedder.name if embedder is not None else "bigram"
     cross = model("cross", name)
     m = cross if use_support else model("single")
-    supports = support([s.text for s in sources], embedder)
+    supports = support([s.text for s in sources], embedder, vectors)
     reports: list[AnswerReport] = []
     for source, parts, scored in zip(
         sources,

@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from starlette.requests import Request
 
 from nobusy.crosscheck.detector import Source, check_answer, cross_check
 from nobusy.crosscheck.explain import language_of
 from nobusy.crosscheck.judge import judge
 from nobusy.crosscheck.sources import Check, SourceResult, ask, text_of
+from nobusy.crosscheck.support import embed_sentences
 from nobusy.errors import InvalidRequest, ModelNotAllowed
 from nobusy.keys import Key
 from nobusy.knowledge.embedder import Embedder, load_embedder
@@ -104,12 +107,16 @@ def analyse(
     results: Sequence[SourceResult],
     embedder: Embedder | None,
     hosts: dict[str, tuple[str, ...]],
+    vectors: dict[str, npt.NDArray[np.float32]] | None = None,
 ) -> dict[str, Any]:
     """Run the detector over the answers that came back; the analysis part of the report."""
     ok = [r for r in results if r.answer is not None]
     if len(ok) >= 2:
         sources = [Source(r.answer or "", hosts.get(_upstream(r), ())) for r in ok]
-        report = cross_check(check.question, sources, embedder=embedder, language=check.language)
+        given = [(vectors or {}).get(r.model) for r in ok]
+        report = cross_check(
+            check.question, sources, embedder=embedder, language=check.language, vectors=given
+        )
         for r, answer in zip(ok, report.answers, strict=True):
             r.report = answer
         return {
@@ -162,20 +169,30 @@ async def run(request: Request, check: Check) -> AsyncIterator[tuple[str, dict[s
         for i, (m, label) in enumerate(zip(check.models, labels, strict=True))
     }
     results: list[SourceResult | None] = [None] * len(tasks)
+    # Each answer's sentences are embedded as soon as it arrives, while slower sources are
+    # still answering: after the slowest, only its own sentences are left to embed.
+    embedded: dict[str, asyncio.Future[npt.NDArray[np.float32]]] = {}
+
+    async def embed(text: str) -> npt.NDArray[np.float32]:
+        return await asyncio.to_thread(embed_sentences, text, await embedding)
+
     try:
         for done in asyncio.as_completed(list(tasks)):
             result = await done
             i = check.models.index(result.model)
             results[i] = result
+            if result.answer is not None:
+                embedded[result.model] = asyncio.ensure_future(embed(result.answer))
             yield "source", result.as_dict()
         embedder = await embedding
+        vectors = {model: await future for model, future in embedded.items()}
     finally:
-        for task in tasks:
+        pending: list[asyncio.Future[Any]] = [*tasks, *embedded.values(), embedding]
+        for task in pending:
             task.cancel()
-        embedding.cancel()
     final = [r for r in results if r is not None]
     hosts = state.settings.crosscheck.hosts
-    analysis = await asyncio.to_thread(analyse, check, final, embedder, hosts)
+    analysis = await asyncio.to_thread(analyse, check, final, embedder, hosts, vectors)
     judged: dict[str, Any] | None = None
     if check.judge is not None and sum(r.answer is not None for r in final) >= 1:
         judged = await judge(request, check, final, note)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from nobusy.crosscheck.spans import Sentence, sentences
 from nobusy.knowledge.embedder import Embedder
 
-__all__ = ["SentenceSupport", "bigram_vectors", "support"]
+__all__ = ["SentenceSupport", "bigram_vectors", "embed_sentences", "support"]
 
 
 @dataclass(slots=True)
@@ -45,20 +45,34 @@ def bigram_vectors(texts: Sequence[str]) -> npt.NDArray[np.float32]:
     return np.asarray(rows / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def embed_sentences(answer: str, embedder: Embedder | None) -> npt.NDArray[np.float32]:
+    """The vectors of ``answer``'s sentences, one row each (done as each answer arrives, so
+    that only the last one is embedded after the slowest source has answered)."""
+    texts = [s.text for s in sentences(answer)]
+    if not texts:
+        return np.zeros((0, embedder.dimensions if embedder else 4096), dtype=np.float32)
+    return embedder.embed(texts, query=False) if embedder is not None else bigram_vectors(texts)
+
+
 def support(
-    answers: Sequence[str], embedder: Embedder | None = None
+    answers: Sequence[str],
+    embedder: Embedder | None = None,
+    vectors: Sequence[npt.NDArray[np.float32] | None] | None = None,
 ) -> list[list[SentenceSupport]]:
-    """For each answer, its sentences with their support from the other answers."""
+    """For each answer, its sentences with their support from the other answers;
+    ``vectors`` may hold some answers' sentence vectors (``embed_sentences``) already."""
     parts = [sentences(a) for a in answers]
     texts = [s.text for p in parts for s in p]
     owner = np.array([i for i, p in enumerate(parts) for _ in p], dtype=np.int32)
     if not texts:
         return [[] for _ in answers]
-    if embedder is not None:
-        vectors = embedder.embed(texts, query=False)
-    else:
-        vectors = bigram_vectors(texts)
-    cosines = vectors @ vectors.T
+    given = list(vectors) if vectors is not None else [None] * len(answers)
+    rows = [
+        v if v is not None and len(v) == len(p) else embed_sentences(a, embedder)
+        for a, p, v in zip(answers, parts, given, strict=True)
+    ]
+    matrix = np.concatenate(rows, axis=0)
+    cosines = matrix @ matrix.T
     out: list[list[SentenceSupport]] = []
     row = 0
     for i, part in enumerate(parts):
