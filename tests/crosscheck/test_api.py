@@ -189,3 +189,19 @@ def test_ads_on_a_stream_and_by_alias_setting(server: Process) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.startswith("Fake answer to")
     client.close()
+
+
+def test_the_cli_shows_answers_side_by_side_and_a_summary(server: Process) -> None:
+    from click.testing import CliRunner
+
+    from nobusy.cli.crosscheck import crosscheck
+
+    runner = CliRunner()
+    args = [PROMO, "--models", "a,b", "--url", server.url]
+    shown = runner.invoke(crosscheck, args, env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "promotional" in shown.output and "agreement" in shown.output
+    as_json = runner.invoke(crosscheck, [*args, "--json"])
+    assert json.loads(as_json.output)["mode"] == "cross"
+    refused = runner.invoke(crosscheck, [PROMO, "--models", "a", "--url", server.url])
+    assert refused.exit_code != 0 and "2 to 5" in refused.output

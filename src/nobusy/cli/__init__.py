@@ -9,6 +9,7 @@ import click
 from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
+from nobusy.cli.crosscheck import crosscheck
 from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.keys import keys
 from nobusy.cli.secret import secret
@@ -35,6 +36,7 @@ cli.add_command(serve)
 cli.add_command(models)
 cli.add_command(check)
 cli.add_command(chat)
+cli.add_command(crosscheck)
 cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(secret)
