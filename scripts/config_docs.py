@@ -19,6 +19,7 @@ from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.settings import AuditSettings, HedgeSettings, ModelAlias, Settings
+from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
@@ -38,6 +39,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
+    "anthropic": AnthropicSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 

@@ -212,6 +212,61 @@ def base_url(gateway: Process) -> str:
     return gateway.url + "/v1"
 
 
+# The same drills with `kind: anthropic` upstreams: the fake answers /v1/messages with the same
+# faults and text, so these upstreams and aliases are GATEWAY_CONFIG's in Anthropic's format.
+ANTHROPIC_GATEWAY_CONFIG = """
+max_attempts: 6
+retry_budget_min: 100000
+upstreams:
+  fake: {{kind: anthropic, base_url: "{fake}", api_key: "${{FAKE_KEY}}", first_token_timeout: 2,
+          idle_timeout: 1, continuation: prefix}}
+  vllm: {{kind: anthropic, base_url: "{fake}", continuation: vllm}}
+  backup: {{kind: anthropic, base_url: "{fake}", default_model: ok, continuation: prefix}}
+  auto: {{kind: anthropic, base_url: "{fake}", default_model: ok}}
+  wordy: {{kind: anthropic, base_url: "{fake}", default_model: "ok:continuation=none"}}
+  refused: {{kind: anthropic, base_url: "http://127.0.0.1:{dead}", default_model: ok}}
+  busy: {{kind: anthropic, base_url: "{fake}", default_model: http503}}
+  limited: {{kind: anthropic, base_url: "{fake}", default_model: "http429:retry_after=7"}}
+  hang: {{kind: anthropic, base_url: "{fake}", default_model: hang, first_token_timeout: 1}}
+  keepalive: {{kind: anthropic, base_url: "{fake}", default_model: keepalive,
+               first_token_timeout: 1}}
+  badkey: {{kind: anthropic, base_url: "{fake}", default_model: "http:status=401"}}
+models:
+  ok: [fake/ok]
+  reasoning: [fake/reasoning]
+  tools: [fake/tool-call]
+  drop: [fake/drop]
+  rejected: [fake/http:status=400, backup]
+  alldown: [refused, busy]
+  allpaused: [busy, limited]
+""" + "".join(
+    f"  fault-{name}: [{', '.join(repr(r) for r in routes)}]\n" for name, routes in FAULTS.items()
+)
+
+
+@pytest.fixture(scope="session")
+def anthropic_gateway(
+    fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    """nobusy in front of the fake upstream's Messages API: `kind: anthropic` upstreams."""
+    tmp = tmp_path_factory.mktemp("anthropic-gateway")
+    config = ANTHROPIC_GATEWAY_CONFIG.format(fake=fake_upstream.url, dead=free_port())
+    process = serve(tmp, config, env={"FAKE_KEY": "sk-test-secret-123"})
+    yield process
+    process.stop()
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def any_kind_url(request: pytest.FixtureRequest) -> str:
+    """Like ``base_url``, once with ``kind: openai`` upstreams and once with ``kind: anthropic``
+    ones (the same upstream and alias names), for the drills both kinds must pass."""
+    gateway: Process = request.getfixturevalue(
+        "gateway" if request.param == "openai" else "anthropic_gateway"
+    )
+    httpx.post(gateway.url + "/v1/nobusy/upstreams/all/reset").raise_for_status()
+    return gateway.url + "/v1"
+
+
 _CLIENTS: dict[str, openai.OpenAI] = {}
 
 

@@ -7,6 +7,8 @@ reported honestly, never nobusy's own), and every error must be in OpenAI's shap
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -18,10 +20,26 @@ EXAMPLES = {"POST": 600, "GET": 40}
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)  # valid requests, then invalid ones
 
 
+# The client protocols beside chat: fuzzed in a test of their own, with fewer examples each.
+PROTOCOLS = ("/v1/messages", "/v1/responses", "/v1/completions")
+
+
 def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:
+    cases = fuzz(gateway, lambda path: not path.startswith(PROTOCOLS), EXAMPLES)
+    assert cases >= 1000, cases
+
+
+def test_fuzzed_protocol_requests_never_get_a_server_error(gateway: Process) -> None:
+    cases = fuzz(gateway, lambda path: path.startswith(PROTOCOLS), {"POST": 50, "GET": 20})
+    assert cases >= 300, cases
+
+
+def fuzz(gateway: Process, chosen: Callable[[str], bool], examples: dict[str, int]) -> int:
+    """Fuzz the operations whose path is ``chosen``; the number of cases sent."""
     schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
     cases = 0
     operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [op for op in operations if chosen(op.path)]
     # Invalid requests only where there is something to make invalid: the request body.
     runs = [
         (op, m) for op in operations for m in MODES if op.method.upper() == "POST" or m == MODES[0]
@@ -30,7 +48,7 @@ def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
-            max_examples=EXAMPLES.get(operation.method.upper(), 60),
+            max_examples=examples.get(operation.method.upper(), 20),
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
@@ -39,12 +57,19 @@ def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:
             nonlocal cases
             cases += 1
             response = case.call(base_url=gateway.url, timeout=30)
+            anthropic = case.path.startswith("/v1/messages")  # Anthropic's error shape there
             if response.status_code >= 500:
                 error = response.json()["error"]
-                assert error["type"] in ("service_unavailable", "upstream_error"), response.text
-            if response.status_code >= 400:
+                kinds = ("overloaded_error", "api_error", "timeout_error") if anthropic else ()
+                assert error["type"] in ("service_unavailable", "upstream_error", *kinds), (
+                    response.text
+                )
+            if response.status_code >= 400 and anthropic:
+                assert response.json()["type"] == "error", response.text
+                assert set(response.json()["error"]) == {"type", "message"}
+            elif response.status_code >= 400:
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}
             assert "Traceback" not in response.text
 
         check()
-    assert cases >= 1000, cases
+    return cases

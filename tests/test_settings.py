@@ -191,12 +191,31 @@ models:
     [
         ("[{route: a/m, weight: 0}]", r"models\.m\.routes\[0\]: a weighted route"),
         ("[[a/m, 5]]", r"models\.m\.routes\[0\]\[1\]: must be"),
+        ("[{route: a/m, vision: maybe}]", r"models\.m\.routes\[0\]: .*vision, completions, fim"),
+        ("[{route: a/m, colour: red}]", r"models\.m\.routes\[0\]: a weighted route"),
     ],
 )
 def test_bad_routes_name_the_place(tmp_path: Path, routes: str, says: str) -> None:
     text = f"upstreams:\n  a: {{kind: embedded}}\nmodels:\n  m: {routes}\n"
     with pytest.raises(ConfigError, match=says):
         load_settings(write(tmp_path, text), env={})
+
+
+def test_routes_and_upstreams_say_what_they_take(tmp_path: Path) -> None:
+    text = """
+upstreams:
+  a: {kind: openai, base_url: "http://a/v1", completions: true, fim: true, vision: false}
+  local: {kind: embedded}
+models:
+  m: [{route: a/x, fim: false, vision: true}, a/y, local]
+"""
+    settings = load_settings(write(tmp_path, text), env={})
+    first, second, local = settings.models["m"].routes
+    assert (first.vision, first.completions, first.fim) == (True, None, False)
+    assert (second.vision, second.completions, second.fim) == (None, None, None)
+    a, embedded = settings.upstreams["a"], settings.upstreams["local"]
+    assert (a.vision, a.completions, a.fim) == (False, True, True)
+    assert (embedded.vision, embedded.completions, embedded.fim) == (False, True, False)
 
 
 def test_the_shipped_example_loads() -> None:

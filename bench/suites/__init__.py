@@ -17,6 +17,7 @@ from bench.suites import (
     guard,
     memory,
     overhead,
+    protocols,
     replicas,
     sigkill,
     workers,
@@ -41,5 +42,6 @@ SUITES: dict[str, Suite] = {
         sigkill.SUITE,
         replicas.SUITE,
         crosscheck.SUITE,
+        protocols.SUITE,
     )
 }

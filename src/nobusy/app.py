@@ -14,6 +14,7 @@ from nobusy import web
 from nobusy.api import (
     admin,
     chat,
+    completions,
     crosscheck,
     keys,
     messages,
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *messages.routes,
             *responses_api.routes,
             *crosscheck.routes,
+            *completions.routes,
             *models.routes,
             *ops.routes,
             *openapi.routes,

@@ -9,6 +9,7 @@ uvicorn: ``data_dir`` is ``NOBUSY_DATA_DIR`` and ``--data-dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -83,6 +84,11 @@ class Route:
     model: str | None = None
     tier: int = 0
     weight: float = 1.0
+    # What this route's model takes, where it differs from its upstream's settings
+    # (routing.capabilities); None: as the upstream says.
+    vision: bool | None = None
+    completions: bool | None = None
+    fim: bool | None = None
 
     @classmethod
     def parse(cls, text: str, tier: int = 0, weight: float = 1.0) -> Route:
@@ -445,16 +451,28 @@ def _parse_tiers(items: list[Any], where: str) -> list[Route]:
     return routes
 
 
+# What a route may say of its own model (nobusy.routing.capabilities).
+_ROUTE_FLAGS = ("vision", "completions", "fim")
+
+
 def _parse_route(entry: Any, tier: int, where: str) -> Route:
     if isinstance(entry, str) and entry:
         return Route.parse(entry, tier)
     if isinstance(entry, dict) and isinstance(entry.get("route"), str):
         weight = entry.get("weight", 1.0)
-        if set(entry) - {"route", "weight"} or not isinstance(weight, int | float) or weight <= 0:
+        flags = {k: v for k, v in entry.items() if k in _ROUTE_FLAGS}
+        if (
+            set(entry) - {"route", "weight", *_ROUTE_FLAGS}
+            or not isinstance(weight, int | float)
+            or weight <= 0
+            or not all(isinstance(v, bool) for v in flags.values())
+        ):
             raise ConfigError(
-                f"{where}: a weighted route is {{route: UPSTREAM/MODEL, weight: N > 0}}"
+                f"{where}: a weighted route is {{route: UPSTREAM/MODEL, weight: N > 0}}, "
+                "optionally with vision, completions, fim: true/false"
             )
-        return Route.parse(entry["route"], tier, float(weight))
+        route = Route.parse(entry["route"], tier, float(weight))
+        return dataclasses.replace(route, **flags) if flags else route
     raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 

@@ -1,7 +1,9 @@
 """Every fault, streaming and not: the client receives exactly what the healthy path gives.
 
 Each `fault-*` alias (tests/conftest.py) puts a faulty route before a healthy one; before the
-first token nobusy fails over, after it nobusy continues the answer on the next route.
+first token nobusy fails over, after it nobusy continues the answer on the next route. The
+drills run twice (`any_kind_url`): with `kind: openai` upstreams and with `kind: anthropic` ones,
+which the fake upstream answers in the Messages API's format with the same faults.
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def ask(base_url: str, model: str, stream: bool, **kwargs: Any) -> tuple[dict[st
 @pytest.mark.parametrize(
     "fault", sorted(set(FAULTS) - {"reasoning-cut", "tool-call-cut", "reasoning-then-content-cut"})
 )
-def test_text_is_exactly_the_healthy_answer(base_url: str, fault: str, stream: bool) -> None:
+def test_text_is_exactly_the_healthy_answer(any_kind_url: str, fault: str, stream: bool) -> None:
     answer, raw = ask(
-        base_url,
+        any_kind_url,
         f"fault-{fault}",
         stream,
         stream_options={"include_usage": True} if stream else None,
@@ -99,84 +101,111 @@ def test_text_is_exactly_the_healthy_answer(base_url: str, fault: str, stream: b
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
 @pytest.mark.parametrize("fault", ["reasoning-cut", "reasoning-then-content-cut"])
-def test_reasoning_cut_is_seamless(base_url: str, fault: str, stream: bool) -> None:
-    answer, _ = ask(base_url, f"fault-{fault}", stream)
+def test_reasoning_cut_is_seamless(any_kind_url: str, fault: str, stream: bool) -> None:
+    answer, _ = ask(any_kind_url, f"fault-{fault}", stream)
     assert answer["reasoning"] == reasoning_text(MESSAGES)
     assert answer["content"] == answer_text(MESSAGES)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
-def test_tool_call_cut_never_shows_broken_json(base_url: str, stream: bool) -> None:
-    answer, _ = ask(base_url, "fault-tool-call-cut", stream, tools=TOOLS)
+def test_tool_call_cut_never_shows_broken_json(any_kind_url: str, stream: bool) -> None:
+    answer, _ = ask(any_kind_url, "fault-tool-call-cut", stream, tools=TOOLS)
     assert answer["finish"] == "tool_calls"
     assert len(answer["tools"]) == 1
     assert answer["tools"][0]["name"] == "search"
     assert json.loads(answer["tools"][0]["arguments"]) == {"query": "Are you there?"}
 
 
-def test_mid_stream_continuation_is_announced_in_an_sse_comment(base_url: str) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_tool_call_round_trip(any_kind_url: str, stream: bool) -> None:
+    # The call (cut once on the way), then its result sent back: with kind anthropic this
+    # travels as tool_use and tool_result blocks, and the answer is the healthy one.
+    answer, _ = ask(any_kind_url, "fault-tool-call-cut", stream, tools=TOOLS)
+    (call,) = answer["tools"]
+    arguments = json.loads(call["arguments"])
+    follow_up = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": call},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": f"found {arguments['query']}"},
+    ]
+    raw = client(any_kind_url).chat.completions.create(
+        model="ok", messages=follow_up, tools=TOOLS, stream=False
+    )
+    assert raw.choices[0].message.content == answer_text(MESSAGES)
+
+
+def test_mid_stream_continuation_is_announced_in_an_sse_comment(any_kind_url: str) -> None:
     body = {"model": "fault-drop5", "stream": True, "messages": MESSAGES}
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+    with httpx.stream("POST", f"{any_kind_url}/chat/completions", json=body) as response:
         lines = list(response.iter_lines())
     notes = [line for line in lines if line.startswith(": nobusy")]
     assert len(notes) == 1 and "continuing on backup" in notes[0]
     assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
 
 
-def test_non_streaming_continuation_is_named_in_a_header(base_url: str) -> None:
-    _, raw = ask(base_url, "fault-drop5", stream=False)
+def test_non_streaming_continuation_is_named_in_a_header(any_kind_url: str) -> None:
+    _, raw = ask(any_kind_url, "fault-drop5", stream=False)
     assert "continuing on backup" in raw.headers["x-nobusy-failover"]
 
 
 @pytest.mark.parametrize(
     ("fault", "route", "how"),
     [
-        ("drop5", "backup", "with prefix completion as configured, not checked"),
-        ("drop5-auto", "auto", "from the cut with prefix completion, checked on this upstream"),
+        ("drop5", "backup", "with {label} as configured, not checked"),
+        ("drop5-auto", "auto", "from the cut with {label}, checked on this upstream"),
         ("drop5-wordy", "wordy", "asked in words to continue; the text may repeat or differ"),
     ],
 )
 def test_continuation_note_says_only_what_is_known(
-    base_url: str, fault: str, route: str, how: str
+    any_kind_url: str, fault: str, route: str, how: str, request: pytest.FixtureRequest
 ) -> None:
+    # The Messages API continues a trailing assistant turn (prefill): the note names it so.
+    kind = request.node.callspec.params["any_kind_url"]
+    how = how.format(label="assistant prefill" if kind == "anthropic" else "prefix completion")
     # `auto` probes the upstream once: the fake behind `auto` honours prefix completion, the
     # one behind `wordy` honours neither native mode (it restarts), so nobusy asks in words.
-    answer, raw = ask(base_url, f"fault-{fault}", stream=False)
+    answer, raw = ask(any_kind_url, f"fault-{fault}", stream=False)
     assert answer["content"] == answer_text(MESSAGES)
     assert f"; continuing on {route}: {how}" in raw.headers["x-nobusy-failover"]
     assert "without repeating" not in raw.headers["x-nobusy-failover"]
 
 
-def test_429_marks_upstream_unavailable_until_retry_after(base_url: str) -> None:
-    ask(base_url, "fault-http429", stream=False)
-    upstreams = {u["name"]: u for u in httpx.get(base_url + "/nobusy/upstreams").json()["data"]}
+def test_429_marks_upstream_unavailable_until_retry_after(any_kind_url: str) -> None:
+    ask(any_kind_url, "fault-http429", stream=False)
+    upstreams = {u["name"]: u for u in httpx.get(any_kind_url + "/nobusy/upstreams").json()["data"]}
     assert upstreams["limited"]["state"] == "open"
     assert 5 < upstreams["limited"]["retry_in"] <= 7
     # The next request skips it without trying: the fake sees one call, to the backup.
-    answer, raw = ask(base_url, "fault-http429", stream=False)
+    answer, raw = ask(any_kind_url, "fault-http429", stream=False)
     assert raw.headers["x-nobusy-upstream"] == "backup"
 
 
-def test_401_opens_the_circuit(base_url: str) -> None:
-    ask(base_url, "fault-http401", stream=True)
-    upstreams = {u["name"]: u for u in httpx.get(base_url + "/nobusy/upstreams").json()["data"]}
+def test_401_opens_the_circuit(any_kind_url: str) -> None:
+    ask(any_kind_url, "fault-http401", stream=True)
+    upstreams = {u["name"]: u for u in httpx.get(any_kind_url + "/nobusy/upstreams").json()["data"]}
     assert upstreams["badkey"]["state"] == "open"
     assert "401" in upstreams["badkey"]["last_error"]
 
 
 def test_request_error_from_upstream_is_returned_not_retried(
-    base_url: str, fake_stats: httpx.Client
+    any_kind_url: str, fake_stats: httpx.Client
 ) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(base_url).chat.completions.create(model="rejected", messages=MESSAGES)
+        client(any_kind_url).chat.completions.create(model="rejected", messages=MESSAGES)
     assert "temperature" in info.value.message
     assert fake_stats.get("/_fake/stats").json()["requests"] == 1  # the backup was not tried
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
-def test_all_down_is_503_naming_each_upstream(base_url: str, stream: bool) -> None:
+def test_all_down_is_503_naming_each_upstream(any_kind_url: str, stream: bool) -> None:
     response = httpx.post(
-        f"{base_url}/chat/completions",
+        f"{any_kind_url}/chat/completions",
         json={"model": "alldown", "messages": MESSAGES, "stream": stream},
     )
     assert response.status_code == 503
@@ -188,9 +217,9 @@ def test_all_down_is_503_naming_each_upstream(base_url: str, stream: bool) -> No
     assert "sk-test-secret" not in response.text
 
 
-def test_all_paused_retry_after_is_the_earliest_return(base_url: str) -> None:
+def test_all_paused_retry_after_is_the_earliest_return(any_kind_url: str) -> None:
     response = httpx.post(
-        f"{base_url}/chat/completions", json={"model": "allpaused", "messages": MESSAGES}
+        f"{any_kind_url}/chat/completions", json={"model": "allpaused", "messages": MESSAGES}
     )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"  # busy says 30, limited says 7
@@ -246,3 +275,27 @@ def test_active_probes_eject_a_dead_upstream_without_traffic(base_url: str) -> N
     assert state == "open"
     assert probed["attempts"] == 0  # no request was sent there: the probe found it
     assert "health probe" in probed["last_error"]
+
+
+def test_what_the_messages_api_cannot_carry_is_a_400_naming_it(
+    anthropic_gateway: Process, fake_stats: httpx.Client
+) -> None:
+    # Arguments that are not JSON cannot become a tool_use block's input: the kind refuses the
+    # request before sending it, as an upstream's 400 (not retried elsewhere, no stack trace).
+    bad = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": "r"},
+    ]
+    response = httpx.post(
+        f"{anthropic_gateway.url}/v1/chat/completions", json={"model": "rejected", "messages": bad}
+    )
+    assert response.status_code == 400, response.text
+    assert "arguments: not valid JSON" in response.json()["error"]["message"]
+    assert "Traceback" not in response.text
+    assert fake_stats.get("/_fake/stats").json()["requests"] == 0

@@ -2,7 +2,8 @@
 
 The same `fault-*` aliases as the chat suite (tests/conftest.py): before the first token nobusy
 fails over, after it nobusy continues the answer on the next route, and an Anthropic client
-receives exactly the healthy answer, in Anthropic's events.
+receives exactly the healthy answer, in Anthropic's events. The drills run against
+`kind: openai` upstreams and again against `kind: anthropic` ones (`any_kind_url`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def texts(message: Any, kind: str = "text") -> str:
 @pytest.mark.parametrize(
     "fault", sorted(set(FAULTS) - {"reasoning-cut", "tool-call-cut", "reasoning-then-content-cut"})
 )
-def test_text_is_exactly_the_healthy_answer(base_url: str, fault: str, stream: bool) -> None:
-    message, headers = ask(base_url, f"fault-{fault}", stream)
+def test_text_is_exactly_the_healthy_answer(any_kind_url: str, fault: str, stream: bool) -> None:
+    message, headers = ask(any_kind_url, f"fault-{fault}", stream)
     assert texts(message) == answer_text(MESSAGES)
     assert [b.type for b in message.content] == ["text"]
     assert message.stop_reason == "end_turn"
@@ -84,18 +85,18 @@ def test_text_is_exactly_the_healthy_answer(base_url: str, fault: str, stream: b
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
 @pytest.mark.parametrize("fault", ["reasoning-cut", "reasoning-then-content-cut"])
-def test_thinking_blocks_survive_a_cut(base_url: str, fault: str, stream: bool) -> None:
+def test_thinking_blocks_survive_a_cut(any_kind_url: str, fault: str, stream: bool) -> None:
     thinking = {"type": "enabled", "budget_tokens": 2048}
-    message, _ = ask(base_url, f"fault-{fault}", stream, thinking=thinking, max_tokens=4096)
+    message, _ = ask(any_kind_url, f"fault-{fault}", stream, thinking=thinking, max_tokens=4096)
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert texts(message, "thinking") == reasoning_text(MESSAGES)
     assert texts(message) == answer_text(MESSAGES)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
-def test_tool_use_round_trip(base_url: str, stream: bool) -> None:
+def test_tool_use_round_trip(any_kind_url: str, stream: bool) -> None:
     message, _ = ask(
-        base_url, "fault-tool-call-cut", stream, tools=TOOLS, tool_choice={"type": "auto"}
+        any_kind_url, "fault-tool-call-cut", stream, tools=TOOLS, tool_choice={"type": "auto"}
     )
     assert message.stop_reason == "tool_use"
     (call,) = message.content
@@ -112,14 +113,14 @@ def test_tool_use_round_trip(base_url: str, stream: bool) -> None:
             ],
         },
     ]
-    answer, _ = ask(base_url, "ok", stream, tools=TOOLS, messages=follow_up)
+    answer, _ = ask(any_kind_url, "ok", stream, tools=TOOLS, messages=follow_up)
     assert answer.stop_reason == "end_turn"
     assert texts(answer) == answer_text(MESSAGES)
 
 
-def test_the_stream_is_anthropics_exact_event_sequence(base_url: str) -> None:
+def test_the_stream_is_anthropics_exact_event_sequence(any_kind_url: str) -> None:
     body = {"model": "fault-drop5", "max_tokens": 64, "stream": True, "messages": MESSAGES}
-    url = base_url + "/messages?beta=true"
+    url = any_kind_url + "/messages?beta=true"
     headers = {"anthropic-version": "2023-06-01", "x-api-key": "unused"}
     with httpx.stream("POST", url, json=body, headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -137,9 +138,9 @@ def test_the_stream_is_anthropics_exact_event_sequence(base_url: str) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
-def test_every_route_down_is_529_overloaded(base_url: str, stream: bool) -> None:
+def test_every_route_down_is_529_overloaded(any_kind_url: str, stream: bool) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
-        ask(base_url, "alldown", stream)
+        ask(any_kind_url, "alldown", stream)
     assert caught.value.status_code == 529
     assert caught.value.body["type"] == "error"  # type: ignore[index]
     assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nobusy.routing.continuation import (
     CONTINUE_INSTRUCTION,
+    TEXT_CONTINUATION,
     Joiner,
     OverlapTrimmer,
     Skipper,
@@ -83,3 +85,13 @@ def test_joiner_skips_whitespace_the_client_has_even_in_what_the_trimmer_held() 
     assert joiner.partial == "one two three"
     assert joiner.feed(" two three four") == ""
     assert joiner.flush() == "four"
+
+
+@pytest.mark.parametrize("mode", ["prefix", "vllm", "none"])
+def test_a_text_completion_continues_with_the_text_appended_to_its_prompt(mode: str) -> None:
+    body = {"model": "m", "prompt": "def f(", "suffix": "return 1", "max_tokens": 10}
+    new = continuation_body(body, "x, y)", mode, 3)
+    assert new == {**body, "prompt": "def f(x, y)", "max_tokens": 7}
+    assert body["prompt"] == "def f("  # the original is left as it was
+    assert "messages" not in new
+    assert TEXT_CONTINUATION.how == "from the cut with the text already sent appended to the prompt"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import openai_client
@@ -145,3 +146,37 @@ def test_embedded_token_counts_are_the_tokenizers(
         expected["prompt_tokens"],
         expected["completion_tokens"],
     )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_embedded_model_answers_a_text_completion(base_url: str, stream: bool) -> None:
+    # /v1/completions: a raw completion of the prompt (`completions: true` by default).
+    client = openai_client(base_url)
+    raw = client.completions.with_raw_response.create(
+        model="local", prompt="The capital of France is", max_tokens=6, temperature=0, seed=1,
+        stream=stream, stream_options={"include_usage": True} if stream else None,
+    )  # fmt: skip
+    assert raw.headers["x-nobusy-upstream"] == "local"
+    result: Any = raw.parse()
+    if stream:
+        chunks = list(result)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        text, usage = result.choices[0].text, result.usage
+    assert text.strip()
+    assert usage is not None and 0 < usage.completion_tokens <= 6
+    assert usage.prompt_tokens == 5  # the prompt's own tokens: no chat template around it
+
+
+def test_embedded_model_takes_no_suffix_and_no_image(base_url: str) -> None:
+    # Its GGUF has no fill-in-the-middle tokens and it reads no images: 400s naming why.
+    client = openai_client(base_url)
+    with pytest.raises(openai.BadRequestError, match="fim: true"):
+        client.completions.create(model="local", prompt="def f(", suffix="return 1")
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    with pytest.raises(openai.BadRequestError, match="vision: true"):
+        client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "What?"}, image]}],
+        )

@@ -10,7 +10,10 @@ from nobusy.testing import ScriptedUpstream
 from nobusy.upstreams import KINDS, build_upstream, settings_class
 from nobusy.upstreams.base import Upstream
 
-OPTIONS: dict[str, dict[str, Any]] = {"openai": {"base_url": "http://127.0.0.1:1/v1"}}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "openai": {"base_url": "http://127.0.0.1:1/v1"},
+    "anthropic": {"base_url": "http://127.0.0.1:1"},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy import __version__
+from nobusy.api.openapi_protocols import protocol_paths
 from nobusy.responses import JSONResponse
 from nobusy.schema import ChatRequest
 
@@ -50,6 +51,8 @@ def openapi_spec() -> dict[str, Any]:
         },
     }
     any_object = {"type": "object"}
+    other_paths, other_schemas = protocol_paths()  # Messages, Responses, completions
+    components.update(other_schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -99,6 +102,7 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            **other_paths,
             "/v1/models": {
                 "get": {
                     "summary": "List model aliases.",

@@ -31,7 +31,11 @@ Container = dict[str, Any] | list[Any]
 
 def conversation(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     """Where the conversation's text lives, in the order the model reads it: each message's
-    string content, or the ``text`` of each of its content parts."""
+    string content, or the ``text`` of each of its content parts; a text completion's
+    ``prompt`` and ``suffix``."""
+    for key in ("prompt", "suffix"):
+        if isinstance(body.get(key), str):
+            yield body, key
     messages = body.get("messages")
     if not isinstance(messages, list):
         return

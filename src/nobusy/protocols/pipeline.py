@@ -39,6 +39,7 @@ from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
+from nobusy.routing.capabilities import fitting
 from nobusy.routing.relay import Encoder, collect, internal_error_event, sse_events
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
@@ -78,6 +79,7 @@ async def handle(request: Request, protocol: ClientProtocol, parse: Parser) -> R
     # A large body is parsed off the loop (see nobusy.offload), like its guard and PII checks.
     chat, body = await state.offload.run(len(raw), parse, raw)
     state.router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
+    fitting(state.router, chat.model, body)  # no route takes it (an image, a suffix...): 400
     return _PipelineResponse(request, state, protocol, chat, body, len(raw))
 
 

@@ -9,6 +9,8 @@ The partial answer goes to the next route with that route's continuation:
   ``add_generation_prompt: false`` (vLLM, SGLang).
 - ``none``: an instruction to continue, after which text that repeats the end of the partial
   answer is trimmed (``OverlapTrimmer``). A model may still restate or reword; nothing checks.
+- a text completion (``/v1/completions``) is continued by every upstream alike: the text
+  already sent is appended to its prompt (``TEXT_CONTINUATION``), a raw completion by nature.
 - ``auto`` (the default): the best of these the upstream was seen to honour, found by a probe
   the first time it is needed (``nobusy.routing.continuation_probe``).
 
@@ -24,8 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nobusy.upstreams.base import is_text_completion
+
 __all__ = [
     "CONTINUE_INSTRUCTION",
+    "TEXT_CONTINUATION",
     "Joiner",
     "Method",
     "OverlapTrimmer",
@@ -45,6 +50,7 @@ _LABELS = {
     "prefix": "prefix completion",
     "vllm": "continue_final_message",
     "raw": "raw completion",
+    "prompt": "the text already sent appended to the prompt",
 }
 
 
@@ -65,6 +71,8 @@ class Method:
         """The end of the failover note: what was done, worded by what is known of it."""
         if self.mode not in _LABELS:
             return "asked in words to continue; the text may repeat or differ"
+        if self.mode == "prompt":  # a text completion: continued exactly, by construction
+            return f"from the cut with {_LABELS['prompt']}"
         label = self.label or _LABELS[self.mode]
         if self.verified:
             return f"from the cut with {label}, checked on this upstream"
@@ -77,6 +85,11 @@ def continuation_body(
     """The request that continues ``partial`` on a route whose continuation is ``mode``."""
     messages = list(body.get("messages") or [])
     new = dict(body)
+    if is_text_completion(body):
+        new["prompt"] = str(body["prompt"]) + partial
+        if isinstance(body.get("max_tokens"), int):
+            new["max_tokens"] = max(1, body["max_tokens"] - produced_tokens)
+        return new
     if mode == "prefix":
         messages.append({"role": "assistant", "content": partial, "prefix": True})
     elif mode == "vllm":
@@ -91,6 +104,10 @@ def continuation_body(
         if isinstance(body.get(name), int):
             new[name] = max(1, body[name] - produced_tokens)
     return new
+
+
+TEXT_CONTINUATION = Method("prompt", verified=True)
+"""How every route continues a text completion: its prompt extended by the text sent."""
 
 
 class Skipper:

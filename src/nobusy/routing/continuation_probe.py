@@ -11,6 +11,7 @@ instruction (``none``), which nobusy never announces as seamless.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,15 @@ class ContinuationModes:
         native = settings.native_continuation
         if native is not None:
             return Method("prefix", verified=True, label=native)
+        method = await self._method(upstream, settings, model)
+        label = settings.continuation_label
+        if label and method.mode in NATIVE_MODES:
+            return dataclasses.replace(method, label=label)
+        return method
+
+    async def _method(
+        self, upstream: Upstream, settings: UpstreamSettings, model: str | None
+    ) -> Method:
         if settings.continuation != "auto":
             return Method(settings.continuation)
         name = upstream.name

@@ -117,10 +117,12 @@ class Router:
         patience: float,
         front: bool = False,
         tokens: int = 0,
+        spec: ModelAlias | None = None,
     ) -> Ticket:
         """Wait for a slot on any route of the alias (QueueFull if it would take long); one
-        whose circuit is open hands out no slot until it may be used again."""
-        spec = self.alias(alias)
+        whose circuit is open hands out no slot until it may be used again. ``spec``: the
+        alias's routes that can take the request, when not all can."""
+        spec = spec or self.alias(alias)
         upstreams = frozenset(r.upstream for r in (*spec.routes, *spec.overflow))
         return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
 

@@ -32,10 +32,11 @@ from nobusy.errors import (
     UpstreamOverloaded,
 )
 from nobusy.routing.attempt import Attempt
-from nobusy.routing.continuation import Method
+from nobusy.routing.capabilities import fitting
+from nobusy.routing.continuation import TEXT_CONTINUATION, Method
 from nobusy.routing.router import Router
 from nobusy.settings import Route
-from nobusy.upstreams.base import UpstreamCall
+from nobusy.upstreams.base import UpstreamCall, is_text_completion
 
 __all__ = ["BodyFor", "Walker", "only_busy"]
 
@@ -63,7 +64,8 @@ class Walker:
     ) -> None:
         self.router = router
         self.alias = alias
-        self.spec = router.alias(alias)
+        # Only the routes that can take this request (images, text completions, FIM).
+        self.spec = fitting(router, alias, body)
         self.body = body
         self.request_id = request_id
         self.who = who
@@ -159,7 +161,7 @@ class Walker:
 
     def _enqueue(self, patience: float, front: bool = False) -> None:
         self.ticket = self.router.enqueue(
-            self.alias, self.who, self.priority, patience, front, self.estimate
+            self.alias, self.who, self.priority, patience, front, self.estimate, self.spec
         )
 
     def _plan(
@@ -199,6 +201,8 @@ class Walker:
 
     async def continuation(self, route: Route) -> Method:
         """How ``route``'s upstream continues a cut answer (``auto``: probed on first need)."""
+        if is_text_completion(self.body):
+            return TEXT_CONTINUATION
         upstream = self.router.upstreams[route.upstream]
         model = route.model or upstream.default_model
         return await self.router.continuations.method(upstream, upstream.settings, model)

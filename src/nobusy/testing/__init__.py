@@ -44,8 +44,10 @@ of them or a function from the call to one.
 drills: ``create_fake_app(FakeOptions(...))`` is an OpenAI-compatible ASGI app that fails on
 cue, each request picking its fault by its ``model`` (``drop:drop_after=5``,
 ``http:status=401``, ``hang``...) or an ``x-fake-mode`` header, and ``nobusy fake-upstream``
-serves it. Its answers are deterministic (``answer_text``), so an answer assembled after a
-failover compares equal to the uninterrupted one::
+serves it. It answers Anthropic's ``POST /v1/messages`` too, with the same faults in that
+format (``nobusy.testing.fake_anthropic``), for ``kind: anthropic`` drills. Its answers are
+deterministic (``answer_text``), so an answer assembled after a failover compares equal to
+the uninterrupted one::
 
     import uvicorn
     from nobusy.testing import FakeOptions, create_fake_app

@@ -1,5 +1,8 @@
 """A fault-injecting fake OpenAI-compatible upstream for tests, benchmarks and failure drills.
 
+It also speaks Anthropic's Messages API (``POST /v1/messages``, ``testing.fake_anthropic``):
+the same answers and faults, translated.
+
 Answers are deterministic (they depend only on the last user message and ``tokens``) and
 identical in every mode, so a healthy answer and one assembled after a failover compare
 equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
@@ -28,6 +31,9 @@ import click
 import orjson
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nobusy.testing.fake_anthropic import MessagesAPI
+from nobusy.testing.fake_completions import text_conversation
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -464,11 +470,8 @@ def _conversation(
 ) -> tuple[list[dict[str, Any]], str | None, bool]:
     """The messages the answer is computed from, the partial answer to continue if any, and
     whether it was asked in words (so the continuation restates the partial's last words)."""
-    if not chat:
-        prompt = request.get("prompt")
-        if isinstance(prompt, list):
-            prompt = " ".join(p for p in prompt if isinstance(p, str))
-        return [{"role": "user", "content": prompt if isinstance(prompt, str) else ""}], None, False
+    if not chat:  # a text completion: nobusy.testing.fake_completions
+        return text_conversation(request, tokens, answer_text)
     raw = request.get("messages")
     messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
     last = messages[-1] if messages else {}
@@ -578,7 +581,8 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
         raise ValueError(f"Unknown fake mode {options.mode!r}; known: {', '.join(MODES)}")
     _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
-    return _FakeApp(options)
+    # Anthropic's /v1/messages in front of the chat side: the same faults in its format.
+    return MessagesAPI(_FakeApp(options))
 
 
 def run(options: FakeOptions, host: str, port: int) -> None:
@@ -641,6 +645,6 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     help="Apply --delay to every Nth request only.",
 )
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
-    """Run a fake OpenAI-compatible upstream that injects faults on demand."""
+    """Run a fake OpenAI-compatible upstream (and Messages API) that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")
     run(FakeOptions(**options), host, port)

@@ -19,6 +19,7 @@ __all__ = ["KINDS", "build_upstream", "kind_module", "settings_class"]
 KINDS: dict[str, str] = {
     "openai": "nobusy.upstreams.openai",
     "embedded": "nobusy.upstreams.embedded",
+    "anthropic": "nobusy.upstreams.anthropic",
 }
 
 

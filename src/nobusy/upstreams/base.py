@@ -29,7 +29,9 @@ __all__ = [
     "UpstreamCall",
     "UpstreamSettings",
     "has_token",
+    "is_text_completion",
     "status_error",
+    "text_chunk",
 ]
 
 Chunk = dict[str, Any]
@@ -44,6 +46,19 @@ def has_token(chunk: Chunk) -> bool:
         if choice.get("finish_reason"):
             return True
     return False
+
+
+def is_text_completion(body: dict[str, Any]) -> bool:
+    """Whether an internal request is a text completion (``/v1/completions``): its body is
+    the completions body, a ``prompt`` (and maybe a ``suffix``) where chat has ``messages``."""
+    return "prompt" in body and "messages" not in body
+
+
+def text_chunk(text: str, finish: str | None = None) -> Chunk:
+    """A piece of a text completion as the internal chunk every kind yields (its text as
+    ``delta.content``), so that the relay, continuation and the output guard treat it as chat."""
+    delta = {"content": text} if text else {}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
 class CircuitSettings(BaseModel):
@@ -115,10 +130,34 @@ class UpstreamSettings(BaseModel):
     health_check_interval: PositiveFloat | None = Field(
         None, description="Seconds between active health probes (none: passive checks only)."
     )
+    completions: bool = Field(
+        False,
+        description=(
+            "Serves `/v1/completions` (a prompt to continue): only such routes get a "
+            "completions request."
+        ),
+    )
+    fim: bool = Field(
+        False,
+        description=(
+            "Serves fill-in-the-middle (`/v1/completions` with `suffix`), as DeepSeek's "
+            "`/beta` does: only such routes get a request with a suffix."
+        ),
+    )
+    vision: bool = Field(
+        True,
+        description=(
+            "Takes images in messages; `false` (a text-only model) skips this upstream for a "
+            "request with an image. A route may say otherwise for its model."
+        ),
+    )
 
     # A kind that continues a partial answer by construction names how (embedded: raw
     # completion after the chat template); None: by the `continuation` setting.
     native_continuation: ClassVar[str | None] = None
+    # How the failover note names this kind's `prefix`/`vllm` continuation when it is not
+    # those request fields (anthropic: a trailing assistant turn, the Messages API's prefill).
+    continuation_label: ClassVar[str | None] = None
 
     def has_default_model(self) -> bool:
         """Whether a route may name this upstream alone, without a model."""

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from nobusy.errors import UpstreamError, UpstreamRejectedRequest
-from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings
+from nobusy.upstreams.base import (
+    Chunk,
+    Probe,
+    UpstreamCall,
+    UpstreamSettings,
+    is_text_completion,
+    text_chunk,
+)
 
 __all__ = ["Settings", "Upstream", "default_model_path"]
 
@@ -52,6 +59,15 @@ class Settings(UpstreamSettings):
     default_max_tokens: int = Field(
         512, gt=0, description="Answer length when the request sets no max_tokens."
     )
+    completions: bool = Field(
+        True, description="Serves `/v1/completions`: a raw completion of the prompt."
+    )
+    # SmolLM2's GGUF has no fill-in-the-middle tokens, and llama-cpp-python (0.3.x) builds
+    # its FIM prompt with placeholder token ids (a TODO in Llama._create_completion).
+    fim: Literal[False] = Field(
+        False, description="Always false: the embedded model does not fill in the middle."
+    )
+    vision: bool = Field(False, description="Takes images; false: the default GGUF is text-only.")
 
 
 def default_model_path() -> Path:
@@ -158,7 +174,14 @@ class Upstream:
             stop.set()
 
     def _generate(self, llm: Any, kwargs: dict[str, Any]) -> Iterator[Chunk]:
-        """Chat chunks from llama.cpp; a partial answer to continue becomes a raw completion."""
+        """Chat chunks from llama.cpp; a partial answer to continue becomes a raw completion,
+        and so does a text completion's prompt."""
+        if "prompt" in kwargs:
+            prompt = kwargs.pop("prompt")
+            for part in llm.create_completion(prompt, stream=True, **kwargs):
+                choice = part["choices"][0]
+                yield text_chunk(choice["text"], choice.get("finish_reason"))
+            return
         messages = kwargs["messages"]
         if not kwargs.pop("continue_final", False):
             yield from llm.create_chat_completion(stream=True, **kwargs)
@@ -189,6 +212,8 @@ class Upstream:
         """The prompt as the model reads it, in tokens: the chat template applied, tokenized
         as llama.cpp's chat handler does (a streamed chunk is not a token: one CJK character
         often takes two or three). None for a GGUF without a chat template."""
+        if "prompt" in kwargs:  # a text completion: the prompt as create_completion reads it
+            return len(llm.tokenize(kwargs["prompt"].encode("utf-8")))
         messages = kwargs["messages"]
         continuing = kwargs.get("continue_final", False)
         if not continuing and not llm.metadata.get("tokenizer.chat_template"):
@@ -213,11 +238,20 @@ class Upstream:
         return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
 
     def _generation_args(self, body: dict[str, Any]) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "messages": [_plain_message(m) for m in body.get("messages") or ()],
-            "max_tokens": body.get("max_completion_tokens")
+        max_tokens = (
+            body.get("max_completion_tokens")
             or body.get("max_tokens")
-            or self.settings.default_max_tokens,
+            or self.settings.default_max_tokens
+        )
+        if is_text_completion(body):
+            args: dict[str, Any] = {"prompt": str(body["prompt"]), "max_tokens": max_tokens}
+            for name in ("temperature", "top_p", "stop", "seed"):
+                if body.get(name) is not None:
+                    args[name] = body[name]
+            return args
+        args = {
+            "messages": [_plain_message(m) for m in body.get("messages") or ()],
+            "max_tokens": max_tokens,
         }
         for name in ("temperature", "top_p", "stop", "seed", "response_format"):
             if body.get(name) is not None:

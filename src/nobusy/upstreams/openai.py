@@ -32,7 +32,15 @@ from nobusy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings, status_error
+from nobusy.upstreams.base import (
+    Chunk,
+    Probe,
+    UpstreamCall,
+    UpstreamSettings,
+    is_text_completion,
+    status_error,
+    text_chunk,
+)
 
 __all__ = ["Settings", "Upstream"]
 
@@ -70,6 +78,7 @@ class Upstream:
         self.default_model = settings.default_model or ""
         base = str(settings.base_url).rstrip("/")
         self._chat_url = base + "/chat/completions"
+        self._completions_url = base + "/completions"  # text completions and FIM
         self._models_url = base + "/models"
         self._headers = {"accept": "text/event-stream", **settings.headers}
         # An api_key that expanded to nothing (`${KEY:-}` for a local server) means no key: a
@@ -108,14 +117,14 @@ class Upstream:
         body["stream"] = True
         # Ask for usage always: billing needs it even when the client did not.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        text = is_text_completion(body)
+        url = self._completions_url if text else self._chat_url
         content = orjson.dumps(body)
         headers = {"content-type": "application/json"}
         if call.request_id:
             headers["x-request-id"] = call.request_id
         with self._translate_errors():
-            async with self._client().post(
-                self._chat_url, data=content, headers=headers
-            ) as response:
+            async with self._client().post(url, data=content, headers=headers) as response:
                 if response.status != 200:
                     raise await self._status_error(response)
                 ctype = response.headers.get("content-type", "")
@@ -146,6 +155,8 @@ class Upstream:
                         )
                     if "error" in chunk:
                         raise self._error_from_body(chunk, 200, None)
+                    if text:
+                        chunk = _from_text_completion(chunk)
                     for choice in chunk.get("choices") or ():
                         if choice.get("finish_reason"):
                             finished = True
@@ -301,6 +312,20 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _from_text_completion(chunk: Chunk) -> Chunk:
+    """A ``text_completion`` chunk as the internal chunk (its text as ``delta.content``)."""
+    choices = chunk.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else None
+    if choice is None:
+        out: Chunk = {"choices": []}
+    else:
+        text = choice.get("text")
+        out = text_chunk(text if isinstance(text, str) else "", choice.get("finish_reason"))
+    if chunk.get("usage"):
+        out["usage"] = chunk["usage"]
+    return out
 
 
 def _phrase(exc: Exception) -> str:
