@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from nobusy.cache import CacheSettings
 from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
@@ -23,6 +24,7 @@ from nobusy.upstreams.anthropic import Settings as AnthropicSettings
 from nobusy.upstreams.base import CircuitSettings, UpstreamSettings
 from nobusy.upstreams.embedded import Settings as EmbeddedSettings
 from nobusy.upstreams.openai import Settings as OpenAISettings
+from nobusy.upstreams.servers.vllm import Settings as ServerSettings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 MODELS: dict[str, type[BaseModel]] = {
@@ -36,10 +38,12 @@ MODELS: dict[str, type[BaseModel]] = {
     "KnowledgeSettings": KnowledgeSettings,
     "CrossCheckSettings": CrossCheckSettings,
     "PiiSettings": PiiSettings,
+    "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,
     "openai": OpenAISettings,
     "embedded": EmbeddedSettings,
     "anthropic": AnthropicSettings,
+    "servers": ServerSettings,
 }
 BLOCK = re.compile(r"(<!-- fields:(\w+) -->\n).*?(<!-- /fields -->)", re.S)
 

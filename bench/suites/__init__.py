@@ -10,11 +10,13 @@ from bench.suites import (
     admission,
     audit,
     bigbody,
+    cache,
     crosscheck,
     embedded,
     failover,
     failover_continuation,
     guard,
+    knowledge,
     memory,
     overhead,
     protocols,
@@ -36,6 +38,7 @@ SUITES: dict[str, Suite] = {
         failover.SUITE,
         failover_continuation.SUITE,
         guard.SUITE,
+        knowledge.SUITE,
         bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,
@@ -43,5 +46,6 @@ SUITES: dict[str, Suite] = {
         replicas.SUITE,
         crosscheck.SUITE,
         protocols.SUITE,
+        cache.SUITE,
     )
 }

@@ -135,7 +135,9 @@ def quota(ctx: Context, fleet: Fleet, lb: procs.Proc, secret: str, s: Result) ->
 # --- 3. admission across replicas --------------------------------------------------------------
 
 
-def admission_runs(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str]) -> Result:
+def admission_runs(
+    ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, str], fair: bool = True
+) -> Result:
     setup = admission._Setup(ctx, plan(ctx.settings.quick))
     capacity = admission._measure_capacity(setup, fleet.fakes["slots"])
     headers = {"x-nobusy-max-wait": f"{PATIENCE:g}", "Authorization": f"Bearer {keys['open']}"}
@@ -143,9 +145,11 @@ def admission_runs(ctx: Context, fleet: Fleet, lb: procs.Proc, keys: dict[str, s
                                 headers, fleet.config(0))  # fmt: skip
     admission._warm([gateway])
     burst = admission._burst(setup, [gateway])["fleet"]
+    drop = {"per_second", "samples", "nobusy_samples"}
+    if not fair:
+        return {"capacity": capacity, "burst": {k: v for k, v in burst.items() if k not in drop}}
     specs = {k: gateway.spec({"Authorization": f"Bearer {keys[k]}"}) for k in FAIR_KEYS}
     fair = admission._fair(setup, gateway, specs)
-    drop = {"per_second", "samples", "nobusy_samples"}
     return {"capacity": capacity, "burst": {k: v for k, v in burst.items() if k not in drop},
             "fair": fair, "abuse_x": ABUSE_X}  # fmt: skip
 
@@ -226,3 +230,59 @@ SUITE = Suite(
     render=render,
     goals=goals,
 )
+
+
+# --- one scenario alone, while working on it ---------------------------------------------------
+
+PARTS = ("burst", "cost", "limits")
+
+
+def part(ctx: Context, name: str) -> Result:
+    """Only the scenario ``name`` (of ``PARTS``), at its full size unless ``--quick``: the
+    fleet started as ``run`` starts it; nothing is saved or published."""
+    s = scale(ctx.settings.quick)
+    fleet = Fleet(ctx, replicas_fleet.features())
+    fleet.upstream_tpm = s["tpm"]
+    try:
+        keys = _keys(fleet, s)
+        fleet.start_all(shared=True)
+        lb = fleet.start_lb("lb", list(range(REPLICAS)))
+        if name == "burst":
+            return admission_runs(ctx, fleet, lb, keys, fair=False)
+        if name == "cost":
+            return replicas_cost.cost(ctx, fleet, keys, s["cost_requests"])
+        return limits(ctx, fleet, lb, keys, s)
+    finally:
+        fleet.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.suites.replicas {burst,cost,limits} [--quick]``: one scenario, its
+    figures printed as JSON."""
+    import argparse
+    import json
+    import sys
+    import time
+
+    from bench import procs as bench_procs
+    from bench.suites.base import RunSettings
+
+    parser = argparse.ArgumentParser(prog="python -m bench.suites.replicas")
+    parser.add_argument("part", choices=PARTS)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"{time.monotonic() - t0:6.1f}s {message}", file=sys.stderr, flush=True)
+
+    processes = bench_procs.Processes(log)
+    ctx = Context(RunSettings.make(args.quick), processes, log)
+    try:
+        print(json.dumps(part(ctx, args.part), indent=1, default=str))
+    finally:
+        processes.stop_all()
+
+
+if __name__ == "__main__":
+    main()

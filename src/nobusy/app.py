@@ -16,12 +16,17 @@ from nobusy.api import (
     chat,
     completions,
     crosscheck,
+    embeddings,
+    files,
     keys,
     messages,
     models,
     openapi,
     ops,
+    pool,
     responses_api,
+    vector_search,
+    vector_stores,
 )
 from nobusy.edge.access import AccessLog
 from nobusy.edge.auth import Authenticator, hashers_for
@@ -32,6 +37,7 @@ from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
+from nobusy.routing.pool import pool_rows
 from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.store.backends import open_keys
@@ -50,6 +56,8 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
+    if router.placement is not None:
+        metrics.watch_pool(lambda: pool_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))
@@ -69,10 +77,14 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *responses_api.routes,
             *crosscheck.routes,
             *completions.routes,
+            *embeddings.routes,
+            *files.routes,
+            *vector_stores.routes,
+            *vector_search.routes,
             *models.routes,
             *ops.routes,
             *openapi.routes,
-            admin.mount([*admin.routes, *keys.routes, *status.routes]),
+            admin.mount([*admin.routes, *pool.routes, *keys.routes, *status.routes]),
             *web.routes(),
         ],
         middleware=[

@@ -19,6 +19,8 @@
     │   ├── RateLimited             429 rate_limit_exceeded     a key's rpm/tpm/concurrency
     │   ├── QuotaExhausted          429 insufficient_quota      a key's balance is spent
     │   ├── ModelNotAllowed         403 model_not_allowed       outside the key's model list
+    │   ├── PermissionDenied        403 permission_denied       granted to read, not to change
+    │   ├── LocalOnlyStore          403 local_only_store        its passages stay on premises
     │   ├── QueueFull               429 queue_full              the wait would pass patience
     │   ├── QueueTimeout            429 queue_timeout           waited the whole patience
     │   └── AdminAuthRequired       401 invalid_api_key         admin endpoint without the key
@@ -66,6 +68,7 @@ __all__ = [
     "KeyExpired",
     "KeyNameTaken",
     "KeyRevoked",
+    "LocalOnlyStore",
     "ModelNotAllowed",
     "QuotaExhausted",
     "RateLimited",
@@ -73,6 +76,7 @@ __all__ = [
     "ModelNotFound",
     "NobusyError",
     "NotFound",
+    "PermissionDenied",
     "OriginNotAllowed",
     "QueueFull",
     "QueueTimeout",
@@ -275,6 +279,22 @@ class ModelNotAllowed(ClientError):
     status_code = 403
     error_type = "permission_error"
     code = "model_not_allowed"
+
+
+class PermissionDenied(ClientError):
+    """The key may see this (a vector store granted to it) but not change it."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class LocalOnlyStore(ClientError):
+    """An alias that could send a ``local_only`` vector store's passages to a remote upstream."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "local_only_store"
 
 
 class QueueFull(ClientError):

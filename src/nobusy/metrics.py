@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from nobusy.admission.capacity import Capacity
+    from nobusy.cache.memory import ResponseCache
     from nobusy.routing.stats import UpstreamStats
     from nobusy.store.health import Health
     from nobusy.store.replicas import Replica
@@ -121,12 +122,20 @@ class Metrics:
         )
         gauge.set_function(lambda: 1.0 if shared() else 0.0)
 
+    def watch_cache(self, cache: ResponseCache) -> None:
+        """The response cache's hits, misses, stale answers and entries, when scraped."""
+        self.registry.register(_CacheCollector(cache))
+
     def watch_fleet(
         self, replicas: Callable[[], Iterable[Replica]], backends: Callable[[], Iterable[Health]]
     ) -> None:
         """Report every replica's load as its heartbeat last showed it, and whether each shared
         backend answers, when scraped (read from memory: a scrape never waits on Redis)."""
         self.registry.register(_FleetCollector(replicas, backends))
+
+    def watch_pool(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Report each local inference server's signals (``routing.pool``) when scraped."""
+        self.registry.register(_PoolCollector(rows))
 
     def attempt(self, upstream: str, outcome: str) -> None:
         attempts, up = self._attempt_children(upstream, outcome)
@@ -326,3 +335,62 @@ class _FleetCollector(Collector):
         for health in self.backends():
             up.add_metric([health.backend], 1.0 if health.ok else 0.0)
         yield from (in_flight, queue, draining, seen, up)
+
+
+# The columns of ``routing.pool.pool_rows`` exported as nobusy_pool_<column>{upstream}.
+_POOL_GAUGES = {
+    "running": "Requests the server reports running (its metrics; absent when not believed).",
+    "waiting": "Requests the server reports waiting in its queue.",
+    "kv_usage": "The server's KV-cache use, 0 to 1.",
+    "server_hit_rate": "The prefix-cache hit rate the server reports.",
+    "cache_hit_estimate": "Share of prompt blocks placement expected the server to have cached.",
+    "utilisation": "Running requests over the server's slots (or learned limit), 0 to 1.",
+    "placed": "Requests placed on the server since start.",
+    "drained": "1 while the server is drained: no new request goes to it.",
+}
+
+
+class _PoolCollector(Collector):
+    def __init__(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            column: GaugeMetricFamily(f"nobusy_pool_{column}", text, labels=["upstream"])
+            for column, text in _POOL_GAUGES.items()
+        }
+        fresh = GaugeMetricFamily(
+            "nobusy_pool_metrics_believed",
+            "1 while the server's own metrics are read and believed, 0 while placement falls "
+            "back to the learned limit.",
+            labels=["upstream"],
+        )
+        for row in self.rows():
+            for column, family in families.items():
+                value = row.get(column)
+                if value is not None:
+                    family.add_metric([row["name"]], float(value))
+            fresh.add_metric([row["name"]], 1.0 if row.get("signals") == "metrics" else 0.0)
+        yield from (*families.values(), fresh)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        lookups = CounterMetricFamily(
+            "nobusy_cache_lookups",
+            "Response-cache lookups: hit (answered from the cache), miss, stale (kept answer "
+            "served because no upstream could answer).",
+            labels=["result"],
+        )
+        for result, count in (("hit", cache.hits), ("miss", cache.misses), ("stale", cache.stale)):
+            lookups.add_metric([result], count)
+        yield lookups
+        yield GaugeMetricFamily(
+            "nobusy_cache_entries",
+            "Response-cache entries in this process's memory.",
+            value=len(cache),
+        )

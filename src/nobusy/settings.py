@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from nobusy.cache.policy import CacheSettings
 from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
@@ -41,6 +42,7 @@ from nobusy.upstreams.base import UpstreamSettings
 __all__ = [
     "MIN_SECRET_LENGTH",
     "SCALARS",
+    "AliasKnowledge",
     "AuditSettings",
     "HedgeSettings",
     "ModelAlias",
@@ -124,6 +126,19 @@ class HedgeSettings(BaseModel):
     budget: float = Field(0.05, gt=0, le=1, description="Largest share of requests hedged.")
 
 
+class AliasKnowledge(BaseModel):
+    """Vector stores whose passages ground an alias's answers, cited as [n]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stores: tuple[str, ...] = Field(
+        min_length=1, description="Vector store ids (`vs_...`) searched for every request."
+    )
+    top_k: PositiveInt = Field(
+        6, le=50, description="Passages put into the prompt, best first, numbered [1]..[k]."
+    )
+
+
 class ModelAlias(BaseModel):
     """The routes that serve one model name, in order of preference."""
 
@@ -145,6 +160,14 @@ class ModelAlias(BaseModel):
     check_ads: bool = Field(
         False,
         description="Run the ad detector on every answer, as `x-nobusy-check: ads` asks.",
+    )
+    cache: CacheSettings = Field(
+        default_factory=lambda: CacheSettings(),
+        description="Answer identical requests from kept answers; serve them stale when no "
+        "upstream can answer.",
+    )
+    knowledge: AliasKnowledge | None = Field(
+        None, description="Ground answers in these vector stores' passages, with citations."
     )
 
 
@@ -232,6 +255,16 @@ class Settings(BaseModel):
         ge=0,
         description="Seconds a Responses API answer is kept (per key, in nobusy.db) for "
         "previous_response_id and GET /v1/responses/{id}; 0 keeps none.",
+    )
+    cache_entries: PositiveInt = Field(
+        10_000,
+        description="Response-cache entries each process keeps in memory (least recently used "
+        "go first), in front of data_dir/cache.db or Redis (state).",
+    )
+    cache_memory_mb: PositiveInt = Field(
+        64,
+        description="Megabytes of response-cache entries each process keeps in memory at most "
+        "(least recently used go first).",
     )
     crypto: Literal["gm", "standard"] = Field(
         "gm",

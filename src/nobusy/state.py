@@ -19,28 +19,31 @@ from starlette.requests import Request
 
 from nobusy.admission.limits import KeyLimits
 from nobusy.admission.shared import SharedSlots
+from nobusy.cache.memory import ResponseCache
 from nobusy.crypto import load_suite
 from nobusy.edge.auth import Authenticator
 from nobusy.edge.drain import Drain
 from nobusy.guard import Guard
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.offload import Offload
 from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
-from nobusy.store.backends import liveness, open_audit, open_usage
+from nobusy.store.backends import liveness, open_audit, open_responses, open_usage
 from nobusy.store.health import Watched
-from nobusy.store.interfaces import LimitCounters
+from nobusy.store.interfaces import CacheStore, LimitCounters, ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
+from nobusy.store.redis_cache import RedisCache
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
-from nobusy.store.responses import ResponseStore
+from nobusy.store.response_cache import SqliteCache
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -60,7 +63,9 @@ class AppState:
     drain: Drain = field(default_factory=Drain)  # the running requests; refusing when stopping
     fleet: Fleet | None = None  # the replicas serving together, this one included
     backends: list[Watched] = field(default_factory=list)  # the shared backends opened
-    responses: ResponseStore | None = None  # the Responses API's kept responses
+    responses: ResponsesStore | None = None  # the Responses API's kept responses
+    cache: ResponseCache | None = None  # the response cache, when an alias enables it
+    knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
 
 
 def app_state(request: Request) -> AppState:
@@ -94,8 +99,15 @@ async def running(
             stack.push_async_callback(_cancel, watching)
         offload = Offload()
         stack.callback(offload.close)
-        responses = ResponseStore(settings.data_dir, settings.responses_ttl)
+        responses = open_responses(settings)
         stack.callback(responses.close)
+        cache = _open_cache(settings)
+        if cache is not None:
+            stack.push_async_callback(cache.aclose)
+            metrics.watch_cache(cache)
+        knowledge = KnowledgeBase(settings)
+        stack.callback(knowledge.close)
+        knowledge.start()  # files left in progress by a crash or a restart are taken up again
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -121,7 +133,7 @@ async def running(
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
-            fleet, backends, responses=responses,
+            fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
         )  # fmt: skip
 
 
@@ -208,6 +220,19 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _open_cache(settings: Settings) -> ResponseCache | None:
+    """The response cache, when an alias enables it: in memory, in front of Redis (``state``:
+    every replica shares it) or of ``data_dir/cache.db`` (the processes of this host)."""
+    if not any(alias.cache.enabled for alias in settings.models.values()):
+        return None
+    store: CacheStore = (
+        RedisCache(settings.state.get_secret_value())
+        if settings.state is not None
+        else SqliteCache(settings.data_dir)
+    )
+    return ResponseCache(settings.cache_entries, store, max_bytes=settings.cache_memory_mb << 20)
 
 
 def _open_audit(settings: Settings, keys: KeyStore) -> AuditLog | None:

@@ -41,6 +41,9 @@ NOBUSY_NAMES = [
     "m004_key_windows",
     "m005_key_names_reusable",
     "m006_responses",
+    "m007_usage_cache",
+    "m008_responses_shared",
+    "m009_knowledge",
 ]
 
 

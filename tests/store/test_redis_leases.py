@@ -167,3 +167,49 @@ async def test_circuit_verdicts_reach_the_other_replicas_and_a_new_one_reads_the
     finally:
         for one in signals:
             await one.aclose()
+
+
+async def test_a_keys_requests_are_served_in_arrival_order_across_replicas(
+    redis_server: RedisServer, made: list[RedisLeases]
+) -> None:
+    name = upstream()
+    one, two = leases(redis_server.url, name, 1), leases(redis_server.url, name, 1)
+    made += [one, two]
+    assert await one.take(name, "k")  # the only slot
+    # Both replicas have a waiter of key k: two's came first.
+    assert not await two.take(name, "k", turn=(100.0, None))
+    one.give_back(name, "k")
+    # One frees the slot and asks for its own later waiter: refused, the slot is two's.
+    assert not await one.take(name, "k", turn=(200.0, None))
+    assert not one.first(name)
+    assert await two.take(name, "k", turn=(100.0, None)) and two.first(name)
+    two.give_back(name, "k")
+    await eventually(lambda: not two._owed and (two._flushing is None or two._flushing.done()))
+    # Two has nobody waiting now: one's waiter is first. Another key is not ordered by k's.
+    assert await one.take(name, "k", turn=(200.0, None))
+    assert not await two.take(name, "k", turn=(50.0, 60.0))
+    one.give_back(name, "k")
+    await eventually(lambda: not one._owed and (one._flushing is None or one._flushing.done()))
+    assert await one.take(name, "other", turn=(300.0, None))
+
+
+async def test_spares_spare_round_trips_while_the_fleet_is_quiet(
+    redis_server: RedisServer, made: list[RedisLeases]
+) -> None:
+    name = upstream()
+    one, two = leases(redis_server.url, name, 64), leases(redis_server.url, name, 64)
+    made += [one, two]
+    assert await one.take(name, "k")
+    assert one.spare[name] == 2 and one.held(name) == 1  # spares are nobody's load
+    asked = one._asked[name]
+    assert await one.take(name, "k") and await one.take(name, "k")
+    assert one._asked[name] == asked  # no round trip for either
+    one.give_back(name, "k")
+    assert one.spare[name] == 1  # a spare given back stays spare
+    # Another replica reports a request waiting: every spare goes back.
+    one.waiting = True
+    one.give_back(name, "k")
+    one._return_spares()
+    await eventually(lambda: not one._owed and (one._flushing is None or one._flushing.done()))
+    assert await two.take(name)
+    assert two.held(name) - two.spare[name] <= 2  # one's last slot, and two's own

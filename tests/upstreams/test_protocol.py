@@ -13,6 +13,9 @@ from nobusy.upstreams.base import Upstream
 OPTIONS: dict[str, dict[str, Any]] = {
     "openai": {"base_url": "http://127.0.0.1:1/v1"},
     "anthropic": {"base_url": "http://127.0.0.1:1"},
+    "vllm": {"base_url": "http://127.0.0.1:1/v1"},
+    "sglang": {"base_url": "http://127.0.0.1:1/v1"},
+    "llamacpp": {"base_url": "http://127.0.0.1:1/v1"},
 }
 
 

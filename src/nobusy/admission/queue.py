@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["FairQueue", "PRIORITIES", "Waiter"]
+__all__ = ["FairQueue", "PRIORITIES", "Waiter", "place"]
 
 PRIORITIES = ("high", "normal", "low")
 
@@ -30,6 +30,19 @@ class Waiter:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     tokens: int = 0  # the request's estimated tokens, for its upstream's tpm window
+    since: float = field(default_factory=time.time)  # wall clock: comparable across replicas
+
+    @property
+    def place(self) -> float:
+        """Where it stands in the fleet's order: class first, then time of arrival."""
+        return place(self.priority, self.since)
+
+
+def place(priority: str, since: float) -> float:
+    """A request's place in the fleet's order (lower: sooner): its class, then its arrival on
+    the wall clock (replicas on several hosts compare their clocks: NTP keeps them within
+    milliseconds, what a place is worth)."""
+    return PRIORITIES.index(priority) * 1e10 + since
 
 
 class FairQueue:
@@ -87,6 +100,12 @@ class FairQueue:
                             del keys[key]
                         return waiter
         return None
+
+    def first(self, key: str) -> float | None:
+        """The earliest place among ``key``'s waiters (each class's line of a key waits in
+        order), or None."""
+        lines = [keys[key] for keys in self._classes.values() if keys.get(key)]
+        return min((line[0].place for line in lines), default=None)
 
     def waiting(self, key: str, priority: str) -> int:
         """How many requests of ``key`` wait in class ``priority``."""

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from nobusy.errors import InvalidRequest
 from nobusy.keys import Key, validate
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
@@ -65,28 +66,36 @@ async def list_keys(request: Request) -> Response:
 
 
 async def create_key(request: Request) -> Response:
-    """Create a key from ``{"name", ...limits}``; the answer holds its secret, this once."""
+    """Create a key from ``{"name", ...limits, "stores"}``; the answer holds its secret, this
+    once."""
     body = await _body(request)
     if "name" not in body:
         raise InvalidRequest("Missing required parameter: 'name'.", param="name")
+    stores = _stores(request, body.pop("stores", None))
     validate(body)  # also refuses unknown fields, before they reach create() as arguments
     store = _store(request)
     key, secret = await run_in_threadpool(lambda: store.create(**body))
-    return JSONResponse({**key_json(key), "secret": secret}, status_code=201)
+    granted = await _grant(request, key.id, stores)
+    return JSONResponse({**key_json(key), **granted, "secret": secret}, status_code=201)
 
 
 async def get_key(request: Request) -> Response:
-    """One key, by id or name."""
+    """One key, by id or name, with the vector stores it was granted."""
     key = await run_in_threadpool(_store(request).get, request.path_params["key"])
-    return JSONResponse(key_json(key))
+    return JSONResponse({**key_json(key), **await _grant(request, key.id, None)})
 
 
 async def update_key(request: Request) -> Response:
-    """Change the fields given; null removes a limit, ``expires`` counts from now."""
+    """Change the fields given; null removes a limit, ``expires`` counts from now; ``stores``
+    sets the vector stores the key may read and search besides its own."""
     body = await _body(request)
+    stores = _stores(request, body.pop("stores", None))
     store, name = _store(request), request.path_params["key"]
-    key = await run_in_threadpool(lambda: store.update(name, **body))
-    return JSONResponse(key_json(key))
+    if body or stores is None:
+        key = await run_in_threadpool(lambda: store.update(name, **body))
+    else:
+        key = await run_in_threadpool(store.get, name)
+    return JSONResponse({**key_json(key), **await _grant(request, key.id, stores)})
 
 
 async def revoke_key(request: Request) -> Response:
@@ -103,6 +112,35 @@ async def topup_key(request: Request) -> Response:
     store, name = _store(request), request.path_params["key"]
     key = await run_in_threadpool(store.topup, name, body["tokens"])
     return JSONResponse(key_json(key))
+
+
+def _stores(request: Request, value: Any) -> list[str] | None:
+    """The ``stores`` field: vector store ids that exist (400 naming those that do not)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest("stores must be a list of vector store ids.", param="stores")
+    kb = _knowledge(request)
+    missing = kb.records.missing_stores(value) if kb is not None else value
+    if missing:
+        raise InvalidRequest(f"stores: no vector store {', '.join(missing)}.", param="stores")
+    return list(value)
+
+
+async def _grant(request: Request, key_id: str, stores: list[str] | None) -> dict[str, Any]:
+    """Grant ``stores`` (when given) to the key; ``{"stores": [...]}`` as granted now."""
+    kb = _knowledge(request)
+    if kb is None:
+        return {}
+    if stores is not None:
+        await run_in_threadpool(kb.records.grant, key_id, stores)
+    return {"stores": await run_in_threadpool(kb.records.grants, key_id)}
+
+
+def _knowledge(request: Request) -> KnowledgeBase | None:
+    # A state without a knowledge base (an app built for keys alone): no grants to show.
+    kb: KnowledgeBase | None = getattr(app_state(request), "knowledge", None)
+    return kb
 
 
 def _store(request: Request) -> KeyStore:

@@ -18,6 +18,119 @@ from nobusy.schema import ChatRequest
 __all__ = ["openapi_json", "openapi_spec", "routes"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_TOKENS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+_EMBEDDING_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                _TOKENS,
+                {"type": "array", "items": _TOKENS, "minItems": 1},
+            ]
+        },
+        "encoding_format": {"enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+    },
+}
+
+
+_SEARCH_REQUEST = {
+    "type": "object",
+    "required": ["query"],
+    "properties": {
+        "query": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "max_num_results": {"type": "integer", "minimum": 1, "maximum": 50},
+        "filters": {"type": "object"},
+        "ranking_options": {"type": "object"},
+        "rewrite_query": {"type": "boolean"},
+    },
+}
+_UPLOAD = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"enum": ["assistants", "user_data", "batch", "fine-tune", "vision", "evals"]},
+    },
+}
+
+
+def _operation(
+    summary: str, operation_id: str, body: dict[str, Any] | None = None, media: str = ""
+) -> dict[str, Any]:
+    """One operation of the Files or Vector Stores API: JSON in (when ``body``), JSON out."""
+    spec: dict[str, Any] = {
+        "summary": summary,
+        "operationId": operation_id,
+        "responses": {
+            "200": _json({"type": "object"}, "The object, in OpenAI's shape."),
+            **_errors(400, 401, 403, 404),
+        },
+    }
+    if body is not None:
+        content = {media or "application/json": {"schema": body}}
+        spec["requestBody"] = {"required": True, "content": content}
+    return spec
+
+
+def _knowledge_paths() -> dict[str, Any]:
+    """The Files and Vector Stores API (``api/files.py``, ``vector_stores.py``,
+    ``vector_search.py``)."""
+    obj = {"type": "object"}
+    store, file = "/v1/vector_stores/{store_id}", "/v1/vector_stores/{store_id}/files/{file_id}"
+    batch = "/v1/vector_stores/{store_id}/file_batches/{batch_id}"
+    paths: dict[str, Any] = {
+        "/v1/files": {
+            "post": _operation("Upload a file.", "createFile", _UPLOAD, "multipart/form-data"),
+            "get": _operation("List files.", "listFiles"),
+        },
+        "/v1/files/{file_id}": {
+            "get": _operation("Retrieve a file.", "retrieveFile"),
+            "delete": _operation("Delete a file.", "deleteFile"),
+        },
+        "/v1/files/{file_id}/content": {"get": _operation("A file's bytes.", "downloadFile")},
+        "/v1/vector_stores": {
+            "post": _operation("Create a vector store.", "createVectorStore", obj),
+            "get": _operation("List vector stores.", "listVectorStores"),
+        },
+        store: {
+            "get": _operation("Retrieve a vector store.", "getVectorStore"),
+            "post": _operation("Modify a vector store.", "modifyVectorStore", obj),
+            "delete": _operation("Delete a vector store.", "deleteVectorStore"),
+        },
+        f"{store}/files": {
+            "post": _operation("Put a file in a store.", "createVectorStoreFile", obj),
+            "get": _operation("List a store's files.", "listVectorStoreFiles"),
+        },
+        file: {
+            "get": _operation("A store's file and its status.", "getVectorStoreFile"),
+            "delete": _operation("Take a file out of a store.", "deleteVectorStoreFile"),
+        },
+        f"{store}/file_batches": {
+            "post": _operation("Put files in a store.", "createVectorStoreFileBatch", obj)
+        },
+        batch: {"get": _operation("A batch and its counts.", "getVectorStoreFileBatch")},
+        f"{batch}/cancel": {
+            "post": _operation("Cancel a batch.", "cancelVectorStoreFileBatch", {"type": "object"})
+        },
+        f"{batch}/files": {"get": _operation("A batch's files.", "listFilesInVectorStoreBatch")},
+        f"{store}/search": {
+            "post": _operation("Search a store.", "searchVectorStore", _SEARCH_REQUEST)
+        },
+    }
+    for path, operations in paths.items():
+        names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+        for operation in operations.values():
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in names
+            ]
+    return paths
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -102,7 +215,22 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "Embed texts with the embedded model or an alias's upstreams.",
+                    "operationId": "createEmbedding",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _EMBEDDING_REQUEST}},
+                    },
+                    "responses": {
+                        "200": _json(any_object, "A list of embeddings, `model` the one used."),
+                        **_errors(400, 401, 404, 429, 503),
+                    },
+                }
+            },
             **other_paths,
+            **_knowledge_paths(),
             "/v1/models": {
                 "get": {
                     "summary": "List model aliases.",

@@ -11,7 +11,9 @@ from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
 from nobusy.cli.crosscheck import crosscheck
 from nobusy.cli.errors import NobusyGroup
+from nobusy.cli.kb import kb
 from nobusy.cli.keys import keys
+from nobusy.cli.pool import pool
 from nobusy.cli.secret import secret
 from nobusy.cli.serve import check, models, serve
 from nobusy.cli.usage import usage
@@ -38,9 +40,11 @@ cli.add_command(check)
 cli.add_command(chat)
 cli.add_command(crosscheck)
 cli.add_command(keys)
+cli.add_command(kb)
 cli.add_command(audit)
 cli.add_command(secret)
 cli.add_command(usage)
+cli.add_command(pool)
 cli.add_command(fake_upstream_command)
 
 

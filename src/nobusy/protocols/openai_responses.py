@@ -23,7 +23,7 @@ from nobusy.errors import InvalidRequest, NotFound
 from nobusy.protocols.openai_responses_events import ResponsesEvents, render_response
 from nobusy.routing.relay import Encoder
 from nobusy.schema import ChatRequest, invalid_request, parse_json_object
-from nobusy.store.responses import ResponseStore
+from nobusy.store.interfaces import ResponsesStore
 from nobusy.store.usage import UsageRecord
 
 __all__ = ["OpenAIResponses", "ResponsesRequest", "parse_responses_request"]
@@ -67,7 +67,7 @@ class OpenAIResponses:
     """The ``ClientProtocol`` of one ``/v1/responses`` request: its parser (with the kept
     conversations of its key) and its way out, which keeps the answer when asked to."""
 
-    store: ResponseStore | None
+    store: ResponsesStore | None
     key_id: str | None
     read: ResponsesRequest | None = field(default=None, init=False)
 

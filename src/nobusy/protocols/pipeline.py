@@ -24,27 +24,39 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from nobusy.admission.limits import estimate_tokens
+from nobusy.cache.use import STALE_NOTE, STALE_ON, CacheUse, Kept, after, replay
 from nobusy.errors import Draining, InvalidRequest, NobusyError
 from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
+from nobusy.knowledge.grounding import Grounding, is_local, retrieve
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.capabilities import fitting
-from nobusy.routing.relay import Encoder, collect, internal_error_event, sse_events
+from nobusy.routing.relay import (
+    DONE,
+    Chunked,
+    Encoder,
+    OpenAIEvents,
+    collect,
+    internal_error_event,
+    sse_events,
+)
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
+from nobusy.upstreams.base import Chunk
 
 if TYPE_CHECKING:
     from nobusy.crosscheck.ads import AdsCheck
@@ -101,7 +113,7 @@ async def complete(
     entry.record.notes.append(note)
     try:
         key: Key | None = getattr(request.state, "key", None)
-        await entry.admit(key, chat, size)
+        await entry.admit(key, chat, size, _nothing)
         body, entry.masker = await state.offload.run(
             size, _screen, state.guard, state.router.alias(chat.model).pii, body, entry.hits
         )
@@ -151,16 +163,33 @@ class _LedgerEntry:
         self.key: Key | None = None
         self.walk: Walker | None = None
         self.masker: Masker | None = None
+        self.grounding: Grounding | None = None  # an alias's passages, retrieved once
         self.estimate = 0
+        self.cache: CacheUse | None = None
+        self.first_token_at: float | None = None  # of an answer from the cache
 
-    async def admit(self, key: Key | None, chat: ChatRequest, body_size: int) -> None:
-        """Check the key's own limits; from here on the request counts against them."""
+    async def admit(
+        self,
+        key: Key | None,
+        chat: ChatRequest,
+        body_size: int,
+        meanwhile: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Check the key's own limits (from here on the request counts against them) while
+        ``meanwhile`` runs; its result. With ``state`` the check is a round trip to Redis:
+        the request's own work (screening) fills it instead of waiting for it."""
         limits = self.state.limits
         if key is None or limits is None:
-            return
+            return await meanwhile()
         self.record.key_id = key.id
         estimate = estimate_tokens(body_size, chat.max_completion_tokens or chat.max_tokens)
         admission = asyncio.ensure_future(limits.admit(key, chat.model, estimate))
+        await asyncio.sleep(0)  # the admission sends its command before ``meanwhile`` runs
+        failed: BaseException | None = None
+        try:
+            result = await meanwhile()
+        except BaseException as exc:  # re-raised below, once the admission is settled
+            failed = exc
         try:
             await asyncio.shield(admission)
         except asyncio.CancelledError:
@@ -172,7 +201,10 @@ class _LedgerEntry:
 
             admission.add_done_callback(give_back)
             raise
-        self.key, self.estimate = key, estimate
+        self.key, self.estimate = key, estimate  # admitted: its end is counted, whatever comes
+        if failed is not None:
+            raise failed
+        return result
 
     def ended(self, exc: BaseException) -> None:
         """Say how the request ended, unless an earlier step already did."""
@@ -198,10 +230,12 @@ class _LedgerEntry:
         if self.walk is not None:
             self.walk.close()  # a queue place given up
             self.record.queue_ms = self.walk.queue_ms
+        if self.cache is not None:
+            self.cache.settle(self.record)  # keeps an answer that came whole from upstream
         if self.key is not None and self.state.limits is not None:
-            actual = self.record.prompt_tokens + self.record.completion_tokens
+            actual = sum(self.record.upstream_tokens())
             self.state.limits.done(self.key.id, self.estimate, actual)
-        first_token_at = None
+        first_token_at = self.first_token_at
         if self.answer is not None:
             self.record.tried = self.answer.tried()
             first_token_at = self.answer.first_token_at
@@ -275,10 +309,37 @@ class _PipelineResponse(Response):
         request, state, chat, body = self.request, self.state, self.chat, self.payload
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
-        await entry.admit(key, chat, self.size)
-        body, entry.masker = await state.offload.run(
-            self.size, _screen, state.guard, router.alias(chat.model).pii, body, entry.hits
+        alias = router.alias(chat.model)
+        # Keyed on the request as sent: the guard and PII masking rewrite the body below.
+        use = CacheUse.open(
+            state.cache,
+            alias.cache,
+            request.headers,
+            chat,
+            body,
+            key.id if key else None,
+            alias.pii,
         )
+        if alias.knowledge is None:
+            body, entry.masker = await entry.admit(
+                key,
+                chat,
+                self.size,
+                lambda: state.offload.run(
+                    self.size, _screen, state.guard, alias.pii, body, entry.hits
+                ),
+            )
+        else:
+            # Passages are retrieved only for an admitted request, and go into the body before
+            # the guard and PII masking, which screen them like the client's own words.
+            await entry.admit(key, chat, self.size, _nothing)
+            entry.grounding = await _ground(entry, chat, body)
+            body, entry.masker = await state.offload.run(
+                self.size, _screen, state.guard, alias.pii, body, entry.hits
+            )
+        entry.cache = use
+        if use is not None and (kept := await use.fresh()) is not None:
+            return await self._kept(entry, kept)
         client = request.client.host if request.client else "unknown"
         who = f"key:{key.id}" if key else f"client:{client}"
         priority = key.priority if key else "normal"
@@ -291,23 +352,56 @@ class _PipelineResponse(Response):
             router, chat.model, body, entry.record.request_id, who, priority, patience, tokens
         )
         entry.walk = walk
-        if not await walk.take():  # queued
-            if chat.stream:
-                entry.record.outcome = "client_gone"  # until the stream says otherwise
-                events = _queued_stream(chat, entry, walk, self.encoder(entry))
-                return EventStreamResponse(events, {"x-nobusy-upstream": "queued"})
-            await walk.granted()
-        answer = await _open(entry, walk)
-        headers = {"x-nobusy-upstream": answer.upstream}
+        marked = {"x-nobusy-cache": use.status} if use is not None else {}
+        try:
+            if not await walk.take():  # queued
+                if chat.stream:
+                    entry.record.outcome = "client_gone"  # until the stream says otherwise
+                    encoder = self.encoder(entry)
+                    events = _cited(
+                        _queued_stream(chat, entry, walk, encoder), entry.grounding, encoder
+                    )
+                    return EventStreamResponse(events, {"x-nobusy-upstream": "queued", **marked})
+                await walk.granted()
+            answer = await _open(entry, walk)
+        except STALE_ON as exc:
+            # No upstream can answer: an answer kept earlier, marked stale, beats the error.
+            kept = await use.stale() if use is not None else None
+            if kept is None:
+                raise
+            entry.record.tried = [f.upstream for f in getattr(exc, "failures", ()) if f.attempted]
+            return await self._kept(entry, kept)
         request.state.upstream = answer.upstream
-        ads = _ads_check(request, state, chat)
+        return await self._respond(entry, answer, {"x-nobusy-upstream": answer.upstream, **marked})
+
+    async def _kept(self, entry: _LedgerEntry, kept: list[Chunk]) -> Response:
+        """A kept answer (a hit, or stale), through today's PII and output guard."""
+        use = entry.cache
+        assert use is not None
+        _from_cache(entry, use)
+        self.request.state.upstream = "cache"
+        headers = {"x-nobusy-upstream": "cache", "x-nobusy-cache": use.status}
+        note = STALE_NOTE if use.status == "stale" else None
+        chunks = _outward(entry, replay(kept), kept=True)
+        if entry.grounding is not None:  # a kept answer cites as it did when it was new
+            chunks = entry.grounding.tap(chunks)
+        return await self._respond(entry, Kept(chunks), headers, note)
+
+    async def _respond(
+        self, entry: _LedgerEntry, answer: Chunked, headers: dict[str, str], note: str | None = None
+    ) -> Response:
+        """The answer as a stream (``note`` first, as the protocol's comment) or whole."""
+        chat = self.chat
+        ads = _ads_check(self.request, self.state, chat)
         if ads is not None:
             answer.chunks = ads.watch(answer.chunks)
         if chat.stream:
             entry.record.outcome = "client_gone"  # until the stream says otherwise
-            events = sse_events(
-                answer, chat, entry.record, entry.close, entry.capture, self.encoder(entry)
-            )
+            encoder = self.encoder(entry)
+            events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
+            if note is not None:
+                events = after(encoder.note(note), events)
+            events = _cited(events, entry.grounding, encoder)
             if ads is not None:
                 events = ads.around(events)
             return EventStreamResponse(events, headers)
@@ -316,9 +410,11 @@ class _PipelineResponse(Response):
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
         rendered = self.protocol.render(completion, chat)
+        if entry.grounding is not None:
+            rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
         if ads is not None:
             text = "".join(ads.parts)
-            await state.offload.run(len(text) * 4, ads.annotate, rendered, text, headers)
+            await self.state.offload.run(len(text) * 4, ads.annotate, rendered, text, headers)
         return JSONResponse(rendered, headers=headers)
 
     def encoder(self, entry: _LedgerEntry) -> Encoder:
@@ -353,23 +449,97 @@ def _screen(
 
 async def _open(entry: _LedgerEntry, walk: Walker) -> Answer:
     """The answer from the walk's slot on (requeued by the walker when every route was busy),
-    put back together and filtered as the request asks."""
-    state = entry.state
+    put back together and filtered as the request asks (and recorded for the cache, before
+    its personal data is put back)."""
     answer = await open_answer(walk)
-    if entry.masker is not None:
-        answer.chunks = restore_answer(answer.chunks, entry.masker)
-    if state.guard is not None and state.guard.checks_output:
-        answer.chunks = filter_answer(answer.chunks, state.guard, entry.hits)
+    chunks = answer.chunks
+    if entry.cache is not None:
+        chunks = entry.cache.record(chunks)
+    answer.chunks = _outward(entry, chunks)
+    if entry.grounding is not None:  # the answer's [n], read as the client gets them
+        answer.chunks = entry.grounding.tap(answer.chunks)
     entry.answer = answer
     entry.record.upstream = answer.upstream
     entry.record.overflow = answer.overflow
     return answer
 
 
+def _outward(
+    entry: _LedgerEntry, chunks: AsyncIterator[Chunk], kept: bool = False
+) -> AsyncIterator[Chunk]:
+    """An answer on its way out (from upstream, or ``kept`` in the cache): personal data put
+    back, the output guard in force now."""
+    state = entry.state
+    if entry.masker is not None:
+        chunks = restore_answer(chunks, entry.masker)
+    if state.guard is not None and state.guard.checks_output:
+        chunks = filter_answer(chunks, state.guard, entry.hits)
+    if entry.cache is not None and not kept:  # how it ends decides whether it is kept
+        chunks = entry.cache.watch(chunks)
+    return chunks
+
+
+def _from_cache(entry: _LedgerEntry, use: CacheUse) -> None:
+    entry.record.upstream = "cache"
+    entry.record.cache = use.status
+    entry.first_token_at = time.perf_counter()
+
+
+async def _nothing() -> None:
+    """Admission's companion when nothing may run beside it."""
+
+
+async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
+    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``
+    (LocalOnlyStore when a route could take a ``local_only`` store's passages off premises);
+    the audit records which documents they came from."""
+    router, kb = entry.state.router, entry.state.knowledge
+    alias = router.alias(chat.model)
+    attached = alias.knowledge
+    if attached is None or kb is None:
+        return None
+    remote = sorted(
+        {
+            route.upstream
+            for route in (*alias.routes, *alias.overflow)
+            if not is_local(router.upstreams[route.upstream])
+        }
+    )
+    grounding = await retrieve(kb, attached.stores, attached.top_k, body, remote=remote)
+    if grounding is not None:
+        grounding.apply(body)
+        if entry.exchange is not None:
+            entry.exchange.request["nobusy_retrieved"] = grounding.sources()
+    return grounding
+
+
+async def _cited(
+    events: AsyncIterator[bytes], grounding: Grounding | None, encoder: Encoder
+) -> AsyncIterator[bytes]:
+    """OpenAI's stream with one more chunk before ``[DONE]``: ``nobusy.citations``, once the
+    whole answer is known (other protocols' streams end as their SDKs expect, unchanged)."""
+    if grounding is None or not isinstance(encoder, OpenAIEvents):
+        async for event in events:
+            yield event
+        return
+    async for event in events:
+        if event == DONE:
+            # A chunk with no choices, as the usage chunk is: SDKs parse it, clients skip it.
+            body = {
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "nobusy": grounding.citations(),
+            }
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+        yield event
+
+
 async def _queued_stream(
     chat: ChatRequest, entry: _LedgerEntry, walk: Walker, encoder: Encoder
 ) -> AsyncIterator[bytes]:
-    """Queue positions as SSE comments (ignored by the SDKs), then the answer itself."""
+    """Queue positions as SSE comments (ignored by the SDKs), then the answer itself (or a
+    kept one, stale, when no upstream could answer)."""
+    answer: Chunked
     try:
         try:
             async for position, eta in walk.positions():
@@ -377,14 +547,21 @@ async def _queued_stream(
             await walk.granted()
             answer = await _open(entry, walk)
         except NobusyError as exc:
-            entry.record.outcome = exc.code or "error"
-            yield encoder.error(exc.status_code, exc.body())
-            return
+            use = entry.cache
+            kept = await use.stale() if use is not None and isinstance(exc, STALE_ON) else None
+            if use is None or kept is None:
+                entry.record.outcome = exc.code or "error"
+                yield encoder.error(exc.status_code, exc.body())
+                return
+            # The headers said miss; the comment says what this is.
+            _from_cache(entry, use)
+            yield encoder.note(STALE_NOTE)
+            answer = Kept(_outward(entry, replay(kept), kept=True))
         except Exception as exc:
             entry.record.outcome = "internal_error"
             yield internal_error_event(entry.record.request_id, exc, encoder)
             return
-        yield f": nobusy: answering from {answer.upstream}\n\n".encode()
+        yield f": nobusy: answering from {entry.record.upstream}\n\n".encode()
         events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
         async for part in events:
             yield part

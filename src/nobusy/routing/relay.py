@@ -22,7 +22,6 @@ import orjson
 from nobusy.errors import NobusyError
 from nobusy.message import MessageBuilder
 from nobusy.responses import internal_error_body
-from nobusy.routing.answer import Answer
 from nobusy.schema import ChatRequest
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
@@ -30,6 +29,7 @@ from nobusy.upstreams.base import Chunk
 
 __all__ = [
     "ChunkRewriter",
+    "Chunked",
     "Encoder",
     "OpenAIEvents",
     "collect",
@@ -78,6 +78,12 @@ class ChunkRewriter:
                 if delta.get("content") or delta.get("reasoning_content"):
                     self.record.completion_tokens += 1
         return chunk
+
+
+class Chunked(Protocol):
+    """What the relay reads of an answer: its chunks (an ``Answer``, or a kept one replayed)."""
+
+    chunks: AsyncIterator[Chunk]
 
 
 class Encoder(Protocol):
@@ -129,7 +135,7 @@ class OpenAIEvents:
 
 
 async def sse_events(
-    answer: Answer,
+    answer: Chunked,
     request: ChatRequest,
     record: UsageRecord,
     close: Callable[[], None],
@@ -188,7 +194,7 @@ def internal_error_event(request_id: str, exc: Exception, encoder: Encoder | Non
 
 
 async def collect(
-    answer: Answer,
+    answer: Chunked,
     request: ChatRequest,
     record: UsageRecord,
     capture: Transcript | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from nobusy.admission.capacity import Capacity, Ticket
 from nobusy.errors import ModelNotFound, UpstreamEjected
@@ -21,9 +22,11 @@ from nobusy.routing.balancing import plan_routes
 from nobusy.routing.budget import Budget
 from nobusy.routing.circuit import Circuit
 from nobusy.routing.continuation_probe import ContinuationModes
+from nobusy.routing.placement import Placement, ServerView
 from nobusy.routing.stats import UpstreamStats
 from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Upstream
+from nobusy.upstreams.server_metrics import ServerSignals
 
 __all__ = ["Router"]
 
@@ -64,11 +67,25 @@ class Router:
         self.capacity.pause = self._pause
         for name, limit in self.capacity.limits.items():
             limit.name = limit.name or name  # for its log lines
+        self.placement = self._placement()  # None without server-aware upstreams
+        self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
             if spec.hedge is not None
         }
+
+    def _placement(self) -> Placement | None:
+        views = {
+            name: self._view(name, signals)
+            for name, upstream in self.upstreams.items()
+            if isinstance(signals := getattr(upstream, "signals", None), ServerSignals)
+        }
+        return Placement(views) if views else None
+
+    def _view(self, name: str, signals: ServerSignals) -> ServerView:
+        stats, limit = self.stats[name], self.capacity.limits[name]
+        return ServerView(signals, lambda: stats.in_flight, lambda: limit.current)
 
     def _budget(self) -> Budget:
         s = self.settings
@@ -104,10 +121,23 @@ class Router:
         circuit = self.stats[upstream].circuit
         return 0.0 if circuit.available() else max(circuit.retry_in(), 0.05)
 
-    def plan(self, routes: Sequence[Route]) -> tuple[list[Route], list[Route]]:
+    def plan(
+        self, routes: Sequence[Route], body: Mapping[str, Any] | None = None
+    ) -> tuple[list[Route], list[Route]]:
         """(usable routes in the order to try them, routes skipped because their circuit is
-        open), by ``routing.balancing``."""
-        return plan_routes(routes, self.stats, self.rng)
+        open), by ``routing.balancing``; server-aware routes by ``routing.placement`` when the
+        request's ``body`` is given. Drained upstreams are left out."""
+        if self.drained:
+            routes = [r for r in routes if r.upstream not in self.drained]
+        ordered, skipped = plan_routes(routes, self.stats, self.rng)
+        if body is not None and self.placement is not None:
+            ordered = self.placement.order(ordered, body)
+        return ordered, skipped
+
+    def placed(self, route: Route, body: Mapping[str, Any]) -> None:
+        """A request takes ``route``: placement remembers its prefix there."""
+        if self.placement is not None:
+            self.placement.placed_on(route.upstream, body)
 
     def enqueue(
         self,
@@ -123,7 +153,9 @@ class Router:
         whose circuit is open hands out no slot until it may be used again. ``spec``: the
         alias's routes that can take the request, when not all can."""
         spec = spec or self.alias(alias)
-        upstreams = frozenset(r.upstream for r in (*spec.routes, *spec.overflow))
+        upstreams = frozenset(
+            r.upstream for r in (*spec.routes, *spec.overflow) if r.upstream not in self.drained
+        )
         return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
 
     def ejected(self, route: Route) -> UpstreamEjected:

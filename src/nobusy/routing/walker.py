@@ -120,7 +120,7 @@ class Walker:
         failures: list[UpstreamError] = []
         candidates: list[_Candidate] = []
         for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
-            ordered, skipped = router.plan(routes)
+            ordered, skipped = router.plan(routes, self.body)
             failures.extend(router.ejected(r) for r in skipped)
             for i, route in enumerate(ordered):
                 rest = ordered[i + 1 :] if not overflow else []
@@ -149,7 +149,7 @@ class Walker:
         spec = self.spec
         main = [r for r in spec.routes if r.upstream == upstream]
         route = main[0] if main else next(r for r in spec.overflow if r.upstream == upstream)
-        ordered, _ = self.router.plan(spec.routes)
+        ordered, _ = self.router.plan(spec.routes, self.body)
         rest = [r for r in ordered if r != route] if main else ()
         self._plan(route, rest, [], overflow=not main)
 
@@ -168,6 +168,7 @@ class Walker:
         self, route: Route, rest: Iterable[Route], failures: list[UpstreamError], overflow: bool
     ) -> None:
         self.reserved, self.rest, self.failures = route, deque(rest), failures
+        self.router.placed(route, self.body)
         self.overflow = overflow
         self.attempts = 0
         self.cancelled = []

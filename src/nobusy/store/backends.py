@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditLog
+from nobusy.store.interfaces import ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME, open_db
+from nobusy.store.responses import ResponseStore
 from nobusy.store.usage import UsageLog, key_usage, key_usage_rows
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ __all__ = [
     "liveness",
     "open_audit",
     "open_keys",
+    "open_responses",
     "open_usage",
     "reading",
     "usage_by_key",
@@ -88,6 +91,16 @@ def open_audit(
     if serving:
         log.open_spill()
     return log
+
+
+def open_responses(settings: Settings) -> ResponsesStore:
+    """The Responses API's kept responses: this host's ``nobusy.db``, or with ``store`` the
+    PostgreSQL every replica shares."""
+    if settings.store is None:
+        return ResponseStore(settings.data_dir, settings.responses_ttl)
+    from nobusy.store.pg_responses import PgResponseStore
+
+    return PgResponseStore(settings.store.get_secret_value(), settings.responses_ttl)
 
 
 @contextmanager

@@ -21,6 +21,11 @@ and PostgreSQL for several hosts: modules implementing the same protocols, chose
   ``store.pg_usage.PgUsageLog`` (PostgreSQL, spilling to a local file while it is down).
 - ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread),
   ``store.pg_audit.PgAuditLog`` (PostgreSQL, one chain for every replica).
+- ``CacheStore``: ``store.response_cache.SqliteCache`` (SQLite, the processes of one host),
+  ``store.redis_cache.RedisCache`` (Redis, every replica); behind ``cache.ResponseCache``'s
+  memory. A store that fails answers "not kept": the cache never fails a request.
+- ``ResponsesStore``: ``store.responses.ResponseStore`` (SQLite, this host),
+  ``store.pg_responses.PgResponseStore`` (PostgreSQL, every replica).
 
 Each backend is checked against its protocol by mypy (``_backends`` below).
 """
@@ -33,7 +38,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nobusy.keys import Key
 from nobusy.store.usage import UsageRecord
 
-__all__ = ["AuditSink", "FleetLeases", "KeyLookup", "Leases", "LimitCounters", "UsageSink"]
+__all__ = [
+    "AuditSink",
+    "CacheStore",
+    "FleetLeases",
+    "KeyLookup",
+    "Leases",
+    "LimitCounters",
+    "ResponsesStore",
+    "UsageSink",
+]
 
 
 class KeyLookup(Protocol):
@@ -108,10 +122,18 @@ class FleetLeases(Protocol):
         peak: int = 0,
         light: Collection[str] = (),
         tokens: int = 0,
+        turn: tuple[float, float | None] | None = None,
+        need: int | None = None,
     ) -> bool:
         """One more slot for ``who`` if all replicas hold fewer than the limit, less ``peak``
-        slots kept for the ``light`` keys (less what they hold now), and the upstream's
-        rpm/tpm window has room for ``tokens`` more."""
+        slots kept for the ``light`` keys (less what they hold now), the upstream's rpm/tpm
+        window has room for ``need`` tokens (by default ``tokens``, counted in it), and
+        (``turn``: the place of this replica's first waiter of ``who``, and of the next one
+        once this take succeeds) no replica has an earlier one of ``who``."""
+        ...
+
+    def first(self, upstream: str) -> bool:
+        """Whether this replica's first waiter (of the key last taken for) was the fleet's."""
         ...
 
     def correct(self, upstream: str, tokens: int) -> None:
@@ -181,6 +203,36 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
+class CacheStore(Protocol):
+    """Kept answers shared by processes: bytes by key, expiring; never raises."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The entry kept under ``key``, or None (none, expired, or the store is away)."""
+        ...
+
+    def put(self, key: str, value: bytes, keep: float) -> None:
+        """Keep ``value`` for ``keep`` seconds, in the background (dropped if it fails)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class ResponsesStore(Protocol):
+    """The Responses API's kept responses, per key and expiring."""
+
+    def put(
+        self, response_id: str, key_id: str | None, items: list[Any], response: dict[str, Any]
+    ) -> None: ...
+
+    def items(self, response_id: str, key_id: str | None) -> list[Any] | None: ...
+
+    def response(self, response_id: str, key_id: str | None) -> dict[str, Any] | None: ...
+
+    def delete(self, response_id: str, key_id: str | None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 if TYPE_CHECKING:
     from nobusy.admission.limits import KeyLimits
     from nobusy.admission.shared import SharedSlots
@@ -189,9 +241,13 @@ if TYPE_CHECKING:
     from nobusy.store.limits import SharedKeyLimits
     from nobusy.store.pg_audit import PgAuditLog
     from nobusy.store.pg_keys import PgKeyStore
+    from nobusy.store.pg_responses import PgResponseStore
     from nobusy.store.pg_usage import PgUsageLog
+    from nobusy.store.redis_cache import RedisCache
     from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
+    from nobusy.store.response_cache import SqliteCache
+    from nobusy.store.responses import ResponseStore
     from nobusy.store.usage import UsageLog
 
     def _backends(
@@ -206,6 +262,10 @@ if TYPE_CHECKING:
         pg_keys: PgKeyStore,
         pg_usage: PgUsageLog,
         pg_audit: PgAuditLog,
+        responses: ResponseStore,
+        pg_responses: PgResponseStore,
+        sqlite_cache: SqliteCache,
+        redis_cache: RedisCache,
     ) -> None:
         """Never called: mypy checks that each of today's backends satisfies its protocol."""
         _keys: KeyLookup = keys
@@ -219,3 +279,7 @@ if TYPE_CHECKING:
         _pg_keys: KeyLookup = pg_keys
         _pg_usage: UsageSink = pg_usage
         _pg_audit: AuditSink = pg_audit
+        _responses: ResponsesStore = responses
+        _pg_responses: ResponsesStore = pg_responses
+        _sqlite_cache: CacheStore = sqlite_cache
+        _redis_cache: CacheStore = redis_cache

@@ -96,18 +96,13 @@ class Ledger:
         if first_token_at is not None:
             ttft = first_token_at - started
             record.ttft_ms = round(ttft * 1000, 3)
+        prompt, completion = record.upstream_tokens()
         self.metrics.answered(
-            record.alias,
-            upstream,
-            record.outcome,
-            now - started,
-            ttft,
-            record.prompt_tokens,
-            record.completion_tokens,
+            record.alias, upstream, record.outcome, now - started, ttft, prompt, completion
         )
         self.log.record(record)
         if record.key_id is not None and self.keys is not None:
-            tokens = record.prompt_tokens + record.completion_tokens
+            tokens = prompt + completion
             self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
             if time.monotonic() - self._last_flush > 0.5:
                 self.flush_charges()

@@ -24,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 from nobusy.errors import ConfigError
 from nobusy.store.sqlite import connect, private_dir, private_file, transaction
 
-__all__ = ["AUDIT", "AUDIT_NO_DELETE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
+__all__ = ["AUDIT", "AUDIT_NO_DELETE", "CACHE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
 
 DB_NAME = "nobusy.db"
 
@@ -147,6 +147,65 @@ def m006_responses(db: Database) -> None:
         "expires REAL NOT NULL, items BLOB NOT NULL, response BLOB NOT NULL)"
     )
     db.execute("CREATE INDEX responses_expires ON responses (expires)")
+
+
+@NOBUSY()
+def m007_usage_cache(db: Database) -> None:
+    # The response cache's part in a request: hit, stale, miss (NULL: not cached).
+    db.execute("ALTER TABLE usage ADD COLUMN cache TEXT")
+
+
+@NOBUSY()
+def m008_responses_shared(db: Database) -> None:
+    # Nothing in SQLite: with `store: postgresql://` the kept responses move to PostgreSQL
+    # (store/pg_responses.py), so every replica can continue a conversation.
+    pass
+
+
+@NOBUSY()
+def m009_knowledge(db: Database) -> None:
+    # The knowledge base's records (store/knowledge.py): uploaded files (their bytes are under
+    # data_dir/files), vector stores, the files each store holds with their
+    # ingestion status, batches, and the stores a key was granted. Times are Unix seconds, as
+    # the Files and Vector Stores APIs give them; owner is the creating key (NULL without keys).
+    for statement in KNOWLEDGE_TABLES:
+        db.execute(statement)
+
+
+KNOWLEDGE_TABLES = (
+    "CREATE TABLE kb_files (id TEXT PRIMARY KEY, owner TEXT, filename TEXT NOT NULL, "
+    "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+    "created_at INTEGER NOT NULL, expires_at INTEGER)",
+    "CREATE INDEX kb_files_owner ON kb_files (owner, created_at)",
+    "CREATE TABLE kb_stores (id TEXT PRIMARY KEY, owner TEXT, name TEXT, "
+    "embedding_model TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', expires_after TEXT, "
+    "created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL)",
+    "CREATE INDEX kb_stores_owner ON kb_stores (owner, created_at)",
+    "CREATE TABLE kb_store_files (store_id TEXT NOT NULL, file_id TEXT NOT NULL, "
+    "batch_id TEXT, status TEXT NOT NULL, last_error TEXT, attributes TEXT NOT NULL "
+    "DEFAULT '{}', chunking TEXT, usage_bytes INTEGER NOT NULL DEFAULT 0, "
+    "chunks INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, "
+    "PRIMARY KEY (store_id, file_id))",
+    "CREATE INDEX kb_store_files_status ON kb_store_files (status)",
+    "CREATE INDEX kb_store_files_batch ON kb_store_files (batch_id)",
+    "CREATE TABLE kb_batches (id TEXT PRIMARY KEY, store_id TEXT NOT NULL, "
+    "status TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    "CREATE TABLE kb_grants (key_id TEXT NOT NULL, store_id TEXT NOT NULL, "
+    "PRIMARY KEY (key_id, store_id))",
+)
+
+
+# --- cache.db: the response cache of one host (cache/, store/response_cache.py) -----------------
+
+CACHE = Migrations("nobusy-cache")
+
+
+@CACHE()
+def m001_cache(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE cache (key TEXT PRIMARY KEY, expires REAL NOT NULL, value BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX cache_expires ON cache (expires)")
 
 
 # --- audit.db: the chained audit rows ----------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from sqlite_utils.migrations import Migrations
 
-from nobusy.store.migrations import AUDIT, NOBUSY
+from nobusy.store.migrations import AUDIT, KNOWLEDGE_TABLES, NOBUSY
 from nobusy.store.postgres import ERRORS, Link, startup_error
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
@@ -107,6 +107,19 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
         # The Responses API's kept responses stay in each replica's own nobusy.db for now
         # (store/responses.py): a replica other than the one that answered cannot see them.
         "m006_responses": (),
+        "m007_usage_cache": ("ALTER TABLE usage ADD COLUMN cache TEXT",),
+        # Every replica's kept responses (store/pg_responses.py): a conversation started on one
+        # replica continues on any other.
+        "m008_responses_shared": (
+            "CREATE TABLE responses (id TEXT PRIMARY KEY, key_id TEXT, created_at TEXT NOT "
+            "NULL, expires DOUBLE PRECISION NOT NULL, items BYTEA NOT NULL, response BYTEA NOT "
+            "NULL)",
+            "CREATE INDEX responses_expires ON responses (expires)",
+        ),
+        # The same tables (integers are BIGINT there): the knowledge base's records are this
+        # host's for now, in nobusy.db beside its index; the tables are made so that a
+        # PostgreSQL backend of store/knowledge.py needs no further migration.
+        "m009_knowledge": tuple(s.replace(" INTEGER", " BIGINT") for s in KNOWLEDGE_TABLES),
     },
     AUDIT.name: {
         "m001_audit": (

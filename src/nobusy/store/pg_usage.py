@@ -26,7 +26,7 @@ __all__ = ["PgUsageLog"]
 log = logging.getLogger("nobusy")
 
 _INSERT = (
-    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({', '.join(['%s'] * 16)}) "
+    f"INSERT INTO usage ({COLUMNS}, record_id) VALUES ({', '.join(['%s'] * 17)}) "
     "ON CONFLICT (record_id) DO NOTHING"
 )
 

@@ -50,23 +50,33 @@ from nobusy.store.redis_client import ERRORS, LUA_CLOCK, Script, bounded, connec
 __all__ = ["HOLDERS", "SYNC", "RedisLeases"]
 
 SYNC = 0.2  # seconds between a replica's syncs: heartbeat, and the reports of its keys
+SPARES = 2  # spare slots a replica holds at most (see ``RedisLeases.take``)
 _COALESCE = 0.005  # seconds a give-back waits for a take to ride on (then a call of its own)
 _RECHECK = 0.5  # seconds a full window is believed full before asking Redis again
 _KEEP = int(2 * WINDOW)  # seconds an upstream's window outlives its last write
+# Seconds a replica's first waiter's place stands in the fleet's order without being told
+# again: a replica with waiters asks every _PUMP_EVERY (admission/capacity.py) while it has
+# room, and a replica whose last waiter left tells nobody.
+_FRESH = 0.1
 HOLDERS = "nobusy:leaseholders"
 FLEET = "nobusy:leases:reports"
 
 log = logging.getLogger("nobusy.state")
 
-# KEYS: lease, holders, limit, req, tok, sum. ARGV: member, ceiling, initial, take (1/0),
-# peak, ttl, who, then the slots given back (a count, then key and slots for each), the light
-# keys (a count, then each), the window's rpm, tpm (-1: none), the take's estimated tokens,
-# an id for this call's entries, the tokens corrected since the last call, the window's
-# seconds and how long its keys outlive a write, and the limit's changes as triples (kind, a,
-# b). Returns taken (1/0), held, epoch, limit, then seconds until a full window has room
-# (0: not full), and the requests and tokens in the window. The lease hash holds, per
-# replica incarnation, its total (field: member) and its slots by key (member NUL key). The
-# floor (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
+# KEYS: lease, holders, limit, req, tok, sum, and the places of the key's first waiters.
+# ARGV: member, ceiling, initial, take (1/0), peak, ttl, who, then the slots given back (a
+# count, then key and slots for each), the light keys (a count, then each), the window's rpm,
+# tpm (-1: none), the take's estimated tokens, an id for this call's entries, the tokens
+# corrected since the last call, the window's seconds and how long its keys outlive a write,
+# the place of this replica's first waiter of the key and of the next one once this take
+# succeeds ('': none, or not told), how long a place told stands without being told again,
+# the tokens the window must have room for (the estimate, or less: ``Capacity._need``), the
+# spare slots wanted, and the limit's changes as triples (kind, a, b). Returns the slots
+# taken (0, or 1 plus the spares), held, epoch, limit, then seconds until a full window has
+# room (0: not full), the requests and tokens in the window, and whether no other replica's
+# first waiter of the key comes before this one's (1/0). The lease hash holds, per replica
+# incarnation, its total (field: member) and its slots by key (member NUL key). The floor
+# (1) and backoff (0.9) of a drop are AIMDLimit's (admission/adaptive.py).
 _TAKE = (
     LUA_CLOCK
     + """
@@ -91,7 +101,26 @@ i = i + 1
 local rpm, tpm, estimate = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
 local rid, correction = ARGV[i + 3], tonumber(ARGV[i + 4])
 local window, keep = tonumber(ARGV[i + 5]), ARGV[i + 6]
-i = i + 7
+local place, after, fresh = ARGV[i + 7], ARGV[i + 8], now - tonumber(ARGV[i + 9])
+local need, spares = tonumber(ARGV[i + 10]), tonumber(ARGV[i + 11])
+i = i + 12
+-- A key's requests are served in the order they came, across the fleet: each replica's first
+-- waiter of the key (KEYS[7], the key's: member -> place, when told), as told lately (a
+-- replica waiting asks every few tens of ms). Keys among themselves take turns by fairness.
+local first = 1
+if place ~= '' then
+  local heads = redis.call('HGETALL', KEYS[7])
+  for j = 1, #heads, 2 do
+    if heads[j] ~= member then
+      local theirs, told = string.match(heads[j + 1], '^(.-),(.*)$')
+      if tonumber(told) < fresh then
+        redis.call('HDEL', KEYS[7], heads[j])
+      elseif tonumber(theirs) < tonumber(place) then
+        first = 0
+      end
+    end
+  end
+end
 local rated, requests, sum = rpm >= 0 or tpm >= 0, 0, 0
 if rated then
   -- The window of admission.rates (and of a key's limits, store/redis_limits.py).
@@ -146,15 +175,19 @@ end
 local ok, rest = 0, 0
 local reserve = math.max(0, tonumber(ARGV[5]) - holding)
 if rated and ((rpm >= 0 and requests >= rpm)
-    or (tpm >= 0 and requests > 0 and sum + estimate > tpm)) then
+    or (tpm >= 0 and requests > 0 and sum + need > tpm)) then
   -- No room in the window (a first request always fits, as for a key's tpm): when the
   -- oldest request in it leaves, there may be.
   local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
   rest = math.max(0, tonumber(oldest) + window - now)
-elseif ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
-  redis.call('HINCRBY', KEYS[1], member, 1)
+elseif ARGV[4] == '1' and first == 1 and held + 1 + reserve <= math.floor(limit) then
+  -- Spares: slots held by the replica, not yet in use, while the fleet holds under a
+  -- quarter of the limit (none under a limit of 16: there a spare would be a slot missed).
+  local n = 1
+  while n <= spares and limit >= 16 and held + n + 1 <= math.floor(limit / 4) do n = n + 1 end
+  redis.call('HINCRBY', KEYS[1], member, n)
   if who ~= '' then redis.call('HINCRBY', KEYS[1], member .. '\\0' .. who, 1) end
-  held, ok = held + 1, 1
+  held, ok = held + n, n
   if rated then
     redis.call('ZADD', KEYS[4], at(now), rid)
     redis.call('ZADD', KEYS[5], at(now), rid .. ':' .. estimate)
@@ -163,7 +196,17 @@ elseif ARGV[4] == '1' and held + 1 + reserve <= math.floor(limit) then
     requests, sum = requests + 1, sum + estimate
   end
 end
-return {ok, held, epoch, string.format('%.6f', limit), at(rest), requests, sum}
+if place ~= '' then
+  local head = place
+  if ok == 1 then head = after end
+  if head == '' then
+    redis.call('HDEL', KEYS[7], member)
+  else
+    redis.call('HSET', KEYS[7], member, head .. ',' .. at(now))
+    redis.call('EXPIRE', KEYS[7], keep)
+  end
+end
+return {ok, held, epoch, string.format('%.6f', limit), at(rest), requests, sum, first}
 """
 )
 
@@ -202,10 +245,18 @@ return out
 )
 
 
-def _keys(upstream: str) -> list[str]:
+def _keys(upstream: str, who: str = "") -> list[str]:
     # One hash tag per upstream: its keys would share a slot on a cluster.
     up = f"nobusy:up:{{{upstream}}}"
-    return [f"{up}:lease", HOLDERS, f"{up}:limit", f"{up}:req", f"{up}:tok", f"{up}:sum"]
+    return [
+        f"{up}:lease",
+        HOLDERS,
+        f"{up}:limit",
+        f"{up}:req",
+        f"{up}:tok",
+        f"{up}:sum",
+        f"{up}:heads:{who}",
+    ]
 
 
 class RedisLeases:
@@ -248,6 +299,13 @@ class RedisLeases:
         self._full_until: dict[str, float] = {}  # when a window seen full may have room
         self._ids = itertools.count()
         self._asked: dict[str, float] = {}  # when Redis was last asked about an upstream
+        self._first: dict[str, bool] = {}  # this replica's first waiter was the fleet's
+        # Spare slots: taken in Redis with a take while the fleet holds under half the limit,
+        # handed out here without a round trip (counted there for this replica, not for a
+        # key), given back as soon as anyone waits.
+        self.spare: Counter[str] = Counter()
+        self._spent: Counter[tuple[str, str]] = Counter()  # (upstream, key): spares in use
+        self.waiting = False  # other replicas have requests waiting, as last reported
         self._redis = connect(url)
         self._take = Script(self._redis, _TAKE)
         self._sync = Script(self._redis, _SYNC)
@@ -270,14 +328,23 @@ class RedisLeases:
         peak: int = 0,
         light: Collection[str] = (),
         tokens: int = 0,
+        turn: tuple[float, float | None] | None = None,
+        need: int | None = None,
     ) -> bool:
         """One more slot on ``upstream`` for ``who`` if all replicas together hold fewer than
-        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now), and
-        its rpm/tpm window has room for ``tokens``; also tells Redis what this replica owes
-        it. One round trip."""
+        its limit, less ``peak`` slots for the ``light`` keys (less what they hold now), its
+        rpm/tpm window has room for ``need`` tokens (``tokens``, the estimate counted in it,
+        by default), and (``turn``: the place of this replica's first waiter, and of the next
+        one) no other replica's first waiter comes sooner; also tells Redis what this replica
+        owes it. One round trip."""
         if self.shared:
+            if self.spare[upstream] > 0 and self._quiet(upstream, peak):
+                self.spare[upstream] -= 1
+                self._spent[upstream, who] += 1
+                self._count(upstream, who, 1)
+                return True
             try:
-                taken = await self._call(upstream, True, who, peak, light, tokens)
+                taken = await self._call(upstream, True, who, peak, light, tokens, turn, need)
             except ERRORS as exc:
                 self._lost(exc)
             else:
@@ -299,8 +366,32 @@ class RedisLeases:
         if self.mine[upstream] <= 0:
             return
         self._count(upstream, who, -1)
-        if self.shared:
-            self._owed.setdefault(upstream, Counter())[who] += 1
+        if not self.shared:
+            return
+        if self._spent[upstream, who] > 0:
+            # A spare, counted in Redis for this replica only, not for ``who``.
+            self._spent[upstream, who] -= 1
+            if self._spent[upstream, who] <= 0:
+                del self._spent[upstream, who]
+            if self._quiet(upstream, 0) and self.spare[upstream] < SPARES:
+                self.spare[upstream] += 1
+                return
+            who = ""
+        self._owed.setdefault(upstream, Counter())[who] += 1
+        self._flush_soon()
+
+    def _quiet(self, upstream: str, peak: int) -> bool:
+        """Whether a take on ``upstream`` may be a spare: no window to count it in, no reserve
+        to leave, nobody waiting in the fleet (as last reported)."""
+        return upstream not in self.rates.ceilings and not peak and not self.waiting
+
+    def _return_spares(self) -> None:
+        """Give every spare back (the fleet has waiters now, or got busy)."""
+        for upstream, n in self.spare.items():
+            if n > 0:
+                self._owed.setdefault(upstream, Counter())[""] += n
+        if self.spare:
+            self.spare.clear()
             self._flush_soon()
 
     def _count(self, upstream: str, who: str, n: int) -> None:
@@ -342,9 +433,15 @@ class RedisLeases:
             return self.rates.wait(upstream, self.replicas)
         return max(0.0, self._full_until.get(upstream, 0.0) - time.monotonic())
 
+    def first(self, upstream: str) -> bool:
+        """Whether this replica's first waiter of a key came first in the fleet at the last
+        take."""
+        return self._first.get(upstream, True)
+
     def held(self, upstream: str) -> int:
-        """Slots on ``upstream`` held by every replica together, as last seen."""
-        return self.fleet.get(upstream, 0)
+        """Slots on ``upstream`` held by every replica together, as last seen (this replica's
+        spares left out: nothing runs on them)."""
+        return self.fleet.get(upstream, 0) - self.spare[upstream]
 
     async def _call(
         self,
@@ -354,6 +451,8 @@ class RedisLeases:
         peak: int = 0,
         light: Collection[str] = (),
         tokens: int = 0,
+        turn: tuple[float, float | None] | None = None,
+        need: int | None = None,
     ) -> bool:
         owed, changes = self._owed.pop(upstream, Counter()), self._changes.pop(upstream, [])
         correction = self._corrections.pop(upstream, 0)
@@ -364,13 +463,17 @@ class RedisLeases:
         rpm, tpm = self.rates.ceilings.get(upstream, (None, None))
         rid = f"{self.member}:{next(self._ids)}"
         args += [len(light), *light, _limit(rpm), _limit(tpm), tokens, rid, correction]
-        args += [int(WINDOW), _KEEP, *changes]
+        args += [int(WINDOW), _KEEP, *_places(turn), _FRESH, tokens if need is None else need]
+        quiet = take and self._quiet(upstream, peak) and self.spare[upstream] < SPARES
+        args += [SPARES - self.spare[upstream] if quiet else 0, *changes]
         # On an error, whether Redis applied what was owed is unknown: the sync after it
         # answers again writes back this replica's exact counts (the limit's changes and the
         # window's corrections are lost).
         self._asked[upstream] = time.monotonic()
-        answer = await self._take(keys=_keys(upstream), args=args)
-        ok, held, epoch, limit, rest, requests, tokens_now = answer
+        answer = await self._take(keys=_keys(upstream, who), args=args)
+        ok, held, epoch, limit, rest, requests, tokens_now, first = answer
+        if turn is not None:
+            self._first[upstream] = bool(first)
         self.fleet[upstream], self.epoch[upstream] = int(held), int(epoch)
         self.limit[upstream] = float(limit)
         if upstream in self.rates.ceilings:
@@ -379,7 +482,13 @@ class RedisLeases:
                 self._full_until[upstream] = time.monotonic() + float(rest)
             else:
                 self._full_until.pop(upstream, None)
-        return bool(ok)
+        if int(ok) > 1:
+            self.spare[upstream] += int(ok) - 1
+        elif self.spare[upstream] and (
+            self.limit[upstream] < 16 or self.fleet[upstream] > self.limit[upstream] / 4
+        ):
+            self._return_spares()  # the fleet got busy: this replica's spares go back
+        return bool(int(ok))
 
     def _flush_soon(self) -> None:
         if self._flushing is None or self._flushing.done():
@@ -415,6 +524,15 @@ class RedisLeases:
             _text(pairs[i]): json.loads(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)
         }
         self.learn(list(self.reports.values()))
+        self.waiting = any(
+            entry[3]
+            for one in self.reports.values()
+            if isinstance(one, dict)
+            for entry in one.get("keys", {}).values()
+            if isinstance(entry, list) and len(entry) > 3
+        )
+        if self.waiting:
+            self._return_spares()
         self._regained()
 
     async def _write_back(self) -> None:
@@ -442,6 +560,8 @@ class RedisLeases:
         if not self.shared:
             return
         self.shared = False
+        self.spare.clear()  # written back as not held, with the exact counts
+        self._spent.clear()
         self._owed.clear()
         self._changes.clear()
         self._corrections.clear()
@@ -478,6 +598,13 @@ class RedisLeases:
                 await bounded(self._redis.zrem(HOLDERS, self.member))
                 await bounded(self._redis.hdel(FLEET, self.member))
         await self._redis.aclose()
+
+
+def _places(turn: tuple[float, float | None] | None) -> list[str]:
+    if turn is None:
+        return ["", ""]
+    place, after = turn
+    return [repr(place), "" if after is None else repr(after)]
 
 
 def _limit(value: int | None) -> int:

@@ -68,6 +68,14 @@ class UsageRecord:
     notes: list[str] = field(default_factory=list)
     key_id: str | None = None
     duration_ms: float | None = None
+    cache: str | None = None  # the response cache: hit, stale, miss; None when not used
+
+    def upstream_tokens(self) -> tuple[int, int]:
+        """Prompt and completion tokens an upstream spent: none for an answer from the cache
+        (the client still sees the kept answer's own usage)."""
+        if self.cache in ("hit", "stale"):
+            return 0, 0
+        return self.prompt_tokens, self.completion_tokens
 
 
 class UsageLog:
@@ -233,18 +241,19 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 COLUMNS = _COLUMNS = (
     "time, request_id, key_id, alias, upstream, tried, stream, outcome, prompt_tokens, "
-    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes"
+    "completion_tokens, ttft_ms, queue_ms, duration_ms, overflow, notes, cache"
 )
-_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _Row = tuple[object, ...]
 
 
 def _row(r: UsageRecord) -> _Row:
     when = timestamp(datetime.fromtimestamp(r.started, UTC))
     tried, notes = orjson.dumps(r.tried).decode(), orjson.dumps(r.notes).decode()
+    prompt, completion = r.upstream_tokens()
     return (when, r.request_id, r.key_id, r.alias, r.upstream, tried, r.stream, r.outcome,
-            r.prompt_tokens, r.completion_tokens, r.ttft_ms, r.queue_ms, r.duration_ms,
-            r.overflow, notes)  # fmt: skip
+            prompt, completion, r.ttft_ms, r.queue_ms, r.duration_ms,
+            r.overflow, notes, r.cache)  # fmt: skip
 
 
 # --- Reading it back ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import time
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nobusy.testing.fake_anthropic import MessagesAPI
 from nobusy.testing.fake_completions import text_conversation
+from nobusy.testing.fake_server import SERVERS, FakeServer
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -84,6 +86,10 @@ class FakeOptions:
     ``Retry-After`` header. With ``queue``, requests beyond ``capacity`` wait for a slot (as
     vLLM, llama.cpp and Ollama do) instead of being answered 503. ``continuation`` is the
     native continuation honoured: ``all`` (both), ``prefix``, ``vllm`` or ``none``.
+    ``server`` (``vllm``, ``sglang``, ``llamacpp``) plays that local server
+    (``testing.fake_server``): ``capacity`` running slots (default 4) and a queue behind them,
+    a prefix cache of ``cache_blocks`` blocks, ``prefill_per_token`` seconds per prompt token
+    not cached, and the server's ``/metrics``.
     """
 
     mode: str = "ok"
@@ -100,6 +106,9 @@ class FakeOptions:
     slow_every: int | None = None
     model_name: str = "fake-model"
     continuation: str = "all"
+    server: str = ""
+    prefill_per_token: float = 0.0002
+    cache_blocks: int = 2048
 
 
 # What `MODE:key=val` may override, and how each value is parsed (None defaults are ints).
@@ -286,6 +295,8 @@ class _FakeApp:
         path, method = scope["path"], scope["method"]
         if method == "POST" and (path in _CHAT_PATHS or path in _TEXT_PATHS):
             await self._generate(scope, receive, send, chat=path in _CHAT_PATHS)
+        elif method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            await self._embed(scope, receive, send)
         elif method == "GET" and path in ("/v1/models", "/models"):
             await _send_json(send, 200, self.models)
         elif method == "GET" and path == "/healthz":
@@ -303,6 +314,38 @@ class _FakeApp:
             await _send_json(send, 200, orjson.dumps(counts))
         else:
             await _send_json(send, 404, _NOT_FOUND)
+
+    async def _embed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Deterministic 8-dimensional vectors from each text's hash; the model picks a fault
+        (``http503``, ``http:status=400``...) as for chat."""
+        self.counts["requests"] += 1
+        try:
+            request = orjson.loads(await _read_body(receive))
+        except orjson.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("input"), str | list):
+            return await _send_json(send, 400, _BAD_JSON)
+        model = str(request.get("model") or self.options.model_name)
+        try:
+            mode, opts = _select_mode("", model, self.options)
+        except ValueError as exc:
+            return await _send_json(send, 400, _error(str(exc), "invalid_request_error"))
+        if mode in ("http503", "http429", "http"):
+            status = {"http503": 503, "http429": 429}.get(mode, opts.status or 500)
+            return await _http_error(send, status, opts, model)
+        texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = []
+        for i, text in enumerate(texts):
+            digest = hashlib.sha256(str(text).encode()).digest()[:8]
+            vector = [b / 255 - 0.5 for b in digest]
+            norm = sum(v * v for v in vector) ** 0.5 or 1.0
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [v / norm for v in vector]}
+            )
+        tokens = sum(len(str(t).split()) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body = {"object": "list", "data": data, "model": model, "usage": usage}
+        await _send_json(send, 200, orjson.dumps(body))
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
         raw = await _read_body(receive)
@@ -582,7 +625,17 @@ def create_fake_app(options: FakeOptions) -> ASGIApp:
     _check_every(options)
     logging.getLogger("uvicorn.error").addFilter(_quiet_drops)
     # Anthropic's /v1/messages in front of the chat side: the same faults in its format.
-    return MessagesAPI(_FakeApp(options))
+    app: ASGIApp = MessagesAPI(_FakeApp(options))
+    if options.server:
+        app = FakeServer(
+            app,
+            options.server,
+            options.model_name,
+            options.capacity or 4,
+            options.prefill_per_token,
+            options.cache_blocks,
+        )
+    return app
 
 
 def run(options: FakeOptions, host: str, port: int) -> None:
@@ -644,6 +697,25 @@ def run(options: FakeOptions, host: str, port: int) -> None:
     type=click.IntRange(min=1),
     help="Apply --delay to every Nth request only.",
 )
+@click.option(
+    "--server",
+    type=click.Choice(("", *SERVERS)),
+    default="",
+    help="Play a local inference server: slots (--capacity), a queue, a prefix cache, /metrics.",
+)
+@click.option(
+    "--prefill-per-token",
+    default=0.0002,
+    show_default=True,
+    help="With --server: seconds of prefill per prompt token not in the prefix cache.",
+)
+@click.option(
+    "--cache-blocks",
+    default=2048,
+    show_default=True,
+    help="With --server: prefix-cache size in 64-character blocks.",
+)
+@click.option("--model-name", default="fake-model", show_default=True, help="Model served.")
 def fake_upstream_command(host: str, port: int, **options: Any) -> None:
     """Run a fake OpenAI-compatible upstream (and Messages API) that injects faults on demand."""
     click.echo(f"nobusy fake upstream on http://{host}:{port}/v1 (mode: {options['mode']})")

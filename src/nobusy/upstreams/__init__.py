@@ -20,6 +20,9 @@ KINDS: dict[str, str] = {
     "openai": "nobusy.upstreams.openai",
     "embedded": "nobusy.upstreams.embedded",
     "anthropic": "nobusy.upstreams.anthropic",
+    "vllm": "nobusy.upstreams.servers.vllm",
+    "sglang": "nobusy.upstreams.servers.sglang",
+    "llamacpp": "nobusy.upstreams.servers.llamacpp",
 }
 
 

@@ -130,6 +130,16 @@ class UpstreamSettings(BaseModel):
     health_check_interval: PositiveFloat | None = Field(
         None, description="Seconds between active health probes (none: passive checks only)."
     )
+    embeddings: bool = Field(
+        False,
+        description="This upstream serves `POST /v1/embeddings` too: an alias's routes to it "
+        "answer embedding requests, with failover, like chat.",
+    )
+    local: bool = Field(
+        False,
+        description="This upstream runs on premises (vLLM, llama.cpp on the LAN): passages of "
+        "`local_only` vector stores may be sent to it. The embedded kind always is.",
+    )
     completions: bool = Field(
         False,
         description=(

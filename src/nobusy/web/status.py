@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from nobusy.cache.memory import ResponseCache
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
 from nobusy.store.backends import usage_by_key
@@ -29,6 +30,14 @@ __all__ = ["USAGE_WINDOW", "counter_totals", "routes", "status"]
 
 # How far back the board's "usage per key" looks.
 USAGE_WINDOW = timedelta(hours=1)
+
+
+def _cache(cache: ResponseCache | None) -> dict[str, int] | None:
+    """This process's response-cache totals (None: no alias enables the cache)."""
+    if cache is None:
+        return None
+    return {"hits": cache.hits, "misses": cache.misses, "stale": cache.stale,
+            "kept": cache.kept, "entries": len(cache), "bytes": cache.bytes}  # fmt: skip
 
 
 async def status(request: Request) -> Response:
@@ -57,6 +66,7 @@ async def status(request: Request) -> Response:
             "replica": state.fleet.replica if state.fleet is not None else None,
             "replicas": [r.json(now) for r in state.fleet.replicas()] if state.fleet else [],
             "backends": [backend.health().json() for backend in state.backends],
+            "cache": _cache(state.cache),
         }
     )
 

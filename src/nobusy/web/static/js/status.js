@@ -127,6 +127,11 @@ function renderTiles(status, queue) {
     tile(t("errors"), String(status.errors.total)),
     tile(t("uptime"), status.draining ? t("draining") : duration(status.time - status.started)),
   );
+  const cache = status.cache; // null unless an alias enables the response cache
+  if (cache) {
+    const detail = el("span", "tile-detail", t("cacheDetail", cache));
+    $("status-tiles").append(tile(t("cacheHits"), String(cache.hits), detail));
+  }
 }
 
 const BACKEND = { ok: "backendOk", degraded: "backendDegraded", down: "backendDown" };

@@ -1,0 +1,178 @@
+"""Knowledge base speed: search latency and memory at 100,000 chunks, ingestion per stage.
+
+Search: a synthetic store of 100,000 chunks, each a random mix of the eval documents'
+sentences with numbers changed (so no two hash alike), indexed as real chunks are (jieba
+words into FTS5); their vectors are the eval chunks' real vectors with noise added, so the
+vector search has the real model's geometry without embedding 100,000 texts first. The eval
+questions, their vectors embedded beforehand, are the queries; the time is ``Index.search``
+alone (query embedding is reported apart). Ingestion: the eval documents, several times over,
+through each stage a file takes: read and decode, chunk, embed, index.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.suites.knowledge_quality import DATA, load_set
+from nobusy.knowledge.chunking import Chunk, chunk
+from nobusy.knowledge.embedder import load_embedder
+from nobusy.knowledge.index import Index
+from nobusy.knowledge.settings import KnowledgeSettings
+
+__all__ = ["ingestion", "search_at_scale"]
+
+SEED = 15
+_SENTENCE = re.compile(r"[^。！？\n.!?]+[。！？.!?]?")
+_NUMBER = re.compile(r"\d+")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def search_at_scale(
+    embedder_name: str, chunks: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Search p50/p95 per mode and memory with ``chunks`` synthetic chunks in one store."""
+    rng = random.Random(SEED)
+    docs, questions = load_set()
+    settings = KnowledgeSettings()
+    sentences = [
+        s.strip() for text in docs.values() for s in _SENTENCE.findall(text) if len(s.strip()) > 8
+    ]
+    embedder = load_embedder(embedder_name)
+    real = [
+        c.context
+        for text in docs.values()
+        for c in chunk(text, size=settings.chunk_size, overlap=settings.chunk_overlap)
+    ]
+    base = embedder.embed(real, query=False)
+    query_vectors = embedder.embed([q.question for q in questions], query=True)
+    noise = np.random.default_rng(SEED)
+    rss_before = _rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "knowledge.db"
+        index = Index(path, embedder.name)
+        started = time.perf_counter()
+        batch = 2000
+        for first in range(0, chunks, batch):
+            texts = []
+            for _ in range(min(batch, chunks - first)):
+                picked = rng.sample(sentences, rng.randint(3, 8))
+                text = "".join(picked)
+                texts.append(_NUMBER.sub(lambda m: str(rng.randint(1, 99999)), text))
+            pieces = [Chunk(t, 0, len(t)) for t in texts]
+            rows = base[noise.integers(0, len(base), len(texts))]
+            rows = rows + noise.normal(0, 0.15 / np.sqrt(base.shape[1]), rows.shape)
+            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+            index.add("big", f"file-{first // batch}", pieces, rows.astype(np.float32), {})
+        build_s = time.perf_counter() - started
+        log(f"knowledge: {chunks:,} synthetic chunks indexed in {build_s:.0f} s")
+        index.search(["big"], "年假", query_vectors[0], k=5)  # loads the store's vectors
+        rss_after = _rss_mb()
+        timings: dict[str, dict[str, float]] = {}
+        for mode in ("hybrid", "bm25", "vector"):
+            times = []
+            for q, vector in zip(questions, query_vectors, strict=True):
+                t0 = time.perf_counter()
+                index.search(["big"], q.question, vector, k=5, mode=mode)
+                times.append((time.perf_counter() - t0) * 1000)
+            timings[mode] = {
+                "p50_ms": statistics.median(times),
+                "p95_ms": _percentile(times, 95),
+                "max_ms": max(times),
+            }
+            log(f"knowledge: search {mode} p95 {timings[mode]['p95_ms']:.1f} ms")
+        db_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
+        index.close()
+    return {
+        "chunks": chunks,
+        "queries": len(questions),
+        "build_s": build_s,
+        "search": timings,
+        "rss_mb_added": rss_after - rss_before,
+        "db_mb": db_mb,
+        "vectors_mb": chunks * embedder.dimensions * 4 / 2**20,
+    }
+
+
+def ingestion(
+    embedder_name: str, copies: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """MB of text per minute through each stage, wall clock and CPU, over ``copies`` of the
+    eval documents (each copy changed a little, so deduplication does not skip it)."""
+    settings = KnowledgeSettings()
+    embedder = load_embedder(embedder_name)
+    embedder.embed(["warm up"], query=False)
+    paths = sorted((DATA / "docs").glob("*.md"))
+    stages = {name: {"s": 0.0, "cpu_s": 0.0} for name in ("parse", "chunk", "embed", "index")}
+    total_bytes = 0
+
+    def timed(stage: str, work: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), _cpu()
+        result = work()
+        stages[stage]["s"] += time.perf_counter() - wall
+        stages[stage]["cpu_s"] += _cpu() - cpu
+        return result
+
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Index(Path(tmp) / "knowledge.db", embedder.name)
+        for copy in range(copies):
+            for path in paths:
+                text = timed("parse", lambda p=path: p.read_bytes().decode("utf-8"))
+                text = f"copy {copy}\n\n" + text.replace("。", f"。{copy}", 1)
+                total_bytes += len(text.encode())
+                pieces = timed(
+                    "chunk",
+                    lambda t=text: chunk(
+                        t, size=settings.chunk_size, overlap=settings.chunk_overlap
+                    ),
+                )
+                vectors = timed(
+                    "embed", lambda p=pieces: embedder.embed([c.context for c in p], query=False)
+                )
+                timed(
+                    "index",
+                    lambda p=pieces, v=vectors, n=f"{path.stem}-{copy}": index.add(
+                        "ingest", n, p, v, {}
+                    ),
+                )
+        index.close()
+    mb = total_bytes / 2**20
+    for figures in stages.values():
+        figures["mb_per_min"] = mb / figures["s"] * 60 if figures["s"] else float("inf")
+        figures["mb_per_cpu_min"] = mb / figures["cpu_s"] * 60 if figures["cpu_s"] else float("inf")
+    wall = sum(f["s"] for f in stages.values())
+    cpu = sum(f["cpu_s"] for f in stages.values())
+    log(f"knowledge: ingested {mb:.2f} MB in {wall:.0f} s")
+    return {
+        "mb": mb,
+        "stages": stages,
+        "mb_per_min": mb / wall * 60,
+        "mb_per_cpu_min": mb / cpu * 60,
+        "load_average": os.getloadavg(),
+    }

@@ -1,0 +1,94 @@
+"""``KnowledgeBase``: what a running server (and ``nobusy kb``) holds of the knowledge base.
+
+It puts together the records (``store.knowledge``), the uploaded bytes (``store.blobs``), the
+index and embedder of each embedding model (loaded on first use: a server that never sees a
+document loads neither) and the ingestion workers (``jobs``). Every store records the model
+its vectors come from; ingestion and search always use that model, so a change of
+``knowledge.embedding_model`` applies to new stores and never mixes two models in one.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from nobusy.errors import ConfigError
+from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
+from nobusy.knowledge.index import INDEX_FILE, Hit, Index
+from nobusy.knowledge.jobs import Ingestor
+from nobusy.settings import Settings
+from nobusy.store.blobs import Blobs
+from nobusy.store.knowledge import KnowledgeStore, StoreRecord
+
+__all__ = ["KnowledgeBase"]
+
+
+class KnowledgeBase:
+    """Records, bytes, indexes and ingestion of one data directory; ``start`` resumes work."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.knowledge
+        self.data_dir = settings.data_dir
+        model = canonical_name(self.settings.embedding_model)
+        if model is None:
+            raise ConfigError(
+                f"knowledge.embedding_model: unknown model {self.settings.embedding_model!r}"
+            )
+        self.default_model = model
+        self.records = KnowledgeStore(settings.data_dir)
+        self.blobs = Blobs(settings.data_dir / "files")
+        self._indexes: dict[str, Index] = {}
+        self._lock = threading.Lock()
+        self.ingestor = Ingestor(
+            self.records, self.blobs, self.settings, self.engine, workers=self.settings.workers
+        )
+
+    def start(self) -> int:
+        """Start the ingestion workers; how many files left in progress they took up again."""
+        return self.ingestor.start()
+
+    def close(self) -> None:
+        self.ingestor.close()
+        with self._lock:
+            for index in self._indexes.values():
+                index.close()
+            self._indexes.clear()
+        self.records.close()
+
+    def engine(self, model: str) -> tuple[Embedder, Index]:
+        """The embedder of ``model`` and the index its stores' vectors are kept in."""
+        return load_embedder(model), self.index(model)
+
+    def index(self, model: str) -> Index:
+        """The index of ``model``'s stores, opened once (no model loaded for it)."""
+        name = canonical_name(model) or model
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is None:
+                index = Index(self.data_dir / INDEX_FILE, name, dictionary=self.settings.dictionary)
+                self._indexes[name] = index
+        return index
+
+    def search(
+        self,
+        store: StoreRecord,
+        query: str,
+        *,
+        k: int,
+        filters: dict[str, Any] | None,
+        score_threshold: float,
+    ) -> list[Hit]:
+        """The ``k`` best chunks of ``store`` for ``query`` (BM25 and vectors fused); blocking."""
+        embedder, index = self.engine(store.embedding_model)
+        vector = embedder.embed([query], query=True)[0]
+        hits: list[Hit] = index.search(
+            [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
+        )
+        return hits
+
+    def forget_file(self, store: StoreRecord, file_id: str) -> None:
+        """Take a file's chunks out of a store's index (blocking)."""
+        self.index(store.embedding_model).remove_file(store.id, file_id)
+
+    def forget_store(self, store: StoreRecord) -> None:
+        self.index(store.embedding_model).remove_store(store.id)

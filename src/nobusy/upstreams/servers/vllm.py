@@ -1,0 +1,23 @@
+"""``kind: vllm`` — vLLM, placed by its own metrics (``upstreams.servers``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from nobusy.upstreams.servers import ServerSettings, ServerUpstream
+
+__all__ = ["Settings", "Upstream"]
+
+
+class Settings(ServerSettings):
+    """vLLM's OpenAI-compatible server."""
+
+    kind: Literal["vllm"] = Field("vllm", description="vLLM's OpenAI-compatible server.")
+
+
+class Upstream(ServerUpstream):
+    """vLLM's OpenAI-compatible server, read through its /metrics."""
+
+    kind: ClassVar[str] = "vllm"
