@@ -19,6 +19,7 @@ from bench.suites import (
     knowledge,
     memory,
     overhead,
+    pool,
     protocols,
     replicas,
     sigkill,
@@ -47,5 +48,6 @@ SUITES: dict[str, Suite] = {
         crosscheck.SUITE,
         protocols.SUITE,
         cache.SUITE,
+        pool.SUITE,
     )
 }
