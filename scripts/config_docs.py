@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from nobusy.cache import CacheSettings
+from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.guard import GuardSettings, LexiconSettings
 from nobusy.guard.pii import PiiSettings
 from nobusy.knowledge.settings import KnowledgeSettings
@@ -40,6 +41,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "LexiconSettings": LexiconSettings,
     "AuditSettings": AuditSettings,
     "KnowledgeSettings": KnowledgeSettings,
+    "CrossCheckSettings": CrossCheckSettings,
     "PiiSettings": PiiSettings,
     "CacheSettings": CacheSettings,
     "UpstreamSettings": UpstreamSettings,

@@ -20,8 +20,15 @@ EXAMPLES = {"POST": 600, "GET": 40}
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)  # valid requests, then invalid ones
 
 
-# The client protocols beside chat: fuzzed in a test of their own, with fewer examples each.
-PROTOCOLS = ("/v1/messages", "/v1/responses", "/v1/completions", "/v1/embeddings")
+# The client protocols beside chat, embeddings and the cross-check: fuzzed in a test of their
+# own, with fewer examples each.
+PROTOCOLS = (
+    "/v1/messages",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/nobusy/crosscheck",
+)
 
 
 def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:

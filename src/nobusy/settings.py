@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from nobusy.cache.policy import CacheSettings
+from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.errors import ConfigError
 from nobusy.guard import GuardSettings
 from nobusy.guard.pii import PiiSettings
@@ -157,6 +158,10 @@ class ModelAlias(BaseModel):
     pii: PiiSettings = Field(
         default_factory=lambda: PiiSettings(),
         description="Mask personal data before it leaves for an upstream; restore it after.",
+    )
+    check_ads: bool = Field(
+        False,
+        description="Run the ad detector on every answer, as `x-nobusy-check: ads` asks.",
     )
     cache: CacheSettings = Field(
         default_factory=lambda: CacheSettings(),
@@ -305,6 +310,10 @@ class Settings(BaseModel):
     knowledge: KnowledgeSettings = Field(
         default_factory=lambda: KnowledgeSettings(),
         description="The knowledge base: chunking, the embedding model, Chinese words.",
+    )
+    crosscheck: CrossCheckSettings = Field(
+        default_factory=lambda: CrossCheckSettings(),
+        description="Cross-checks of several answers and the ad detector.",
     )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Model sources by name; see docs/configuration.md."

@@ -194,6 +194,27 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/nobusy/crosscheck": {
+                "post": {
+                    "summary": "Ask 2-5 sources the same question; show where they agree and "
+                    "flag advertising (SSE with `stream: true`).",
+                    "operationId": "createCrossCheck",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": any_object}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The report, or SSE `source` events then `analysis`.",
+                            "content": {
+                                "application/json": {"schema": any_object},
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(400, 403, 429),
+                    },
+                }
+            },
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embed texts with the embedded model or an alias's upstreams.",

@@ -9,6 +9,7 @@ import click
 from nobusy import __version__
 from nobusy.cli.audit import audit
 from nobusy.cli.chat import chat
+from nobusy.cli.crosscheck import crosscheck
 from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.kb import kb
 from nobusy.cli.keys import keys
@@ -37,6 +38,7 @@ cli.add_command(serve)
 cli.add_command(models)
 cli.add_command(check)
 cli.add_command(chat)
+cli.add_command(crosscheck)
 cli.add_command(keys)
 cli.add_command(kb)
 cli.add_command(audit)

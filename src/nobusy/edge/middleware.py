@@ -34,6 +34,8 @@ from nobusy.settings import Settings
 __all__ = ["RequestContextMiddleware"]
 
 log = logging.getLogger("nobusy")
+# Under /v1/nobusy/ (the admin mount's prefix) but for API keys: features clients call.
+API_KEY_PATHS = frozenset({"/v1/nobusy/crosscheck"})
 
 _FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 _WITH_BODY = ("POST", "PUT", "PATCH")
@@ -88,7 +90,7 @@ class RequestContextMiddleware:
             if (
                 self.authenticator is not None
                 and path.startswith("/v1/")
-                and not path.startswith("/v1/nobusy/")
+                and (not path.startswith("/v1/nobusy/") or path in API_KEY_PATHS)
             ):
                 client = scope["client"][0] if scope.get("client") else "unknown"
                 if self._knowledge_admin(path, headers):

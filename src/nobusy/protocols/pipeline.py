@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -60,7 +60,10 @@ from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
-__all__ = ["ClientProtocol", "Parser", "handle"]
+if TYPE_CHECKING:
+    from nobusy.crosscheck.ads import AdsCheck
+
+__all__ = ["ClientProtocol", "Parser", "complete", "handle"]
 
 T = TypeVar("T")
 
@@ -92,6 +95,50 @@ async def handle(request: Request, protocol: ClientProtocol, parse: Parser) -> R
     state.router.alias(chat.model)  # unknown model: 404 before anything is logged as usage
     fitting(state.router, chat.model, body)  # no route takes it (an image, a suffix...): 400
     return _PipelineResponse(request, state, protocol, chat, body, len(raw))
+
+
+async def complete(
+    request: Request,
+    chat: ChatRequest,
+    body: dict[str, Any],
+    size: int,
+    *,
+    request_id: str,
+    note: str,
+) -> tuple[dict[str, Any], UsageRecord]:
+    """One whole non-streaming answer through the same accounts as ``handle`` (key limits and
+    quota, guard and PII, a slot or a queue place, one usage row marked with ``note``), for a
+    feature that asks upstreams on a client's behalf (``nobusy.crosscheck``)."""
+    state = app_state(request)
+    state.drain.check()
+    entry = _LedgerEntry(state, chat, body, request_id)
+    entry.record.notes.append(note)
+    try:
+        key: Key | None = getattr(request.state, "key", None)
+        await entry.admit(key, chat, size, _nothing)
+        body, entry.masker = await state.offload.run(
+            size, _screen, state.guard, state.router.alias(chat.model).pii, body, entry.hits
+        )
+        client = request.client.host if request.client else "unknown"
+        who = f"key:{key.id}" if key else f"client:{client}"
+        priority = key.priority if key else "normal"
+        default = key.max_wait if key and key.max_wait is not None else None
+        patience = _patience(request, default or state.settings.default_max_wait)
+        tokens = entry.estimate or estimate_tokens(
+            size, chat.max_completion_tokens or chat.max_tokens
+        )
+        walk = Walker(state.router, chat.model, body, request_id, who, priority, patience, tokens)
+        entry.walk = walk
+        if not await walk.take():
+            await walk.granted()
+        answer = await _open(entry, walk)
+        completion = await collect(answer, chat, entry.record, entry.capture)
+        return completion, entry.record
+    except BaseException as exc:
+        entry.ended(exc)
+        raise
+    finally:
+        await entry.settle()
 
 
 class _ClientGone(Exception):
@@ -356,13 +403,19 @@ class _PipelineResponse(Response):
     ) -> Response:
         """The answer as a stream (``note`` first, as the protocol's comment) or whole."""
         chat = self.chat
+        ads = _ads_check(self.request, self.state, chat)
+        if ads is not None:
+            answer.chunks = ads.watch(answer.chunks)
         if chat.stream:
             entry.record.outcome = "client_gone"  # until the stream says otherwise
             encoder = self.encoder(entry)
             events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
             if note is not None:
                 events = after(encoder.note(note), events)
-            return EventStreamResponse(_cited(events, entry.grounding, encoder), headers)
+            events = _cited(events, entry.grounding, encoder)
+            if ads is not None:
+                events = ads.around(events)
+            return EventStreamResponse(events, headers)
         completion = await collect(answer, chat, entry.record, entry.capture)
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
@@ -370,6 +423,9 @@ class _PipelineResponse(Response):
         rendered = self.protocol.render(completion, chat)
         if entry.grounding is not None:
             rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
+        if ads is not None:
+            text = "".join(ads.parts)
+            await self.state.offload.run(len(text) * 4, ads.annotate, rendered, text, headers)
         return JSONResponse(rendered, headers=headers)
 
     def encoder(self, entry: _LedgerEntry) -> Encoder:
@@ -564,6 +620,17 @@ async def _disconnected(receive: Receive) -> None:
     # The body has been read: what receive() delivers now is the client leaving.
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _ads_check(request: Request, state: AppState, chat: ChatRequest) -> AdsCheck | None:
+    """The ad detector for this answer when the request or its alias asks for it."""
+    header = request.headers.get("x-nobusy-check")
+    setting = state.router.alias(chat.model).check_ads
+    if header is None and not setting:
+        return None  # off: nothing imported or run
+    from nobusy.crosscheck.ads import AdsCheck, wanted  # numpy and the lexicons: on first use
+
+    return AdsCheck(chat) if wanted(header, setting) else None
 
 
 def _patience(request: Request, default: float) -> float:

@@ -43,6 +43,8 @@ class Router:
     ) -> None:
         self.settings = settings
         self.models: dict[str, ModelAlias] = dict(settings.models)
+        # UPSTREAM/MODEL routes asked for by name (cross-checks), kept off the model list.
+        self.direct: dict[str, ModelAlias] = {}
         self.upstreams = dict(upstreams)
         self.metrics = metrics
         self.rng = rng or random.Random()
@@ -93,7 +95,7 @@ class Router:
         return list(self.models)
 
     def alias(self, name: str) -> ModelAlias:
-        spec = self.models.get(name)
+        spec = self.models.get(name) or self.direct.get(name)
         if spec is None:
             available = ", ".join(self.models) or "(none)"
             raise ModelNotFound(
@@ -101,6 +103,15 @@ class Router:
                 param="model",
             )
         return spec
+
+    def direct_route(self, name: str) -> bool:
+        """Make ``UPSTREAM/MODEL`` (a configured upstream) usable as a one-route alias for the
+        features that accept routes (``nobusy.crosscheck``); whether it is one."""
+        upstream, slash, model = name.partition("/")
+        if name in self.models or not slash or not model or upstream not in self.upstreams:
+            return name in self.models or name in self.direct
+        self.direct.setdefault(name, ModelAlias(routes=(Route(upstream, model),)))
+        return True
 
     def usable(self, upstream: str) -> bool:
         return self.stats[upstream].circuit.available()
