@@ -29,15 +29,22 @@ PROTOCOLS = (
     "/v1/embeddings",
     "/v1/nobusy/crosscheck",
 )
+# The knowledge base's Files and Vector Stores API: many operations, each fuzzed more lightly.
+KNOWLEDGE = ("/v1/files", "/v1/vector_stores")
 
 
 def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:
-    cases = fuzz(gateway, lambda path: not path.startswith(PROTOCOLS), EXAMPLES)
+    cases = fuzz(gateway, lambda path: not path.startswith((*PROTOCOLS, *KNOWLEDGE)), EXAMPLES)
     assert cases >= 1000, cases
 
 
 def test_fuzzed_protocol_requests_never_get_a_server_error(gateway: Process) -> None:
     cases = fuzz(gateway, lambda path: path.startswith(PROTOCOLS), {"POST": 50, "GET": 20})
+    assert cases >= 300, cases
+
+
+def test_fuzzed_knowledge_requests_never_get_a_server_error(gateway: Process) -> None:
+    cases = fuzz(gateway, lambda path: path.startswith(KNOWLEDGE), {"POST": 40, "GET": 15})
     assert cases >= 300, cases
 
 
