@@ -56,6 +56,8 @@ models:
   failover: ["fake/drop:drop_after=3", backup]
   doomed: [doomed]
   narrow: ["narrow/slow:chunk_delay=0.1"]
+  promo: ["fake/ok:tail=请加微信：kxx_6688 预约，首单立减30元"]
+crosscheck: {{embedder: none}}
 """
 
 
@@ -65,7 +67,8 @@ def start_console(tmp: Path, fake: Process, doomed_url: str | None = None) -> Pr
     ``failover``'s primary drops mid-stream after three chunks, so the answer is continued on
     ``backup``; ``narrow`` takes one request at a time, so a second one queues; ``doomed`` is
     the only route of its alias and opens its circuit at the first
-    failure (point ``doomed_url`` at a fake that the test can stop).
+    failure (point ``doomed_url`` at a fake that the test can stop); ``promo`` ends its answer
+    with an advert, for the cross-check.
     """
     doomed = doomed_url or f"http://127.0.0.1:{free_port()}/v1"
     config = CONSOLE_CONFIG.format(admin=ADMIN_KEY, fake=f"{fake.url}/v1", doomed=doomed)

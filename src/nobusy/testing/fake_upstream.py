@@ -3,9 +3,9 @@
 It also speaks Anthropic's Messages API (``POST /v1/messages``, ``testing.fake_anthropic``):
 the same answers and faults, translated.
 
-Answers are deterministic (they depend only on the last user message and ``tokens``) and
-identical in every mode, so a healthy answer and one assembled after a failover compare
-equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
+Answers are deterministic (they depend only on the last user message, ``tokens`` and
+``tail``) and identical in every mode, so a healthy answer and one assembled after a failover
+compare equal as strings. A request picks its fault with the ``x-fake-mode`` header or with its
 ``model`` field (``drop``, ``drop:drop_after=5``, ``http:status=401``...); otherwise
 ``FakeOptions.mode`` applies. It is a raw ASGI app because benchmarks lean on it.
 
@@ -110,6 +110,7 @@ class FakeOptions:
     prefill_per_token: float = 0.0002
     cache_blocks: int = 2048
     cached: int = 0  # prompt tokens reported as cache hits (prompt_tokens_details), at most all
+    tail: str = ""  # said after the answer, e.g. an advert for the cross-check tests
 
 
 # What `MODE:key=val` may override, and how each value is parsed (None defaults are ints).
@@ -413,6 +414,8 @@ class _FakeApp:
 
         messages, partial, restate = _conversation(request, chat, opts.continuation, opts.tokens)
         content = answer_pieces(messages, opts.tokens)
+        if opts.tail:
+            content[-1] += " " + opts.tail
         if partial is not None:
             content = _remainder(content, partial)
             if restate:

@@ -149,3 +149,41 @@ export async function streamChat({ model, messages, signal }, on) {
     }
   }
 }
+
+/**
+ * Stream a cross-check (POST /v1/nobusy/crosscheck with `stream: true`, docs/crosscheck.md).
+ * Calls `on.source(source)` for each answer as it arrives and `on.analysis(report)` once at
+ * the end; rejects with an ApiError (a refusal, or an error event inside the stream) or an
+ * AbortError.
+ */
+export async function streamCrosscheck({ models, messages, language, signal }, on) {
+  const response = await fetch("/v1/nobusy/crosscheck", {
+    method: "POST",
+    headers: headers(false, true),
+    body: JSON.stringify({ models, messages, language, stream: true }),
+    signal,
+  });
+  if (!response.ok) {
+    throw new ApiError(response.status, await response.json().catch(() => null));
+  }
+  let failure = null;
+  const parser = createParser({
+    onEvent(event) {
+      if (event.data === "[DONE]") return;
+      const data = JSON.parse(event.data);
+      if (event.event === "error") failure = new ApiError(500, data);
+      else if (event.event === "source") on.source?.(data);
+      else if (event.event === "analysis") on.analysis?.(data);
+    },
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    parser.feed(value);
+    if (failure) {
+      await reader.cancel();
+      throw failure;
+    }
+  }
+}

@@ -1,6 +1,8 @@
-// Compare: one question to 2-4 models at once, their answers streaming side by side.
+// Compare: one question to 2-4 models at once, their answers streaming side by side; with the
+// Cross-check switch on, asked through the cross-check instead (crosscheck.js).
 
 import { AnswerView, streamInto } from "./answer.js";
+import { runCrosscheck } from "./crosscheck.js";
 import { t } from "./i18n.js";
 import { handleCopyButtons } from "./markdown.js";
 import { models } from "./models.js";
@@ -75,17 +77,23 @@ async function run() {
   panels.replaceChildren();
   panels.dataset.count = String(chosen.length);
   const messages = [{ role: "user", content: question }];
-  await Promise.all(
-    chosen.map((model) => {
-      const panel = document.createElement("section");
-      panel.className = "compare-panel";
-      const heading = document.createElement("h2");
-      heading.textContent = model;
-      panel.append(heading);
-      panels.append(panel);
-      return streamInto(new AnswerView(panel), { model, messages, signal: running.signal });
-    }),
-  );
+  const summary = $("compare-summary");
+  summary.hidden = true;
+  if ($("compare-crosscheck").checked) {
+    await runCrosscheck({ models: chosen, messages, panels, summary, signal: running.signal });
+  } else {
+    await Promise.all(
+      chosen.map((model) => {
+        const panel = document.createElement("section");
+        panel.className = "compare-panel";
+        const heading = document.createElement("h2");
+        heading.textContent = model;
+        panel.append(heading);
+        panels.append(panel);
+        return streamInto(new AnswerView(panel), { model, messages, signal: running.signal });
+      }),
+    );
+  }
   running = null;
   $("compare-send").hidden = false;
   $("compare-stop").hidden = true;
