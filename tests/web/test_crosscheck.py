@@ -68,7 +68,7 @@ def test_the_cross_check_marks_the_advert_and_the_failed_source(
 
 def test_on_a_phone_in_chinese_the_text_stays_text(console: Process, browser: Browser) -> None:
     context = browser.new_context(
-        viewport={"width": 390, "height": 844}, locale="zh-CN", is_mobile=True, has_touch=True
+        viewport={"width": 375, "height": 740}, locale="zh-CN", is_mobile=True, has_touch=True
     )
     context.set_default_timeout(15_000)
     page = context.new_page()
@@ -88,7 +88,7 @@ def test_on_a_phone_in_chinese_the_text_stays_text(console: Process, browser: Br
         assert promo.locator(".flag-detail").inner_text() == mark.get_attribute("title")
         assert "：" in (mark.get_attribute("title") or "")  # the zh template
         width = page.evaluate("() => document.documentElement.scrollWidth")
-        assert width <= 390
+        assert width <= 375, f"the page is {width} px wide"
     finally:
         context.close()
     assert not errors
