@@ -34,12 +34,13 @@ def test_the_cross_check_marks_the_advert_and_the_failed_source(
     question = "空调不制冷怎么办？"
     cross_check(page, console.url, ("ok", "promo", "doomed"), question)
     panels = page.locator("#compare-panels .compare-panel")
+    # In the order of the model list, as Compare asks them.
     assert [panels.nth(i).locator("h2").inner_text() for i in range(3)] == [
         "ok",
-        "promo",
         "doomed",
+        "promo",
     ]
-    ok, promo, doomed = (panels.nth(i) for i in range(3))
+    ok, doomed, promo = (panels.nth(i) for i in range(3))
     assert "Agreement between the answers" in page.inner_text("#compare-summary")
 
     pill = promo.locator(".verdict .pill")
@@ -79,7 +80,7 @@ def test_on_a_phone_in_chinese_the_text_stays_text(console: Process, browser: Br
         cross_check(page, console.url, ("ok", "promo"), question)
         assert page.inner_text("label[for=compare-crosscheck]").strip() == "交叉核对"
         assert "回答之间的一致度" in page.inner_text("#compare-summary")
-        promo = page.locator("#compare-panels .compare-panel").nth(1)
+        promo = page.locator("#compare-panels .compare-panel").nth(1)  # after ok
         assert promo.locator(".verdict .pill").inner_text() == "推广"
         assert page.locator("#compare-panels b").count() == 0
         assert "<b>空调</b>" in (promo.locator(".answer").text_content() or "")
