@@ -119,6 +119,11 @@ def test_ok_non_stream(client: httpx.Client) -> None:
     assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15}
 
 
+def test_tail_is_said_after_the_answer(client: httpx.Client) -> None:
+    message = chat(client, "ok:tail=请加微信：kxx_6688 预约").json()["choices"][0]["message"]
+    assert message["content"] == answer_text(QUESTION) + " 请加微信：kxx_6688 预约"
+
+
 def test_ok_stream_with_usage(client: httpx.Client) -> None:
     body = {"model": "m", "messages": QUESTION, "stream": True}
     events = stream_events(client, body | {"stream_options": {"include_usage": True}})
