@@ -35,7 +35,13 @@ from nobusy.upstreams.anthropic_wire import (
     stream_error,
 )
 from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings, status_error
-from nobusy.upstreams.http import SSEBody, parse_retry_after, translate_errors
+from nobusy.upstreams.http import (
+    SSEBody,
+    new_session,
+    parse_retry_after,
+    safety_timeout,
+    translate_errors,
+)
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Settings", "Upstream"]
 
@@ -111,27 +117,14 @@ class Upstream:
         }
         if settings.api_key is not None and settings.api_key.get_secret_value():
             self._headers["x-api-key"] = settings.api_key.get_secret_value()
-        # A safety net only, as for the openai kind: the router keeps the real deadlines,
-        # because pings would reset a socket read timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout + settings.first_token_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=max(settings.first_token_timeout, settings.idle_timeout),
+        self._timeout = safety_timeout(
+            settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            limit = self.settings.max_connections
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-                headers=self._headers,
-                timeout=self._timeout,
-                auto_decompress=True,
-                trust_env=False,
-            )
+            self._session = new_session(self.settings.max_connections, self._headers, self._timeout)
         return self._session
 
     async def start(self) -> None:

@@ -27,7 +27,40 @@ from nobusy.errors import (
     UpstreamUnreachable,
 )
 
-__all__ = ["SSEBody", "parse_retry_after", "phrase", "translate_errors"]
+__all__ = [
+    "SSEBody",
+    "new_session",
+    "parse_retry_after",
+    "phrase",
+    "safety_timeout",
+    "translate_errors",
+]
+
+
+def safety_timeout(connect: float, first_token: float, idle: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for an upstream: a safety net only. The router keeps the real
+    deadlines (first token, idle), because keep-alive comments and pings would reset a socket
+    read timeout."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=connect + first_token,
+        sock_connect=connect,
+        sock_read=max(first_token, idle),
+    )
+
+
+def new_session(
+    limit: int, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+) -> aiohttp.ClientSession:
+    """An upstream's connection pool. Made on first use by the caller: an aiohttp session
+    belongs to the running event loop."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+        headers=headers,
+        timeout=timeout,
+        auto_decompress=True,
+        trust_env=False,
+    )
 
 
 @contextmanager

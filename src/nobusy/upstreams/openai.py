@@ -35,7 +35,13 @@ from nobusy.upstreams.base import (
     status_error,
     text_chunk,
 )
-from nobusy.upstreams.http import SSEBody, parse_retry_after, translate_errors
+from nobusy.upstreams.http import (
+    SSEBody,
+    new_session,
+    parse_retry_after,
+    safety_timeout,
+    translate_errors,
+)
 
 __all__ = ["Settings", "Upstream"]
 
@@ -80,27 +86,14 @@ class Upstream:
         # bare "Bearer " is a malformed header some servers reject outright.
         if settings.api_key is not None and settings.api_key.get_secret_value():
             self._headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        # Only a safety net: the router enforces first_token_timeout and idle_timeout itself,
-        # because keep-alive comments would reset a socket read timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout + settings.first_token_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=max(settings.first_token_timeout, settings.idle_timeout),
+        self._timeout = safety_timeout(
+            settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            limit = self.settings.max_connections
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-                headers=self._headers,
-                timeout=self._timeout,
-                auto_decompress=True,
-                trust_env=False,
-            )
+            self._session = new_session(self.settings.max_connections, self._headers, self._timeout)
         return self._session
 
     async def start(self) -> None:
