@@ -14,7 +14,8 @@ import pytest
 
 from nobusy.errors import UpstreamProtocolError
 from nobusy.upstreams.base import UpstreamCall
-from nobusy.upstreams.openai import Settings, Upstream, parse_retry_after
+from nobusy.upstreams.http import parse_retry_after
+from nobusy.upstreams.openai import Settings, Upstream
 
 
 async def raw_server(payload: bytes) -> tuple[asyncio.Server, int]:

@@ -50,7 +50,7 @@ from nobusy.store.replicas import BEAT_SCRIPT, FLEET, Fleet
 __all__ = ["BEAT", "LIVE", "RedisKeyLimits"]
 
 BEAT = 2.0  # seconds between a replica's heartbeats
-LIVE = 10  # seconds after its last beat that a replica's in-flight counts still hold
+LIVE = 8  # seconds after its last beat that a replica's in-flight counts still hold
 KEEP = int(2 * WINDOW)  # seconds a key's window outlives its last write
 KEEP_IN_FLIGHT = 86400  # a key's in-flight counts: longer than any stream
 _COALESCE = 0.005  # seconds a done waits for an admission to ride on (then a call of its own)

@@ -14,20 +14,18 @@ partial answer is sent as a trailing assistant turn, which the Messages API cont
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import aiohttp
 import orjson
-from httpx_sse import EventSource, SSEError
+from httpx_sse import EventSource
 from pydantic import AnyHttpUrl, Field, PositiveInt, SecretStr
 
 from nobusy.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
 )
 from nobusy.upstreams.anthropic_wire import (
     EventReader,
@@ -37,7 +35,13 @@ from nobusy.upstreams.anthropic_wire import (
     stream_error,
 )
 from nobusy.upstreams.base import Chunk, Probe, UpstreamCall, UpstreamSettings, status_error
-from nobusy.upstreams.openai import _phrase, _SSEBody, parse_retry_after
+from nobusy.upstreams.http import (
+    SSEBody,
+    new_session,
+    parse_retry_after,
+    safety_timeout,
+    translate_errors,
+)
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Settings", "Upstream"]
 
@@ -113,27 +117,14 @@ class Upstream:
         }
         if settings.api_key is not None and settings.api_key.get_secret_value():
             self._headers["x-api-key"] = settings.api_key.get_secret_value()
-        # A safety net only, as for the openai kind: the router keeps the real deadlines,
-        # because pings would reset a socket read timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout + settings.first_token_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=max(settings.first_token_timeout, settings.idle_timeout),
+        self._timeout = safety_timeout(
+            settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            limit = self.settings.max_connections
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-                headers=self._headers,
-                timeout=self._timeout,
-                auto_decompress=True,
-                trust_env=False,
-            )
+            self._session = new_session(self.settings.max_connections, self._headers, self._timeout)
         return self._session
 
     async def start(self) -> None:
@@ -156,7 +147,7 @@ class Upstream:
                         yield whole
                     return
                 reader = EventReader(self.name)
-                async for event in EventSource(_SSEBody.of(response)).aiter_sse():
+                async for event in EventSource(SSEBody.of(response)).aiter_sse():
                     # Read on after message_stop rather than return: a response left unread
                     # cannot go back to the pool.
                     if not event.data or reader.stopped:
@@ -207,35 +198,8 @@ class Upstream:
         retry_after = parse_retry_after(headers.get("retry-after"))
         return status_error(status, message, self.name, retry_after)
 
-    @contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        # The same phrases as the openai kind's, for the same aiohttp failures.
-        name = self.name
-        try:
-            yield
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"cannot connect: {_phrase(exc)}", upstream=name) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamProtocolError(
-                f"connection broken mid-answer: {_phrase(exc)}", upstream=name
-            ) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamUnreachable(
-                f"cannot connect: timed out after {self.settings.connect_timeout:g} s",
-                upstream=name,
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"timed out after {self._timeout.sock_read:g} s waiting for data", upstream=name
-            ) from None
-        except aiohttp.ClientOSError as exc:
-            raise UpstreamProtocolError(
-                f"connection failed: {_phrase(exc)}", upstream=name
-            ) from None
-        except SSEError as exc:
-            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=name) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"HTTP error: {_phrase(exc)}", upstream=name) from None
+    def _translate_errors(self) -> AbstractContextManager[None]:
+        return translate_errors(self.name, self.settings.connect_timeout, self._timeout.sock_read)
 
     async def probe(self) -> Probe:
         """GET /v1/models (Anthropic has it); a compatible endpoint without it (404) still

@@ -12,25 +12,19 @@ events inside a 200 stream are translated into ``nobusy.errors`` here and nowher
 
 from __future__ import annotations
 
-import codecs
-import email.utils
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import aiohttp
-import httpx
 import orjson
-from httpx_sse import EventSource, SSEError
+from httpx_sse import EventSource
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from nobusy.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
 )
 from nobusy.upstreams.base import (
     Chunk,
@@ -40,6 +34,13 @@ from nobusy.upstreams.base import (
     is_text_completion,
     status_error,
     text_chunk,
+)
+from nobusy.upstreams.http import (
+    SSEBody,
+    new_session,
+    parse_retry_after,
+    safety_timeout,
+    translate_errors,
 )
 
 __all__ = ["Settings", "Upstream"]
@@ -85,27 +86,14 @@ class Upstream:
         # bare "Bearer " is a malformed header some servers reject outright.
         if settings.api_key is not None and settings.api_key.get_secret_value():
             self._headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        # Only a safety net: the router enforces first_token_timeout and idle_timeout itself,
-        # because keep-alive comments would reset a socket read timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout + settings.first_token_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=max(settings.first_token_timeout, settings.idle_timeout),
+        self._timeout = safety_timeout(
+            settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            limit = self.settings.max_connections
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-                headers=self._headers,
-                timeout=self._timeout,
-                auto_decompress=True,
-                trust_env=False,
-            )
+            self._session = new_session(self.settings.max_connections, self._headers, self._timeout)
         return self._session
 
     async def start(self) -> None:
@@ -133,7 +121,7 @@ class Upstream:
                 # The event loop is inline (not a helper generator): every chunk of every
                 # answer passes here, and each generator layer costs per chunk.
                 finished = done = False
-                async for event in EventSource(_SSEBody.of(response)).aiter_sse():
+                async for event in EventSource(SSEBody.of(response)).aiter_sse():
                     data = event.data
                     if data == "[DONE]":
                         # Read on to the end of the body rather than return: a response left
@@ -213,38 +201,8 @@ class Upstream:
             )
         return status_error(status, message, self.name, retry_after)
 
-    @contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        # Messages are short phrases an operator reads in a log line, not aiohttp's wording
-        # ("Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ...]").
-        name = self.name
-        try:
-            yield
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"cannot connect: {_phrase(exc)}", upstream=name) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamProtocolError(
-                f"connection broken mid-answer: {_phrase(exc)}", upstream=name
-            ) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamUnreachable(
-                f"cannot connect: timed out after {self.settings.connect_timeout:g} s",
-                upstream=name,
-            ) from None
-        except TimeoutError:
-            # Only aiohttp's own socket timeouts land here: the router's deadlines cancel
-            # this generator instead of raising inside it.
-            raise UpstreamTimeout(
-                f"timed out after {self._timeout.sock_read:g} s waiting for data", upstream=name
-            ) from None
-        except aiohttp.ClientOSError as exc:
-            raise UpstreamProtocolError(
-                f"connection failed: {_phrase(exc)}", upstream=name
-            ) from None
-        except SSEError as exc:
-            raise UpstreamProtocolError(f"bad event stream: {exc}", upstream=name) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"HTTP error: {_phrase(exc)}", upstream=name) from None
+    def _translate_errors(self) -> AbstractContextManager[None]:
+        return translate_errors(self.name, self.settings.connect_timeout, self._timeout.sock_read)
 
     async def probe(self) -> Probe:
         start = time.perf_counter()
@@ -276,44 +234,6 @@ if TYPE_CHECKING:
         return upstream  # mypy proves this kind has every member of the protocol
 
 
-class _SSEBody:
-    """What httpx-sse's parser reads from a response: its headers and its body as text."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.headers = response.headers
-        self._content = response.content
-
-    @classmethod
-    def of(cls, response: aiohttp.ClientResponse) -> httpx.Response:
-        # httpx-sse types its argument as httpx.Response but uses only these two members.
-        return cast(httpx.Response, cls(response))
-
-    async def aiter_text(self) -> AsyncIterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        async for data in self._content.iter_any():
-            text = decoder.decode(data)
-            if text:
-                yield text
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _from_text_completion(chunk: Chunk) -> Chunk:
     """A ``text_completion`` chunk as the internal chunk (its text as ``delta.content``)."""
     choices = chunk.get("choices") or []
@@ -326,30 +246,3 @@ def _from_text_completion(chunk: Chunk) -> Chunk:
     if chunk.get("usage"):
         out["usage"] = chunk["usage"]
     return out
-
-
-def _phrase(exc: Exception) -> str:
-    """aiohttp's exception as a short phrase: "connection refused", "host name not found"."""
-    cause = getattr(exc, "os_error", None) or exc
-    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
-        return "host name not found"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "TLS handshake failed"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the upstream closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer's body was cut off"
-    for kind, phrase in _OS_PHRASES:
-        if isinstance(cause, kind):
-            return phrase
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
-    # The URL in other messages has no secret (the key travels in a header).
-    return str(exc) or type(exc).__name__
-
-
-_OS_PHRASES: tuple[tuple[type[BaseException], str], ...] = (
-    (ConnectionRefusedError, "connection refused"),
-    (ConnectionResetError, "connection reset"),
-    (TimeoutError, "timed out connecting"),
-)

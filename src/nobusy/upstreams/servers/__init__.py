@@ -23,6 +23,7 @@ from pydantic import AnyHttpUrl, Field, PositiveFloat, PositiveInt
 
 from nobusy.upstreams import openai
 from nobusy.upstreams.base import Chunk, Probe, UpstreamCall
+from nobusy.upstreams.http import phrase
 from nobusy.upstreams.server_metrics import METRICS, BadReading, ServerSignals, parse_metrics
 
 __all__ = ["ServerSettings", "ServerUpstream"]
@@ -106,7 +107,7 @@ class ServerUpstream(openai.Upstream):
         except TimeoutError:
             self._ignore(f"no answer within {settings.metrics_timeout:g} s")
         except aiohttp.ClientError as exc:
-            self._ignore(f"unreachable ({openai._phrase(exc)})")
+            self._ignore(f"unreachable ({phrase(exc)})")
         except BadReading as exc:
             self._ignore(str(exc))
         else:
