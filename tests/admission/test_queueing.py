@@ -159,13 +159,21 @@ def test_streaming_client_is_told_its_place_in_the_queue(
         lines: list[str] = []
         body = {"model": "tight", "messages": MESSAGES, "stream": True}
         with httpx.stream(
-            "POST", f"{gateway4.url}/v1/chat/completions", json=body, timeout=60
+            "POST",
+            f"{gateway4.url}/v1/chat/completions",
+            json=body,
+            headers={"x-nobusy-check": "ads"},
+            timeout=60,
         ) as response:
             assert response.status_code == 200
             lines = list(response.iter_lines())
         assert all(b.result().status_code == 200 for b in blockers)
     comments = [line for line in lines if line.startswith(": nobusy: queued, position")]
     assert comments, lines[:5]
+    # A stream that waited still ends with the ad check it asked for, before [DONE].
+    ads = [line for line in lines if line.startswith(": nobusy-ads ")]
+    assert len(ads) == 1 and lines.index(ads[0]) < lines.index("data: [DONE]")
+    assert json.loads(ads[0][len(": nobusy-ads ") :])["verdict"] == "clean"
     text = "".join(
         json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
         for line in lines

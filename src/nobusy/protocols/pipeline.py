@@ -363,9 +363,12 @@ class _PipelineResponse(Response):
                 if chat.stream:
                     entry.record.outcome = "client_gone"  # until the stream says otherwise
                     encoder = self.encoder(entry)
+                    ads = _ads_check(request, state, chat)
                     events = _cited(
-                        _queued_stream(chat, entry, walk, encoder), entry.grounding, encoder
+                        _queued_stream(chat, entry, walk, encoder, ads), entry.grounding, encoder
                     )
+                    if ads is not None:
+                        events = ads.around(events)
                     return EventStreamResponse(events, {"x-nobusy-upstream": "queued", **marked})
                 await walk.granted()
             answer = await _open(entry, walk)
@@ -546,7 +549,11 @@ async def _cited(
 
 
 async def _queued_stream(
-    chat: ChatRequest, entry: _LedgerEntry, walk: Walker, encoder: Encoder
+    chat: ChatRequest,
+    entry: _LedgerEntry,
+    walk: Walker,
+    encoder: Encoder,
+    ads: AdsCheck | None = None,
 ) -> AsyncIterator[bytes]:
     """Queue positions as SSE comments (ignored by the SDKs), then the answer itself (or a
     kept one, stale, when no upstream could answer)."""
@@ -573,6 +580,8 @@ async def _queued_stream(
             yield internal_error_event(entry.record.request_id, exc, encoder)
             return
         yield f": nobusy: answering from {entry.record.upstream}\n\n".encode()
+        if ads is not None:  # the answer's text, for the report at the stream's end
+            answer.chunks = ads.watch(answer.chunks)
         events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
         async for part in events:
             yield part
