@@ -13,7 +13,6 @@ partial answer is sent as a trailing assistant turn, which the Messages API cont
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -39,6 +38,7 @@ from nobusy.upstreams.http import (
     SSEBody,
     new_session,
     parse_retry_after,
+    probe_models,
     safety_timeout,
     translate_errors,
 )
@@ -204,24 +204,13 @@ class Upstream:
     async def probe(self) -> Probe:
         """GET /v1/models (Anthropic has it); a compatible endpoint without it (404) still
         answered HTTP with our key, which is all a probe can learn there."""
-        start = time.perf_counter()
-        try:
-            with self._translate_errors():
-                async with self._client().get(
-                    self._models_url, headers={"accept": "application/json"}
-                ) as response:
-                    if response.status == 404:
-                        elapsed = (time.perf_counter() - start) * 1000
-                        return Probe(True, elapsed, detail="no model list")
-                    if response.status != 200:
-                        raise await self._status_error(response)
-                    data = (await response.json(content_type=None)).get("data") or []
-        except UpstreamError as exc:
-            return Probe(False, (time.perf_counter() - start) * 1000, detail=exc.message)
-        except (ValueError, AttributeError):
-            return Probe(False, (time.perf_counter() - start) * 1000, detail="bad /models JSON")
-        models = [str(m.get("id")) for m in data if isinstance(m, dict)]
-        return Probe(True, (time.perf_counter() - start) * 1000, models=models)
+        return await probe_models(
+            self._client(),
+            self._models_url,
+            self._translate_errors(),
+            self._status_error,
+            missing_ok=True,
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

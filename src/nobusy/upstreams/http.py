@@ -12,8 +12,8 @@ import codecs
 import email.utils
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import cast
 
 import aiohttp
@@ -26,12 +26,14 @@ from nobusy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from nobusy.upstreams.base import Probe
 
 __all__ = [
     "SSEBody",
     "new_session",
     "parse_retry_after",
     "phrase",
+    "probe_models",
     "safety_timeout",
     "translate_errors",
 ]
@@ -160,3 +162,31 @@ _OS_PHRASES: tuple[tuple[type[BaseException], str], ...] = (
     (ConnectionResetError, "connection reset"),
     (TimeoutError, "timed out connecting"),
 )
+
+
+async def probe_models(
+    session: aiohttp.ClientSession,
+    url: str,
+    translated: AbstractContextManager[None],
+    status_error: Callable[[aiohttp.ClientResponse], Awaitable[UpstreamError]],
+    *,
+    missing_ok: bool = False,
+) -> Probe:
+    """GET the upstream's model list at ``url``: reachable, how fast, which models. With
+    ``missing_ok`` a 404 still counts as reachable (an endpoint that answered HTTP with our key
+    but has no list, as some Anthropic-compatible ones)."""
+    start = time.perf_counter()
+    try:
+        with translated:
+            async with session.get(url, headers={"accept": "application/json"}) as response:
+                if response.status == 404 and missing_ok:
+                    return Probe(True, (time.perf_counter() - start) * 1000, detail="no model list")
+                if response.status != 200:
+                    raise await status_error(response)
+                data = (await response.json(content_type=None)).get("data") or []
+    except UpstreamError as exc:
+        return Probe(False, (time.perf_counter() - start) * 1000, detail=exc.message)
+    except (ValueError, AttributeError):
+        return Probe(False, (time.perf_counter() - start) * 1000, detail="bad /models JSON")
+    models = [str(m.get("id")) for m in data if isinstance(m, dict)]
+    return Probe(True, (time.perf_counter() - start) * 1000, models=models)
