@@ -24,8 +24,10 @@ from nobusy.api import (
     openapi,
     ops,
     pool,
+    request_log,
     responses_api,
     usage,
+    usage_series,
     vector_search,
     vector_stores,
 )
@@ -45,7 +47,7 @@ from nobusy.store.backends import open_keys
 from nobusy.store.interfaces import UsageSink
 from nobusy.store.ledger import USAGE_LOG, CommittedAnswers
 from nobusy.upstreams import build_upstream
-from nobusy.web import status
+from nobusy.web import session, status
 
 __all__ = ["create_app"]
 
@@ -85,7 +87,18 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
             *models.routes,
             *ops.routes,
             *openapi.routes,
-            admin.mount([*admin.routes, *pool.routes, *keys.routes, *status.routes, *usage.routes]),
+            admin.mount(
+                [
+                    *admin.routes,
+                    *pool.routes,
+                    *keys.routes,
+                    *status.routes,
+                    *usage.routes,
+                    *usage_series.routes,
+                    *request_log.routes,
+                ]
+            ),
+            *session.routes,
             *web.routes(),
         ],
         middleware=[

@@ -46,6 +46,7 @@ __all__ = [
     "SCALARS",
     "AliasKnowledge",
     "AuditSettings",
+    "ConsoleSettings",
     "HedgeSettings",
     "ModelAlias",
     "Route",
@@ -115,6 +116,21 @@ class AuditSettings(BaseModel):
         "full", description="full: contents encrypted; hash: only their keyed hashes."
     )
     retention_days: PositiveInt = Field(180, description="Days rows are kept before pruning.")
+
+
+class ConsoleSettings(BaseModel):
+    """The operator console: its sign-in session and what its request log may show."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    session_hours: PositiveFloat = Field(
+        8.0, description="Hours a console sign-in (the admin key exchanged for a cookie) lasts."
+    )
+    show_content: bool = Field(
+        True,
+        description="The request log's detail view shows the request and answer text the "
+        "audit log keeps (audit.store: full) to the signed-in admin; false: metadata only.",
+    )
 
 
 class HedgeSettings(BaseModel):
@@ -303,6 +319,10 @@ class Settings(BaseModel):
     )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."
+    )
+    console: ConsoleSettings = Field(
+        default_factory=lambda: ConsoleSettings(),
+        description="The operator console: sign-in sessions, the request log's content.",
     )
     guard: GuardSettings = Field(
         default_factory=GuardSettings, description="Sensitive-word lexicons and their actions."

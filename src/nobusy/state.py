@@ -45,6 +45,7 @@ from nobusy.store.redis_limits import RedisKeyLimits
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
+from nobusy.store.sessions import SessionStore
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -67,6 +68,7 @@ class AppState:
     responses: ResponsesStore | None = None  # the Responses API's kept responses
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
     knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
+    sessions: SessionStore | None = None  # the console's sign-in sessions
 
 
 def app_state(request: Request) -> AppState:
@@ -109,6 +111,9 @@ async def running(
         knowledge = KnowledgeBase(settings)
         stack.callback(knowledge.close)
         knowledge.start()  # files left in progress by a crash or a restart are taken up again
+        sessions = SessionStore(settings.data_dir)  # the console's sign-ins
+        stack.callback(sessions.close)
+        auth.sessions = sessions  # the admin's cookie passes where the admin key does
         # Before any start: an upstream holds its pools from construction, and one whose start
         # failed halfway may hold a session or a model already.
         stack.push_async_callback(router.aclose)
@@ -135,6 +140,7 @@ async def running(
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
+            sessions=sessions,
         )  # fmt: skip
 
 

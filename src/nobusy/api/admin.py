@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nobusy.edge.auth import SESSION_COOKIE
 from nobusy.errors import NotFound
 from nobusy.responses import JSONResponse
 from nobusy.state import app_state
@@ -60,8 +61,15 @@ class AdminOnly:
 def require_admin(request: Request) -> None:
     """Raise unless the request carries the admin key (or, with none set, comes from loopback)."""
     state = app_state(request)
+    authorization = request.headers.get("authorization", "")
+    # The console's sign-in cookie stands for the key (the CLI sends the key itself).
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not authorization and state.auth.signed_in(
+        cookie, request.method, request.headers.get("origin")
+    ):
+        return
     state.auth.check_admin(
-        request.headers.get("authorization", ""),
+        authorization,
         request.client.host if request.client else "",
         state.settings.admin_key,
         proxied=getattr(request.state, "proxied", False),

@@ -22,8 +22,13 @@ from nobusy.edge.policy import is_loopback
 from nobusy.errors import AdminAuthRequired, InvalidApiKey, RateLimited
 from nobusy.keys import Hasher, Key, sha256_hasher, sm3_hasher
 from nobusy.store.keys import KeyStore
+from nobusy.store.sessions import SessionStore
 
-__all__ = ["Authenticator", "hashers_for"]
+__all__ = ["SESSION_COOKIE", "Authenticator", "hashers_for"]
+
+# The console's sign-in cookie (nobusy.web.session): HttpOnly, SameSite=Strict.
+SESSION_COOKIE = "nobusy_session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Failed attempts a client address may make per minute before it is turned away unchecked.
 _FAILURES_PER_MINUTE = 20
@@ -41,6 +46,19 @@ class Authenticator:
     def __init__(self, keys: KeyStore) -> None:
         self.keys = keys
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self.sessions: SessionStore | None = None  # set by state.running: console sign-ins
+
+    def signed_in(self, cookie: str | None, method: str, origin: str | None) -> bool:
+        """Whether a console session cookie stands for the admin key on this request.
+
+        A state-changing request must also name its page's origin (the edge has refused any
+        origin but this server's): with SameSite=Strict, that is the CSRF defence.
+        """
+        if not cookie or self.sessions is None:
+            return False
+        if method not in _SAFE_METHODS and not origin:
+            return False
+        return self.sessions.valid(cookie)
 
     def check_admin(
         self, authorization: str, client: str, admin_key: SecretStr | None, proxied: bool

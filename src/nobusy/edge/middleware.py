@@ -15,10 +15,10 @@ import logging
 import os
 
 from starlette.datastructures import MutableHeaders
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nobusy.edge.auth import Authenticator
+from nobusy.edge.auth import SESSION_COOKIE, Authenticator
 from nobusy.edge.policy import EdgePolicy, is_json
 from nobusy.errors import (
     HostNotAllowed,
@@ -93,7 +93,7 @@ class RequestContextMiddleware:
                 and (not path.startswith("/v1/nobusy/") or path in API_KEY_PATHS)
             ):
                 client = scope["client"][0] if scope.get("client") else "unknown"
-                if self._knowledge_admin(path, headers):
+                if self._knowledge_admin(path, headers, scope["method"]):
                     state["admin"] = True
                 else:
                     state["key"] = self.authenticator.check(_authorization(headers), client)
@@ -196,11 +196,15 @@ class RequestContextMiddleware:
                 "allowed_hosts if it should."
             )
 
-    def _knowledge_admin(self, path: str, headers: dict[bytes, str]) -> bool:
-        """Whether a knowledge-base request carries the admin key (not an API key)."""
+    def _knowledge_admin(self, path: str, headers: dict[bytes, str], method: str) -> bool:
+        """Whether a knowledge-base request carries the admin key (not an API key), or the
+        console's sign-in cookie in its place."""
         if self.admin_key is None or not path.startswith(_KNOWLEDGE):
             return False
         given = _bearer(headers)
+        if not given and self.authenticator is not None:
+            cookie = cookie_parser(headers.get(b"cookie", "")).get(SESSION_COOKIE)
+            return self.authenticator.signed_in(cookie, method, headers.get(b"origin"))
         return bool(given) and hmac.compare_digest(given.encode(), self.admin_key.encode())
 
     @staticmethod

@@ -324,6 +324,44 @@ class AuditLog:
                     )
                 yield record
 
+    def events(
+        self, request_id: str, since: datetime, until: datetime, *, decrypt: bool
+    ) -> list[dict[str, Any]]:
+        """The rows of one request written between ``since`` and ``until``, oldest first;
+        content decrypted when ``decrypt`` and kept (``store: full``), else None. The time
+        range is what the index finds: ``request_id`` has no index of its own."""
+        with self._read() as db:
+            sql = (
+                f"SELECT {self._read_columns} FROM audit WHERE time >= ? AND time <= ? "
+                "AND request_id = ? ORDER BY id"
+            )
+            rows = db.execute(sql, (_time_text(since), _time_text(until), request_id))
+            out = []
+            for row in rows:
+                record = dict(zip(_CHAIN_COLUMNS.split(", "), row, strict=True))
+                token = record.pop("content")
+                record["content"] = (
+                    orjson.loads(self.suite.decrypt(bytes(token), _aad(record["id"])))
+                    if decrypt and token is not None
+                    else None
+                )
+                out.append(record)
+            return out
+
+    def hits(self, since: datetime, until: datetime) -> dict[str, dict[str, int]]:
+        """Per request id, its guard and PII events (every event but the request and the
+        response) written between ``since`` and ``until``, counted by kind."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT request_id, event, COUNT(*) FROM audit WHERE time >= ? AND time <= ? "
+                "AND event NOT IN ('request', 'response') GROUP BY request_id, event",
+                (_time_text(since), _time_text(until)),
+            )
+            out: dict[str, dict[str, int]] = {}
+            for request_id, event, n in rows:
+                out.setdefault(request_id, {})[event] = int(n)
+            return out
+
     def write_export(
         self, out: Path, since: datetime, *, decrypt: bool = False, sign: bool = False
     ) -> int:

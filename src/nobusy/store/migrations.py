@@ -24,7 +24,18 @@ from sqlite_utils.migrations import Migrations
 from nobusy.errors import ConfigError
 from nobusy.store.sqlite import connect, private_dir, private_file, transaction
 
-__all__ = ["AUDIT", "AUDIT_NO_DELETE", "CACHE", "DB_NAME", "NOBUSY", "migrate", "open_db"]
+__all__ = [
+    "AUDIT",
+    "AUDIT_NO_DELETE",
+    "CACHE",
+    "CONSOLE_TABLES",
+    "DB_NAME",
+    "NOBUSY",
+    "USAGE_DAILY_BACKFILL",
+    "USAGE_DAILY_INSERT",
+    "migrate",
+    "open_db",
+]
 
 DB_NAME = "nobusy.db"
 
@@ -221,6 +232,70 @@ _MONEY_KEYS = (
     "budget_period TEXT",
     "spent_micros INTEGER NOT NULL DEFAULT 0",
     "budget_since TEXT",
+)
+
+
+@NOBUSY()
+def m011_console(db: Database) -> None:
+    # The console's usage page reads days, not requests: a daily rollup by key, alias and
+    # upstream, kept by a trigger in the transaction that inserts the row (so no writer
+    # changes, and the sums are the rows' exactly), and filled from the rows already there.
+    # Its sign-in sessions: the hash of each cookie's token, revocable at once.
+    for statement in CONSOLE_TABLES:
+        db.execute(statement)
+    db.execute(USAGE_DAILY_TRIGGER)
+    db.execute(USAGE_DAILY_BACKFILL)
+
+
+# Keys and upstreams are '' rather than NULL: NULLs are distinct to a UNIQUE constraint.
+CONSOLE_TABLES = (
+    "CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL, alias TEXT NOT NULL, "
+    "upstream TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, "
+    "failovers INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER "
+    "NOT NULL, cached_tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL, "
+    "first_choice_cost_micros INTEGER NOT NULL, last_time TEXT NOT NULL, "
+    "PRIMARY KEY (day, key_id, alias, upstream))",
+    "CREATE TABLE console_sessions (token_hash TEXT PRIMARY KEY, created TEXT NOT NULL, "
+    "expires REAL NOT NULL, client TEXT)",
+)
+# One row's contribution, as (column, value) pairs over NEW: the trigger and the backfill.
+_DAILY_VALUES = (
+    ("requests", "1"),
+    ("errors", "CASE WHEN {r}.outcome IN ('ok', 'client_gone') THEN 0 ELSE 1 END"),
+    ("failovers", "CASE WHEN json_array_length({r}.tried) > 1 THEN 1 ELSE 0 END"),
+    ("prompt_tokens", "{r}.prompt_tokens"),
+    ("completion_tokens", "{r}.completion_tokens"),
+    ("cached_tokens", "{r}.cached_tokens"),
+    ("cost_micros", "{r}.report_cost_micros"),
+    ("first_choice_cost_micros", "COALESCE({r}.first_choice_cost_micros, {r}.report_cost_micros)"),
+)
+_DAILY_KEY = (
+    "substr({r}.time, 1, 10), COALESCE({r}.key_id, ''), {r}.alias, COALESCE({r}.upstream, '')"
+)
+_DAILY_COLUMNS = "day, key_id, alias, upstream, " + ", ".join(c for c, _ in _DAILY_VALUES)
+_DAILY_UPSERT = (
+    "ON CONFLICT (day, key_id, alias, upstream) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c, _ in _DAILY_VALUES)
+    + ", last_time = CASE WHEN excluded.last_time > usage_daily.last_time "
+    "THEN excluded.last_time ELSE usage_daily.last_time END"
+)
+USAGE_DAILY_INSERT = (
+    f"INSERT INTO usage_daily ({_DAILY_COLUMNS}, last_time) VALUES ("
+    + _DAILY_KEY.format(r="NEW")
+    + ", "
+    + ", ".join(v.format(r="NEW") for _, v in _DAILY_VALUES)
+    + f", NEW.time) {_DAILY_UPSERT}"
+)
+USAGE_DAILY_TRIGGER = (
+    f"CREATE TRIGGER usage_daily_add AFTER INSERT ON usage BEGIN {USAGE_DAILY_INSERT}; END"
+)
+USAGE_DAILY_BACKFILL = (
+    f"INSERT INTO usage_daily ({_DAILY_COLUMNS}, last_time) SELECT "
+    + _DAILY_KEY.format(r="u")
+    + ", "
+    + ", ".join(f"SUM({v.format(r='u')})" for _, v in _DAILY_VALUES)
+    + ", MAX(u.time) FROM usage u GROUP BY "
+    + _DAILY_KEY.format(r="u")
 )
 
 

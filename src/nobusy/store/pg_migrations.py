@@ -22,7 +22,16 @@ from typing import Any
 import psycopg
 from sqlite_utils.migrations import Migrations
 
-from nobusy.store.migrations import _MONEY_KEYS, _MONEY_USAGE, AUDIT, KNOWLEDGE_TABLES, NOBUSY
+from nobusy.store.migrations import (
+    _MONEY_KEYS,
+    _MONEY_USAGE,
+    AUDIT,
+    CONSOLE_TABLES,
+    KNOWLEDGE_TABLES,
+    NOBUSY,
+    USAGE_DAILY_BACKFILL,
+    USAGE_DAILY_INSERT,
+)
 from nobusy.store.postgres import ERRORS, Link, startup_error
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
@@ -87,6 +96,23 @@ _AUDIT_GUARD = """
         RAISE EXCEPTION 'audit rows are append-only: use prune';
     END $$"""
 
+_USAGE_DAILY_FUNCTION = f"""
+    CREATE FUNCTION usage_daily_add() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        {USAGE_DAILY_INSERT};
+        RETURN NULL;
+    END $$"""
+
+
+def _pg_json(statement: str) -> str:
+    """SQLite's JSON array length in PostgreSQL's words (``tried`` is JSON text in both)."""
+    for row in ("NEW", "u"):
+        statement = statement.replace(
+            f"json_array_length({row}.tried)", f"jsonb_array_length({row}.tried::jsonb)"
+        )
+    return statement
+
+
 # Set name -> migration name -> its statements. An empty step: nothing to do in PostgreSQL.
 STEPS: dict[str, dict[str, tuple[str, ...]]] = {
     NOBUSY.name: {
@@ -124,6 +150,15 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             f"ALTER TABLE {table} ADD COLUMN {column.replace('INTEGER', 'BIGINT')}"
             for table, columns in (("usage", _MONEY_USAGE), ("keys", _MONEY_KEYS))
             for column in columns
+        ),
+        # The daily rollup kept by a trigger, as in SQLite; the sessions table too, though the
+        # console's sessions stay in each host's nobusy.db for now (store/sessions.py).
+        "m011_console": (
+            *(s.replace(" INTEGER", " BIGINT") for s in CONSOLE_TABLES),
+            _pg_json(_USAGE_DAILY_FUNCTION),
+            "CREATE TRIGGER usage_daily_add AFTER INSERT ON usage "
+            "FOR EACH ROW EXECUTE FUNCTION usage_daily_add()",
+            _pg_json(USAGE_DAILY_BACKFILL),
         ),
     },
     AUDIT.name: {
