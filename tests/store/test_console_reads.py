@@ -25,11 +25,13 @@ def _rows(n: int, days: int = 30, keys: int = 100) -> list[tuple[object, ...]]:
     out = []
     for i in range(n):
         day, second = divmod(i * days * 86_400 // n, 86_400)
-        when = f"2026-11-{day + 1:02d} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+        hours, minutes, seconds = second // 3600, second // 60 % 60, second % 60
+        when = f"2026-11-{day + 1:02d} {hours:02d}:{minutes:02d}:{seconds:02d}"
         failed_over = i % 10 == 0
         out.append((
-            when, f"req-{i}", None if i % 50 == 0 else f"k{i % keys}", "chat" if i % 3 else "code",
-            "backup" if failed_over else "main", '["main", "backup"]' if failed_over else '["main"]',
+            when, f"req-{i}", None if i % 50 == 0 else f"k{i % keys}",
+            "chat" if i % 3 else "code", "backup" if failed_over else "main",
+            '["main", "backup"]' if failed_over else '["main"]',
             "all_upstreams_failed" if i % 25 == 0 else "ok", 10, 5, 100 + i % 7,
             90 if failed_over else None,
         ))  # fmt: skip

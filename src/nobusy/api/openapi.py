@@ -266,6 +266,72 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {"200": _json(any_object, "Groups and totals."), **_errors(400)},
                 }
             },
+            "/v1/nobusy/usage/series": {
+                "get": {
+                    "summary": "Daily requests, tokens, spend, errors, failovers by group (admin).",
+                    "operationId": "usageSeries",
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": "string"}}
+                        for n in ("from", "to", "by")
+                    ],
+                    "responses": {"200": _json(any_object, "Days and groups."), **_errors(400)},
+                }
+            },
+            "/v1/nobusy/usage/export.csv": {
+                "get": {
+                    "summary": "The request rows of a date range as CSV, streamed (admin).",
+                    "operationId": "usageExport",
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": "string"}}
+                        for n in ("from", "to", "key", "model", "status")
+                    ],
+                    "responses": {
+                        "200": {"description": "CSV.", "content": {"text/csv": {}}},
+                        **_errors(400),
+                    },
+                }
+            },
+            "/v1/nobusy/requests": {
+                "get": {
+                    "summary": "The request log, newest first, in keyset pages (admin).",
+                    "operationId": "listRequests",
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": "string"}}
+                        for n in ("key", "model", "status", "since", "until", "limit", "cursor")
+                    ],
+                    "responses": {"200": _json(any_object, "A page of rows."), **_errors(400)},
+                }
+            },
+            "/v1/nobusy/requests/{id}": {
+                "get": {
+                    "summary": "One request of the log with its audit events (admin).",
+                    "operationId": "getRequest",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": _json(any_object, "The request."), **_errors(404)},
+                }
+            },
+            "/console/session": {
+                "get": {
+                    "summary": "Whether this browser is signed in to the console.",
+                    "operationId": "consoleSession",
+                    "responses": {"200": _json(any_object, "The session's state.")},
+                },
+                "post": {
+                    "summary": "Sign in: the admin key exchanged for a session cookie.",
+                    "operationId": "consoleSignIn",
+                    "responses": {
+                        "200": _json(any_object, "Signed in; the cookie is set."),
+                        **_errors(400, 401, 429),
+                    },
+                },
+                "delete": {
+                    "summary": "Sign out: the session ended on the server.",
+                    "operationId": "consoleSignOut",
+                    "responses": {"200": _json(any_object, "Signed out.")},
+                },
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics.",

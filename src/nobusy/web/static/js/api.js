@@ -187,3 +187,26 @@ export async function streamCrosscheck({ models, messages, language, signal }, o
     }
   }
 }
+
+// The console's sign-in (web/session.py): the admin key is exchanged once for an HttpOnly,
+// SameSite=Strict cookie, which the browser then sends with every admin call on its own; the
+// key itself is kept nowhere in the page. Legacy callers that set keys.admin still send it.
+
+/** Sign in with the admin key; rejects with an ApiError (401 wrong key, 429 too many). */
+export async function signIn(adminKey) {
+  const state = await call("/console/session", { method: "POST", body: { admin_key: adminKey } });
+  document.dispatchEvent(new Event("nobusy:session"));
+  return state;
+}
+
+/** Sign out: the session ends on the server too. */
+export async function signOut() {
+  const state = await call("/console/session", { method: "DELETE" });
+  document.dispatchEvent(new Event("nobusy:session"));
+  return state;
+}
+
+/** {signed_in, needed}: whether this browser is signed in, and whether it has to be. */
+export function sessionState() {
+  return call("/console/session");
+}

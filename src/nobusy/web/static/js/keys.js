@@ -5,6 +5,7 @@ import { call } from "./api.js";
 import { t } from "./i18n.js";
 import { copyText, flash } from "./markdown.js";
 import { priorityKey, showAuthNotice } from "./status.js";
+import { money } from "./usage.js";
 
 const $ = (id) => document.getElementById(id);
 let active = false;
@@ -31,9 +32,11 @@ export function showKeys(visible) {
 async function refresh() {
   try {
     const { data } = await call("/v1/nobusy/keys", { admin: true });
+    // Usage per key over 30 days, from the daily rollup; the table shows without it if it fails.
+    const usage = await call("/v1/nobusy/usage/series?by=key", { admin: true }).catch(() => null);
     $("keys-auth").hidden = true;
     $("keys-body").hidden = false;
-    renderTable(data);
+    renderTable(data, usage);
   } catch (error) {
     if (error.status === 401) {
       showAuthNotice($("keys-auth"));
@@ -87,12 +90,13 @@ async function act(path, body) {
   }
 }
 
-function renderTable(keys) {
+function renderTable(keys, usage) {
+  const perKey = new Map((usage?.groups ?? []).map((g) => [g.id, g]));
   const body = $("keys-table").tBodies[0];
   body.replaceChildren();
   if (!keys.length) {
     const cell = body.insertRow().insertCell();
-    cell.colSpan = 6;
+    cell.colSpan = 9;
     cell.textContent = t("noKeys");
     return;
   }
@@ -112,6 +116,19 @@ function renderTable(keys) {
     const balance = row.insertCell();
     balance.className = "num";
     balance.textContent = key.quota_tokens == null ? t("unlimited") : `${key.balance} / ${key.quota_tokens}`;
+    const budget = row.insertCell();
+    budget.className = "num";
+    budget.textContent =
+      key.budget == null
+        ? t("unlimited")
+        : t("budgetOf", { spent: key.budget_spent, budget: key.budget, period: key.budget_period ?? "—" });
+    const used = row.insertCell();
+    used.className = "num";
+    const group = perKey.get(key.id);
+    used.textContent = group
+      ? t("usageKey30", { requests: group.totals.requests, spend: money(group.totals.spend_micros, usage.currency) })
+      : "—";
+    row.insertCell().textContent = key.last_used_at ? new Date(key.last_used_at * 1000).toLocaleString() : "—";
     row.insertCell().append(...actions(key));
   }
 }

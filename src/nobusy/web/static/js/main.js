@@ -5,10 +5,13 @@ import { initCompare } from "./compare.js";
 import { otherLanguage, setLanguage, t, translate } from "./i18n.js";
 import { initKeys, showKeys } from "./keys.js";
 import { loadModels } from "./models.js";
+import { initRequests, showRequests } from "./requests.js";
 import { initSettings } from "./settings.js";
+import { initSignin } from "./signin.js";
 import { initStatus, showStatus } from "./status.js";
+import { initUsage, showUsage } from "./usage.js";
 
-const VIEWS = ["chat", "compare", "status", "keys"];
+const VIEWS = ["chat", "compare", "status", "keys", "usage", "requests"];
 const $ = (id) => document.getElementById(id);
 
 // Also called on a language change: the view shown is redrawn (status and keys reload).
@@ -24,6 +27,8 @@ function route() {
   document.title = `${t(`nav${view[0].toUpperCase()}${view.slice(1)}`)} · nobusy`;
   showStatus(view === "status");
   showKeys(view === "keys");
+  showUsage(view === "usage");
+  showRequests(view === "requests");
   $("skip-link").hidden = view !== "chat";
 }
 
@@ -41,6 +46,9 @@ initChat();
 initCompare();
 initStatus();
 initKeys();
+initUsage();
+initRequests();
+initSignin();
 $("lang-toggle").addEventListener("click", () => {
   setLanguage(otherLanguage());
   labelLanguageButton();

@@ -1,0 +1,151 @@
+"""The operator pages in Chromium: sign-in with a session cookie, usage, request log, keys.
+
+A gateway of its own with the audit log on, so the request log shows content.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from playwright.sync_api import Page
+
+from tests.conftest import Process, serve
+from tests.web.conftest import ADMIN_KEY
+
+CONFIG = """
+admin_key: "{admin}"
+audit: {{enabled: true}}
+upstreams:
+  fake: {{kind: openai, base_url: "{fake}", price: {{input: 2, output: 8}}}}
+  dead: {{kind: openai, base_url: "http://127.0.0.1:9/v1", default_model: ok}}
+models:
+  ok: [fake/ok]
+  failover: [dead, fake/ok]
+"""
+
+
+@pytest.fixture(scope="module")
+def console(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    tmp = tmp_path_factory.mktemp("operator")
+    process = serve(tmp, CONFIG.format(admin=ADMIN_KEY, fake=f"{fake_upstream.url}/v1"))
+    client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="unused", max_retries=0)
+    for model in ("ok", "ok", "failover"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    yield process
+    process.stop()
+
+
+def sign_in(page: Page, console: Process) -> None:
+    page.goto(f"{console.url}/#/usage")
+    page.wait_for_selector("#signin-open:not([hidden])")
+    page.click("#signin-open")
+    page.fill("#signin-key", ADMIN_KEY)
+    page.click("#signin-form button[value=signin]")
+    page.wait_for_selector("#signin", state="hidden")
+
+
+def test_sign_in_sets_a_strict_cookie_and_sign_out_revokes_it(console: Process) -> None:
+    url = f"{console.url}/console/session"
+    wrong = httpx.post(url, json={"admin_key": "not-it"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    good = httpx.post(url, json={"admin_key": ADMIN_KEY})
+    assert good.status_code == 200
+    cookie = good.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=" in cookie
+    jar = {"nobusy_session": good.cookies["nobusy_session"]}
+    assert httpx.get(f"{console.url}/v1/nobusy/requests", cookies=jar).status_code == 200
+    # A state-changing call on the cookie must name its page's origin (CSRF).
+    reset = f"{console.url}/v1/nobusy/upstreams/all/reset"
+    assert httpx.post(reset, cookies=jar).status_code == 401
+    assert httpx.post(reset, cookies=jar, headers={"Origin": console.url}).status_code == 200
+    other = httpx.post(reset, cookies=jar, headers={"Origin": "https://evil.example"})
+    assert other.status_code == 403
+    assert httpx.delete(url, cookies=jar).status_code == 200
+    assert httpx.get(f"{console.url}/v1/nobusy/requests", cookies=jar).status_code == 401
+    # The CLI's bearer path is unchanged.
+    bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.get(f"{console.url}/v1/nobusy/requests", headers=bearer).status_code == 200
+
+
+def test_bad_input_is_a_clear_400(console: Process) -> None:
+    bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for path, param in [
+        ("/v1/nobusy/usage/series?by=colour", "by"),
+        ("/v1/nobusy/usage/series?from=yesterday", "from"),
+        ("/v1/nobusy/usage/series?from=2026-02-01&to=2026-01-01", "from"),
+        ("/v1/nobusy/requests?limit=0", "limit"),
+        ("/v1/nobusy/requests?cursor=zzz", "cursor"),
+        ("/v1/nobusy/requests?since=soon", "since"),
+    ]:
+        response = httpx.get(console.url + path, headers=bearer)
+        assert response.status_code == 400, path
+        assert response.json()["error"]["param"] == param
+    assert httpx.get(f"{console.url}/v1/nobusy/requests/999999", headers=bearer).status_code == 404
+
+
+def test_usage_page_charts_and_exports(
+    console: Process, page: Page, screenshot: Callable[[Page, str], Path]
+) -> None:
+    sign_in(page, console)
+    page.wait_for_selector("#usage-body:not([hidden]) #usage-table tbody tr")
+    assert page.locator("#usage-chart svg polyline").count() >= 2
+    assert "3" in page.inner_text("#usage-tiles")
+    page.select_option("#usage-by", "model")
+    page.wait_for_selector("#usage-table tbody th:text('failover')")
+    href = page.get_attribute("#usage-export", "href")
+    assert href and href.startswith("/v1/nobusy/usage/export.csv?from=")
+    csv = page.evaluate("(href) => fetch(href).then((r) => r.text())", href)
+    lines = csv.strip().splitlines()
+    assert lines[0].startswith("time,request_id,key_id") and len(lines) == 4
+    screenshot(page, "console-usage-en.png")
+    page.click("#lang-toggle")
+    page.wait_for_selector("#usage-heading:text('用量')")
+    page.wait_for_selector("#usage-table tbody tr")
+    screenshot(page, "console-usage-zh.png")
+
+
+def test_request_log_filters_and_details(
+    console: Process, page: Page, screenshot: Callable[[Page, str], Path]
+) -> None:
+    sign_in(page, console)
+    page.goto(f"{console.url}/#/requests")
+    page.wait_for_selector("#requests-table tbody tr[data-id]")
+    assert page.locator("#requests-table tbody tr[data-id]").count() == 3
+    assert "dead → fake" in page.inner_text("#requests-table")
+    page.fill("#requests-model", "failover")
+    page.click("#requests-form button[type=submit]")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#requests-table tbody tr[data-id]').length === 1"
+    )
+    deadline = time.monotonic() + 5  # the audit rows are written off the answer's path
+    while True:
+        page.click("#requests-table tbody tr[data-id] button")
+        page.wait_for_selector("#request-detail[open]")
+        if page.locator(".audit-event").count() or time.monotonic() > deadline:
+            break
+        page.click("#request-detail-close")
+        time.sleep(0.3)
+    assert "hi" in page.inner_text("#request-detail-events")  # the audited request's text
+    screenshot(page, "console-requests-en.png")
+    page.click("#request-detail-close")
+    page.click("#lang-toggle")
+    page.wait_for_selector("#requests-heading:text('请求日志')")
+    page.wait_for_selector("#requests-table tbody tr[data-id]")
+    screenshot(page, "console-requests-zh.png")
+
+
+def test_keys_page_shows_budget_usage_and_last_used(console: Process, page: Page) -> None:
+    sign_in(page, console)
+    page.goto(f"{console.url}/#/keys")
+    page.wait_for_selector("#keys-body:not([hidden])")
+    headers = page.inner_text("#keys-table thead")
+    assert "Budget" in headers and "Last 30 days" in headers and "Last used" in headers
+    # Signing out ends the session: the admin pages ask again.
+    page.click("#signin-open")
+    page.goto(f"{console.url}/#/requests")
+    page.wait_for_selector("#requests-auth:not([hidden])")
