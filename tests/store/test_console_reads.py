@@ -4,7 +4,8 @@ log pages through a million rows by keyset (each page an index range, none a sca
 from __future__ import annotations
 
 import sqlite3
-from datetime import date
+from contextlib import closing
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,33 @@ def test_sessions_expire_and_are_revoked(tmp_path: Path) -> None:
         stored = [r[0] for r in conn.execute("SELECT token_hash FROM console_sessions")]
     assert token not in stored
     sessions.close()
+
+
+async def test_postgresql_keeps_the_same_rollup_and_pages(pg_url: str, tmp_path: Path) -> None:
+    from nobusy.store.pg_usage import PgUsageLog
+    from nobusy.store.postgres import Qmark, connect
+    from nobusy.store.usage import UsageRecord
+
+    log = PgUsageLog(pg_url, tmp_path)
+    for i in range(6):
+        log.record(
+            UsageRecord(
+                f"req-{i}", "chat", False, upstream="b" if i % 2 else "a",
+                tried=["a", "b"] if i % 2 else ["a"], prompt_tokens=10, completion_tokens=5,
+                report_cost_micros=100, first_choice_cost_micros=60 if i % 2 else None,
+                outcome="ok" if i < 5 else "all_upstreams_failed",
+            )
+        )  # fmt: skip
+    await log.committed("req-5")
+    log.close()
+    with closing(Qmark(connect(pg_url))) as conn:
+        today = datetime.now(UTC).date()
+        [group] = series(conn, today, today, "model")["groups"]
+        assert group["totals"] == {
+            "requests": 6, "tokens": 90, "spend_micros": 600, "errors": 1, "failovers": 3,
+        }  # fmt: skip
+        assert group["failover_extra_micros"] == 3 * 40
+        first = request_page(conn, Filters(), 4, None)
+        rest = request_page(conn, Filters(), 4, decode_cursor(first["next_cursor"]))
+        ids = [r["request_id"] for r in first["data"] + rest["data"]]
+        assert sorted(ids) == [f"req-{i}" for i in range(6)] and rest["next_cursor"] is None

@@ -45,6 +45,7 @@ NOBUSY_NAMES = [
     "m008_responses_shared",
     "m009_knowledge",
     "m010_money",
+    "m011_console",
 ]
 
 
@@ -59,6 +60,9 @@ def test_an_old_nobusy_db_opens_with_its_keys_and_usage(data: Path) -> None:
         assert NOBUSY.pending(db) == []
         [group] = summarize(db.conn, "key", None)
         assert (group.requests, group.prompt_tokens, group.completion_tokens) == (1, 5, 7)
+        # The old rows are in the console's daily rollup too (m011_console's backfill).
+        daily = db.conn.execute("SELECT SUM(requests), SUM(completion_tokens) FROM usage_daily")
+        assert daily.fetchone() == (1, 7)
     finally:
         db.close()
     store = KeyStore(data, sha256_hasher)
