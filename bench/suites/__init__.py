@@ -11,6 +11,7 @@ from bench.suites import (
     audit,
     bigbody,
     cache,
+    console,
     crosscheck,
     embedded,
     failover,
@@ -49,5 +50,6 @@ SUITES: dict[str, Suite] = {
         protocols.SUITE,
         cache.SUITE,
         pool.SUITE,
+        console.SUITE,
     )
 }
