@@ -93,13 +93,21 @@ async def usage_export(request: Request) -> Response:
     )
 
 
+def _cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @) is quoted with ``'``:
+    key names and aliases are the operator's, but request ids and notes come from clients."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
 def _csv(settings: Settings, filters: Filters) -> Iterator[str]:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     with reading(settings) as conn:
         for row in csv_rows(conn, filters):
-            writer.writerow(row)
+            writer.writerow([_cell(value) for value in row])
             if out.tell() > 65_536:
                 yield out.getvalue()
                 out.seek(0)
