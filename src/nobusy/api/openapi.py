@@ -215,6 +215,21 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/nobusy/extract": {
+                "post": {
+                    **_operation(
+                        "A document's text (pdf, docx, html, txt, md; name in `?filename=`), "
+                        "for attaching it to a chat message.",
+                        "extractText",
+                        {"type": "string", "format": "binary"},
+                        "application/octet-stream",
+                    ),
+                    "parameters": [
+                        {"name": "filename", "in": "query", "required": True,
+                         "schema": {"type": "string"}}
+                    ],  # fmt: skip
+                }
+            },
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embed texts with the embedded model or an alias's upstreams.",
