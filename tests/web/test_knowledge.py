@@ -136,9 +136,7 @@ def test_stores_uploads_and_failures(grounded: tuple[Process, str], page: Page) 
 
     # Deleting the store (the confirm is accepted) takes it off the list.
     page.click("#kb-delete")
-    page.wait_for_function(
-        "() => !document.querySelector('#kb-list').innerText.includes('Vault')"
-    )
+    page.wait_for_function("() => !document.querySelector('#kb-list').innerText.includes('Vault')")
 
 
 def test_chinese_search_and_the_aliases_that_use_a_store(

@@ -218,16 +218,11 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/nobusy/extract": {
                 "post": {
                     **_operation(
-                        "A document's text (pdf, docx, html, txt, md; name in `?filename=`), "
-                        "for attaching it to a chat message.",
+                        "A document's text (pdf, docx, html, txt, md), for attaching it to a "
+                        "chat message: `filename` and `data` (its bytes in base64).",
                         "extractText",
-                        {"type": "string", "format": "binary"},
-                        "application/octet-stream",
+                        any_object,
                     ),
-                    "parameters": [
-                        {"name": "filename", "in": "query", "required": True,
-                         "schema": {"type": "string"}}
-                    ],  # fmt: skip
                 }
             },
             "/v1/embeddings": {

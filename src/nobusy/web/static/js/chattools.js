@@ -2,7 +2,7 @@
 // files attached to the next message (read as text: txt and md here, pdf, docx and html by the
 // server's parsers), search over conversations, and the keyboard shortcuts with their help.
 
-import { ApiError, authHeaders } from "./api.js";
+import { call } from "./api.js";
 import { t } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
@@ -45,7 +45,7 @@ export function initAttachments() {
   $("attach-file").addEventListener("change", async () => {
     const files = [...$("attach-file").files];
     $("attach-file").value = "";
-    for (const file of files) await attach(file);
+    await Promise.all(files.map(attach)); // each shows at once, "reading" until it is read
   });
   renderAttachments();
 }
@@ -65,14 +65,17 @@ async function attach(file) {
 }
 
 async function extract(file) {
-  const response = await fetch(`/v1/nobusy/extract?filename=${encodeURIComponent(file.name)}`, {
-    method: "POST",
-    headers: { ...authHeaders(), "Content-Type": "application/octet-stream" },
-    body: file,
+  const body = { filename: file.name, data: await base64(file) };
+  return (await call("/v1/nobusy/extract", { method: "POST", body })).text;
+}
+
+function base64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.addEventListener("load", () => resolve(String(reader.result).split(",", 2)[1] ?? ""));
+    reader.addEventListener("error", () => reject(reader.error));
+    reader.readAsDataURL(file);
   });
-  const data = await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data.text;
 }
 
 export function renderAttachments() {
