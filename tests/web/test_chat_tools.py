@@ -57,7 +57,8 @@ def test_edit_a_sent_message_and_run_again(console: Process, page: Page) -> None
     page.goto(console.url)
     ask(page, "ok", "First question")
     wait_answered(page)
-    page.click("#messages .msg-user button.msg-edit")
+    page.hover("#messages .msg-user")
+    page.click("#messages button.msg-edit")
     page.fill("#messages .msg-user textarea", "Second question")
     page.click("#messages .msg-user button.primary")
     page.wait_for_function(
@@ -73,8 +74,13 @@ def test_edit_a_sent_message_and_run_again(console: Process, page: Page) -> None
     assert page.inner_text("#messages .msg-assistant .answer") == answer_for("Second question")
 
 
-def test_regenerate_with_another_model_keeps_both(console: Process, page: Page) -> None:
+def test_regenerate_with_another_model_keeps_both(
+    console: Process, page: Page, screenshot: Callable[[Page, str], Path]
+) -> None:
     page.goto(console.url)
+    page.click("#chat-options summary")
+    page.fill("#opt-system", "You are the bank's careful assistant.")
+    page.fill("#opt-temperature", "0.2")
     ask(page, "ok", "Tell me twice")
     wait_answered(page)
     page.select_option("#model", "reasoning")
@@ -84,6 +90,7 @@ def test_regenerate_with_another_model_keeps_both(console: Process, page: Page) 
     label = page.locator("#messages .variant-label")
     assert label.inner_text() == "2 / 2 · reasoning"
     assert page.locator("#messages .msg-assistant details.reasoning:not([hidden])").count() == 1
+    screenshot(page, "console-chat-variants.png")
     page.click("#messages [aria-label='Previous answer']")
     assert page.inner_text("#messages .variant-label") == "1 / 2 · ok"
     assert page.locator("#messages .msg-assistant details.reasoning:not([hidden])").count() == 0

@@ -170,7 +170,9 @@ def test_chinese_search_and_the_aliases_that_use_a_store(
     screenshot(page, "console-knowledge-zh.png")
 
 
-def test_citations_show_their_passage(grounded: tuple[Process, str], page: Page) -> None:
+def test_citations_show_their_passage(
+    grounded: tuple[Process, str], page: Page, screenshot: Callable[[Page, str], Path]
+) -> None:
     server, _ = grounded
     page.goto(server.url)
     ask(page, "hr-bot", "年假有几天？[1]")
@@ -182,6 +184,7 @@ def test_citations_show_their_passage(grounded: tuple[Process, str], page: Page)
     cite.click()
     passage = answer.locator(".cite-passage")
     assert "policy.md" in passage.inner_text() and "十五天年假" in passage.inner_text()
+    screenshot(page, "console-chat-citations.png")
     cite.click()
     assert passage.is_hidden()
 

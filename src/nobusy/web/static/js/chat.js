@@ -116,10 +116,13 @@ function showUser(message, index) {
     files.textContent = `📎 ${message.files.map((f) => f.name).join(", ")}`;
     article.append(files);
   }
+  // The edit button sits beside the message, not in it: the message reads as it was sent.
+  const row = document.createElement("div");
+  row.className = "msg-user-row";
   const edit = button(t("edit"), "ghost msg-edit", () => startEdit(article, index));
   edit.setAttribute("aria-label", t("editMessage"));
-  article.append(edit);
-  $("messages").append(article);
+  row.append(edit, article);
+  $("messages").append(row);
   article.scrollIntoView({ block: "end" });
 }
 

@@ -108,7 +108,8 @@ function storeLine(store) {
   const counts = store.file_counts;
   const status = t(store.status === "completed" ? "kbReady" : "kbIndexing");
   const failed = counts.failed ? ` · ${t("kbFailedCount", { n: counts.failed })}` : "";
-  return `${status} · ${t("kbFileCount", { n: counts.total })}${failed}`;
+  const files = t(counts.total === 1 ? "kbFileCountOne" : "kbFileCount", { n: counts.total });
+  return `${status} · ${files}${failed}`;
 }
 
 function isLocalOnly(store) {
