@@ -107,7 +107,8 @@ def test_search_and_shortcuts(console: Process, page: Page) -> None:
     wait_answered(page)
     page.keyboard.press("Control+Shift+O")
     page.wait_for_function("() => !document.querySelector('#messages .msg')")
-    ask(page, "ok", "Bananas are yellow")
+    page.fill("#prompt", "Bananas are yellow")
+    page.press("#prompt", "Control+Enter")
     wait_answered(page)
     page.keyboard.press("Control+k")
     assert page.evaluate("() => document.activeElement.id") == "conv-search"

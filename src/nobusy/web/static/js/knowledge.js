@@ -10,12 +10,14 @@ import { copyText, flash } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 400;
+const REFRESH_MS = 2000;
 const names = new Map(); // file id -> filename, asked once per file
 
 let shown = false;
 let selected = null; // the store on screen (its id)
 let stores = [];
 let aliases = []; // [{id, routes, stores}] from GET /v1/models
+let refresh = 0; // the timer that reloads while a store is indexing
 
 const asAdmin = () => Boolean(keys.admin);
 const kbCall = (path, options = {}) => call(path, { ...options, admin: asAdmin() });
@@ -59,6 +61,7 @@ export function initKnowledge() {
 export function showKnowledge(visible) {
   shown = visible;
   if (visible) load();
+  else clearTimeout(refresh);
 }
 
 async function load() {
@@ -81,6 +84,9 @@ async function load() {
   selected ??= stores[0]?.id ?? null;
   renderStores();
   await renderDetail();
+  // Files added elsewhere (the CLI, the SDK) are indexing: follow them until they are done.
+  clearTimeout(refresh);
+  if (shown && stores.some((s) => s.status === "in_progress")) refresh = setTimeout(load, REFRESH_MS);
 }
 
 function renderStores() {
@@ -169,8 +175,8 @@ function removeButton(store, file) {
   button.setAttribute("aria-label", `${t("kbRemove")}: ${names.get(file.id) ?? file.id}`);
   button.addEventListener("click", async () => {
     if (!confirm(t("kbRemoveConfirm", { name: names.get(file.id) ?? file.id }))) return;
+    // Out of this store only: the uploaded file may be in other stores too.
     await kbCall(`/v1/vector_stores/${store.id}/files/${file.id}`, { method: "DELETE" }).catch(() => {});
-    await kbCall(`/v1/files/${file.id}`, { method: "DELETE" }).catch(() => {});
     await load();
   });
   return button;
