@@ -18,6 +18,14 @@ export const keys = {
   set admin(value) {
     store(sessionStorage, "nobusy.adminKey", value);
   },
+  // Whether this browser holds a console session (the cookie itself is HttpOnly): a hint for
+  // pages that act as the admin or as a key (knowledge.js), kept by signin below.
+  get signedIn() {
+    return localStorage.getItem("nobusy.signedIn") === "1";
+  },
+  set signedIn(value) {
+    store(localStorage, "nobusy.signedIn", value ? "1" : "");
+  },
 };
 
 function store(storage, name, value) {
@@ -42,6 +50,11 @@ function headers(admin, json) {
   if (secret) out.Authorization = `Bearer ${secret}`;
   if (json) out["Content-Type"] = "application/json";
   return out;
+}
+
+/** The Authorization header alone (the admin key's when `admin`), for uploads and raw bodies. */
+export function authHeaders(admin = false) {
+  return headers(admin, false);
 }
 
 /** Call a JSON endpoint; `admin` sends the admin key instead of the API key. */
@@ -102,13 +115,15 @@ export function parseNote(comment) {
  * Stream one chat completion. Calls `on.open({upstream})` when the headers arrive,
  * `on.delta({content, reasoning})` per chunk, `on.note(note)` per nobusy comment and
  * `on.usage(usage)` for the usage chunk; resolves when the stream ends, rejects with an
- * ApiError (including an error event inside the stream) or an AbortError.
+ * ApiError (including an error event inside the stream) or an AbortError. `params`
+ * (temperature, top_p, max_tokens) go into the request; `on.citations(nobusy)` gets the final
+ * chunk's `nobusy.citations` of an alias that answers from a knowledge base.
  */
-export async function streamChat({ model, messages, signal }, on) {
+export async function streamChat({ model, messages, signal, params = {} }, on) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: headers(false, true),
-    body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ ...params, model, messages, stream: true, stream_options: { include_usage: true } }),
     signal,
   });
   if (!response.ok) {
@@ -130,6 +145,7 @@ export async function streamChat({ model, messages, signal }, on) {
         return;
       }
       if (chunk.usage) on.usage?.(chunk.usage);
+      if (chunk.nobusy?.citations) on.citations?.(chunk.nobusy);
       for (const choice of chunk.choices ?? []) {
         const delta = choice.delta ?? {};
         if (delta.content || delta.reasoning_content) {
@@ -195,6 +211,7 @@ export async function streamCrosscheck({ models, messages, language, signal }, o
 /** Sign in with the admin key; rejects with an ApiError (401 wrong key, 429 too many). */
 export async function signIn(adminKey) {
   const state = await call("/console/session", { method: "POST", body: { admin_key: adminKey } });
+  keys.signedIn = true;
   document.dispatchEvent(new Event("nobusy:session"));
   return state;
 }
@@ -202,11 +219,14 @@ export async function signIn(adminKey) {
 /** Sign out: the session ends on the server too. */
 export async function signOut() {
   const state = await call("/console/session", { method: "DELETE" });
+  keys.signedIn = false;
   document.dispatchEvent(new Event("nobusy:session"));
   return state;
 }
 
 /** {signed_in, needed}: whether this browser is signed in, and whether it has to be. */
-export function sessionState() {
-  return call("/console/session");
+export async function sessionState() {
+  const state = await call("/console/session");
+  keys.signedIn = state.signed_in;
+  return state;
 }

@@ -4,6 +4,7 @@ import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { otherLanguage, setLanguage, t, translate } from "./i18n.js";
 import { initKeys, showKeys } from "./keys.js";
+import { initKnowledge, showKnowledge } from "./knowledge.js";
 import { loadModels } from "./models.js";
 import { initRequests, showRequests } from "./requests.js";
 import { initSettings } from "./settings.js";
@@ -11,7 +12,7 @@ import { initSignin } from "./signin.js";
 import { initStatus, showStatus } from "./status.js";
 import { initUsage, showUsage } from "./usage.js";
 
-const VIEWS = ["chat", "compare", "status", "keys", "usage", "requests"];
+const VIEWS = ["chat", "compare", "status", "keys", "knowledge", "usage", "requests"];
 const $ = (id) => document.getElementById(id);
 
 // Also called on a language change: the view shown is redrawn (status and keys reload).
@@ -29,6 +30,7 @@ function route() {
   showKeys(view === "keys");
   showUsage(view === "usage");
   showRequests(view === "requests");
+  showKnowledge(view === "knowledge");
   $("skip-link").hidden = view !== "chat";
 }
 
@@ -49,6 +51,7 @@ initKeys();
 initUsage();
 initRequests();
 initSignin();
+initKnowledge();
 $("lang-toggle").addEventListener("click", () => {
   setLanguage(otherLanguage());
   labelLanguageButton();
