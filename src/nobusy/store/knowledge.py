@@ -23,6 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from nobusy.errors import StorageUnavailable
+from nobusy.knowledge.claims import Claim
 from nobusy.store.migrations import open_db
 from nobusy.store.sqlite import transaction
 
@@ -376,6 +377,67 @@ class KnowledgeStore:
             (),
         )
         return [(str(store), str(file)) for store, file in rows]
+
+    def claimable(self, me: str, now: float | None = None) -> list[tuple[str, str]]:
+        """The (store, file) pairs still ``in_progress`` that ``me`` may claim, oldest first."""
+        now = time.time() if now is None else now
+        rows = self._all(
+            "SELECT store_id, file_id, claimed_by, claimed_at FROM kb_store_files "
+            "WHERE status = 'in_progress' ORDER BY created_at, rowid",
+            (),
+        )
+        return [
+            (str(store), str(file)) for store, file, by, at in rows if Claim(by, at).void(me, now)
+        ]
+
+    def claim(self, store_id: str, file_id: str, me: str, now: float | None = None) -> bool:
+        """Take a file in progress for worker ``me``; False when another worker holds it (or
+        it is no longer in progress). A compare-and-set: of two workers, one wins."""
+        now = time.time() if now is None else now
+        row = self._one(
+            "SELECT claimed_by, claimed_at FROM kb_store_files WHERE store_id = ? AND "
+            "file_id = ? AND status = 'in_progress'",
+            (store_id, file_id),
+        )
+        if row is None or not Claim(row[0], row[1]).void(me, now):
+            return False
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE kb_store_files SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
+                "WHERE store_id = ? AND file_id = ? AND status = 'in_progress' "
+                "AND claimed_by IS ? AND claimed_at IS ?",
+                (me, now, store_id, file_id, row[0], row[1]),
+            )
+            return cursor.rowcount > 0
+
+    def renew(self, me: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Say worker ``me`` still holds ``jobs``, so their claims stay valid."""
+        if not jobs:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE kb_store_files SET claimed_at = ? WHERE store_id = ? AND file_id = ? "
+                "AND claimed_by = ?",
+                [(now, store_id, file_id, me) for store_id, file_id in jobs],
+            )
+
+    def release(self, me: str) -> None:
+        """Give up worker ``me``'s claims (it stops; another may take the files at once)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE kb_store_files SET claimed_by = NULL, claimed_at = NULL "
+                "WHERE claimed_by = ? AND status = 'in_progress'",
+                (me,),
+            )
+
+    def claims(self, store_id: str, file_id: str) -> int:
+        """How often a file in a store was claimed by a worker (taken up for ingestion)."""
+        row = self._one(
+            "SELECT claims FROM kb_store_files WHERE store_id = ? AND file_id = ?",
+            (store_id, file_id),
+        )
+        return int(row[0]) if row else 0
 
     def finish(
         self,

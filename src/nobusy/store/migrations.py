@@ -224,6 +224,21 @@ _MONEY_KEYS = (
 )
 
 
+@NOBUSY()
+def m011_knowledge_claims(db: Database) -> None:
+    # Which ingestion worker holds a file in progress (nobusy/knowledge/claims.py), so the
+    # processes of `--workers N` ingest each file once; claims counts how often it was taken up.
+    for column in _KNOWLEDGE_CLAIMS:
+        db.execute(f"ALTER TABLE kb_store_files ADD COLUMN {column}")
+
+
+_KNOWLEDGE_CLAIMS = (
+    "claimed_by TEXT",
+    "claimed_at REAL",
+    "claims INTEGER NOT NULL DEFAULT 0",
+)
+
+
 # --- cache.db: the response cache of one host (cache/, store/response_cache.py) -----------------
 
 CACHE = Migrations("nobusy-cache")
