@@ -180,6 +180,15 @@ class Index:
             self._vectors.pop(store_id, None)
         return added
 
+    def set_attributes(self, store_id: str, file_id: str, attributes: Mapping[str, object]) -> None:
+        """Change the attributes a file's chunks are filtered by (a file not indexed yet gets
+        them when it is)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET attributes = ? WHERE store_id = ? AND file_id = ?",
+                (json.dumps(dict(attributes), ensure_ascii=False), store_id, file_id),
+            )
+
     def known(self, store_id: str, chunks: Sequence[Chunk]) -> list[bool]:
         """Which of ``chunks`` the store holds already: their vectors need not be computed."""
         digests = [_digest(piece.text) for piece in chunks]

@@ -182,6 +182,9 @@ class Ingestor:
             chunks = chunk(text, size=size, overlap=overlap)
             embedder, index = self.engine(store.embedding_model)
             self._embed_and_index(store_id, file_id, chunks, embedder, index, placed.attributes)
+            now = self.records.store_file(store_id, file_id)
+            if now is not None and now.attributes != placed.attributes:
+                index.set_attributes(store_id, file_id, now.attributes)  # changed meanwhile
             used = sum(len(c.text.encode()) for c in chunks)
             if not self.records.finish(
                 store_id, file_id, "completed", usage_bytes=used, chunks=len(chunks)

@@ -112,6 +112,8 @@ class Page:
 
 
 _FILE = "id, owner, filename, purpose, bytes, sha256, created_at, expires_at"
+# A file past its expires_at is gone for every caller, as OpenAI deletes it then.
+_UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 _STORE = "id, owner, name, embedding_model, metadata, expires_after, created_at, last_active_at"
 _STORE_FILE = (
     "store_id, file_id, batch_id, status, last_error, attributes, chunking, usage_bytes, "
@@ -134,10 +136,20 @@ class KnowledgeStore:
     # --- Files ----------------------------------------------------------------------------------
 
     def add_file(
-        self, file_id: str, owner: str | None, filename: str, purpose: str, size: int, sha256: str
+        self,
+        file_id: str,
+        owner: str | None,
+        filename: str,
+        purpose: str,
+        size: int,
+        sha256: str,
+        expires_after: int | None = None,
     ) -> FileRecord:
-        """Record a file whose bytes are stored (``Blobs.write``) under ``file_id``."""
-        record = FileRecord(file_id, owner, filename, purpose, size, sha256, _now(), None)
+        """Record a file whose bytes are stored (``Blobs.write``) under ``file_id``; with
+        ``expires_after`` (seconds), it is gone that long after its upload."""
+        now = _now()
+        expires_at = None if expires_after is None else now + expires_after
+        record = FileRecord(file_id, owner, filename, purpose, size, sha256, now, expires_at)
         with self._write() as conn:
             conn.execute(
                 f"INSERT INTO kb_files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -149,7 +161,7 @@ class KnowledgeStore:
                     size,
                     sha256,
                     record.created_at,
-                    None,
+                    expires_at,
                 ),  # fmt: skip
             )
         return record
@@ -157,7 +169,10 @@ class KnowledgeStore:
     def file(self, caller: Caller, file_id: str) -> FileRecord | None:
         """The file if ``caller`` may see it: the admin, or the key that uploaded it."""
         where, args = _owned(caller)
-        row = self._one(f"SELECT {_FILE} FROM kb_files WHERE id = ? AND {where}", (file_id, *args))
+        row = self._one(
+            f"SELECT {_FILE} FROM kb_files WHERE id = ? AND {where} AND {_UNEXPIRED}",
+            (file_id, *args, _now()),
+        )
         return None if row is None else FileRecord(*row)
 
     def filenames(self, file_ids: Sequence[str]) -> dict[str, str]:
@@ -177,6 +192,7 @@ class KnowledgeStore:
         order: Order = "desc",
     ) -> Page:
         where, args = _owned(caller)
+        where, args = f"{where} AND {_UNEXPIRED}", [*args, _now()]
         if purpose is not None:
             where, args = f"{where} AND purpose = ?", [*args, purpose]
         rows = self._page("kb_files", _FILE, where, args, after, limit, order)
@@ -361,6 +377,14 @@ class KnowledgeStore:
             "kb_store_files", _STORE_FILE, where, args, after, limit, order, id_column="file_id"
         )
         return Page([_store_file(row) for row in rows[:limit]], len(rows) > limit)
+
+    def set_attributes(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> None:
+        """Replace the attributes of a file in a store."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE kb_store_files SET attributes = ? WHERE store_id = ? AND file_id = ?",
+                (_json(attributes), store_id, file_id),
+            )
 
     def detach(self, store_id: str, file_id: str) -> bool:
         with self._write() as conn:
