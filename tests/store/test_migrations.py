@@ -45,6 +45,7 @@ NOBUSY_NAMES = [
     "m008_responses_shared",
     "m009_knowledge",
     "m010_money",
+    "m011_knowledge_claims",
 ]
 
 

@@ -22,7 +22,14 @@ from typing import Any
 import psycopg
 from sqlite_utils.migrations import Migrations
 
-from nobusy.store.migrations import _MONEY_KEYS, _MONEY_USAGE, AUDIT, KNOWLEDGE_TABLES, NOBUSY
+from nobusy.store.migrations import (
+    _KNOWLEDGE_CLAIMS,
+    _MONEY_KEYS,
+    _MONEY_USAGE,
+    AUDIT,
+    KNOWLEDGE_TABLES,
+    NOBUSY,
+)
 from nobusy.store.postgres import ERRORS, Link, startup_error
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
@@ -124,6 +131,11 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             f"ALTER TABLE {table} ADD COLUMN {column.replace('INTEGER', 'BIGINT')}"
             for table, columns in (("usage", _MONEY_USAGE), ("keys", _MONEY_KEYS))
             for column in columns
+        ),
+        "m011_knowledge_claims": tuple(
+            "ALTER TABLE kb_store_files ADD COLUMN "
+            + column.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION")
+            for column in _KNOWLEDGE_CLAIMS
         ),
     },
     AUDIT.name: {
