@@ -216,6 +216,16 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/nobusy/extract": {
+                "post": {
+                    **_operation(
+                        "A document's text (pdf, docx, html, txt, md), for attaching it to a "
+                        "chat message: `filename` and `data` (its bytes in base64).",
+                        "extractText",
+                        any_object,
+                    ),
+                }
+            },
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embed texts with the embedded model or an alias's upstreams.",

@@ -3,6 +3,7 @@
 // from, how fast the first token was, and how many tokens it took. Used by chat and compare.
 
 import { streamChat } from "./api.js";
+import { renderCitations } from "./citations.js";
 import { t } from "./i18n.js";
 import { copyText, flash, renderMarkdown } from "./markdown.js";
 
@@ -25,6 +26,8 @@ export class AnswerView {
     this.reasoning.append(this.summary, this.reasoningBody);
     this.reasoning.hidden = true;
     this.body = el("div", "md answer");
+    this.sources = el("div", "cite-panel"); // a knowledge base's passages, when cited
+    this.sources.hidden = true;
     this.notes = el("ul", "notes");
     this.badge = el("p", "badge");
     this.badge.hidden = true;
@@ -38,7 +41,8 @@ export class AnswerView {
     });
     const footer = el("div", "msg-footer");
     footer.append(this.badge, this.copy);
-    this.root.append(this.status, this.reasoning, this.body, this.notes, footer);
+    this.footer = footer;
+    this.root.append(this.status, this.reasoning, this.body, this.sources, this.notes, footer);
     parent.append(this.root);
     this.text = { content: "", reasoning: "" };
     this.frame = 0;
@@ -91,6 +95,7 @@ export class AnswerView {
     this.summary.textContent = t("reasoning");
     this.setStatus("");
     const meta = message.meta || {};
+    renderCitations(this.body, this.sources, meta.citations);
     this.notes.replaceChildren();
     for (const note of meta.notes || []) this.addNote(noteText(note));
     if (meta.stopped) this.addNote(t("stopped"));
@@ -143,13 +148,13 @@ export function noteText(note) {
  * an abort (Stop) keeps what arrived so far. Errors are shown in the view and returned in
  * `meta.error`; `meta.status` holds the HTTP status of a refused request.
  */
-export async function streamInto(view, { model, messages, signal }) {
+export async function streamInto(view, { model, messages, signal, params }) {
   const started = performance.now();
   const meta = { model, upstreams: [], ttft: null, usage: null, notes: [] };
   view.root.setAttribute("aria-busy", "true");
   view.setStatus(t("connecting"));
   try {
-    await streamChat({ model, messages, signal }, {
+    await streamChat({ model, messages, signal, params }, {
       open({ upstream }) {
         if (upstream && upstream !== "queued") meta.upstreams.push(upstream);
         view.setStatus("");
@@ -172,6 +177,9 @@ export async function streamInto(view, { model, messages, signal }) {
       },
       usage(usage) {
         meta.usage = usage;
+      },
+      citations(nobusy) {
+        meta.citations = nobusy;
       },
     });
   } catch (error) {

@@ -44,6 +44,11 @@ function headers(admin, json) {
   return out;
 }
 
+/** The Authorization header alone (the admin key's when `admin`), for uploads and raw bodies. */
+export function authHeaders(admin = false) {
+  return headers(admin, false);
+}
+
 /** Call a JSON endpoint; `admin` sends the admin key instead of the API key. */
 export async function call(path, { method = "GET", body, admin = false, signal } = {}) {
   const response = await fetch(path, {
@@ -102,13 +107,15 @@ export function parseNote(comment) {
  * Stream one chat completion. Calls `on.open({upstream})` when the headers arrive,
  * `on.delta({content, reasoning})` per chunk, `on.note(note)` per nobusy comment and
  * `on.usage(usage)` for the usage chunk; resolves when the stream ends, rejects with an
- * ApiError (including an error event inside the stream) or an AbortError.
+ * ApiError (including an error event inside the stream) or an AbortError. `params`
+ * (temperature, top_p, max_tokens) go into the request; `on.citations(nobusy)` gets the final
+ * chunk's `nobusy.citations` of an alias that answers from a knowledge base.
  */
-export async function streamChat({ model, messages, signal }, on) {
+export async function streamChat({ model, messages, signal, params = {} }, on) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: headers(false, true),
-    body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ ...params, model, messages, stream: true, stream_options: { include_usage: true } }),
     signal,
   });
   if (!response.ok) {
@@ -130,6 +137,7 @@ export async function streamChat({ model, messages, signal }, on) {
         return;
       }
       if (chunk.usage) on.usage?.(chunk.usage);
+      if (chunk.nobusy?.citations) on.citations?.(chunk.nobusy);
       for (const choice of chunk.choices ?? []) {
         const delta = choice.delta ?? {};
         if (delta.content || delta.reasoning_content) {

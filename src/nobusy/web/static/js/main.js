@@ -4,11 +4,12 @@ import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { otherLanguage, setLanguage, t, translate } from "./i18n.js";
 import { initKeys, showKeys } from "./keys.js";
+import { initKnowledge, showKnowledge } from "./knowledge.js";
 import { loadModels } from "./models.js";
 import { initSettings } from "./settings.js";
 import { initStatus, showStatus } from "./status.js";
 
-const VIEWS = ["chat", "compare", "status", "keys"];
+const VIEWS = ["chat", "compare", "status", "keys", "knowledge"];
 const $ = (id) => document.getElementById(id);
 
 // Also called on a language change: the view shown is redrawn (status and keys reload).
@@ -24,6 +25,7 @@ function route() {
   document.title = `${t(`nav${view[0].toUpperCase()}${view.slice(1)}`)} · nobusy`;
   showStatus(view === "status");
   showKeys(view === "keys");
+  showKnowledge(view === "knowledge");
   $("skip-link").hidden = view !== "chat";
 }
 
@@ -41,6 +43,7 @@ initChat();
 initCompare();
 initStatus();
 initKeys();
+initKnowledge();
 $("lang-toggle").addEventListener("click", () => {
   setLanguage(otherLanguage());
   labelLanguageButton();
