@@ -1,7 +1,7 @@
 """Console: the usage page over 30 days × 100 keys and the request log over 1,000,000 rows.
 
 nobusy serves a data dir filled with a million usage rows (30 days, 100 keys, two aliases,
-two upstreams; made by SQLite itself, the daily rollup filled as migration ``m011_console``
+two upstreams; made by SQLite itself, the daily rollup filled as migration ``m012_console``
 fills it). Headless Chromium (Debian's, driven by Playwright) signs in and opens the usage
 page; measured: from navigation to the chart and table drawn, and from the page's fetch to
 drawn. Baseline in the same run: the same page over an empty range (the page's fixed cost).

@@ -45,7 +45,8 @@ NOBUSY_NAMES = [
     "m008_responses_shared",
     "m009_knowledge",
     "m010_money",
-    "m011_console",
+    "m011_knowledge_claims",
+    "m012_console",
 ]
 
 
@@ -60,7 +61,7 @@ def test_an_old_nobusy_db_opens_with_its_keys_and_usage(data: Path) -> None:
         assert NOBUSY.pending(db) == []
         [group] = summarize(db.conn, "key", None)
         assert (group.requests, group.prompt_tokens, group.completion_tokens) == (1, 5, 7)
-        # The old rows are in the console's daily rollup too (m011_console's backfill).
+        # The old rows are in the console's daily rollup too (m012_console's backfill).
         daily = db.conn.execute("SELECT SUM(requests), SUM(completion_tokens) FROM usage_daily")
         assert daily.fetchone() == (1, 7)
     finally:

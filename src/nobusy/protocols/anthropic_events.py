@@ -12,6 +12,7 @@ SDKs skip, and an error after the headers is an ``error`` event in Anthropic's s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -50,7 +51,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class MessagesEvents:
     """The ``Encoder`` of one streamed Messages answer: which block is open, how it ended."""
 
-    __slots__ = ("blocks", "chat", "finish", "matched", "open", "record")
+    __slots__ = ("blocks", "chat", "extension", "finish", "matched", "open", "record")
 
     def __init__(self, chat: ChatRequest, record: UsageRecord) -> None:
         self.chat = chat
@@ -59,6 +60,9 @@ class MessagesEvents:
         self.open: str | None = None  # "thinking", "text" or "tool:<index>"
         self.finish: str | None = None
         self.matched: str | None = None
+        # What nobusy adds at the end (``nobusy.citations``), asked for once the answer is
+        # whole: a key of message_delta that Anthropic's SDKs keep as an extra and others skip.
+        self.extension: Callable[[], dict[str, Any]] | None = None
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -119,7 +123,10 @@ class MessagesEvents:
             "output_tokens": self.record.completion_tokens,
         }
         delta = {"stop_reason": reason, "stop_sequence": sequence}
-        out += _event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+        final: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": usage}
+        if self.extension is not None:
+            final["nobusy"] = self.extension()
+        out += _event("message_delta", final)
         out += _event("message_stop", {"type": "message_stop"})
         return bytes(out)
 

@@ -119,6 +119,7 @@ class ResponsesEvents:
         "chat",
         "created",
         "done",
+        "extension",
         "finish",
         "items",
         "open",
@@ -146,6 +147,9 @@ class ResponsesEvents:
         self.items: list[dict[str, Any]] = []
         self.open: str | None = None
         self.finish: str | None = None
+        # What nobusy adds at the end (``nobusy.citations``), asked for once the answer is
+        # whole: a key of the completed response, as the whole (non-streamed) response has it.
+        self.extension: Callable[[], dict[str, Any]] | None = None
 
     def _event(self, kind: str, **data: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **data}
@@ -227,6 +231,8 @@ class ResponsesEvents:
         out = bytearray(self._close())
         usage = _usage(self.record.prompt_tokens, self.record.completion_tokens)
         response = self._snapshot("completed", usage)
+        if self.extension is not None:
+            response["nobusy"] = self.extension()
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         out += self._event(kind, response=response)
         if self.done is not None:

@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 from starlette.requests import Request
@@ -527,12 +527,23 @@ async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) 
     return grounding
 
 
+@runtime_checkable
+class _Extensible(Protocol):
+    """An encoder that ends its stream with what nobusy adds, given ``extension``."""
+
+    extension: Callable[[], dict[str, Any]] | None
+
+
 async def _cited(
     events: AsyncIterator[bytes], grounding: Grounding | None, encoder: Encoder
 ) -> AsyncIterator[bytes]:
-    """OpenAI's stream with one more chunk before ``[DONE]``: ``nobusy.citations``, once the
-    whole answer is known (other protocols' streams end as their SDKs expect, unchanged)."""
+    """A stream that ends with ``nobusy.citations``, once the whole answer is known: OpenAI's
+    chat stream in one more chunk before ``[DONE]``; a protocol whose encoder takes an
+    ``extension`` (Anthropic's ``message_delta``, the Responses ``response.completed``) in its
+    own final event, where its SDKs keep it as an extra field and other clients skip it."""
     if grounding is None or not isinstance(encoder, OpenAIEvents):
+        if grounding is not None and isinstance(encoder, _Extensible):
+            encoder.extension = grounding.citations
         async for event in events:
             yield event
         return

@@ -1,7 +1,7 @@
 """The console's reads of the usage log: daily series, the request log's pages, CSV rows.
 
 The series come from ``usage_daily`` (a row per day, key, alias and upstream, kept by a
-trigger: ``store.migrations.m011_console``), so 30 days of 100 keys is a few thousand rows
+trigger: ``store.migrations.m012_console``), so 30 days of 100 keys is a few thousand rows
 whatever the traffic. The request log is read in keyset pages, newest first by
 ``(time, id)``: each page is an index range from the last row of the one before, so page
 10,000 costs what page 1 does and nothing counts or skips the rows in between. Portable SQL

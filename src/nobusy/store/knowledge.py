@@ -23,6 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from nobusy.errors import StorageUnavailable
+from nobusy.knowledge.claims import Claim
 from nobusy.store.migrations import open_db
 from nobusy.store.sqlite import transaction
 
@@ -111,6 +112,8 @@ class Page:
 
 
 _FILE = "id, owner, filename, purpose, bytes, sha256, created_at, expires_at"
+# A file past its expires_at is gone for every caller, as OpenAI deletes it then.
+_UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 _STORE = "id, owner, name, embedding_model, metadata, expires_after, created_at, last_active_at"
 _STORE_FILE = (
     "store_id, file_id, batch_id, status, last_error, attributes, chunking, usage_bytes, "
@@ -133,10 +136,20 @@ class KnowledgeStore:
     # --- Files ----------------------------------------------------------------------------------
 
     def add_file(
-        self, file_id: str, owner: str | None, filename: str, purpose: str, size: int, sha256: str
+        self,
+        file_id: str,
+        owner: str | None,
+        filename: str,
+        purpose: str,
+        size: int,
+        sha256: str,
+        expires_after: int | None = None,
     ) -> FileRecord:
-        """Record a file whose bytes are stored (``Blobs.write``) under ``file_id``."""
-        record = FileRecord(file_id, owner, filename, purpose, size, sha256, _now(), None)
+        """Record a file whose bytes are stored (``Blobs.write``) under ``file_id``; with
+        ``expires_after`` (seconds), it is gone that long after its upload."""
+        now = _now()
+        expires_at = None if expires_after is None else now + expires_after
+        record = FileRecord(file_id, owner, filename, purpose, size, sha256, now, expires_at)
         with self._write() as conn:
             conn.execute(
                 f"INSERT INTO kb_files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -148,7 +161,7 @@ class KnowledgeStore:
                     size,
                     sha256,
                     record.created_at,
-                    None,
+                    expires_at,
                 ),  # fmt: skip
             )
         return record
@@ -156,7 +169,10 @@ class KnowledgeStore:
     def file(self, caller: Caller, file_id: str) -> FileRecord | None:
         """The file if ``caller`` may see it: the admin, or the key that uploaded it."""
         where, args = _owned(caller)
-        row = self._one(f"SELECT {_FILE} FROM kb_files WHERE id = ? AND {where}", (file_id, *args))
+        row = self._one(
+            f"SELECT {_FILE} FROM kb_files WHERE id = ? AND {where} AND {_UNEXPIRED}",
+            (file_id, *args, _now()),
+        )
         return None if row is None else FileRecord(*row)
 
     def filenames(self, file_ids: Sequence[str]) -> dict[str, str]:
@@ -176,6 +192,7 @@ class KnowledgeStore:
         order: Order = "desc",
     ) -> Page:
         where, args = _owned(caller)
+        where, args = f"{where} AND {_UNEXPIRED}", [*args, _now()]
         if purpose is not None:
             where, args = f"{where} AND purpose = ?", [*args, purpose]
         rows = self._page("kb_files", _FILE, where, args, after, limit, order)
@@ -361,6 +378,14 @@ class KnowledgeStore:
         )
         return Page([_store_file(row) for row in rows[:limit]], len(rows) > limit)
 
+    def set_attributes(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> None:
+        """Replace the attributes of a file in a store."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE kb_store_files SET attributes = ? WHERE store_id = ? AND file_id = ?",
+                (_json(attributes), store_id, file_id),
+            )
+
     def detach(self, store_id: str, file_id: str) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
@@ -376,6 +401,67 @@ class KnowledgeStore:
             (),
         )
         return [(str(store), str(file)) for store, file in rows]
+
+    def claimable(self, me: str, now: float | None = None) -> list[tuple[str, str]]:
+        """The (store, file) pairs still ``in_progress`` that ``me`` may claim, oldest first."""
+        now = time.time() if now is None else now
+        rows = self._all(
+            "SELECT store_id, file_id, claimed_by, claimed_at FROM kb_store_files "
+            "WHERE status = 'in_progress' ORDER BY created_at, rowid",
+            (),
+        )
+        return [
+            (str(store), str(file)) for store, file, by, at in rows if Claim(by, at).void(me, now)
+        ]
+
+    def claim(self, store_id: str, file_id: str, me: str, now: float | None = None) -> bool:
+        """Take a file in progress for worker ``me``; False when another worker holds it (or
+        it is no longer in progress). A compare-and-set: of two workers, one wins."""
+        now = time.time() if now is None else now
+        row = self._one(
+            "SELECT claimed_by, claimed_at FROM kb_store_files WHERE store_id = ? AND "
+            "file_id = ? AND status = 'in_progress'",
+            (store_id, file_id),
+        )
+        if row is None or not Claim(row[0], row[1]).void(me, now):
+            return False
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE kb_store_files SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
+                "WHERE store_id = ? AND file_id = ? AND status = 'in_progress' "
+                "AND claimed_by IS ? AND claimed_at IS ?",
+                (me, now, store_id, file_id, row[0], row[1]),
+            )
+            return cursor.rowcount > 0
+
+    def renew(self, me: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Say worker ``me`` still holds ``jobs``, so their claims stay valid."""
+        if not jobs:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE kb_store_files SET claimed_at = ? WHERE store_id = ? AND file_id = ? "
+                "AND claimed_by = ?",
+                [(now, store_id, file_id, me) for store_id, file_id in jobs],
+            )
+
+    def release(self, me: str) -> None:
+        """Give up worker ``me``'s claims (it stops; another may take the files at once)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE kb_store_files SET claimed_by = NULL, claimed_at = NULL "
+                "WHERE claimed_by = ? AND status = 'in_progress'",
+                (me,),
+            )
+
+    def claims(self, store_id: str, file_id: str) -> int:
+        """How often a file in a store was claimed by a worker (taken up for ingestion)."""
+        row = self._one(
+            "SELECT claims FROM kb_store_files WHERE store_id = ? AND file_id = ?",
+            (store_id, file_id),
+        )
+        return int(row[0]) if row else 0
 
     def finish(
         self,

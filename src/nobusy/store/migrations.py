@@ -236,7 +236,22 @@ _MONEY_KEYS = (
 
 
 @NOBUSY()
-def m011_console(db: Database) -> None:
+def m011_knowledge_claims(db: Database) -> None:
+    # Which ingestion worker holds a file in progress (nobusy/knowledge/claims.py), so the
+    # processes of `--workers N` ingest each file once; claims counts how often it was taken up.
+    for column in _KNOWLEDGE_CLAIMS:
+        db.execute(f"ALTER TABLE kb_store_files ADD COLUMN {column}")
+
+
+_KNOWLEDGE_CLAIMS = (
+    "claimed_by TEXT",
+    "claimed_at REAL",
+    "claims INTEGER NOT NULL DEFAULT 0",
+)
+
+
+@NOBUSY()
+def m012_console(db: Database) -> None:
     # The console's usage page reads days, not requests: a daily rollup by key, alias and
     # upstream, kept by a trigger in the transaction that inserts the row (so no writer
     # changes, and the sums are the rows' exactly), and filled from the rows already there.

@@ -23,6 +23,7 @@ import psycopg
 from sqlite_utils.migrations import Migrations
 
 from nobusy.store.migrations import (
+    _KNOWLEDGE_CLAIMS,
     _MONEY_KEYS,
     _MONEY_USAGE,
     AUDIT,
@@ -151,9 +152,14 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             for table, columns in (("usage", _MONEY_USAGE), ("keys", _MONEY_KEYS))
             for column in columns
         ),
+        "m011_knowledge_claims": tuple(
+            "ALTER TABLE kb_store_files ADD COLUMN "
+            + column.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION")
+            for column in _KNOWLEDGE_CLAIMS
+        ),
         # The daily rollup kept by a trigger, as in SQLite; the sessions table too, though the
         # console's sessions stay in each host's nobusy.db for now (store/sessions.py).
-        "m011_console": (
+        "m012_console": (
             *(s.replace(" INTEGER", " BIGINT") for s in CONSOLE_TABLES),
             _pg_json(_USAGE_DAILY_FUNCTION),
             "CREATE TRIGGER usage_daily_add AFTER INSERT ON usage "
