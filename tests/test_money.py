@@ -3,6 +3,7 @@ and their periods on the key store."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from nobusy.errors import BudgetExhausted, ConfigError, InvalidRequest
-from nobusy.money.budgets import budget_warning, check_budget, next_reset, period_start, spent
+from nobusy.money.budgets import budget_warning, next_reset, period_start, spent
 from nobusy.money.prices import Price, PricingSettings
 from nobusy.money.spend import Pricer
 from nobusy.settings import load_settings
 from nobusy.store.keys import KeyStore
+from nobusy.store.money_holds import Hold, MoneyHolds
 from nobusy.store.usage import UsageRecord
 
 DEEPSEEK = {
@@ -166,26 +168,40 @@ def test_budget_periods_reset_in_utc() -> None:
 def test_budget_spend_warning_limit_topup_and_reset(tmp_path: Path) -> None:
     moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
     store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+    holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
     key, _ = store.create("team-a", budget="1.5", budget_period="daily")
-    assert key.budget_micros == 1_500_000
-    key = store.charge(key.id, 10, 1_000_000)
-    assert spent(key, moment[0]) == 1_000_000
-    assert budget_warning(key, "CNY", moment[0]) is None
-    key = store.charge(key.id, 10, 200_000)  # 80%: the soft limit
-    warning = budget_warning(key, "CNY", moment[0])
+    assert key.budget_micros == 1_500_000 and key.held
+
+    def spend(cost: int) -> Hold:
+        hold = asyncio.run(holds.reserve(store.get("team-a"), 400_000))
+        holds.settle(hold, cost)
+        holds.flush()
+        return hold
+
+    spend(1_000_000)
+    assert spent(store.get("team-a"), moment[0]) == 1_000_000
+    hold = spend(200_000)
+    assert budget_warning(hold.budgets, "CNY", moment[0]) is None  # as it was before: 67%
+    hold = spend(300_000)  # 1.2 of 1.5 spent before it: the soft limit
+    warning = budget_warning(hold.budgets, "CNY", moment[0])
     assert warning is not None and warning.startswith("80% of the daily budget spent")
-    key = store.charge(key.id, 10, 300_000)
     with pytest.raises(BudgetExhausted) as caught:
-        check_budget(key, "CNY", moment[0])
+        spend(1)
     assert caught.value.code == "insufficient_quota" and caught.value.status_code == 429
-    assert "daily budget of 1.50 CNY" in caught.value.message
+    assert "Key 'team-a' has spent its daily budget of 1.50 CNY" in caught.value.message
     assert "resets at 2026-12-10 00:00 UTC" in caught.value.message
-    key = store.topup_money("team-a", "1")
-    check_budget(key, "CNY", moment[0])  # 1.5 spent of 2.5
+    store.topup_money("team-a", "1")
+    spend(0)  # 1.5 spent of 2.5
     moment[0] = datetime(2026, 12, 10, 0, 1, tzinfo=UTC)  # the next day: spend starts again
     assert spent(store.get("team-a"), moment[0]) == 0
-    key = store.charge(key.id, 1, 5)
-    assert (key.spent_micros, key.budget_since) == (5, datetime(2026, 12, 10, tzinfo=UTC))
+    spend(5)
+    key = store.get("team-a")
+    assert (key.spent_micros, key.budget_since, key.reserved_micros) == (
+        5,
+        datetime(2026, 12, 10, tzinfo=UTC),
+        0,
+    )
+    holds.close()
 
 
 @pytest.mark.parametrize(

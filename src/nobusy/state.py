@@ -32,12 +32,19 @@ from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
-from nobusy.store.backends import liveness, open_audit, open_responses, open_usage
+from nobusy.store.backends import (
+    liveness,
+    open_audit,
+    open_holds,
+    open_responses,
+    open_usage,
+)
 from nobusy.store.health import Watched
 from nobusy.store.interfaces import CacheStore, LimitCounters, ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
+from nobusy.store.money_holds import MoneyHolds
 from nobusy.store.redis_cache import RedisCache
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_leases import RedisLeases
@@ -69,6 +76,8 @@ class AppState:
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
     knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
     sessions: SessionStore | None = None  # the console's sign-in sessions
+    holds: MoneyHolds | None = None  # money held against budgets by requests in flight
+    pricer: Pricer | None = None  # what tokens cost (the worst case a hold reserves)
 
 
 def app_state(request: Request) -> AppState:
@@ -90,8 +99,11 @@ async def running(
         audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
-        ledger = Ledger(usage_log, metrics, audit, keys, Pricer(settings).price)
+        pricer = Pricer(settings)
+        ledger = Ledger(usage_log, metrics, audit, keys, pricer.price)
         stack.callback(ledger.flush_charges)
+        holds = open_holds(settings)
+        stack.callback(holds.close)  # after the ledger's last charges (callbacks run backwards)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
@@ -140,7 +152,7 @@ async def running(
         yield AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
-            sessions=sessions,
+            sessions=sessions, holds=holds, pricer=pricer,
         )  # fmt: skip
 
 
