@@ -60,6 +60,8 @@ def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
         "budget": None if key.budget_micros is None else _amount(key.budget_micros),
         "budget_period": key.budget_period,
         "budget_spent": _amount(spent(key, now or datetime.now(UTC))),
+        "budget_held": _amount(key.reserved_micros),
+        "group_id": key.group_id,
     }
 
 

@@ -12,6 +12,7 @@ from nobusy.cli.chat import chat
 from nobusy.cli.crosscheck import crosscheck
 from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.kb import kb
+from nobusy.cli.key_groups import groups
 from nobusy.cli.keys import keys
 from nobusy.cli.pool import pool
 from nobusy.cli.secret import secret
@@ -40,6 +41,7 @@ cli.add_command(check)
 cli.add_command(chat)
 cli.add_command(crosscheck)
 cli.add_command(keys)
+keys.add_command(groups)
 cli.add_command(kb)
 cli.add_command(audit)
 cli.add_command(secret)

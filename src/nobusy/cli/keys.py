@@ -83,6 +83,12 @@ def _options(*, create: bool) -> Callable[[F], F]:
             type=click.Choice(BUDGET_PERIODS),
             help="When the budget starts again, in UTC (daily).",
         ),
+        click.option(
+            "--group",
+            callback=_limit(str),
+            metavar="NAME|none",
+            help="The key group whose budget it also spends (nobusy keys groups).",
+        ),
         config_option,
         data_dir_option,
     ]
@@ -312,6 +318,7 @@ def _print(key: Key, stores: list[str] | None = None) -> None:
         "max concurrency": _number(key.max_concurrency),
         "balance / quota": _balance(key),
         "budget": _budget(key),
+        "group": key.group_id or "none",
         "models": _models(key),
         "max wait": "default" if key.max_wait is None else f"{key.max_wait:g}s",
         "status": _status(key, datetime.now(UTC)),
