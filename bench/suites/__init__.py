@@ -19,6 +19,7 @@ from bench.suites import (
     guard,
     knowledge,
     memory,
+    money,
     overhead,
     pool,
     protocols,
@@ -51,5 +52,6 @@ SUITES: dict[str, Suite] = {
         cache.SUITE,
         pool.SUITE,
         console.SUITE,
+        money.SUITE,
     )
 }

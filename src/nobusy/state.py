@@ -102,8 +102,9 @@ async def running(
         pricer = Pricer(settings)
         ledger = Ledger(usage_log, metrics, audit, keys, pricer.price)
         stack.callback(ledger.flush_charges)
-        holds = open_holds(settings)
-        stack.callback(holds.close)  # after the ledger's last charges (callbacks run backwards)
+        holds = open_holds(settings) if settings.pricing.holds else None
+        if holds is not None:  # closed after the ledger's last charges (callbacks run backwards)
+            stack.callback(holds.close)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)

@@ -25,7 +25,9 @@ __all__ = [
     "Budget",
     "Period",
     "budget_warning",
+    "check_copy",
     "money",
+    "key_budget",
     "next_reset",
     "period_start",
     "refusal",
@@ -103,6 +105,21 @@ def refusal(budget: Budget, currency: str, now: datetime) -> BudgetExhausted:
         f"{reset:%Y-%m-%d %H:%M} UTC, or top it up ({how}).",
         retry_after=max(1.0, (reset - now).total_seconds()),
     )
+
+
+def key_budget(key: Key, now: datetime) -> tuple[Budget, ...]:
+    """The key's own budget as its in-memory copy knows it (none: empty)."""
+    if key.budget_micros is None:
+        return ()
+    return (Budget("key", key.name, key.budget_micros, key.budget_period, spent(key, now)),)
+
+
+def check_copy(key: Key, currency: str, now: datetime) -> None:
+    """Without holds (``pricing.holds: false``): refuse a key whose copy says its budget is
+    spent. Requests in flight are not counted, in this process or another: each may overspend."""
+    for budget in key_budget(key, now):
+        if budget.left <= 0:
+            raise refusal(budget, currency, now)
 
 
 def budget_warning(budgets: tuple[Budget, ...], currency: str, now: datetime) -> str | None:

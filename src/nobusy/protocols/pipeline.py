@@ -41,7 +41,7 @@ from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
 from nobusy.knowledge.grounding import Grounding, is_local, retrieve
-from nobusy.money.budgets import budget_warning
+from nobusy.money.budgets import budget_warning, check_copy, key_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.capabilities import fitting
@@ -187,6 +187,9 @@ class _LedgerEntry:
             # Its worst-case cost held against its budgets before anything else is spent on
             # it; settled to the real cost in close(), however the request ends.
             self.hold = await holds.reserve(key, self._worst(chat, body_size))
+            self.record.held = True
+        elif key is not None and key.budget_micros is not None:  # `pricing.holds: false`
+            check_copy(key, self.state.settings.pricing.currency, datetime.now(UTC))
             self.record.budgeted = True
         limits = self.state.limits
         if key is None or limits is None:
@@ -396,9 +399,10 @@ class _PipelineResponse(Response):
             return await self._kept(entry, kept)
         request.state.upstream = answer.upstream
         headers = {"x-nobusy-upstream": answer.upstream, **marked}
-        if entry.hold is not None:
-            currency = state.settings.pricing.currency
-            warning = budget_warning(entry.hold.budgets, currency, datetime.now(UTC))
+        if key is not None and (entry.hold is not None or key.budget_micros is not None):
+            currency, now = state.settings.pricing.currency, datetime.now(UTC)
+            budgets = entry.hold.budgets if entry.hold is not None else key_budget(key, now)
+            warning = budget_warning(budgets, currency, now)
             if warning is not None:
                 headers["x-nobusy-budget-warning"] = warning
         return await self._respond(entry, answer, headers)

@@ -112,10 +112,12 @@ class Ledger:
             self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
             # A request that held money against a budget is charged by settling its hold
             # (nobusy.store.money_holds), in the same transaction that releases it.
-            cost = 0 if record.budgeted else record.report_cost_micros
+            cost = 0 if record.held else record.report_cost_micros
             if cost:
                 self._spend[record.key_id] = self._spend.get(record.key_id, 0) + cost
-            if time.monotonic() - self._last_flush > 0.5:
+            # Without holds a key with a money budget is charged at once (the next request
+            # sees it); quota tokens are summed and written at most every half second.
+            if (record.budgeted and cost) or time.monotonic() - self._last_flush > 0.5:
                 self.flush_charges()
         if self.audit is not None and transcript is not None:
             self._audit(record, transcript)

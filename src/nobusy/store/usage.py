@@ -82,7 +82,8 @@ class UsageRecord:
     report_cost_micros: int = 0
     first_choice: str | None = None
     first_choice_cost_micros: int | None = None
-    budgeted: bool = False  # not stored: its cost settles a money hold, not the ledger
+    budgeted: bool = False  # not stored: the key has a money budget, charge it at once
+    held: bool = False  # not stored: its cost settles a money hold, not the ledger's charge
 
     def upstream_tokens(self) -> tuple[int, int]:
         """Prompt and completion tokens an upstream spent: none for an answer from the cache
