@@ -163,11 +163,16 @@ def test_keys_page_shows_budget_usage_and_last_used(
     screenshot(page, "console-signin-en.png")
     page.click("#signin-form button[value=cancel]")
     bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    group = httpx.post(
+        f"{console.url}/v1/nobusy/groups", headers=bearer, json={"name": "eng", "budget": "50"}
+    )
+    assert group.status_code == 201, group.text
     made = httpx.post(
         f"{console.url}/v1/nobusy/keys",
         headers=bearer,
-        json={"name": "team-a", "budget": "5", "budget_period": "monthly", "rpm": 60},
-    )
+        json={"name": "team-a", "budget": "5", "budget_period": "monthly", "rpm": 60,
+              "group": "eng"},
+    )  # fmt: skip
     assert made.status_code == 201, made.text
     secret = made.json()["secret"]
     client = openai.OpenAI(base_url=f"{console.url}/v1", api_key=secret, max_retries=0)
@@ -182,8 +187,9 @@ def test_keys_page_shows_budget_usage_and_last_used(
         page.wait_for_selector(row)
     headers = page.inner_text("#keys-table thead")
     assert "Budget" in headers and "Last 30 days" in headers and "Last used" in headers
+    assert "Group" in headers
     text = page.inner_text(row)
-    assert "of 5.000000 (monthly)" in text and "1 req" in text
+    assert "of 5.000000 (monthly)" in text and "1 req" in text and "eng" in text
     screenshot(page, "console-keys-en.png")
     page.click("#lang-toggle")
     page.wait_for_selector("#keys-heading:text('API 密钥')")

@@ -23,6 +23,7 @@ from nobusy.money.budgets import spent
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
 
 __all__ = [
@@ -37,8 +38,11 @@ __all__ = [
 ]
 
 
-def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
-    """A key as JSON, times in Unix seconds as OpenAI's APIs give them; never its hash."""
+def key_json(
+    key: Key, now: datetime | None = None, groups: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A key as JSON, times in Unix seconds as OpenAI's APIs give them; never its hash;
+    its group's name from ``groups`` (by id)."""
     return {
         "object": "nobusy.key",
         "id": key.id,
@@ -62,14 +66,18 @@ def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
         "budget_spent": _amount(spent(key, now or datetime.now(UTC))),
         "budget_held": _amount(key.reserved_micros),
         "group_id": key.group_id,
+        "group": None if key.group_id is None else (groups or {}).get(key.group_id),
     }
 
 
 async def list_keys(request: Request) -> Response:
     """Every key, revoked and expired ones too, oldest first."""
-    found = await run_in_threadpool(_store(request).list)
+    store = _store(request)
+    found = await run_in_threadpool(store.list)
+    groups = {g.id: g.name for g in await run_in_threadpool(KeyGroups(store).list)}
     now = datetime.now(UTC)
-    return JSONResponse({"object": "list", "data": [key_json(key, now) for key in found]})
+    data = [key_json(key, now, groups) for key in found]
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def create_key(request: Request) -> Response:

@@ -96,7 +96,7 @@ function renderTable(keys, usage) {
   body.replaceChildren();
   if (!keys.length) {
     const cell = body.insertRow().insertCell();
-    cell.colSpan = 9;
+    cell.colSpan = 10;
     cell.textContent = t("noKeys");
     return;
   }
@@ -122,6 +122,7 @@ function renderTable(keys, usage) {
       key.budget == null
         ? t("unlimited")
         : t("budgetOf", { spent: key.budget_spent, budget: key.budget, period: key.budget_period ?? "—" });
+    row.insertCell().textContent = key.group ?? "—"; // its key group (team), whose budget it shares
     const used = row.insertCell();
     used.className = "num";
     const group = perKey.get(key.id);
