@@ -57,7 +57,7 @@ from nobusy.routing.relay import (
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
 from nobusy.store.ledger import Transcript
-from nobusy.store.money_holds import Hold
+from nobusy.store.money_holds import Hold, MoneyHolds
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
@@ -186,7 +186,7 @@ class _LedgerEntry:
         if key is not None and key.held and holds is not None and self.state.pricer is not None:
             # Its worst-case cost held against its budgets before anything else is spent on
             # it; settled to the real cost in close(), however the request ends.
-            self.hold = await holds.reserve(key, self._worst(chat, body_size))
+            self.hold = await _held(holds.reserve(key, self._worst(chat, body_size)), holds)
             self.record.held = True
         elif key is not None and key.budget_micros is not None:  # `pricing.holds: false`
             check_copy(key, self.state.settings.pricing.currency, datetime.now(UTC))
@@ -516,6 +516,22 @@ def _from_cache(entry: _LedgerEntry, use: CacheUse) -> None:
     entry.record.upstream = "cache"
     entry.record.cache = use.status
     entry.first_token_at = time.perf_counter()
+
+
+async def _held(reserving: Coroutine[Any, Any, Hold], holds: MoneyHolds) -> Hold:
+    """The hold ``reserving`` takes; one taken on its thread after this task was cancelled (the
+    client left) is given back at once rather than left to expire."""
+    future = asyncio.ensure_future(reserving)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def give_back(done: asyncio.Future[Hold]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                holds.settle(done.result(), 0)
+
+        future.add_done_callback(give_back)
+        raise
 
 
 async def _nothing() -> None:
