@@ -90,7 +90,7 @@ def page_args(request: Request, *, max_limit: int = 100) -> dict[str, Any]:
     """``limit`` (1–100, 20 by default), ``after`` and ``order`` (asc|desc) from the query."""
     query = request.query_params
     raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= max_limit:
         raise InvalidRequest(f"limit must be a whole number from 1 to {max_limit}.", param="limit")
     order: Literal["asc", "desc"] = "desc"
     if query.get("order", "desc") == "asc":
@@ -148,7 +148,11 @@ def _expires_after(anchor: Any, seconds: Any) -> int | None:
     ``[seconds]``, as the SDK sends them): seconds after ``created_at``, 1 hour to 30 days."""
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at" or not isinstance(seconds, str) or not seconds.isdigit():
+    if (
+        anchor != "created_at"
+        or not isinstance(seconds, str)
+        or not (seconds.isascii() and seconds.isdigit())
+    ):
         raise InvalidRequest(
             "expires_after must be {'anchor': 'created_at', 'seconds': 3600 to 2592000}.",
             param="expires_after",
