@@ -206,14 +206,7 @@ async def delete_file(request: Request) -> Response:
     """Delete a file: its bytes, its record, and its chunks in every store that held it."""
     kb, record = knowledge(request), await _visible_file(request)
 
-    def delete() -> None:
-        for store_id in kb.records.delete_file(record.id):
-            store = kb.records.store(Caller(None, admin=True), store_id)
-            if store is not None:
-                kb.forget_file(store, record.id)
-        kb.blobs.delete(record.id)
-
-    await run_in_threadpool(delete)
+    await run_in_threadpool(kb.delete_file, record.id)
     return JSONResponse({"id": record.id, "object": "file", "deleted": True})
 
 
