@@ -15,6 +15,7 @@ from nobusy.money.budgets import budget_warning, next_reset, period_start, spent
 from nobusy.money.prices import Price, PricingSettings
 from nobusy.money.spend import Pricer
 from nobusy.settings import load_settings
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
 from nobusy.store.money_holds import Hold, MoneyHolds
 from nobusy.store.usage import UsageRecord
@@ -154,6 +155,10 @@ models:
     record.upstream = "local/x (overflow)"  # no price: free
     pricer.price(record)
     assert (record.cost_micros, record.report_cost_micros) == (0, 0)
+    # What a request may cost at most: on the dearest route its alias may take.
+    assert pricer.worst("chat", 100, 10, at("2026-12-07T12:00:00+00:00")) == 7700
+    assert pricer.worst("cheap/m", 100, 10, at("2026-12-07T12:00:00+00:00")) == 120
+    assert pricer.worst("local/x", 100, 10, at("2026-12-07T12:00:00+00:00")) == 0
 
 
 def test_budget_periods_reset_in_utc() -> None:
@@ -201,6 +206,57 @@ def test_budget_spend_warning_limit_topup_and_reset(tmp_path: Path) -> None:
         datetime(2026, 12, 10, tzinfo=UTC),
         0,
     )
+    holds.close()
+
+
+def test_a_group_budget_is_held_with_its_keys_and_the_tighter_one_refuses(
+    tmp_path: Path,
+) -> None:
+    moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
+    store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+    holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
+    groups = KeyGroups(store)
+    groups.create("eng", budget="1", budget_period="weekly")
+    a, _ = store.create("a", group="eng")
+    b, _ = store.create("b", group="eng", budget="0.5")
+    assert a.held and b.held and a.group_id == b.group_id
+
+    def reserve(name: str, micros: int) -> Hold:
+        return asyncio.run(holds.reserve(store.get(name), micros))
+
+    first = reserve("a", 600_000)
+    second = reserve("b", 400_000)  # 0.6 held of the group's 1: room left
+    assert [(x.owner, x.held) for x in second.budgets] == [("key", 0), ("group", 600_000)]
+    with pytest.raises(BudgetExhausted) as caught:
+        reserve("a", 1)  # all of it held: the group refuses, naming itself and what is held
+    assert caught.value.message.startswith(
+        "Key group 'eng' has spent its weekly budget of 1.00 CNY (0.00 spent, 1.00 held by "
+        "requests in flight); it resets at 2026-12-14 00:00 UTC"
+    )
+    holds.settle(first, 50_000)
+    holds.settle(second, 500_000)
+    holds.flush()
+    eng = groups.get("eng")
+    assert (eng.spent(moment[0]), eng.reserved_micros) == (550_000, 0)
+    with pytest.raises(BudgetExhausted, match="^Key 'b' has spent its daily budget"):
+        reserve("b", 1)  # the key's own budget is the tighter one now
+    hold = reserve("a", 100_000)  # the group has room: 0.55 of 1
+    assert budget_warning(hold.budgets, "CNY", moment[0]) is None
+    holds.settle(hold, 400_000)
+    hold = reserve("a", 10)
+    warning = budget_warning(hold.budgets, "CNY", moment[0])
+    assert warning is not None and warning.startswith("95% of the group eng's weekly budget")
+    holds.settle(hold, 0)
+    # A hold whose process died expires: the next reservation releases it first.
+    reserve("a", 40_000)
+    moment[0] = moment[0].replace(minute=32)
+    late = reserve("a", 30_000)
+    assert late.budgets[0].held == 0 and groups.get("eng").reserved_micros == 30_000
+    holds.settle(late, 60_000)
+    with pytest.raises(BudgetExhausted):
+        reserve("a", 1)  # 1.01 spent of 1
+    groups.topup("eng", "1")
+    reserve("a", 1)
     holds.close()
 
 
