@@ -209,12 +209,23 @@ def test_budget_spend_warning_limit_topup_and_reset(tmp_path: Path) -> None:
     holds.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_group_budget_is_held_with_its_keys_and_the_tighter_one_refuses(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
-    store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
-    holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
+    store: KeyStore
+    holds: MoneyHolds
+    if backend == "sqlite":
+        store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+        holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
+    else:  # one statement per step there (nobusy.store.pg_money_holds)
+        from nobusy.store.pg_keys import PgKeyStore
+        from nobusy.store.pg_money_holds import PgMoneyHolds
+
+        url = request.getfixturevalue("pg_url")
+        store = PgKeyStore(url, clock=lambda: moment[0])
+        holds = PgMoneyHolds(url, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
     groups = KeyGroups(store)
     groups.create("eng", budget="1", budget_period="weekly")
     a, _ = store.create("a", group="eng")
@@ -258,6 +269,7 @@ def test_a_group_budget_is_held_with_its_keys_and_the_tighter_one_refuses(
     groups.topup("eng", "1")
     reserve("a", 1)
     holds.close()
+    store.close()
 
 
 @pytest.mark.parametrize(

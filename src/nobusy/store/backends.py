@@ -17,7 +17,7 @@ from nobusy.store.audit import AuditLog
 from nobusy.store.interfaces import ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME, open_db
-from nobusy.store.money_holds import MoneyHolds, PgMoneyHolds
+from nobusy.store.money_holds import MoneyHolds
 from nobusy.store.responses import ResponseStore
 from nobusy.store.usage import UsageLog, key_usage, key_usage_rows
 
@@ -62,6 +62,8 @@ def open_holds(settings: Settings) -> MoneyHolds:
     pricing = settings.pricing
     if settings.store is None:
         return MoneyHolds(settings.data_dir, pricing.currency, pricing.hold_ttl)
+    from nobusy.store.pg_money_holds import PgMoneyHolds
+
     return PgMoneyHolds(settings.store.get_secret_value(), pricing.currency, pricing.hold_ttl)
 
 

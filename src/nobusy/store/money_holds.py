@@ -12,13 +12,13 @@ In SQLite (``nobusy.db``, the workers of one host) the transaction is ``BEGIN IM
 in PostgreSQL (every replica) the UPDATE locks the row and re-checks its condition on the
 latest version, so concurrent reservations queue on the row and none passes a full budget.
 Work runs on one thread of its own: the event loop never waits for the database's lock.
+PostgreSQL's backend (``store.pg_money_holds``) says the same in one statement each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import sqlite3
 import time
@@ -36,29 +36,29 @@ from nobusy.money.budgets import Budget, period_start, refusal
 from nobusy.store.migrations import open_db
 from nobusy.store.sqlite import timestamp, transaction
 
-__all__ = ["Hold", "MoneyHolds", "PgMoneyHolds"]
+__all__ = ["SINCE", "SPENT", "Hold", "MoneyHolds"]
 
 log = logging.getLogger("nobusy")
 
 # The start of the row's current period, and what it spent in it (0 after a reset).
-_SINCE = (
+SINCE = (
     "(CASE budget_period WHEN 'weekly' THEN :weekly WHEN 'monthly' THEN :monthly ELSE :daily END)"
 )
-_SPENT = f"(CASE WHEN coalesce(budget_since, '') < {_SINCE} THEN 0 ELSE spent_micros END)"
+SPENT = f"(CASE WHEN coalesce(budget_since, '') < {SINCE} THEN 0 ELSE spent_micros END)"
 _LESS = "CASE WHEN reserved_micros > :released THEN reserved_micros - :released ELSE 0 END"
 
 _RESERVE = (
     "UPDATE {table} SET reserved_micros = reserved_micros + :micros WHERE id = :id AND "
-    f"(budget_micros IS NULL OR {_SPENT} + reserved_micros < budget_micros) "
-    f"RETURNING name, budget_micros, budget_period, {_SPENT}, reserved_micros - :micros"
+    f"(budget_micros IS NULL OR {SPENT} + reserved_micros < budget_micros) "
+    f"RETURNING name, budget_micros, budget_period, {SPENT}, reserved_micros - :micros"
 )
 _FOUND = (
-    f"SELECT name, budget_micros, budget_period, {_SPENT}, reserved_micros FROM {{table}} "
+    f"SELECT name, budget_micros, budget_period, {SPENT}, reserved_micros FROM {{table}} "
     "WHERE id = :id"
 )
 _SETTLE = (
-    f"UPDATE {{table}} SET reserved_micros = {_LESS}, spent_micros = {_SPENT} + :cost, "
-    f"budget_since = CASE WHEN coalesce(budget_since, '') < {_SINCE} THEN {_SINCE} "
+    f"UPDATE {{table}} SET reserved_micros = {_LESS}, spent_micros = {SPENT} + :cost, "
+    f"budget_since = CASE WHEN coalesce(budget_since, '') < {SINCE} THEN {SINCE} "
     "ELSE budget_since END WHERE id = :id"
 )
 _RELEASE = f"UPDATE {{table}} SET reserved_micros = {_LESS} WHERE id = :id"
@@ -187,45 +187,3 @@ class MoneyHolds:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._db.close()
-
-
-class PgMoneyHolds(MoneyHolds):
-    """The same holds in the PostgreSQL ``store``, shared by every replica."""
-
-    def __init__(
-        self, url: str, currency: str, ttl: float, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._url = url
-        super().__init__(Path(), currency, ttl, clock)
-
-    def _open(self, data_dir: Path) -> None:
-        from nobusy.store.postgres import Link
-
-        self._link = Link(self._url)
-
-    def _transaction(self) -> AbstractContextManager[Any]:
-        conn = self._link.get().conn
-        return _pg_transaction(conn)
-
-    def _execute(self, conn: Any, sql: str, params: dict[str, Any]) -> Any:
-        return conn.execute(_NAMED.sub(r"%(\1)s", sql).encode(), params)
-
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        from nobusy.store.postgres import translated
-
-        with translated(self._url, "money budgets"):
-            yield
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self._link.close()
-
-
-_NAMED = re.compile(r":([a-z]+)\b")
-
-
-@contextmanager
-def _pg_transaction(conn: Any) -> Iterator[Any]:
-    with conn.transaction():
-        yield conn
