@@ -161,6 +161,8 @@ def test_a_group_budget_is_shared_and_named_and_a_top_up_lifts_it(
     total, answered = rows_cost(process, g1, g2)
     assert g1_spent > 0 and g2_spent > 0 and g1_spent + g2_spent == total
     admin = {"authorization": f"Bearer {ADMIN}"}
+    member = httpx.get(f"{process.url}/v1/nobusy/keys/g1", headers=admin).json()
+    assert (member["group"], member["budget"]) == ("eng", None)
     group = httpx.get(f"{process.url}/v1/nobusy/groups/eng", headers=admin).json()
     assert group["budget_spent"] == f"{total / 1_000_000:.6f}" and group["keys"] == 2
     assert 6600 <= total <= 6600 + COST

@@ -74,7 +74,7 @@ async def list_keys(request: Request) -> Response:
     """Every key, revoked and expired ones too, oldest first."""
     store = _store(request)
     found = await run_in_threadpool(store.list)
-    groups = {g.id: g.name for g in await run_in_threadpool(KeyGroups(store).list)}
+    groups = await _group_names(store)
     now = datetime.now(UTC)
     data = [key_json(key, now, groups) for key in found]
     return JSONResponse({"object": "list", "data": data})
@@ -91,13 +91,15 @@ async def create_key(request: Request) -> Response:
     store = _store(request)
     key, secret = await run_in_threadpool(lambda: store.create(**body))
     granted = await _grant(request, key.id, stores)
-    return JSONResponse({**key_json(key), **granted, "secret": secret}, status_code=201)
+    body = {**await _json(store, key), **granted, "secret": secret}
+    return JSONResponse(body, status_code=201)
 
 
 async def get_key(request: Request) -> Response:
     """One key, by id or name, with the vector stores it was granted."""
-    key = await run_in_threadpool(_store(request).get, request.path_params["key"])
-    return JSONResponse({**key_json(key), **await _grant(request, key.id, None)})
+    store = _store(request)
+    key = await run_in_threadpool(store.get, request.path_params["key"])
+    return JSONResponse({**await _json(store, key), **await _grant(request, key.id, None)})
 
 
 async def update_key(request: Request) -> Response:
@@ -110,7 +112,7 @@ async def update_key(request: Request) -> Response:
         key = await run_in_threadpool(lambda: store.update(name, **body))
     else:
         key = await run_in_threadpool(store.get, name)
-    return JSONResponse({**key_json(key), **await _grant(request, key.id, stores)})
+    return JSONResponse({**await _json(store, key), **await _grant(request, key.id, stores)})
 
 
 async def revoke_key(request: Request) -> Response:
@@ -163,6 +165,16 @@ def _knowledge(request: Request) -> KnowledgeBase | None:
     # A state without a knowledge base (an app built for keys alone): no grants to show.
     kb: KnowledgeBase | None = getattr(app_state(request), "knowledge", None)
     return kb
+
+
+async def _group_names(store: KeyStore) -> dict[str, str]:
+    return {g.id: g.name for g in await run_in_threadpool(KeyGroups(store).list)}
+
+
+async def _json(store: KeyStore, key: Key) -> dict[str, Any]:
+    """``key_json`` with its group's name (one more read only for a key in a group)."""
+    groups = await _group_names(store) if key.group_id is not None else None
+    return key_json(key, groups=groups)
 
 
 def _store(request: Request) -> KeyStore:

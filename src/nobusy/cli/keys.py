@@ -26,6 +26,7 @@ from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import BUDGET_PERIODS, PRIORITIES, Key, validate
 from nobusy.money.budgets import money, spent
 from nobusy.store.backends import open_keys
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
 from nobusy.store.knowledge import KnowledgeStore
 from nobusy.store.migrations import DB_NAME
@@ -243,7 +244,8 @@ def show(key: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Show one key, by id or name."""
     with _store(config_file, data_dir) as store:
         found = store.get(key)
-    _print(found, _grant(config_file, data_dir, found.id, None))
+        group = _group_name(store, found)
+    _print(found, _grant(config_file, data_dir, found.id, None), group)
 
 
 @keys.command()
@@ -259,7 +261,8 @@ def update(key: str, config_file: Path | None, data_dir: Path | None, **options:
         raise click.UsageError("Nothing to update: give at least one option (see --help).")
     with _store(config_file, data_dir, fields) as store:
         updated = store.update(key, **fields) if fields else store.get(key)
-    _print(updated, _grant(config_file, data_dir, updated.id, stores))
+        group = _group_name(store, updated)
+    _print(updated, _grant(config_file, data_dir, updated.id, stores), group)
 
 
 @keys.command()
@@ -304,7 +307,7 @@ def topup(
     Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
 
 
-def _print(key: Key, stores: list[str] | None = None) -> None:
+def _print(key: Key, stores: list[str] | None = None, group: str | None = None) -> None:
     table = Table(show_header=False, title=f"API key {key.id}")
     table.add_column(style="bold")
     table.add_column()
@@ -318,7 +321,7 @@ def _print(key: Key, stores: list[str] | None = None) -> None:
         "max concurrency": _number(key.max_concurrency),
         "balance / quota": _balance(key),
         "budget": _budget(key),
-        "group": key.group_id or "none",
+        "group": escape(group) if group else "none",
         "models": _models(key),
         "max wait": "default" if key.max_wait is None else f"{key.max_wait:g}s",
         "status": _status(key, datetime.now(UTC)),
@@ -332,6 +335,14 @@ def _print(key: Key, stores: list[str] | None = None) -> None:
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)
+
+
+def _group_name(store: KeyStore, key: Key) -> str | None:
+    """The name of the key's group (its id if the group is gone meanwhile)."""
+    if key.group_id is None:
+        return None
+    names = {g.id: g.name for g in KeyGroups(store).list()}
+    return names.get(key.group_id, key.group_id)
 
 
 def _number(value: int | None) -> str:
