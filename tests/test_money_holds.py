@@ -161,6 +161,7 @@ def test_a_group_budget_is_shared_and_named_and_a_top_up_lifts_it(
     total, answered = rows_cost(process, g1, g2)
     assert g1_spent > 0 and g2_spent > 0 and g1_spent + g2_spent == total
     admin = {"authorization": f"Bearer {ADMIN}"}
+    assert httpx.get(f"{process.url}/v1/nobusy/groups").status_code == 401  # admin only
     member = httpx.get(f"{process.url}/v1/nobusy/keys/g1", headers=admin).json()
     assert (member["group"], member["budget"]) == ("eng", None)
     group = httpx.get(f"{process.url}/v1/nobusy/groups/eng", headers=admin).json()
