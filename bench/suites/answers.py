@@ -219,4 +219,6 @@ def render(result: Result, img: Path) -> str:
     )
 
 
-SUITE = Suite("answers", "Knowledge base: cited answers", run, render, goals)
+SUITE = Suite(
+    name="answers", title="Knowledge base: cited answers", run=run, render=render, goals=goals
+)
