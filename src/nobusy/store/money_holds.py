@@ -8,11 +8,11 @@ refused), the same on its group, and a row in ``money_holds``. When the request 
 adds the real cost to the spend, in one transaction. A hold whose process died is released
 once it expires (``pricing.hold_ttl``), by the next reservation's sweep.
 
-In SQLite (``nobusy.db``, the workers of one host) the transaction is ``BEGIN IMMEDIATE``;
-in PostgreSQL (every replica) the UPDATE locks the row and re-checks its condition on the
-latest version, so concurrent reservations queue on the row and none passes a full budget.
-Work runs on one thread of its own: the event loop never waits for the database's lock.
-PostgreSQL's backend (``store.pg_money_holds``) says the same in one statement each.
+This is the SQLite backend (``nobusy.db``, shared by the workers of one host): the
+transaction is ``BEGIN IMMEDIATE``, so concurrent reservations queue on the database's write
+lock and none passes a full budget. Work runs on one thread of its own: the event loop never
+waits for that lock. PostgreSQL's backend (``store.pg_money_holds``, every replica) says the
+same in one statement per step. Without holds (``pricing.holds: false``) none of this runs.
 """
 
 from __future__ import annotations
