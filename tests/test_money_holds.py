@@ -26,6 +26,7 @@ import pytest
 from nobusy.store.migrations import DB_NAME
 from tests.admission.test_keys_e2e import make_key
 from tests.conftest import Process, serve
+from tests.redis_server import RedisServer
 
 ADMIN = "holds-admin-key-0123456789abcdef"
 HELLO: list[Any] = [{"role": "user", "content": "hello there friend"}]  # 3 prompt tokens
@@ -210,3 +211,45 @@ def test_a_hold_left_by_a_dead_worker_expires(held: tuple[Process, dict[str, str
     settled(process)
     _, spent, reserved = key_row(process, "dead")
     assert (spent, reserved) == (COST, 0)
+
+
+def test_with_redis_state_holds_decided_in_redis_stay_within_one_request(
+    fake_upstream: Process, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    nobusy(data, "keys", "groups", "create", "--name", "ops", "--budget", BUDGET)
+    team = make_key(data, "--name", "team", "--budget", BUDGET)
+    member = make_key(data, "--name", "member", "--group", "ops")
+    fake = f"{fake_upstream.url}/v1"
+    config = f"""
+state: "{redis_server.url}"
+on_state_failure: refuse  # a hold Redis did not answer for is refused (503), never unheld
+pricing: {{currency: CNY, rates: {{USD: 7}}}}
+upstreams:
+  dear: {{kind: openai, base_url: "{fake}", price: {{currency: USD, input: 3, output: 15}}}}
+models:
+  dear: ["dear/ok:delay=0.5"]
+"""
+    process = serve(tmp_path, config, "--workers", "2")
+    try:
+        for key, name, whose in (
+            (team, "team", "Key 'team'"),
+            (member, "member", "Key group 'ops'"),
+        ):
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(lambda _: ask(process, key), range(20)))  # noqa: B023
+            refused = [message for status, message in answers if status == 429]
+            assert refused and all(m.startswith(f"{whose} has spent") for m in refused)
+            while ask(process, key)[0] != 429:  # 503: Redis did not answer in time (a busy host)
+                pass
+            settled(process)
+            key_id, spent, reserved = key_row(process, name)
+            total, answered = rows_cost(process, key_id)
+            assert reserved == 0 and spent == total == answered * COST
+            # Not below: a hold whose answer timed out stays in Redis until it expires.
+            assert spent <= 6600 + COST
+    finally:
+        process.stop()
+    with closing(db(process)) as conn:
+        group = conn.execute("SELECT spent_micros, reserved_micros FROM key_groups").fetchone()
+    assert group == (total, 0)

@@ -40,15 +40,15 @@ from nobusy.store.backends import (
     open_usage,
 )
 from nobusy.store.health import Watched
-from nobusy.store.interfaces import CacheStore, LimitCounters, ResponsesStore
+from nobusy.store.interfaces import CacheStore, LimitCounters, MoneyHolder, ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
-from nobusy.store.money_holds import MoneyHolds
 from nobusy.store.redis_cache import RedisCache
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
+from nobusy.store.redis_money_holds import RedisMoneyHolds
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
@@ -76,7 +76,7 @@ class AppState:
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
     knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
     sessions: SessionStore | None = None  # the console's sign-in sessions
-    holds: MoneyHolds | None = None  # money held against budgets by requests in flight
+    holds: MoneyHolder | None = None  # money held against budgets by requests in flight
     pricer: Pricer | None = None  # what tokens cost (the worst case a hold reserves)
 
 
@@ -102,9 +102,7 @@ async def running(
         pricer = Pricer(settings)
         ledger = Ledger(usage_log, metrics, audit, keys, pricer.price)
         stack.callback(ledger.flush_charges)
-        holds = open_holds(settings) if settings.pricing.holds else None
-        if holds is not None:  # closed after the ledger's last charges (callbacks run backwards)
-            stack.callback(holds.close)
+        holds = _open_holds(settings, stack)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
@@ -155,6 +153,21 @@ async def running(
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
             sessions=sessions, holds=holds, pricer=pricer,
         )  # fmt: skip
+
+
+def _open_holds(settings: Settings, stack: contextlib.AsyncExitStack) -> MoneyHolder | None:
+    """Where requests hold money against budgets: the key database, decided in Redis when
+    ``state`` names one; None with ``pricing.holds: false``. Closed after the ledger's last
+    charges (the stack's callbacks run backwards)."""
+    if not settings.pricing.holds:
+        return None
+    holds = open_holds(settings)
+    stack.callback(holds.close)
+    if settings.state is None:
+        return holds
+    shared = RedisMoneyHolds(settings.state.get_secret_value(), holds, settings.on_state_failure)
+    stack.push_async_callback(shared.aclose)
+    return shared
 
 
 async def _open_limits(

@@ -64,9 +64,10 @@ from nobusy.routing.relay import (
 )
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
+from nobusy.store.interfaces import MoneyHolder
 from nobusy.store.knowledge import Caller
 from nobusy.store.ledger import Transcript
-from nobusy.store.money_holds import Hold, MoneyHolds
+from nobusy.store.money_holds import Hold
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
@@ -540,7 +541,7 @@ def _from_cache(entry: _LedgerEntry, use: CacheUse) -> None:
     entry.first_token_at = time.perf_counter()
 
 
-async def _held(reserving: Coroutine[Any, Any, Hold], holds: MoneyHolds) -> Hold:
+async def _held(reserving: Coroutine[Any, Any, Hold], holds: MoneyHolder) -> Hold:
     """The hold ``reserving`` takes; one taken on its thread after this task was cancelled (the
     client left) is given back at once rather than left to expire."""
     future = asyncio.ensure_future(reserving)

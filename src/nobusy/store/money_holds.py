@@ -78,6 +78,8 @@ class Hold:
     group_id: str | None
     micros: int
     budgets: tuple[Budget, ...]
+    mirrored: bool = False  # decided in Redis (nobusy.store.redis_money_holds)
+    key_period: str | None = None  # the key's budget period then (the mirror's to settle)
 
 
 class MoneyHolds:
