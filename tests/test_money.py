@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -305,3 +306,38 @@ def test_cache_hits_are_read_from_each_wire_format() -> None:
         {"prompt_tokens": 43, "completion_tokens": 2, "total_tokens": 45,
          "prompt_tokens_details": {"cached_tokens": 40}},
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("on_failure", ["local", "refuse"])
+def test_redis_not_answering_holds_in_the_key_database_or_refuses(
+    tmp_path: Path, on_failure: Literal["local", "refuse"]
+) -> None:
+    from nobusy.errors import StorageUnavailable
+    from nobusy.store.redis_money_holds import RedisMoneyHolds
+    from tests.conftest import free_port
+
+    store = KeyStore(tmp_path)
+    key, _ = store.create("k", budget="1")
+    holds = RedisMoneyHolds(
+        f"redis://127.0.0.1:{free_port()}/0", MoneyHolds(tmp_path, "CNY", ttl=60), on_failure
+    )
+
+    async def use() -> None:
+        try:
+            hold = await holds.reserve(key, 1000)
+        except StorageUnavailable:
+            assert on_failure == "refuse"
+            return
+        assert on_failure == "local" and not hold.mirrored
+        assert store.get("k").reserved_micros == 1000  # held in nobusy.db
+        holds.settle(hold, 10)
+        await holds.aclose()
+
+    asyncio.run(use())
+    holds.flush()
+    assert (store.get("k").reserved_micros, store.get("k").spent_micros) == (
+        0,
+        0 if on_failure == "refuse" else 10,
+    )
+    holds.close()
+    store.close()
