@@ -328,10 +328,11 @@ def test_redis_not_answering_holds_in_the_key_database_or_refuses(
         except StorageUnavailable:
             assert on_failure == "refuse"
             return
+        finally:
+            await holds.aclose()
         assert on_failure == "local" and not hold.mirrored
         assert store.get("k").reserved_micros == 1000  # held in nobusy.db
         holds.settle(hold, 10)
-        await holds.aclose()
 
     asyncio.run(use())
     holds.flush()
