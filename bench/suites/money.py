@@ -7,15 +7,17 @@
    ``spent_micros``) is compared with the budget, in units of one request's cost. Baseline, in
    the same run: ``pricing.holds: false`` (each worker checks its copy of the key, the cost is
    charged after the answer), as nobusy did before holds.
+   The same with ``state:`` naming a redis-server, where the holds are decided in Redis.
 2. *Added latency*: one client, non-streamed requests without delay, p50/p95 of a key without
    a budget (no hold, no round trip) against a key with one (a hold at the start, settled
-   after the answer, on the holds' thread).
+   after the answer), without ``state`` (SQLite) and with it (Redis).
 
 ``python -m bench --only money`` runs it.
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import statistics
 import threading
@@ -39,10 +41,12 @@ MAX_TOKENS = 32  # above the fake's answer: the worst case held covers the real 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": MAX_TOKENS}
 
 
-def _config(fake_port: int, holds: bool, delay: float) -> str:
+def _config(fake_port: int, holds: bool, delay: float, state: str | None = None) -> str:
     model = f"ok:delay={delay}" if delay else "ok"
+    # refuse: a hold Redis does not answer for in time is a 503, never a request let through.
+    shared = f'state: "{state}"\non_state_failure: refuse\n' if state else ""
     return f"""
-admin_key: {ADMIN}
+{shared}admin_key: {ADMIN}
 pricing: {{currency: CNY, holds: {str(holds).lower()}}}
 upstreams:
   fake: {{kind: openai, base_url: "http://{procs.HOST}:{fake_port}/v1", default_model: "{model}",
@@ -101,7 +105,8 @@ def _overspend_round(url: str, data: Path, clients: int, name: str, cost: int) -
                     with lock:
                         refused += 1
                     return
-                answer.raise_for_status()
+                if answer.status_code != 503:  # Redis did not answer in time: asked again
+                    answer.raise_for_status()
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
@@ -144,12 +149,14 @@ def run(ctx: Context) -> Result:
     quick = ctx.settings.quick
     rounds = 1 if quick else 3
     fake = ctx.procs.fake_upstream(tokens=ctx.settings.tokens, name="money-fake")
-    overspend: dict[str, list[Result]] = {"holds": [], "no holds": []}
+    overspend: dict[str, list[Result]] = {"holds": [], "holds in Redis": [], "no holds": []}
     latency: dict[str, Result] = {}
+    redis = _redis(ctx)
+    state = f"redis://{procs.HOST}:{redis.port}/0"
     try:
-        for mode, holds in (("holds", True), ("no holds", False)):
-            name = "money-" + mode.replace(" ", "-")
-            config = _config(fake.port, holds, 0.2)
+        for mode, holds in (("holds", True), ("holds in Redis", True), ("no holds", False)):
+            name = "money-" + mode.replace(" ", "-").lower()
+            config = _config(fake.port, holds, 0.2, state if "Redis" in mode else None)
             proc = ctx.procs.nobusy(name, None, workers=2, config=config)
             url = f"http://{procs.HOST}:{proc.port}"
             data = ctx.procs.run_dir / f"{name}-data"
@@ -164,23 +171,37 @@ def run(ctx: Context) -> Result:
                         overspend[mode].append(row)
             finally:
                 ctx.procs.stop(proc)
-        config = _config(fake.port, True, 0)
-        proc = ctx.procs.nobusy("money-latency", None, workers=1, config=config)
-        url = f"http://{procs.HOST}:{proc.port}"
-        try:
-            n = 200 if quick else 1000
-            secrets = {
-                label: _key(url, label.split()[0], budget)[1]
-                for label, budget in (("no budget", None), ("budget (hold)", "1000000"))
-            }
-            latency = _latency(url, secrets, n)
-            ctx.log(f"[money] latency: {latency}")
-        finally:
-            ctx.procs.stop(proc)
+        for where, shared in (("", None), (" in Redis", state)):
+            config = _config(fake.port, True, 0, shared)
+            proc = ctx.procs.nobusy("money-latency", None, workers=1, config=config)
+            url = f"http://{procs.HOST}:{proc.port}"
+            try:
+                n = 200 if quick else 1000
+                secrets = {
+                    f"no budget{where}": _key(url, "free", None)[1],
+                    f"budget (hold{where})": _key(url, "held", "1000000")[1],
+                }
+                found = _latency(url, secrets, n)
+                ctx.log(f"[money] latency: {found}")
+                latency |= found
+            finally:
+                ctx.procs.stop(proc)
     finally:
         ctx.procs.stop(fake)
+        ctx.procs.stop(redis)
     return {"quick": quick, "rounds": rounds, "answers": ANSWERS, "overspend": overspend,
             "latency": latency}  # fmt: skip
+
+
+def _redis(ctx: Context) -> procs.Proc:
+    """A redis-server of its own, nothing saved (``scripts/install-redis.sh`` installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is missing: run `bash scripts/install-redis.sh`")
+    port = procs.free_port()
+    argv = [binary, "--port", str(port), "--bind", procs.HOST, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(ctx.procs.run_dir)]
+    return ctx.procs.start("money-redis", argv, port, None, timeout=15)
 
 
 def _worst(rows: list[Result]) -> float | None:
@@ -191,11 +212,13 @@ def _worst(rows: list[Result]) -> float | None:
 def goals(result: Result) -> list[Goal]:
     return [
         at_most(
-            "money budget overspend with --workers 2, any number of clients (holds)",
-            _worst(result["overspend"]["holds"]),
+            f"money budget overspend with --workers 2, any number of clients ({mode})",
+            _worst(result["overspend"][mode]),
             1,
             "requests' cost",
         )
+        for mode in ("holds", "holds in Redis")
+        if mode in result["overspend"]
     ]
 
 
@@ -215,11 +238,11 @@ def render(result: Result, img: Path) -> str:
                 ]
             )
     latency = result["latency"]
-    base = latency["no budget"]
-    lat_body = [
-        [label, fmt(r["p50_ms"], 2), fmt(r["p95_ms"], 2), fmt(r["p50_ms"] - base["p50_ms"], 2)]
-        for label, r in latency.items()
-    ]
+    lat_body = []
+    for label, r in latency.items():
+        base = latency["no budget" + (" in Redis" if "Redis" in label else "")]
+        added = fmt(r["p50_ms"] - base["p50_ms"], 2)
+        lat_body.append([label, fmt(r["p50_ms"], 2), fmt(r["p95_ms"], 2), added])
     intro = (
         "`nobusy serve --workers 2` in front of the fake upstream (each answer 0.2 s late), "
         f"one key whose budget fits {result['answers']:g} answers, client threads each sending "
@@ -227,8 +250,10 @@ def render(result: Result, img: Path) -> str:
         f"{result['rounds']} round(s). *Holds*: each request holds its worst-case cost "
         "(max_tokens at the route's price) in one conditional UPDATE of nobusy.db before its "
         "upstream call; *no holds* (`pricing.holds: false`): each worker checks its copy of the "
-        "key and the cost is charged after the answer, as before. *Rows = key*: the key's "
-        "spend equals the sum of its usage rows' costs, to the micro-unit."
+        "key and the cost is charged after the answer, as before; *holds in Redis*: `state:` "
+        "names a Redis, which decides each hold in one Lua script (`on_state_failure: refuse`: "
+        "a 503 when it does not answer in time, and the client asks again). *Rows = key*: the "
+        "key's spend equals the sum of its usage rows' costs, to the micro-unit."
     )
     parts = [
         intro,
@@ -244,7 +269,8 @@ def render(result: Result, img: Path) -> str:
             body,
         ),
         "Added latency: one client, non-streamed answers with no delay, one worker, the two "
-        "keys' requests interleaved; a key without a budget takes no hold (no round trip).",
+        "keys' requests interleaved (each against the key without a budget on the same server, "
+        "with and without `state:`); a key without a budget takes no hold (no round trip).",
         md_table(["key", "p50 ms", "p95 ms", "p50 added ms"], lat_body),
     ]
     return "\n\n".join(parts)
