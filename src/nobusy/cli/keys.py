@@ -208,12 +208,13 @@ def create(config_file: Path | None, data_dir: Path | None, **options: Any) -> N
 @keys.command("list")
 @store_options
 def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
-    """List the keys: limits, balance, models and status."""
+    """List the keys: limits, balance, models, group and status."""
     with _store(config_file, data_dir) as store:
         found = store.list()
+        groups = {g.id: g.name for g in KeyGroups(store).list()}
     now = datetime.now(UTC)
     table = Table(title="API keys")
-    columns = ["id", "name", "prefix", "priority", "limits", "balance / quota", "models"]
+    columns = ["id", "name", "prefix", "priority", "limits", "balance / quota", "models", "group"]
     for column in [*columns, "status", "last used"]:
         # The id is what people copy into the next command: never shortened.
         table.add_column(
@@ -231,6 +232,7 @@ def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
             _limits(key),
             _balance(key),
             _models(key),
+            escape(groups.get(key.group_id, key.group_id)) if key.group_id else "",
             _status(key, now),
             _time(key.last_used_at, "never"),
         )
