@@ -340,21 +340,25 @@ def _keyword(
     """The chunks holding any of ``words``, by ``ts_rank_cd`` (1: divided by 1 + the log of
     the chunk's length), as (chunk id, rank, file id)."""
     query = " | ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in words)
-    where, args = "", []
-    if allowed is not None:
-        where, args = (
-            " AND (cf.store_id, cf.file_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            list(_pairs(allowed)),
+    if allowed is None:
+        # No filter: the chunk's own file, no join (the file a hit names, as for vectors).
+        rows = conn.execute(
+            "SELECT c.id, ts_rank_cd(c.tsv, q, 1) AS rank, c.file_id "
+            "FROM to_tsquery('simple', %s) AS q, kb_chunks c "
+            "WHERE c.tsv @@ q AND c.store_id = ANY(%s) ORDER BY rank DESC, c.id LIMIT %s",
+            (query, stores, limit),
         )
-    # A chunk held by several files comes once per file: the filter may allow any of them.
-    rows = conn.execute(
-        "SELECT cf.chunk_id, ts_rank_cd(c.tsv, q, 1) AS rank, cf.file_id "
-        "FROM to_tsquery('simple', %s) AS q, kb_chunks c "
-        "JOIN kb_chunk_files cf ON cf.chunk_id = c.id "
-        f"WHERE c.tsv @@ q AND c.store_id = ANY(%s){where} "
-        "ORDER BY rank DESC, cf.chunk_id LIMIT %s",
-        (query, stores, *args, limit * 2),
-    )
+    else:
+        # A chunk held by several files comes once per file: the filter may allow any of them.
+        rows = conn.execute(
+            "SELECT cf.chunk_id, ts_rank_cd(c.tsv, q, 1) AS rank, cf.file_id "
+            "FROM to_tsquery('simple', %s) AS q, kb_chunks c "
+            "JOIN kb_chunk_files cf ON cf.chunk_id = c.id "
+            "WHERE c.tsv @@ q AND c.store_id = ANY(%s) AND (cf.store_id, cf.file_id) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[])) "
+            "ORDER BY rank DESC, cf.chunk_id LIMIT %s",
+            (query, stores, *_pairs(allowed), limit * 2),
+        )
     out: dict[int, tuple[int, float, str]] = {}
     for chunk_id, rank, file_id in rows:
         out.setdefault(int(chunk_id), (int(chunk_id), float(rank), str(file_id)))
