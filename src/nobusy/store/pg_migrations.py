@@ -105,8 +105,22 @@ _USAGE_DAILY_FUNCTION = f"""
     END $$"""
 
 
+# pgvector must be installed on the server: said plainly at start when it is not.
+_PGVECTOR = """
+    DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN
+            IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') THEN
+                RAISE EXCEPTION 'the pgvector extension is not installed on this server; '
+                    'nobusy keeps the knowledge base''s vectors in it: '
+                    'https://github.com/pgvector/pgvector'
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+            CREATE EXTENSION vector;
+        END IF;
+    END $$"""
+
 _KNOWLEDGE_SHARED = (
-    "CREATE EXTENSION IF NOT EXISTS vector",
+    _PGVECTOR,
     "CREATE TABLE kb_blobs (file_id TEXT NOT NULL, part BIGINT NOT NULL, content BYTEA NOT "
     "NULL, PRIMARY KEY (file_id, part))",
     "CREATE TABLE kb_index_stores (store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, "
