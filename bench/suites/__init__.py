@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.suites import (
     admission,
+    answers,
     audit,
     bigbody,
     cache,
@@ -43,6 +44,7 @@ SUITES: dict[str, Suite] = {
         guard.SUITE,
         knowledge.SUITE,
         knowledge_pg.SUITE,
+        answers.SUITE,
         bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,

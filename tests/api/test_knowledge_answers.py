@@ -182,3 +182,40 @@ def test_the_audit_names_the_documents_retrieved(grounded: tuple[Process, Proces
     retrieved = [r["nobusy_retrieved"] for r in requests if "nobusy_retrieved" in r]
     assert retrieved and retrieved[-1][0]["file_id"] == file_id
     assert retrieved[-1][0]["filename"] == "policy.md"
+
+
+def test_a_request_names_its_own_stores(grounded: tuple[Process, Process, str]) -> None:
+    """``x-nobusy-knowledge``: an alias without stores answers from those the request names;
+    an unknown or malformed store is refused before anything is sent."""
+    process, fake, file_id = grounded
+    with openai.OpenAI(base_url=f"{process.url}/v1", api_key="-", max_retries=0) as sdk:
+        stores = {s.name: s.id for s in sdk.vector_stores.list()}
+        answer = sdk.chat.completions.create(
+            model="plain",
+            messages=[{"role": "user", "content": "年假有几天？[1]"}],
+            extra_headers={"x-nobusy-knowledge": stores["hr"]},
+        )
+        cited: Any = answer.model_extra["nobusy"]
+        assert cited["cited"] == [1] and cited["citations"][0]["file_id"] == file_id
+        assert "十五天年假" in sent_upstream(fake)["messages"][0]["content"]
+
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": "vs_" + "f" * 24},
+            )
+        assert missing.value.body["param"] == "x-nobusy-knowledge"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError):
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": "../etc"},
+            )
+        # A local_only store named by a request whose alias may go off premises: 403.
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": stores["secret"]},
+            )

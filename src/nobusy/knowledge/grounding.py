@@ -9,6 +9,10 @@ never sees other passages. ``Grounding.citations`` gives what the response carri
 ``nobusy.citations``: every passage (index, file, offsets, snippet) and whether the answer
 cited it; an answer that cites none of them is marked ``uncited``, and an index that points
 at no passage is listed as ``invalid``.
+
+Beside an alias's own stores, a request may name stores of its own in the ``x-nobusy-knowledge``
+header (comma-separated ids the key may see, as for search): the console's chat sends a
+conversation's attached files that way, and any client can (``extra_headers`` in the SDKs).
 """
 
 from __future__ import annotations
@@ -20,14 +24,27 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from nobusy.errors import LocalOnlyStore
+from nobusy.errors import InvalidRequest, LocalOnlyStore, NotFound
 from nobusy.knowledge.base import KnowledgeBase
 from nobusy.store.knowledge import Caller, StoreRecord
 
-__all__ = ["Grounding", "Passage", "is_local", "local_only", "retrieve"]
+__all__ = [
+    "HEADER",
+    "Grounding",
+    "Passage",
+    "check_visible",
+    "is_local",
+    "local_only",
+    "requested",
+    "retrieve",
+]
 
 ADMIN = Caller(None, admin=True)
 SNIPPET = 200
+HEADER = "x-nobusy-knowledge"
+MAX_REQUESTED = 8
+TOP_K = 6  # passages for a request's own stores, when its alias attaches none
+_STORE_ID = re.compile(r"vs_[0-9a-f]{24}")
 _CITE = re.compile(r"\[(\d{1,3})\]")
 INSTRUCTION = (
     "Answer from the numbered sources below. After each sentence that uses a source, cite it "
@@ -110,6 +127,31 @@ class Grounding:
             "uncited": not cited,
             "invalid": sorted({n for n in numbers if n not in known}),
         }
+
+
+def requested(header: str | None) -> tuple[str, ...]:
+    """The vector stores a request names in ``x-nobusy-knowledge``, each once, in order."""
+    if header is None:
+        return ()
+    ids = tuple(dict.fromkeys(part.strip() for part in header.split(",") if part.strip()))
+    if not ids or len(ids) > MAX_REQUESTED or not all(_STORE_ID.fullmatch(i) for i in ids):
+        raise InvalidRequest(
+            f"{HEADER} must name 1 to {MAX_REQUESTED} vector store ids (vs_…), comma-separated.",
+            param=HEADER,
+        )
+    return ids
+
+
+async def check_visible(kb: KnowledgeBase | None, caller: Caller, ids: tuple[str, ...]) -> None:
+    """Refuse stores the caller may not see as missing (404), as search does."""
+    if kb is None:
+        raise InvalidRequest(f"The knowledge base is off here, so {HEADER} cannot be used.")
+
+    def missing() -> list[str]:
+        return [i for i in ids if kb.records.store(caller, i) is None]
+
+    if gone := await run_in_threadpool(missing):
+        raise NotFound(f"No vector store {gone[0]!r}.", param=HEADER)
 
 
 def is_local(upstream: Any) -> bool:

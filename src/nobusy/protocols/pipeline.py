@@ -40,7 +40,15 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.knowledge.grounding import Grounding, is_local, retrieve
+from nobusy.knowledge.grounding import (
+    HEADER,
+    TOP_K,
+    Grounding,
+    check_visible,
+    is_local,
+    requested,
+    retrieve,
+)
 from nobusy.money.budgets import budget_warning, check_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
@@ -56,6 +64,7 @@ from nobusy.routing.relay import (
 )
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
+from nobusy.store.knowledge import Caller
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
@@ -315,17 +324,27 @@ class _PipelineResponse(Response):
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
         alias = router.alias(chat.model)
-        # Keyed on the request as sent: the guard and PII masking rewrite the body below.
-        use = CacheUse.open(
-            state.cache,
-            alias.cache,
-            request.headers,
-            chat,
-            body,
-            key.id if key else None,
-            alias.pii,
+        # Stores the request names itself: checked before it waits for anything.
+        asked = requested(request.headers.get(HEADER))
+        if asked:
+            admin = bool(getattr(request.state, "admin", False))
+            await check_visible(state.knowledge, Caller(key.id if key else None, admin), asked)
+        # Keyed on the request as sent: the guard and PII masking rewrite the body below. A
+        # request naming its own stores is not kept: the key would not say which passages.
+        use = (
+            None
+            if asked
+            else CacheUse.open(
+                state.cache,
+                alias.cache,
+                request.headers,
+                chat,
+                body,
+                key.id if key else None,
+                alias.pii,
+            )
         )
-        if alias.knowledge is None:
+        if alias.knowledge is None and not asked:
             body, entry.masker = await entry.admit(
                 key,
                 chat,
@@ -338,7 +357,7 @@ class _PipelineResponse(Response):
             # Passages are retrieved only for an admitted request, and go into the body before
             # the guard and PII masking, which screen them like the client's own words.
             await entry.admit(key, chat, self.size, _nothing)
-            entry.grounding = await _ground(entry, chat, body)
+            entry.grounding = await _ground(entry, chat, body, asked)
             body, entry.masker = await state.offload.run(
                 self.size, _screen, state.guard, alias.pii, body, entry.hits
             )
@@ -503,15 +522,19 @@ async def _nothing() -> None:
     """Admission's companion when nothing may run beside it."""
 
 
-async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
-    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``
-    (LocalOnlyStore when a route could take a ``local_only`` store's passages off premises);
-    the audit records which documents they came from."""
+async def _ground(
+    entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any], asked: tuple[str, ...]
+) -> Grounding | None:
+    """The passages of the alias's stores and of those the request ``asked`` for, put into
+    ``body`` (LocalOnlyStore when a route could take a ``local_only`` store's passages off
+    premises); the audit records which documents they came from."""
     router, kb = entry.state.router, entry.state.knowledge
     alias = router.alias(chat.model)
     attached = alias.knowledge
-    if attached is None or kb is None:
+    if (attached is None and not asked) or kb is None:
         return None
+    stores = tuple(dict.fromkeys((*(attached.stores if attached else ()), *asked)))
+    top_k = attached.top_k if attached else TOP_K
     remote = sorted(
         {
             route.upstream
@@ -519,7 +542,7 @@ async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) 
             if not is_local(router.upstreams[route.upstream])
         }
     )
-    grounding = await retrieve(kb, attached.stores, attached.top_k, body, remote=remote)
+    grounding = await retrieve(kb, stores, top_k, body, remote=remote)
     if grounding is not None:
         grounding.apply(body)
         if entry.exchange is not None:
