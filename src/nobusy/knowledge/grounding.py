@@ -30,11 +30,13 @@ from nobusy.store.knowledge import Caller, StoreRecord
 
 __all__ = [
     "HEADER",
+    "FileSearch",
     "Grounding",
     "Passage",
     "check_visible",
     "is_local",
     "local_only",
+    "query_of",
     "requested",
     "retrieve",
 ]
@@ -50,6 +52,18 @@ INSTRUCTION = (
     "Answer from the numbered sources below. After each sentence that uses a source, cite it "
     "as [n] with its number. If the sources do not answer the question, say so and cite none."
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FileSearch:
+    """Stores a request asks to be searched itself (``x-nobusy-knowledge``, or a Responses
+    ``file_search`` tool), with how many passages and which filters."""
+
+    stores: tuple[str, ...]
+    top_k: int = TOP_K
+    filters: dict[str, Any] | None = None
+    score_threshold: float = 0.0
+    query: str = ""  # what is searched for, where a protocol reports it (Responses' queries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +185,14 @@ async def retrieve(
     body: dict[str, Any],
     *,
     remote: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    score_threshold: float = 0.0,
 ) -> Grounding | None:
     """The ``top_k`` best passages of ``stores`` for the last user message, best first
     (None when the request has no user text to search with). ``remote``: the upstreams off
     premises the request may reach; a ``local_only`` store then refuses (LocalOnlyStore),
     before anything is searched."""
-    query = _last_user_text(body.get("messages"))
+    query = query_of(body.get("messages"))
     if not query:
         return None
 
@@ -194,7 +210,9 @@ async def retrieve(
         for store in records:
             if store is None:  # deleted since the alias named it: the others still answer
                 continue
-            found.extend(kb.search(store, query, k=top_k, filters=None, score_threshold=0.0))
+            found.extend(
+                kb.search(store, query, k=top_k, filters=filters, score_threshold=score_threshold)
+            )
         found.sort(key=lambda hit: hit.score, reverse=True)
         found = found[:top_k]
         names = kb.records.filenames(list({hit.file_id for hit in found}))
@@ -212,7 +230,8 @@ def _role(message: Any) -> str:
     return str(message.get("role", "")) if isinstance(message, dict) else ""
 
 
-def _last_user_text(messages: Any) -> str:
+def query_of(messages: Any) -> str:
+    """What a request searches with: the text of its last user message (at most 4 KiB)."""
     if not isinstance(messages, list):
         return ""
     for message in reversed(messages):

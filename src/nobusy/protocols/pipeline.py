@@ -42,7 +42,7 @@ from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
 from nobusy.knowledge.grounding import (
     HEADER,
-    TOP_K,
+    FileSearch,
     Grounding,
     check_visible,
     is_local,
@@ -325,15 +325,16 @@ class _PipelineResponse(Response):
         key: Key | None = getattr(request.state, "key", None)
         alias = router.alias(chat.model)
         # Stores the request names itself: checked before it waits for anything.
-        asked = requested(request.headers.get(HEADER))
-        if asked:
+        asked = _asked(request, self.protocol)
+        if asked is not None:
             admin = bool(getattr(request.state, "admin", False))
-            await check_visible(state.knowledge, Caller(key.id if key else None, admin), asked)
+            caller = Caller(key.id if key else None, admin)
+            await check_visible(state.knowledge, caller, asked.stores)
         # Keyed on the request as sent: the guard and PII masking rewrite the body below. A
         # request naming its own stores is not kept: the key would not say which passages.
         use = (
             None
-            if asked
+            if asked is not None
             else CacheUse.open(
                 state.cache,
                 alias.cache,
@@ -344,7 +345,7 @@ class _PipelineResponse(Response):
                 alias.pii,
             )
         )
-        if alias.knowledge is None and not asked:
+        if alias.knowledge is None and asked is None:
             body, entry.masker = await entry.admit(
                 key,
                 chat,
@@ -442,6 +443,8 @@ class _PipelineResponse(Response):
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
+        if entry.grounding is not None:  # for a protocol that marks citations its own way
+            completion["nobusy"] = entry.grounding.citations()
         rendered = self.protocol.render(completion, chat)
         if entry.grounding is not None:
             rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
@@ -522,8 +525,23 @@ async def _nothing() -> None:
     """Admission's companion when nothing may run beside it."""
 
 
+def _asked(request: Request, protocol: ClientProtocol) -> FileSearch | None:
+    """The stores a request asks for itself: its ``x-nobusy-knowledge`` header and a protocol's
+    own search tool (the Responses ``file_search``), together."""
+    named = requested(request.headers.get(HEADER))
+    tool: FileSearch | None = getattr(protocol, "file_search", None)
+    if tool is None:
+        return FileSearch(named) if named else None
+    return FileSearch(
+        tuple(dict.fromkeys((*tool.stores, *named))),
+        tool.top_k,
+        tool.filters,
+        tool.score_threshold,
+    )
+
+
 async def _ground(
-    entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any], asked: tuple[str, ...]
+    entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any], asked: FileSearch | None
 ) -> Grounding | None:
     """The passages of the alias's stores and of those the request ``asked`` for, put into
     ``body`` (LocalOnlyStore when a route could take a ``local_only`` store's passages off
@@ -531,10 +549,13 @@ async def _ground(
     router, kb = entry.state.router, entry.state.knowledge
     alias = router.alias(chat.model)
     attached = alias.knowledge
-    if (attached is None and not asked) or kb is None:
+    if (attached is None and asked is None) or kb is None:
         return None
-    stores = tuple(dict.fromkeys((*(attached.stores if attached else ()), *asked)))
-    top_k = attached.top_k if attached else TOP_K
+    own = asked.stores if asked is not None else ()
+    stores = tuple(dict.fromkeys((*(attached.stores if attached else ()), *own)))
+    top_k = max(attached.top_k if attached else 0, asked.top_k if asked else 0)
+    filters = asked.filters if asked is not None else None
+    threshold = asked.score_threshold if asked is not None else 0.0
     remote = sorted(
         {
             route.upstream
@@ -542,7 +563,9 @@ async def _ground(
             if not is_local(router.upstreams[route.upstream])
         }
     )
-    grounding = await retrieve(kb, stores, top_k, body, remote=remote)
+    grounding = await retrieve(
+        kb, stores, top_k, body, remote=remote, filters=filters, score_threshold=threshold
+    )
     if grounding is not None:
         grounding.apply(body)
         if entry.exchange is not None:
