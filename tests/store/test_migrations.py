@@ -48,6 +48,7 @@ NOBUSY_NAMES = [
     "m011_knowledge_claims",
     "m012_console",
     "m013_key_groups",
+    "m014_knowledge_shared",
 ]
 
 

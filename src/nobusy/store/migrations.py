@@ -285,6 +285,14 @@ KEY_GROUP_TABLES = (
 _GROUP_KEYS = ("group_id TEXT", "reserved_micros INTEGER NOT NULL DEFAULT 0")
 
 
+@NOBUSY()
+def m014_knowledge_shared(db: Database) -> None:
+    # Nothing in SQLite: with `store: postgresql://` the knowledge base's bytes, chunks and
+    # vectors move to PostgreSQL (store/pg_knowledge.py, knowledge/pg_index.py), so every
+    # replica searches one base; in SQLite they stay in data_dir/files and knowledge.db.
+    pass
+
+
 # Keys and upstreams are '' rather than NULL: NULLs are distinct to a UNIQUE constraint.
 CONSOLE_TABLES = (
     "CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL, alias TEXT NOT NULL, "
