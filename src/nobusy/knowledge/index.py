@@ -43,6 +43,9 @@ INDEX_FILE = "knowledge.db"  # under data_dir: every store of the process in one
 RRF_K = 60
 BM25_WEIGHT = 1.0
 COVERAGE_POWER = 3.0
+# Chunk rows BM25 may score for one query (``Index._searched_words``); at 100,000 chunks a
+# row costs ~1 µs of FTS5's time.
+POSTINGS_BUDGET = 5_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
     store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
@@ -59,6 +62,13 @@ CREATE TABLE IF NOT EXISTS chunk_files (
 CREATE INDEX IF NOT EXISTS chunk_files_file ON chunk_files (store_id, file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     words, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+_QUERY_TABLES = """
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, chunks_fts, row);
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(
+    words, tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms_instance USING fts5vocab(
+    temp, query_terms, instance);
 """
 
 
@@ -103,6 +113,9 @@ class Index:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        # Connection-only tables (nothing in the file): each word's chunk count, and the
+        # table's tokenizer applied to a query's words (``_document_counts``).
+        self._db.executescript(_QUERY_TABLES)
         self._vectors: dict[str, StoreVectors] = {}
 
     def close(self) -> None:
@@ -389,25 +402,92 @@ class Index:
         allowed: set[tuple[str, str]] | None,
         limit: int,
     ) -> list[tuple[int, float, str]]:
-        words = self._segmenter.query_words(query)
+        words = self._searched_words(self._segmenter.query_words(query))
         if not words or allowed == set():
             return []
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-        marks = ",".join("?" for _ in store_ids)
-        # A chunk held by several files comes once per file: the filter may allow any of them.
-        sql = (
-            "SELECT cf.chunk_id, -bm25(chunks_fts), cf.store_id, cf.file_id FROM chunks_fts "
-            "JOIN chunk_files cf ON cf.chunk_id = chunks_fts.rowid "
-            f"WHERE chunks_fts MATCH ? AND cf.store_id IN ({marks}) ORDER BY bm25(chunks_fts)"
-        )
+        # FTS5 alone picks the best rows (a top-n sort in C); joining chunk_files in the same
+        # statement looked up every match's files first (~40% of the time at 100,000 chunks).
+        # The file holds every store, so the best of others' rows may fill the first page:
+        # then it asks again for all of them.
         out: dict[int, tuple[int, float, str]] = {}
-        for chunk_id, score, store_id, file_id in self._db.execute(sql, [match, *store_ids]):
-            if chunk_id in out or (allowed is not None and (store_id, file_id) not in allowed):
-                continue
-            out[chunk_id] = (int(chunk_id), float(score), str(file_id))
-            if len(out) >= limit:
+        fetch: int | None = limit * 3
+        while True:
+            ranked = self._db.execute(
+                "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank "
+                "LIMIT ?",
+                (match, -1 if fetch is None else fetch),
+            ).fetchall()
+            files = self._files_of([r[0] for r in ranked], store_ids, allowed)
+            for chunk_id, score in ranked:
+                file_id = files.get(chunk_id)
+                if file_id is not None and chunk_id not in out:
+                    out[chunk_id] = (int(chunk_id), float(score), file_id)
+                    if len(out) >= limit:
+                        return list(out.values())
+            if fetch is None or len(ranked) < fetch:
+                return list(out.values())
+            fetch = None
+
+    def _searched_words(self, words: list[str]) -> list[str]:
+        """The query's words BM25 searches for: the rarer ones, up to ``POSTINGS_BUDGET`` rows.
+
+        Scoring a word costs a row per chunk holding it, and a word in a large share of the
+        chunks adds little to BM25 (its idf is near 0) but every one of its rows: at 100,000
+        chunks such words were most of the search's time. So when the words' chunk counts add
+        up past the budget, the commonest are left out (the rarest always stays); coverage
+        (``_coverage``) still counts every word of the query."""
+        if len(words) <= 1:
+            return words
+        counts = self._document_counts(words)
+        if sum(counts.values()) <= POSTINGS_BUDGET:
+            return words
+        rarest = sorted(words, key=lambda w: counts.get(w, 0))
+        kept, total = [rarest[0]], counts.get(rarest[0], 0)
+        for word in rarest[1:]:
+            total += counts.get(word, 0)
+            if total > POSTINGS_BUDGET:
                 break
-        return list(out.values())
+            kept.append(word)
+        return [w for w in words if w in kept]
+
+    def _document_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks (of every store) hold each word, as FTS5 indexed it (stemmed)."""
+        # The table's own tokenizer stems the words (porter: "loans" is indexed as "loan"):
+        # a one-row temporary FTS5 table with the same tokenizer says how.
+        db = self._db
+        db.execute("DELETE FROM temp.query_terms")
+        db.executemany(
+            "INSERT INTO temp.query_terms (rowid, words) VALUES (?, ?)", enumerate(words)
+        )
+        counts = dict.fromkeys(words, 0)
+        # A word FTS5 cuts in two ("3.5") is searched as a phrase: its terms' rows all count.
+        for row, doc in db.execute(
+            "SELECT qt.doc, v.doc FROM temp.query_terms_instance qt "
+            "JOIN temp.chunks_vocab v ON v.term = qt.term"
+        ):
+            counts[words[row]] += int(doc)
+        return counts
+
+    def _files_of(
+        self, ids: Sequence[int], store_ids: Sequence[str], allowed: set[tuple[str, str]] | None
+    ) -> dict[int, str]:
+        """The file each of ``ids`` is found in within ``store_ids`` (one the filter allows)."""
+        out: dict[int, str] = {}
+        stores = set(store_ids)
+        for first in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            part = ids[first : first + 500]
+            # Stores are checked here: a store_id condition in SQL had SQLite walk the store's
+            # whole (store_id, file_id) index instead of looking the ids up.
+            rows = self._db.execute(
+                "SELECT chunk_id, store_id, file_id FROM chunk_files WHERE chunk_id IN "
+                f"({','.join('?' * len(part))})",
+                part,
+            )
+            for chunk_id, store_id, file_id in rows:
+                if store_id in stores and (allowed is None or (store_id, file_id) in allowed):
+                    out.setdefault(chunk_id, file_id)
+        return out
 
     def _coverage(self, query: str, ids: Sequence[int]) -> dict[int, float]:
         """The share of the query's words each chunk holds (1.0: all of them)."""
@@ -450,24 +530,32 @@ class Index:
             f"WHERE id IN ({marks})",
             list(file_of),
         ).fetchall()
-        out: dict[int, _Row] = {}
-        for chunk_id, store_id, text, heading, start, end, blob in rows:
-            file_id = file_of[chunk_id]
-            attrs = self._db.execute(
-                "SELECT attributes FROM files WHERE store_id = ? AND file_id = ?",
-                (store_id, file_id),
-            ).fetchone()
-            out[chunk_id] = _Row(
+        # The attributes of the file each chunk was found in (a filter chose that one), in one
+        # statement for all of them.
+        pairs = {(r[1], file_of[r[0]]) for r in rows}
+        attributes: dict[tuple[str, str], str] = {}
+        if pairs:
+            attributes = {
+                (r[0], r[1]): r[2]
+                for r in self._db.execute(
+                    "SELECT store_id, file_id, attributes FROM files WHERE (store_id, file_id) "
+                    f"IN (VALUES {','.join('(?, ?)' for _ in pairs)})",
+                    [part for pair in pairs for part in pair],
+                )
+            }
+        return {
+            int(chunk_id): _Row(
                 store_id,
-                file_id,
+                file_of[chunk_id],
                 text,
                 heading,
                 start,
                 end,
                 blob,
-                attrs[0] if attrs else "{}",
+                attributes.get((store_id, file_of[chunk_id]), "{}"),
             )
-        return out
+            for chunk_id, store_id, text, heading, start, end, blob in rows
+        }
 
 
 def _digest(text: str) -> str:
