@@ -149,7 +149,7 @@ def _one_blas_thread() -> AbstractContextManager[Any]:
     with _controller_lock:
         if _controller is None:
             try:
-                from threadpoolctl import ThreadpoolController
+                from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
             except ImportError:  # an optional speed-up, as for the embedder
                 _controller = False
             else:
