@@ -63,7 +63,7 @@ def _filler(tmp_path: Path) -> Index:
     index = Index(tmp_path / "knowledge.db", "test-model")
     count = POSTINGS_BUDGET + 200
     texts = [f"第{i}号 业务 办理 流程 说明" for i in range(count)]
-    texts[4321] = "银行卡 挂失 须 本人 办理"
+    texts[count // 2] = "银行卡 挂失 须 本人 办理"
     vectors = _clustered(count, 4)
     index.add("vs_big", "many", [Chunk(t, 0, len(t)) for t in texts], vectors, {})
     return index

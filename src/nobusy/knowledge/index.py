@@ -45,7 +45,8 @@ BM25_WEIGHT = 1.0
 COVERAGE_POWER = 3.0
 # Chunk rows BM25 may score for one query (``Index._searched_words``); at 100,000 chunks a
 # row costs ~1 µs of FTS5's time.
-POSTINGS_BUDGET = 5_000
+POSTINGS_BUDGET = 4_000
+_WORD_COUNTS_KEPT = 50_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
     store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
@@ -117,6 +118,8 @@ class Index:
         # table's tokenizer applied to a query's words (``_document_counts``).
         self._db.executescript(_QUERY_TABLES)
         self._vectors: dict[str, StoreVectors] = {}
+        # Chunk counts of words searched for, until the next write changes them.
+        self._word_counts: dict[str, int] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -133,6 +136,7 @@ class Index:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+                self._word_counts.clear()
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"knowledge index {self.path}: {exc}") from exc
 
@@ -411,7 +415,7 @@ class Index:
         # The file holds every store, so the best of others' rows may fill the first page:
         # then it asks again for all of them.
         out: dict[int, tuple[int, float, str]] = {}
-        fetch: int | None = limit * 3
+        fetch: int | None = limit * 2
         while True:
             ranked = self._db.execute(
                 "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank "
@@ -453,21 +457,26 @@ class Index:
 
     def _document_counts(self, words: Sequence[str]) -> dict[str, int]:
         """How many chunks (of every store) hold each word, as FTS5 indexed it (stemmed)."""
-        # The table's own tokenizer stems the words (porter: "loans" is indexed as "loan"):
-        # a one-row temporary FTS5 table with the same tokenizer says how.
-        db = self._db
-        db.execute("DELETE FROM temp.query_terms")
-        db.executemany(
-            "INSERT INTO temp.query_terms (rowid, words) VALUES (?, ?)", enumerate(words)
-        )
-        counts = dict.fromkeys(words, 0)
-        # A word FTS5 cuts in two ("3.5") is searched as a phrase: its terms' rows all count.
-        for row, doc in db.execute(
-            "SELECT qt.doc, v.doc FROM temp.query_terms_instance qt "
-            "JOIN temp.chunks_vocab v ON v.term = qt.term"
-        ):
-            counts[words[row]] += int(doc)
-        return counts
+        unknown = [w for w in dict.fromkeys(words) if w not in self._word_counts]
+        if unknown:
+            # The table's own tokenizer stems the words (porter: "loans" is indexed as
+            # "loan"): a temporary FTS5 table with the same tokenizer, a row a word, says how.
+            db = self._db
+            db.execute("DELETE FROM temp.query_terms")
+            db.executemany(
+                "INSERT INTO temp.query_terms (rowid, words) VALUES (?, ?)", enumerate(unknown)
+            )
+            counts = dict.fromkeys(unknown, 0)
+            # A word FTS5 cuts in two ("3.5") is searched as a phrase: its terms' rows count.
+            for row, doc in db.execute(
+                "SELECT qt.doc, v.doc FROM temp.query_terms_instance qt "
+                "JOIN temp.chunks_vocab v ON v.term = qt.term"
+            ):
+                counts[unknown[row]] += int(doc)
+            if len(self._word_counts) > _WORD_COUNTS_KEPT:
+                self._word_counts.clear()
+            self._word_counts.update(counts)
+        return {w: self._word_counts[w] for w in words}
 
     def _files_of(
         self, ids: Sequence[int], store_ids: Sequence[str], allowed: set[tuple[str, str]] | None
