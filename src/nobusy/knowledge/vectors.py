@@ -50,24 +50,32 @@ class StoreVectors:
 
     @classmethod
     def load(cls, db: sqlite3.Connection, store_id: str) -> StoreVectors:
-        # One row per file holding a chunk: a filter may allow any of them.
+        # One row per file holding a chunk: a filter may allow any of them. Rows are copied
+        # into the matrix as they come (holding them all first doubled the memory of a load).
+        count, dims = db.execute(
+            "SELECT count(*), max(length(c.vector)) / 4 FROM chunks c JOIN chunk_files cf "
+            "ON cf.chunk_id = c.id WHERE c.store_id = ?",
+            (store_id,),
+        ).fetchone()
+        if not count:
+            return cls(
+                np.zeros(0, np.int64), np.zeros(0, np.int32), (), np.zeros((0, 1), np.float32)
+            )
+        ids = np.empty(count, dtype=np.int64)
+        codes = np.empty(count, dtype=np.int32)
+        matrix = np.empty((count, dims), dtype=np.float32)
+        code_of: dict[str, int] = {}
         rows = db.execute(
             "SELECT c.id, cf.file_id, c.vector FROM chunks c JOIN chunk_files cf "
             "ON cf.chunk_id = c.id WHERE c.store_id = ? ORDER BY c.id",
             (store_id,),
-        ).fetchall()
-        if not rows:
-            return cls(
-                np.zeros(0, np.int64), np.zeros(0, np.int32), (), np.zeros((0, 1), np.float32)
-            )
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        code_of: dict[str, int] = {}
-        codes = np.fromiter(
-            (code_of.setdefault(r[1], len(code_of)) for r in rows), dtype=np.int32, count=len(rows)
         )
+        for i, (chunk_id, file_id, blob) in enumerate(rows):
+            ids[i] = chunk_id
+            codes[i] = code_of.setdefault(file_id, len(code_of))
+            matrix[i] = np.frombuffer(blob, dtype=np.float32)
         files = tuple((store_id, file_id) for file_id in code_of)
-        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-        return cls.partitioned(ids, codes, files, matrix.reshape(len(rows), -1))
+        return cls.partitioned(ids, codes, files, matrix)
 
     @classmethod
     def partitioned(
