@@ -49,6 +49,22 @@ def test_a_large_store_is_partitioned_and_finds_what_the_exact_search_finds() ->
         assert abs(cosine - float(matrix[chunk_id - 1] @ queries[0])) < 1e-5
 
 
+def test_a_filter_allowing_few_rows_of_a_large_store_scores_them_all() -> None:
+    n = EXACT_BELOW + 500
+    matrix = _clustered(n, 6)
+    ids = np.arange(n, dtype=np.int64)
+    # One file of 50 rows scattered over every partition; the rest in another file.
+    codes = np.zeros(n, dtype=np.int32)
+    codes[::411] = 1
+    files = (("vs", "rest"), ("vs", "few"))
+    parted = StoreVectors.partitioned(ids, codes, files, matrix)
+    query = matrix[0]
+    found = parted.nearest(query, 50, {("vs", "few")})
+    few = ids[codes == 1]
+    expected = few[np.argsort(-(matrix[few] @ query))]
+    assert [h[0] for h in found] == expected.tolist()
+
+
 def test_a_small_store_is_searched_exactly() -> None:
     matrix = _clustered(300, 3)
     ids = np.arange(300, dtype=np.int64)

@@ -110,12 +110,23 @@ class StoreVectors:
         """The ``limit`` closest chunks as (chunk id, cosine, file id), closest first."""
         if not len(self.ids) or self.matrix.shape[1] != vector.shape[0]:
             return []
-        with _one_blas_thread():
-            rows, scores = self._scores(vector)
-        codes = self.codes if rows is None else self.codes[rows]
+        mask: npt.NDArray[np.bool_] | None = None
         if allowed is not None:
-            permitted = [i for i, f in enumerate(self.files) if f in allowed]
-            scores = np.where(np.isin(codes, permitted), scores, -np.inf)
+            mask = np.isin(self.codes, [i for i, f in enumerate(self.files) if f in allowed])
+            if not mask.any():
+                return []
+        rows: npt.NDArray[np.int64] | None
+        with _one_blas_thread():
+            if mask is not None and self.centroids is not None and mask.sum() < EXACT_BELOW:
+                # The rows a filter allows, when few, are all scored: probing partitions
+                # would find only those that happen to lie in the probed ones.
+                rows = np.flatnonzero(mask)
+                scores = self.matrix[rows] @ vector
+            else:
+                rows, scores = self._scores(vector)
+                if mask is not None:
+                    scores = np.where(mask if rows is None else mask[rows], scores, -np.inf)
+        codes = self.codes if rows is None else self.codes[rows]
         # Over-fetch a little: a chunk held by two files has two rows.
         fetch = min(limit * 2, len(scores))
         top = np.argpartition(-scores, fetch - 1)[:fetch]
