@@ -108,3 +108,36 @@ def test_a_store_gets_its_matches_when_another_store_ranks_above_it(tmp_path: Pa
     )
     hits = index.search(["vs_small"], "办理", None, k=3, mode="bm25")
     assert [h.file_id for h in hits] == ["policy"]
+
+
+def _store(index: Index, store: str, file_id: str, rows: np.ndarray, start: int = 0) -> None:
+    texts = [f"段落 {start + i} 号" for i in range(len(rows))]
+    index.add(store, file_id, [Chunk(t, 0, len(t)) for t in texts], rows, {})
+
+
+def test_files_added_after_a_search_are_found_and_removed_ones_not(tmp_path: Path) -> None:
+    index = Index(tmp_path / "knowledge.db", "test-model")
+    rows = _clustered(EXACT_BELOW + 100, 7)
+    _store(index, "vs", "old", rows[:-100])
+    query = rows[-1]
+    assert all(h.file_id == "old" for h in index.search(["vs"], "", query, k=3, mode="vector"))
+    # Added while the store's vectors are in memory: read beside them, not reloaded.
+    _store(index, "vs", "new", rows[-100:], start=EXACT_BELOW)
+    hits = index.search(["vs"], "", query, k=3, mode="vector")
+    assert hits[0].file_id == "new" and hits[0].scores["vector"] > 0.999
+    assert index._vectors["vs"].added is not None  # the new rows beside the loaded ones
+    index.remove_file("vs", "new")
+    assert all(h.file_id == "old" for h in index.search(["vs"], "", query, k=3, mode="vector"))
+
+
+def test_a_file_another_process_adds_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "knowledge.db"
+    searcher, writer = Index(path, "test-model"), Index(path, "test-model")
+    rows = _clustered(300, 8)
+    _store(writer, "vs", "first", rows[:200])
+    query = rows[250]
+    assert searcher.search(["vs"], "", query, k=1, mode="vector")[0].file_id == "first"
+    _store(writer, "vs", "second", rows[200:], start=200)
+    assert searcher.search(["vs"], "", query, k=1, mode="vector")[0].file_id == "second"
+    writer.remove_file("vs", "second")
+    assert searcher.search(["vs"], "", query, k=1, mode="vector")[0].file_id == "first"

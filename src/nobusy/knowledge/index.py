@@ -120,6 +120,10 @@ class Index:
         self._vectors: dict[str, StoreVectors] = {}
         # Chunk counts of words searched for, until the next write changes them.
         self._word_counts: dict[str, int] = {}
+        # Stores whose vectors in memory may be behind the file (``_changed``), and the file's
+        # data_version, which changes when another connection (a process) commits.
+        self._unverified: set[str] = set()
+        self._data_version: int | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -136,9 +140,21 @@ class Index:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-                self._word_counts.clear()
+                self._changed()
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"knowledge index {self.path}: {exc}") from exc
+
+    def _changed(self) -> None:
+        """The file changed (a write here or in another process): what is kept from it is
+        checked again before it is used."""
+        self._word_counts.clear()
+        self._unverified.update(self._vectors)
+
+    def _check_version(self) -> None:
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._changed()
 
     def add(
         self,
@@ -194,7 +210,6 @@ class Index:
                     "INSERT OR IGNORE INTO chunk_files VALUES (?, ?, ?)",
                     (chunk_id, store_id, file_id),
                 )
-            self._vectors.pop(store_id, None)
         return added
 
     def set_attributes(self, store_id: str, file_id: str, attributes: Mapping[str, object]) -> None:
@@ -319,6 +334,7 @@ class Index:
             return []
         pool = max(candidates, k)
         with self._lock:
+            self._check_version()
             allowed = self._allowed_files(store_ids, filters)
             keyword: list[tuple[int, float, str]] = []
             semantic: list[tuple[int, float, str]] = []
@@ -523,7 +539,11 @@ class Index:
             vectors = self._vectors.get(store_id)
             if vectors is None:
                 vectors = StoreVectors.load(self._db, store_id)
-                self._vectors[store_id] = vectors
+            elif store_id in self._unverified:
+                # A file added while the store is searched costs its own rows, not a reload.
+                vectors = vectors.refreshed(self._db, store_id)
+            self._vectors[store_id] = vectors
+            self._unverified.discard(store_id)
             found.extend(vectors.nearest(np.asarray(vector, dtype=np.float32), limit, allowed))
         found.sort(key=lambda hit: -hit[1])
         return found[:limit]

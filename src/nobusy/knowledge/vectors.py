@@ -1,7 +1,9 @@
 """Nearest-neighbour search over one store's vectors, held in memory.
 
-A store's vectors are read from SQLite into one float32 matrix on its first search and dropped
-when the store changes; a query is a matrix-vector product (cosine: rows are normalised).
+A store's vectors are read from SQLite into one float32 matrix on its first search; when the
+store changes, the rows added since are read beside it (``refreshed``), and the whole store
+again when rows went or many came. A query is a matrix-vector product (cosine: rows are
+normalised).
 
 Up to ``EXACT_BELOW`` rows every row is scored. A larger store is cut into partitions by
 k-means on its vectors (an inverted file, IVF: Jégou et al. 2011), its rows stored partition
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ _ROWS_PER_PARTITION = 400
 _TRAINING_ROWS_PER_PARTITION = 32
 _ITERATIONS = 8
 _SEED = 15
+_ADDED_ROWS = 2_000  # rows added since a load scored exactly, at least, before a reload
 
 
 @dataclass(frozen=True)
@@ -47,35 +51,88 @@ class StoreVectors:
     matrix: npt.NDArray[np.float32]
     centroids: npt.NDArray[np.float32] | None = None
     starts: npt.NDArray[np.int64] | None = None
+    # The last ``chunk_files`` row read, and the rows added since, scored exactly.
+    last_row: int = 0
+    added: StoreVectors | None = None
+
+    @property
+    def rows(self) -> int:
+        """How many (chunk, file) rows it holds, added ones included."""
+        return len(self.ids) + (self.added.rows if self.added is not None else 0)
 
     @classmethod
     def load(cls, db: sqlite3.Connection, store_id: str) -> StoreVectors:
+        """Every row of the store, partitioned when there are many."""
+        with _snapshot(db):
+            return cls._read(db, store_id, 0, partition=True)
+
+    @classmethod
+    def _read(
+        cls, db: sqlite3.Connection, store_id: str, after: int, *, partition: bool
+    ) -> StoreVectors:
         # One row per file holding a chunk: a filter may allow any of them. Rows are copied
         # into the matrix as they come (holding them all first doubled the memory of a load).
-        count, dims = db.execute(
-            "SELECT count(*), max(length(c.vector)) / 4 FROM chunks c JOIN chunk_files cf "
-            "ON cf.chunk_id = c.id WHERE c.store_id = ?",
-            (store_id,),
+        count, dims, last = db.execute(
+            "SELECT count(*), max(length(c.vector)) / 4, max(cf.rowid) FROM chunks c "
+            "JOIN chunk_files cf ON cf.chunk_id = c.id WHERE c.store_id = ? AND cf.rowid > ?",
+            (store_id, after),
         ).fetchone()
         if not count:
-            return cls(
-                np.zeros(0, np.int64), np.zeros(0, np.int32), (), np.zeros((0, 1), np.float32)
-            )
+            empty = np.zeros((0, 1), np.float32)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), (), empty, last_row=after)
         ids = np.empty(count, dtype=np.int64)
         codes = np.empty(count, dtype=np.int32)
         matrix = np.empty((count, dims), dtype=np.float32)
         code_of: dict[str, int] = {}
         rows = db.execute(
             "SELECT c.id, cf.file_id, c.vector FROM chunks c JOIN chunk_files cf "
-            "ON cf.chunk_id = c.id WHERE c.store_id = ? ORDER BY c.id",
-            (store_id,),
+            "ON cf.chunk_id = c.id WHERE c.store_id = ? AND cf.rowid > ? ORDER BY c.id",
+            (store_id, after),
         )
         for i, (chunk_id, file_id, blob) in enumerate(rows):
             ids[i] = chunk_id
             codes[i] = code_of.setdefault(file_id, len(code_of))
             matrix[i] = np.frombuffer(blob, dtype=np.float32)
         files = tuple((store_id, file_id) for file_id in code_of)
-        return cls.partitioned(ids, codes, files, matrix)
+        if partition:
+            return replace(cls.partitioned(ids, codes, files, matrix), last_row=last)
+        return cls(ids, codes, files, matrix, last_row=last)
+
+    def refreshed(self, db: sqlite3.Connection, store_id: str) -> StoreVectors:
+        """The store's vectors as they are now in ``db``: these when nothing changed, these
+        with the rows added since when rows were only added (a file ingested: no reload of the
+        store, no new partitions), else all of them read again."""
+        with _snapshot(db):
+            count, last = db.execute(
+                "SELECT count(*), coalesce(max(rowid), 0) FROM chunk_files WHERE store_id = ?",
+                (store_id,),
+            ).fetchone()
+            if count == self.rows and last == self.last_row:
+                return self
+            new = StoreVectors._read(db, store_id, self.last_row, partition=False)
+            # Rows removed too (or more added than is worth scoring exactly): read again.
+            if count != self.rows + len(new.ids) or (
+                len(new.ids) + (self.added.rows if self.added else 0)
+                > max(_ADDED_ROWS, self.rows // 10)
+            ):
+                return StoreVectors._read(db, store_id, 0, partition=True)
+        added = new if self.added is None else self.added.joined(new)
+        return replace(self, added=added, last_row=new.last_row)
+
+    def joined(self, other: StoreVectors) -> StoreVectors:
+        """These unpartitioned rows and ``other``'s, as one unpartitioned set."""
+        code_of = {f: i for i, f in enumerate(self.files)}
+        for f in other.files:
+            code_of.setdefault(f, len(code_of))
+        remap = np.array([code_of[f] for f in other.files], dtype=np.int32)
+        matrices = [m for m in (self.matrix, other.matrix) if len(m)]
+        return StoreVectors(
+            np.concatenate([self.ids, other.ids]),
+            np.concatenate([self.codes, remap[other.codes] if len(remap) else other.codes]),
+            tuple(code_of),
+            np.concatenate(matrices) if matrices else self.matrix,
+            last_row=max(self.last_row, other.last_row),
+        )
 
     @classmethod
     def partitioned(
@@ -108,6 +165,22 @@ class StoreVectors:
         allowed: set[tuple[str, str]] | None = None,
     ) -> list[tuple[int, float, str]]:
         """The ``limit`` closest chunks as (chunk id, cosine, file id), closest first."""
+        found = self._nearest(vector, limit, allowed)
+        if self.added is None:
+            return found
+        found += self.added.nearest(vector, limit, allowed)
+        found.sort(key=lambda hit: -hit[1])
+        out: dict[int, tuple[int, float, str]] = {}
+        for hit in found:
+            out.setdefault(hit[0], hit)
+        return list(out.values())[:limit]
+
+    def _nearest(
+        self,
+        vector: npt.NDArray[np.float32],
+        limit: int,
+        allowed: set[tuple[str, str]] | None,
+    ) -> list[tuple[int, float, str]]:
         if not len(self.ids) or self.matrix.shape[1] != vector.shape[0]:
             return []
         mask: npt.NDArray[np.bool_] | None = None
@@ -152,6 +225,20 @@ class StoreVectors:
         rows = np.concatenate([np.arange(a, b) for a, b in spans])
         scores = np.concatenate([self.matrix[a:b] @ vector for a, b in spans])
         return rows, scores
+
+
+@contextmanager
+def _snapshot(db: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: the statements of a load see the same rows (another process
+    may be adding some)."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
 
 
 _controller: Any = None
