@@ -10,8 +10,11 @@
 
 Search runs BM25 and vector search each to a candidate list and fuses them by reciprocal rank
 (RRF, k=60: Cormack et al. 2009), optionally re-ordered for diversity by maximal marginal
-relevance. Vectors are searched exactly, by a matrix product over each store's vectors held in
-memory (``nobusy.knowledge.vectors``). One connection, one lock: safe for a process's threads.
+relevance. BM25 leaves out a query's commonest words when scoring them would cost more than
+``POSTINGS_BUDGET`` rows. Vectors are searched by matrix products over each store's vectors held
+in memory, in k-means partitions when there are many (``nobusy.knowledge.vectors``). One
+connection, one lock: safe for a process's threads; another process's writes to the file are
+noticed by SQLite's ``data_version``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ CREATE INDEX IF NOT EXISTS chunk_files_file ON chunk_files (store_id, file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     words, tokenize = 'porter unicode61 remove_diacritics 2');
 """
+# query_terms must tokenize as chunks_fts does: it tells how chunks_fts indexed a query's words.
 _QUERY_TABLES = """
 CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, chunks_fts, row);
 CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(
