@@ -28,6 +28,7 @@ from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.money.spend import Pricer
 from nobusy.offload import Offload
+from nobusy.reload import Reloader, SettingsSource
 from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
@@ -69,6 +70,7 @@ class AppState:
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
     knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
     sessions: SessionStore | None = None  # the console's sign-in sessions
+    reloader: Reloader | None = None  # applies a changed config (SIGHUP, /v1/nobusy/reload)
 
 
 def app_state(request: Request) -> AppState:
@@ -78,7 +80,12 @@ def app_state(request: Request) -> AppState:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, router: Router, metrics: Metrics, auth: Authenticator, guard: Guard | None
+    settings: Settings,
+    router: Router,
+    metrics: Metrics,
+    auth: Authenticator,
+    guard: Guard | None,
+    source: SettingsSource | None = None,
 ) -> AsyncIterator[AppState]:
     """Open the logs, stores and pools, start the upstreams and background tasks; on the way
     out (or when a step raises) close every one of them opened so far, last opened first."""
@@ -130,6 +137,8 @@ async def running(
         prober = Prober(router)
         stack.push_async_callback(prober.stop)
         prober.start()
+        reloader = Reloader(source, router, prober)
+        stack.push_async_callback(reloader.aclose)
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
@@ -137,11 +146,19 @@ async def running(
         queue = router.capacity.queue
         fleet.figures = lambda: (drain.running, sum(queue.depth().values()), drain.draining)
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
-        yield AppState(
+        state = AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
-            sessions=sessions,
+            sessions=sessions, reloader=reloader,
         )  # fmt: skip
+        reloader.on_applied = functools.partial(_applied, state)
+        yield state
+
+
+def _applied(state: AppState, settings: Settings) -> None:
+    """A reload's settings reach the app's other holders: handlers and the prices."""
+    state.settings = settings
+    state.ledger.price = Pricer(settings).price
 
 
 async def _open_limits(

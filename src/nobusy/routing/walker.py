@@ -274,7 +274,11 @@ class Walker:
                 return None
         while self.rest:
             route = self.rest.popleft()
-            if not router.stats[route.upstream].circuit.available():
+            stats = router.stats.get(route.upstream)
+            if stats is None or route.upstream in router.disabled:
+                # Planned before a reload removed or disabled it: not tried, not an error.
+                continue
+            if not stats.circuit.available():
                 failures.append(router.ejected(route))
             elif not await router.capacity.take(route.upstream, self.who, self.estimate):
                 full = router.capacity.resting(route.upstream) > 0
