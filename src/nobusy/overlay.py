@@ -22,7 +22,7 @@ import yaml
 
 from nobusy.errors import ConfigError
 
-__all__ = ["MANAGED_NAME", "SECTIONS", "merge_overlay", "overlay_path", "read_overlay", "write"]
+__all__ = ["MANAGED_NAME", "SECTIONS", "merge_overlay", "overlay_path", "sections", "write"]
 
 MANAGED_NAME = "nobusy.managed.yaml"
 SECTIONS = ("upstreams", "models")
@@ -45,13 +45,8 @@ def overlay_path(config_file: Path | str | None, merged: Mapping[str, Any]) -> P
     return Path(str(merged.get("data_dir") or "data")) / MANAGED_NAME
 
 
-def read_overlay(path: Path, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """The overlay's sections (empty when the file does not exist yet)."""
-    from nobusy.settings import read_config_file
-
-    if not path.exists():
-        return {}
-    raw = read_config_file(path, env)
+def sections(raw: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The overlay's sections, from the file read as the config is (``${VAR}`` resolved)."""
     out: dict[str, dict[str, Any]] = {}
     for key, section in raw.items():
         if key not in SECTIONS:

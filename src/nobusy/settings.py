@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from nobusy import overlay
 from nobusy.cache.policy import CacheSettings
 from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.errors import ConfigError
@@ -465,6 +466,11 @@ def read_config_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
+def read_overlay(path: Path, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The managed overlay's sections (``nobusy.overlay``); none while the file is absent."""
+    return overlay.sections(read_config_file(path, env), path) if path.exists() else {}
+
+
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return fn(value)
@@ -668,8 +674,6 @@ def load_settings(
     (an edit checked before it is written). With no upstreams configured, nobusy serves the
     embedded model alone as alias ``local``.
     """
-    from nobusy import overlay
-
     env = os.environ if env is None else env
     path = config_file or env.get("NOBUSY_CONFIG")
     merged: dict[str, Any] = read_config_file(Path(path), env) if path else {}
@@ -677,9 +681,7 @@ def load_settings(
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
     managed_path = overlay.overlay_path(path, merged)
-    overlay.merge_overlay(
-        merged, overlay.read_overlay(managed_path, env) if managed is None else managed
-    )
+    overlay.merge_overlay(merged, read_overlay(managed_path, env) if managed is None else managed)
     merged["managed_file"] = managed_path
 
     if "NOBUSY_SECRET_KEY" in env:

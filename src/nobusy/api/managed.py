@@ -33,7 +33,14 @@ from nobusy.reload import tell_workers
 from nobusy.responses import JSONResponse
 from nobusy.routing.checks import probe_answer
 from nobusy.schema import parse_json_object
-from nobusy.settings import CONFIG_AAD, ENCRYPTED_PREFIX, ModelAlias, Settings, read_config_file
+from nobusy.settings import (
+    CONFIG_AAD,
+    ENCRYPTED_PREFIX,
+    ModelAlias,
+    Settings,
+    read_config_file,
+    read_overlay,
+)
 from nobusy.state import AppState, app_state
 from nobusy.upstreams.base import UpstreamSettings
 
@@ -332,7 +339,7 @@ def managed_names(state: AppState, section: str) -> set[str]:
 
 def _read(state: AppState) -> dict[str, dict[str, Any]]:
     path = state.settings.managed_file
-    return {} if path is None else overlay.read_overlay(path, os.environ)
+    return {} if path is None else read_overlay(path, os.environ)
 
 
 def _path(state: AppState) -> str | None:
