@@ -75,9 +75,10 @@ function renderUpstreams(rows) {
     address.textContent = config.base_url ?? config.model_path ?? "";
     where.append(address);
     if (config.default_model) where.append(` · ${config.default_model}`);
-    const circuit = tr.insertCell();
+    const circuit = document.createElement("span");
     circuit.className = `pill state-${row.state}`;
     circuit.textContent = t(`circuit_${row.state}`);
+    tr.insertCell().append(circuit);
     const inFlight = tr.insertCell();
     inFlight.className = "num";
     inFlight.textContent = String(row.in_flight);
