@@ -22,6 +22,7 @@ from bench.suites import (
     overhead,
     pool,
     protocols,
+    reload,
     replicas,
     sigkill,
     workers,
@@ -50,6 +51,7 @@ SUITES: dict[str, Suite] = {
         protocols.SUITE,
         cache.SUITE,
         pool.SUITE,
+        reload.SUITE,
         console.SUITE,
     )
 }

@@ -106,6 +106,9 @@ class Reloader:
         self.reloads = 0
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        # Upstreams retiring, by name: one removed, added back and removed again has two, and
+        # its slots are dropped only when the last one's attempts have ended.
+        self._pending: dict[str, int] = {}
 
     def load(self, managed: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
         """The settings the sources give now (ConfigError, ``nobusy check``'s message)."""
@@ -159,6 +162,7 @@ class Reloader:
                 restart.append(f"upstreams.{name} (its ceiling is counted per replica)")
         retired = router.retable(live, built)  # no await: requests see the old or new table
         for pair in retired:
+            self._pending[pair[0].name] = self._pending.get(pair[0].name, 0) + 1
             task = asyncio.create_task(self._retire(pair), name=f"nobusy-retire-{pair[0].name}")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -173,10 +177,14 @@ class Reloader:
         while stats.in_flight > 0:
             await asyncio.sleep(_RETIRE_POLL)
         log.info("upstream %s retired: its last attempt has ended", upstream.name)
+        name = upstream.name
         try:
             await upstream.aclose()
         finally:
-            self.router.forget(upstream.name)
+            self._pending[name] -= 1
+            if not self._pending[name]:
+                del self._pending[name]
+                self.router.forget(name)
 
     async def aclose(self) -> None:
         """At shutdown the drain has run: close what is still retiring now."""

@@ -120,7 +120,12 @@ class Router:
 
     def _pause(self, upstream: str) -> float:
         """Seconds until ``upstream`` may be sent a request (a moment while a probe is out)."""
-        circuit = self.stats[upstream].circuit
+        stats = self.stats.get(upstream)
+        if stats is None or upstream in self.disabled:
+            # Removed by a reload (its last attempts are ending) or disabled: a slot it frees
+            # goes to no waiter.
+            return float("inf")
+        circuit = stats.circuit
         return 0.0 if circuit.available() else max(circuit.retry_in(), 0.05)
 
     def plan(
