@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -200,3 +201,32 @@ def test_with_workers_every_worker_reloads(fake_upstream: Process, tmp_path: Pat
         assert {_upstream(client, "new") for _ in range(6)} == {"three"}
     finally:
         server.stop()
+
+
+def test_every_change_is_in_the_audit_log(fake_upstream: Process, tmp_path: Path) -> None:
+    config = "audit: {enabled: true}\n" + _config(
+        fake_upstream.url, {"one": "ok", "two": "ok"}, {"m": ["one", "two"]}
+    )
+    server = serve(tmp_path, config)
+    try:
+        with httpx.Client(base_url=server.url + "/v1/nobusy", timeout=30) as api:
+            secret = "sk-audited-secret-0001"
+            assert api.patch("/upstreams/two", json={"api_key": secret}).status_code == 200
+            assert api.post("/upstreams/one/disable").status_code == 200
+    finally:
+        server.stop()
+    exported = CliRunner().invoke(
+        cli,
+        ["audit", "export", "--since", "1d", "--decrypt", "--config", str(tmp_path / "nobusy.yaml"),
+         "--data-dir", str(server.data_dir)],
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    rows = [orjson.loads(line) for line in exported.output.splitlines() if line.startswith("{")]
+    changes = [r for r in rows if r["event"] == "config"]
+    assert [c["upstream"] for c in changes] == ["two", "one"]
+    update, disable = (c["content"] for c in changes)
+    assert update["action"] == "upstream.update" and update["after"]["api_key"] == "********"
+    assert disable["action"] == "upstream.disable"
+    assert disable["before"]["enabled"] is True and disable["after"]["enabled"] is False
+    assert disable["who"].startswith("loopback client 127.0.0.1")
+    assert secret not in exported.output
