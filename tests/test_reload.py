@@ -230,3 +230,15 @@ def test_every_change_is_in_the_audit_log(fake_upstream: Process, tmp_path: Path
     assert disable["before"]["enabled"] is True and disable["after"]["enabled"] is False
     assert disable["who"].startswith("loopback client 127.0.0.1")
     assert secret not in exported.output
+
+
+def test_a_variable_reference_stays_a_reference_in_the_overlay(
+    server: Process, tmp_path: Path
+) -> None:
+    managed = tmp_path / "nobusy.managed.yaml"
+    with httpx.Client(base_url=server.url + "/v1/nobusy", timeout=30) as api:
+        assert api.patch("/upstreams/two", json={"api_key": "${TWO_KEY:-none}"}).status_code == 200
+        assert api.post("/aliases/slow/disable").status_code == 200  # a later, unrelated edit
+    overlay = yaml.safe_load(managed.read_text())
+    assert overlay["upstreams"]["two"]["api_key"] == "${TWO_KEY:-none}"
+    assert overlay["models"]["slow"] == {"enabled": False}

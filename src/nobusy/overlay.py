@@ -22,7 +22,15 @@ import yaml
 
 from nobusy.errors import ConfigError
 
-__all__ = ["MANAGED_NAME", "SECTIONS", "merge_overlay", "overlay_path", "sections", "write"]
+__all__ = [
+    "MANAGED_NAME",
+    "SECTIONS",
+    "merge_overlay",
+    "overlay_path",
+    "read_raw",
+    "sections",
+    "write",
+]
 
 MANAGED_NAME = "nobusy.managed.yaml"
 SECTIONS = ("upstreams", "models")
@@ -60,6 +68,20 @@ def sections(raw: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}: {key} must be a mapping of names to entries")
         out[str(key)] = {str(name): value for name, value in section.items()}
     return out
+
+
+def read_raw(path: Path) -> dict[str, dict[str, Any]]:
+    """The overlay as written, ``${VAR}`` references unresolved: what an edit starts from, so
+    that writing it back never puts a variable's value (a secret) into the file."""
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return sections(raw, path)
 
 
 def merge_overlay(merged: dict[str, Any], overlay: Mapping[str, Mapping[str, Any]]) -> None:

@@ -105,6 +105,7 @@ class Reloader:
         self.on_applied = on_applied  # the app's other holders of the settings
         self.reloads = 0
         self._lock = asyncio.Lock()
+        self.editing = asyncio.Lock()  # one edit of the managed overlay at a time (api.managed)
         self._retiring: set[asyncio.Task[None]] = set()
         # Upstreams retiring, by name: one removed, added back and removed again has two, and
         # its slots are dropped only when the last one's attempts have ended.

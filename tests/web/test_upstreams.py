@@ -59,7 +59,7 @@ def test_add_test_disable_and_a_refused_edit(
     page.fill("#up-default-model", "ok")
     page.click("#up-submit")
     page.wait_for_selector(row("deepseek"))
-    assert "Saved and applied" in page.inner_text("#up-form-error")
+    assert "Saved and applied" in page.inner_text("#up-form-status")
     page.fill("#alias-name", "chat-deepseek")
     page.fill("#alias-routes", "deepseek, backup")
     page.click("#alias-form button[type=submit]")

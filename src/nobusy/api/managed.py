@@ -15,6 +15,7 @@ import base64
 import copy
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ from nobusy.settings import (
     ModelAlias,
     Settings,
     read_config_file,
-    read_overlay,
 )
 from nobusy.state import AppState, app_state
 from nobusy.upstreams.base import UpstreamSettings
@@ -49,9 +49,7 @@ __all__ = ["managed_names", "routes", "upstream_json"]
 log = logging.getLogger("nobusy.reload")
 
 _MASK = "********"
-# One edit of the overlay at a time in this process (read, check, write, apply).
-_editing = asyncio.Lock()
-
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}")
 Edit = Callable[[dict[str, dict[str, Any]]], None]
 
 
@@ -272,7 +270,7 @@ async def _edit(
     it. Refused edits write nothing."""
     state = app_state(request)
     reload = reloader(request)
-    async with _editing:
+    async with reload.editing:  # one edit at a time: read, check, write, apply
         path = state.settings.managed_file
         assert path is not None  # load_settings always resolves it
         draft = copy.deepcopy(_read(state))
@@ -339,7 +337,7 @@ def managed_names(state: AppState, section: str) -> set[str]:
 
 def _read(state: AppState) -> dict[str, dict[str, Any]]:
     path = state.settings.managed_file
-    return {} if path is None else read_overlay(path, os.environ)
+    return {} if path is None else overlay.read_raw(path)
 
 
 def _path(state: AppState) -> str | None:
@@ -365,7 +363,12 @@ def _secrets(state: AppState, body: dict[str, Any]) -> dict[str, Any]:
         value = out.get(key)
         if value == _MASK:
             out.pop(key)
-        elif isinstance(value, str) and value and not value.startswith(ENCRYPTED_PREFIX):
+        elif (
+            isinstance(value, str)
+            and value
+            and not value.startswith(ENCRYPTED_PREFIX)
+            and not _ENV_REF.fullmatch(value)  # `${VAR}`: resolved from the environment
+        ):
             settings = state.settings
             try:
                 suite = load_suite(settings.crypto, settings.data_dir, os.environ)

@@ -155,6 +155,7 @@ async function probe(name, element) {
 
 async function act(path, errorId, method = "POST") {
   $(errorId).textContent = "";
+  $("up-form-status").textContent = "";
   try {
     await call(path, { method, admin: true });
   } catch (error) {
@@ -194,12 +195,13 @@ async function saveUpstream() {
     body.kind = $("up-kind").value;
   }
   $("up-form-error").textContent = "";
+  $("up-form-status").textContent = "";
   try {
     const done = editing
       ? await call(`/v1/nobusy/upstreams/${enc(editing)}`, { method: "PATCH", body, admin: true })
       : await call("/v1/nobusy/upstreams", { method: "POST", body, admin: true });
     editUpstream(null);
-    $("up-form-error").textContent = t("upSaved", { ms: Math.round(done.reload.seconds * 1000) });
+    $("up-form-status").textContent = t("upSaved", { ms: Math.round(done.reload.seconds * 1000) });
     await refresh();
   } catch (error) {
     $("up-form-error").textContent = t("errorPrefix", { message: error.message });
