@@ -102,6 +102,8 @@ def test_add_test_disable_and_a_refused_edit(
     page.click(f"{row('deepseek')} td.probe button")
     page.wait_for_selector(f"{row('deepseek')} .probe-result[data-status=ok]")
     assert page.inner_text(f"{row('deepseek')} .probe-result").startswith("正常 · ")
+    page.click(f"{row('doomed')} button:text('停用')")  # refused again, said in Chinese around
+    page.wait_for_selector("#up-form-error:text('出错：config error: models.doomed')")
     screenshot(page, "console-upstreams-zh.png")
 
     # Every change is in the admin API's view too; the API key never comes back.
