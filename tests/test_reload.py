@@ -199,6 +199,15 @@ def test_with_workers_every_worker_reloads(fake_upstream: Process, tmp_path: Pat
         _wait_log(server, r"upstreams added \['three'\]", count=2)
         client = _client(server)
         assert {_upstream(client, "new") for _ in range(6)} == {"three"}
+        # An edit through the admin API, taken by one worker, reaches the other too.
+        with httpx.Client(base_url=server.url + "/v1/nobusy", timeout=30) as api:
+            assert api.post("/aliases/new/disable").status_code == 200
+        _wait_log(server, r"reloaded in", count=5)  # 2 by SIGHUP, then 1 + 2 for the edit
+        for _ in range(6):
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(
+                    model="new", messages=[{"role": "user", "content": "x"}]
+                )
     finally:
         server.stop()
 
