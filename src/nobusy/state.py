@@ -227,8 +227,9 @@ async def _share_upstreams(
 
     signals = RedisSignals(url, leases.member, follow)
     stack.push_async_callback(signals.aclose)
+    router.teller = lambda name: functools.partial(_tell, signals, name)
     for name, stats in router.stats.items():
-        stats.circuit.told = functools.partial(_tell, signals, name)
+        stats.circuit.told = router.teller(name)
     await signals.start()
     pump = asyncio.create_task(capacity.pump(), name="nobusy-pump")
     stack.push_async_callback(_cancel, pump)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nobusy.admission.capacity import Capacity, Ticket
@@ -69,6 +69,9 @@ class Router:
             limit.name = limit.name or name  # for its log lines
         self.placement = self._placement()  # None without server-aware upstreams
         self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
+        # With `state`: what tells the other replicas of an upstream's circuit verdicts, for
+        # the circuits of upstreams a reload adds (nobusy.state).
+        self.teller: Callable[[str], Callable[[str, float, str, int], None]] | None = None
         # Upstreams the config disables (`enabled: false`): kept, but sent no new request.
         self.disabled = {name for name, spec in settings.upstreams.items() if not spec.enabled}
         self.hedge_budgets = {
@@ -199,6 +202,8 @@ class Router:
                 retired.append((upstreams[name], stats[name]))
             upstreams[name] = upstream
             stats[name] = UpstreamStats(name, spec.kind, Circuit(spec.circuit, name=name))
+            if self.teller is not None:
+                stats[name].circuit.told = self.teller(name)
             self.retry_budgets.setdefault(name, self._budget())
             self.continuations.forget(name)
             ceiling = spec.max_concurrency
