@@ -159,8 +159,10 @@ class Reloader:
         removed = [n for n in before if n not in after]
         built = await _start({n: after[n] for n in (*added, *changed)})
         for name in added:
-            if old.state is not None and after[name].max_concurrency is not None:
-                restart.append(f"upstreams.{name} (its ceiling is counted per replica)")
+            spec = after[name]
+            if old.state is not None and (spec.max_concurrency or spec.rpm or spec.tpm):
+                # Leases in Redis are set up at start: until then this replica counts alone.
+                restart.append(f"upstreams.{name} (its limits are counted per replica)")
         retired = router.retable(live, built)  # no await: requests see the old or new table
         for pair in retired:
             self._pending[pair[0].name] = self._pending.get(pair[0].name, 0) + 1
