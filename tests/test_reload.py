@@ -251,3 +251,20 @@ def test_a_variable_reference_stays_a_reference_in_the_overlay(
     overlay = yaml.safe_load(managed.read_text())
     assert overlay["upstreams"]["two"]["api_key"] == "${TWO_KEY:-none}"
     assert overlay["models"]["slow"] == {"enabled": False}
+
+
+def test_settings_that_cannot_change_live_are_named(server: Process, tmp_path: Path) -> None:
+    config = tmp_path / "nobusy.yaml"
+    # `port` here changes nothing: the --port flag serve was given still wins, as at start.
+    config.write_text("max_attempts: 5\nworkers: 3\nport: 1\n" + config.read_text())
+    answer = httpx.post(server.url + "/v1/nobusy/reload", timeout=30)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["needs_restart"] == ["workers", "max_attempts"]
+    assert result["upstreams"] == {
+        "added": [],
+        "removed": [],
+        "changed": [],
+        "kept": ["one", "two"],
+    }
+    assert _upstream(_client(server), "ok") == "two"  # still served, on its port
