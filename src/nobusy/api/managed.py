@@ -132,9 +132,10 @@ async def update_upstream(request: Request) -> Response:
 
 
 async def enable_upstream(request: Request) -> Response:
+    # `enabled: true` written out, not the key dropped: the YAML itself may say false.
     _upstream(app_state(request).settings, request.path_params["name"])
     return await _patch(
-        request, "upstreams", request.path_params["name"], {"enabled": None}, "upstream.enable"
+        request, "upstreams", request.path_params["name"], {"enabled": True}, "upstream.enable"
     )
 
 
@@ -210,7 +211,7 @@ async def update_alias(request: Request) -> Response:
 async def enable_alias(request: Request) -> Response:
     _alias(app_state(request).settings, request.path_params["name"])
     return await _patch(
-        request, "models", request.path_params["name"], {"enabled": None}, "alias.enable"
+        request, "models", request.path_params["name"], {"enabled": True}, "alias.enable"
     )
 
 
