@@ -268,3 +268,20 @@ def test_settings_that_cannot_change_live_are_named(server: Process, tmp_path: P
         "kept": ["one", "two"],
     }
     assert _upstream(_client(server), "ok") == "two"  # still served, on its port
+
+
+def test_enable_also_enables_what_the_yaml_disables(fake_upstream: Process, tmp_path: Path) -> None:
+    config = _config(fake_upstream.url, {"one": "ok", "two": "ok"}, {"m": ["one", "two"]})
+    config = config.replace(
+        'default_model: "ok"}\nmodels', 'default_model: "ok", enabled: false}\nmodels'
+    )
+    server = serve(tmp_path, config)
+    try:
+        with httpx.Client(base_url=server.url + "/v1/nobusy", timeout=30) as api:
+            assert api.get("/upstreams/two").json()["enabled"] is False
+            assert api.post("/upstreams/two/enable").status_code == 200
+            assert api.get("/upstreams/two").json()["enabled"] is True
+        overlay = yaml.safe_load((tmp_path / "nobusy.managed.yaml").read_text())
+        assert overlay == {"upstreams": {"two": {"enabled": True}}}
+    finally:
+        server.stop()
