@@ -25,6 +25,7 @@ from bench.suites import (
     overhead,
     pool,
     protocols,
+    reload,
     replicas,
     sigkill,
     workers,
@@ -55,6 +56,7 @@ SUITES: dict[str, Suite] = {
         protocols.SUITE,
         cache.SUITE,
         pool.SUITE,
+        reload.SUITE,
         console.SUITE,
         money.SUITE,
     )

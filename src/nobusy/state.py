@@ -28,6 +28,7 @@ from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.money.spend import Pricer
 from nobusy.offload import Offload
+from nobusy.reload import Reloader, SettingsSource
 from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
@@ -78,6 +79,7 @@ class AppState:
     sessions: SessionStore | None = None  # the console's sign-in sessions
     holds: MoneyHolder | None = None  # money held against budgets by requests in flight
     pricer: Pricer | None = None  # what tokens cost (the worst case a hold reserves)
+    reloader: Reloader | None = None  # applies a changed config (SIGHUP, /v1/nobusy/reload)
 
 
 def app_state(request: Request) -> AppState:
@@ -87,7 +89,12 @@ def app_state(request: Request) -> AppState:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, router: Router, metrics: Metrics, auth: Authenticator, guard: Guard | None
+    settings: Settings,
+    router: Router,
+    metrics: Metrics,
+    auth: Authenticator,
+    guard: Guard | None,
+    source: SettingsSource | None = None,
 ) -> AsyncIterator[AppState]:
     """Open the logs, stores and pools, start the upstreams and background tasks; on the way
     out (or when a step raises) close every one of them opened so far, last opened first."""
@@ -141,6 +148,8 @@ async def running(
         prober = Prober(router)
         stack.push_async_callback(prober.stop)
         prober.start()
+        reloader = Reloader(source, router, prober)
+        stack.push_async_callback(reloader.aclose)
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
@@ -148,11 +157,22 @@ async def running(
         queue = router.capacity.queue
         fleet.figures = lambda: (drain.running, sum(queue.depth().values()), drain.draining)
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
-        yield AppState(
+        state = AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
-            sessions=sessions, holds=holds, pricer=pricer,
+            sessions=sessions, holds=holds, pricer=pricer, reloader=reloader,
         )  # fmt: skip
+        reloader.on_applied = functools.partial(_applied, state)
+        yield state
+
+
+def _applied(state: AppState, settings: Settings) -> None:
+    """A reload's settings reach the app's other holders: handlers and the prices."""
+    state.settings = settings
+    # One pricer for the rows and the holds: a reload's new routes and prices reach both.
+    pricer = Pricer(settings)
+    state.pricer = pricer
+    state.ledger.price = pricer.price
 
 
 def _open_holds(settings: Settings, stack: contextlib.AsyncExitStack) -> MoneyHolder | None:
@@ -236,8 +256,9 @@ async def _share_upstreams(
 
     signals = RedisSignals(url, leases.member, follow)
     stack.push_async_callback(signals.aclose)
+    router.teller = lambda name: functools.partial(_tell, signals, name)
     for name, stats in router.stats.items():
-        stats.circuit.told = functools.partial(_tell, signals, name)
+        stats.circuit.told = router.teller(name)
     await signals.start()
     pump = asyncio.create_task(capacity.pump(), name="nobusy-pump")
     stack.push_async_callback(_cancel, pump)
