@@ -26,9 +26,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -40,24 +39,15 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.knowledge.grounding import (
-    HEADER,
-    FileSearch,
-    Grounding,
-    check_visible,
-    is_local,
-    requested,
-    retrieve,
-)
+from nobusy.knowledge.grounding import HEADER, Grounding, check_visible
 from nobusy.money.budgets import budget_warning, check_copy, key_budget
+from nobusy.protocols.grounded import asked_stores, cited, ground
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.capabilities import fitting
 from nobusy.routing.relay import (
-    DONE,
     Chunked,
     Encoder,
-    OpenAIEvents,
     collect,
     internal_error_event,
     sse_events,
@@ -344,7 +334,7 @@ class _PipelineResponse(Response):
         key: Key | None = getattr(request.state, "key", None)
         alias = router.alias(chat.model)
         # Stores the request names itself: checked before it waits for anything.
-        asked = _asked(request, self.protocol)
+        asked = asked_stores(request.headers.get(HEADER), self.protocol)
         if asked is not None:
             admin = bool(getattr(request.state, "admin", False))
             caller = Caller(key.id if key else None, admin)
@@ -377,7 +367,7 @@ class _PipelineResponse(Response):
             # Passages are retrieved only for an admitted request, and go into the body before
             # the guard and PII masking, which screen them like the client's own words.
             await entry.admit(key, chat, self.size, _nothing)
-            entry.grounding = await _ground(entry, chat, body, asked)
+            entry.grounding = await ground(state, entry.exchange, chat, body, asked)
             body, entry.masker = await state.offload.run(
                 self.size, _screen, state.guard, alias.pii, body, entry.hits
             )
@@ -403,7 +393,7 @@ class _PipelineResponse(Response):
                     entry.record.outcome = "client_gone"  # until the stream says otherwise
                     encoder = self.encoder(entry)
                     ads = _ads_check(request, state, chat)
-                    events = _cited(
+                    events = cited(
                         _queued_stream(chat, entry, walk, encoder, ads), entry.grounding, encoder
                     )
                     if ads is not None:
@@ -455,7 +445,7 @@ class _PipelineResponse(Response):
             events = sse_events(answer, chat, entry.record, entry.close, entry.capture, encoder)
             if note is not None:
                 events = after(encoder.note(note), events)
-            events = _cited(events, entry.grounding, encoder)
+            events = cited(events, entry.grounding, encoder)
             if ads is not None:
                 events = ads.around(events)
             return EventStreamResponse(events, headers)
@@ -559,86 +549,6 @@ async def _held(reserving: Coroutine[Any, Any, Hold], holds: MoneyHolder) -> Hol
 
 async def _nothing() -> None:
     """Admission's companion when nothing may run beside it."""
-
-
-def _asked(request: Request, protocol: ClientProtocol) -> FileSearch | None:
-    """The stores a request asks for itself: its ``x-nobusy-knowledge`` header and a protocol's
-    own search tool (the Responses ``file_search``), together."""
-    named = requested(request.headers.get(HEADER))
-    tool: FileSearch | None = getattr(protocol, "file_search", None)
-    if tool is None:
-        return FileSearch(named) if named else None
-    return FileSearch(
-        tuple(dict.fromkeys((*tool.stores, *named))),
-        tool.top_k,
-        tool.filters,
-        tool.score_threshold,
-    )
-
-
-async def _ground(
-    entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any], asked: FileSearch | None
-) -> Grounding | None:
-    """The passages of the alias's stores and of those the request ``asked`` for, put into
-    ``body`` (LocalOnlyStore when a route could take a ``local_only`` store's passages off
-    premises); the audit records which documents they came from."""
-    router, kb = entry.state.router, entry.state.knowledge
-    alias = router.alias(chat.model)
-    attached = alias.knowledge
-    if (attached is None and asked is None) or kb is None:
-        return None
-    own = asked.stores if asked is not None else ()
-    stores = tuple(dict.fromkeys((*(attached.stores if attached else ()), *own)))
-    top_k = max(attached.top_k if attached else 0, asked.top_k if asked else 0)
-    filters = asked.filters if asked is not None else None
-    threshold = asked.score_threshold if asked is not None else 0.0
-    remote = sorted(
-        {
-            route.upstream
-            for route in (*alias.routes, *alias.overflow)
-            if not is_local(router.upstreams[route.upstream])
-        }
-    )
-    grounding = await retrieve(
-        kb, stores, top_k, body, remote=remote, filters=filters, score_threshold=threshold
-    )
-    if grounding is not None:
-        grounding.apply(body)
-        if entry.exchange is not None:
-            entry.exchange.request["nobusy_retrieved"] = grounding.sources()
-    return grounding
-
-
-@runtime_checkable
-class _Extensible(Protocol):
-    """An encoder that ends its stream with what nobusy adds, given ``extension``."""
-
-    extension: Callable[[], dict[str, Any]] | None
-
-
-async def _cited(
-    events: AsyncIterator[bytes], grounding: Grounding | None, encoder: Encoder
-) -> AsyncIterator[bytes]:
-    """A stream that ends with ``nobusy.citations``, once the whole answer is known: OpenAI's
-    chat stream in one more chunk before ``[DONE]``; a protocol whose encoder takes an
-    ``extension`` (Anthropic's ``message_delta``, the Responses ``response.completed``) in its
-    own final event, where its SDKs keep it as an extra field and other clients skip it."""
-    if grounding is None or not isinstance(encoder, OpenAIEvents):
-        if grounding is not None and isinstance(encoder, _Extensible):
-            encoder.extension = grounding.citations
-        async for event in events:
-            yield event
-        return
-    async for event in events:
-        if event == DONE:
-            # A chunk with no choices, as the usage chunk is: SDKs parse it, clients skip it.
-            body = {
-                "object": "chat.completion.chunk",
-                "choices": [],
-                "nobusy": grounding.citations(),
-            }
-            yield b"data: " + orjson.dumps(body) + b"\n\n"
-        yield event
 
 
 async def _queued_stream(
