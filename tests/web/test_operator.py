@@ -208,6 +208,26 @@ def test_keys_page_shows_budget_usage_and_last_used(
     made_b = "#keys-table tbody tr:has(td:first-child:text-matches('^team-b '))"
     page.wait_for_selector(made_b)
     assert "of CN¥2.00 (weekly)" in page.inner_text(made_b) and "eng" in page.inner_text(made_b)
+    # Groups (teams): the one made over the API is listed with its keys; one made on the page
+    # is topped up and deleted there.
+    groups = "#groups-table tbody"
+    page.wait_for_selector(f"{groups} tr[data-group=eng]")
+    assert "CN¥50.00" in page.inner_text(f"{groups} tr[data-group=eng]")
+    page.fill("#group-name", "ops")
+    page.fill("#group-budget", "10")
+    page.select_option("#group-period", "daily")
+    page.click("#group-form button[type=submit]")
+    ops = f"{groups} tr[data-group=ops]"
+    page.wait_for_selector(ops)
+    assert "of CN¥10.00 (daily)" in page.inner_text(ops)
+    page.fill(f"{ops} input.topup-amount", "5")
+    page.click(f"{ops} button:text('Top up')")
+    page.wait_for_function(
+        "(sel) => document.querySelector(sel)?.innerText.includes('CN¥15.00')", arg=ops
+    )
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click(f"{ops} button.danger")
+    page.wait_for_selector(ops, state="detached")
     # One answer spends most of a tiny budget: the cell is marked (soft limit or past it).
     tiny = httpx.post(
         f"{console.url}/v1/nobusy/keys", headers=bearer, json={"name": "team-c", "budget": "0.0001"}

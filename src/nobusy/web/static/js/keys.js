@@ -20,6 +20,10 @@ export function initKeys() {
     flash($("new-key-copy"));
   });
   $("new-key-done").addEventListener("click", hideSecret);
+  $("group-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    createGroup();
+  });
   document.addEventListener("nobusy:keys", () => active && refresh());
 }
 
@@ -34,9 +38,11 @@ async function refresh() {
     const { data } = await call("/v1/nobusy/keys", { admin: true });
     // Usage per key over 30 days, from the daily rollup; the table shows without it if it fails.
     const usage = await call("/v1/nobusy/usage/series?by=key", { admin: true }).catch(() => null);
+    const groups = await call("/v1/nobusy/groups", { admin: true }).catch(() => null);
     $("keys-auth").hidden = true;
     $("keys-body").hidden = false;
     renderTable(data, usage);
+    renderGroups(groups?.data ?? [], usage?.currency);
   } catch (error) {
     if (error.status === 401) {
       showAuthNotice($("keys-auth"));
@@ -72,6 +78,84 @@ async function create() {
   } catch (error) {
     $("key-form-error").textContent = t("errorPrefix", { message: error.message });
   }
+}
+
+async function createGroup() {
+  const body = { name: $("group-name").value.trim() };
+  if ($("group-budget").value) {
+    body.budget = $("group-budget").value;
+    body.budget_period = $("group-period").value;
+  }
+  $("group-form-error").textContent = "";
+  try {
+    await call("/v1/nobusy/groups", { method: "POST", body, admin: true });
+    $("group-form").reset();
+    await refresh();
+  } catch (error) {
+    $("group-form-error").textContent = t("errorPrefix", { message: error.message });
+  }
+}
+
+function renderGroups(groups, currency) {
+  const body = $("groups-table").tBodies[0];
+  body.replaceChildren();
+  if (!groups.length) {
+    const cell = body.insertRow().insertCell();
+    cell.colSpan = 4;
+    cell.textContent = t("noGroups");
+    return;
+  }
+  for (const group of groups) {
+    const row = body.insertRow();
+    row.dataset.group = group.name;
+    row.insertCell().textContent = group.name;
+    const budget = row.insertCell();
+    budget.className = "num";
+    budget.textContent = group.budget == null ? t("unlimited") : budgetText(group, currency);
+    markBudget(budget, group, currency);
+    const members = row.insertCell();
+    members.className = "num";
+    members.textContent = String(group.keys ?? 0);
+    const path = `/v1/nobusy/groups/${encodeURIComponent(group.name)}`;
+    const box = document.createElement("div");
+    box.className = "row-actions";
+    if (group.budget != null) box.append(...moneyTopUp(group.name, `${path}/topup`));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "danger";
+    remove.textContent = t("deleteGroup");
+    remove.setAttribute("aria-label", `${t("deleteGroup")}: ${group.name}`);
+    remove.addEventListener("click", async () => {
+      if (!confirm(t("deleteGroupConfirm", { name: group.name }))) return;
+      try {
+        await call(path, { method: "DELETE", admin: true });
+        await refresh();
+      } catch (error) {
+        $("group-form-error").textContent = t("errorPrefix", { message: error.message });
+      }
+    });
+    box.append(remove);
+    row.insertCell().append(box);
+  }
+}
+
+// An amount field and its button, adding money to a budget (a key's or a group's).
+function moneyTopUp(name, path) {
+  const amount = document.createElement("input");
+  amount.type = "number";
+  amount.min = "0.01";
+  amount.step = "0.01";
+  amount.inputMode = "decimal";
+  amount.className = "topup-amount";
+  amount.setAttribute("aria-label", t("topUpMoney", { name }));
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = t("topUp");
+  button.setAttribute("aria-label", `${t("topUpMoney", { name })}`);
+  button.addEventListener("click", () => {
+    if (Number(amount.value) > 0) act(path, { money: amount.value });
+  });
+  return [amount, button];
 }
 
 function showSecret(secret) {
@@ -124,13 +208,7 @@ function renderTable(keys, usage) {
     const budget = row.insertCell();
     budget.className = "num";
     budget.textContent = key.budget == null ? t("unlimited") : budgetText(key, usage?.currency);
-    if (key.budget != null) {
-      // The soft limit (80%) and the hard one, as the server warns and refuses: held counts.
-      const used = (Number(key.budget_spent) + Number(key.budget_held ?? 0)) / Number(key.budget);
-      if (used >= 1) budget.classList.add("budget-over");
-      else if (used >= 0.8) budget.classList.add("budget-warn");
-      if (Number(key.budget_held)) budget.title = t("budgetHeld", { held: amount(key.budget_held, usage?.currency) });
-    }
+    markBudget(budget, key, usage?.currency);
     row.insertCell().textContent = key.group ?? "—"; // its key group (team), whose budget it shares
     const used = row.insertCell();
     used.className = "num";
@@ -147,6 +225,15 @@ function renderTable(keys, usage) {
 // A decimal string of the API (budgets are exact to the micro-unit) in the usage's currency.
 function amount(text, currency) {
   return currency ? money(Math.round(Number(text) * 1e6), currency) : String(Number(text));
+}
+
+// The soft limit (80%) and the hard one, as the server warns and refuses: what is held counts.
+function markBudget(cell, owner, currency) {
+  if (owner.budget == null) return;
+  const used = (Number(owner.budget_spent) + Number(owner.budget_held ?? 0)) / Number(owner.budget);
+  if (used >= 1) cell.classList.add("budget-over");
+  else if (used >= 0.8) cell.classList.add("budget-warn");
+  if (Number(owner.budget_held)) cell.title = t("budgetHeld", { held: amount(owner.budget_held, currency) });
 }
 
 function budgetText(key, currency) {
@@ -191,8 +278,9 @@ function actions(key) {
   revoke.addEventListener("click", () => {
     if (confirm(t("revokeConfirm", { name: key.name }))) act(`${path}/revoke`);
   });
-  // Only a key with a quota has a balance to top up.
+  // Only a key with a quota has a balance to top up; one with a money budget, money.
   if (key.quota_tokens != null) box.append(amount, topUp);
+  if (key.budget != null) box.append(...moneyTopUp(key.name, `${path}/topup`));
   box.append(revoke);
   return [box];
 }
