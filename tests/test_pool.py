@@ -77,9 +77,9 @@ def _wait_for(server: Process, ready: Callable[[list[dict[str, Any]]], bool]) ->
 
 
 def _ask(server: Process, question: str, alias: str = "pool") -> str:
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    raw = client.chat.completions.with_raw_response.create(model=alias, messages=messages)  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(model=alias, messages=messages)  # type: ignore[arg-type]
     assert raw.parse().choices[0].message.content
     return raw.headers["x-nobusy-upstream"]
 

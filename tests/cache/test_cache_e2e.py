@@ -64,9 +64,29 @@ def world(
     fake.stop()
 
 
+# The SDK clients a test made, closed when it ends: left to the garbage collector, their
+# sockets would warn (an error here) in whichever later test the collector happens to run.
+_CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def chat(world: tuple[Process, Process, dict[str, str], Path], key: str = "a") -> openai.OpenAI:
     process, _, keys, _ = world
-    return openai.OpenAI(base_url=process.url + "/v1", api_key=keys[key], max_retries=0)
+    client = openai.OpenAI(base_url=process.url + "/v1", api_key=keys[key], max_retries=0)
+    _CLIENTS.append(client)
+    return client
+
+
+def claude_for(process: Process, key: str) -> anthropic.Anthropic:
+    client = anthropic.Anthropic(base_url=process.url, api_key=key, max_retries=0)
+    _CLIENTS.append(client)
+    return client
 
 
 def usage_rows(process: Process) -> list[dict[str, Any]]:
@@ -138,7 +158,7 @@ def test_a_streamed_client_gets_the_kept_answer_as_a_stream(world: Any) -> None:
 def test_messages_and_responses_hit_through_the_same_cache(world: Any) -> None:
     process, _, keys, _ = world
     messages = ask("one cache for every protocol")
-    claude = anthropic.Anthropic(base_url=process.url, api_key=keys["a"], max_retries=0)
+    claude = claude_for(process, keys["a"])
     first = claude.messages.with_raw_response.create(
         model="cached", max_tokens=64, messages=messages, extra_body=ZERO
     )
@@ -276,7 +296,7 @@ def test_every_upstream_down_serves_the_kept_answer_stale(world: Any) -> None:
     client = chat(world)
     messages = ask("the night everything failed")
     client.chat.completions.create(model="brief", messages=messages, temperature=0)
-    claude = anthropic.Anthropic(base_url=process.url, api_key=keys["a"], max_retries=0)
+    claude = claude_for(process, keys["a"])
     claude.messages.create(model="brief", max_tokens=64, messages=messages, extra_body=ZERO)
     fake.stop()
     time.sleep(0.3)  # past the alias's ttl of 0.2 s: no longer a hit

@@ -41,11 +41,11 @@ def pair(
 
 
 def ask(replica: Process, text: str) -> httpx.Response:
-    client = openai.OpenAI(base_url=replica.url + "/v1", api_key="unused", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(
-        model="cached", messages=[{"role": "user", "content": text}], temperature=0
-    )
-    return raw.http_response
+    with openai.OpenAI(base_url=replica.url + "/v1", api_key="unused", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="cached", messages=[{"role": "user", "content": text}], temperature=0
+        )
+        return raw.http_response
 
 
 def test_a_replica_answers_from_what_another_kept(pair: tuple[list[Process], RedisServer]) -> None:

@@ -213,10 +213,10 @@ def test_an_api_key_sees_only_its_own_stores(grounded: tuple[Process, str], page
     )
     assert made.status_code == 201, made.text
     secret = made.json()["secret"]
-    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
-    own = sdk.vector_stores.create(name="branch-notes")
-    document = sdk.files.create(file=("vault.md", MANUAL), purpose="assistants")
-    sdk.vector_stores.files.create_and_poll(vector_store_id=own.id, file_id=document.id)
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0) as sdk:
+        own = sdk.vector_stores.create(name="branch-notes")
+        document = sdk.files.create(file=("vault.md", MANUAL), purpose="assistants")
+        sdk.vector_stores.files.create_and_poll(vector_store_id=own.id, file_id=document.id)
 
     page.goto(f"{server.url}/#/knowledge")
     enter_keys(page, api=secret)

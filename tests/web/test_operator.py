@@ -35,9 +35,11 @@ models:
 def console(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     tmp = tmp_path_factory.mktemp("operator")
     process = serve(tmp, CONFIG.format(admin=ADMIN_KEY, fake=f"{fake_upstream.url}/v1"))
-    client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="unused", max_retries=0)
-    for model in ("ok", "ok", "failover"):
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{process.url}/v1", api_key="unused", max_retries=0) as client:
+        for model in ("ok", "ok", "failover"):
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
     yield process
     process.stop()
 
@@ -180,8 +182,8 @@ def test_keys_page_shows_budget_usage_and_last_used(
     )  # fmt: skip
     assert made.status_code == 201, made.text
     secret = made.json()["secret"]
-    client = openai.OpenAI(base_url=f"{console.url}/v1", api_key=secret, max_retries=0)
-    client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{console.url}/v1", api_key=secret, max_retries=0) as client:
+        client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
     sign_in(page, console)
     page.goto(f"{console.url}/#/keys")
     row = "#keys-table tbody tr:has(td:first-child:text-matches('^team-a '))"
@@ -232,8 +234,8 @@ def test_keys_page_shows_budget_usage_and_last_used(
     tiny = httpx.post(
         f"{console.url}/v1/nobusy/keys", headers=bearer, json={"name": "team-c", "budget": "0.0001"}
     ).json()["secret"]
-    spender = openai.OpenAI(base_url=f"{console.url}/v1", api_key=tiny, max_retries=0)
-    spender.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{console.url}/v1", api_key=tiny, max_retries=0) as spender:
+        spender.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
     page.reload()
     marked = "#keys-table tbody tr:has(td:first-child:text-matches('^team-c ')) td"
     page.wait_for_selector(f"{marked}.budget-warn, {marked}.budget-over")
