@@ -41,7 +41,7 @@ from nobusy.guard import Guard
 from nobusy.metrics import Metrics
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
-from nobusy.routing.pool import pool_rows
+from nobusy.routing.pool import pool_rows, tier_rows
 from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.store.backends import open_keys
@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
     if router.placement is not None:
         metrics.watch_pool(lambda: pool_rows(router))
+    metrics.watch_tiers(lambda: tier_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -46,6 +46,7 @@ from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
 from nobusy.store.sessions import SessionStore
+from nobusy.store.usage import UsageRecord
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -90,7 +91,7 @@ async def running(
         audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
-        ledger = Ledger(usage_log, metrics, audit, keys, Pricer(settings).price)
+        ledger = Ledger(usage_log, metrics, audit, keys, _pricing(Pricer(settings), router))
         stack.callback(ledger.flush_charges)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
@@ -273,3 +274,13 @@ def _shared_slots(settings: Settings) -> SharedSlots | None:
     if settings.workers <= 1 or not ceilings:
         return None
     return SharedSlots(settings.data_dir, ceilings)
+
+
+def _pricing(pricer: Pricer, router: Router) -> Callable[[UsageRecord], None]:
+    """Price a usage record, then count it in its route's tier (``routing.spill``)."""
+
+    def price(record: UsageRecord) -> None:
+        pricer.price(record)
+        router.served(record.alias, record.upstream, record.report_cost_micros or 0)
+
+    return price

@@ -51,6 +51,7 @@ class Attempt:
         self.estimate = estimate
         self.used: int | None = None
         self.capacity = router.capacity
+        self.tiers = router.tiers
         self.sent = router.capacity.load(route.upstream)  # our load when this was sent
         self.stats.in_flight += 1
         self.stats.attempts += 1
@@ -144,6 +145,8 @@ class Attempt:
             return False
         self.ended = True
         self.stats.in_flight -= 1
+        if outcome == "ok":
+            self.tiers.finished(self.route.upstream)  # its tier's service rate (routing.spill)
         used = self.estimate if self.used is None else self.used
         self.capacity.release(
             self.route.upstream,

@@ -4,14 +4,17 @@ The router holds what every request shares: the upstreams, their live statistics
 (``routing.stats``) and circuits, the slots and queue of ``admission.capacity``, the retry and
 hedge budgets, and how each upstream continues a cut answer. It plans an alias's routes
 (``routing.balancing``: tiers, then power of two choices over load and time to first token,
-skipping upstreams whose circuit is open). Walking the plan for one request is
-``routing.walker``'s.
+skipping upstreams whose circuit is open), and with ``spill_after`` which tier a request may
+take (``routing.spill``, reading the tiers' slots, queues and the servers' own queues). Walking
+the plan for one request is ``routing.walker``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +26,7 @@ from nobusy.routing.budget import Budget
 from nobusy.routing.circuit import Circuit
 from nobusy.routing.continuation_probe import ContinuationModes
 from nobusy.routing.placement import Placement, ServerView
+from nobusy.routing.spill import TierBook, TierLoad, choose_tier
 from nobusy.routing.stats import UpstreamStats
 from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Upstream
@@ -42,7 +46,9 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.models: dict[str, ModelAlias] = dict(settings.models)
+        self.models: dict[str, ModelAlias] = {
+            alias: _retiered(spec, settings) for alias, spec in settings.models.items()
+        }
         # UPSTREAM/MODEL routes asked for by name (cross-checks), kept off the model list.
         self.direct: dict[str, ModelAlias] = {}
         self.upstreams = dict(upstreams)
@@ -69,6 +75,7 @@ class Router:
             limit.name = limit.name or name  # for its log lines
         self.placement = self._placement()  # None without server-aware upstreams
         self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
+        self.tiers = TierBook()  # service rates and each tier's answers (routing.spill)
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
@@ -148,15 +155,81 @@ class Router:
         front: bool = False,
         tokens: int = 0,
         spec: ModelAlias | None = None,
+        only: frozenset[str] | None = None,
     ) -> Ticket:
         """Wait for a slot on any route of the alias (QueueFull if it would take long); one
         whose circuit is open hands out no slot until it may be used again. ``spec``: the
-        alias's routes that can take the request, when not all can."""
+        alias's routes that can take the request, when not all can; ``only``: the upstreams
+        its tier allows (``spill``)."""
         spec = spec or self.alias(alias)
         upstreams = frozenset(
-            r.upstream for r in (*spec.routes, *spec.overflow) if r.upstream not in self.drained
+            r.upstream
+            for r in (*spec.routes, *spec.overflow)
+            if r.upstream not in self.drained and (only is None or r.upstream in only)
         )
         return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
+
+    # --- tiers ----------------------------------------------------------------------------------
+
+    def spill(
+        self, ordered: Sequence[Route], overflow: Sequence[Route], after: float
+    ) -> list[Route]:
+        """The routes a request may take a slot on now, the chosen tier's first, then the
+        cheaper tiers' (``routing.spill``): ``ordered`` are the usable main routes in tier
+        order, ``overflow`` a last tier of their own."""
+        groups: list[list[Route]] = []
+        for route in ordered:
+            if groups and groups[-1][0].tier == route.tier:
+                groups[-1].append(route)
+            else:
+                groups.append([route])
+        if overflow:
+            groups.append(list(overflow))
+        if len(groups) < 2:
+            return [r for group in groups for r in group]
+        chosen = choose_tier([self.tier_load(g) for g in groups], after)
+        return [*groups[chosen], *(r for group in groups[:chosen] for r in group)]
+
+    def tier_load(self, routes: Sequence[Route]) -> TierLoad:
+        """A tier's free room, the requests waiting for it (nobusy's queue and the servers'
+        own) and the rate it finishes them."""
+        now = time.monotonic()
+        names = frozenset(r.upstream for r in routes)
+        servers = self.placement.servers if self.placement is not None else {}
+        capacity = self.capacity
+        room, ahead, little = False, 0.0, 0.0
+        for name in names:
+            limit = capacity.limits[name]
+            view = servers.get(name)
+            load = view.signals.load(now) if view is not None else None
+            slots = limit.current
+            if view is not None and load is not None:
+                slots = view.signals.slots or slots
+                room = room or (load < slots and limit.has_room())
+                ahead += max(0.0, load - slots)  # the server's own waiting queue
+            else:
+                room = room or limit.has_room()
+            little += slots / max(capacity.service[name], 1e-3)
+        ahead += capacity.queue.waiting_for(names)
+        return TierLoad(room, ahead, self.tiers.rate(names, room, little))
+
+    def served(self, alias: str, label: str | None, cost_micros: int) -> None:
+        """An answer from the route ``label`` (a usage row's ``upstream``) for ``alias``,
+        costing ``cost_micros`` in the reporting currency: counted in its tier."""
+        spec = self.models.get(alias) or self.direct.get(alias)
+        if label is None or spec is None:
+            return
+        upstream = label.removesuffix(" (overflow)").partition("/")[0]
+        if upstream not in self.upstreams or not spec.routes:
+            return
+        cheapest = min(r.tier for r in spec.routes)
+        if label.endswith(" (overflow)"):  # a tier past the last main one
+            base = max(r.tier for r in spec.routes) + 1
+            tiers = [base + r.tier for r in spec.overflow if r.upstream == upstream]
+        else:
+            tiers = [r.tier for r in spec.routes if r.upstream == upstream]
+        if tiers:
+            self.tiers.served(min(tiers), cheapest, cost_micros, upstream)
 
     def ejected(self, route: Route) -> UpstreamEjected:
         """The failure that names a route skipped because its circuit is open."""
@@ -171,6 +244,23 @@ class Router:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
+
+
+def _retiered(spec: ModelAlias, settings: Settings) -> ModelAlias:
+    """``spec`` with each route in its upstream's ``tier`` where one is set."""
+
+    def tiered(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        out = []
+        for route in routes:
+            upstream = settings.upstreams.get(route.upstream)
+            tier = upstream.tier if upstream is not None else None
+            out.append(route if tier is None else dataclasses.replace(route, tier=tier))
+        return tuple(out)
+
+    routes, overflow = tiered(spec.routes), tiered(spec.overflow)
+    if routes == spec.routes and overflow == spec.overflow:
+        return spec
+    return spec.model_copy(update={"routes": routes, "overflow": overflow})
 
 
 def _part(value: int | None, workers: int) -> int | None:

@@ -76,6 +76,7 @@ class Walker:
         self.deadline = self.started_at + self.patience
         # A queue place not yet turned into a slot: given up if the request ends first.
         self.ticket: Ticket | None = None
+        self.allowed: frozenset[str] | None = None  # upstreams the queue place may take
         self.queue_ms = 0.0  # time waited for slots, over every wait
         # The plan, made when a slot is taken (again after a requeue).
         self.reserved: Route | None = None  # the route whose slot was taken
@@ -114,17 +115,28 @@ class Walker:
     def _candidates(self) -> tuple[list[UpstreamError], list[_Candidate]]:
         """The failures of routes skipped (circuit open), and the usable routes in the order
         to try them, each with the routes to fail over to after it, whether it is an overflow
-        route, and how many of the failures were met before it."""
+        route, and how many of the failures were met before it. With ``spill_after`` on the
+        alias, only the tier ``routing.spill`` chooses and the cheaper ones are candidates
+        (failover still reaches every route)."""
         router, spec = self.router, self.spec
         router.capacity.note(self.who, self.priority)
         failures: list[UpstreamError] = []
+        ordered, skipped = router.plan(spec.routes, self.body)
+        failures.extend(router.ejected(r) for r in skipped)
+        main_failures = len(failures)
+        extra, skipped = router.plan(spec.overflow, self.body)
+        failures.extend(router.ejected(r) for r in skipped)
+        picks = [*ordered, *extra]
+        if spec.spill_after is not None and picks:
+            picks = router.spill(ordered, extra, spec.spill_after)
+        self.allowed = frozenset(r.upstream for r in picks)
         candidates: list[_Candidate] = []
-        for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
-            ordered, skipped = router.plan(routes, self.body)
-            failures.extend(router.ejected(r) for r in skipped)
-            for i, route in enumerate(ordered):
-                rest = ordered[i + 1 :] if not overflow else []
-                candidates.append((route, rest, overflow, len(failures)))
+        for route in picks:
+            if route in extra:
+                candidates.append((route, [], True, len(failures)))
+            else:
+                i = ordered.index(route)
+                candidates.append((route, ordered[i + 1 :], False, main_failures))
         return failures, candidates
 
     def _queue(self, failures: list[UpstreamError], candidates: list[_Candidate]) -> bool:
@@ -161,7 +173,14 @@ class Walker:
 
     def _enqueue(self, patience: float, front: bool = False) -> None:
         self.ticket = self.router.enqueue(
-            self.alias, self.who, self.priority, patience, front, self.estimate, self.spec
+            self.alias,
+            self.who,
+            self.priority,
+            patience,
+            front,
+            self.estimate,
+            self.spec,
+            self.allowed,
         )
 
     def _plan(
