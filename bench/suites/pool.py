@@ -31,8 +31,8 @@ import httpx
 import openai
 
 from bench import placement_cost, procs
-from bench.suites import pool_tiers
 from bench.loadgen import percentile
+from bench.suites import pool_tiers
 from bench.suites.base import Context, Goal, Result, Suite, at_least, at_most, fmt, md_table
 from nobusy.upstreams.server_metrics import parse_metrics
 
