@@ -25,7 +25,9 @@ def tiers(
 ) -> Iterator[tuple[Process, Process]]:
     folder = tmp_path_factory.mktemp("tiers")
     port = free_port()
+    # Answers take about 0.6 s (12 tokens, 0.05 s apart): a slot frees about every 0.6 s.
     args = ["fake-upstream", "--port", str(port), "--server", "vllm", "--capacity", "1"]
+    args += ["--chunk-delay", "0.05"]
     local = start_process(args, "/healthz", folder / "local.log", port)
     config = f"""
 upstreams:
@@ -39,7 +41,7 @@ upstreams:
     price: {{currency: CNY, input: 2000, output: 8000}}
 models:
   patient: {{routes: [local, cloud], spill_after: 60}}
-  eager: {{routes: [local, cloud], spill_after: 0.001}}
+  eager: {{routes: [local, cloud], spill_after: 0.01}}
 """
     server = serve(folder, config)
     try:
@@ -101,7 +103,7 @@ def test_a_full_local_tier_spills_only_past_spill_after(tiers: Any) -> None:
     sock = _occupy(local, 2)
     try:
         _wait(server, lambda body: (body["data"][0]["running"] or 0) >= 1)
-        # One request ahead at about one a second: past 0.001 s, well within 60 s.
+        # One request ahead, a slot freeing about every 0.6 s: past 0.01 s, well within 60 s.
         assert _ask(server, "eager") == "cloud"
         assert _ask(server, "patient") == "local"  # waited for the local slot
     finally:

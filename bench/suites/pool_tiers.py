@@ -39,7 +39,8 @@ SAMPLE = 0.25
 def _config(fakes: dict[str, procs.Proc], cloud: procs.Proc) -> str:
     lines = [
         f"  {n}: {{kind: vllm, base_url: 'http://{procs.HOST}:{p.port}/v1', "
-        f"default_model: fake-model, slots: {SLOTS}, metrics_interval: 0.25, "
+        f"default_model: fake-model, slots: {SLOTS}, max_concurrency: {SLOTS}, "
+        "metrics_interval: 0.25, "
         "first_token_timeout: 60}"
         for n, p in fakes.items()
     ]
@@ -64,6 +65,8 @@ class Phase:
         self.broken = 0
         self.samples = 0
         self.running = 0.0  # summed over samples, local servers
+        self.arrivals = 0
+        self.span = 0.0  # seconds the arrivals took (the client may lag its schedule)
 
     def row(self, name: str, demand: float, seconds: float, tallies: dict[int, int]) -> Result:
         # Who answered, by nobusy's tier tallies over the run: a queued request's
@@ -78,7 +81,8 @@ class Phase:
             "errors": self.errors,
             "broken": self.broken,
             "cloud_share": cloud / answered if answered else None,
-            "excess": max(0.0, 1 - 1 / demand),
+            "offered": self.arrivals / self.span / CAPACITY if self.span else demand,
+            "excess": max(0.0, 1 - self.span * CAPACITY / self.arrivals) if self.arrivals else 0,
             "local_utilisation": self.running / self.samples / (SLOTS * len(SPEEDS))
             if self.samples
             else None,
@@ -161,6 +165,7 @@ async def _drive(
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             n += 1
             tasks.append(asyncio.create_task(_one(http, url, n, phase)))
+        phase.arrivals, phase.span = n, time.monotonic() - start
         await sampler
         await asyncio.gather(*tasks)
     return phase
@@ -168,7 +173,9 @@ async def _drive(
 
 def run_tiers(ctx: Context) -> Result:
     quick = ctx.settings.quick
-    seconds = 10.0 if quick else 25.0
+    seconds = 8.0 if quick else 20.0
+    # The spill run longer: its first second, the local slots filling from idle, weighs less.
+    high = 8.0 if quick else 30.0
     fakes = {}
     for name, gap in SPEEDS:
         extra = ["--server", "vllm", "--capacity", str(SLOTS), "--chunk-delay", str(gap)]
@@ -189,26 +196,27 @@ def run_tiers(ctx: Context) -> Result:
     async def pause() -> None:
         await asyncio.sleep(0)
 
-    plan: list[tuple[str, float, list[tuple[float, Callable[[], Awaitable[None]]]]]] = [
-        ("demand 0.7×", 0.7, []),
-        ("demand 1.3×", 1.3, []),
+    plan: list[tuple[str, float, float, list[tuple[float, Callable[[], Awaitable[None]]]]]] = [
+        ("demand 0.7×", 0.7, seconds, []),
+        ("demand 1.3×", 1.3, high, []),
         (
             "drain b at 1/3, undrain at 2/3 (0.7×)",
             0.7,
+            seconds,
             [(seconds / 3, lambda: drain(True)), (2 * seconds / 3, lambda: drain(False))],
         ),
-        ("SIGKILL c at 1/3 (0.7×)", 0.7, [(seconds / 3, kill)]),
+        ("SIGKILL c at 1/3 (0.7×)", 0.7, seconds, [(seconds / 3, kill)]),
     ]
 
     def answered() -> dict[int, int]:
         body = orjson.loads(procs.http_call(gateway.port, "GET", "/v1/nobusy/pool")[1])
         return {t["tier"]: t["answered"] for t in body["tiers"]}
 
-    for name, demand, events in plan:
+    for name, demand, length, events in plan:
         before = answered()
-        phase = asyncio.run(_drive(gateway, fakes, demand, seconds, events or [(0, pause)]))
+        phase = asyncio.run(_drive(gateway, fakes, demand, length, events or [(0, pause)]))
         after = answered()
-        row = phase.row(name, demand, seconds, {k: v - before.get(k, 0) for k, v in after.items()})
+        row = phase.row(name, demand, length, {k: v - before.get(k, 0) for k, v in after.items()})
         rows.append(row)
         ctx.log(
             f"[pool tiers] {name}: {row['requests']} requests, cloud "
@@ -268,6 +276,7 @@ def render_tiers(result: Result) -> str:
                 fmt(r["requests"], 0),
                 fmt((r["local_utilisation"] or 0) * 100, 1, "%"),
                 fmt((r["cloud_share"] or 0) * 100, 1, "%"),
+                f"{r['offered']:.2f}×",
                 fmt(r["excess"] * 100, 1, "%"),
                 fmt(r["errors"], 0),
                 fmt(r["broken"], 0),
@@ -280,6 +289,7 @@ def render_tiers(result: Result) -> str:
             "requests",
             "local occupancy",
             "cloud share",
+            "offered load",
             "excess demand",
             "client errors",
             "broken streams",
@@ -301,17 +311,21 @@ def render_tiers(result: Result) -> str:
             for t in run.get("tiers", [])
         ],
     )
+    first, high = run["rows"][0]["seconds"], run["rows"][1]["seconds"]
     return f"""### Tiers: local first, spill to the cloud
 
 The same four kinds of fake vLLM server ({SLOTS} slots, {TOKENS} tokens an answer: `a` in 1 s,
 `b`, `c`, `d` in 2 s: a nominal local capacity of {fmt(run["capacity"], 0)} answers a second)
-are tier 0; the plain fake upstream with a price ({PRICE} per million tokens) is the cloud,
-tier 1; `spill_after: {run["spill_after"]:g}`. Open-loop Poisson arrivals of short streamed
-requests, {run["rows"][0]["seconds"]:g} s a run, one after the other on the same nobusy: demand
-0.7× and 1.3× the local capacity, then at 0.7× a drain of `b` (undrained later) and a SIGKILL
-of `c`, mid-run. Local occupancy: running / 16 from the fakes' `/metrics` sampled every
-{SAMPLE} s; excess demand: 1 − 1/demand. Broken stream: an error event or no `finish_reason`
-and `[DONE]`.
+are tier 0, with `slots: {SLOTS}` and `max_concurrency: {SLOTS}` (requests beyond the slots
+wait in nobusy's queue, where a slot freed on any server takes the next). The plain fake
+upstream with a price ({PRICE} per million tokens) is the cloud, tier 1;
+`spill_after: {run["spill_after"]:g}`. Open-loop Poisson arrivals of short streamed requests,
+{first:g} s a run ({high:g} s at 1.3×), one after the other on the same nobusy: demand 0.7×
+and 1.3× the local capacity, then at 0.7× a drain of `b` (undrained later) and a SIGKILL of
+`c`, mid-run. Local occupancy: running / 16 from the fakes' `/metrics` sampled every
+{SAMPLE} s. Offered load: the arrivals the client made over the seconds it took, over the
+nominal local capacity; excess demand: 1 − 1/offered load, the share the local tier cannot
+serve even when fully used. Broken stream: an error event or no `finish_reason` and `[DONE]`.
 
 {table}
 

@@ -1,5 +1,5 @@
-"""Tiers and spill in-process: the pure decision with an injected clock, then the real Router
-and Walker over scripted upstreams deciding where a request may take a slot."""
+"""Tiers and spill in-process: the pure decision and bookkeeping, then the real Router and
+Walker over scripted upstreams deciding where a request may take a slot."""
 
 from __future__ import annotations
 
@@ -19,14 +19,6 @@ from nobusy.testing import Settings as ScriptedSettings
 BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_tier_with_room_has_no_wait() -> None:
     assert expected_wait(TierLoad(room=True, ahead=50, rate=1)) == 0.0
     assert expected_wait(TierLoad(room=False, ahead=9, rate=5)) == 2.0
@@ -44,22 +36,19 @@ def test_a_full_tier_keeps_requests_until_the_wait_passes_spill_after() -> None:
     assert choose_tier([TierLoad(False, 3, 1), TierLoad(False, 3, 1)], 1.0) == 0
 
 
-def test_the_service_rate_is_observed_while_the_tier_is_full() -> None:
-    clock = Clock()
-    book = TierBook(clock)
-    tier = ["a", "b"]
-    assert book.rate(tier, room=True, little=2.0) == 2.0  # room: Little's law
-    assert book.rate(tier, room=False, little=2.0) == 2.0  # just became full
-    for _ in range(10):  # 10 answers over 2 s of being full: 5 per second
-        clock.now += 0.2
-        book.finished("a" if clock.now % 0.4 else "b")
-    assert book.rate(tier, room=False, little=2.0) == pytest.approx(5.0)
-    assert book.rate(tier, room=True, little=2.0) == 2.0  # room again: forgets it was full
-    assert book.rate(tier, room=False, little=2.0) == 2.0
+def test_the_service_rate_is_slots_over_the_time_an_answer_holds_one() -> None:
+    book = TierBook()
+    # Before any answer ended: the upstreams' whole answer times.
+    assert book.rate({"a": 4, "b": 4}, {"a": 2.0, "b": 1.0}) == pytest.approx(6.0)
+    book.finished("a", 0.5)
+    assert book.rate({"a": 4, "b": 4}, {"a": 2.0, "b": 1.0}) == pytest.approx(12.0)
+    for _ in range(50):  # smoothed towards what the answers show
+        book.finished("a", 1.0)
+    assert book.rate({"a": 4}, {}) == pytest.approx(4.0, rel=0.01)
 
 
 def test_spilled_answers_and_their_cost_are_tallied_per_tier() -> None:
-    book = TierBook(Clock())
+    book = TierBook()
     book.served(0, 0, 0, "local")
     book.served(1, 0, 1500, "cloud")
     book.served(1, 1, 700, "cloud")  # an alias whose cheapest tier is 1: not spilled

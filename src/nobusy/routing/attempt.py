@@ -145,8 +145,9 @@ class Attempt:
             return False
         self.ended = True
         self.stats.in_flight -= 1
-        if outcome == "ok":
-            self.tiers.finished(self.route.upstream)  # its tier's service rate (routing.spill)
+        if outcome == "ok" and self.first_token_at is not None:
+            # From the first token on, the answer held a server slot: its tier's service rate.
+            self.tiers.finished(self.route.upstream, time.perf_counter() - self.first_token_at)
         used = self.estimate if self.used is None else self.used
         self.capacity.release(
             self.route.upstream,

@@ -74,6 +74,12 @@ class Router:
         for name, limit in self.capacity.limits.items():
             limit.name = limit.name or name  # for its log lines
         self.placement = self._placement()  # None without server-aware upstreams
+        for name, view in (self.placement.servers if self.placement else {}).items():
+            # A server that says how many it runs at once (`slots`) is not pushed below that by
+            # first tokens slowing: its queue is what tiers and placement read and spill over.
+            limit = self.capacity.limits[name]
+            if view.signals.slots:
+                limit.floor = min(float(view.signals.slots), limit.ceiling)
         self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
         self.tiers = TierBook()  # service rates and each tier's answers (routing.spill)
         self.hedge_budgets = {
@@ -197,21 +203,22 @@ class Router:
         names = frozenset(r.upstream for r in routes)
         servers = self.placement.servers if self.placement is not None else {}
         capacity = self.capacity
-        room, ahead, little = False, 0.0, 0.0
+        room, ahead = False, 0.0
+        slots: dict[str, float] = {}
         for name in names:
             limit = capacity.limits[name]
             view = servers.get(name)
             load = view.signals.load(now) if view is not None else None
-            slots = limit.current
             if view is not None and load is not None:
-                slots = view.signals.slots or slots
-                room = room or (load < slots and limit.has_room())
-                ahead += max(0.0, load - slots)  # the server's own waiting queue
+                count = min(view.signals.slots or limit.current, limit.current)
+                room = room or (load < count and limit.has_room())
+                ahead += max(0.0, load - count)  # the server's own waiting queue
             else:
+                count = limit.current
                 room = room or limit.has_room()
-            little += slots / max(capacity.service[name], 1e-3)
+            slots[name] = count
         ahead += capacity.queue.waiting_for(names)
-        return TierLoad(room, ahead, self.tiers.rate(names, room, little))
+        return TierLoad(room, ahead, self.tiers.rate(slots, capacity.service))
 
     def served(self, alias: str, label: str | None, cost_micros: int) -> None:
         """An answer from the route ``label`` (a usage row's ``upstream``) for ``alias``,

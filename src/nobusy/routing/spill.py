@@ -7,29 +7,26 @@ a dearer tier only when the expected wait in every cheaper one exceeds it, not a
 sign of load: a cheaper tier with no free slot keeps its requests (queued in nobusy or in the
 servers' own queues) while they would wait less than ``spill_after`` there. The expected wait
 is the requests waiting for the tier, plus this one, over the rate the tier finishes requests
-(``TierLoad``): the rate observed since the tier became full (while full, answers end exactly
-as fast as the tier serves), or, for the first second of it, Little's law over its slots and
-answer times.
+(``TierLoad``): each upstream's slots over the time an answer holds one, learned from the
+answers (from its first token to its end: the time before the first token is mostly waiting
+in the server's queue, which is what is being estimated, so it is left out).
 
 ``TierBook`` counts, per tier, the answers given there, those spilled there from a cheaper
 tier, and what the spilled ones cost (usage × price: ``money.spend``), for ``/metrics``,
-``nobusy pool`` and the status board. Pure bookkeeping with an injected clock: the router
-feeds it (``Router.tier_load``, ``Router.served``).
+``nobusy pool`` and the status board. Pure bookkeeping: the router and its attempts feed it
+(``Router.tier_load``, ``Router.served``, ``Attempt``).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["TierBook", "TierLoad", "TierTally", "choose_tier", "expected_wait"]
 
-_WINDOW = 10.0  # seconds of answers that measure a tier's service rate
-_MIN_SPAN = 1.0  # full for less than this: Little's law is the better guess
-_MIN_ANSWERS = 3
+_ALPHA = 0.1  # smoothing of the time an answer holds a slot
+_MIN_HOLD = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,41 +66,25 @@ class TierTally:
 
 
 class TierBook:
-    """Answer times per upstream (for service rates) and each tier's tallies."""
+    """How long an answer holds a slot, per upstream (for service rates); each tier's tallies."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._ended: dict[str, deque[float]] = {}
-        self._full_since: dict[frozenset[str], float] = {}
+    def __init__(self) -> None:
+        self.holds: dict[str, float] = {}  # upstream -> EWMA of seconds an answer holds a slot
         self.tallies: dict[int, TierTally] = {}
 
-    def finished(self, upstream: str) -> None:
-        """An answer from ``upstream`` ended well: the slot it held is free again."""
-        now = self.clock()
-        ended = self._ended.setdefault(upstream, deque())
-        ended.append(now)
-        while ended and ended[0] < now - _WINDOW:
-            ended.popleft()
+    def finished(self, upstream: str, seconds: float) -> None:
+        """An answer from ``upstream`` ended well after holding its slot ``seconds``."""
+        before = self.holds.get(upstream)
+        self.holds[upstream] = seconds if before is None else before + _ALPHA * (seconds - before)
 
-    def rate(self, upstreams: Iterable[str], room: bool, little: float) -> float:
-        """Requests per second the tier of ``upstreams`` finishes: observed since it became
-        full (``room`` false), else ``little`` (its slots over their answer times)."""
-        key = frozenset(upstreams)
-        now = self.clock()
-        if room:
-            self._full_since.pop(key, None)
-            return little
-        since = self._full_since.setdefault(key, now)
-        span = min(now - since, _WINDOW)
-        if span < _MIN_SPAN:
-            return little
-        done = 0
-        for name in key:
-            for t in reversed(self._ended.get(name, ())):
-                if t < now - span:
-                    break
-                done += 1
-        return done / span if done >= _MIN_ANSWERS else little
+    def rate(self, slots: Mapping[str, float], fallback: Mapping[str, float]) -> float:
+        """Requests per second a tier finishes: each upstream's ``slots`` over the time an
+        answer holds one (learned; ``fallback``: its whole answer time, until one ended)."""
+        total = 0.0
+        for name, count in slots.items():
+            hold = self.holds.get(name, fallback.get(name, 1.0))
+            total += count / max(hold, _MIN_HOLD)
+        return total
 
     def served(self, tier: int, preferred: int, cost_micros: int, upstream: str) -> None:
         """An answer from ``upstream`` in ``tier``, for an alias whose cheapest tier is
