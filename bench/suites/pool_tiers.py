@@ -156,16 +156,17 @@ async def _drive(
         sampler = asyncio.create_task(_sample(fakes, until, phase))
         pending = sorted(events, key=lambda e: e[0])
         tasks = []
-        n = 0
-        at = start
-        while at < until:
-            at += rng.expovariate(demand * CAPACITY)
-            while pending and pending[0][0] <= at - start:
+        # A Poisson process with exactly the demand's count of arrivals in the run: given
+        # their number, its arrival times are that many uniform draws, sorted.
+        count = round(demand * CAPACITY * seconds)
+        times = sorted(rng.uniform(0, seconds) for _ in range(count))
+        for n, offset in enumerate(times):
+            while pending and pending[0][0] <= offset:
                 tasks.append(asyncio.create_task(pending.pop(0)[1]()))
-            await asyncio.sleep(max(0.0, at - time.monotonic()))
-            n += 1
+            await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
             tasks.append(asyncio.create_task(_one(http, url, n, phase)))
-        phase.arrivals, phase.span = n, time.monotonic() - start
+        n = count
+        phase.arrivals, phase.span = n, max(seconds, time.monotonic() - start)
         await sampler
         await asyncio.gather(*tasks)
     return phase
@@ -319,7 +320,8 @@ The same four kinds of fake vLLM server ({SLOTS} slots, {TOKENS} tokens an answe
 are tier 0, with `slots: {SLOTS}` and `max_concurrency: {SLOTS}` (requests beyond the slots
 wait in nobusy's queue, where a slot freed on any server takes the next). The plain fake
 upstream with a price ({PRICE} per million tokens) is the cloud, tier 1;
-`spill_after: {run["spill_after"]:g}`. Open-loop Poisson arrivals of short streamed requests,
+`spill_after: {run["spill_after"]:g}`. Open-loop Poisson arrivals (exactly demand × capacity ×
+seconds of them, at uniform random times) of short streamed requests,
 {first:g} s a run ({high:g} s at 1.3×), one after the other on the same nobusy: demand 0.7×
 and 1.3× the local capacity, then at 0.7× a drain of `b` (undrained later) and a SIGKILL of
 `c`, mid-run. Local occupancy: running / 16 from the fakes' `/metrics` sampled every
