@@ -37,10 +37,10 @@ def pool_console(
 admin_key: "{ADMIN_KEY}"
 upstreams:
 {servers}
-  cloud: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: fake-model,
+  cloud: {{kind: openai, base_url: "{fake_upstream.url}/v1", default_model: "ok:chunk_delay=0.1",
           tier: 1, price: {{currency: CNY, input: 2000, output: 8000}}}}
 models:
-  pool: {{routes: [[gpu-a, gpu-b], cloud], spill_after: 0.5}}
+  pool: {{routes: [[gpu-a, gpu-b], cloud], spill_after: 1}}
 """
     server = serve(folder, config)
     yield server
@@ -71,14 +71,14 @@ def test_the_board_shows_the_pool_and_its_tiers(
         enter_keys(page, admin=ADMIN_KEY)
         page.locator("#status-pool .pool-server[data-server=gpu-a]").wait_for()
         page.locator("#status-pool .pool-server[data-server=gpu-b]").wait_for()
-        # Within a few polls the cloud tier has spilled answers and the split has columns.
+        # Within a few polls (2 s each) the cloud has spilled answers and the split has columns.
         page.wait_for_function(
-            "() => document.querySelectorAll('#status-tiers .pool-split rect').length >= 3",
-            timeout=20_000,
+            "() => document.querySelectorAll('#status-tiers .pool-split rect').length >= 10",
+            timeout=40_000,
         )
         page.wait_for_function(
-            "() => /spill cost 0\\.0*[1-9]/.test("
-            "document.querySelector('#status-tiers .pool-tier[data-tier=\"1\"]')?.innerText)",
+            "() => Number((document.querySelector('#status-tiers .pool-tier[data-tier=\"1\"]')"
+            "?.innerText.match(/spill cost ([0-9.]+)/) ?? [0, 0])[1]) > 0",
             timeout=20_000,
         )
         servers = page.inner_text("#status-servers")
