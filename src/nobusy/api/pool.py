@@ -15,9 +15,13 @@ __all__ = ["drain_server", "list_pool", "routes", "undrain_server"]
 
 async def list_pool(request: Request) -> Response:
     """Each server-aware upstream: model, running/waiting, KV use, cache hits, utilisation;
-    and each tier: utilisation, answers, the share spilled there and what it cost."""
+    and each tier: utilisation, answers, the share spilled there and what it cost; ``spill``:
+    whether an alias spills by ``spill_after``."""
     router = app_state(request).router
-    return JSONResponse({"object": "list", "data": pool_rows(router), "tiers": tier_rows(router)})
+    spill = any(spec.spill_after is not None for spec in router.models.values())
+    return JSONResponse(
+        {"object": "list", "data": pool_rows(router), "tiers": tier_rows(router), "spill": spill}
+    )
 
 
 async def drain_server(request: Request) -> Response:

@@ -72,7 +72,7 @@ def pool(ctx: click.Context, url: str, admin_key: str | None) -> None:
         console.print("no server-aware upstreams (kind vllm, sglang or llamacpp) are configured")
     else:
         _servers(console, rows)
-    if len(tiers) > 1 or any(t["spilled"] for t in tiers):
+    if len(tiers) > 1 and (rows or body.get("spill")):
         _tiers(console, tiers)
 
 

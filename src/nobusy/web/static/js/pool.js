@@ -110,13 +110,14 @@ function tierRow(tier) {
   return row;
 }
 
-/** Draw the pool from a `/v1/nobusy/pool` answer; hidden without servers or several tiers. */
+/** Draw the pool from a `/v1/nobusy/pool` answer; hidden without local servers or an alias
+ * that spills (`spill_after`): plain failover tiers are the upstream cards' business. */
 export function renderPool(pool) {
   const servers = pool.data ?? [];
   const tiers = pool.tiers ?? [];
   record(tiers);
   const section = document.getElementById("status-pool");
-  section.hidden = !servers.length && tiers.length < 2;
+  section.hidden = !servers.length && !pool.spill;
   if (section.hidden) return;
   document.getElementById("status-servers").replaceChildren(...servers.map(serverRow));
   const box = document.getElementById("status-tiers");
