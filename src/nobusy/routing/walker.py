@@ -127,9 +127,10 @@ class Walker:
         extra, skipped = router.plan(spec.overflow, self.body)
         failures.extend(router.ejected(r) for r in skipped)
         picks = [*ordered, *extra]
+        self.allowed = None  # the queue place may take any route's slot, open circuits' too
         if spec.spill_after is not None and picks:
             picks = router.spill(ordered, extra, spec.spill_after)
-        self.allowed = frozenset(r.upstream for r in picks)
+            self.allowed = frozenset(r.upstream for r in picks)
         candidates: list[_Candidate] = []
         for route in picks:
             if route in extra:
