@@ -319,7 +319,7 @@ The same four kinds of fake vLLM server ({SLOTS} slots, {TOKENS} tokens an answe
 `b`, `c`, `d` in 2 s: a nominal local capacity of {fmt(run["capacity"], 0)} answers a second)
 are tier 0, with `slots: {SLOTS}` and `max_concurrency: {SLOTS}` (requests beyond the slots
 wait in nobusy's queue, where a slot freed on any server takes the next). The plain fake
-upstream with a price ({PRICE} per million tokens) is the cloud, tier 1;
+upstream with a price (`{PRICE}` per million tokens) is the cloud, tier 1;
 `spill_after: {run["spill_after"]:g}`. Open-loop Poisson arrivals (exactly demand × capacity ×
 seconds of them, at uniform random times) of short streamed requests,
 {first:g} s a run ({high:g} s at 1.3×), one after the other on the same nobusy: demand 0.7×
