@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.suites import (
     admission,
+    answers,
     audit,
     bigbody,
     cache,
@@ -41,6 +42,7 @@ SUITES: dict[str, Suite] = {
         failover_continuation.SUITE,
         guard.SUITE,
         knowledge.SUITE,
+        answers.SUITE,
         bigbody.SUITE,
         audit.SUITE,
         admission.SUITE,

@@ -182,3 +182,88 @@ def test_the_audit_names_the_documents_retrieved(grounded: tuple[Process, Proces
     retrieved = [r["nobusy_retrieved"] for r in requests if "nobusy_retrieved" in r]
     assert retrieved and retrieved[-1][0]["file_id"] == file_id
     assert retrieved[-1][0]["filename"] == "policy.md"
+
+
+def test_a_request_names_its_own_stores(grounded: tuple[Process, Process, str]) -> None:
+    """``x-nobusy-knowledge``: an alias without stores answers from those the request names;
+    an unknown or malformed store is refused before anything is sent."""
+    process, fake, file_id = grounded
+    with openai.OpenAI(base_url=f"{process.url}/v1", api_key="-", max_retries=0) as sdk:
+        stores = {s.name: s.id for s in sdk.vector_stores.list()}
+        answer = sdk.chat.completions.create(
+            model="plain",
+            messages=[{"role": "user", "content": "年假有几天？[1]"}],
+            extra_headers={"x-nobusy-knowledge": stores["hr"]},
+        )
+        cited: Any = answer.model_extra["nobusy"]
+        assert cited["cited"] == [1] and cited["citations"][0]["file_id"] == file_id
+        assert "十五天年假" in sent_upstream(fake)["messages"][0]["content"]
+
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": "vs_" + "f" * 24},
+            )
+        assert missing.value.body["param"] == "x-nobusy-knowledge"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError):
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": "../etc"},
+            )
+        # A local_only store named by a request whose alias may go off premises: 403.
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-nobusy-knowledge": stores["secret"]},
+            )
+
+
+def test_responses_file_search_runs_in_nobusy(grounded: tuple[Process, Process, str]) -> None:
+    """The Responses ``file_search`` tool: nobusy searches the store, the fake upstream never
+    sees the tool, and the answer has a ``file_search_call`` and ``file_citation`` annotations
+    (whole and streamed alike)."""
+    process, fake, file_id = grounded
+    with openai.OpenAI(base_url=f"{process.url}/v1", api_key="-", max_retries=0) as sdk:
+        store = {s.name: s.id for s in sdk.vector_stores.list()}["hr"]
+        tool: Any = {"type": "file_search", "vector_store_ids": [store], "max_num_results": 3}
+        response = sdk.responses.create(model="plain", input="年假有几天？[1]", tools=[tool])
+        sent = sent_upstream(fake)
+        assert "tools" not in sent and "十五天年假" in sent["messages"][0]["content"]
+        call, message = response.output[0], response.output[1]
+        assert call.type == "file_search_call" and call.status == "completed"
+        assert call.queries == ["年假有几天？[1]"]
+        assert message.type == "message"
+        text = message.content[0]
+        assert text.type == "output_text"
+        note = text.annotations[0]
+        assert note.type == "file_citation" and note.file_id == file_id
+        assert note.filename == "policy.md" and text.text[note.index :].startswith("[1]")
+        assert response.tools[0].type == "file_search"
+
+        with sdk.responses.stream(model="plain", input="年假有几天？[1]", tools=[tool]) as stream:
+            kinds = [event.type for event in stream]
+            final = stream.get_final_response()
+        assert kinds.index("response.file_search_call.completed") < kinds.index(
+            "response.output_text.delta"
+        )
+        assert "response.output_text.annotation.added" in kinds
+        assert final.output[0].type == "file_search_call"
+        annotated = final.output[1].content[0]  # type: ignore[union-attr]
+        assert annotated.annotations[0].file_id == file_id  # type: ignore[union-attr]
+
+        with pytest.raises(openai.NotFoundError):
+            sdk.responses.create(
+                model="plain",
+                input="hi",
+                tools=[{"type": "file_search", "vector_store_ids": ["vs_" + "e" * 24]}],
+            )
+        with pytest.raises(openai.BadRequestError) as bad:
+            sdk.responses.create(
+                model="plain",
+                input="hi",
+                tools=[{"type": "file_search", "vector_store_ids": [store], "max_num_results": 0}],
+            )
+        assert bad.value.body["param"] == "tools[0].max_num_results"  # type: ignore[index]

@@ -99,6 +99,9 @@ def test_store_expires(server: Process, sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.vector_stores.files.create(vector_store_id=store.id, file_id=document.id)
     assert caught.value.body["code"] == "vector_store_expired"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.vector_stores.search(store.id, query="annual leave")
+    assert caught.value.body["code"] == "vector_store_expired"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         sdk.vector_stores.update(store.id, expires_after={"anchor": "created_at", "days": 3})  # type: ignore[typeddict-item]
 

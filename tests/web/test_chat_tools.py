@@ -177,6 +177,37 @@ def test_attached_files_are_sent_as_text(
     assert page.locator("#attachments li").count() == 0
 
 
+def test_attached_files_go_into_the_conversations_knowledge_base(
+    console: Process, fake_upstream: Process, page: Page
+) -> None:
+    """Ticked "into the knowledge base", files are uploaded, indexed with a progress line each,
+    and every answer in the conversation searches them and cites the passages."""
+    page.goto(console.url)
+    policy = "# 年假制度\n\n员工每年享有十五天年假，需提前三天申请。\n"
+    page.set_input_files(
+        "#attach-file",
+        files=[{"name": "leave.md", "mimeType": "text/markdown", "buffer": policy.encode()}],
+    )
+    page.wait_for_selector("#attach-store-choice:not([hidden])")
+    page.check("#attach-store")
+    ask(page, "ok", "年假有几天？[1]")
+    wait_answered(page)
+    system = sent_upstream(fake_upstream)["messages"][0]
+    assert system["role"] == "system" and "十五天年假" in system["content"]
+    assert "[1] (leave.md)" in system["content"]
+    files = page.inner_text("#messages .msg-user .msg-files")
+    assert "leave.md" in files and "📚" in files
+    answer = page.locator("#messages .msg-assistant")
+    assert answer.locator(".answer button.cite").inner_text() == "[1]"
+    assert "leave.md" in answer.locator(".cite-panel").inner_text()
+    # The next question in the conversation searches the same store; the file is not resent.
+    ask(page, "ok", "需提前几天申请？[1]")
+    wait_answered(page, 2)
+    later = sent_upstream(fake_upstream)["messages"]
+    assert "需提前三天申请" in later[0]["content"]
+    assert all("<document" not in str(m["content"]) for m in later)
+
+
 def test_extract_refuses_what_it_cannot_read(console: Process) -> None:
     url = f"{console.url}/v1/nobusy/extract"
     read = httpx.post(url, json={"filename": "a.md", "data": base64.b64encode(b"# Hi").decode()})

@@ -13,6 +13,8 @@ import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 from playwright.sync_api import Page
 
@@ -198,3 +200,31 @@ def test_citations_show_their_passage(
     # Kept with the conversation: a reload shows the buttons again.
     page.reload()
     page.wait_for_selector("#messages .answer button.cite")
+
+
+def test_an_api_key_sees_only_its_own_stores(grounded: tuple[Process, str], page: Page) -> None:
+    """With an ordinary API key (no admin key, no sign-in) the page lists the stores that key
+    made or was granted, and searches them; the admin's store stays out of sight."""
+    server, _ = grounded
+    made = httpx.post(
+        f"{server.url}/v1/nobusy/keys",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"name": "branch"},
+    )
+    assert made.status_code == 201, made.text
+    secret = made.json()["secret"]
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
+    own = sdk.vector_stores.create(name="branch-notes")
+    document = sdk.files.create(file=("vault.md", MANUAL), purpose="assistants")
+    sdk.vector_stores.files.create_and_poll(vector_store_id=own.id, file_id=document.id)
+
+    page.goto(f"{server.url}/#/knowledge")
+    enter_keys(page, api=secret)
+    page.wait_for_selector("#kb-list >> text=branch-notes")
+    listed = page.inner_text("#kb-list")
+    assert "branch-notes" in listed and "hr" not in listed.split()
+    page.click("#kb-list button.kb-open >> text=branch-notes")
+    page.fill("#kb-query", "When does the vault open?")
+    page.click("#kb-search button[type=submit]")
+    page.wait_for_selector("#kb-results .kb-hit")
+    assert "vault.md" in page.inner_text("#kb-results .kb-hit >> nth=0")

@@ -98,6 +98,11 @@ def test_bad_input_is_a_clear_400(console: Process) -> None:
         assert response.status_code == 400, path
         assert response.json()["error"]["param"] == param
     assert httpx.get(f"{console.url}/v1/nobusy/requests/999999", headers=bearer).status_code == 404
+    # Digits Python's isdigit takes but int() does not, and ids past 64 bits: 404, not a 500.
+    for odd in ("7\u00b3", "\u0663", "9" * 30):
+        missing = httpx.get(f"{console.url}/v1/nobusy/requests/{odd}", headers=bearer)
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error"]["param"] == "id"
 
 
 def test_usage_page_charts_and_exports(

@@ -242,7 +242,11 @@ async def _call(router: Router, route: AliasRoute, body: dict[str, Any]) -> dict
         error = result.get("error") if isinstance(result, dict) else None
         message = str(error.get("message")) if isinstance(error, dict) else response.text[:300]
         retry_after = response.headers.get("retry-after")
-        wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+        wait = (
+            float(retry_after)
+            if retry_after and retry_after.isascii() and retry_after.isdigit()
+            else None
+        )
         raise status_error(response.status_code, message, route.upstream, wait)
     if not isinstance(result, dict) or not isinstance(result.get("data"), list):
         raise UpstreamProtocolError("embeddings: not a list of embeddings", upstream=route.upstream)

@@ -90,7 +90,7 @@ def page_args(request: Request, *, max_limit: int = 100) -> dict[str, Any]:
     """``limit`` (1–100, 20 by default), ``after`` and ``order`` (asc|desc) from the query."""
     query = request.query_params
     raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= max_limit:
         raise InvalidRequest(f"limit must be a whole number from 1 to {max_limit}.", param="limit")
     order: Literal["asc", "desc"] = "desc"
     if query.get("order", "desc") == "asc":
@@ -148,7 +148,11 @@ def _expires_after(anchor: Any, seconds: Any) -> int | None:
     ``[seconds]``, as the SDK sends them): seconds after ``created_at``, 1 hour to 30 days."""
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at" or not isinstance(seconds, str) or not seconds.isdigit():
+    if (
+        anchor != "created_at"
+        or not isinstance(seconds, str)
+        or not (seconds.isascii() and seconds.isdigit())
+    ):
         raise InvalidRequest(
             "expires_after must be {'anchor': 'created_at', 'seconds': 3600 to 2592000}.",
             param="expires_after",
@@ -202,14 +206,7 @@ async def delete_file(request: Request) -> Response:
     """Delete a file: its bytes, its record, and its chunks in every store that held it."""
     kb, record = knowledge(request), await _visible_file(request)
 
-    def delete() -> None:
-        for store_id in kb.records.delete_file(record.id):
-            store = kb.records.store(Caller(None, admin=True), store_id)
-            if store is not None:
-                kb.forget_file(store, record.id)
-        kb.blobs.delete(record.id)
-
-    await run_in_threadpool(delete)
+    await run_in_threadpool(kb.delete_file, record.id)
     return JSONResponse({"id": record.id, "object": "file", "deleted": True})
 
 

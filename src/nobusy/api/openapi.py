@@ -332,6 +332,18 @@ def openapi_spec() -> dict[str, Any]:
                 "post": {
                     "summary": "Sign in: the admin key exchanged for a session cookie.",
                     "operationId": "consoleSignIn",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"admin_key": {"type": "string", "minLength": 1}},
+                                    "required": ["admin_key"],
+                                }
+                            }
+                        },
+                    },
                     "responses": {
                         "200": _json(any_object, "Signed in; the cookie is set."),
                         **_errors(400, 401, 429),

@@ -6,7 +6,8 @@
 wait for, and ``search_query`` says truthfully that the query was searched as sent. Hybrid
 retrieval (BM25 over jieba words fused with vectors) is the only ranker.
 
-A store still ingesting answers from the files done; the page's ``nobusy`` object says the
+An expired store is refused (400 ``vector_store_expired``). A store still ingesting answers
+from the files done; the page's ``nobusy`` object says the
 store's status and ``file_counts``, so a client can tell a partial answer.
 """
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy.api.files import knowledge
-from nobusy.api.vector_stores import visible_store
+from nobusy.api.vector_stores import not_expired, visible_store
 from nobusy.errors import InvalidRequest
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
@@ -35,6 +36,7 @@ async def search(request: Request) -> Response:
     kb = knowledge(request)
     body = parse_json_object(await request.body())
     store = await visible_store(request)
+    not_expired(store)  # as OpenAI: an expired store answers nothing until it is revived
     queries = _queries(body.get("query"))
     k = body.get("max_num_results", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:

@@ -8,7 +8,8 @@ stores it created and those it was granted (``nobusy keys update --stores``); on
 another key may not see is answered as missing (404), as an unknown id is.
 
 A store with ``expires_after`` is ``expired`` once that many days pass without activity (a
-search, a file put in it, a change); it takes no files until it is given a new ``expires_after``.
+search, a file put in it, a change); it takes no files and answers no search until it is given
+a new ``expires_after``.
 
 Beyond OpenAI's shape, a store file carries ``nobusy.progress`` (chunks embedded of chunks)
 while it is embedded, and a search page carries ``nobusy.vector_store_status`` and
@@ -32,7 +33,7 @@ from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.store.knowledge import STATUSES, Batch, Caller, StoreFile, StoreRecord
 
-__all__ = ["batch_json", "routes", "store_file_json", "store_json", "visible_store"]
+__all__ = ["batch_json", "not_expired", "routes", "store_file_json", "store_json", "visible_store"]
 
 # How soon the SDKs' *_and_poll helpers ask again while files are in progress.
 POLL_AFTER_MS = "200"
@@ -75,7 +76,8 @@ def _expires_at(store: StoreRecord) -> int | None:
     return store.last_active_at + int(days) * 86400 if days else None
 
 
-def _not_expired(store: StoreRecord) -> None:
+def not_expired(store: StoreRecord) -> None:
+    """Refuse a store past its ``expires_after`` (400 ``vector_store_expired``)."""
     expires_at = _expires_at(store)
     if expires_at is not None and expires_at <= time.time():
         raise InvalidRequest(
@@ -196,7 +198,7 @@ async def add_file(request: Request) -> Response:
     """Put a file in a store (``file_id``, ``attributes``, ``chunking_strategy``)."""
     kb, body, who = knowledge(request), await _body(request), caller(request)
     store = await visible_store(request, write=True)
-    _not_expired(store)
+    not_expired(store)
     file_id = body.get("file_id")
     if not isinstance(file_id, str) or not file_id:
         raise InvalidRequest("Missing required parameter: 'file_id'.", param="file_id")
@@ -274,7 +276,7 @@ async def create_batch(request: Request) -> Response:
     ``files`` (each with its own)."""
     kb, body, who = knowledge(request), await _body(request), caller(request)
     store = await visible_store(request, write=True)
-    _not_expired(store)
+    not_expired(store)
     chunking = _chunking(body.get("chunking_strategy"))
     shared = _attributes(body.get("attributes"))
     if "files" in body:

@@ -106,7 +106,7 @@ class RequestContextMiddleware:
         limit = self.max_upload_bytes if path == _UPLOAD else self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > limit:
+                if not (value.isascii() and value.isdigit()) or int(value) > limit:
                     too_large = RequestTooLarge(
                         f"The request body is larger than the limit of {limit} bytes."
                     )

@@ -5,22 +5,30 @@ index and embedder of each embedding model (loaded on first use: a server that n
 document loads neither) and the ingestion workers (``jobs``). Every store records the model
 its vectors come from; ingestion and search always use that model, so a change of
 ``knowledge.embedding_model`` applies to new stores and never mixes two models in one.
+
+Files uploaded with ``expires_after`` are hidden from every caller once they expire and deleted
+(bytes, record, chunks) by a sweeper thread within ``SWEEP_SECONDS``, as OpenAI deletes them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
-from nobusy.errors import ConfigError
+from nobusy.errors import ConfigError, NobusyError
 from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
 from nobusy.knowledge.index import INDEX_FILE, Hit, Index
 from nobusy.knowledge.jobs import Ingestor
 from nobusy.settings import Settings
 from nobusy.store.blobs import Blobs
-from nobusy.store.knowledge import KnowledgeStore, StoreRecord
+from nobusy.store.knowledge import Caller, KnowledgeStore, StoreRecord
 
-__all__ = ["KnowledgeBase"]
+__all__ = ["SWEEP_SECONDS", "KnowledgeBase"]
+
+log = logging.getLogger("nobusy.knowledge")
+
+SWEEP_SECONDS = 60.0  # how often expired files are looked for; they are hidden meanwhile
 
 
 class KnowledgeBase:
@@ -42,12 +50,19 @@ class KnowledgeBase:
         self.ingestor = Ingestor(
             self.records, self.blobs, self.settings, self.engine, workers=self.settings.workers
         )
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="nobusy-kb-sweep", daemon=True)
 
     def start(self) -> int:
-        """Start the ingestion workers; how many files left in progress they took up again."""
+        """Start the ingestion workers and the sweeper; how many files left in progress the
+        workers took up again."""
+        self._sweeper.start()
         return self.ingestor.start()
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join(5.0)
         self.ingestor.close()
         with self._lock:
             for index in self._indexes.values():
@@ -85,6 +100,31 @@ class KnowledgeBase:
             [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
         )
         return hits
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file: its record, its chunks in every store that held it, its bytes."""
+        for store_id in self.records.delete_file(file_id):
+            store = self.records.store(Caller(None, admin=True), store_id)
+            if store is not None:
+                self.forget_file(store, file_id)
+        self.blobs.delete(file_id)
+
+    def sweep_expired(self, now: int | None = None) -> int:
+        """Delete the files past their ``expires_at``; how many."""
+        swept = 0
+        while batch := self.records.expired_files(now):
+            for file_id in batch:
+                self.delete_file(file_id)
+            swept += len(batch)
+        return swept
+
+    def _sweep(self) -> None:
+        while not self._stopping.wait(SWEEP_SECONDS):
+            try:
+                if swept := self.sweep_expired():
+                    log.info("deleted %d expired file(s)", swept)
+            except NobusyError:  # the records are unavailable: the next round tries again
+                log.exception("deleting expired files failed")
 
     def forget_file(self, store: StoreRecord, file_id: str) -> None:
         """Take a file's chunks out of a store's index (blocking)."""

@@ -54,6 +54,6 @@ class Claim:
             return True
         host, _, rest = self.by.partition(":")
         pid = rest.partition(":")[0]
-        if host == me.partition(":")[0] and pid.isdigit():
+        if host == me.partition(":")[0] and pid.isascii() and pid.isdigit():
             return not process_alive(int(pid))
         return False

@@ -9,6 +9,10 @@ never sees other passages. ``Grounding.citations`` gives what the response carri
 ``nobusy.citations``: every passage (index, file, offsets, snippet) and whether the answer
 cited it; an answer that cites none of them is marked ``uncited``, and an index that points
 at no passage is listed as ``invalid``.
+
+Beside an alias's own stores, a request may name stores of its own in the ``x-nobusy-knowledge``
+header (comma-separated ids the key may see, as for search): the console's chat sends a
+conversation's attached files that way, and any client can (``extra_headers`` in the SDKs).
 """
 
 from __future__ import annotations
@@ -20,19 +24,46 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from nobusy.errors import LocalOnlyStore
+from nobusy.errors import InvalidRequest, LocalOnlyStore, NotFound
 from nobusy.knowledge.base import KnowledgeBase
 from nobusy.store.knowledge import Caller, StoreRecord
 
-__all__ = ["Grounding", "Passage", "is_local", "local_only", "retrieve"]
+__all__ = [
+    "HEADER",
+    "FileSearch",
+    "Grounding",
+    "Passage",
+    "check_visible",
+    "is_local",
+    "local_only",
+    "query_of",
+    "requested",
+    "retrieve",
+]
 
 ADMIN = Caller(None, admin=True)
 SNIPPET = 200
+HEADER = "x-nobusy-knowledge"
+MAX_REQUESTED = 8
+TOP_K = 6  # passages for a request's own stores, when its alias attaches none
+_STORE_ID = re.compile(r"vs_[0-9a-f]{24}")
 _CITE = re.compile(r"\[(\d{1,3})\]")
 INSTRUCTION = (
     "Answer from the numbered sources below. After each sentence that uses a source, cite it "
     "as [n] with its number. If the sources do not answer the question, say so and cite none."
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FileSearch:
+    """Stores a request asks to be searched itself (``x-nobusy-knowledge``, or a Responses
+    ``file_search`` tool), with how many passages and which filters."""
+
+    stores: tuple[str, ...]
+    top_k: int = TOP_K
+    filters: dict[str, Any] | None = None
+    score_threshold: float = 0.0
+    query: str = ""  # what is searched for, where a protocol reports it (Responses' queries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +143,31 @@ class Grounding:
         }
 
 
+def requested(header: str | None) -> tuple[str, ...]:
+    """The vector stores a request names in ``x-nobusy-knowledge``, each once, in order."""
+    if header is None:
+        return ()
+    ids = tuple(dict.fromkeys(part.strip() for part in header.split(",") if part.strip()))
+    if not ids or len(ids) > MAX_REQUESTED or not all(_STORE_ID.fullmatch(i) for i in ids):
+        raise InvalidRequest(
+            f"{HEADER} must name 1 to {MAX_REQUESTED} vector store ids (vs_…), comma-separated.",
+            param=HEADER,
+        )
+    return ids
+
+
+async def check_visible(kb: KnowledgeBase | None, caller: Caller, ids: tuple[str, ...]) -> None:
+    """Refuse stores the caller may not see as missing (404), as search does."""
+    if kb is None:
+        raise InvalidRequest(f"The knowledge base is off here, so {HEADER} cannot be used.")
+
+    def missing() -> list[str]:
+        return [i for i in ids if kb.records.store(caller, i) is None]
+
+    if gone := await run_in_threadpool(missing):
+        raise NotFound(f"No vector store {gone[0]!r}.", param=HEADER)
+
+
 def is_local(upstream: Any) -> bool:
     """Whether an upstream runs on premises: the embedded kind, or one marked ``local``."""
     return upstream.kind == "embedded" or bool(getattr(upstream.settings, "local", False))
@@ -129,12 +185,14 @@ async def retrieve(
     body: dict[str, Any],
     *,
     remote: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
+    score_threshold: float = 0.0,
 ) -> Grounding | None:
     """The ``top_k`` best passages of ``stores`` for the last user message, best first
     (None when the request has no user text to search with). ``remote``: the upstreams off
     premises the request may reach; a ``local_only`` store then refuses (LocalOnlyStore),
     before anything is searched."""
-    query = _last_user_text(body.get("messages"))
+    query = query_of(body.get("messages"))
     if not query:
         return None
 
@@ -152,7 +210,9 @@ async def retrieve(
         for store in records:
             if store is None:  # deleted since the alias named it: the others still answer
                 continue
-            found.extend(kb.search(store, query, k=top_k, filters=None, score_threshold=0.0))
+            found.extend(
+                kb.search(store, query, k=top_k, filters=filters, score_threshold=score_threshold)
+            )
         found.sort(key=lambda hit: hit.score, reverse=True)
         found = found[:top_k]
         names = kb.records.filenames(list({hit.file_id for hit in found}))
@@ -170,7 +230,8 @@ def _role(message: Any) -> str:
     return str(message.get("role", "")) if isinstance(message, dict) else ""
 
 
-def _last_user_text(messages: Any) -> str:
+def query_of(messages: Any) -> str:
+    """What a request searches with: the text of its last user message (at most 4 KiB)."""
     if not isinstance(messages, list):
         return ""
     for message in reversed(messages):

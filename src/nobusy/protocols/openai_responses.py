@@ -5,21 +5,26 @@ messages (roles ``user``, ``system``, ``developer``, ``assistant``; ``input_text
 ``output_text`` and ``input_image`` parts), ``function_call`` items (the assistant's
 ``tool_calls``) and ``function_call_output`` items (``tool`` messages). Function ``tools``,
 ``tool_choice``, ``max_output_tokens``, ``reasoning.effort`` and ``text.format`` map to their
-chat names. A ``previous_response_id`` puts the conversation kept with that response
-(``store.responses``, the same key's only) before ``input``; an unknown or expired one is a
-404. The answer goes back out through ``openai_responses_events`` and, unless the request
-says ``store: false``, is kept in turn.
+chat names. A ``file_search`` tool is run by nobusy itself, over its own knowledge base: its
+``vector_store_ids`` (the key's stores), ``max_num_results``, ``filters`` and
+``ranking_options.score_threshold`` choose the passages put into the prompt, and the answer
+carries a ``file_search_call`` item and ``file_citation`` annotations for its ``[n]``. A
+``previous_response_id`` puts the conversation kept with that response (``store.responses``,
+the same key's only) before ``input``; an unknown or expired one is a 404. The answer goes
+back out through ``openai_responses_events`` and, unless the request says ``store: false``, is
+kept in turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
 
 from nobusy.errors import InvalidRequest, NotFound
+from nobusy.knowledge.grounding import TOP_K, FileSearch, query_of, requested
 from nobusy.protocols.openai_responses_events import ResponsesEvents, render_response
 from nobusy.routing.relay import Encoder
 from nobusy.schema import ChatRequest, invalid_request, parse_json_object
@@ -60,6 +65,7 @@ class ResponsesRequest:
     items: list[Any]  # the conversation as Responses items: the previous ones, then the input
     store: bool = True
     previous: str | None = None
+    file_search: FileSearch | None = None  # run by nobusy, never sent upstream
 
 
 @dataclass(slots=True)
@@ -77,11 +83,16 @@ class OpenAIResponses:
         self.read = parse_responses_request(raw, history)
         return self.read.chat, self.read.body
 
+    @property
+    def file_search(self) -> FileSearch | None:
+        """The request's ``file_search`` tool, which the pipeline runs (``knowledge``)."""
+        return self.read.file_search if self.read is not None else None
+
     def encoder(self, chat: ChatRequest, record: UsageRecord) -> Encoder:
-        return ResponsesEvents(chat, record, self._previous(), self._keep)
+        return ResponsesEvents(chat, record, self._previous(), self._keep, self.file_search)
 
     def render(self, completion: dict[str, Any], chat: ChatRequest) -> dict[str, Any]:
-        response = render_response(completion, chat, self._previous())
+        response = render_response(completion, chat, self._previous(), self.file_search)
         self._keep(response)
         return response
 
@@ -132,9 +143,21 @@ def parse_responses_request(raw: bytes, history: History | None = None) -> Respo
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
     if request.stream:
         body["stream_options"] = {"include_usage": True}  # response.completed carries usage
+    search = None
     if request.tools:
-        body["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(request.tools)]
-    if request.tool_choice is not None:
+        functions = []
+        for i, tool in enumerate(request.tools):
+            if tool.get("type") == "file_search":
+                if search is not None:
+                    raise InvalidRequest(
+                        "Only one file_search tool may be given.", param=f"tools[{i}]"
+                    )
+                search = _file_search(tool, f"tools[{i}]")
+            else:
+                functions.append(_tool(tool, f"tools[{i}]"))
+        if functions:
+            body["tools"] = functions
+    if request.tool_choice is not None and not _chose_search(request.tool_choice, search):
         body["tool_choice"] = _tool_choice(request.tool_choice)
     if request.parallel_tool_calls is not None:
         body["parallel_tool_calls"] = request.parallel_tool_calls
@@ -157,7 +180,9 @@ def parse_responses_request(raw: bytes, history: History | None = None) -> Respo
         chat = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:
         raise invalid_request(str(exc)) from None
-    return ResponsesRequest(chat, body, items, request.store, request.previous_response_id)
+    if search is not None:
+        search = replace(search, query=query_of(messages))
+    return ResponsesRequest(chat, body, items, request.store, request.previous_response_id, search)
 
 
 def _items(items: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
@@ -248,8 +273,8 @@ def _text_of(output: object, at: str) -> str:
 def _tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
     if tool.get("type") != "function":
         raise InvalidRequest(
-            f"Invalid value for '{at}.type': {tool.get('type')!r}; nobusy passes function "
-            "tools only (OpenAI's hosted tools run at OpenAI).",
+            f"Invalid value for '{at}.type': {tool.get('type')!r}; nobusy runs file_search "
+            "itself and passes function tools on (OpenAI's other hosted tools run at OpenAI).",
             param=f"{at}.type",
         )
     name = tool.get("name")
@@ -260,6 +285,53 @@ def _tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
         if tool.get(option) is not None:
             function[option] = tool[option]
     return {"type": "function", "function": function}
+
+
+def _file_search(tool: dict[str, Any], at: str) -> FileSearch:
+    """A ``file_search`` tool read: the stores (checked against the key later), how many
+    passages, the attribute filters and the score threshold."""
+    ids = tool.get("vector_store_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidRequest(
+            f"'{at}.vector_store_ids' must be a list of vector store ids.",
+            param=f"{at}.vector_store_ids",
+        )
+    try:
+        stores = requested(",".join(ids)) if ids else ()
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=f"{at}.vector_store_ids") from None
+    if not stores:
+        raise InvalidRequest(
+            f"'{at}.vector_store_ids' must name at least one vector store.",
+            param=f"{at}.vector_store_ids",
+        )
+    k = tool.get("max_num_results", TOP_K)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
+        raise InvalidRequest(
+            f"'{at}.max_num_results' must be a whole number from 1 to 50.",
+            param=f"{at}.max_num_results",
+        )
+    filters = tool.get("filters")
+    if filters is not None and not isinstance(filters, dict):
+        raise InvalidRequest(
+            f"'{at}.filters' must be a comparison or compound filter.", param=f"{at}.filters"
+        )
+    ranking = tool.get("ranking_options") or {}
+    threshold = ranking.get("score_threshold", 0.0) if isinstance(ranking, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidRequest(
+            f"'{at}.ranking_options.score_threshold' must be a number from 0 to 1.",
+            param=f"{at}.ranking_options",
+        )
+    return FileSearch(stores, k, filters, float(threshold))
+
+
+def _chose_search(choice: str | dict[str, Any], search: FileSearch | None) -> bool:
+    """Whether ``tool_choice`` forces the file search: nobusy always runs it, so it goes no
+    further."""
+    return isinstance(choice, dict) and choice.get("type") == "file_search" and bool(search)
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:

@@ -10,22 +10,71 @@ when the answer hit ``max_output_tokens``) carrying the whole response and its u
 event has a ``sequence_number``. A continuation after a cut is invisible here as in chat: the
 items carry on, nothing is sent twice. An error after the headers is an ``error`` event then
 ``response.failed``.
+
+A request with a ``file_search`` tool (run by nobusy before the answer starts) gets a
+``file_search_call`` item first (its ``in_progress``, ``searching`` and ``completed`` events),
+and each ``[n]`` of the answer that names a retrieved passage becomes a ``file_citation``
+annotation of the output text (``response.output_text.annotation.added``), at the marker's
+place. ``results`` are not included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from nobusy.knowledge.grounding import FileSearch
 from nobusy.schema import ChatRequest
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
-__all__ = ["ResponsesEvents", "render_response"]
+__all__ = ["ResponsesEvents", "file_citations", "render_response"]
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_CITE = re.compile(r"\[(\d{1,3})\]")
+
+
+def file_citations(text: str, nobusy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A ``file_citation`` for each ``[n]`` of ``text`` that names a retrieved passage
+    (``nobusy``: the answer's ``nobusy.citations``), at the marker's place."""
+    passages = {c["index"]: c for c in (nobusy or {}).get("citations", ())}
+    out = []
+    for match in _CITE.finditer(text):
+        cited = passages.get(int(match.group(1)))
+        if cited is not None:
+            out.append(
+                {
+                    "type": "file_citation",
+                    "file_id": cited["file_id"],
+                    "filename": cited["filename"],
+                    "index": match.start(),
+                }
+            )
+    return out
+
+
+def _file_search_call(item_id: str, search: FileSearch, status: str) -> dict[str, Any]:
+    queries = [search.query] if search.query else []
+    return {
+        "type": "file_search_call",
+        "id": item_id,
+        "queries": queries,
+        "status": status,
+        "results": None,
+    }
+
+
+def _file_search_tool(search: FileSearch) -> dict[str, Any]:
+    return {
+        "type": "file_search",
+        "vector_store_ids": list(search.stores),
+        "max_num_results": search.top_k,
+        "filters": search.filters,
+        "ranking_options": {"ranker": "auto", "score_threshold": search.score_threshold},
+    }
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -47,6 +96,7 @@ def _response(
     usage: dict[str, Any] | None,
     finish: str | None = None,
     previous: str | None = None,
+    search: FileSearch | None = None,
 ) -> dict[str, Any]:
     reason = _INCOMPLETE.get(finish or "")
     if status == "completed" and reason is not None:
@@ -54,6 +104,8 @@ def _response(
     tools = [
         {"type": "function", **(tool.get("function") or {})} for tool in chat.tools or () if tool
     ]
+    if search is not None:
+        tools.insert(0, _file_search_tool(search))
     return {
         "id": response_id,
         "object": "response",
@@ -87,9 +139,11 @@ def _reasoning(item_id: str, text: str) -> dict[str, Any]:
     }
 
 
-def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
+def _message(
+    item_id: str, text: str, status: str, notes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     done = status == "completed"
-    content = [{"type": "output_text", "text": text, "annotations": []}] if done else []
+    content = [{"type": "output_text", "text": text, "annotations": notes or []}] if done else []
     return {
         "type": "message",
         "id": item_id,
@@ -126,6 +180,7 @@ class ResponsesEvents:
         "previous",
         "record",
         "response_id",
+        "search",
         "seq",
     )
 
@@ -135,8 +190,10 @@ class ResponsesEvents:
         record: UsageRecord,
         previous: str | None = None,
         done: Callable[[dict[str, Any]], None] | None = None,
+        search: FileSearch | None = None,
     ) -> None:
         self.chat = chat
+        self.search = search
         self.record = record
         self.previous = previous
         self.done = done  # given the final response (to keep it)
@@ -167,21 +224,38 @@ class ResponsesEvents:
             usage,
             self.finish,
             self.previous,
+            self.search,
         )
 
-    @staticmethod
-    def _item(item: dict[str, Any], status: str) -> dict[str, Any]:
+    def _item(self, item: dict[str, Any], status: str) -> dict[str, Any]:
         text = "".join(item["parts"])
         if item["kind"] == "reasoning":
             return _reasoning(item["id"], text)
         if item["kind"] == "message":
-            return _message(item["id"], text, status)
+            return _message(item["id"], text, status, item.get("annotations"))
+        if item["kind"] == "file_search" and self.search is not None:
+            return _file_search_call(item["id"], self.search, status)
         return _function_call(item["id"], item["call_id"], item["name"], text, status)
 
     def start(self) -> bytes:
         response = self._snapshot("in_progress")
-        return self._event("response.created", response=response) + self._event(
+        out = self._event("response.created", response=response) + self._event(
             "response.in_progress", response=response
+        )
+        if self.search is None:
+            return out
+        # The search ran before the answer started: its item comes first, already done.
+        item = {"kind": "file_search", "index": 0, "parts": []}
+        item["id"] = f"fs_{self.record.request_id}"
+        self.items.append(item)
+        where = {"item_id": item["id"], "output_index": 0}
+        out += self._event(
+            "response.output_item.added", output_index=0, item=self._item(item, "in_progress")
+        )
+        for phase in ("in_progress", "searching", "completed"):
+            out += self._event(f"response.file_search_call.{phase}", **where)
+        return out + self._event(
+            "response.output_item.done", output_index=0, item=self._item(item, "completed")
         )
 
     def chunk(self, chunk: Chunk) -> bytes:
@@ -298,7 +372,18 @@ class ResponsesEvents:
                 text=text,
             )
         elif item["kind"] == "message":
-            part = {"type": "output_text", "text": text, "annotations": []}
+            notes = file_citations(text, self.extension()) if self.extension is not None else []
+            item["annotations"] = notes
+            for i, note in enumerate(notes):
+                out += self._event(
+                    "response.output_text.annotation.added",
+                    item_id=item_id,
+                    output_index=n,
+                    content_index=0,
+                    annotation_index=i,
+                    annotation=note,
+                )
+            part = {"type": "output_text", "text": text, "annotations": notes}
             out += self._event(
                 "response.output_text.done",
                 item_id=item_id,
@@ -327,17 +412,24 @@ class ResponsesEvents:
 
 
 def render_response(
-    completion: dict[str, Any], chat: ChatRequest, previous: str | None = None
+    completion: dict[str, Any],
+    chat: ChatRequest,
+    previous: str | None = None,
+    search: FileSearch | None = None,
 ) -> dict[str, Any]:
-    """A whole answer (one ``chat.completion``) as a Responses ``response`` object."""
+    """A whole answer (one ``chat.completion``, with ``nobusy.citations`` when passages were
+    retrieved) as a Responses ``response`` object."""
     choice = completion["choices"][0]
     message = choice["message"]
     rid = completion["id"].removeprefix("chatcmpl-")
     output: list[dict[str, Any]] = []
+    if search is not None:
+        output.append(_file_search_call(f"fs_{rid}", search, "completed"))
     if message.get("reasoning_content"):
         output.append(_reasoning(f"rs_{rid}_{len(output)}", message["reasoning_content"]))
     if message.get("content"):
-        output.append(_message(f"msg_{rid}_{len(output)}", message["content"], "completed"))
+        notes = file_citations(message["content"], completion.get("nobusy"))
+        output.append(_message(f"msg_{rid}_{len(output)}", message["content"], "completed", notes))
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         n = len(output)
@@ -360,4 +452,5 @@ def render_response(
         _usage(usage["prompt_tokens"], usage["completion_tokens"]),
         choice.get("finish_reason"),
         previous,
+        search,
     )

@@ -40,7 +40,15 @@ from nobusy.guard import Guard, Hit
 from nobusy.guard.filtering import check_request, filter_answer, restore_answer
 from nobusy.guard.pii import Masker, PiiSettings
 from nobusy.keys import Key
-from nobusy.knowledge.grounding import Grounding, is_local, retrieve
+from nobusy.knowledge.grounding import (
+    HEADER,
+    FileSearch,
+    Grounding,
+    check_visible,
+    is_local,
+    requested,
+    retrieve,
+)
 from nobusy.money.budgets import budget_warning, check_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
@@ -56,6 +64,7 @@ from nobusy.routing.relay import (
 )
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
+from nobusy.store.knowledge import Caller
 from nobusy.store.ledger import Transcript
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
@@ -315,17 +324,28 @@ class _PipelineResponse(Response):
         router = state.router
         key: Key | None = getattr(request.state, "key", None)
         alias = router.alias(chat.model)
-        # Keyed on the request as sent: the guard and PII masking rewrite the body below.
-        use = CacheUse.open(
-            state.cache,
-            alias.cache,
-            request.headers,
-            chat,
-            body,
-            key.id if key else None,
-            alias.pii,
+        # Stores the request names itself: checked before it waits for anything.
+        asked = _asked(request, self.protocol)
+        if asked is not None:
+            admin = bool(getattr(request.state, "admin", False))
+            caller = Caller(key.id if key else None, admin)
+            await check_visible(state.knowledge, caller, asked.stores)
+        # Keyed on the request as sent: the guard and PII masking rewrite the body below. A
+        # request naming its own stores is not kept: the key would not say which passages.
+        use = (
+            None
+            if asked is not None
+            else CacheUse.open(
+                state.cache,
+                alias.cache,
+                request.headers,
+                chat,
+                body,
+                key.id if key else None,
+                alias.pii,
+            )
         )
-        if alias.knowledge is None:
+        if alias.knowledge is None and asked is None:
             body, entry.masker = await entry.admit(
                 key,
                 chat,
@@ -338,7 +358,7 @@ class _PipelineResponse(Response):
             # Passages are retrieved only for an admitted request, and go into the body before
             # the guard and PII masking, which screen them like the client's own words.
             await entry.admit(key, chat, self.size, _nothing)
-            entry.grounding = await _ground(entry, chat, body)
+            entry.grounding = await _ground(entry, chat, body, asked)
             body, entry.masker = await state.offload.run(
                 self.size, _screen, state.guard, alias.pii, body, entry.hits
             )
@@ -423,6 +443,8 @@ class _PipelineResponse(Response):
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
+        if entry.grounding is not None:  # for a protocol that marks citations its own way
+            completion["nobusy"] = entry.grounding.citations()
         rendered = self.protocol.render(completion, chat)
         if entry.grounding is not None:
             rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
@@ -503,15 +525,37 @@ async def _nothing() -> None:
     """Admission's companion when nothing may run beside it."""
 
 
-async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) -> Grounding | None:
-    """An alias with ``knowledge``: its stores' passages for this request, put into ``body``
-    (LocalOnlyStore when a route could take a ``local_only`` store's passages off premises);
-    the audit records which documents they came from."""
+def _asked(request: Request, protocol: ClientProtocol) -> FileSearch | None:
+    """The stores a request asks for itself: its ``x-nobusy-knowledge`` header and a protocol's
+    own search tool (the Responses ``file_search``), together."""
+    named = requested(request.headers.get(HEADER))
+    tool: FileSearch | None = getattr(protocol, "file_search", None)
+    if tool is None:
+        return FileSearch(named) if named else None
+    return FileSearch(
+        tuple(dict.fromkeys((*tool.stores, *named))),
+        tool.top_k,
+        tool.filters,
+        tool.score_threshold,
+    )
+
+
+async def _ground(
+    entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any], asked: FileSearch | None
+) -> Grounding | None:
+    """The passages of the alias's stores and of those the request ``asked`` for, put into
+    ``body`` (LocalOnlyStore when a route could take a ``local_only`` store's passages off
+    premises); the audit records which documents they came from."""
     router, kb = entry.state.router, entry.state.knowledge
     alias = router.alias(chat.model)
     attached = alias.knowledge
-    if attached is None or kb is None:
+    if (attached is None and asked is None) or kb is None:
         return None
+    own = asked.stores if asked is not None else ()
+    stores = tuple(dict.fromkeys((*(attached.stores if attached else ()), *own)))
+    top_k = max(attached.top_k if attached else 0, asked.top_k if asked else 0)
+    filters = asked.filters if asked is not None else None
+    threshold = asked.score_threshold if asked is not None else 0.0
     remote = sorted(
         {
             route.upstream
@@ -519,7 +563,9 @@ async def _ground(entry: _LedgerEntry, chat: ChatRequest, body: dict[str, Any]) 
             if not is_local(router.upstreams[route.upstream])
         }
     )
-    grounding = await retrieve(kb, attached.stores, attached.top_k, body, remote=remote)
+    grounding = await retrieve(
+        kb, stores, top_k, body, remote=remote, filters=filters, score_threshold=threshold
+    )
     if grounding is not None:
         grounding.apply(body)
         if entry.exchange is not None:

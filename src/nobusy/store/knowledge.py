@@ -198,6 +198,15 @@ class KnowledgeStore:
         rows = self._page("kb_files", _FILE, where, args, after, limit, order)
         return Page([FileRecord(*row) for row in rows[:limit]], len(rows) > limit)
 
+    def expired_files(self, now: int | None = None, limit: int = 100) -> list[str]:
+        """Ids of files past their ``expires_at``, oldest first: the sweeper deletes them."""
+        rows = self._all(
+            "SELECT id FROM kb_files WHERE expires_at IS NOT NULL AND expires_at <= ? "
+            "ORDER BY expires_at LIMIT ?",
+            (_now() if now is None else now, limit),
+        )
+        return [str(row[0]) for row in rows]
+
     def delete_file(self, file_id: str) -> list[str]:
         """Forget a file and its place in every store; the stores it was in."""
         with self._write() as conn:

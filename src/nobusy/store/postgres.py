@@ -152,7 +152,7 @@ def _listening(url: str) -> bool:
         return False
     host = str(info.get("host") or "").split(",")[0]
     port = str(info.get("port") or "5432").split(",")[0]
-    if not host or host.startswith("/") or not port.isdigit():
+    if not host or host.startswith("/") or not (port.isascii() and port.isdigit()):
         return False
     try:
         with socket.create_connection((host, int(port)), timeout=2):

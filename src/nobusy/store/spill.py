@@ -199,7 +199,11 @@ class Spill:
         """Put the rows of spill files whose process is gone in front of this one's."""
         for orphan in sorted(folder.glob(f"{self.what}-*.jsonl")):
             pid = orphan.stem.rpartition("-")[2]
-            if orphan == self.path or not pid.isdigit() or process_alive(int(pid)):
+            if (
+                orphan == self.path
+                or not (pid.isascii() and pid.isdigit())
+                or process_alive(int(pid))
+            ):
                 continue
             claimed = orphan.with_name(f"{orphan.name}.{os.getpid()}")
             try:

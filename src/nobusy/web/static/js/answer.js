@@ -148,13 +148,13 @@ export function noteText(note) {
  * an abort (Stop) keeps what arrived so far. Errors are shown in the view and returned in
  * `meta.error`; `meta.status` holds the HTTP status of a refused request.
  */
-export async function streamInto(view, { model, messages, signal, params }) {
+export async function streamInto(view, { model, messages, signal, params, stores }) {
   const started = performance.now();
   const meta = { model, upstreams: [], ttft: null, usage: null, notes: [] };
   view.root.setAttribute("aria-busy", "true");
   view.setStatus(t("connecting"));
   try {
-    await streamChat({ model, messages, signal, params }, {
+    await streamChat({ model, messages, signal, params, stores }, {
       open({ upstream }) {
         if (upstream && upstream !== "queued") meta.upstreams.push(upstream);
         view.setStatus("");

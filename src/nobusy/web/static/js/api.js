@@ -117,12 +117,15 @@ export function parseNote(comment) {
  * `on.usage(usage)` for the usage chunk; resolves when the stream ends, rejects with an
  * ApiError (including an error event inside the stream) or an AbortError. `params`
  * (temperature, top_p, max_tokens) go into the request; `on.citations(nobusy)` gets the final
- * chunk's `nobusy.citations` of an alias that answers from a knowledge base.
+ * chunk's `nobusy.citations` of an alias that answers from a knowledge base, or of the
+ * conversation's `stores` (sent in `x-nobusy-knowledge`).
  */
-export async function streamChat({ model, messages, signal, params = {} }, on) {
+export async function streamChat({ model, messages, signal, params = {}, stores = [] }, on) {
+  // A conversation's own knowledge base: searched by the server for every answer in it.
+  const knowledge = stores.length ? { "x-nobusy-knowledge": stores.join(",") } : {};
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
-    headers: headers(false, true),
+    headers: { ...headers(false, true), ...knowledge },
     body: JSON.stringify({ ...params, model, messages, stream: true, stream_options: { include_usage: true } }),
     signal,
   });

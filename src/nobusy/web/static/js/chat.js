@@ -3,12 +3,15 @@
 // editing a sent message to re-run from there; options, files and shortcuts: chattools.js.
 
 import { AnswerView, streamInto } from "./answer.js";
+import { call } from "./api.js";
 import {
   initAttachments,
   initShortcuts,
+  intoStore,
   matches,
   readOptions,
   showOptions,
+  storeAttachments,
   takeAttachments,
 } from "./chattools.js";
 import { t } from "./i18n.js";
@@ -113,7 +116,11 @@ function showUser(message, index) {
   if (message.files?.length) {
     const files = document.createElement("p");
     files.className = "msg-files";
-    files.textContent = `📎 ${message.files.map((f) => f.name).join(", ")}`;
+    const names = (stored) => message.files.filter((f) => Boolean(f.stored) === stored).map((f) => f.name).join(", ");
+    files.textContent = [
+      names(false) && `📎 ${names(false)}`,
+      names(true) && `📚 ${t("storedFiles", { names: names(true) })}`,
+    ].filter(Boolean).join(" · ");
     article.append(files);
   }
   // The edit button sits beside the message, not in it: the message reads as it was sent.
@@ -197,11 +204,20 @@ async function send() {
   const model = $("model").value;
   if (!current) current = { ...store.create(model, text.slice(0, TITLE_LENGTH)), ...readOptions() };
   current.model = model;
-  const attached = takeAttachments();
   const message = { role: "user", content: text, display: text };
-  if (attached.files.length) {
-    message.content = `${text}\n\n${attached.text}`;
-    message.files = attached.files;
+  if (intoStore()) {
+    // The files go to the conversation's vector store; the server searches it for each answer.
+    running = new AbortController();
+    updateControls();
+    const stored = await storeAttachments(current);
+    running = null;
+    if (stored.files.length) message.files = stored.files;
+  } else {
+    const attached = takeAttachments();
+    if (attached.files.length) {
+      message.content = `${text}\n\n${attached.text}`;
+      message.files = attached.files;
+    }
   }
   current.messages.push(message);
   store.save(current);
@@ -235,6 +251,7 @@ async function answer(previous = null) {
     messages: history,
     signal: running.signal,
     params: conversation.params ?? {},
+    stores: conversation.stores ?? [],
   });
   running = null;
   const kept = message.content || message.reasoning;
@@ -293,6 +310,8 @@ function renderList() {
     const remove = button("✕", "icon", () => {
       if (running || !confirm(t("deleteConfirm", { title: conversation.title }))) return;
       store.remove(conversation.id);
+      // Its own knowledge base goes with it (best effort: the files stay under /v1/files).
+      for (const id of conversation.stores ?? []) call(`/v1/vector_stores/${id}`, { method: "DELETE" }).catch(() => {});
       open(current?.id === conversation.id ? null : current?.id ?? null);
     });
     remove.setAttribute("aria-label", `${t("delete")}: ${conversation.title}`);

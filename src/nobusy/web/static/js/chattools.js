@@ -1,8 +1,9 @@
 // What the chat view offers around a conversation: its system prompt and sampling parameters,
 // files attached to the next message (read as text: txt and md here, pdf, docx and html by the
-// server's parsers), search over conversations, and the keyboard shortcuts with their help.
+// server's parsers; or put in the conversation's own vector store, which the server searches
+// for every answer in it), search over conversations, and the keyboard shortcuts with their help.
 
-import { call } from "./api.js";
+import { ApiError, authHeaders, call } from "./api.js";
 import { t } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
@@ -51,7 +52,7 @@ export function initAttachments() {
 }
 
 async function attach(file) {
-  const entry = { name: file.name, text: "", error: "", busy: true };
+  const entry = { name: file.name, file, text: "", error: "", busy: true, status: "" };
   attachments.push(entry);
   renderAttachments();
   try {
@@ -85,7 +86,8 @@ export function renderAttachments() {
     const item = document.createElement("li");
     item.className = entry.error ? "attachment failed" : "attachment";
     let label = entry.name;
-    if (entry.busy) label = t("attachReading", { name: entry.name });
+    if (entry.status) label = entry.status;
+    else if (entry.busy) label = t("attachReading", { name: entry.name });
     else if (entry.error) label = t("attachFailed", { name: entry.name, reason: entry.error });
     else label = t("attachReady", { name: entry.name, n: entry.text.length });
     const text = document.createElement("span");
@@ -103,6 +105,88 @@ export function renderAttachments() {
     list.append(item);
   }
   list.hidden = !attachments.length;
+  $("attach-store-choice").hidden = !attachments.length;
+}
+
+/** Whether the attachments go into the conversation's knowledge base rather than the text. */
+export function intoStore() {
+  return $("attach-store").checked && attachments.some((a) => !a.busy && !a.error);
+}
+
+/**
+ * Put the ready attachments in `conversation`'s own vector store (made on first use, its id kept
+ * in `conversation.stores`), showing each file's upload and indexing; resolves when every file
+ * is indexed or failed, to `{files}` for the message (the failed ones say why in the list).
+ */
+export async function storeAttachments(conversation) {
+  const ready = attachments.filter((a) => !a.busy && !a.error);
+  for (const entry of ready) entry.busy = true;
+  const show = (entry, status) => {
+    entry.status = status;
+    renderAttachments();
+  };
+  try {
+    if (!conversation.stores?.length) {
+      const name = `chat: ${conversation.title || ""}`.slice(0, 64);
+      const made = await call("/v1/vector_stores", { method: "POST", body: { name, metadata: { source: "chat" } } });
+      conversation.stores = [made.id];
+    }
+    const storeId = conversation.stores[0];
+    for (const entry of ready) {
+      show(entry, t("attachUploading", { name: entry.name }));
+      try {
+        entry.fileId = (await upload(entry.file)).id;
+        await call(`/v1/vector_stores/${storeId}/files`, { method: "POST", body: { file_id: entry.fileId } });
+      } catch (error) {
+        entry.error = error.message;
+        show(entry, "");
+      }
+    }
+    await indexed(storeId, ready.filter((e) => e.fileId && !e.error), show);
+  } catch (error) {
+    for (const entry of ready) if (!entry.fileId) entry.error = error.message;
+  }
+  const stored = ready.filter((e) => e.fileId && !e.error);
+  for (const entry of ready) {
+    entry.busy = false;
+    entry.status = "";
+  }
+  // The failed stay listed with their reason; the stored leave the list for the message.
+  attachments.splice(0, attachments.length, ...attachments.filter((a) => !stored.includes(a)));
+  renderAttachments();
+  return { files: stored.map((e) => ({ name: e.name, file_id: e.fileId, stored: true })) };
+}
+
+async function upload(file) {
+  const form = new FormData();
+  form.append("purpose", "assistants");
+  form.append("file", file);
+  const response = await fetch("/v1/files", { method: "POST", headers: authHeaders(), body: form });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+async function indexed(storeId, entries, show) {
+  let waiting = entries;
+  while (waiting.length) {
+    const next = [];
+    for (const entry of waiting) {
+      const placed = await call(`/v1/vector_stores/${storeId}/files/${entry.fileId}`);
+      if (placed.status === "in_progress") {
+        const progress = placed.nobusy?.progress ?? {};
+        show(entry, t("attachIndexing", { name: entry.name, done: progress.done ?? 0, total: progress.total ?? "?" }));
+        next.push(entry);
+      } else if (placed.status === "completed") {
+        show(entry, t("attachIndexed", { name: entry.name }));
+      } else {
+        entry.error = placed.last_error?.message ?? placed.status;
+        show(entry, "");
+      }
+    }
+    waiting = next;
+    if (waiting.length) await new Promise((resolve) => setTimeout(resolve, 400));
+  }
 }
 
 /** Take the ready attachments for a message: `{files, text}` (text to append to it). */
