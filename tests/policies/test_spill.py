@@ -15,6 +15,7 @@ from nobusy.routing.spill import TierBook, TierLoad, choose_tier, expected_wait
 from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.testing import ScriptedUpstream
 from nobusy.testing import Settings as ScriptedSettings
+from nobusy.upstreams import build_upstream, settings_class
 
 BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -100,3 +101,16 @@ async def test_without_spill_after_the_next_tier_takes_the_overflow_at_once() ->
     assert Walker(router, "m", BODY, "r1").reserve()
     second = Walker(router, "m", BODY, "r2")
     assert second.reserve() and second.reserved == Route("cloud", tier=1)
+
+
+def test_a_server_with_slots_keeps_its_limit_at_least_there() -> None:
+    spec = {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1", "default_model": "m", "slots": 6}
+    upstreams = {"gpu": build_upstream("gpu", settings_class("vllm").model_validate(spec))}
+    settings = Settings(
+        upstreams={"gpu": upstreams["gpu"].settings},
+        models={"m": ModelAlias(routes=(Route("gpu"),))},
+        initial_concurrency=2,
+    )
+    router = Router(settings, upstreams, Metrics())
+    # First tokens slowing cannot push it below the slots the server says it runs at once.
+    assert router.capacity.limits["gpu"].current == 6
