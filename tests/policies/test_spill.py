@@ -114,3 +114,21 @@ def test_a_server_with_slots_keeps_its_limit_at_least_there() -> None:
     router = Router(settings, upstreams, Metrics())
     # First tokens slowing cannot push it below the slots the server says it runs at once.
     assert router.capacity.limits["gpu"].current == 6
+
+
+async def test_a_waiter_whose_wait_grows_past_spill_after_spills() -> None:
+    router = _router(spill_after=5.0)
+    first = Walker(router, "m", BODY, "r1")
+    assert first.reserve()
+    second = Walker(router, "m", BODY, "r2")
+    assert not second.reserve()  # queued for the local slot: about a second's wait
+    # The local server slows down: an answer now takes 30 s, so the queue's estimate passes
+    # spill_after and the waiter takes the cloud's free slot at its next update.
+    router.capacity.service["local"] = 30.0
+    await second.granted()
+    assert second.reserved == Route("cloud", tier=1) and second.ticket is None
+    assert router.capacity.queue.size == 0
+    router.capacity.release("local", "ok", 0.5)
+    router.capacity.release("cloud", "ok", 0.5)
+    assert router.capacity.limits["local"].in_flight == 0
+    assert router.capacity.limits["cloud"].in_flight == 0
