@@ -151,7 +151,7 @@ def test_replicas_share_keys_in_postgresql_and_so_run_without_insecure() -> None
         assert url.hostname in services and url.port == 5432
         assert spec["depends_on"]["postgres"] == {"condition": "service_healthy"}
     postgres = services["postgres"]
-    assert postgres["image"].startswith("postgres:")
+    assert postgres["image"].startswith("pgvector/pgvector:pg")  # the knowledge base's vectors
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     pod = k8s("Deployment")["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "nobusy"]

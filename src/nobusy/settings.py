@@ -320,8 +320,9 @@ class Settings(BaseModel):
     )
     store: SecretStr | None = Field(
         None,
-        description="PostgreSQL shared by every replica for keys, usage and audit "
-        "(`postgresql://USER:PASSWORD@HOST[:PORT]/DB`); none: SQLite in data_dir.",
+        description="PostgreSQL shared by every replica for keys, usage, audit and the "
+        "knowledge base (needs pgvector) (`postgresql://USER:PASSWORD@HOST[:PORT]/DB`); "
+        "none: SQLite in data_dir.",
     )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The tamper-evident audit log."

@@ -25,9 +25,8 @@ from nobusy.edge.auth import hashers_for
 from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import BUDGET_PERIODS, PRIORITIES, Key, validate
 from nobusy.money.budgets import money, spent
-from nobusy.store.backends import open_keys
+from nobusy.store.backends import open_keys, open_knowledge
 from nobusy.store.keys import KeyStore
-from nobusy.store.knowledge import KnowledgeStore
 from nobusy.store.migrations import DB_NAME
 
 __all__ = ["keys"]
@@ -107,7 +106,7 @@ def _grant(
 ) -> list[str]:
     """Grant ``stores`` (``none``: none) to the key when given; the stores granted now."""
     settings, _ = existing_store(config_file, data_dir)
-    records = KnowledgeStore(settings.data_dir)
+    records = open_knowledge(settings)
     try:
         if stores is not None:
             wanted = [] if stores.strip() == NO_LIMIT else [s.strip() for s in stores.split(",")]

@@ -18,11 +18,12 @@ from typing import Any
 
 from nobusy.errors import ConfigError, NobusyError
 from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
-from nobusy.knowledge.index import INDEX_FILE, Hit, Index
+from nobusy.knowledge.index import Hit
 from nobusy.knowledge.jobs import Ingestor
 from nobusy.settings import Settings
-from nobusy.store.blobs import Blobs
-from nobusy.store.knowledge import Caller, KnowledgeStore, StoreRecord
+from nobusy.store.backends import open_blobs, open_index, open_knowledge
+from nobusy.store.interfaces import ChunkIndex
+from nobusy.store.knowledge import Caller, StoreRecord
 
 __all__ = ["SWEEP_SECONDS", "KnowledgeBase"]
 
@@ -37,15 +38,17 @@ class KnowledgeBase:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.knowledge
         self.data_dir = settings.data_dir
+        self._all_settings = settings
         model = canonical_name(self.settings.embedding_model)
         if model is None:
             raise ConfigError(
                 f"knowledge.embedding_model: unknown model {self.settings.embedding_model!r}"
             )
         self.default_model = model
-        self.records = KnowledgeStore(settings.data_dir)
-        self.blobs = Blobs(settings.data_dir / "files")
-        self._indexes: dict[str, Index] = {}
+        # SQLite and files in data_dir, or with `store` the PostgreSQL every replica shares.
+        self.records = open_knowledge(settings)
+        self.blobs = open_blobs(settings)
+        self._indexes: dict[str, ChunkIndex] = {}
         self._lock = threading.Lock()
         self.ingestor = Ingestor(
             self.records, self.blobs, self.settings, self.engine, workers=self.settings.workers
@@ -69,18 +72,21 @@ class KnowledgeBase:
                 index.close()
             self._indexes.clear()
         self.records.close()
+        close = getattr(self.blobs, "close", None)
+        if close is not None:
+            close()
 
-    def engine(self, model: str) -> tuple[Embedder, Index]:
+    def engine(self, model: str) -> tuple[Embedder, ChunkIndex]:
         """The embedder of ``model`` and the index its stores' vectors are kept in."""
         return load_embedder(model), self.index(model)
 
-    def index(self, model: str) -> Index:
+    def index(self, model: str) -> ChunkIndex:
         """The index of ``model``'s stores, opened once (no model loaded for it)."""
         name = canonical_name(model) or model
         with self._lock:
             index = self._indexes.get(name)
             if index is None:
-                index = Index(self.data_dir / INDEX_FILE, name, dictionary=self.settings.dictionary)
+                index = open_index(self._all_settings, name)
                 self._indexes[name] = index
         return index
 

@@ -41,7 +41,7 @@ from nobusy.knowledge.chunking import Chunk, chunk
 from nobusy.knowledge.claims import LEASE_SECONDS, worker_id
 from nobusy.knowledge.parsers import ParseError, parse
 from nobusy.knowledge.settings import KnowledgeSettings
-from nobusy.store.blobs import Blobs
+from nobusy.store.interfaces import FileBytes
 from nobusy.store.knowledge import Caller, KnowledgeStore
 
 __all__ = ["EMBED_BATCH", "INDEX_GROUP", "Ingestor", "Progress"]
@@ -75,7 +75,7 @@ class Ingestor:
     def __init__(
         self,
         records: KnowledgeStore,
-        blobs: Blobs,
+        blobs: FileBytes,
         settings: KnowledgeSettings,
         engine: Callable[[str], tuple[Any, Any]],
         *,

@@ -1,4 +1,5 @@
-"""Where keys, usage and audit live: SQLite in ``data_dir``, or the PostgreSQL ``store`` names.
+"""Where keys, usage, audit and the knowledge base live: SQLite in ``data_dir``, or the
+PostgreSQL ``store`` names.
 
 The server (``nobusy.app``, ``nobusy.state``) and every CLI command that reads or writes them
 open them here, so each finds the same data. The PostgreSQL modules are imported only when
@@ -23,13 +24,18 @@ from nobusy.store.usage import UsageLog, key_usage, key_usage_rows
 if TYPE_CHECKING:
     from nobusy.crypto import CryptoSuite
     from nobusy.keys import Hasher
+    from nobusy.store.interfaces import ChunkIndex, FileBytes
+    from nobusy.store.knowledge import KnowledgeStore
     from nobusy.store.postgres import Liveness
 
 __all__ = [
     "describe",
     "liveness",
     "open_audit",
+    "open_blobs",
+    "open_index",
     "open_keys",
+    "open_knowledge",
     "open_responses",
     "open_usage",
     "reading",
@@ -101,6 +107,42 @@ def open_responses(settings: Settings) -> ResponsesStore:
     from nobusy.store.pg_responses import PgResponseStore
 
     return PgResponseStore(settings.store.get_secret_value(), settings.responses_ttl)
+
+
+def open_knowledge(settings: Settings) -> KnowledgeStore:
+    """The knowledge base's records: this host's ``nobusy.db``, or the shared PostgreSQL."""
+    if settings.store is None:
+        from nobusy.store.knowledge import KnowledgeStore
+
+        return KnowledgeStore(settings.data_dir)
+    from nobusy.store.pg_knowledge import PgKnowledgeStore
+
+    return PgKnowledgeStore(settings.store.get_secret_value())
+
+
+def open_blobs(settings: Settings) -> FileBytes:
+    """Uploaded files' bytes: ``data_dir/files``, or the shared PostgreSQL (a file uploaded
+    to one replica is read by any other)."""
+    if settings.store is None:
+        from nobusy.store.blobs import Blobs
+
+        return Blobs(settings.data_dir / "files")
+    from nobusy.store.pg_knowledge import PgBlobs
+
+    return PgBlobs(settings.store.get_secret_value())
+
+
+def open_index(settings: Settings, model: str) -> ChunkIndex:
+    """The search index of ``model``'s stores: ``data_dir/knowledge.db``, or the shared
+    PostgreSQL (pgvector)."""
+    dictionary = settings.knowledge.dictionary
+    if settings.store is None:
+        from nobusy.knowledge.index import INDEX_FILE, Index
+
+        return Index(settings.data_dir / INDEX_FILE, model, dictionary=dictionary)
+    from nobusy.knowledge.pg_index import PgIndex
+
+    return PgIndex(settings.store.get_secret_value(), model, dictionary=dictionary)
 
 
 @contextmanager

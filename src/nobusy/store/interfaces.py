@@ -1,4 +1,4 @@
-"""What the request path needs from storage: five small protocols a backend implements.
+"""What the request path needs from storage: small protocols a backend implements.
 
 Today's backends are SQLite files in the data dir and a memory-mapped file on one host, Redis
 and PostgreSQL for several hosts: modules implementing the same protocols, chosen at start-up
@@ -26,14 +26,19 @@ and PostgreSQL for several hosts: modules implementing the same protocols, chose
   memory. A store that fails answers "not kept": the cache never fails a request.
 - ``ResponsesStore``: ``store.responses.ResponseStore`` (SQLite, this host),
   ``store.pg_responses.PgResponseStore`` (PostgreSQL, every replica).
+- ``FileBytes``: ``store.blobs.Blobs`` (files in the data dir, this host),
+  ``store.pg_knowledge.PgBlobs`` (PostgreSQL, every replica). The knowledge base's records
+  are ``store.knowledge.KnowledgeStore`` and its subclass ``store.pg_knowledge.PgKnowledgeStore``.
+- ``ChunkIndex``: ``knowledge.index.Index`` (one SQLite file, this host),
+  ``knowledge.pg_index.PgIndex`` (PostgreSQL with pgvector, every replica).
 
 Each backend is checked against its protocol by mypy (``_backends`` below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from nobusy.keys import Key
 from nobusy.store.usage import UsageRecord
@@ -41,6 +46,8 @@ from nobusy.store.usage import UsageRecord
 __all__ = [
     "AuditSink",
     "CacheStore",
+    "ChunkIndex",
+    "FileBytes",
     "FleetLeases",
     "KeyLookup",
     "Leases",
@@ -234,14 +241,81 @@ class ResponsesStore(Protocol):
     def close(self) -> None: ...
 
 
+class FileBytes(Protocol):
+    """Uploaded files' bytes by file id."""
+
+    def write(self, file_id: str, source: BinaryIO) -> tuple[int, str]:
+        """Store ``source`` under ``file_id``; its size and SHA-256."""
+        ...
+
+    def read(self, file_id: str) -> bytes:
+        """The bytes; FileNotFoundError when there are none."""
+        ...
+
+    def delete(self, file_id: str) -> None: ...
+
+
+class ChunkIndex(Protocol):
+    """A knowledge base's chunks of one embedding model, searched by words and vectors."""
+
+    embedder_name: str
+
+    def add(
+        self,
+        store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        attributes: Mapping[str, object],
+    ) -> int: ...
+
+    def set_attributes(
+        self, store_id: str, file_id: str, attributes: Mapping[str, object]
+    ) -> None: ...
+
+    def known(self, store_id: str, chunks: Sequence[Chunk]) -> list[bool]: ...
+
+    def store_embedder(self, store_id: str) -> str | None: ...
+
+    def remove_file(self, store_id: str, file_id: str) -> int: ...
+
+    def remove_store(self, store_id: str) -> None: ...
+
+    def count(self, store_id: str) -> int: ...
+
+    def search(
+        self,
+        store_ids: Sequence[str],
+        query: str,
+        vector: npt.NDArray[np.float32] | None,
+        *,
+        k: int,
+        filters: Mapping[str, object] | None = None,
+        score_threshold: float = 0.0,
+        mode: str = "hybrid",
+        diversity: float = 0.0,
+        candidates: int = 50,
+    ) -> list[Hit]: ...
+
+    def close(self) -> None: ...
+
+
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from nobusy.admission.limits import KeyLimits
     from nobusy.admission.shared import SharedSlots
+    from nobusy.knowledge.chunking import Chunk
+    from nobusy.knowledge.index import Hit, Index
+    from nobusy.knowledge.pg_index import PgIndex
     from nobusy.store.audit import AuditLog
+    from nobusy.store.blobs import Blobs
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
     from nobusy.store.pg_audit import PgAuditLog
     from nobusy.store.pg_keys import PgKeyStore
+    from nobusy.store.pg_knowledge import PgBlobs
     from nobusy.store.pg_responses import PgResponseStore
     from nobusy.store.pg_usage import PgUsageLog
     from nobusy.store.redis_cache import RedisCache
@@ -267,6 +341,10 @@ if TYPE_CHECKING:
         pg_responses: PgResponseStore,
         sqlite_cache: SqliteCache,
         redis_cache: RedisCache,
+        blobs: Blobs,
+        pg_blobs: PgBlobs,
+        index: Index,
+        pg_index: PgIndex,
     ) -> None:
         """Never called: mypy checks that each of today's backends satisfies its protocol."""
         _keys: KeyLookup = keys
@@ -284,3 +362,7 @@ if TYPE_CHECKING:
         _pg_responses: ResponsesStore = pg_responses
         _sqlite_cache: CacheStore = sqlite_cache
         _redis_cache: CacheStore = redis_cache
+        _blobs: FileBytes = blobs
+        _pg_blobs: FileBytes = pg_blobs
+        _index: ChunkIndex = index
+        _pg_index: ChunkIndex = pg_index

@@ -262,6 +262,14 @@ def m012_console(db: Database) -> None:
     db.execute(USAGE_DAILY_BACKFILL)
 
 
+@NOBUSY()
+def m014_knowledge_shared(db: Database) -> None:
+    # Nothing in SQLite: with `store: postgresql://` the knowledge base's bytes, chunks and
+    # vectors move to PostgreSQL (store/pg_knowledge.py, knowledge/pg_index.py), so every
+    # replica searches one base; in SQLite they stay in data_dir/files and knowledge.db.
+    pass
+
+
 # Keys and upstreams are '' rather than NULL: NULLs are distinct to a UNIQUE constraint.
 CONSOLE_TABLES = (
     "CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL, alias TEXT NOT NULL, "

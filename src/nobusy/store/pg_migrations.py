@@ -105,6 +105,46 @@ _USAGE_DAILY_FUNCTION = f"""
     END $$"""
 
 
+# pgvector must be installed on the server: said plainly at start when it is not.
+_PGVECTOR = """
+    DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN
+            IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') THEN
+                RAISE EXCEPTION 'the pgvector extension is not installed on this server; '
+                    'nobusy keeps the knowledge base''s vectors in it: '
+                    'https://github.com/pgvector/pgvector'
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+            CREATE EXTENSION vector;
+        END IF;
+    END $$"""
+
+_KNOWLEDGE_SHARED = (
+    _PGVECTOR,
+    "CREATE TABLE kb_blobs (file_id TEXT NOT NULL, part BIGINT NOT NULL, content BYTEA NOT "
+    "NULL, PRIMARY KEY (file_id, part))",
+    "CREATE TABLE kb_index_stores (store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, "
+    "dimensions BIGINT NOT NULL)",
+    "CREATE TABLE kb_index_files (store_id TEXT NOT NULL, file_id TEXT NOT NULL, "
+    "attributes TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (store_id, file_id))",
+    "CREATE TABLE kb_chunks (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "store_id TEXT NOT NULL, file_id TEXT NOT NULL, hash TEXT NOT NULL, text TEXT NOT NULL, "
+    "heading TEXT NOT NULL, start_at BIGINT NOT NULL, end_at BIGINT NOT NULL, "
+    "words TEXT NOT NULL, "
+    "tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, words)) STORED, "
+    "dims INTEGER NOT NULL, embedding vector NOT NULL, UNIQUE (store_id, hash))",
+    "CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv)",
+    *(
+        f"CREATE INDEX kb_chunks_hnsw_{d} ON kb_chunks USING hnsw "
+        f"((embedding::vector({d})) vector_cosine_ops) WHERE dims = {d}"
+        for d in (384, 512)
+    ),
+    "CREATE TABLE kb_chunk_files (chunk_id BIGINT NOT NULL, store_id TEXT NOT NULL, "
+    "file_id TEXT NOT NULL, PRIMARY KEY (chunk_id, file_id))",
+    "CREATE INDEX kb_chunk_files_file ON kb_chunk_files (store_id, file_id)",
+)
+
+
 def _pg_json(statement: str) -> str:
     """SQLite's JSON array length in PostgreSQL's words (``tried`` is JSON text in both)."""
     for row in ("NEW", "u"):
@@ -166,6 +206,11 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             "FOR EACH ROW EXECUTE FUNCTION usage_daily_add()",
             _pg_json(USAGE_DAILY_BACKFILL),
         ),
+        # The knowledge base shared by every replica: uploaded bytes in parts (a file another
+        # replica received is read here), and the index (knowledge/pg_index.py): chunks with
+        # their jieba words as a 'simple' tsvector and their vector (pgvector; one column for
+        # every model, an HNSW index per dimension of the shipped models: 384, 512).
+        "m014_knowledge_shared": _KNOWLEDGE_SHARED,
     },
     AUDIT.name: {
         "m001_audit": (

@@ -130,6 +130,8 @@ def startup_error(exc: BaseException, url: str, migrating: bool = False) -> Conf
             "grant it CREATE on the database's schema (GRANT CREATE ON SCHEMA public TO "
             "<role>), or start nobusy once with a role that may, so the migrations are applied"
         )
+    if isinstance(exc, psycopg.errors.FeatureNotSupported):
+        return ConfigError(f"PostgreSQL at {shown} lacks what nobusy needs: {words}")
     if isinstance(exc, psycopg.ProgrammingError) and not isinstance(exc, psycopg.OperationalError):
         return ConfigError(f"store: {shown} is not a PostgreSQL URL nobusy can use ({words})")
     if _listening(url):
