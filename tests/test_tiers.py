@@ -100,7 +100,7 @@ def test_an_idle_local_tier_takes_everything(tiers: Any) -> None:
 
 def test_a_full_local_tier_spills_only_past_spill_after(tiers: Any) -> None:
     server, local = tiers
-    sock = _occupy(local, 2)
+    sock = _occupy(local, 5)  # long enough for a loaded machine to ask twice meanwhile
     try:
         _wait(server, lambda body: (body["data"][0]["running"] or 0) >= 1)
         # One request ahead, a slot freeing about every 0.6 s: past 0.01 s, well within 60 s.
