@@ -3,18 +3,22 @@ and their periods on the key store."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from nobusy.errors import BudgetExhausted, ConfigError, InvalidRequest
-from nobusy.money.budgets import budget_warning, check_budget, next_reset, period_start, spent
+from nobusy.money.budgets import budget_warning, next_reset, period_start, spent
 from nobusy.money.prices import Price, PricingSettings
 from nobusy.money.spend import Pricer
 from nobusy.settings import load_settings
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
+from nobusy.store.money_holds import Hold, MoneyHolds
 from nobusy.store.usage import UsageRecord
 
 DEEPSEEK = {
@@ -152,6 +156,10 @@ models:
     record.upstream = "local/x (overflow)"  # no price: free
     pricer.price(record)
     assert (record.cost_micros, record.report_cost_micros) == (0, 0)
+    # What a request may cost at most: on the dearest route its alias may take.
+    assert pricer.worst("chat", 100, 10, at("2026-12-07T12:00:00+00:00")) == 7700
+    assert pricer.worst("cheap/m", 100, 10, at("2026-12-07T12:00:00+00:00")) == 120
+    assert pricer.worst("local/x", 100, 10, at("2026-12-07T12:00:00+00:00")) == 0
 
 
 def test_budget_periods_reset_in_utc() -> None:
@@ -166,26 +174,103 @@ def test_budget_periods_reset_in_utc() -> None:
 def test_budget_spend_warning_limit_topup_and_reset(tmp_path: Path) -> None:
     moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
     store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+    holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
     key, _ = store.create("team-a", budget="1.5", budget_period="daily")
-    assert key.budget_micros == 1_500_000
-    key = store.charge(key.id, 10, 1_000_000)
-    assert spent(key, moment[0]) == 1_000_000
-    assert budget_warning(key, "CNY", moment[0]) is None
-    key = store.charge(key.id, 10, 200_000)  # 80%: the soft limit
-    warning = budget_warning(key, "CNY", moment[0])
+    assert key.budget_micros == 1_500_000 and key.held
+
+    def spend(cost: int) -> Hold:
+        hold = asyncio.run(holds.reserve(store.get("team-a"), 400_000))
+        holds.settle(hold, cost)
+        holds.flush()
+        return hold
+
+    spend(1_000_000)
+    assert spent(store.get("team-a"), moment[0]) == 1_000_000
+    hold = spend(200_000)
+    assert budget_warning(hold.budgets, "CNY", moment[0]) is None  # as it was before: 67%
+    hold = spend(300_000)  # 1.2 of 1.5 spent before it: the soft limit
+    warning = budget_warning(hold.budgets, "CNY", moment[0])
     assert warning is not None and warning.startswith("80% of the daily budget spent")
-    key = store.charge(key.id, 10, 300_000)
     with pytest.raises(BudgetExhausted) as caught:
-        check_budget(key, "CNY", moment[0])
+        spend(1)
     assert caught.value.code == "insufficient_quota" and caught.value.status_code == 429
-    assert "daily budget of 1.50 CNY" in caught.value.message
+    assert "Key 'team-a' has spent its daily budget of 1.50 CNY" in caught.value.message
     assert "resets at 2026-12-10 00:00 UTC" in caught.value.message
-    key = store.topup_money("team-a", "1")
-    check_budget(key, "CNY", moment[0])  # 1.5 spent of 2.5
+    store.topup_money("team-a", "1")
+    spend(0)  # 1.5 spent of 2.5
     moment[0] = datetime(2026, 12, 10, 0, 1, tzinfo=UTC)  # the next day: spend starts again
     assert spent(store.get("team-a"), moment[0]) == 0
-    key = store.charge(key.id, 1, 5)
-    assert (key.spent_micros, key.budget_since) == (5, datetime(2026, 12, 10, tzinfo=UTC))
+    spend(5)
+    key = store.get("team-a")
+    assert (key.spent_micros, key.budget_since, key.reserved_micros) == (
+        5,
+        datetime(2026, 12, 10, tzinfo=UTC),
+        0,
+    )
+    holds.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_group_budget_is_held_with_its_keys_and_the_tighter_one_refuses(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    moment = [datetime(2026, 12, 9, 15, 30, tzinfo=UTC)]
+    store: KeyStore
+    holds: MoneyHolds
+    if backend == "sqlite":
+        store = KeyStore(tmp_path, clock=lambda: moment[0], refresh_interval=0)
+        holds = MoneyHolds(tmp_path, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
+    else:  # one statement per step there (nobusy.store.pg_money_holds)
+        from nobusy.store.pg_keys import PgKeyStore
+        from nobusy.store.pg_money_holds import PgMoneyHolds
+
+        url = request.getfixturevalue("pg_url")
+        store = PgKeyStore(url, clock=lambda: moment[0])
+        holds = PgMoneyHolds(url, "CNY", ttl=60, clock=lambda: moment[0].timestamp())
+    groups = KeyGroups(store)
+    groups.create("eng", budget="1", budget_period="weekly")
+    a, _ = store.create("a", group="eng")
+    b, _ = store.create("b", group="eng", budget="0.5")
+    assert a.held and b.held and a.group_id == b.group_id
+
+    def reserve(name: str, micros: int) -> Hold:
+        return asyncio.run(holds.reserve(store.get(name), micros))
+
+    first = reserve("a", 600_000)
+    second = reserve("b", 400_000)  # 0.6 held of the group's 1: room left
+    assert [(x.owner, x.held) for x in second.budgets] == [("key", 0), ("group", 600_000)]
+    with pytest.raises(BudgetExhausted) as caught:
+        reserve("a", 1)  # all of it held: the group refuses, naming itself and what is held
+    assert caught.value.message.startswith(
+        "Key group 'eng' has spent its weekly budget of 1.00 CNY (0.00 spent, 1.00 held by "
+        "requests in flight); it resets at 2026-12-14 00:00 UTC"
+    )
+    holds.settle(first, 50_000)
+    holds.settle(second, 500_000)
+    holds.flush()
+    eng = groups.get("eng")
+    assert (eng.spent(moment[0]), eng.reserved_micros) == (550_000, 0)
+    with pytest.raises(BudgetExhausted, match="^Key 'b' has spent its daily budget"):
+        reserve("b", 1)  # the key's own budget is the tighter one now
+    hold = reserve("a", 100_000)  # the group has room: 0.55 of 1
+    assert budget_warning(hold.budgets, "CNY", moment[0]) is None
+    holds.settle(hold, 400_000)
+    hold = reserve("a", 10)
+    warning = budget_warning(hold.budgets, "CNY", moment[0])
+    assert warning is not None and warning.startswith("95% of the group eng's weekly budget")
+    holds.settle(hold, 0)
+    # A hold whose process died expires: the next reservation releases it first.
+    reserve("a", 40_000)
+    moment[0] = moment[0].replace(minute=32)
+    late = reserve("a", 30_000)
+    assert late.budgets[0].held == 0 and groups.get("eng").reserved_micros == 30_000
+    holds.settle(late, 60_000)
+    with pytest.raises(BudgetExhausted):
+        reserve("a", 1)  # 1.01 spent of 1
+    groups.topup("eng", "1")
+    reserve("a", 1)
+    holds.close()
+    store.close()
 
 
 @pytest.mark.parametrize(
@@ -221,3 +306,39 @@ def test_cache_hits_are_read_from_each_wire_format() -> None:
         {"prompt_tokens": 43, "completion_tokens": 2, "total_tokens": 45,
          "prompt_tokens_details": {"cached_tokens": 40}},
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("on_failure", ["local", "refuse"])
+def test_redis_not_answering_holds_in_the_key_database_or_refuses(
+    tmp_path: Path, on_failure: Literal["local", "refuse"]
+) -> None:
+    from nobusy.errors import StorageUnavailable
+    from nobusy.store.redis_money_holds import RedisMoneyHolds
+    from tests.conftest import free_port
+
+    store = KeyStore(tmp_path)
+    key, _ = store.create("k", budget="1")
+    holds = RedisMoneyHolds(
+        f"redis://127.0.0.1:{free_port()}/0", MoneyHolds(tmp_path, "CNY", ttl=60), on_failure
+    )
+
+    async def use() -> None:
+        try:
+            hold = await holds.reserve(key, 1000)
+        except StorageUnavailable:
+            assert on_failure == "refuse"
+            return
+        finally:
+            await holds.aclose()
+        assert on_failure == "local" and not hold.mirrored
+        assert store.get("k").reserved_micros == 1000  # held in nobusy.db
+        holds.settle(hold, 10)
+
+    asyncio.run(use())
+    holds.flush()
+    assert (store.get("k").reserved_micros, store.get("k").spent_micros) == (
+        0,
+        0 if on_failure == "refuse" else 10,
+    )
+    holds.close()
+    store.close()

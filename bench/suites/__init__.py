@@ -21,9 +21,11 @@ from bench.suites import (
     knowledge,
     knowledge_pg,
     memory,
+    money,
     overhead,
     pool,
     protocols,
+    reload,
     replicas,
     sigkill,
     workers,
@@ -54,6 +56,8 @@ SUITES: dict[str, Suite] = {
         protocols.SUITE,
         cache.SUITE,
         pool.SUITE,
+        reload.SUITE,
         console.SUITE,
+        money.SUITE,
     )
 }

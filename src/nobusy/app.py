@@ -19,12 +19,15 @@ from nobusy.api import (
     embeddings,
     extract,
     files,
+    key_groups,
     keys,
+    managed,
     messages,
     models,
     openapi,
     ops,
     pool,
+    reload,
     request_log,
     responses_api,
     usage,
@@ -39,6 +42,7 @@ from nobusy.edge.middleware import RequestContextMiddleware
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
 from nobusy.metrics import Metrics
+from nobusy.reload import SettingsSource, reload_on_sighup
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.routing.pool import pool_rows, tier_rows
@@ -53,15 +57,17 @@ from nobusy.web import session, status
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
+def create_app(
+    settings: Settings, *, drain_signals: bool = False, source: SettingsSource | None = None
+) -> Starlette:
     """Build the ASGI app: routes, middleware, error rendering, and upstreams on startup.
-    With ``drain_signals`` (``nobusy serve``) SIGTERM and SIGINT drain it before it stops."""
+    With ``drain_signals`` (``nobusy serve``) SIGTERM and SIGINT drain it before it stops,
+    and SIGHUP reloads the configuration from ``source`` (where ``settings`` came from)."""
     metrics = Metrics()
     upstreams = {name: build_upstream(name, spec) for name, spec in settings.upstreams.items()}
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
-    if router.placement is not None:
-        metrics.watch_pool(lambda: pool_rows(router))
+    metrics.watch_pool(lambda: pool_rows(router))  # a reload may add servers
     metrics.watch_tiers(lambda: tier_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
@@ -69,9 +75,13 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, UsageSink]]:
-        async with running(settings, router, metrics, auth, guard) as state:
+        async with running(settings, router, metrics, auth, guard, source) as state:
             app.state.nobusy = state
-            with drain_on_signals(state.drain) if drain_signals else contextlib.nullcontext():
+            with contextlib.ExitStack() as signals:
+                if drain_signals:
+                    assert state.reloader is not None
+                    signals.enter_context(drain_on_signals(state.drain))
+                    signals.enter_context(reload_on_sighup(state.reloader))
                 # Lifespan state: CommittedAnswers finds the usage log there.
                 yield {USAGE_LOG: state.ledger.log}
 
@@ -94,7 +104,10 @@ def create_app(settings: Settings, *, drain_signals: bool = False) -> Starlette:
                 [
                     *admin.routes,
                     *pool.routes,
+                    *reload.routes,
+                    *managed.routes,
                     *keys.routes,
+                    *key_groups.routes,
                     *status.routes,
                     *usage.routes,
                     *usage_series.routes,

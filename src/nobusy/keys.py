@@ -30,6 +30,7 @@ __all__ = [
     "BUDGET_PERIODS",
     "bad_field",
     "check_money",
+    "check_period",
     "check_count",
     "to_columns",
     "parse_duration",
@@ -45,7 +46,10 @@ Priority = Literal["high", "normal", "low"]
 Status = Literal["active", "revoked", "expired"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 LIMITS = ("rpm", "tpm", "max_concurrency", "quota_tokens")
-EDITABLE = ("name", "priority", *LIMITS, "models", "expires", "max_wait", "budget", "budget_period")
+EDITABLE = (
+    "name", "priority", *LIMITS, "models", "expires", "max_wait", "budget", "budget_period",
+    "group",
+)  # fmt: skip
 BUDGET_PERIODS = ("daily", "weekly", "monthly")
 MAX_INT = 2**53  # exact in JSON clients and far inside SQLite's 64-bit integers
 _KEY_ID = re.compile(r"key_[0-9a-f]{10}")
@@ -91,6 +95,15 @@ class Key:
     budget_period: str | None = None
     spent_micros: int = 0
     budget_since: datetime | None = None
+    # Its key group (nobusy.store.key_groups), and the money held by its requests in flight.
+    group_id: str | None = None
+    reserved_micros: int = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether a request of this key reserves its cost first (a budget of its own or a
+        group's): keys without either never wait for that round trip."""
+        return self.budget_micros is not None or self.group_id is not None
 
     def status(self, now: datetime) -> Status:
         if self.revoked_at is not None:
@@ -199,6 +212,12 @@ def check_money(name: str, value: object, *, positive: bool = False) -> int | No
     return micros
 
 
+def check_period(value: object) -> str | None:
+    if value is not None and value not in BUDGET_PERIODS:
+        raise bad_field("budget_period", f"must be daily, weekly or monthly, got {show(value)}")
+    return value
+
+
 def _check_max_wait(value: object) -> float | None:
     if value is None:
         return None
@@ -235,11 +254,11 @@ def to_columns(given: Mapping[str, object], now: datetime) -> dict[str, object]:
         elif name == "budget":
             out["budget_micros"] = check_money("budget", value)
         elif name == "budget_period":
-            if value is not None and value not in BUDGET_PERIODS:
-                raise bad_field(
-                    "budget_period", f"must be daily, weekly or monthly, got {show(value)}"
-                )
-            out["budget_period"] = value
+            out["budget_period"] = check_period(value)
+        elif name == "group":  # its name; the store looks up the id
+            if value is not None and not isinstance(value, str):
+                raise bad_field("group", f"must be a group's name, got {show(value)}")
+            out["group_id"] = value
         else:
             raise bad_field(name, f"unknown field; the fields are {', '.join(EDITABLE)}")
     return out

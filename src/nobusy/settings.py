@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from nobusy import overlay
 from nobusy.cache.policy import CacheSettings
 from nobusy.crosscheck.settings import CrossCheckSettings
 from nobusy.errors import ConfigError
@@ -193,6 +194,9 @@ class ModelAlias(BaseModel):
     knowledge: AliasKnowledge | None = Field(
         None, description="Ground answers in these vector stores' passages, with citations."
     )
+    enabled: bool = Field(
+        True, description="false: kept in the config, but neither served nor listed (404)."
+    )
 
 
 class Settings(BaseModel):
@@ -207,6 +211,12 @@ class Settings(BaseModel):
         False, description="Allow binding a non-loopback address without API keys."
     )
     data_dir: Path = Field(Path("data"), description="Directory for every file nobusy writes.")
+    managed_file: Path | None = Field(
+        None,
+        description="The overlay the console and the admin API write upstreams and aliases "
+        "to, merged over the config file (default: nobusy.managed.yaml beside it, else in "
+        "data_dir); shared by every replica that reads the same config.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level: debug, info, warning or error."
     )
@@ -463,6 +473,11 @@ def read_config_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
+def read_overlay(path: Path, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The managed overlay's sections (``nobusy.overlay``); none while the file is absent."""
+    return overlay.sections(read_config_file(path, env), path) if path.exists() else {}
+
+
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return fn(value)
@@ -555,6 +570,18 @@ def _parse_route(entry: Any, tier: int, where: str) -> Route:
     raise ConfigError(f"{where}: must be `UPSTREAM/MODEL`, a list of them, or {{route, weight}}")
 
 
+def _check_enabled_route(
+    alias: str, spec: Mapping[str, Any], upstreams: Mapping[str, UpstreamSettings]
+) -> None:
+    """An enabled alias whose every upstream is disabled could answer nothing: say so."""
+    names = {r.upstream for key in ("routes", "overflow") for r in spec.get(key, ())}
+    if names and not any(upstreams[n].enabled for n in names):
+        raise ConfigError(
+            f"models.{alias}: every upstream of its routes is disabled "
+            f"({', '.join(sorted(names))}); enable one, or disable the alias too"
+        )
+
+
 ENCRYPTED_PREFIX = "enc:"
 # Authenticated as config values: a token lifted from the audit log will not decrypt here.
 CONFIG_AAD = b"nobusy-config"
@@ -642,12 +669,17 @@ def _check_top_level(raw: Mapping[str, Any], path: object) -> None:
 def load_settings(
     config_file: Path | str | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    managed: Mapping[str, Mapping[str, Any]] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build Settings from defaults < config file < ``NOBUSY_*`` env < ``overrides`` (CLI flags).
+    """Build Settings from defaults < config file < managed overlay < ``NOBUSY_*`` env <
+    ``overrides`` (CLI flags).
 
-    The config file is ``config_file``, else ``$NOBUSY_CONFIG``, else none. With no upstreams
-    configured, nobusy serves the embedded model alone as alias ``local``.
+    The config file is ``config_file``, else ``$NOBUSY_CONFIG``, else none; the overlay
+    (``nobusy.overlay``) is read from ``managed_file`` unless ``managed`` gives its contents
+    (an edit checked before it is written). With no upstreams configured, nobusy serves the
+    embedded model alone as alias ``local``.
     """
     env = os.environ if env is None else env
     path = config_file or env.get("NOBUSY_CONFIG")
@@ -655,6 +687,9 @@ def load_settings(
     _check_top_level(merged, path)
     merged.update(_env_settings(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
+    managed_path = overlay.overlay_path(path, merged)
+    overlay.merge_overlay(merged, read_overlay(managed_path, env) if managed is None else managed)
+    merged["managed_file"] = managed_path
 
     if "NOBUSY_SECRET_KEY" in env:
         _check_data_key(env["NOBUSY_SECRET_KEY"], merged)
@@ -691,6 +726,8 @@ def load_settings(
                     )
         if not spec.get("routes"):
             raise ConfigError(f"models.{alias}.routes: needs at least one route")
+        if spec.get("enabled", True) is not False:
+            _check_enabled_route(alias, spec, upstreams)
     try:
         return Settings.model_validate({**merged, "upstreams": upstreams, "models": models})
     except ValidationError as exc:

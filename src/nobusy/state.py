@@ -28,13 +28,20 @@ from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.money.spend import Pricer
 from nobusy.offload import Offload
+from nobusy.reload import Reloader, SettingsSource
 from nobusy.routing import Router, reports
 from nobusy.routing.checks import Prober
 from nobusy.settings import Settings
 from nobusy.store.audit import AuditError, AuditLog
-from nobusy.store.backends import liveness, open_audit, open_responses, open_usage
+from nobusy.store.backends import (
+    liveness,
+    open_audit,
+    open_holds,
+    open_responses,
+    open_usage,
+)
 from nobusy.store.health import Watched
-from nobusy.store.interfaces import CacheStore, LimitCounters, ResponsesStore
+from nobusy.store.interfaces import CacheStore, LimitCounters, MoneyHolder, ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.ledger import Ledger
 from nobusy.store.limits import SharedKeyLimits
@@ -42,6 +49,7 @@ from nobusy.store.redis_cache import RedisCache
 from nobusy.store.redis_client import replica_name
 from nobusy.store.redis_leases import RedisLeases
 from nobusy.store.redis_limits import RedisKeyLimits
+from nobusy.store.redis_money_holds import RedisMoneyHolds
 from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
@@ -70,6 +78,9 @@ class AppState:
     cache: ResponseCache | None = None  # the response cache, when an alias enables it
     knowledge: KnowledgeBase | None = None  # files, vector stores, their index and ingestion
     sessions: SessionStore | None = None  # the console's sign-in sessions
+    holds: MoneyHolder | None = None  # money held against budgets by requests in flight
+    pricer: Pricer | None = None  # what tokens cost (the worst case a hold reserves)
+    reloader: Reloader | None = None  # applies a changed config (SIGHUP, /v1/nobusy/reload)
 
 
 def app_state(request: Request) -> AppState:
@@ -79,7 +90,12 @@ def app_state(request: Request) -> AppState:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, router: Router, metrics: Metrics, auth: Authenticator, guard: Guard | None
+    settings: Settings,
+    router: Router,
+    metrics: Metrics,
+    auth: Authenticator,
+    guard: Guard | None,
+    source: SettingsSource | None = None,
 ) -> AsyncIterator[AppState]:
     """Open the logs, stores and pools, start the upstreams and background tasks; on the way
     out (or when a step raises) close every one of them opened so far, last opened first."""
@@ -91,8 +107,10 @@ async def running(
         audit = _open_audit(settings, keys)
         if audit is not None:
             stack.callback(audit.close)
-        ledger = Ledger(usage_log, metrics, audit, keys, _pricing(Pricer(settings), router))
+        pricer = Pricer(settings)
+        ledger = Ledger(usage_log, metrics, audit, keys, _pricing(pricer, router))
         stack.callback(ledger.flush_charges)
+        holds = _open_holds(settings, stack)
         # The shared backends opened below, for /readyz, the status board and /metrics.
         fleet, backends = Fleet(replica_name(settings)), list[Watched]()
         limits = await _open_limits(settings, metrics, stack, fleet, backends)
@@ -131,6 +149,8 @@ async def running(
         prober = Prober(router)
         stack.push_async_callback(prober.stop)
         prober.start()
+        reloader = Reloader(source, router, prober)
+        stack.push_async_callback(reloader.aclose)
         if audit is not None:
             pruning = asyncio.create_task(_prune_audit(audit), name="nobusy-audit-pruning")
             stack.push_async_callback(_cancel, pruning)
@@ -138,11 +158,37 @@ async def running(
         queue = router.capacity.queue
         fleet.figures = lambda: (drain.running, sum(queue.depth().values()), drain.draining)
         metrics.watch_fleet(fleet.replicas, lambda: [b.health() for b in backends])
-        yield AppState(
+        state = AppState(
             settings, router, metrics, ledger, auth, guard, audit, keys, limits, offload, drain,
             fleet, backends, responses=responses, cache=cache, knowledge=knowledge,
-            sessions=sessions,
+            sessions=sessions, holds=holds, pricer=pricer, reloader=reloader,
         )  # fmt: skip
+        reloader.on_applied = functools.partial(_applied, state)
+        yield state
+
+
+def _applied(state: AppState, settings: Settings) -> None:
+    """A reload's settings reach the app's other holders: handlers and the prices."""
+    state.settings = settings
+    # One pricer for the rows and the holds: a reload's new routes and prices reach both.
+    pricer = Pricer(settings)
+    state.pricer = pricer
+    state.ledger.price = _pricing(pricer, state.router)
+
+
+def _open_holds(settings: Settings, stack: contextlib.AsyncExitStack) -> MoneyHolder | None:
+    """Where requests hold money against budgets: the key database, decided in Redis when
+    ``state`` names one; None with ``pricing.holds: false``. Closed after the ledger's last
+    charges (the stack's callbacks run backwards)."""
+    if not settings.pricing.holds:
+        return None
+    holds = open_holds(settings)
+    stack.callback(holds.close)
+    if settings.state is None:
+        return holds
+    shared = RedisMoneyHolds(settings.state.get_secret_value(), holds, settings.on_state_failure)
+    stack.push_async_callback(shared.aclose)
+    return shared
 
 
 async def _open_limits(
@@ -211,8 +257,9 @@ async def _share_upstreams(
 
     signals = RedisSignals(url, leases.member, follow)
     stack.push_async_callback(signals.aclose)
+    router.teller = lambda name: functools.partial(_tell, signals, name)
     for name, stats in router.stats.items():
-        stats.circuit.told = functools.partial(_tell, signals, name)
+        stats.circuit.told = router.teller(name)
     await signals.start()
     pump = asyncio.create_task(capacity.pump(), name="nobusy-pump")
     stack.push_async_callback(_cancel, pump)

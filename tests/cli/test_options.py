@@ -30,7 +30,7 @@ def other_value(name: str) -> tuple[str, Any]:
         return str(default / 2), default / 2
     if annotation is str or get_args(annotation) == (str, type(None)):
         return "example.test", "example.test"
-    if annotation is Path:
+    if annotation is Path or get_args(annotation) == (Path, type(None)):
         return "elsewhere", Path("elsewhere")
     if get_origin(annotation) is tuple:
         return "a.example, b.example", ("a.example", "b.example")
@@ -59,7 +59,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
         monkeypatch.delenv(env_name(name), raising=False)
     runs: list[Settings] = []
     monkeypatch.setattr(
-        "nobusy.edge.server.run", lambda settings, config_file=None: runs.append(settings)
+        "nobusy.edge.server.run",
+        lambda settings, config_file=None, source=None: runs.append(settings),
     )
     return runs
 

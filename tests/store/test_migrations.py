@@ -47,6 +47,7 @@ NOBUSY_NAMES = [
     "m010_money",
     "m011_knowledge_claims",
     "m012_console",
+    "m013_key_groups",
     "m014_knowledge_shared",
 ]
 

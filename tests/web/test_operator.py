@@ -168,11 +168,16 @@ def test_keys_page_shows_budget_usage_and_last_used(
     screenshot(page, "console-signin-en.png")
     page.click("#signin-form button[value=cancel]")
     bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    group = httpx.post(
+        f"{console.url}/v1/nobusy/groups", headers=bearer, json={"name": "eng", "budget": "50"}
+    )
+    assert group.status_code == 201, group.text
     made = httpx.post(
         f"{console.url}/v1/nobusy/keys",
         headers=bearer,
-        json={"name": "team-a", "budget": "5", "budget_period": "monthly", "rpm": 60},
-    )
+        json={"name": "team-a", "budget": "5", "budget_period": "monthly", "rpm": 60,
+              "group": "eng"},
+    )  # fmt: skip
     assert made.status_code == 201, made.text
     secret = made.json()["secret"]
     client = openai.OpenAI(base_url=f"{console.url}/v1", api_key=secret, max_retries=0)
@@ -187,12 +192,36 @@ def test_keys_page_shows_budget_usage_and_last_used(
         page.wait_for_selector(row)
     headers = page.inner_text("#keys-table thead")
     assert "Budget" in headers and "Last 30 days" in headers and "Last used" in headers
+    assert "Group" in headers
     text = page.inner_text(row)
-    assert "of 5.000000 (monthly)" in text and "1 req" in text
+    assert "of CN¥5.00 (monthly)" in text and "1 req" in text and "eng" in text
+    # Past 80% of its budget a key's budget cell is marked, as the server's warning header is.
+    assert page.locator(f"{row} td.budget-warn, {row} td.budget-over").count() == 0
+    # A key with a budget and a group, made from the form.
+    page.fill("#key-name", "team-b")
+    page.fill("#key-budget", "2")
+    page.select_option("#key-budget-period", "weekly")
+    page.fill("#key-group", "eng")
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#new-key:not([hidden])")
+    page.click("#new-key-done")
+    made_b = "#keys-table tbody tr:has(td:first-child:text-matches('^team-b '))"
+    page.wait_for_selector(made_b)
+    assert "of CN¥2.00 (weekly)" in page.inner_text(made_b) and "eng" in page.inner_text(made_b)
+    # One answer spends most of a tiny budget: the cell is marked (soft limit or past it).
+    tiny = httpx.post(
+        f"{console.url}/v1/nobusy/keys", headers=bearer, json={"name": "team-c", "budget": "0.0001"}
+    ).json()["secret"]
+    spender = openai.OpenAI(base_url=f"{console.url}/v1", api_key=tiny, max_retries=0)
+    spender.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+    page.reload()
+    marked = "#keys-table tbody tr:has(td:first-child:text-matches('^team-c ')) td"
+    page.wait_for_selector(f"{marked}.budget-warn, {marked}.budget-over")
     screenshot(page, "console-keys-en.png")
     page.click("#lang-toggle")
     page.wait_for_selector("#keys-heading:text('API 密钥')")
     page.wait_for_selector(row)
+    assert "（每月）" in page.inner_text(row) and "（每周）" in page.inner_text(made_b)
     screenshot(page, "console-keys-zh.png")
     page.click("#lang-toggle")
     # Signing out ends the session: the admin pages ask again.

@@ -98,6 +98,33 @@ class Capacity:
         # out): the router's view. Slots on it are not handed to waiters meanwhile.
         self.pause: Callable[[str], float] = lambda _: 0.0
 
+    def adopt(
+        self, name: str, ceiling: int | None, rates: Rates = (None, None), initial: int = 32
+    ) -> None:
+        """Slots for an upstream added by a reload, or new ceilings for one redefined (its
+        slots in use and what its limit learned stay: attempts running release them here)."""
+        fresh = AIMDLimit.for_upstream(ceiling, initial)
+        fresh.name = name
+        limit = self.limits.setdefault(name, fresh)
+        if limit is not fresh:
+            limit.ceiling = fresh.ceiling
+            limit.limit = min(limit.limit, fresh.ceiling)
+        self.rates.adopt(name, rates)
+        self.service.setdefault(name, 1.0)
+        self._held.setdefault(name, {})
+        self._grants.setdefault(name, deque())
+        self._answered.setdefault(name, deque())
+
+    def forget(self, name: str) -> None:
+        """Drop a removed upstream's slots, once no attempt holds one."""
+        self.limits.pop(name, None)
+        self.service.pop(name, None)
+        self._held.pop(name, None)
+        self._grants.pop(name, None)
+        self._answered.pop(name, None)
+        self._used.pop(name, None)
+        self.rates.adopt(name, (None, None))
+
     def share(self, shared: SharedSlots) -> None:
         """Count slots on ``shared.ceilings``' upstreams with the other worker processes."""
         self.shared = shared

@@ -41,6 +41,15 @@ class UpstreamRates:
         self.ceilings = {n: r for n, r in ceilings.items() if r != (None, None)}
         self._windows = {name: Window() for name in self.ceilings}
 
+    def adopt(self, upstream: str, rates: Rates) -> None:
+        """Set (or, with ``(None, None)``, drop) an upstream's ceilings; its window stays."""
+        if rates == (None, None):
+            self.ceilings.pop(upstream, None)
+            self._windows.pop(upstream, None)
+            return
+        self.ceilings[upstream] = rates
+        self._windows.setdefault(upstream, Window())
+
     def room(self, upstream: str, estimate: int = 0, share: int = 1) -> bool:
         """Whether one more request of ``estimate`` tokens fits in ``upstream``'s window, each
         ceiling divided by ``share`` (the replicas, while Redis does not answer)."""

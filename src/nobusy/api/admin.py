@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nobusy.api.managed import managed_names, upstream_json
 from nobusy.edge.auth import SESSION_COOKIE
 from nobusy.errors import NotFound
 from nobusy.responses import JSONResponse
@@ -78,10 +79,31 @@ def require_admin(request: Request) -> None:
 
 async def list_upstreams(request: Request) -> Response:
     """Each upstream's circuit state, load, time to first token and last error."""
-    router = app_state(request).router
+    state = app_state(request)
+    router, specs = state.router, state.settings.upstreams
     capacity = router.capacity.snapshot()
-    data = [{**h.snapshot(), "concurrency": capacity[h.name]} for h in router.stats.values()]
-    return JSONResponse({"object": "list", "data": data, "queue": router.capacity.queue.depth()})
+    managed = managed_names(state, "upstreams")
+    data = [
+        {
+            **h.snapshot(),
+            "concurrency": capacity[h.name],
+            # Its definition (secrets masked), as the console's Upstreams page edits it.
+            "config": upstream_json(h.name, specs[h.name]),
+            "enabled": specs[h.name].enabled,
+            "drained": h.name in router.drained,
+            "managed": h.name in managed,
+        }
+        for h in router.stats.values()
+        if h.name in specs
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "queue": router.capacity.queue.depth(),
+            "managed_file": str(state.settings.managed_file),
+        }
+    )
 
 
 async def reset_upstream(request: Request) -> Response:

@@ -23,6 +23,7 @@ from nobusy.money.budgets import spent
 from nobusy.responses import JSONResponse
 from nobusy.schema import parse_json_object
 from nobusy.state import app_state
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
 
 __all__ = [
@@ -37,8 +38,11 @@ __all__ = [
 ]
 
 
-def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
-    """A key as JSON, times in Unix seconds as OpenAI's APIs give them; never its hash."""
+def key_json(
+    key: Key, now: datetime | None = None, groups: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A key as JSON, times in Unix seconds as OpenAI's APIs give them; never its hash;
+    its group's name from ``groups`` (by id)."""
     return {
         "object": "nobusy.key",
         "id": key.id,
@@ -60,14 +64,20 @@ def key_json(key: Key, now: datetime | None = None) -> dict[str, Any]:
         "budget": None if key.budget_micros is None else _amount(key.budget_micros),
         "budget_period": key.budget_period,
         "budget_spent": _amount(spent(key, now or datetime.now(UTC))),
+        "budget_held": _amount(key.reserved_micros),
+        "group_id": key.group_id,
+        "group": None if key.group_id is None else (groups or {}).get(key.group_id),
     }
 
 
 async def list_keys(request: Request) -> Response:
     """Every key, revoked and expired ones too, oldest first."""
-    found = await run_in_threadpool(_store(request).list)
+    store = _store(request)
+    found = await run_in_threadpool(store.list)
+    groups = await _group_names(store)
     now = datetime.now(UTC)
-    return JSONResponse({"object": "list", "data": [key_json(key, now) for key in found]})
+    data = [key_json(key, now, groups) for key in found]
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def create_key(request: Request) -> Response:
@@ -81,13 +91,15 @@ async def create_key(request: Request) -> Response:
     store = _store(request)
     key, secret = await run_in_threadpool(lambda: store.create(**body))
     granted = await _grant(request, key.id, stores)
-    return JSONResponse({**key_json(key), **granted, "secret": secret}, status_code=201)
+    body = {**await _json(store, key), **granted, "secret": secret}
+    return JSONResponse(body, status_code=201)
 
 
 async def get_key(request: Request) -> Response:
     """One key, by id or name, with the vector stores it was granted."""
-    key = await run_in_threadpool(_store(request).get, request.path_params["key"])
-    return JSONResponse({**key_json(key), **await _grant(request, key.id, None)})
+    store = _store(request)
+    key = await run_in_threadpool(store.get, request.path_params["key"])
+    return JSONResponse({**await _json(store, key), **await _grant(request, key.id, None)})
 
 
 async def update_key(request: Request) -> Response:
@@ -100,7 +112,7 @@ async def update_key(request: Request) -> Response:
         key = await run_in_threadpool(lambda: store.update(name, **body))
     else:
         key = await run_in_threadpool(store.get, name)
-    return JSONResponse({**key_json(key), **await _grant(request, key.id, stores)})
+    return JSONResponse({**await _json(store, key), **await _grant(request, key.id, stores)})
 
 
 async def revoke_key(request: Request) -> Response:
@@ -153,6 +165,16 @@ def _knowledge(request: Request) -> KnowledgeBase | None:
     # A state without a knowledge base (an app built for keys alone): no grants to show.
     kb: KnowledgeBase | None = getattr(app_state(request), "knowledge", None)
     return kb
+
+
+async def _group_names(store: KeyStore) -> dict[str, str]:
+    return {g.id: g.name for g in await run_in_threadpool(KeyGroups(store).list)}
+
+
+async def _json(store: KeyStore, key: Key) -> dict[str, Any]:
+    """``key_json`` with its group's name (one more read only for a key in a group)."""
+    groups = await _group_names(store) if key.group_id is not None else None
+    return key_json(key, groups=groups)
 
 
 def _store(request: Request) -> KeyStore:

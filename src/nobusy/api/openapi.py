@@ -134,6 +134,45 @@ def _knowledge_paths() -> dict[str, Any]:
     return paths
 
 
+def _managed_paths() -> dict[str, Any]:
+    """Upstreams and aliases edited live, and reload (admin; ``api/managed.py``,
+    ``api/reload.py``; docs/reload.md)."""
+    obj = {"type": "object"}
+    paths: dict[str, Any] = {
+        "/v1/nobusy/reload": {
+            "post": _operation("Reload the config file and the managed overlay.", "reload")
+        },
+        "/v1/nobusy/upstreams": {
+            "post": _operation("Add an upstream (managed overlay).", "createUpstream", obj)
+        },
+        "/v1/nobusy/aliases": {
+            "get": _operation("Every model alias, with its routes.", "listAliases"),
+            "post": _operation("Add a model alias (managed overlay).", "createAlias", obj),
+        },
+    }
+    for kind, section in (("Upstream", "upstreams"), ("Alias", "aliases")):
+        one = f"/v1/nobusy/{section}/{{name}}"
+        paths[one] = {
+            "get": _operation(f"One {kind.lower()}'s definition.", f"get{kind}"),
+            "patch": _operation("Change the keys given.", f"update{kind}", obj),
+            "delete": _operation("Remove it (refused while in use).", f"delete{kind}"),
+        }
+        for action in ("enable", "disable"):
+            paths[f"{one}/{action}"] = {
+                "post": _operation(f"{action.capitalize()} it.", f"{action}{kind}")
+            }
+    paths["/v1/nobusy/upstreams/{name}/probe"] = {
+        "post": _operation("A one-token probe: status, latency, error.", "probeUpstream")
+    }
+    for path, operations in paths.items():
+        if "{name}" in path:
+            for operation in operations.values():
+                operation["parameters"] = [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ]
+    return paths
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -242,6 +281,7 @@ def openapi_spec() -> dict[str, Any]:
             },
             **other_paths,
             **_knowledge_paths(),
+            **_managed_paths(),
             "/v1/models": {
                 "get": {
                     "summary": "List model aliases.",

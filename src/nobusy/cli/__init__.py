@@ -12,10 +12,11 @@ from nobusy.cli.chat import chat
 from nobusy.cli.crosscheck import crosscheck
 from nobusy.cli.errors import NobusyGroup
 from nobusy.cli.kb import kb
+from nobusy.cli.key_groups import groups
 from nobusy.cli.keys import keys
 from nobusy.cli.pool import pool
 from nobusy.cli.secret import secret
-from nobusy.cli.serve import check, models, serve
+from nobusy.cli.serve import check, models, reload, serve
 from nobusy.cli.usage import usage
 from nobusy.testing.fake_upstream import fake_upstream_command
 
@@ -37,9 +38,11 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(models)
 cli.add_command(check)
+cli.add_command(reload)
 cli.add_command(chat)
 cli.add_command(crosscheck)
 cli.add_command(keys)
+keys.add_command(groups)
 cli.add_command(kb)
 cli.add_command(audit)
 cli.add_command(secret)

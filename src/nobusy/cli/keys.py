@@ -26,6 +26,7 @@ from nobusy.errors import InvalidRequest, NobusyError
 from nobusy.keys import BUDGET_PERIODS, PRIORITIES, Key, validate
 from nobusy.money.budgets import money, spent
 from nobusy.store.backends import open_keys, open_knowledge
+from nobusy.store.key_groups import KeyGroups
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME
 
@@ -81,6 +82,12 @@ def _options(*, create: bool) -> Callable[[F], F]:
             "--budget-period",
             type=click.Choice(BUDGET_PERIODS),
             help="When the budget starts again, in UTC (daily).",
+        ),
+        click.option(
+            "--group",
+            callback=_limit(str),
+            metavar="NAME|none",
+            help="The key group whose budget it also spends (nobusy keys groups).",
         ),
         config_option,
         data_dir_option,
@@ -200,12 +207,13 @@ def create(config_file: Path | None, data_dir: Path | None, **options: Any) -> N
 @keys.command("list")
 @store_options
 def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
-    """List the keys: limits, balance, models and status."""
+    """List the keys: limits, balance, models, group and status."""
     with _store(config_file, data_dir) as store:
         found = store.list()
+        groups = {g.id: g.name for g in KeyGroups(store).list()}
     now = datetime.now(UTC)
     table = Table(title="API keys")
-    columns = ["id", "name", "prefix", "priority", "limits", "balance / quota", "models"]
+    columns = ["id", "name", "prefix", "priority", "limits", "balance / quota", "models", "group"]
     for column in [*columns, "status", "last used"]:
         # The id is what people copy into the next command: never shortened.
         table.add_column(
@@ -223,6 +231,7 @@ def list_keys(config_file: Path | None, data_dir: Path | None) -> None:
             _limits(key),
             _balance(key),
             _models(key),
+            escape(groups.get(key.group_id, key.group_id)) if key.group_id else "",
             _status(key, now),
             _time(key.last_used_at, "never"),
         )
@@ -236,7 +245,8 @@ def show(key: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Show one key, by id or name."""
     with _store(config_file, data_dir) as store:
         found = store.get(key)
-    _print(found, _grant(config_file, data_dir, found.id, None))
+        group = _group_name(store, found)
+    _print(found, _grant(config_file, data_dir, found.id, None), group)
 
 
 @keys.command()
@@ -252,7 +262,8 @@ def update(key: str, config_file: Path | None, data_dir: Path | None, **options:
         raise click.UsageError("Nothing to update: give at least one option (see --help).")
     with _store(config_file, data_dir, fields) as store:
         updated = store.update(key, **fields) if fields else store.get(key)
-    _print(updated, _grant(config_file, data_dir, updated.id, stores))
+        group = _group_name(store, updated)
+    _print(updated, _grant(config_file, data_dir, updated.id, stores), group)
 
 
 @keys.command()
@@ -297,7 +308,7 @@ def topup(
     Console().print(f"{topped.id} ({escape(topped.name)}): {_balance(topped)} tokens.")
 
 
-def _print(key: Key, stores: list[str] | None = None) -> None:
+def _print(key: Key, stores: list[str] | None = None, group: str | None = None) -> None:
     table = Table(show_header=False, title=f"API key {key.id}")
     table.add_column(style="bold")
     table.add_column()
@@ -311,6 +322,7 @@ def _print(key: Key, stores: list[str] | None = None) -> None:
         "max concurrency": _number(key.max_concurrency),
         "balance / quota": _balance(key),
         "budget": _budget(key),
+        "group": escape(group) if group else "none",
         "models": _models(key),
         "max wait": "default" if key.max_wait is None else f"{key.max_wait:g}s",
         "status": _status(key, datetime.now(UTC)),
@@ -324,6 +336,14 @@ def _print(key: Key, stores: list[str] | None = None) -> None:
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)
+
+
+def _group_name(store: KeyStore, key: Key) -> str | None:
+    """The name of the key's group (its id if the group is gone meanwhile)."""
+    if key.group_id is None:
+        return None
+    names = {g.id: g.name for g in KeyGroups(store).list()}
+    return names.get(key.group_id, key.group_id)
 
 
 def _number(value: int | None) -> str:

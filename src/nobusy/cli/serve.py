@@ -16,15 +16,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from nobusy.cli.errors import CliError
-from nobusy.cli.options import config_option, given, setting_flags, settings_for
-from nobusy.errors import ConfigError, UpstreamError
+from nobusy.cli.options import config_option, data_dir_option, given, setting_flags, settings_for
+from nobusy.errors import ConfigError
+from nobusy.routing.checks import probe_answer
 from nobusy.routing.continuation_probe import check_continuations
 from nobusy.settings import Settings
 from nobusy.store.health import Health
 from nobusy.upstreams import build_upstream
-from nobusy.upstreams.base import Probe, Upstream, UpstreamCall, has_token
+from nobusy.upstreams.base import Probe, Upstream
 
-__all__ = ["PROBES", "check", "models", "serve"]
+__all__ = ["PROBES", "check", "models", "reload", "serve"]
 
 # The shared backends ``check`` probes: name -> "module:function", the function taking the
 # Settings and returning a ``nobusy.store.health.Health``, or None when that backend is not
@@ -49,13 +50,15 @@ _settings = settings_for
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Run the OpenAI-compatible service."""
-    settings = _settings(config_file, **given(ctx, flags))
+    overrides = given(ctx, flags)
+    settings = _settings(config_file, **overrides)
     from nobusy.edge.server import run
+    from nobusy.reload import SettingsSource
 
     # The start-up lines (addresses, console) are logged by `run` once the settings and the
     # address have passed every check: nothing says "serving" before a refusal.
     try:
-        run(settings, config_file)
+        run(settings, config_file, SettingsSource(config_file, overrides))
     except ConfigError as exc:
         raise CliError(exc.message, "see `nobusy serve --help`") from None
 
@@ -120,6 +123,52 @@ def check(config_file: Path | None, url: str | None, admin_key: str | None) -> N
     Console().print(table)
     if down or backends_down:
         raise SystemExit(1)
+
+
+@click.command()
+@config_option
+@data_dir_option
+@click.option("--url", default=None, help="Ask this running nobusy over HTTP instead.")
+@click.option("--admin-key", default=None, help="Its admin key (default: the config's).")
+def reload(
+    config_file: Path | None, data_dir: Path | None, url: str | None, admin_key: str | None
+) -> None:
+    """Apply the config file and the managed overlay to the running server, streams kept.
+    Checked here first (a config that does not load changes nothing), then SIGHUP to the
+    process in data_dir/nobusy.pid; with --url, POST /v1/nobusy/reload, which says what changed."""
+    import os
+    import signal
+
+    from nobusy.edge.server import PID_FILE
+
+    settings = _settings(config_file, data_dir=data_dir)
+    if url is not None:
+        key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else "")
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        answer = httpx.post(url.rstrip("/") + "/v1/nobusy/reload", headers=headers, timeout=60)
+        if answer.status_code != 200:
+            message = answer.json().get("error", {}).get("message", answer.text)
+            raise CliError(message, "the running configuration stays")
+        result = answer.json()
+        for what, names in result["upstreams"].items():
+            if what != "kept" and names:
+                click.echo(f"upstreams {what}: {', '.join(names)}")
+        if result["aliases"]:
+            click.echo(f"aliases changed: {', '.join(result['aliases'])}")
+        for name in result["needs_restart"]:
+            click.echo(f"needs restart: {name}")
+        click.echo(f"reloaded in {result['seconds'] * 1000:.0f} ms")
+        return
+    pid_file = settings.data_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise CliError(
+            f"no running nobusy found through {pid_file}",
+            "--data-dir names the server's data dir; --url asks it over HTTP",
+        ) from None
+    click.echo(f"config checked; SIGHUP sent to nobusy (pid {pid}): its log says what changed")
 
 
 def _check_backends(settings: Settings) -> bool:
@@ -235,28 +284,6 @@ def _route_models(settings: Settings) -> dict[str, str | None]:
 
 
 async def _probe(upstream: Upstream, model: object = None) -> Probe:
-    """``/models`` (or loading the model), then a real one-token answer: listing models
-    proves little about answering them (a key without credit lists them fine)."""
-    probe = await upstream.probe()
-    if not probe.ok or model is _NO_ROUTE:
-        return probe
-    body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
-    call = UpstreamCall(model=model if isinstance(model, str) else None, body=body)
-    timeout = upstream.settings.first_token_timeout
-    start = time.perf_counter()
-    chunks = aiter(upstream.stream(call))
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in chunks:
-                if has_token(chunk):
-                    break
-    except UpstreamError as exc:
-        probe.ok, probe.detail = False, f"answer: {exc.message}"
-    except TimeoutError:
-        probe.ok, probe.detail = False, f"answer: no first token within {timeout:g}s"
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    probe.latency_ms = (time.perf_counter() - start) * 1000
-    return probe
+    return await probe_answer(
+        upstream, model if isinstance(model, str) else None, answer=model is not _NO_ROUTE
+    )

@@ -15,6 +15,7 @@ import copy
 import functools
 import logging
 import logging.config
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +30,11 @@ from uvicorn.supervisors import Multiprocess
 
 from nobusy.edge.policy import is_loopback
 from nobusy.errors import ConfigError, HeadersTooLarge
+from nobusy.reload import SettingsSource
 from nobusy.settings import Settings
 
 __all__ = [
+    "PID_FILE",
     "GuardedHttpToolsProtocol",
     "check_bind",
     "configure_logging",
@@ -183,11 +186,11 @@ def check_bind(settings: Settings, has_keys: bool = False) -> None:
     )
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, source: SettingsSource | None = None) -> uvicorn.Config:
     """uvicorn's Config for these settings; with several workers the app is a factory, so that
-    each worker process builds its own."""
+    each worker process builds its own. ``source``: where the settings came from (reload)."""
     config = uvicorn.Config(
-        _app_factory(settings) if settings.workers > 1 else _single_app(settings),
+        _app_factory(settings, source) if settings.workers > 1 else _single_app(settings, source),
         factory=settings.workers > 1,
         host=settings.host,
         port=settings.port,
@@ -279,22 +282,24 @@ def _startup_lines(
         )
 
 
-def _single_app(settings: Settings) -> Any:
+def _single_app(settings: Settings, source: SettingsSource | None) -> Any:
     from nobusy.app import create_app
 
-    return create_app(settings, drain_signals=True)
+    return create_app(settings, drain_signals=True, source=source)
 
 
-def _app_factory(settings: Settings) -> functools.partial[Any]:
+def _app_factory(settings: Settings, source: SettingsSource | None) -> functools.partial[Any]:
     """``create_app`` bound to the resolved settings, whole. uvicorn pickles its config into
     each spawned worker, so a worker gets these very settings, secrets included, over the
     spawn pipe rather than the environment (which a worker's children would inherit too)."""
     from nobusy.app import create_app
 
-    return functools.partial(create_app, settings, drain_signals=True)
+    return functools.partial(create_app, settings, drain_signals=True, source=source)
 
 
-def run(settings: Settings, config_file: Path | None = None) -> None:
+def run(
+    settings: Settings, config_file: Path | None = None, source: SettingsSource | None = None
+) -> None:
     """Serve until interrupted. With several workers each process builds its own app."""
     from nobusy.edge.auth import hashers_for
     from nobusy.store.backends import open_keys
@@ -310,13 +315,44 @@ def run(settings: Settings, config_file: Path | None = None) -> None:
     configure_logging(settings.log_level)
     check_state(settings)
     _startup_lines(settings, config_file, active, any_keys)
-    config = uvicorn_config(settings)
+    config = uvicorn_config(settings, source)
     server = uvicorn.Server(config)
-    if settings.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-    else:
-        with _exit_zero_after_stop():
-            server.run()
+    with _pid_file(settings.data_dir):
+        if settings.workers > 1:
+            _Supervisor(config, sockets=[config.bind_socket()]).run()
+        else:
+            with _exit_zero_after_stop():
+                server.run()
+
+
+PID_FILE = "nobusy.pid"
+
+
+@contextlib.contextmanager
+def _pid_file(data_dir: Path) -> Iterator[None]:
+    """``data_dir/nobusy.pid`` names the process ``nobusy reload`` sends SIGHUP to (with
+    ``--workers N``, uvicorn's parent, which passes it on)."""
+    path = data_dir / PID_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's parent of ``--workers N``, but SIGHUP reloads each worker's configuration
+    (``nobusy.reload``) instead of restarting the workers, which would end their streams."""
+
+    def handle_hup(self) -> None:
+        logging.getLogger("nobusy").info("SIGHUP: each worker reloads its configuration")
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # one being restarted
+                    os.kill(process.pid, signal.SIGHUP)
 
 
 @contextlib.contextmanager

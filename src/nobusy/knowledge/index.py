@@ -10,8 +10,11 @@
 
 Search runs BM25 and vector search each to a candidate list and fuses them by reciprocal rank
 (RRF, k=60: Cormack et al. 2009), optionally re-ordered for diversity by maximal marginal
-relevance. Vectors are searched exactly, by a matrix product over each store's vectors held in
-memory (``nobusy.knowledge.vectors``). One connection, one lock: safe for a process's threads.
+relevance. BM25 leaves out a query's commonest words when scoring them would cost more than
+``POSTINGS_BUDGET`` rows. Vectors are searched by matrix products over each store's vectors held
+in memory, in k-means partitions when there are many (``nobusy.knowledge.vectors``). One
+connection, one lock: safe for a process's threads; another process's writes to the file are
+noticed by SQLite's ``data_version``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ INDEX_FILE = "knowledge.db"  # under data_dir: every store of the process in one
 RRF_K = 60
 BM25_WEIGHT = 1.0
 COVERAGE_POWER = 3.0
+# Chunk rows BM25 may score for one query (``Index._searched_words``); at 100,000 chunks a
+# row costs ~1 µs of FTS5's time.
+POSTINGS_BUDGET = 4_000
+_WORD_COUNTS_KEPT = 50_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
     store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
@@ -59,6 +66,14 @@ CREATE TABLE IF NOT EXISTS chunk_files (
 CREATE INDEX IF NOT EXISTS chunk_files_file ON chunk_files (store_id, file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     words, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+# query_terms must tokenize as chunks_fts does: it tells how chunks_fts indexed a query's words.
+_QUERY_TABLES = """
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, chunks_fts, row);
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(
+    words, tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms_instance USING fts5vocab(
+    temp, query_terms, instance);
 """
 
 
@@ -103,7 +118,16 @@ class Index:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        # Connection-only tables (nothing in the file): each word's chunk count, and the
+        # table's tokenizer applied to a query's words (``_document_counts``).
+        self._db.executescript(_QUERY_TABLES)
         self._vectors: dict[str, StoreVectors] = {}
+        # Chunk counts of words searched for, until the next write changes them.
+        self._word_counts: dict[str, int] = {}
+        # Stores whose vectors in memory may be behind the file (``_changed``), and the file's
+        # data_version, which changes when another connection (a process) commits.
+        self._unverified: set[str] = set()
+        self._data_version: int | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -120,8 +144,21 @@ class Index:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+                self._changed()
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"knowledge index {self.path}: {exc}") from exc
+
+    def _changed(self) -> None:
+        """The file changed (a write here or in another process): what is kept from it is
+        checked again before it is used."""
+        self._word_counts.clear()
+        self._unverified.update(self._vectors)
+
+    def _check_version(self) -> None:
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._changed()
 
     def add(
         self,
@@ -177,7 +214,6 @@ class Index:
                     "INSERT OR IGNORE INTO chunk_files VALUES (?, ?, ?)",
                     (chunk_id, store_id, file_id),
                 )
-            self._vectors.pop(store_id, None)
         return added
 
     def set_attributes(self, store_id: str, file_id: str, attributes: Mapping[str, object]) -> None:
@@ -302,6 +338,7 @@ class Index:
             return []
         pool = max(candidates, k)
         with self._lock:
+            self._check_version()
             allowed = self._allowed_files(store_ids, filters)
             keyword: list[tuple[int, float, str]] = []
             semantic: list[tuple[int, float, str]] = []
@@ -389,25 +426,97 @@ class Index:
         allowed: set[tuple[str, str]] | None,
         limit: int,
     ) -> list[tuple[int, float, str]]:
-        words = self._segmenter.query_words(query)
+        words = self._searched_words(self._segmenter.query_words(query))
         if not words or allowed == set():
             return []
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-        marks = ",".join("?" for _ in store_ids)
-        # A chunk held by several files comes once per file: the filter may allow any of them.
-        sql = (
-            "SELECT cf.chunk_id, -bm25(chunks_fts), cf.store_id, cf.file_id FROM chunks_fts "
-            "JOIN chunk_files cf ON cf.chunk_id = chunks_fts.rowid "
-            f"WHERE chunks_fts MATCH ? AND cf.store_id IN ({marks}) ORDER BY bm25(chunks_fts)"
-        )
+        # FTS5 alone picks the best rows (a top-n sort in C); joining chunk_files in the same
+        # statement looked up every match's files first (~40% of the time at 100,000 chunks).
+        # The file holds every store, so the best of others' rows may fill the first page:
+        # then it asks again for all of them.
         out: dict[int, tuple[int, float, str]] = {}
-        for chunk_id, score, store_id, file_id in self._db.execute(sql, [match, *store_ids]):
-            if chunk_id in out or (allowed is not None and (store_id, file_id) not in allowed):
-                continue
-            out[chunk_id] = (int(chunk_id), float(score), str(file_id))
-            if len(out) >= limit:
+        fetch: int | None = limit * 2
+        while True:
+            ranked = self._db.execute(
+                "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank "
+                "LIMIT ?",
+                (match, -1 if fetch is None else fetch),
+            ).fetchall()
+            files = self._files_of([r[0] for r in ranked], store_ids, allowed)
+            for chunk_id, score in ranked:
+                file_id = files.get(chunk_id)
+                if file_id is not None and chunk_id not in out:
+                    out[chunk_id] = (int(chunk_id), float(score), file_id)
+                    if len(out) >= limit:
+                        return list(out.values())
+            if fetch is None or len(ranked) < fetch:
+                return list(out.values())
+            fetch = None
+
+    def _searched_words(self, words: list[str]) -> list[str]:
+        """The query's words BM25 searches for: the rarer ones, up to ``POSTINGS_BUDGET`` rows.
+
+        Scoring a word costs a row per chunk holding it, and a word in a large share of the
+        chunks adds little to BM25 (its idf is near 0) but every one of its rows: at 100,000
+        chunks such words were most of the search's time. So when the words' chunk counts add
+        up past the budget, the commonest are left out (the rarest always stays); coverage
+        (``_coverage``) still counts every word of the query."""
+        if len(words) <= 1:
+            return words
+        counts = self._document_counts(words)
+        if sum(counts.values()) <= POSTINGS_BUDGET:
+            return words
+        rarest = sorted(words, key=lambda w: counts.get(w, 0))
+        kept, total = [rarest[0]], counts.get(rarest[0], 0)
+        for word in rarest[1:]:
+            total += counts.get(word, 0)
+            if total > POSTINGS_BUDGET:
                 break
-        return list(out.values())
+            kept.append(word)
+        return [w for w in words if w in kept]
+
+    def _document_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks (of every store) hold each word, as FTS5 indexed it (stemmed)."""
+        unknown = [w for w in dict.fromkeys(words) if w not in self._word_counts]
+        if unknown:
+            # The table's own tokenizer stems the words (porter: "loans" is indexed as
+            # "loan"): a temporary FTS5 table with the same tokenizer, a row a word, says how.
+            db = self._db
+            db.execute("DELETE FROM temp.query_terms")
+            db.executemany(
+                "INSERT INTO temp.query_terms (rowid, words) VALUES (?, ?)", enumerate(unknown)
+            )
+            counts = dict.fromkeys(unknown, 0)
+            # A word FTS5 cuts in two ("3.5") is searched as a phrase: its terms' rows count.
+            for row, doc in db.execute(
+                "SELECT qt.doc, v.doc FROM temp.query_terms_instance qt "
+                "JOIN temp.chunks_vocab v ON v.term = qt.term"
+            ):
+                counts[unknown[row]] += int(doc)
+            if len(self._word_counts) > _WORD_COUNTS_KEPT:
+                self._word_counts.clear()
+            self._word_counts.update(counts)
+        return {w: self._word_counts[w] for w in words}
+
+    def _files_of(
+        self, ids: Sequence[int], store_ids: Sequence[str], allowed: set[tuple[str, str]] | None
+    ) -> dict[int, str]:
+        """The file each of ``ids`` is found in within ``store_ids`` (one the filter allows)."""
+        out: dict[int, str] = {}
+        stores = set(store_ids)
+        for first in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            part = ids[first : first + 500]
+            # Stores are checked here: a store_id condition in SQL had SQLite walk the store's
+            # whole (store_id, file_id) index instead of looking the ids up.
+            rows = self._db.execute(
+                "SELECT chunk_id, store_id, file_id FROM chunk_files WHERE chunk_id IN "
+                f"({','.join('?' * len(part))})",
+                part,
+            )
+            for chunk_id, store_id, file_id in rows:
+                if store_id in stores and (allowed is None or (store_id, file_id) in allowed):
+                    out.setdefault(chunk_id, file_id)
+        return out
 
     def _coverage(self, query: str, ids: Sequence[int]) -> dict[int, float]:
         """The share of the query's words each chunk holds (1.0: all of them)."""
@@ -434,7 +543,11 @@ class Index:
             vectors = self._vectors.get(store_id)
             if vectors is None:
                 vectors = StoreVectors.load(self._db, store_id)
-                self._vectors[store_id] = vectors
+            elif store_id in self._unverified:
+                # A file added while the store is searched costs its own rows, not a reload.
+                vectors = vectors.refreshed(self._db, store_id)
+            self._vectors[store_id] = vectors
+            self._unverified.discard(store_id)
             found.extend(vectors.nearest(np.asarray(vector, dtype=np.float32), limit, allowed))
         found.sort(key=lambda hit: -hit[1])
         return found[:limit]
@@ -450,24 +563,32 @@ class Index:
             f"WHERE id IN ({marks})",
             list(file_of),
         ).fetchall()
-        out: dict[int, _Row] = {}
-        for chunk_id, store_id, text, heading, start, end, blob in rows:
-            file_id = file_of[chunk_id]
-            attrs = self._db.execute(
-                "SELECT attributes FROM files WHERE store_id = ? AND file_id = ?",
-                (store_id, file_id),
-            ).fetchone()
-            out[chunk_id] = _Row(
+        # The attributes of the file each chunk was found in (a filter chose that one), in one
+        # statement for all of them.
+        pairs = {(r[1], file_of[r[0]]) for r in rows}
+        attributes: dict[tuple[str, str], str] = {}
+        if pairs:
+            attributes = {
+                (r[0], r[1]): r[2]
+                for r in self._db.execute(
+                    "SELECT store_id, file_id, attributes FROM files WHERE (store_id, file_id) "
+                    f"IN (VALUES {','.join('(?, ?)' for _ in pairs)})",
+                    [part for pair in pairs for part in pair],
+                )
+            }
+        return {
+            int(chunk_id): _Row(
                 store_id,
-                file_id,
+                file_of[chunk_id],
                 text,
                 heading,
                 start,
                 end,
                 blob,
-                attrs[0] if attrs else "{}",
+                attributes.get((store_id, file_of[chunk_id]), "{}"),
             )
-        return out
+            for chunk_id, store_id, text, heading, start, end, blob in rows
+        }
 
 
 def _digest(text: str) -> str:

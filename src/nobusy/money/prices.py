@@ -166,6 +166,26 @@ class PricingSettings(BaseModel):
         default_factory=dict,
         description="Units of `currency` one unit of another currency is worth (USD: 7.1).",
     )
+    holds: bool = Field(
+        True,
+        description="Hold each budgeted request's worst-case cost until it ends, so budgets "
+        "hold exactly across workers and replicas (a database round trip at its start and end); "
+        "false: check each process's copy of the key, and overspend by up to the requests in "
+        "flight (group budgets are not enforced then).",
+    )
+    hold_output_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Output tokens a request without max_tokens is held for against a money "
+        "budget while it runs (its worst case: overspend stays within one request's cost when "
+        "answers are no longer).",
+    )
+    hold_ttl: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds a request's money hold lasts when its process dies before "
+        "settling it; longer than any answer takes.",
+    )
 
     @field_validator("rates", mode="before")
     @classmethod

@@ -39,6 +39,17 @@ class Pricer:
         self._first: dict[str, Route] = {
             alias: spec.routes[0] for alias, spec in settings.models.items() if spec.routes
         }
+        self._routes: dict[str, tuple[Route, ...]] = {
+            alias: (*spec.routes, *spec.overflow) for alias, spec in settings.models.items()
+        }
+
+    def worst(self, alias: str, prompt: int, completion: int, started: float) -> int:
+        """The most ``prompt`` and ``completion`` tokens cost (reporting micro-units) on any
+        route ``alias`` may take, failover and overflow included."""
+        routes = self._routes.get(alias)
+        if routes is None:  # a route asked for by name (UPSTREAM/MODEL)
+            routes = (route_of(alias),)
+        return max((self.cost(r, started, prompt, 0, completion)[2] for r in routes), default=0)
 
     def cost(
         self, route: Route, started: float, prompt: int, cached: int, completion: int

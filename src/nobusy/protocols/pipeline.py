@@ -49,7 +49,7 @@ from nobusy.knowledge.grounding import (
     requested,
     retrieve,
 )
-from nobusy.money.budgets import budget_warning, check_budget
+from nobusy.money.budgets import budget_warning, check_copy, key_budget
 from nobusy.responses import EventStreamResponse, JSONResponse, error_response
 from nobusy.routing import Answer, Walker, open_answer
 from nobusy.routing.capabilities import fitting
@@ -64,8 +64,10 @@ from nobusy.routing.relay import (
 )
 from nobusy.schema import ChatRequest
 from nobusy.state import AppState, app_state
+from nobusy.store.interfaces import MoneyHolder
 from nobusy.store.knowledge import Caller
 from nobusy.store.ledger import Transcript
+from nobusy.store.money_holds import Hold
 from nobusy.store.usage import UsageRecord
 from nobusy.upstreams.base import Chunk
 
@@ -176,6 +178,7 @@ class _LedgerEntry:
         self.masker: Masker | None = None
         self.grounding: Grounding | None = None  # an alias's passages, retrieved once
         self.estimate = 0
+        self.hold: Hold | None = None  # its money held against a budget
         self.cache: CacheUse | None = None
         self.first_token_at: float | None = None  # of an answer from the cache
 
@@ -189,9 +192,15 @@ class _LedgerEntry:
         """Check the key's own limits (from here on the request counts against them) while
         ``meanwhile`` runs; its result. With ``state`` the check is a round trip to Redis:
         the request's own work (screening) fills it instead of waiting for it."""
-        if key is not None:  # its money budget (nobusy.money.budgets), as this copy knows it
-            check_budget(key, self.state.settings.pricing.currency, datetime.now(UTC))
-            self.record.budgeted = key.budget_micros is not None
+        holds = self.state.holds
+        if key is not None and key.held and holds is not None and self.state.pricer is not None:
+            # Its worst-case cost held against its budgets before anything else is spent on
+            # it; settled to the real cost in close(), however the request ends.
+            self.hold = await _held(holds.reserve(key, self._worst(chat, body_size)), holds)
+            self.record.held = True
+        elif key is not None and key.budget_micros is not None:  # `pricing.holds: false`
+            check_copy(key, self.state.settings.pricing.currency, datetime.now(UTC))
+            self.record.budgeted = True
         limits = self.state.limits
         if key is None or limits is None:
             return await meanwhile()
@@ -219,6 +228,14 @@ class _LedgerEntry:
         if failed is not None:
             raise failed
         return result
+
+    def _worst(self, chat: ChatRequest, body_size: int) -> int:
+        """The most this request can cost: its prompt (about four bytes a token) and its
+        max_tokens (else ``pricing.hold_output_tokens``) on its alias's dearest route."""
+        pricing = self.state.settings.pricing
+        completion = chat.max_completion_tokens or chat.max_tokens or pricing.hold_output_tokens
+        assert self.state.pricer is not None
+        return self.state.pricer.worst(chat.model, body_size // 4, completion, time.time())
 
     def ended(self, exc: BaseException) -> None:
         """Say how the request ended, unless an earlier step already did."""
@@ -254,6 +271,8 @@ class _LedgerEntry:
             self.record.tried = self.answer.tried()
             first_token_at = self.answer.first_token_at
         self.state.ledger.close(self.record, self.started, first_token_at, self.exchange)
+        if self.hold is not None and self.state.holds is not None:  # priced by ledger.close
+            self.state.holds.settle(self.hold, self.record.report_cost_micros)
 
     async def settle(self) -> None:
         """The one way out: an answer not read to its end is closed (and its upstream request
@@ -401,9 +420,10 @@ class _PipelineResponse(Response):
             return await self._kept(entry, kept)
         request.state.upstream = answer.upstream
         headers = {"x-nobusy-upstream": answer.upstream, **marked}
-        if key is not None:
-            currency = state.settings.pricing.currency
-            warning = budget_warning(key, currency, datetime.now(UTC))
+        if key is not None and (entry.hold is not None or key.budget_micros is not None):
+            currency, now = state.settings.pricing.currency, datetime.now(UTC)
+            budgets = entry.hold.budgets if entry.hold is not None else key_budget(key, now)
+            warning = budget_warning(budgets, currency, now)
             if warning is not None:
                 headers["x-nobusy-budget-warning"] = warning
         return await self._respond(entry, answer, headers)
@@ -519,6 +539,22 @@ def _from_cache(entry: _LedgerEntry, use: CacheUse) -> None:
     entry.record.upstream = "cache"
     entry.record.cache = use.status
     entry.first_token_at = time.perf_counter()
+
+
+async def _held(reserving: Coroutine[Any, Any, Hold], holds: MoneyHolder) -> Hold:
+    """The hold ``reserving`` takes; one taken on its thread after this task was cancelled (the
+    client left) is given back at once rather than left to expire."""
+    future = asyncio.ensure_future(reserving)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def give_back(done: asyncio.Future[Hold]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                holds.settle(done.result(), 0)
+
+        future.add_done_callback(give_back)
+        raise
 
 
 async def _nothing() -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
+from nobusy.errors import UpstreamError
 from nobusy.routing.circuit import State
 from nobusy.routing.router import Router
+from nobusy.upstreams.base import Probe, Upstream, UpstreamCall, has_token
 
-__all__ = ["Prober"]
+__all__ = ["Prober", "probe_answer"]
 
 log = logging.getLogger("nobusy.probing")
 
@@ -51,8 +54,43 @@ class Prober:
                 circuit.failure(f"health probe: {probe.detail}")
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def restart(self) -> None:
+        """Probe the upstreams of the router's table now (after a reload)."""
+        await self.stop()
+        self.start()
+
+
+async def probe_answer(upstream: Upstream, model: str | None, answer: bool = True) -> Probe:
+    """``/models`` (or loading the model), then, with ``answer``, a real one-token answer:
+    listing models proves little about answering them (a key without credit lists them fine).
+    ``nobusy check`` and the console's Test button."""
+    probe = await upstream.probe()
+    if not probe.ok or not answer:
+        return probe
+    body = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+    call = UpstreamCall(model=model, body=body)
+    timeout = upstream.settings.first_token_timeout
+    start = time.perf_counter()
+    chunks = aiter(upstream.stream(call))
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in chunks:
+                if has_token(chunk):
+                    break
+    except UpstreamError as exc:
+        probe.ok, probe.detail = False, f"answer: {exc.message}"
+    except TimeoutError:
+        probe.ok, probe.detail = False, f"answer: no first token within {timeout:g}s"
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    probe.latency_ms = (time.perf_counter() - start) * 1000
+    return probe

@@ -118,6 +118,10 @@ class ContinuationModes:
         self._known: dict[str, Method] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def forget(self, name: str) -> None:
+        """``name`` was redefined (a reload): probe its continuation again on first need."""
+        self._known.pop(name, None)
+
     async def method(
         self, upstream: Upstream, settings: UpstreamSettings, model: str | None
     ) -> Method:

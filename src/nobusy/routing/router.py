@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nobusy.admission.capacity import Capacity, Ticket
@@ -32,7 +32,7 @@ from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Upstream
 from nobusy.upstreams.server_metrics import ServerSignals
 
-__all__ = ["Router"]
+__all__ = ["Retired", "Router"]
 
 
 class Router:
@@ -46,9 +46,7 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.models: dict[str, ModelAlias] = {
-            alias: _retiered(spec, settings) for alias, spec in settings.models.items()
-        }
+        self.models: dict[str, ModelAlias] = _table(settings)
         # UPSTREAM/MODEL routes asked for by name (cross-checks), kept off the model list.
         self.direct: dict[str, ModelAlias] = {}
         self.upstreams = dict(upstreams)
@@ -74,14 +72,13 @@ class Router:
         for name, limit in self.capacity.limits.items():
             limit.name = limit.name or name  # for its log lines
         self.placement = self._placement()  # None without server-aware upstreams
-        for name, view in (self.placement.servers if self.placement else {}).items():
-            # A server that says how many it runs at once (`slots`) is not pushed below that by
-            # first tokens slowing: its queue is what tiers and placement read and spill over.
-            limit = self.capacity.limits[name]
-            if view.signals.slots:
-                limit.floor = min(float(view.signals.slots), limit.ceiling)
         self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
         self.tiers = TierBook()  # service rates and each tier's answers (routing.spill)
+        # With `state`: what tells the other replicas of an upstream's circuit verdicts, for
+        # the circuits of upstreams a reload adds (nobusy.state).
+        self.teller: Callable[[str], Callable[[str, float, str, int], None]] | None = None
+        # Upstreams the config disables (`enabled: false`): kept, but sent no new request.
+        self.disabled = {name for name, spec in settings.upstreams.items() if not spec.enabled}
         self.hedge_budgets = {
             alias: Budget(spec.hedge.budget, 1, settings.retry_window)
             for alias, spec in self.models.items()
@@ -98,6 +95,10 @@ class Router:
 
     def _view(self, name: str, signals: ServerSignals) -> ServerView:
         stats, limit = self.stats[name], self.capacity.limits[name]
+        if signals.slots:
+            # A server that says how many it runs at once (`slots`) is not pushed below that
+            # by first tokens slowing: its queue is what tiers and placement read and spill.
+            limit.floor = min(float(signals.slots), limit.ceiling)
         return ServerView(signals, lambda: stats.in_flight, lambda: limit.current)
 
     def _budget(self) -> Budget:
@@ -131,7 +132,12 @@ class Router:
 
     def _pause(self, upstream: str) -> float:
         """Seconds until ``upstream`` may be sent a request (a moment while a probe is out)."""
-        circuit = self.stats[upstream].circuit
+        stats = self.stats.get(upstream)
+        if stats is None or upstream in self.disabled:
+            # Removed by a reload (its last attempts are ending) or disabled: a slot it frees
+            # goes to no waiter.
+            return float("inf")
+        circuit = stats.circuit
         return 0.0 if circuit.available() else max(circuit.retry_in(), 0.05)
 
     def plan(
@@ -140,8 +146,10 @@ class Router:
         """(usable routes in the order to try them, routes skipped because their circuit is
         open), by ``routing.balancing``; server-aware routes by ``routing.placement`` when the
         request's ``body`` is given. Drained upstreams are left out."""
-        if self.drained:
-            routes = [r for r in routes if r.upstream not in self.drained]
+        if self.drained or self.disabled or any(r.upstream not in self.stats for r in routes):
+            # Also a route planned before a reload removed its upstream.
+            off = self.drained | self.disabled
+            routes = [r for r in routes if r.upstream not in off and r.upstream in self.stats]
         ordered, skipped = plan_routes(routes, self.stats, self.rng)
         if body is not None and self.placement is not None:
             ordered = self.placement.order(ordered, body)
@@ -168,10 +176,13 @@ class Router:
         alias's routes that can take the request, when not all can; ``only``: the upstreams
         its tier allows (``spill``)."""
         spec = spec or self.alias(alias)
+        off = self.drained | self.disabled
         upstreams = frozenset(
             r.upstream
             for r in (*spec.routes, *spec.overflow)
-            if r.upstream not in self.drained and (only is None or r.upstream in only)
+            if r.upstream not in off
+            and r.upstream in self.stats
+            and (only is None or r.upstream in only)
         )
         return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
 
@@ -249,8 +260,82 @@ class Router:
             retry_after=wait,
         )
 
+    def retable(self, settings: Settings, built: Mapping[str, Upstream]) -> list[Retired]:
+        """Swap in the routing table of ``settings`` at once (nothing awaits in here, so no
+        request sees half of it). ``built``: the upstreams added or whose definition changed,
+        already started; the others keep their object and state (circuit, adaptive limit,
+        metrics poller, streams). Returns the upstreams replaced or removed, with the
+        statistics their running attempts still count in, to close once those are done."""
+        retired: list[Retired] = []
+        upstreams, stats = dict(self.upstreams), dict(self.stats)
+        for name in set(upstreams) - set(settings.upstreams):
+            retired.append((upstreams.pop(name), stats.pop(name)))
+            self.drained.discard(name)
+        workers = settings.workers
+        for name, upstream in built.items():
+            spec = settings.upstreams[name]
+            if name in upstreams:
+                retired.append((upstreams[name], stats[name]))
+            upstreams[name] = upstream
+            stats[name] = UpstreamStats(name, spec.kind, Circuit(spec.circuit, name=name))
+            if self.teller is not None:
+                stats[name].circuit.told = self.teller(name)
+            self.retry_budgets.setdefault(name, self._budget())
+            self.continuations.forget(name)
+            ceiling = spec.max_concurrency
+            self.capacity.adopt(
+                name,
+                None if ceiling is None else max(1, ceiling // workers),
+                (_part(spec.rpm, workers), _part(spec.tpm, workers)),
+                max(1, settings.initial_concurrency // workers),
+            )
+        self.upstreams, self.stats = upstreams, stats
+        self.settings = settings
+        self.models = _table(settings)
+        self.disabled = {name for name, spec in settings.upstreams.items() if not spec.enabled}
+        self.direct = {n: a for n, a in self.direct.items() if a.routes[0].upstream in stats}
+        self.hedge_budgets = {
+            alias: self.hedge_budgets.get(alias)
+            or Budget(spec.hedge.budget, 1, settings.retry_window)
+            for alias, spec in self.models.items()
+            if spec.hedge is not None
+        }
+        self.placement = self._replace_placement(self.placement)
+        return retired
+
+    def _replace_placement(self, old: Placement | None) -> Placement | None:
+        """The placement of the new table; servers kept keep their prefix index and counts."""
+        new = self._placement()
+        if new is not None and old is not None:
+            for name in set(new.servers) & set(old.servers):
+                if new.servers[name].signals is old.servers[name].signals:
+                    new.indexes[name] = old.indexes[name]
+                    new.placed[name] = old.placed[name]
+                    new.hit_blocks[name] = old.hit_blocks[name]
+                    new.total_blocks[name] = old.total_blocks[name]
+        return new
+
+    def forget(self, name: str) -> None:
+        """An upstream removed by a reload has finished its last attempt: drop its slots."""
+        if name not in self.upstreams:
+            self.capacity.forget(name)
+            self.retry_budgets.pop(name, None)
+
     async def aclose(self) -> None:
         await asyncio.gather(*(u.aclose() for u in self.upstreams.values()))
+
+
+# An upstream taken out of the table by a reload, and the statistics its attempts count in.
+Retired = tuple[Upstream, UpstreamStats]
+
+
+def _enabled(models: Mapping[str, ModelAlias]) -> dict[str, ModelAlias]:
+    return {alias: spec for alias, spec in models.items() if spec.enabled}
+
+
+def _table(settings: Settings) -> dict[str, ModelAlias]:
+    """The enabled aliases, each route in its upstream's ``tier`` where one is set."""
+    return {alias: _retiered(spec, settings) for alias, spec in _enabled(settings.models).items()}
 
 
 def _retiered(spec: ModelAlias, settings: Settings) -> ModelAlias:

@@ -266,7 +266,9 @@ class Walker:
         """How ``route``'s upstream continues a cut answer (``auto``: probed on first need)."""
         if is_text_completion(self.body):
             return TEXT_CONTINUATION
-        upstream = self.router.upstreams[route.upstream]
+        upstream = self.router.upstreams.get(route.upstream)
+        if upstream is None:  # removed by a reload meanwhile: `_walk` skips it
+            return Method("none")
         model = route.model or upstream.default_model
         return await self.router.continuations.method(upstream, upstream.settings, model)
 
@@ -282,6 +284,12 @@ class Walker:
         when the alias says so); AllUpstreamsFailed when the routes, attempts or budget run
         out, and a request the upstream rejects is raised at once."""
         while route is not None:
+            if route.upstream not in self.router.upstreams:
+                # A reload removed it after its slot was taken: the slot goes back unused.
+                if route.upstream in self.router.capacity.limits:
+                    self.router.capacity.release(route.upstream, "ignore", 0.0, self.who)
+                route = await self._next_route()
+                continue
             body = self.body if body_for is None else await body_for(route)
             attempt = self._start(route, body)
             try:
@@ -336,7 +344,11 @@ class Walker:
                 return None
         while self.rest:
             route = self.rest.popleft()
-            if not router.stats[route.upstream].circuit.available():
+            stats = router.stats.get(route.upstream)
+            if stats is None or route.upstream in router.disabled:
+                # Planned before a reload removed or disabled it: not tried, not an error.
+                continue
+            if not stats.circuit.available():
                 failures.append(router.ejected(route))
             elif not await router.capacity.take(route.upstream, self.who, self.estimate):
                 full = router.capacity.resting(route.upstream) > 0

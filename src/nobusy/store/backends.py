@@ -18,6 +18,7 @@ from nobusy.store.audit import AuditLog
 from nobusy.store.interfaces import ResponsesStore
 from nobusy.store.keys import KeyStore
 from nobusy.store.migrations import DB_NAME, open_db
+from nobusy.store.money_holds import MoneyHolds
 from nobusy.store.responses import ResponseStore
 from nobusy.store.usage import UsageLog, key_usage, key_usage_rows
 
@@ -32,6 +33,7 @@ __all__ = [
     "describe",
     "liveness",
     "open_audit",
+    "open_holds",
     "open_blobs",
     "open_index",
     "open_keys",
@@ -59,6 +61,16 @@ def open_keys(settings: Settings, hashers: tuple[Hasher, ...]) -> KeyStore:
     from nobusy.store.pg_keys import PgKeyStore
 
     return PgKeyStore(settings.store.get_secret_value(), hashers)
+
+
+def open_holds(settings: Settings) -> MoneyHolds:
+    """Where requests hold money against budgets: the database the keys are in."""
+    pricing = settings.pricing
+    if settings.store is None:
+        return MoneyHolds(settings.data_dir, pricing.currency, pricing.hold_ttl)
+    from nobusy.store.pg_money_holds import PgMoneyHolds
+
+    return PgMoneyHolds(settings.store.get_secret_value(), pricing.currency, pricing.hold_ttl)
 
 
 def liveness(keys: KeyStore) -> Liveness | None:

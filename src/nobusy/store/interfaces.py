@@ -17,6 +17,9 @@ and PostgreSQL for several hosts: modules implementing the same protocols, chose
   back and the limit's changes); ``give_back`` and ``adjust`` never wait; the learned limit
   is the fleet's. A separate protocol, not an async ``Leases``: the one-host file needs no
   round trip, and making it async would move every hand-over of a freed slot into a task.
+- ``MoneyHolder``: ``store.money_holds.MoneyHolds`` (SQLite, one host),
+  ``store.pg_money_holds.PgMoneyHolds`` (PostgreSQL, every replica),
+  ``store.redis_money_holds.RedisMoneyHolds`` (Redis decides, the key database keeps the spend).
 - ``UsageSink``: ``store.usage.UsageLog`` (SQLite, one writer thread),
   ``store.pg_usage.PgUsageLog`` (PostgreSQL, spilling to a local file while it is down).
 - ``AuditSink``: ``store.audit.AuditLog`` (SQLite, hash-chained, one writer thread),
@@ -52,6 +55,7 @@ __all__ = [
     "KeyLookup",
     "Leases",
     "LimitCounters",
+    "MoneyHolder",
     "ResponsesStore",
     "UsageSink",
 ]
@@ -172,6 +176,21 @@ class FleetLeases(Protocol):
     async def aclose(self) -> None:
         """Give back this replica's slots at once."""
         ...
+
+
+class MoneyHolder(Protocol):
+    """Money held against budgets by requests in flight, settled to their cost."""
+
+    async def reserve(self, key: Key, micros: int) -> Hold:
+        """Hold ``micros`` against the key's budget and its group's, or raise
+        BudgetExhausted naming the one without room."""
+        ...
+
+    def settle(self, hold: Hold, cost: int) -> None:
+        """Replace ``hold`` by the request's real ``cost``, without waiting."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class UsageSink(Protocol):
@@ -313,14 +332,17 @@ if TYPE_CHECKING:
     from nobusy.store.blobs import Blobs
     from nobusy.store.keys import KeyStore
     from nobusy.store.limits import SharedKeyLimits
+    from nobusy.store.money_holds import Hold, MoneyHolds
     from nobusy.store.pg_audit import PgAuditLog
     from nobusy.store.pg_keys import PgKeyStore
     from nobusy.store.pg_knowledge import PgBlobs
+    from nobusy.store.pg_money_holds import PgMoneyHolds
     from nobusy.store.pg_responses import PgResponseStore
     from nobusy.store.pg_usage import PgUsageLog
     from nobusy.store.redis_cache import RedisCache
     from nobusy.store.redis_leases import RedisLeases
     from nobusy.store.redis_limits import RedisKeyLimits
+    from nobusy.store.redis_money_holds import RedisMoneyHolds
     from nobusy.store.response_cache import SqliteCache
     from nobusy.store.responses import ResponseStore
     from nobusy.store.usage import UsageLog
@@ -341,6 +363,9 @@ if TYPE_CHECKING:
         pg_responses: PgResponseStore,
         sqlite_cache: SqliteCache,
         redis_cache: RedisCache,
+        holds: MoneyHolds,
+        pg_holds: PgMoneyHolds,
+        redis_holds: RedisMoneyHolds,
         blobs: Blobs,
         pg_blobs: PgBlobs,
         index: Index,
@@ -362,6 +387,9 @@ if TYPE_CHECKING:
         _pg_responses: ResponsesStore = pg_responses
         _sqlite_cache: CacheStore = sqlite_cache
         _redis_cache: CacheStore = redis_cache
+        _holds: MoneyHolder = holds
+        _pg_holds: MoneyHolder = pg_holds
+        _redis_holds: MoneyHolder = redis_holds
         _blobs: FileBytes = blobs
         _pg_blobs: FileBytes = pg_blobs
         _index: ChunkIndex = index

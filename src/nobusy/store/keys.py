@@ -217,13 +217,14 @@ class KeyStore:
         max_wait: float | None = None,
         budget: object = None,
         budget_period: str | None = None,
+        group: str | None = None,
     ) -> tuple[Key, str]:
         """A new key and its secret, which is not stored and cannot be shown again."""
         now = self._clock()
         given = dict(
             name=name, priority=priority, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency,
             quota_tokens=quota_tokens, models=models, expires=expires, max_wait=max_wait,
-            budget=budget, budget_period=budget_period,
+            budget=budget, budget_period=budget_period, group=group,
         )  # fmt: skip
         columns = to_columns(given, now)
         secret = "nb-" + secrets.token_urlsafe(32)
@@ -235,6 +236,7 @@ class KeyStore:
         )
         with self._writing() as conn:
             self._check_name_free(name, None)
+            self._group_of(columns)
             columns["id"] = key_id = new_id(conn)
             names = ", ".join(columns)
             marks = ", ".join("?" * len(columns))
@@ -251,6 +253,7 @@ class KeyStore:
             key = self._find(id_or_name)
             if "name" in columns:
                 self._check_name_free(cast(str, columns["name"]), key.id)
+            self._group_of(columns)
             if "quota_tokens" in columns:
                 columns["balance"] = _rebalance(key, cast("int | None", columns["quota_tokens"]))
             assignments = ", ".join(f"{name} = ?" for name in columns)
@@ -395,6 +398,21 @@ class KeyStore:
         if row is None:
             raise NotFound(f"No API key with id or name '{id_or_name}'.", param="key")
         return to_key(row)
+
+    def _group_of(self, columns: dict[str, object]) -> None:
+        """Replace the group's name given by its id; NotFound when there is no such group."""
+        name = columns.get("group_id")
+        if name is None:
+            return
+        row = self._conn.execute(
+            "SELECT id FROM key_groups WHERE name = ? OR id = ?", (name, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"No key group named '{name}' (nobusy keys groups create --name ...).",
+                param="group",
+            )
+        columns["group_id"] = row[0]
 
     def _check_name_free(self, name: str, own_id: str | None) -> None:
         # Names are unique among keys not revoked (a partial unique index says the same).

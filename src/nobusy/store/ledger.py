@@ -110,10 +110,13 @@ class Ledger:
         if record.key_id is not None and self.keys is not None:
             tokens = prompt + completion
             self._charges[record.key_id] = self._charges.get(record.key_id, 0) + tokens
-            cost = record.report_cost_micros
+            # A request that held money against a budget is charged by settling its hold
+            # (nobusy.store.money_holds), in the same transaction that releases it.
+            cost = 0 if record.held else record.report_cost_micros
             if cost:
                 self._spend[record.key_id] = self._spend.get(record.key_id, 0) + cost
-            # A key with a money budget is charged at once, so the next request sees it.
+            # Without holds a key with a money budget is charged at once (the next request
+            # sees it); quota tokens are summed and written at most every half second.
             if (record.budgeted and cost) or time.monotonic() - self._last_flush > 0.5:
                 self.flush_charges()
         if self.audit is not None and transcript is not None:

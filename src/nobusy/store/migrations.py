@@ -30,6 +30,7 @@ __all__ = [
     "CACHE",
     "CONSOLE_TABLES",
     "DB_NAME",
+    "KEY_GROUP_TABLES",
     "NOBUSY",
     "USAGE_DAILY_BACKFILL",
     "USAGE_DAILY_INSERT",
@@ -260,6 +261,28 @@ def m012_console(db: Database) -> None:
         db.execute(statement)
     db.execute(USAGE_DAILY_TRIGGER)
     db.execute(USAGE_DAILY_BACKFILL)
+
+
+@NOBUSY()
+def m013_key_groups(db: Database) -> None:
+    # Key groups (teams) with a money budget of their own, each key in at most one; and the
+    # money reserved by requests in flight (nobusy.money.holds): each hold a row, summed on
+    # its key and group so that one conditional UPDATE admits a request across processes.
+    for statement in KEY_GROUP_TABLES:
+        db.execute(statement)
+    for column in _GROUP_KEYS:
+        db.execute(f"ALTER TABLE keys ADD COLUMN {column}")
+
+
+KEY_GROUP_TABLES = (
+    "CREATE TABLE key_groups (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+    "budget_micros INTEGER, budget_period TEXT, spent_micros INTEGER NOT NULL DEFAULT 0, "
+    "budget_since TEXT, reserved_micros INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL)",
+    "CREATE TABLE money_holds (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, group_id TEXT, "
+    "micros INTEGER NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX money_holds_expires ON money_holds (expires)",
+)
+_GROUP_KEYS = ("group_id TEXT", "reserved_micros INTEGER NOT NULL DEFAULT 0")
 
 
 @NOBUSY()

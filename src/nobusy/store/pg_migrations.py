@@ -23,11 +23,13 @@ import psycopg
 from sqlite_utils.migrations import Migrations
 
 from nobusy.store.migrations import (
+    _GROUP_KEYS,
     _KNOWLEDGE_CLAIMS,
     _MONEY_KEYS,
     _MONEY_USAGE,
     AUDIT,
     CONSOLE_TABLES,
+    KEY_GROUP_TABLES,
     KNOWLEDGE_TABLES,
     NOBUSY,
     USAGE_DAILY_BACKFILL,
@@ -205,6 +207,15 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
             "CREATE TRIGGER usage_daily_add AFTER INSERT ON usage "
             "FOR EACH ROW EXECUTE FUNCTION usage_daily_add()",
             _pg_json(USAGE_DAILY_BACKFILL),
+        ),
+        # The same tables: a hold's conditional UPDATE locks its key's (and group's) row, so
+        # every replica admits against one count.
+        "m013_key_groups": (
+            *(
+                s.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION")
+                for s in KEY_GROUP_TABLES
+            ),
+            *(f"ALTER TABLE keys ADD COLUMN {c.replace('INTEGER', 'BIGINT')}" for c in _GROUP_KEYS),
         ),
         # The knowledge base shared by every replica: uploaded bytes in parts (a file another
         # replica received is read here), and the index (knowledge/pg_index.py): chunks with

@@ -83,6 +83,7 @@ class UsageRecord:
     first_choice: str | None = None
     first_choice_cost_micros: int | None = None
     budgeted: bool = False  # not stored: the key has a money budget, charge it at once
+    held: bool = False  # not stored: its cost settles a money hold, not the ledger's charge
 
     def upstream_tokens(self) -> tuple[int, int]:
         """Prompt and completion tokens an upstream spent: none for an answer from the cache
@@ -277,8 +278,19 @@ def _row(r: UsageRecord) -> _Row:
 # --- Reading it back ---------------------------------------------------------------------------
 
 # What a group is, as SQL over `usage`; NULL becomes the label in brackets.
-GROUPS = {"key": "key_id", "model": "alias", "upstream": "upstream", "day": "substr(time, 1, 10)"}
-NONE_LABEL = {"key": "(no key)", "model": "(none)", "upstream": "(none)", "day": "(none)"}
+GROUPS = {
+    "key": "key_id", "model": "alias", "upstream": "upstream", "day": "substr(time, 1, 10)",
+    "group": "key_groups.name",
+}  # fmt: skip
+NONE_LABEL = {
+    "key": "(no key)", "model": "(none)", "upstream": "(none)", "day": "(none)",
+    "group": "(no group)",
+}  # fmt: skip
+# A row counts for the group its key is in now (key groups: nobusy.store.key_groups).
+_JOINS = {
+    "group": "LEFT JOIN keys ON keys.id = usage.key_id "
+    "LEFT JOIN key_groups ON key_groups.id = keys.group_id"
+}
 # Outcomes are error codes (or ok / client_gone): a code nobusy answers with a 4xx means the
 # request was refused (limits, quota, a bad request); any other code means it failed.
 _CLIENT_CODES = {
@@ -318,7 +330,7 @@ class Group:
 def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
     """The usage rows since ``since`` (all if None) grouped ``by`` key, model or upstream."""
     column = GROUPS[by]
-    where, params = ("WHERE time >= ?", [timestamp(since)]) if since is not None else ("", [])
+    where, params = ("WHERE usage.time >= ?", [timestamp(since)]) if since else ("", [])
     groups: dict[str | None, Group] = {}
     counts = conn.execute(
         # Portable SQL (SQLite and PostgreSQL): CAST keeps PostgreSQL's sums integers.
@@ -328,7 +340,7 @@ def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
         f"CAST(SUM(COALESCE(first_choice_cost_micros, report_cost_micros)) AS BIGINT), "
         f"CAST(SUM(cached_tokens) AS BIGINT), "
         f"CAST(SUM(CASE WHEN usage_source = 'counted' THEN 1 ELSE 0 END) AS BIGINT) "
-        f"FROM usage {where} GROUP BY {column}, outcome",
+        f"FROM usage {_JOINS.get(by, '')} {where} GROUP BY {column}, outcome",
         params,
     )
     for name, outcome, n, prompt, completion, queue_ms, cost, first, cached, counted in counts:
@@ -351,7 +363,8 @@ def summarize(conn: Any, by: str, since: datetime | None) -> list[Group]:
             group.failed += n
     ttft_where = f"{where} AND ttft_ms IS NOT NULL" if where else "WHERE ttft_ms IS NOT NULL"
     ttfts = conn.execute(
-        f"SELECT {column}, ttft_ms FROM usage {ttft_where} ORDER BY ttft_ms", params
+        f"SELECT {column}, ttft_ms FROM usage {_JOINS.get(by, '')} {ttft_where} ORDER BY ttft_ms",
+        params,
     )
     for name, ttft_ms in ttfts:
         groups[name].ttfts.append(ttft_ms)

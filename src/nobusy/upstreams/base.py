@@ -94,6 +94,11 @@ class UpstreamSettings(BaseModel):
     kind: str = Field(
         description="Which upstream plugin serves this source (openai, embedded, ...)."
     )
+    enabled: bool = Field(
+        True,
+        description="false: kept in the config, but sent no request (the console's Disable); "
+        "its routes are skipped.",
+    )
     first_token_timeout: PositiveFloat = Field(
         30.0, description="Seconds from an attempt's start to its first token before failing over."
     )

@@ -2,7 +2,7 @@
 // /v1/nobusy/keys with the admin key.
 
 import { call } from "./api.js";
-import { t } from "./i18n.js";
+import { language, t } from "./i18n.js";
 import { copyText, flash } from "./markdown.js";
 import { priorityKey, showAuthNotice } from "./status.js";
 import { money } from "./usage.js";
@@ -58,6 +58,11 @@ async function create() {
     quota_tokens: number("key-quota"),
     models: models.length ? models : undefined,
   };
+  if ($("key-budget").value) {
+    body.budget = $("key-budget").value; // a decimal string: money is never a float on the wire
+    body.budget_period = $("key-budget-period").value;
+  }
+  if ($("key-group").value.trim()) body.group = $("key-group").value.trim();
   $("key-form-error").textContent = "";
   try {
     const key = await call("/v1/nobusy/keys", { method: "POST", body, admin: true });
@@ -96,7 +101,7 @@ function renderTable(keys, usage) {
   body.replaceChildren();
   if (!keys.length) {
     const cell = body.insertRow().insertCell();
-    cell.colSpan = 9;
+    cell.colSpan = 10;
     cell.textContent = t("noKeys");
     return;
   }
@@ -118,19 +123,36 @@ function renderTable(keys, usage) {
     balance.textContent = key.quota_tokens == null ? t("unlimited") : `${key.balance} / ${key.quota_tokens}`;
     const budget = row.insertCell();
     budget.className = "num";
-    budget.textContent =
-      key.budget == null
-        ? t("unlimited")
-        : t("budgetOf", { spent: key.budget_spent, budget: key.budget, period: key.budget_period ?? "—" });
+    budget.textContent = key.budget == null ? t("unlimited") : budgetText(key, usage?.currency);
+    if (key.budget != null) {
+      // The soft limit (80%) and the hard one, as the server warns and refuses: held counts.
+      const used = (Number(key.budget_spent) + Number(key.budget_held ?? 0)) / Number(key.budget);
+      if (used >= 1) budget.classList.add("budget-over");
+      else if (used >= 0.8) budget.classList.add("budget-warn");
+      if (Number(key.budget_held)) budget.title = t("budgetHeld", { held: amount(key.budget_held, usage?.currency) });
+    }
+    row.insertCell().textContent = key.group ?? "—"; // its key group (team), whose budget it shares
     const used = row.insertCell();
     used.className = "num";
     const group = perKey.get(key.id);
     used.textContent = group
       ? t("usageKey30", { requests: group.totals.requests, spend: money(group.totals.spend_micros, usage.currency) })
       : "—";
-    row.insertCell().textContent = key.last_used_at ? new Date(key.last_used_at * 1000).toLocaleString() : "—";
+    const locale = language() === "zh" ? "zh-CN" : "en";
+    row.insertCell().textContent = key.last_used_at ? new Date(key.last_used_at * 1000).toLocaleString(locale) : "—";
     row.insertCell().append(...actions(key));
   }
+}
+
+// A decimal string of the API (budgets are exact to the micro-unit) in the usage's currency.
+function amount(text, currency) {
+  return currency ? money(Math.round(Number(text) * 1e6), currency) : String(Number(text));
+}
+
+function budgetText(key, currency) {
+  const every = key.budget_period ?? "daily"; // a budget with no period resets daily (money/budgets.py)
+  const period = t(`period${every[0].toUpperCase()}${every.slice(1)}`);
+  return t("budgetOf", { spent: amount(key.budget_spent, currency), budget: amount(key.budget, currency), period });
 }
 
 function limits(key) {

@@ -10,9 +10,10 @@ import { initRequests, showRequests } from "./requests.js";
 import { initSettings } from "./settings.js";
 import { initSignin } from "./signin.js";
 import { initStatus, showStatus } from "./status.js";
+import { initUpstreams, showUpstreams } from "./upstreams.js";
 import { initUsage, showUsage } from "./usage.js";
 
-const VIEWS = ["chat", "compare", "status", "keys", "knowledge", "usage", "requests"];
+const VIEWS = ["chat", "compare", "status", "keys", "knowledge", "usage", "requests", "upstreams"];
 const $ = (id) => document.getElementById(id);
 
 // Also called on a language change: the view shown is redrawn (status and keys reload).
@@ -31,6 +32,7 @@ function route() {
   showUsage(view === "usage");
   showRequests(view === "requests");
   showKnowledge(view === "knowledge");
+  showUpstreams(view === "upstreams");
   $("skip-link").hidden = view !== "chat";
 }
 
@@ -52,6 +54,7 @@ initUsage();
 initRequests();
 initSignin();
 initKnowledge();
+initUpstreams();
 $("lang-toggle").addEventListener("click", () => {
   setLanguage(otherLanguage());
   labelLanguageButton();
