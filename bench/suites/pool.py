@@ -32,6 +32,7 @@ import openai
 
 from bench import placement_cost, procs
 from bench.loadgen import percentile
+from bench.suites import pool_tiers
 from bench.suites.base import Context, Goal, Result, Suite, at_least, at_most, fmt, md_table
 from nobusy.upstreams.server_metrics import parse_metrics
 
@@ -247,8 +248,10 @@ def run(ctx: Context) -> Result:
     rows = [_one(ctx, policy, seconds) for policy in policies]
     cost = placement_cost.measure(16, 4000 if ctx.settings.quick else 20000)
     ctx.log(f"[pool] placement scoring at 16 servers: {cost['cpu_ms']:.4f} ms CPU per request")
+    tiers = pool_tiers.run_tiers(ctx)
     return {
         "rows": rows,
+        "tiers_run": tiers,
         "scoring": cost,
         "load_average": list(os.getloadavg()),
         "litellm": "run" if len(policies) == len(POLICIES) else "not run: no bench/.litellm-venv",
@@ -268,7 +271,6 @@ def goals(result: Result) -> list[Goal]:
     b95, p95 = base.get("ttft", {}).get("all", {}), placed.get("ttft", {}).get("all", {})
     if b95.get("p95_ms") and p95.get("p95_ms") is not None:
         drop = (1 - p95["p95_ms"] / b95["p95_ms"]) * 100
-    tiers = "tiers with cost are not built yet"
     return [
         at_least("Placement's prefix-cache hit rate over least in-flight's", ratio, 1.5, "×"),
         at_least("Placement's TTFT p95 lower than least in-flight's at ~80% load", drop, 30, "%"),
@@ -284,8 +286,7 @@ def goals(result: Result) -> list[Goal]:
             0.2,
             "ms",
         ),
-        at_least("Demand 1.3× local: local utilisation", None, 90, "%", tiers),
-        at_most("Demand 0.7× local: cloud share", None, 1, "%", tiers),
+        *pool_tiers.tier_goals(result),
     ]
 
 
@@ -351,7 +352,8 @@ busy where the cache answers prompts faster, so "~80% load" is the baselines' oc
 
 Placement's scoring (order + note of the pick, `bench/placement_cost.py`) at 16 servers:
 {fmt(cost.get("cpu_ms"), 4)} ms CPU per request ({fmt(cost.get("wall_ms"), 4)} ms wall).
-"""
+
+{pool_tiers.render_tiers(result)}"""
 
 
 SUITE = Suite(

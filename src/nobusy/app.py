@@ -45,7 +45,7 @@ from nobusy.metrics import Metrics
 from nobusy.reload import SettingsSource, reload_on_sighup
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
-from nobusy.routing.pool import pool_rows
+from nobusy.routing.pool import pool_rows, tier_rows
 from nobusy.settings import Settings
 from nobusy.state import running
 from nobusy.store.backends import open_keys
@@ -68,6 +68,7 @@ def create_app(
     router = Router(settings, upstreams, metrics)
     metrics.watch_upstreams(lambda: router.stats.values(), lambda: router.capacity)
     metrics.watch_pool(lambda: pool_rows(router))  # a reload may add servers
+    metrics.watch_tiers(lambda: tier_rows(router))
 
     guard = Guard.load(settings.guard, Path.cwd()) if settings.guard.lexicons else None
     auth = Authenticator(open_keys(settings, hashers_for(settings.crypto)))

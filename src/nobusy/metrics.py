@@ -137,6 +137,11 @@ class Metrics:
         """Report each local inference server's signals (``routing.pool``) when scraped."""
         self.registry.register(_PoolCollector(rows))
 
+    def watch_tiers(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Report each tier's utilisation, answers, spilled share and spill cost
+        (``routing.pool.tier_rows``) when scraped."""
+        self.registry.register(_TierCollector(rows))
+
     def attempt(self, upstream: str, outcome: str) -> None:
         attempts, up = self._attempt_children(upstream, outcome)
         attempts.inc()
@@ -372,6 +377,51 @@ class _PoolCollector(Collector):
                     family.add_metric([row["name"]], float(value))
             fresh.add_metric([row["name"]], 1.0 if row.get("signals") == "metrics" else 0.0)
         yield from (*families.values(), fresh)
+
+
+class _TierCollector(Collector):
+    def __init__(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["tier"]
+        utilisation = GaugeMetricFamily(
+            "nobusy_tier_utilisation",
+            "Busy slots over the tier's slots now (servers' own counts where believed), 0 to 1.",
+            labels=labels,
+        )
+        share = GaugeMetricFamily(
+            "nobusy_tier_share",
+            "Share of all answers given by the tier since start.",
+            labels=labels,
+        )
+        spilled_share = GaugeMetricFamily(
+            "nobusy_tier_spilled_share",
+            "Share of all answers spilled to the tier from a cheaper one since start.",
+            labels=labels,
+        )
+        answered = CounterMetricFamily(
+            "nobusy_tier_answered", "Answers given by the tier's upstreams.", labels=labels
+        )
+        spilled = CounterMetricFamily(
+            "nobusy_tier_spilled",
+            "Answers the tier gave for aliases whose cheaper tier was full (spilled).",
+            labels=labels,
+        )
+        cost = CounterMetricFamily(
+            "nobusy_tier_spill_cost",
+            "What the spilled answers cost (usage × price), in the reporting currency.",
+            labels=[*labels, "currency"],
+        )
+        for row in self.rows():
+            tier = [str(row["tier"])]
+            utilisation.add_metric(tier, float(row["utilisation"]))
+            share.add_metric(tier, float(row["share"]))
+            spilled_share.add_metric(tier, float(row["spilled_share"]))
+            answered.add_metric(tier, float(row["answered"]))
+            spilled.add_metric(tier, float(row["spilled"]))
+            cost.add_metric([*tier, row["currency"]], float(row["spill_cost"]))
+        yield from (utilisation, share, spilled_share, answered, spilled, cost)
 
 
 class _CacheCollector(Collector):

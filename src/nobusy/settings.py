@@ -169,6 +169,12 @@ class ModelAlias(BaseModel):
     overflow: tuple[Route, ...] = Field(
         (), description="Routes used only when the main routes are saturated."
     )
+    spill_after: PositiveFloat | None = Field(
+        None,
+        description="Seconds a request may expect to wait for a cheaper tier before it spills "
+        "to the next one (waiting requests over the tier's observed service rate); none: "
+        "spill as soon as the cheaper tier has no free slot.",
+    )
     hedge: HedgeSettings | None = Field(
         None, description="Hedge slow first tokens on the next route (off when unset)."
     )

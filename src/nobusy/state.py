@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -54,6 +54,7 @@ from nobusy.store.redis_signals import RedisSignals, Verdict
 from nobusy.store.replicas import Fleet
 from nobusy.store.response_cache import SqliteCache
 from nobusy.store.sessions import SessionStore
+from nobusy.store.usage import UsageRecord
 
 __all__ = ["AppState", "app_state", "running"]
 
@@ -107,7 +108,7 @@ async def running(
         if audit is not None:
             stack.callback(audit.close)
         pricer = Pricer(settings)
-        ledger = Ledger(usage_log, metrics, audit, keys, pricer.price)
+        ledger = Ledger(usage_log, metrics, audit, keys, _pricing(pricer, router))
         stack.callback(ledger.flush_charges)
         holds = _open_holds(settings, stack)
         # The shared backends opened below, for /readyz, the status board and /metrics.
@@ -172,7 +173,7 @@ def _applied(state: AppState, settings: Settings) -> None:
     # One pricer for the rows and the holds: a reload's new routes and prices reach both.
     pricer = Pricer(settings)
     state.pricer = pricer
-    state.ledger.price = pricer.price
+    state.ledger.price = _pricing(pricer, state.router)
 
 
 def _open_holds(settings: Settings, stack: contextlib.AsyncExitStack) -> MoneyHolder | None:
@@ -320,3 +321,13 @@ def _shared_slots(settings: Settings) -> SharedSlots | None:
     if settings.workers <= 1 or not ceilings:
         return None
     return SharedSlots(settings.data_dir, ceilings)
+
+
+def _pricing(pricer: Pricer, router: Router) -> Callable[[UsageRecord], None]:
+    """Price a usage record, then count it in its route's tier (``routing.spill``)."""
+
+    def price(record: UsageRecord) -> None:
+        pricer.price(record)
+        router.served(record.alias, record.upstream, record.report_cost_micros or 0)
+
+    return price

@@ -33,7 +33,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 
 from nobusy.admission.adaptive import AIMDLimit, Load
 from nobusy.admission.fairness import Fairness
@@ -563,7 +563,7 @@ class Ticket:
         position = self.capacity.queue.position(self.waiter)
         return position, self.capacity.estimate(self.waiter, position)
 
-    async def updates(self) -> AsyncIterator[tuple[int, float]]:
+    async def updates(self) -> AsyncGenerator[tuple[int, float], None]:
         """(position, estimated seconds) now and every second until a slot is granted."""
         future = self.waiter.future
         try:

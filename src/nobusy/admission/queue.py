@@ -133,5 +133,14 @@ class FairQueue:
             break
         return ahead + 1
 
+    def waiting_for(self, upstreams: frozenset[str]) -> int:
+        """How many waiters can only be served by ``upstreams`` (a tier's queue)."""
+        return sum(
+            w.upstreams <= upstreams
+            for keys in self._classes.values()
+            for line in keys.values()
+            for w in line
+        )
+
     def depth(self) -> dict[str, int]:
         return {p: sum(len(q) for q in self._classes[p].values()) for p in PRIORITIES}

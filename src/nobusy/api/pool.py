@@ -7,15 +7,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from nobusy.responses import JSONResponse
-from nobusy.routing.pool import drain, pool_rows
+from nobusy.routing.pool import drain, pool_rows, tier_rows
 from nobusy.state import app_state
 
 __all__ = ["drain_server", "list_pool", "routes", "undrain_server"]
 
 
 async def list_pool(request: Request) -> Response:
-    """Each server-aware upstream: model, running/waiting, KV use, cache hits, utilisation."""
-    return JSONResponse({"object": "list", "data": pool_rows(app_state(request).router)})
+    """Each server-aware upstream: model, running/waiting, KV use, cache hits, utilisation;
+    and each tier: utilisation, answers, the share spilled there and what it cost; ``spill``:
+    whether an alias spills by ``spill_after``."""
+    router = app_state(request).router
+    spill = any(spec.spill_after is not None for spec in router.models.values())
+    return JSONResponse(
+        {"object": "list", "data": pool_rows(router), "tiers": tier_rows(router), "spill": spill}
+    )
 
 
 async def drain_server(request: Request) -> Response:

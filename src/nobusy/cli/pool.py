@@ -60,15 +60,38 @@ def _count(value: float | None) -> str:
 @_key_option
 @click.pass_context
 def pool(ctx: click.Context, url: str, admin_key: str | None) -> None:
-    """Show the local inference servers: model, running/waiting, KV use, cache hits, load."""
+    """Show the local inference servers (model, running/waiting, KV use, cache hits, load) and
+    the tiers (utilisation, spilled share, what the spill cost)."""
     ctx.obj = (url, admin_key)
     if ctx.invoked_subcommand is not None:
         return
-    rows = _call("GET", url, "/pool", admin_key)["data"]
+    body = _call("GET", url, "/pool", admin_key)
+    rows, tiers = body["data"], body.get("tiers", [])
     console = Console()
     if not rows:
         console.print("no server-aware upstreams (kind vllm, sglang or llamacpp) are configured")
-        return
+    else:
+        _servers(console, rows)
+    if len(tiers) > 1 and (rows or body.get("spill")):
+        _tiers(console, tiers)
+
+
+def _tiers(console: Console, tiers: list[dict[str, Any]]) -> None:
+    table = Table("tier", "upstreams", "util.", "answers", "share", "spilled", "spill cost")
+    for tier in tiers:
+        table.add_row(
+            str(tier["tier"]),
+            ", ".join(tier["upstreams"]),
+            _share(tier["utilisation"]),
+            str(tier["answered"]),
+            _share(tier["share"]),
+            _share(tier["spilled_share"]),
+            f"{tier['spill_cost']:.4f} {tier['currency']}",
+        )
+    console.print(table)
+
+
+def _servers(console: Console, rows: list[dict[str, Any]]) -> None:
     table = Table("server", "kind", "model", "running", "waiting", "KV", "cache hits", "util.")
     table.add_column("signals")
     for row in rows:

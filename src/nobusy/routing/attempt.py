@@ -51,6 +51,7 @@ class Attempt:
         self.estimate = estimate
         self.used: int | None = None
         self.capacity = router.capacity
+        self.tiers = router.tiers
         self.sent = router.capacity.load(route.upstream)  # our load when this was sent
         self.stats.in_flight += 1
         self.stats.attempts += 1
@@ -144,6 +145,9 @@ class Attempt:
             return False
         self.ended = True
         self.stats.in_flight -= 1
+        if outcome == "ok" and self.first_token_at is not None:
+            # From the first token on, the answer held a server slot: its tier's service rate.
+            self.tiers.finished(self.route.upstream, time.perf_counter() - self.first_token_at)
         used = self.estimate if self.used is None else self.used
         self.capacity.release(
             self.route.upstream,

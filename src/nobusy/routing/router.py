@@ -4,14 +4,17 @@ The router holds what every request shares: the upstreams, their live statistics
 (``routing.stats``) and circuits, the slots and queue of ``admission.capacity``, the retry and
 hedge budgets, and how each upstream continues a cut answer. It plans an alias's routes
 (``routing.balancing``: tiers, then power of two choices over load and time to first token,
-skipping upstreams whose circuit is open). Walking the plan for one request is
-``routing.walker``'s.
+skipping upstreams whose circuit is open), and with ``spill_after`` which tier a request may
+take (``routing.spill``, reading the tiers' slots, queues and the servers' own queues). Walking
+the plan for one request is ``routing.walker``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +26,7 @@ from nobusy.routing.budget import Budget
 from nobusy.routing.circuit import Circuit
 from nobusy.routing.continuation_probe import ContinuationModes
 from nobusy.routing.placement import Placement, ServerView
+from nobusy.routing.spill import TierBook, TierLoad, choose_tier
 from nobusy.routing.stats import UpstreamStats
 from nobusy.settings import ModelAlias, Route, Settings
 from nobusy.upstreams.base import Upstream
@@ -42,7 +46,7 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.models: dict[str, ModelAlias] = _enabled(settings.models)
+        self.models: dict[str, ModelAlias] = _table(settings)
         # UPSTREAM/MODEL routes asked for by name (cross-checks), kept off the model list.
         self.direct: dict[str, ModelAlias] = {}
         self.upstreams = dict(upstreams)
@@ -69,6 +73,7 @@ class Router:
             limit.name = limit.name or name  # for its log lines
         self.placement = self._placement()  # None without server-aware upstreams
         self.drained: set[str] = set()  # upstreams sent no new request (`nobusy pool drain`)
+        self.tiers = TierBook()  # service rates and each tier's answers (routing.spill)
         # With `state`: what tells the other replicas of an upstream's circuit verdicts, for
         # the circuits of upstreams a reload adds (nobusy.state).
         self.teller: Callable[[str], Callable[[str, float, str, int], None]] | None = None
@@ -90,6 +95,10 @@ class Router:
 
     def _view(self, name: str, signals: ServerSignals) -> ServerView:
         stats, limit = self.stats[name], self.capacity.limits[name]
+        if signals.slots:
+            # A server that says how many it runs at once (`slots`) is not pushed below that
+            # by first tokens slowing: its queue is what tiers and placement read and spill.
+            limit.floor = min(float(signals.slots), limit.ceiling)
         return ServerView(signals, lambda: stats.in_flight, lambda: limit.current)
 
     def _budget(self) -> Budget:
@@ -160,18 +169,85 @@ class Router:
         front: bool = False,
         tokens: int = 0,
         spec: ModelAlias | None = None,
+        only: frozenset[str] | None = None,
     ) -> Ticket:
         """Wait for a slot on any route of the alias (QueueFull if it would take long); one
         whose circuit is open hands out no slot until it may be used again. ``spec``: the
-        alias's routes that can take the request, when not all can."""
+        alias's routes that can take the request, when not all can; ``only``: the upstreams
+        its tier allows (``spill``)."""
         spec = spec or self.alias(alias)
         off = self.drained | self.disabled
         upstreams = frozenset(
             r.upstream
             for r in (*spec.routes, *spec.overflow)
-            if r.upstream not in off and r.upstream in self.stats
+            if r.upstream not in off
+            and r.upstream in self.stats
+            and (only is None or r.upstream in only)
         )
         return self.capacity.enqueue(upstreams, key, priority, patience, front, tokens)
+
+    # --- tiers ----------------------------------------------------------------------------------
+
+    def spill(
+        self, ordered: Sequence[Route], overflow: Sequence[Route], after: float
+    ) -> list[Route]:
+        """The routes a request may take a slot on now, the chosen tier's first, then the
+        cheaper tiers' (``routing.spill``): ``ordered`` are the usable main routes in tier
+        order, ``overflow`` a last tier of their own."""
+        groups: list[list[Route]] = []
+        for route in ordered:
+            if groups and groups[-1][0].tier == route.tier:
+                groups[-1].append(route)
+            else:
+                groups.append([route])
+        if overflow:
+            groups.append(list(overflow))
+        if len(groups) < 2:
+            return [r for group in groups for r in group]
+        chosen = choose_tier([self.tier_load(g) for g in groups], after)
+        return [*groups[chosen], *(r for group in groups[:chosen] for r in group)]
+
+    def tier_load(self, routes: Sequence[Route]) -> TierLoad:
+        """A tier's free room, the requests waiting for it (nobusy's queue and the servers'
+        own) and the rate it finishes them."""
+        now = time.monotonic()
+        names = frozenset(r.upstream for r in routes)
+        servers = self.placement.servers if self.placement is not None else {}
+        capacity = self.capacity
+        room, ahead = False, 0.0
+        slots: dict[str, float] = {}
+        for name in names:
+            limit = capacity.limits[name]
+            view = servers.get(name)
+            load = view.signals.load(now) if view is not None else None
+            if view is not None and load is not None:
+                count = min(view.signals.slots or limit.current, limit.current)
+                room = room or (load < count and limit.has_room())
+                ahead += max(0.0, load - count)  # the server's own waiting queue
+            else:
+                count = limit.current
+                room = room or limit.has_room()
+            slots[name] = count
+        ahead += capacity.queue.waiting_for(names)
+        return TierLoad(room, ahead, self.tiers.rate(slots, capacity.service))
+
+    def served(self, alias: str, label: str | None, cost_micros: int) -> None:
+        """An answer from the route ``label`` (a usage row's ``upstream``) for ``alias``,
+        costing ``cost_micros`` in the reporting currency: counted in its tier."""
+        spec = self.models.get(alias) or self.direct.get(alias)
+        if label is None or spec is None:
+            return
+        upstream = label.removesuffix(" (overflow)").partition("/")[0]
+        if upstream not in self.upstreams or not spec.routes:
+            return
+        cheapest = min(r.tier for r in spec.routes)
+        if label.endswith(" (overflow)"):  # a tier past the last main one
+            base = max(r.tier for r in spec.routes) + 1
+            tiers = [base + r.tier for r in spec.overflow if r.upstream == upstream]
+        else:
+            tiers = [r.tier for r in spec.routes if r.upstream == upstream]
+        if tiers:
+            self.tiers.served(min(tiers), cheapest, cost_micros, upstream)
 
     def ejected(self, route: Route) -> UpstreamEjected:
         """The failure that names a route skipped because its circuit is open."""
@@ -215,7 +291,7 @@ class Router:
             )
         self.upstreams, self.stats = upstreams, stats
         self.settings = settings
-        self.models = _enabled(settings.models)
+        self.models = _table(settings)
         self.disabled = {name for name, spec in settings.upstreams.items() if not spec.enabled}
         self.direct = {n: a for n, a in self.direct.items() if a.routes[0].upstream in stats}
         self.hedge_budgets = {
@@ -255,6 +331,28 @@ Retired = tuple[Upstream, UpstreamStats]
 
 def _enabled(models: Mapping[str, ModelAlias]) -> dict[str, ModelAlias]:
     return {alias: spec for alias, spec in models.items() if spec.enabled}
+
+
+def _table(settings: Settings) -> dict[str, ModelAlias]:
+    """The enabled aliases, each route in its upstream's ``tier`` where one is set."""
+    return {alias: _retiered(spec, settings) for alias, spec in _enabled(settings.models).items()}
+
+
+def _retiered(spec: ModelAlias, settings: Settings) -> ModelAlias:
+    """``spec`` with each route in its upstream's ``tier`` where one is set."""
+
+    def tiered(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        out = []
+        for route in routes:
+            upstream = settings.upstreams.get(route.upstream)
+            tier = upstream.tier if upstream is not None else None
+            out.append(route if tier is None else dataclasses.replace(route, tier=tier))
+        return tuple(out)
+
+    routes, overflow = tiered(spec.routes), tiered(spec.overflow)
+    if routes == spec.routes and overflow == spec.overflow:
+        return spec
+    return spec.model_copy(update={"routes": routes, "overflow": overflow})
 
 
 def _part(value: int | None, workers: int) -> int | None:

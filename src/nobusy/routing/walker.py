@@ -76,6 +76,8 @@ class Walker:
         self.deadline = self.started_at + self.patience
         # A queue place not yet turned into a slot: given up if the request ends first.
         self.ticket: Ticket | None = None
+        self.allowed: frozenset[str] | None = None  # upstreams the queue place may take
+        self.spilled = False  # left the queue for a dearer tier's free slot (``spill_after``)
         self.queue_ms = 0.0  # time waited for slots, over every wait
         # The plan, made when a slot is taken (again after a requeue).
         self.reserved: Route | None = None  # the route whose slot was taken
@@ -114,17 +116,29 @@ class Walker:
     def _candidates(self) -> tuple[list[UpstreamError], list[_Candidate]]:
         """The failures of routes skipped (circuit open), and the usable routes in the order
         to try them, each with the routes to fail over to after it, whether it is an overflow
-        route, and how many of the failures were met before it."""
+        route, and how many of the failures were met before it. With ``spill_after`` on the
+        alias, only the tier ``routing.spill`` chooses and the cheaper ones are candidates
+        (failover still reaches every route)."""
         router, spec = self.router, self.spec
         router.capacity.note(self.who, self.priority)
         failures: list[UpstreamError] = []
+        ordered, skipped = router.plan(spec.routes, self.body)
+        failures.extend(router.ejected(r) for r in skipped)
+        main_failures = len(failures)
+        extra, skipped = router.plan(spec.overflow, self.body)
+        failures.extend(router.ejected(r) for r in skipped)
+        picks = [*ordered, *extra]
+        self.allowed = None  # the queue place may take any route's slot, open circuits' too
+        if spec.spill_after is not None and picks:
+            picks = router.spill(ordered, extra, spec.spill_after)
+            self.allowed = frozenset(r.upstream for r in picks)
         candidates: list[_Candidate] = []
-        for routes, overflow in ((spec.routes, False), (spec.overflow, True)):
-            ordered, skipped = router.plan(routes, self.body)
-            failures.extend(router.ejected(r) for r in skipped)
-            for i, route in enumerate(ordered):
-                rest = ordered[i + 1 :] if not overflow else []
-                candidates.append((route, rest, overflow, len(failures)))
+        for route in picks:
+            if route in extra:
+                candidates.append((route, [], True, len(failures)))
+            else:
+                i = ordered.index(route)
+                candidates.append((route, ordered[i + 1 :], False, main_failures))
         return failures, candidates
 
     def _queue(self, failures: list[UpstreamError], candidates: list[_Candidate]) -> bool:
@@ -136,14 +150,54 @@ class Walker:
     def positions(self) -> AsyncIterator[tuple[int, float]]:
         """While queued: (position, estimated seconds) now and every second."""
         assert self.ticket is not None
-        return self.ticket.updates()
+        return self._updates(self.ticket)
+
+    async def _updates(self, ticket: Ticket) -> AsyncIterator[tuple[int, float]]:
+        """The ticket's updates; with ``spill_after``, a waiter whose estimate grows past it
+        (a cheaper tier slowed or lost a server since it queued) takes a slot on a dearer
+        tier when one is free, and the updates end there."""
+        spill = self.spec.spill_after
+        updates = ticket.updates()
+        try:
+            async for position, eta in updates:
+                yield position, eta
+                if spill is not None and eta > spill and self._spill_over(ticket):
+                    return
+        finally:
+            await updates.aclose()  # left early (spilled, or the client left): leave the queue
+
+    def _spill_over(self, ticket: Ticket) -> bool:
+        """Take a slot on a route the queue place cannot use, if one is free now."""
+        router, spec = self.router, self.spec
+        if router.capacity.leases is not None:
+            return False  # a fleet's lease is a round trip: the queue place keeps waiting
+        ordered, _ = router.plan(spec.routes, self.body)
+        extra, _ = router.plan(spec.overflow, self.body)
+        waiting_for = ticket.waiter.upstreams
+        for route in (*ordered, *extra):
+            if route.upstream in waiting_for:
+                continue
+            if router.capacity.try_take(route.upstream, self.who, self.estimate):
+                self.queue_ms += round(ticket.waited * 1000, 3)
+                rest = ordered[ordered.index(route) + 1 :] if route in ordered else []
+                self._plan(route, rest, [], overflow=route not in ordered)
+                self.spilled = True
+                return True
+        return False
 
     async def granted(self) -> None:
         """Wait for the queue place's slot (a cancelled wait leaves the queue), then plan the
-        walk from the granted route."""
+        walk from the granted route (already planned if the wait spilled to a dearer tier)."""
         ticket = self.ticket
         assert ticket is not None
-        upstream = await ticket.wait()
+        if not self.spilled:
+            async for _ in self._updates(ticket):
+                pass
+        if self.spilled:
+            ticket.abandon()  # the dearer tier's slot is the walk's; no queue place is left
+            self.ticket = None
+            return
+        upstream = ticket.upstream
         self.ticket = None  # the slot is the walk's now: an attempt releases it
         self.queue_ms += round(ticket.waited * 1000, 3)
         spec = self.spec
@@ -160,8 +214,16 @@ class Walker:
             self.ticket = None
 
     def _enqueue(self, patience: float, front: bool = False) -> None:
+        self.spilled = False
         self.ticket = self.router.enqueue(
-            self.alias, self.who, self.priority, patience, front, self.estimate, self.spec
+            self.alias,
+            self.who,
+            self.priority,
+            patience,
+            front,
+            self.estimate,
+            self.spec,
+            self.allowed,
         )
 
     def _plan(

@@ -170,7 +170,13 @@ class UpstreamSettings(BaseModel):
     price: Price | None = Field(
         None,
         description="What this upstream's tokens cost, per million (none: free); see "
-        "docs/money.md.",
+        "docs/money.md. Also what spilling to its tier costs (`nobusy pool`).",
+    )
+    tier: int | None = Field(
+        None,
+        ge=0,
+        description="Where this upstream ranks in every alias that routes to it, lower first "
+        "(e.g. local servers 0, a cloud account 1); none: its place in the alias's list.",
     )
 
     # A kind that continues a partial answer by construction names how (embedded: raw

@@ -72,6 +72,8 @@ class Upstream:
     """Streams chat completions from an OpenAI-compatible server over a pooled connection."""
 
     kind: ClassVar[str] = "openai"
+    # The header that tells the upstream nobusy's request id, for its logs (None: not sent).
+    request_id_header: ClassVar[str | None] = "x-request-id"
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
@@ -109,8 +111,8 @@ class Upstream:
         url = self._completions_url if text else self._chat_url
         content = orjson.dumps(body)
         headers = {"content-type": "application/json"}
-        if call.request_id:
-            headers["x-request-id"] = call.request_id
+        if call.request_id and self.request_id_header:
+            headers[self.request_id_header] = call.request_id
         with self._translate_errors():
             async with self._client().post(url, data=content, headers=headers) as response:
                 if response.status != 200:

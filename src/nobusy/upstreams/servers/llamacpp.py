@@ -23,3 +23,6 @@ class Upstream(ServerUpstream):
     """llama.cpp's llama-server (run with --metrics), read through its /metrics."""
 
     kind: ClassVar[str] = "llamacpp"
+    # llama-cpp-python's server (starlette-context) answers a bare 400 to an x-request-id
+    # that is not a UUID, and llama-server does not log it: nobusy's id is not sent.
+    request_id_header: ClassVar[str | None] = None

@@ -1,9 +1,11 @@
 // The status board: each upstream's circuit, load and speed, the queue, request and token
-// rates, the replicas and shared backends (with `state`), and usage per key. Polls the admin endpoints every 2 s while it is on screen; rates
+// rates, the replicas and shared backends (with `state`), the pool of local servers and its
+// tiers (pool.js), and usage per key. Polls the admin endpoints every 2 s while it is on screen; rates
 // are differences between two polls of the server's running totals.
 
 import { call } from "./api.js";
 import { t } from "./i18n.js";
+import { renderPool } from "./pool.js";
 import { openSettings } from "./settings.js";
 import { sparkline } from "./sparkline.js";
 
@@ -36,16 +38,18 @@ async function poll() {
   clearTimeout(timer);
   const mine = ++generation;
   try {
-    const [upstreams, status, keyList] = await Promise.all([
+    const [upstreams, status, keyList, pool] = await Promise.all([
       call("/v1/nobusy/upstreams", { admin: true }),
       call("/v1/nobusy/status", { admin: true }),
       call("/v1/nobusy/keys", { admin: true }),
+      call("/v1/nobusy/pool", { admin: true }),
     ]);
     if (mine !== generation) return; // a newer poll started meanwhile: it draws and schedules
     $("status-auth").hidden = true;
     $("status-body").hidden = false;
     record(status, upstreams);
     render(upstreams, status, keyList.data);
+    renderPool(pool);
     lastGood = new Date();
     $("status-updated").textContent = t("updated", { time: lastGood.toLocaleTimeString() });
   } catch (error) {
