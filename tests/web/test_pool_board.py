@@ -88,6 +88,11 @@ def test_the_board_shows_the_pool_and_its_tiers(
         assert page.locator("#status-servers .pool-running").count() >= 1
         page.locator("#status-pool").scroll_into_view_if_needed()
         screenshot(page, "console-pool.png")
+        page.click("#lang-toggle")
+        page.wait_for_function(
+            "() => document.querySelector('#status-tiers')?.innerText.includes('层')"
+        )
+        screenshot(page, "console-pool-zh.png")
     finally:
         stop.set()
         for client in clients:
