@@ -23,7 +23,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,64 +347,18 @@ class Index:
             if mode in ("hybrid", "vector") and vector is not None:
                 semantic = self._nearest(store_ids, vector, allowed, pool)
             coverage = self._coverage(query, [chunk_id for chunk_id, _, _ in keyword])
-            fused = _fuse(keyword, semantic, coverage)
-            bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
-            cosine = {chunk_id: score for chunk_id, score, _ in semantic}
-            # Rows are read only for the hits returned (MMR chooses among the whole pool), a
-            # batch at a time while the threshold drops some.
-            wanted = pool if diversity > 0 and vector is not None else k
-            hits: list[Hit] = []
-            rows: dict[int, _Row] = {}
-            at = 0
-            while len(hits) < wanted and at < len(fused):
-                batch = fused[at : at + max(wanted - len(hits), 8)]
-                at += len(batch)
-                found = self._rows([(chunk_id, file_id) for chunk_id, _, file_id in batch])
-                rows.update(found)
-                for chunk_id, rrf, _ in batch:
-                    row = found.get(chunk_id)
-                    if row is None:
-                        continue
-                    hit = self._hit(chunk_id, row, rrf, bm25, cosine, coverage, vector)
-                    if hit.score >= score_threshold:
-                        hits.append(hit)
-        if diversity > 0 and vector is not None:
-            hits = _mmr(hits, rows, vector, k, 1.0 - diversity)
-        return hits[:k]
-
-    def _hit(
-        self,
-        chunk_id: int,
-        row: _Row,
-        rrf: float,
-        bm25: Mapping[int, float],
-        cosine: Mapping[int, float],
-        coverage: Mapping[int, float],
-        vector: npt.NDArray[np.float32] | None,
-    ) -> Hit:
-        chunk_cosine = cosine.get(chunk_id)
-        if chunk_cosine is None and vector is not None:
-            chunk_cosine = float(np.frombuffer(row.vector, dtype=np.float32) @ vector)
-        scores = {"rrf": rrf}
-        if chunk_id in bm25:
-            scores["bm25"] = bm25[chunk_id]
-            scores["coverage"] = coverage.get(chunk_id, 0.0)
-        if chunk_cosine is not None:
-            scores["vector"] = chunk_cosine
-        score = relevance(self.embedder_name, chunk_cosine, coverage.get(chunk_id))
-        scores["relevance"] = score
-        return Hit(
-            row.store_id,
-            row.file_id,
-            chunk_id,
-            row.text,
-            row.start,
-            row.end,
-            score,
-            scores,
-            json.loads(row.attributes),
-            row.heading,
-        )
+            return _ranked(
+                self.embedder_name,
+                keyword,
+                semantic,
+                coverage,
+                self._rows,
+                vector,
+                k=k,
+                wanted=pool if diversity > 0 and vector is not None else k,
+                score_threshold=score_threshold,
+                diversity=diversity,
+            )
 
     def _allowed_files(
         self, store_ids: Sequence[str], filters: Mapping[str, object] | None
@@ -589,6 +543,72 @@ class Index:
             )
             for chunk_id, store_id, text, heading, start, end, blob in rows
         }
+
+
+def _ranked(
+    embedder_name: str,
+    keyword: list[tuple[int, float, str]],
+    semantic: list[tuple[int, float, str]],
+    coverage: Mapping[int, float],
+    fetch: Callable[[list[tuple[int, str]]], dict[int, _Row]],
+    vector: npt.NDArray[np.float32] | None,
+    *,
+    k: int,
+    wanted: int,
+    score_threshold: float,
+    diversity: float,
+) -> list[Hit]:
+    """The ``k`` best hits of both rankings fused, the rows read by ``fetch`` only for the
+    hits returned (MMR chooses among ``wanted``), a batch at a time while the threshold drops
+    some: the part of a search SQLite and PostgreSQL (``pg_index``) share."""
+    fused = _fuse(keyword, semantic, coverage)
+    bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
+    cosine = {chunk_id: score for chunk_id, score, _ in semantic}
+    hits: list[Hit] = []
+    rows: dict[int, _Row] = {}
+    at = 0
+    while len(hits) < wanted and at < len(fused):
+        batch = fused[at : at + max(wanted - len(hits), 8)]
+        at += len(batch)
+        found = fetch([(chunk_id, file_id) for chunk_id, _, file_id in batch])
+        rows.update(found)
+        for chunk_id, rrf, _ in batch:
+            row = found.get(chunk_id)
+            if row is None:
+                continue
+            hit = _hit(embedder_name, chunk_id, row, rrf, bm25, cosine, coverage, vector)
+            if hit.score >= score_threshold:
+                hits.append(hit)
+    if diversity > 0 and vector is not None:
+        hits = _mmr(hits, rows, vector, k, 1.0 - diversity)
+    return hits[:k]
+
+
+def _hit(
+    embedder_name: str,
+    chunk_id: int,
+    row: _Row,
+    rrf: float,
+    bm25: Mapping[int, float],
+    cosine: Mapping[int, float],
+    coverage: Mapping[int, float],
+    vector: npt.NDArray[np.float32] | None,
+) -> Hit:
+    chunk_cosine = cosine.get(chunk_id)
+    if chunk_cosine is None and vector is not None:
+        chunk_cosine = float(np.frombuffer(row.vector, dtype=np.float32) @ vector)
+    scores = {"rrf": rrf}
+    if chunk_id in bm25:
+        scores["bm25"] = bm25[chunk_id]
+        scores["coverage"] = coverage.get(chunk_id, 0.0)
+    if chunk_cosine is not None:
+        scores["vector"] = chunk_cosine
+    score = relevance(embedder_name, chunk_cosine, coverage.get(chunk_id))
+    scores["relevance"] = score
+    return Hit(
+        row.store_id, row.file_id, chunk_id, row.text, row.start, row.end, score, scores,
+        json.loads(row.attributes), row.heading,
+    )  # fmt: skip
 
 
 def _digest(text: str) -> str:

@@ -36,8 +36,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from nobusy.errors import InvalidRequest
 from nobusy.knowledge.chunking import Chunk
 from nobusy.knowledge.filters import compile_filter
-from nobusy.knowledge.index import MODES, Hit, _digest, _fuse, _mmr, _Row
-from nobusy.knowledge.scoring import relevance
+from nobusy.knowledge.index import MODES, Hit, _digest, _ranked, _Row
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated
@@ -249,54 +248,18 @@ class PgIndex:
             if mode in ("hybrid", "vector") and vector is not None and allowed != set():
                 semantic = _nearest(conn, stores, vector, allowed, pool)
             coverage = _coverage(conn, set(words), [chunk_id for chunk_id, _, _ in keyword])
-            fused = _fuse(keyword, semantic, coverage)
-            bm25 = {chunk_id: score for chunk_id, score, _ in keyword}
-            cosine = {chunk_id: score for chunk_id, score, _ in semantic}
-            wanted = pool if diversity > 0 and vector is not None else k
-            hits: list[Hit] = []
-            rows: dict[int, _Row] = {}
-            at = 0
-            while len(hits) < wanted and at < len(fused):
-                batch = fused[at : at + max(wanted - len(hits), 8)]
-                at += len(batch)
-                found = _rows(conn, [(chunk_id, file_id) for chunk_id, _, file_id in batch])
-                rows.update(found)
-                for chunk_id, rrf, _ in batch:
-                    row = found.get(chunk_id)
-                    if row is None:
-                        continue
-                    hit = self._hit(chunk_id, row, rrf, bm25, cosine, coverage, vector)
-                    if hit.score >= score_threshold:
-                        hits.append(hit)
-        if diversity > 0 and vector is not None:
-            hits = _mmr(hits, rows, vector, k, 1.0 - diversity)
-        return hits[:k]
-
-    def _hit(
-        self,
-        chunk_id: int,
-        row: _Row,
-        rrf: float,
-        bm25: Mapping[int, float],
-        cosine: Mapping[int, float],
-        coverage: Mapping[int, float],
-        vector: npt.NDArray[np.float32] | None,
-    ) -> Hit:
-        chunk_cosine = cosine.get(chunk_id)
-        if chunk_cosine is None and vector is not None:
-            chunk_cosine = float(np.frombuffer(row.vector, dtype=np.float32) @ vector)
-        scores = {"rrf": rrf}
-        if chunk_id in bm25:
-            scores["bm25"] = bm25[chunk_id]
-            scores["coverage"] = coverage.get(chunk_id, 0.0)
-        if chunk_cosine is not None:
-            scores["vector"] = chunk_cosine
-        score = relevance(self.embedder_name, chunk_cosine, coverage.get(chunk_id))
-        scores["relevance"] = score
-        return Hit(
-            row.store_id, row.file_id, chunk_id, row.text, row.start, row.end, score, scores,
-            json.loads(row.attributes), row.heading,
-        )  # fmt: skip
+            return _ranked(
+                self.embedder_name,
+                keyword,
+                semantic,
+                coverage,
+                lambda found: _rows(conn, found),
+                vector,
+                k=k,
+                wanted=pool if diversity > 0 and vector is not None else k,
+                score_threshold=score_threshold,
+                diversity=diversity,
+            )
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
