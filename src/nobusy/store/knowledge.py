@@ -124,6 +124,9 @@ _STORE_FILE = (
 class KnowledgeStore:
     """The ``kb_*`` tables of ``data_dir/nobusy.db``; safe to share between threads."""
 
+    # Files in progress, oldest first (ties in insertion order; PostgreSQL has no rowid).
+    _OLDEST = "created_at, rowid"
+
     def __init__(self, data_dir: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_db(data_dir)
@@ -406,7 +409,7 @@ class KnowledgeStore:
         """Every (store, file) still ``in_progress``, oldest first: the work to resume."""
         rows = self._all(
             "SELECT store_id, file_id FROM kb_store_files WHERE status = 'in_progress' "
-            "ORDER BY created_at, rowid",
+            f"ORDER BY {self._OLDEST}",
             (),
         )
         return [(str(store), str(file)) for store, file in rows]
@@ -416,7 +419,7 @@ class KnowledgeStore:
         now = time.time() if now is None else now
         rows = self._all(
             "SELECT store_id, file_id, claimed_by, claimed_at FROM kb_store_files "
-            "WHERE status = 'in_progress' ORDER BY created_at, rowid",
+            f"WHERE status = 'in_progress' ORDER BY {self._OLDEST}",
             (),
         )
         return [

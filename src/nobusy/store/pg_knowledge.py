@@ -49,6 +49,8 @@ class _Dialect(Qmark):
 class PgKnowledgeStore(KnowledgeStore):
     """The ``kb_*`` tables of the PostgreSQL at ``url`` (migrated on open); thread-safe."""
 
+    _OLDEST = "created_at, file_id"
+
     def __init__(self, url: str) -> None:  # no SQLite file: the parent's is not called
         self._url = url
         self._lock = threading.Lock()
@@ -83,25 +85,6 @@ class PgKnowledgeStore(KnowledgeStore):
         found = self.store_file(store_id, file_id)
         assert found is not None
         return found
-
-    def pending(self) -> list[tuple[str, str]]:
-        rows = self._all(
-            "SELECT store_id, file_id FROM kb_store_files WHERE status = 'in_progress' "
-            "ORDER BY created_at, file_id",
-            (),
-        )
-        return [(str(store), str(file)) for store, file in rows]
-
-    def claimable(self, me: str, now: float | None = None) -> list[tuple[str, str]]:
-        now = time.time() if now is None else now
-        rows = self._all(
-            "SELECT store_id, file_id, claimed_by, claimed_at FROM kb_store_files "
-            "WHERE status = 'in_progress' ORDER BY created_at, file_id",
-            (),
-        )
-        return [
-            (str(store), str(file)) for store, file, by, at in rows if Claim(by, at).void(me, now)
-        ]
 
     def claim(self, store_id: str, file_id: str, me: str, now: float | None = None) -> bool:
         """Take a file in progress for worker ``me`` under the row's lock; False when another
