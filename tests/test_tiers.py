@@ -67,10 +67,10 @@ def _wait(server: Process, ready: Any) -> None:
 
 
 def _ask(server: Process, alias: str) -> str:
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(
-        model=alias, messages=[{"role": "user", "content": "Which tier answers?"}]
-    )
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=alias, messages=[{"role": "user", "content": "Which tier answers?"}]
+        )
     assert raw.parse().choices[0].message.content
     return raw.headers["x-nobusy-upstream"]
 
@@ -100,7 +100,9 @@ def test_an_idle_local_tier_takes_everything(tiers: Any) -> None:
 
 def test_a_full_local_tier_spills_only_past_spill_after(tiers: Any) -> None:
     server, local = tiers
-    sock = _occupy(local, 5)  # long enough for a loaded machine to ask twice meanwhile
+    # Long enough for a loaded machine to see it and ask meanwhile (CI once took over 5 s);
+    # the patient request below waits out the rest.
+    sock = _occupy(local, 12)
     try:
         _wait(server, lambda body: (body["data"][0]["running"] or 0) >= 1)
         # One request ahead, a slot freeing about every 0.6 s: past 0.01 s, well within 60 s.
