@@ -16,7 +16,7 @@ import copy
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +131,6 @@ async def update_upstream(request: Request) -> Response:
     return await _patch(request, "upstreams", name, changes, "upstream.update")
 
 
-async def enable_upstream(request: Request) -> Response:
-    # `enabled: true` written out, not the key dropped: the YAML itself may say false.
-    _upstream(app_state(request).settings, request.path_params["name"])
-    return await _patch(
-        request, "upstreams", request.path_params["name"], {"enabled": True}, "upstream.enable"
-    )
-
-
-async def disable_upstream(request: Request) -> Response:
-    _upstream(app_state(request).settings, request.path_params["name"])
-    return await _patch(
-        request, "upstreams", request.path_params["name"], {"enabled": False}, "upstream.disable"
-    )
-
-
 async def delete_upstream(request: Request) -> Response:
     """Remove an upstream (refused while an alias routes to it)."""
     state, name = app_state(request), request.path_params["name"]
@@ -208,18 +193,19 @@ async def update_alias(request: Request) -> Response:
     return await _patch(request, "models", name, changes, "alias.update")
 
 
-async def enable_alias(request: Request) -> Response:
-    _alias(app_state(request).settings, request.path_params["name"])
-    return await _patch(
-        request, "models", request.path_params["name"], {"enabled": True}, "alias.enable"
-    )
+def _switch(section: str, enabled: bool) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint that turns an upstream (``section`` "upstreams") or an alias ("models") on
+    or off: ``enabled`` written out, not the key dropped, since the YAML itself may say false."""
+    find = _upstream if section == "upstreams" else _alias
+    kind = "upstream" if section == "upstreams" else "alias"
+    action = f"{kind}.{'enable' if enabled else 'disable'}"
 
+    async def switch(request: Request) -> Response:
+        name = request.path_params["name"]
+        find(app_state(request).settings, name)
+        return await _patch(request, section, name, {"enabled": enabled}, action)
 
-async def disable_alias(request: Request) -> Response:
-    _alias(app_state(request).settings, request.path_params["name"])
-    return await _patch(
-        request, "models", request.path_params["name"], {"enabled": False}, "alias.disable"
-    )
+    return switch
 
 
 async def delete_alias(request: Request) -> Response:
@@ -405,13 +391,13 @@ routes: list[BaseRoute] = [
     Route("/upstreams/{name}", update_upstream, methods=["PATCH"]),
     Route("/upstreams/{name}", delete_upstream, methods=["DELETE"]),
     Route("/upstreams/{name}/probe", probe_upstream, methods=["POST"]),
-    Route("/upstreams/{name}/enable", enable_upstream, methods=["POST"]),
-    Route("/upstreams/{name}/disable", disable_upstream, methods=["POST"]),
+    Route("/upstreams/{name}/enable", _switch("upstreams", True), methods=["POST"]),
+    Route("/upstreams/{name}/disable", _switch("upstreams", False), methods=["POST"]),
     Route("/aliases", list_aliases, methods=["GET"]),
     Route("/aliases", create_alias, methods=["POST"]),
     Route("/aliases/{name}", get_alias, methods=["GET"]),
     Route("/aliases/{name}", update_alias, methods=["PATCH"]),
     Route("/aliases/{name}", delete_alias, methods=["DELETE"]),
-    Route("/aliases/{name}/enable", enable_alias, methods=["POST"]),
-    Route("/aliases/{name}/disable", disable_alias, methods=["POST"]),
+    Route("/aliases/{name}/enable", _switch("models", True), methods=["POST"]),
+    Route("/aliases/{name}/disable", _switch("models", False), methods=["POST"]),
 ]

@@ -453,11 +453,12 @@ class _PipelineResponse(Response):
         entry.close()  # before the answer leaves: its row is then committed before its end
         if entry.record.notes:  # a continuation happened: say so where non-streaming clients see
             headers["x-nobusy-failover"] = "; ".join(entry.record.notes)
-        if entry.grounding is not None:  # for a protocol that marks citations its own way
-            completion["nobusy"] = entry.grounding.citations()
+        cites = entry.grounding.citations() if entry.grounding is not None else None
+        if cites is not None:  # for a protocol that marks citations its own way (Responses)
+            completion["nobusy"] = cites
         rendered = self.protocol.render(completion, chat)
-        if entry.grounding is not None:
-            rendered["nobusy"] = {**rendered.get("nobusy", {}), **entry.grounding.citations()}
+        if cites is not None:
+            rendered["nobusy"] = {**rendered.get("nobusy", {}), **cites}
         if ads is not None:
             text = "".join(ads.parts)
             await self.state.offload.run(len(text) * 4, ads.annotate, rendered, text, headers)
