@@ -7,13 +7,14 @@ reported honestly, never nobusy's own), and every error must be in OpenAI's shap
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from tests.conftest import Process
+from tests.conftest import GATEWAY_CONFIG, Process, free_port, serve
 
 # Most examples go to the one operation with a body; the others have little to vary.
 EXAMPLES = {"POST": 600, "GET": 40}
@@ -31,6 +32,18 @@ PROTOCOLS = (
 )
 # The knowledge base's Files and Vector Stores API: many operations, each fuzzed more lightly.
 KNOWLEDGE = ("/v1/files", "/v1/vector_stores")
+
+
+@pytest.fixture(scope="module")
+def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A gateway of the fuzz tests' own, configured as the shared one: they call the admin API's
+    writes (disable an alias, delete an upstream) with generated names, which must not change
+    the gateway every other test uses."""
+    tmp = tmp_path_factory.mktemp("fuzzed")
+    config = GATEWAY_CONFIG.format(fake=f"{fake_upstream.url}/v1", dead=free_port())
+    process = serve(tmp, config, env={"FAKE_KEY": "sk-test-secret-123"})
+    yield process
+    process.stop()
 
 
 def test_fuzzed_requests_never_get_a_server_error(gateway: Process) -> None:

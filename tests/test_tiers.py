@@ -102,6 +102,9 @@ def test_a_full_local_tier_spills_only_past_spill_after(tiers: Any) -> None:
     server, local = tiers
     # Long enough for a loaded machine to see it and ask meanwhile (CI once took over 5 s);
     # the patient request below waits out the rest.
+    # First a reading with nothing running (the last test's answers seen ended), so that the
+    # reading seen running below is one taken after the slot was occupied, not an older one.
+    _wait(server, lambda body: body["data"][0]["running"] == 0)
     sock = _occupy(local, 12)
     try:
         _wait(server, lambda body: (body["data"][0]["running"] or 0) >= 1)
