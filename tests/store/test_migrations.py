@@ -49,6 +49,7 @@ NOBUSY_NAMES = [
     "m012_console",
     "m013_key_groups",
     "m014_knowledge_shared",
+    "m015_neutral_vectors",
 ]
 
 

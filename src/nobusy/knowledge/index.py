@@ -8,9 +8,11 @@
     stores       each store's embedding model: vectors of two models never meet in one store
     chunks_fts   FTS5 over the chunk's heading and text cut into words by jieba
 
-Search runs BM25 and vector search each to a candidate list and fuses them by reciprocal rank
-(RRF, k=60: Cormack et al. 2009), optionally re-ordered for diversity by maximal marginal
-relevance. BM25 leaves out a query's commonest words when scoring them would cost more than
+Vectors are stored, and queries searched, language-neutral (``nobusy.knowledge.neutral``): the
+index takes the model's own rows and moves them itself; a file written before that is converted
+when first opened (``PRAGMA user_version``). Search runs BM25 and vector search each to a
+candidate list and fuses them by reciprocal rank (RRF, k=60: Cormack et al. 2009), optionally
+re-ordered for diversity by maximal marginal relevance. BM25 leaves out a query's commonest words when scoring them would cost more than
 ``POSTINGS_BUDGET`` rows. Vectors are searched by matrix products over each store's vectors held
 in memory, in k-means partitions when there are many (``nobusy.knowledge.vectors``). One
 connection, one lock: safe for a process's threads; another process's writes to the file are
@@ -35,6 +37,7 @@ import numpy.typing as npt
 from nobusy.errors import InvalidRequest, StorageUnavailable
 from nobusy.knowledge.chunking import Chunk
 from nobusy.knowledge.filters import compile_filter
+from nobusy.knowledge.neutral import neutral
 from nobusy.knowledge.scoring import relevance
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.knowledge.vectors import StoreVectors
@@ -50,6 +53,8 @@ COVERAGE_POWER = 3.0
 # row costs ~1 µs of FTS5's time.
 POSTINGS_BUDGET = 4_000
 _WORD_COUNTS_KEPT = 50_000
+# The file's format (PRAGMA user_version): 1, vectors stored language-neutral (``_upgrade``).
+_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
     store_id TEXT PRIMARY KEY, embedder TEXT NOT NULL, dimensions INTEGER NOT NULL);
@@ -118,6 +123,7 @@ class Index:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        _upgrade(self._db)
         # Connection-only tables (nothing in the file): each word's chunk count, and the
         # table's tokenizer applied to a query's words (``_document_counts``).
         self._db.executescript(_QUERY_TABLES)
@@ -168,10 +174,11 @@ class Index:
         vectors: npt.NDArray[np.float32],
         attributes: Mapping[str, object],
     ) -> int:
-        """Add a file's chunks and their vectors; return how many were new to the store."""
+        """Add a file's chunks and their vectors (the model's own, of each ``Chunk.context``);
+        return how many were new to the store."""
         if len(chunks) != len(vectors):
             raise ValueError("Index.add: one vector per chunk")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = neutral(self.embedder_name, [c.context for c in chunks], vectors)
         # Segmenting is the slow part of adding: done before the write lock is taken.
         words = [" ".join(self._segmenter.words(c.context)) for c in chunks]
         added = 0
@@ -337,6 +344,8 @@ class Index:
         if not store_ids or k <= 0:
             return []
         pool = max(candidates, k)
+        if vector is not None:
+            vector = neutral(self.embedder_name, [query], np.atleast_2d(vector))[0]
         with self._lock:
             self._check_version()
             allowed = self._allowed_files(store_ids, filters)
@@ -609,6 +618,45 @@ def _hit(
         row.store_id, row.file_id, chunk_id, row.text, row.start, row.end, score, scores,
         json.loads(row.attributes), row.heading,
     )  # fmt: skip
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older nobusy to ``_VERSION``: 1 made the stored vectors
+    language-neutral (``nobusy.knowledge.neutral``), as ``add`` now writes them."""
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) >= _VERSION:
+        return
+    # Another process may be converting the same file: it holds the write lock meanwhile.
+    db.execute("PRAGMA busy_timeout=600000")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if int(db.execute("PRAGMA user_version").fetchone()[0]) < 1:
+                stores = db.execute("SELECT store_id, embedder FROM stores").fetchall()
+                for store_id, model in stores:
+                    _neutralise(db, store_id, model)
+            db.execute(f"PRAGMA user_version = {_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.execute("PRAGMA busy_timeout=5000")
+
+
+def _neutralise(db: sqlite3.Connection, store_id: str, model: str) -> None:
+    rows = db.execute(
+        "SELECT id, text, heading, start, end, vector FROM chunks WHERE store_id = ?", (store_id,)
+    ).fetchall()
+    if not rows:
+        return
+    contexts = [
+        Chunk(text, start, end, heading).context for _, text, heading, start, end, _ in rows
+    ]
+    new = neutral(model, contexts, np.stack([np.frombuffer(r[5], dtype=np.float32) for r in rows]))
+    db.executemany(
+        "UPDATE chunks SET vector = ? WHERE id = ?",
+        ((vector.tobytes(), row[0]) for vector, row in zip(new, rows, strict=True)),
+    )
 
 
 def _digest(text: str) -> str:

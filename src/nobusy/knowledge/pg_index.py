@@ -8,7 +8,8 @@
     kb_index_files   each file's attributes (JSON text), which filters are evaluated on
     kb_index_stores  each store's embedding model: vectors of two models never meet in a store
 
-Keyword search ranks with ``ts_rank_cd`` (cover density, normalised by the log of the chunk's
+Vectors are stored and searched language-neutral, as ``Index`` does (``knowledge.neutral``;
+migration ``m015_neutral_vectors`` converted rows written before). Keyword search ranks with ``ts_rank_cd`` (cover density, normalised by the log of the chunk's
 length), not BM25: it has no inverse document frequency, so a common word counts as much as a
 rare one; the coverage weight of the fusion (the share of the query's words a chunk holds)
 makes up for most of it. Vector search uses the HNSW index of the vector's dimension (cosine),
@@ -37,6 +38,7 @@ from nobusy.errors import InvalidRequest
 from nobusy.knowledge.chunking import Chunk
 from nobusy.knowledge.filters import compile_filter
 from nobusy.knowledge.index import MODES, Hit, _digest, _ranked, _Row
+from nobusy.knowledge.neutral import neutral
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated
@@ -94,7 +96,7 @@ class PgIndex:
         """Add a file's chunks and their vectors; return how many were new to the store."""
         if len(chunks) != len(vectors):
             raise ValueError("PgIndex.add: one vector per chunk")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = neutral(self.embedder_name, [c.context for c in chunks], vectors)
         dims = vectors.shape[1] if len(vectors) else None
         rows: dict[str, tuple[Any, ...]] = {}
         for piece, vector in zip(chunks, vectors, strict=True):
@@ -237,6 +239,8 @@ class PgIndex:
         if not store_ids or k <= 0:
             return []
         pool = max(candidates, k)
+        if vector is not None:
+            vector = neutral(self.embedder_name, [query], np.atleast_2d(vector))[0]
         stores = list(store_ids)
         words = self._segmenter.query_words(query)
         with self._conn() as conn:

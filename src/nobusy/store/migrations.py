@@ -293,6 +293,13 @@ def m014_knowledge_shared(db: Database) -> None:
     pass
 
 
+@NOBUSY()
+def m015_neutral_vectors(db: Database) -> None:
+    # Nothing in SQLite: the knowledge index's own file converts its vectors to language-
+    # neutral ones when opened (knowledge/index.py, ``_upgrade``); in PostgreSQL this step does.
+    pass
+
+
 # Keys and upstreams are '' rather than NULL: NULLs are distinct to a UNIQUE constraint.
 CONSOLE_TABLES = (
     "CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL, alias TEXT NOT NULL, "

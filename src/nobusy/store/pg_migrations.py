@@ -16,6 +16,7 @@ keys' ``seq`` (SQLite's rowid: creation order), usage's ``record_id`` and audit'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +148,32 @@ _KNOWLEDGE_SHARED = (
 )
 
 
+def _neutral_vectors(conn: psycopg.Connection[Any]) -> None:
+    """The stored vectors made language-neutral (``nobusy.knowledge.neutral``), as the index
+    now writes them and searches with them; a store at a time."""
+    import numpy as np
+
+    from nobusy.knowledge.chunking import Chunk
+    from nobusy.knowledge.neutral import neutral
+
+    stores = conn.execute("SELECT store_id, embedder FROM kb_index_stores").fetchall()
+    for store_id, model in stores:
+        rows = conn.execute(
+            "SELECT id, text, heading, start_at, end_at, embedding::real[] FROM kb_chunks "
+            "WHERE store_id = %s",
+            (store_id,),
+        ).fetchall()
+        if not rows:
+            continue
+        contexts = [Chunk(r[1], int(r[3]), int(r[4]), r[2]).context for r in rows]
+        new = neutral(model, contexts, np.asarray([r[5] for r in rows], dtype=np.float32))
+        conn.execute(
+            "UPDATE kb_chunks c SET embedding = n.embedding::vector FROM unnest(%s::bigint[], "
+            "%s::text[]) AS n(id, embedding) WHERE c.id = n.id",
+            ([r[0] for r in rows], ["[" + ",".join(map(repr, v.tolist())) + "]" for v in new]),
+        )
+
+
 def _pg_json(statement: str) -> str:
     """SQLite's JSON array length in PostgreSQL's words (``tried`` is JSON text in both)."""
     for row in ("NEW", "u"):
@@ -157,7 +184,9 @@ def _pg_json(statement: str) -> str:
 
 
 # Set name -> migration name -> its statements. An empty step: nothing to do in PostgreSQL.
-STEPS: dict[str, dict[str, tuple[str, ...]]] = {
+# A step is a statement, or a function for what SQL cannot say.
+Step = str | Callable[[psycopg.Connection[Any]], None]
+STEPS: dict[str, dict[str, tuple[Step, ...]]] = {
     NOBUSY.name: {
         "m001_keys": (_KEYS,),
         "m002_usage": (
@@ -222,6 +251,7 @@ STEPS: dict[str, dict[str, tuple[str, ...]]] = {
         # their jieba words as a 'simple' tsvector and their vector (pgvector; one column for
         # every model, an HNSW index per dimension of the shipped models: 384, 512).
         "m014_knowledge_shared": _KNOWLEDGE_SHARED,
+        "m015_neutral_vectors": (_neutral_vectors,),
     },
     AUDIT.name: {
         "m001_audit": (
@@ -258,8 +288,11 @@ def migrate(conn: psycopg.Connection[Any], *sets: Migrations) -> list[str]:
             for migration in migrations._migrations:  # the list's order (sqlite-utils keeps it)
                 if migration.name in have:
                     continue
-                for statement in STEPS[migrations.name][migration.name]:
-                    conn.execute(statement.encode())
+                for step in STEPS[migrations.name][migration.name]:
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step.encode())
                 conn.execute(
                     f"INSERT INTO {TABLE} VALUES (%s, %s, %s)",
                     (migrations.name, migration.name, str(datetime.now(UTC))),
