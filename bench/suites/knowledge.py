@@ -37,8 +37,8 @@ def measure(quick: bool, log: Any = print) -> Result:
     scale = search_at_scale(
         default, 10_000 if quick else 100_000, log, keep=Path(keep) if keep else None
     )
-    ingest = ingestion(default, 1 if quick else 3, log)
-    ingest["pipeline"] = pipeline(default, 1 if quick else 3, log)
+    ingest = ingestion(default, 1 if quick else 12, log)
+    ingest["pipeline"] = pipeline(default, 1 if quick else 12, log)
     return {
         "default": default,
         "quality": quality,

@@ -12,11 +12,11 @@ Vectors are stored, and queries searched, language-neutral (``nobusy.knowledge.n
 index takes the model's own rows and moves them itself; a file written before that is converted
 when first opened (``PRAGMA user_version``). Search runs BM25 and vector search each to a
 candidate list and fuses them by reciprocal rank (RRF, k=60: Cormack et al. 2009), optionally
-re-ordered for diversity by maximal marginal relevance. BM25 leaves out a query's commonest words when scoring them would cost more than
-``POSTINGS_BUDGET`` rows. Vectors are searched by matrix products over each store's vectors held
-in memory, in k-means partitions when there are many (``nobusy.knowledge.vectors``). One
-connection, one lock: safe for a process's threads; another process's writes to the file are
-noticed by SQLite's ``data_version``.
+re-ordered for diversity by maximal marginal relevance. BM25 leaves out a query's commonest
+words when scoring them would cost more than ``POSTINGS_BUDGET`` rows. Vectors are searched by
+matrix products over each store's vectors held in memory, in k-means partitions when there are
+many (``nobusy.knowledge.vectors``). One connection, one lock: safe for a process's threads;
+another process's writes to the file are noticed by SQLite's ``data_version``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@
     kb_index_stores  each store's embedding model: vectors of two models never meet in a store
 
 Vectors are stored and searched language-neutral, as ``Index`` does (``knowledge.neutral``;
-migration ``m015_neutral_vectors`` converted rows written before). Keyword search ranks with ``ts_rank_cd`` (cover density, normalised by the log of the chunk's
+migration ``m015_neutral_vectors`` converted rows written before).
+
+Keyword search ranks with ``ts_rank_cd`` (cover density, normalised by the log of the chunk's
 length), not BM25: it has no inverse document frequency, so a common word counts as much as a
 rare one; the coverage weight of the fusion (the share of the query's words a chunk holds)
 makes up for most of it. Vector search uses the HNSW index of the vector's dimension (cosine),

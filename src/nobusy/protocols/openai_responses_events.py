@@ -302,11 +302,14 @@ class ResponsesEvents:
         return b": " + text.encode() + b"\n\n"
 
     def end(self) -> bytes:
-        out = bytearray(self._close())
+        # The answer is whole: its citations are worked out once, for the last item's
+        # annotations and the completed response's ``nobusy``.
+        extension = self.extension() if self.extension is not None else None
+        out = bytearray(self._close(extension))
         usage = _usage(self.record.prompt_tokens, self.record.completion_tokens)
         response = self._snapshot("completed", usage)
-        if self.extension is not None:
-            response["nobusy"] = self.extension()
+        if extension is not None:
+            response["nobusy"] = extension
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         out += self._event(kind, response=response)
         if self.done is not None:
@@ -356,7 +359,9 @@ class ResponsesEvents:
             )
         return item
 
-    def _close(self) -> bytes:
+    def _close(self, extension: dict[str, Any] | None = None) -> bytes:
+        """Close the open item; a message's annotations come from ``extension`` when the
+        caller has it, else from asking for it now."""
         if self.open is None:
             return b""
         self.open = None
@@ -372,7 +377,9 @@ class ResponsesEvents:
                 text=text,
             )
         elif item["kind"] == "message":
-            notes = file_citations(text, self.extension()) if self.extension is not None else []
+            if extension is None and self.extension is not None:
+                extension = self.extension()
+            notes = file_citations(text, extension) if extension is not None else []
             item["annotations"] = notes
             for i, note in enumerate(notes):
                 out += self._event(
