@@ -41,13 +41,14 @@ from nobusy.edge.drain import drain_on_signals
 from nobusy.edge.middleware import RequestContextMiddleware
 from nobusy.errors import NobusyError
 from nobusy.guard import Guard
+from nobusy.knowledge.base import KnowledgeBase
 from nobusy.metrics import Metrics
 from nobusy.reload import SettingsSource, reload_on_sighup
 from nobusy.responses import http_exception_handler, nobusy_error_handler
 from nobusy.routing import Router
 from nobusy.routing.pool import pool_rows, tier_rows
 from nobusy.settings import Settings
-from nobusy.state import running
+from nobusy.state import AppState, running
 from nobusy.store.backends import open_keys
 from nobusy.store.interfaces import UsageSink
 from nobusy.store.ledger import USAGE_LOG, CommittedAnswers
@@ -85,7 +86,7 @@ def create_app(
                 # Lifespan state: CommittedAnswers finds the usage log there.
                 yield {USAGE_LOG: state.ledger.log}
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *chat.routes,
             *messages.routes,
@@ -128,3 +129,12 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # Registered here, once per app: the knowledge base opens (and reopens) with the lifespan,
+    # and until it has, its counters read zero.
+    metrics.watch_knowledge(lambda: _knowledge(app))
+    return app
+
+
+def _knowledge(app: Starlette) -> KnowledgeBase | None:
+    state: AppState | None = getattr(app.state, "nobusy", None)
+    return state.knowledge if state is not None else None

@@ -11,12 +11,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from nobusy.knowledge.stats import KnowledgeStats, Timings
 
 if TYPE_CHECKING:
     from nobusy.admission.capacity import Capacity
     from nobusy.cache.memory import ResponseCache
+    from nobusy.knowledge.base import KnowledgeBase
     from nobusy.routing.stats import UpstreamStats
     from nobusy.store.health import Health
     from nobusy.store.replicas import Replica
@@ -132,6 +140,11 @@ class Metrics:
         """Report every replica's load as its heartbeat last showed it, and whether each shared
         backend answers, when scraped (read from memory: a scrape never waits on Redis)."""
         self.registry.register(_FleetCollector(replicas, backends))
+
+    def watch_knowledge(self, source: Callable[[], KnowledgeBase | None]) -> None:
+        """The knowledge base's ingestion, searches and workers, when scraped (from memory);
+        ``source`` gives None before the app has opened it, and the counters read zero."""
+        self.registry.register(_KnowledgeCollector(source))
 
     def watch_pool(self, rows: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
         """Report each local inference server's signals (``routing.pool``) when scraped."""
@@ -444,3 +457,98 @@ class _CacheCollector(Collector):
             "Response-cache entries in this process's memory.",
             value=len(cache),
         )
+
+
+class _KnowledgeCollector(Collector):
+    def __init__(self, source: Callable[[], KnowledgeBase | None]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        kb = self.source()
+        now = (kb.stats if kb is not None else KnowledgeStats()).snapshot()
+        files = CounterMetricFamily(
+            "nobusy_knowledge_files_ingested",
+            "Files whose ingestion into a vector store ended in this process, by outcome "
+            "(completed; failed, with a last_error; cancelled: removed from the store meanwhile).",
+            labels=["outcome"],
+        )
+        for outcome, count in now.files.items():
+            files.add_metric([outcome], count)
+        failed = CounterMetricFamily(
+            "nobusy_knowledge_files_failed",
+            "Files whose ingestion failed, by last_error code.",
+            labels=["code"],
+        )
+        for code, count in now.failures.items():
+            failed.add_metric([code], count)
+        ingest = HistogramMetricFamily(
+            "nobusy_knowledge_ingest_seconds",
+            "Time one file's ingestion took, from a worker taking it to its end, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, timings in now.ingest_seconds.items():
+            ingest.add_metric([outcome], _buckets(timings), timings.total)
+        stages = CounterMetricFamily(
+            "nobusy_knowledge_ingest_stage_seconds",
+            "Seconds spent in each stage of ingestion: parse (bytes read and turned into "
+            "text), chunk, embed, index (indexing overlaps the next group's embedding).",
+            labels=["stage"],
+        )
+        for stage, seconds in now.stage_seconds.items():
+            stages.add_metric([stage], seconds)
+        searches = CounterMetricFamily(
+            "nobusy_knowledge_searches",
+            "Vector stores searched, by source (api: the search endpoint; grounding: passages "
+            "for an answer, one per store) and outcome (ok or error).",
+            labels=["source", "outcome"],
+        )
+        for (source, outcome), count in now.searches.items():
+            searches.add_metric([source, outcome], count)
+        search = HistogramMetricFamily(
+            "nobusy_knowledge_search_seconds",
+            "Time one vector store's search took (query embedded, BM25 and vectors fused).",
+            labels=["source"],
+        )
+        for source, timings in now.search_seconds.items():
+            search.add_metric([source], _buckets(timings), timings.total)
+        yield from (files, failed, ingest, stages, searches, search)
+        yield CounterMetricFamily(
+            "nobusy_knowledge_ingested_bytes",
+            "Bytes of the files ingested completely (as uploaded).",
+            value=now.bytes,
+        )
+        yield CounterMetricFamily(
+            "nobusy_knowledge_ingested_chunks",
+            "Chunks of the files ingested completely.",
+            value=now.chunks,
+        )
+        yield CounterMetricFamily(
+            "nobusy_knowledge_expired_files_deleted",
+            "Files deleted by the sweeper after their expires_at.",
+            value=now.swept,
+        )
+        if kb is None:
+            return
+        health = kb.health()
+        for name, text, value in (
+            ("files_waiting", "Files queued for this process's ingestion workers.", health.waiting),
+            ("files_ingesting", "Files this process's workers are ingesting.", health.ingesting),
+            ("workers_alive", "Ingestion worker threads alive.", health.workers_alive),
+            ("workers_configured", "Ingestion worker threads started.", health.workers_configured),
+            (
+                "sweeper_alive",
+                "1 while the thread that deletes expired files is alive.",
+                1 if health.sweeper_alive else 0,
+            ),
+        ):
+            yield GaugeMetricFamily(f"nobusy_knowledge_{name}", text, value=value)
+
+
+def _buckets(timings: Timings) -> list[tuple[str, float]]:
+    """Cumulative counts per upper bound, +Inf last, as Prometheus histograms have them."""
+    bounds = [str(float(bound)) for bound in timings.bounds] + ["+Inf"]  # "1.0", as Histogram
+    out, seen = [], 0
+    for bound, count in zip(bounds, timings.counts, strict=True):
+        seen += count
+        out.append((bound, float(seen)))
+    return out

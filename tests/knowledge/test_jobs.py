@@ -132,3 +132,38 @@ def test_attributes_changed_while_ingesting_win(base: Base) -> None:
     assert base.index.search([base.store.id], "报销", None, k=3, mode="bm25", filters=en)
     zh = {"type": "eq", "key": "lang", "value": "zh"}
     assert not base.index.search([base.store.id], "报销", None, k=3, mode="bm25", filters=zh)
+
+
+def test_each_file_ended_is_counted_once_by_how_it_ended(base: Base) -> None:
+    ingestor = base.ingestor()
+    good = base.put(TEXT)
+    ingestor.ingest(base.store.id, good)
+    ingestor.ingest(base.store.id, good)  # completed already: not this worker's to count
+    ingestor.ingest(base.store.id, base.put(""))  # empty: failed, invalid_file
+    gone = base.put("另一份文件：年假十五天。")
+    base.embedder.on_call = lambda _: base.records.detach(base.store.id, gone)
+    ingestor.ingest(base.store.id, gone)  # left its store while embedded: cancelled
+    now = ingestor.stats.snapshot()
+    assert now.files == {"completed": 1, "failed": 1, "cancelled": 1}
+    assert now.failures == {"invalid_file": 1, "unsupported_file": 0, "server_error": 0}
+    assert now.bytes == len(TEXT.encode())
+    assert now.chunks == base.index.count(base.store.id) > 2 * INDEX_GROUP
+    assert [sum(t.counts) for t in now.ingest_seconds.values()] == [1, 1, 1]
+    assert all(seconds > 0 for seconds in now.stage_seconds.values()), now.stage_seconds
+
+
+def test_health_counts_the_workers_alive(base: Base) -> None:
+    ingestor = Ingestor(
+        base.records,
+        base.blobs,
+        SETTINGS,
+        lambda model: (base.embedder, base.index),
+        workers=2,
+    )
+    assert ingestor.start() == 0
+    try:
+        health = ingestor.health()
+        assert (health.alive, health.configured, health.waiting, health.ingesting) == (2, 2, 0, 0)
+    finally:
+        ingestor.close()
+    assert ingestor.health().alive == 0

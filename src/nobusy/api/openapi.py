@@ -299,10 +299,15 @@ def openapi_spec() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "summary": "Readiness.",
+                    "description": "Body: `status`; `usable` upstreams and each alias's "
+                    "routes or why none can answer; `backends` (shared backends' health), "
+                    "`knowledge` (ingestion workers alive of configured, files waiting and "
+                    "ingesting in this process, sweeper alive) and `degraded` (what of these "
+                    "is not as it should be), none of which changes the status code.",
                     "operationId": "readyz",
                     "responses": {
                         "200": _json(any_object, "Ready."),
-                        "503": _json(any_object, "No usable upstream."),
+                        "503": _json(any_object, "No usable upstream, or draining."),
                     },
                 }
             },

@@ -1,7 +1,7 @@
 """What orchestrators and monitoring ask a running process: ``/healthz`` (alive), ``/readyz``
-(not draining, and some route can answer now; the shared backends' health beside, which never
-changes its status) and ``/metrics`` (Prometheus). An upstream's own health is
-``nobusy.routing``'s business, not this module's."""
+(not draining, and some route can answer now; the shared backends' health and the knowledge
+base's workers beside, which never change its status) and ``/metrics`` (Prometheus). An
+upstream's own health is ``nobusy.routing``'s business, not this module's."""
 
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ async def readyz(request: Request) -> Response:
     none can. ``readiness: process`` makes it mean only that the process is up. A process
     that is stopping (draining, ``nobusy.edge.drain``) is never ready. A shared backend that
     does not answer is named under ``degraded`` but leaves the status as it is: every replica
-    shares it, so taking this one out of the balancer would help nothing."""
+    shares it, so taking this one out of the balancer would help nothing. So is ``knowledge``
+    when an ingestion worker or the expired-files sweeper died: chat still answers, and the
+    files wait ``in_progress`` for a process whose workers live (a restart takes them up)."""
     state = app_state(request)
-    shared = _backends(state)
+    shared = _beside(state)
     if state.drain.draining:
         reason = "draining: this process is stopping and takes no new requests"
         return JSONResponse({"status": "draining", "reason": reason, **shared}, 503)
@@ -63,14 +65,20 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, 200 if ready else 503)
 
 
-def _backends(state: AppState) -> dict[str, Any]:
-    """This replica's id and its shared backends' health (URLs redacted); ``degraded`` names
-    the ones not answering as configured."""
+def _beside(state: AppState) -> dict[str, Any]:
+    """This replica's id, its shared backends' health (URLs redacted) and its knowledge base's
+    workers, all from memory; ``degraded`` names the backends not answering as configured, and
+    ``knowledge`` when a worker or the sweeper died."""
     healths = [backend.health() for backend in state.backends]
     out: dict[str, Any] = {"backends": [health.json() for health in healths]}
     if state.fleet is not None:
         out["replica"] = state.fleet.replica
     degraded = [health.backend for health in healths if not health.ok]
+    if state.knowledge is not None:
+        knowledge = state.knowledge.health()
+        out["knowledge"] = knowledge.json()
+        if not knowledge.ok:
+            degraded.append("knowledge")
     if degraded:
         out["degraded"] = degraded
     return out

@@ -8,28 +8,52 @@ its vectors come from; ingestion and search always use that model, so a change o
 
 Files uploaded with ``expires_after`` are hidden from every caller once they expire and deleted
 (bytes, record, chunks) by a sweeper thread within ``SWEEP_SECONDS``, as OpenAI deletes them.
+
+What it did is counted in ``stats`` (``/metrics``) and how its threads are is ``health``
+(``/readyz``), both read from memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from nobusy.errors import ConfigError, NobusyError
 from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
 from nobusy.knowledge.index import Hit
 from nobusy.knowledge.jobs import Ingestor
+from nobusy.knowledge.stats import KnowledgeStats
 from nobusy.settings import Settings
 from nobusy.store.backends import open_blobs, open_index, open_knowledge
 from nobusy.store.interfaces import ChunkIndex
 from nobusy.store.knowledge import Caller, StoreRecord
 
-__all__ = ["SWEEP_SECONDS", "KnowledgeBase"]
+__all__ = ["SWEEP_SECONDS", "KnowledgeBase", "KnowledgeHealth"]
 
 log = logging.getLogger("nobusy.knowledge")
 
 SWEEP_SECONDS = 60.0  # how often expired files are looked for; they are hidden meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeHealth:
+    """This process's ingestion workers and sweeper now; ``ok`` while none of them died."""
+
+    workers_alive: int
+    workers_configured: int
+    waiting: int  # files queued for this process's workers
+    ingesting: int  # files a worker of this process holds
+    sweeper_alive: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.workers_alive >= self.workers_configured and self.sweeper_alive
+
+    def json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
 
 
 class KnowledgeBase:
@@ -50,8 +74,14 @@ class KnowledgeBase:
         self.blobs = open_blobs(settings)
         self._indexes: dict[str, ChunkIndex] = {}
         self._lock = threading.Lock()
+        self.stats = KnowledgeStats()
         self.ingestor = Ingestor(
-            self.records, self.blobs, self.settings, self.engine, workers=self.settings.workers
+            self.records,
+            self.blobs,
+            self.settings,
+            self.engine,
+            workers=self.settings.workers,
+            stats=self.stats,
         )
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="nobusy-kb-sweep", daemon=True)
@@ -61,6 +91,17 @@ class KnowledgeBase:
         workers took up again."""
         self._sweeper.start()
         return self.ingestor.start()
+
+    def health(self) -> KnowledgeHealth:
+        """The workers and the sweeper, read from memory (no database is asked)."""
+        workers = self.ingestor.health()
+        return KnowledgeHealth(
+            workers.alive,
+            workers.configured,
+            workers.waiting,
+            workers.ingesting,
+            self._sweeper.is_alive(),
+        )
 
     def close(self) -> None:
         self._stopping.set()
@@ -98,14 +139,21 @@ class KnowledgeBase:
         k: int,
         filters: dict[str, Any] | None,
         score_threshold: float,
+        source: Literal["api", "grounding"] = "api",
     ) -> list[Hit]:
-        """The ``k`` best chunks of ``store`` for ``query`` (BM25 and vectors fused); blocking."""
-        embedder, index = self.engine(store.embedding_model)
-        vector = embedder.embed([query], query=True)[0]
-        hits: list[Hit] = index.search(
-            [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
-        )
-        return hits
+        """The ``k`` best chunks of ``store`` for ``query`` (BM25 and vectors fused); blocking.
+        ``source`` says who asked (the search API, a grounded answer), for ``stats``."""
+        started, ok = time.perf_counter(), False
+        try:
+            embedder, index = self.engine(store.embedding_model)
+            vector = embedder.embed([query], query=True)[0]
+            hits: list[Hit] = index.search(
+                [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
+            )
+            ok = True
+            return hits
+        finally:
+            self.stats.searched(source, time.perf_counter() - started, ok=ok)
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file: its record, its chunks in every store that held it, its bytes."""
@@ -122,6 +170,7 @@ class KnowledgeBase:
             for file_id in batch:
                 self.delete_file(file_id)
             swept += len(batch)
+            self.stats.swept_files(len(batch))
         return swept
 
     def _sweep(self) -> None:

@@ -211,7 +211,14 @@ async def retrieve(
             if store is None:  # deleted since the alias named it: the others still answer
                 continue
             found.extend(
-                kb.search(store, query, k=top_k, filters=filters, score_threshold=score_threshold)
+                kb.search(
+                    store,
+                    query,
+                    k=top_k,
+                    filters=filters,
+                    score_threshold=score_threshold,
+                    source="grounding",
+                )
             )
         found.sort(key=lambda hit: hit.score, reverse=True)
         found = found[:top_k]

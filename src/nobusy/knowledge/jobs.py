@@ -21,17 +21,22 @@ searchable group by group, as a store still ingesting is searched (what is done)
 is embedded its progress (texts embedded of texts to embed) is kept in memory for the API
 (``progress``). A file removed from its store, or a batch cancelled, while it is worked on has
 its chunks taken back out of the index when the worker finds out.
+
+How each file ended, and the time each stage took, are counted in ``stats`` (``/metrics``);
+``health`` says how many workers are alive and how many files this process holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,10 +46,11 @@ from nobusy.knowledge.chunking import Chunk, chunk
 from nobusy.knowledge.claims import LEASE_SECONDS, worker_id
 from nobusy.knowledge.parsers import ParseError, parse
 from nobusy.knowledge.settings import KnowledgeSettings
+from nobusy.knowledge.stats import KnowledgeStats
 from nobusy.store.interfaces import FileBytes
 from nobusy.store.knowledge import Caller, KnowledgeStore
 
-__all__ = ["EMBED_BATCH", "INDEX_GROUP", "Ingestor", "Progress"]
+__all__ = ["EMBED_BATCH", "INDEX_GROUP", "Ingestor", "Progress", "Workers"]
 
 log = logging.getLogger("nobusy.knowledge")
 
@@ -60,6 +66,26 @@ class Progress:
 
     done: int = 0
     total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """The ingestion workers of this process now: alive of configured, files queued, files
+    being worked on."""
+
+    alive: int
+    configured: int
+    waiting: int
+    ingesting: int
+
+
+class _Ended(NamedTuple):
+    """How one file's ingestion ended, for ``stats``."""
+
+    outcome: str
+    code: str | None = None
+    size: int = 0
+    chunks: int = 0
 
 
 class _Stopping(Exception):
@@ -80,12 +106,14 @@ class Ingestor:
         engine: Callable[[str], tuple[Any, Any]],
         *,
         workers: int = 1,
+        stats: KnowledgeStats | None = None,
     ) -> None:
         self.records = records
         self.blobs = blobs
         self.settings = settings
         self.engine = engine
         self.me = worker_id()
+        self.stats = stats if stats is not None else KnowledgeStats()
         self.progress: dict[tuple[str, str], Progress] = {}
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._queued: set[tuple[str, str]] = set()
@@ -120,6 +148,13 @@ class Ingestor:
                 return
             self._queued.add(job)
         self._queue.put(job)
+
+    def health(self) -> Workers:
+        """Workers alive and files held, read from memory (a ``/readyz`` never waits)."""
+        with self._lock:
+            waiting, ingesting = len(self._queued), len(self._working)
+        alive = sum(thread.is_alive() for thread in self._threads)
+        return Workers(alive, len(self._threads), waiting, ingesting)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the workers; a file being worked on stays ``in_progress`` for the next start."""
@@ -166,20 +201,30 @@ class Ingestor:
 
     def ingest(self, store_id: str, file_id: str) -> None:
         """Ingest one file and record how it ended (a worker's whole job, also run directly)."""
+        started = time.perf_counter()
+        ended = self._ingest(store_id, file_id)
+        if ended is not None:  # None: not this worker's to end, or left for the next start
+            seconds = time.perf_counter() - started
+            self.stats.ingested(
+                ended.outcome, seconds, code=ended.code, size=ended.size, chunks=ended.chunks
+            )
+
+    def _ingest(self, store_id: str, file_id: str) -> _Ended | None:
         placed = self.records.store_file(store_id, file_id)
         store = self.records.store(ADMIN, store_id)
         record = self.records.file(ADMIN, file_id)
         if placed is None or placed.status != "in_progress" or store is None:
-            return
+            return None
         if record is None:
-            self._fail(store_id, file_id, "invalid_file", "The file was deleted.")
-            return
+            return self._fail(store_id, file_id, "invalid_file", "The file was deleted.")
         index: Any = None
         try:
-            data = self.blobs.read(file_id)
-            text = parse(record.filename, data, max_bytes=self.settings.max_file_bytes)
+            with self._stage("parse"):  # reading the bytes included: they may be in PostgreSQL
+                data = self.blobs.read(file_id)
+                text = parse(record.filename, data, max_bytes=self.settings.max_file_bytes)
             size, overlap = _sizes(placed.chunking, self.settings)
-            chunks = chunk(text, size=size, overlap=overlap)
+            with self._stage("chunk"):
+                chunks = chunk(text, size=size, overlap=overlap)
             embedder, index = self.engine(store.embedding_model)
             self._embed_and_index(store_id, file_id, chunks, embedder, index, placed.attributes)
             now = self.records.store_file(store_id, file_id)
@@ -190,25 +235,29 @@ class Ingestor:
                 store_id, file_id, "completed", usage_bytes=used, chunks=len(chunks)
             ):
                 index.remove_file(store_id, file_id)  # removed or cancelled meanwhile
+                return _Ended("cancelled")
+            return _Ended("completed", size=record.bytes, chunks=len(chunks))
         except _Stopping:
-            return  # stays in_progress: taken up again (from where it stopped) at the next start
+            return None  # stays in_progress: taken up again (from where it stopped) at next start
         except ParseError as exc:
-            self._fail(store_id, file_id, exc.code, exc.message)
+            return self._fail(store_id, file_id, exc.code, exc.message)
         except FileNotFoundError:
-            self._fail(store_id, file_id, "invalid_file", "The file's bytes are missing.")
+            return self._fail(store_id, file_id, "invalid_file", "The file's bytes are missing.")
         except NobusyError as exc:  # the index refused (another model's store), storage down
-            self._fail(store_id, file_id, "server_error", exc.message)
+            ended = self._fail(store_id, file_id, "server_error", exc.message)
             if index is not None:
                 index.remove_file(store_id, file_id)
+            return ended
         except Exception as exc:
             if self._stopping.is_set():
-                return  # the indexing thread is shut down: stays in_progress for the next start
+                return None  # the indexing thread is shut down: stays in_progress for next start
             # A worker must end every file it takes: whatever a parser or a model raises on a
             # user's document becomes that file's error, and the worker goes on to the next.
             log.exception("ingesting %s into %s failed", file_id, store_id)
-            self._fail(store_id, file_id, "server_error", f"Ingestion failed: {exc!r}.")
+            ended = self._fail(store_id, file_id, "server_error", f"Ingestion failed: {exc!r}.")
             if index is not None:
                 index.remove_file(store_id, file_id)
+            return ended
         finally:
             self.progress.pop((store_id, file_id), None)
 
@@ -223,7 +272,8 @@ class Ingestor:
     ) -> None:
         """Embed the chunks the store does not hold yet, a group at a time, each group indexed
         by the indexing thread while the next is embedded."""
-        known = index.known(store_id, chunks)
+        with self._stage("index"):
+            known = index.known(store_id, chunks)
         embedded: dict[str, npt.NDArray[np.float32]] = {}  # a text repeated is embedded once
         to_embed = {c.context for c, k in zip(chunks, known, strict=True) if not k}
         progress = self.progress.setdefault((store_id, file_id), Progress(0, len(to_embed)))
@@ -242,7 +292,8 @@ class Ingestor:
                     if self._stopping.is_set():
                         raise _Stopping
                     batch = texts[start : start + EMBED_BATCH]
-                    rows = embedder.embed(batch, query=False)
+                    with self._stage("embed"):
+                        rows = embedder.embed(batch, query=False)
                     embedded.update(zip(batch, rows, strict=True))
                     progress.done += len(batch)
                 for i, piece in enumerate(group):
@@ -253,14 +304,30 @@ class Ingestor:
                 if adding is not None:
                     adding.result()  # one group indexed while the next was embedded
                 adding = self._indexer.submit(
-                    index.add, store_id, file_id, group, vectors, attributes
+                    self._add, index, store_id, file_id, group, vectors, attributes
                 )
         finally:
             if adding is not None:
                 adding.result()
 
-    def _fail(self, store_id: str, file_id: str, code: str, message: str) -> None:
-        self.records.finish(store_id, file_id, "failed", error={"code": code, "message": message})
+    def _add(self, index: Any, *args: Any) -> None:
+        """``index.add`` on the indexing thread, its time counted as the ``index`` stage."""
+        with self._stage("index"):
+            index.add(*args)
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.staged(name, time.perf_counter() - started)
+
+    def _fail(self, store_id: str, file_id: str, code: str, message: str) -> _Ended:
+        error = {"code": code, "message": message}
+        if self.records.finish(store_id, file_id, "failed", error=error):
+            return _Ended("failed", code=code)
+        return _Ended("cancelled")  # it left its store meanwhile: no one sees this error
 
 
 def _sizes(chunking: dict[str, Any] | None, settings: KnowledgeSettings) -> tuple[int, int]:
