@@ -267,3 +267,25 @@ def test_responses_file_search_runs_in_nobusy(grounded: tuple[Process, Process, 
                 tools=[{"type": "file_search", "vector_store_ids": [store], "max_num_results": 0}],
             )
         assert bad.value.body["param"] == "tools[0].max_num_results"  # type: ignore[index]
+
+
+def test_attaching_a_store_live_grounds_the_next_answer(
+    grounded: tuple[Process, Process, str],
+) -> None:
+    """``PATCH /v1/nobusy/aliases/{name}`` with ``knowledge``: the reload swaps the routing
+    table the grounding reads, so the next answer cites the store; ``null`` takes it away."""
+    process, _, file_id = grounded
+    admin = f"{process.url}/v1/nobusy/aliases/plain"
+    with openai.OpenAI(base_url=f"{process.url}/v1", api_key="-", max_retries=0) as sdk:
+        store = {s.name: s.id for s in sdk.vector_stores.list()}["hr"]
+    attached = httpx.patch(admin, json={"knowledge": {"stores": [store], "top_k": 1}})
+    assert attached.status_code == 200, attached.text
+    assert attached.json()["after"]["knowledge"] == {"stores": [store], "top_k": 1}
+    try:
+        cited: Any = ask(process, "plain", "年假有几天？[1]").model_extra["nobusy"]
+        assert cited["cited"] == [1] and cited["citations"][0]["file_id"] == file_id
+        assert len(cited["citations"]) == 1
+    finally:
+        detached = httpx.patch(admin, json={"knowledge": None})
+    assert detached.status_code == 200 and detached.json()["after"]["knowledge"] is None
+    assert "nobusy" not in (ask(process, "plain", "年假有几天？[1]").model_extra or {})

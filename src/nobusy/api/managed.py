@@ -63,10 +63,14 @@ def upstream_json(name: str, spec: UpstreamSettings) -> dict[str, Any]:
 
 
 def alias_json(name: str, spec: ModelAlias) -> dict[str, Any]:
+    # `knowledge` too, so that an edit's before/after (and its audit) show a store attached or
+    # detached, and the console can tell when the config file still attaches one.
+    knowledge = None if spec.knowledge is None else spec.knowledge.model_dump(mode="json")
     return {
         "name": name,
         "routes": _tiers(spec.routes),
         "overflow": _tiers(spec.overflow),
+        "knowledge": knowledge,
         "enabled": spec.enabled,
     }
 
