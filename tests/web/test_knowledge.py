@@ -1,6 +1,7 @@
 """The knowledge page and cited answers in a browser: stores, uploads with progress and
-failures, the retrieval test with matched words marked, who answers from a store, and [n] in
-an answer that shows its passage.
+failures, the retrieval test with matched words marked, who answers from a store (attached and
+detached live by the admin, the YAML for an API key), and [n] in an answer that shows its
+passage.
 
 The server has one store filled in-process before it starts (an alias must name its id), with
 the alias ``hr-bot`` grounded in it; the fake upstream repeats the question, so a question
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -149,11 +151,9 @@ def test_chinese_search_and_the_aliases_that_use_a_store(
     page.click("#kb-list button.kb-open >> text=hr")
     page.wait_for_function("() => document.querySelector('#kb-store-name').textContent === 'hr'")
     assert "Answering from it: hr-bot." in page.inner_text("#kb-aliases")
-    yaml = page.inner_text("#kb-yaml")
-    assert store_id in yaml and "knowledge:" in yaml
-    page.select_option("#kb-alias", "ok")
-    yaml = page.inner_text("#kb-yaml")
-    assert "  ok:" in yaml and "routes: [fake/ok]" in yaml and store_id in yaml
+    # The admin attaches it live (test_attach_and_detach_a_store_live); the YAML is for keys.
+    assert page.is_visible("#kb-attach") and page.is_hidden("#kb-yaml-box")
+    assert page.input_value("#kb-alias") == "ok"  # the first alias not answering from it
 
     page.fill("#kb-query", "年假有几天")
     page.click("#kb-search button[type=submit]")
@@ -167,6 +167,7 @@ def test_chinese_search_and_the_aliases_that_use_a_store(
     page.click("#lang-toggle")
     page.wait_for_function("() => document.querySelector('#kb-heading').textContent === '知识库'")
     assert "依据它作答的模型：hr-bot" in page.inner_text("#kb-aliases")
+    assert page.inner_text("#kb-attach") == "关联"
     page.click("#kb-search button[type=submit]")
     page.wait_for_selector("#kb-results .kb-hit >> text=得分")
     screenshot(page, "console-knowledge-zh.png")
@@ -224,7 +225,76 @@ def test_an_api_key_sees_only_its_own_stores(grounded: tuple[Process, str], page
     listed = page.inner_text("#kb-list")
     assert "branch-notes" in listed and "hr" not in listed.split()
     page.click("#kb-list button.kb-open >> text=branch-notes")
+    # An API key cannot edit aliases: no buttons, but the YAML that attaches the store.
+    page.wait_for_selector("#kb-yaml-box:not([hidden])")
+    assert page.is_hidden("#kb-attach") and page.is_hidden("#kb-detach")
+    page.select_option("#kb-alias", "ok")
+    yaml = page.inner_text("#kb-yaml")
+    assert "  ok:" in yaml and "routes: [fake/ok]" in yaml and own.id in yaml
+    assert "top_k: 6" in yaml
     page.fill("#kb-query", "When does the vault open?")
     page.click("#kb-search button[type=submit]")
     page.wait_for_selector("#kb-results .kb-hit")
     assert "vault.md" in page.inner_text("#kb-results .kb-hit >> nth=0")
+
+
+def test_attach_and_detach_a_store_live(
+    grounded: tuple[Process, str], page: Page, screenshot: Callable[[Page, str], Path]
+) -> None:
+    """The admin attaches the store to ``ok`` from the page: the alias's next answer, through
+    the OpenAI SDK, cites it; detached, it answers without citations. A refused edit shows the
+    API's message; a store the config file attaches cannot be detached here, and says so."""
+    server, store_id = grounded
+    admin = httpx.Client(
+        base_url=f"{server.url}/v1/nobusy", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    made = httpx.post(
+        f"{server.url}/v1/nobusy/keys",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"name": "attach"},
+    )
+    assert made.status_code == 201, made.text
+    secret = made.json()["secret"]  # once a key exists, every chat needs one
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
+    with admin, sdk:
+        assert admin.post("/aliases", json={"name": "gone", "routes": ["fake/ok"]}).is_success
+        open_knowledge(page, server)
+        page.click("#kb-list button.kb-open >> text=hr")
+        page.wait_for_selector("#kb-alias option[value=gone]", state="attached")
+
+        # An alias removed meanwhile: the API's refusal is shown, the list refreshed.
+        assert admin.delete("/aliases/gone").is_success
+        page.select_option("#kb-alias", "gone")
+        page.click("#kb-attach")
+        page.wait_for_selector("#kb-attach-error >> text=Error: No alias named 'gone'.")
+        page.wait_for_selector("#kb-alias option[value=gone]", state="detached")
+
+        page.select_option("#kb-alias", "ok")
+        assert page.is_disabled("#kb-detach")
+        page.click("#kb-attach")
+        page.wait_for_selector("#kb-attach-status >> text=ok now answers from it")
+        assert page.inner_text("#kb-attach-error") == ""
+        page.wait_for_selector("#kb-aliases >> text=Answering from it: ok, hr-bot.")
+        assert page.is_disabled("#kb-attach") and page.is_enabled("#kb-detach")
+        config = admin.get("/aliases/ok").json()
+        assert config["knowledge"] == {"stores": [store_id], "top_k": 6}  # the default top_k
+
+        question = [{"role": "user", "content": "年假有几天？[1]"}]
+        answer = sdk.chat.completions.create(model="ok", messages=question)
+        cited: Any = (answer.model_extra or {})["nobusy"]
+        assert cited["cited"] == [1] and cited["citations"][0]["filename"] == "policy.md"
+        page.locator("#kb-aliases").scroll_into_view_if_needed()
+        screenshot(page, "console-knowledge-attach.png")
+
+        page.click("#kb-detach")
+        page.wait_for_selector("#kb-attach-status >> text=ok no longer answers from it")
+        page.wait_for_selector("#kb-aliases >> text=Answering from it: hr-bot.")
+        assert admin.get("/aliases/ok").json()["knowledge"] is None
+        answer = sdk.chat.completions.create(model="ok", messages=question)
+        assert "nobusy" not in (answer.model_extra or {})
+
+        # hr-bot's store is in the config file: detaching it puts the file's value back.
+        page.select_option("#kb-alias", "hr-bot")
+        page.click("#kb-detach")
+        page.wait_for_selector("#kb-attach-error >> text=the config file attaches it there")
+        assert "hr-bot" in page.inner_text("#kb-aliases")

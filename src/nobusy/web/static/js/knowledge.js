@@ -1,6 +1,7 @@
 // The knowledge page: vector stores (create, delete, status), files uploaded by drag and drop
 // or the picker with a progress bar each, a retrieval test with the matched words marked, and
-// which model aliases answer from a store (with the YAML that attaches it to another one).
+// which model aliases answer from a store: the admin attaches or detaches it live, an API key
+// gets the YAML that attaches it in the config file.
 // It speaks the OpenAI Files and Vector Stores API, with the admin key when one is entered
 // (it sees every store) and the API key otherwise (the stores that key may see).
 
@@ -16,7 +17,7 @@ const names = new Map(); // file id -> filename, asked once per file
 let shown = false;
 let selected = null; // the store on screen (its id)
 let stores = [];
-let aliases = []; // [{id, routes, stores}] from GET /v1/models
+let aliases = []; // [{id, routes, stores, topK}]: listAliases
 let refresh = 0; // the timer that reloads while a store is indexing
 
 const asAdmin = () => Boolean(keys.admin) || keys.signedIn; // the key, or a sign-in
@@ -49,7 +50,13 @@ export function initKnowledge() {
     event.preventDefault();
     search();
   });
-  $("kb-alias").addEventListener("change", showYaml);
+  $("kb-alias").addEventListener("change", () => {
+    $("kb-attach-status").textContent = "";
+    $("kb-attach-error").textContent = "";
+    showAlias();
+  });
+  $("kb-attach").addEventListener("click", () => setAttached(true));
+  $("kb-detach").addEventListener("click", () => setAttached(false));
   $("kb-yaml-copy").addEventListener("click", async () => {
     await copyText($("kb-yaml").textContent);
     flash($("kb-yaml-copy"));
@@ -66,12 +73,9 @@ export function showKnowledge(visible) {
 
 async function load() {
   try {
-    const [list, models] = await Promise.all([
-      kbCall("/v1/vector_stores?limit=100"),
-      kbCall("/v1/models").catch(() => ({ data: [] })),
-    ]);
+    const [list, found] = await Promise.all([kbCall("/v1/vector_stores?limit=100"), listAliases()]);
     stores = list.data;
-    aliases = models.data.map((m) => ({ id: m.id, routes: m.routes ?? [], stores: m.nobusy?.knowledge?.stores ?? [] }));
+    aliases = found;
     $("kb-auth").hidden = true;
     $("kb-body").hidden = false;
   } catch (error) {
@@ -89,6 +93,23 @@ async function load() {
   if (shown && stores.some((s) => s.status === "in_progress")) refresh = setTimeout(load, REFRESH_MS);
 }
 
+/** [{id, routes, stores, topK}]: the admin's from the admin API (/v1/models wants an API key
+ * once keys exist), an API key's from /v1/models; none when neither may list them. */
+async function listAliases() {
+  if (asAdmin()) {
+    const listed = await call("/v1/nobusy/aliases", { admin: true }).catch(() => ({ data: [] }));
+    return listed.data
+      .filter((a) => a.enabled)
+      .map((a) => aliasOf(a.name, a.routes.flat(), a.knowledge));
+  }
+  const models = await call("/v1/models").catch(() => ({ data: [] }));
+  return models.data.map((m) => aliasOf(m.id, m.routes ?? [], m.nobusy?.knowledge));
+}
+
+function aliasOf(id, routes, knowledge) {
+  return { id, routes, stores: knowledge?.stores ?? [], topK: knowledge?.top_k };
+}
+
 function renderStores() {
   const list = $("kb-list");
   list.replaceChildren();
@@ -102,6 +123,8 @@ function renderStores() {
     if (store.id === selected) open.setAttribute("aria-current", "true");
     open.addEventListener("click", () => {
       selected = store.id;
+      $("kb-attach-status").textContent = "";
+      $("kb-attach-error").textContent = "";
       renderStores();
       renderDetail();
     });
@@ -368,24 +391,39 @@ export function highlight(node, text, words) {
   }
 }
 
-// ---- Aliases: who answers from this store, and the YAML to attach it to another ----
+// ---- Aliases: who answers from this store; the admin attaches or detaches it live ----
+// (PATCH /v1/nobusy/aliases/{name}: the managed overlay, applied by a reload, audited), and an
+// API key, which cannot edit aliases, gets the YAML that attaches it in the config file.
+
+const TOP_K = 6; // AliasKnowledge.top_k's default, for an alias that had no stores yet
 
 function renderAliases(store) {
   const using = aliases.filter((a) => a.stores.includes(store.id)).map((a) => a.id);
   $("kb-aliases").textContent = using.length ? t("kbUsedBy", { aliases: using.join(", ") }) : t("kbUnused");
+  const admin = asAdmin();
+  $("kb-attach-actions").hidden = !admin;
+  $("kb-yaml-box").hidden = admin;
   const select = $("kb-alias");
   const before = select.value;
   select.replaceChildren();
   for (const alias of aliases) select.append(new Option(alias.id, alias.id));
-  select.append(new Option(t("kbNewAlias"), ""));
-  select.value = aliases.some((a) => a.id === before) ? before : (aliases.find((a) => !using.includes(a.id))?.id ?? "");
-  showYaml();
+  if (!admin) select.append(new Option(t("kbNewAlias"), "")); // a new alias: the Upstreams page's
+  const fallback = aliases.find((a) => !using.includes(a.id))?.id ?? (admin ? (aliases[0]?.id ?? "") : "");
+  select.value = aliases.some((a) => a.id === before) ? before : fallback;
+  showAlias();
 }
 
-function showYaml() {
+function showAlias() {
   const store = stores.find((s) => s.id === selected);
   if (!store) return;
   const alias = aliases.find((a) => a.id === $("kb-alias").value);
+  const attached = Boolean(alias?.stores.includes(store.id));
+  $("kb-attach").disabled = !alias || attached;
+  $("kb-detach").disabled = !attached;
+  showYaml(store, alias);
+}
+
+function showYaml(store, alias) {
   const name = alias?.id ?? "kb-bot";
   const routes = alias?.routes.length ? alias.routes : ["UPSTREAM/MODEL"];
   const attached = [...new Set([...(alias?.stores ?? []), store.id])];
@@ -393,9 +431,43 @@ function showYaml() {
     "models:",
     `  ${name}:`,
     `    routes: [${routes.join(", ")}]`,
-    `    knowledge: {stores: [${attached.join(", ")}], top_k: 6}`,
+    `    knowledge: {stores: [${attached.join(", ")}], top_k: ${alias?.topK ?? TOP_K}}`,
     "",
   ].join("\n");
+}
+
+/** Attach (`attach`) or detach the store on screen to the chosen alias, its other stores and
+ * top_k kept; with no store left the alias loses `knowledge` (it needs at least one store). */
+async function setAttached(attach) {
+  const storeId = selected;
+  const alias = aliases.find((a) => a.id === $("kb-alias").value);
+  if (!storeId || !alias) return;
+  const left = alias.stores.filter((s) => s !== storeId);
+  const wanted = attach ? [...left, storeId] : left;
+  const knowledge = wanted.length ? { stores: wanted, top_k: alias.topK ?? TOP_K } : null;
+  const status = $("kb-attach-status");
+  const error = $("kb-attach-error");
+  status.textContent = t("kbApplying");
+  error.textContent = "";
+  $("kb-attach").disabled = $("kb-detach").disabled = true;
+  try {
+    const done = await call(`/v1/nobusy/aliases/${encodeURIComponent(alias.id)}`, {
+      method: "PATCH",
+      body: { knowledge },
+      admin: true,
+    });
+    // null puts the config file's value back: the file may attach this store itself.
+    if (!attach && done.after?.knowledge?.stores?.includes(storeId)) {
+      status.textContent = "";
+      error.textContent = t("kbStillAttached", { alias: alias.id });
+    } else {
+      status.textContent = t(attach ? "kbAttached" : "kbDetached", { alias: alias.id });
+    }
+  } catch (failure) {
+    status.textContent = "";
+    error.textContent = t("errorPrefix", { message: failure.message });
+  }
+  await load();
 }
 
 // ---- small DOM helpers ----
