@@ -14,6 +14,7 @@ from nobusy.cache.use import CacheUse, replay
 from nobusy.errors import InvalidRequest
 from nobusy.guard.pii import PiiSettings
 from nobusy.schema import ChatRequest
+from nobusy.settings import AliasKnowledge
 from nobusy.store.usage import UsageRecord
 
 BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -39,6 +40,13 @@ def test_the_key_ignores_delivery_and_keeps_what_changes_the_answer() -> None:
         assert cache_key({**BODY, **changed}, "k1", PII) != base
     assert cache_key(BODY, "k2", PII) != base
     assert cache_key(BODY, "k1", PiiSettings(enabled=True)) != base
+    # The stores an alias answers from: attaching or detaching one changes the key.
+    one, two = AliasKnowledge(stores=("vs_a",)), AliasKnowledge(stores=("vs_a", "vs_b"))
+    assert cache_key(BODY, "k1", PII, one) != base
+    assert cache_key(BODY, "k1", PII, one) != cache_key(BODY, "k1", PII, two)
+    assert cache_key(BODY, "k1", PII, one) == cache_key(
+        BODY, "k1", PII, AliasKnowledge(stores=("vs_a",))
+    )
 
 
 def test_who_uses_the_cache() -> None:

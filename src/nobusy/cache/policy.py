@@ -68,13 +68,20 @@ def mode(headers: Any) -> Mode | None:
     return result
 
 
-def cache_key(body: dict[str, Any], scope: str, pii: BaseModel) -> str:
-    """The key of the internal request ``body`` in ``scope`` (a key id, ``-`` or ``*``)."""
+def cache_key(
+    body: dict[str, Any], scope: str, pii: BaseModel, knowledge: BaseModel | None = None
+) -> str:
+    """The key of the internal request ``body`` in ``scope`` (a key id, ``-`` or ``*``), under
+    the alias's settings that change its answer: PII masking and the stores it answers from
+    (a store attached or detached by a reload must not get answers kept before it)."""
     kept = {name: value for name, value in body.items() if name not in _IGNORED}
     for name in _NUMBERS:  # 0 and 0.0 are one temperature
         if isinstance(kept.get(name), int | float):
             kept[name] = float(kept[name])
     if kept.get("max_completion_tokens") is not None and "max_tokens" not in kept:
         kept["max_tokens"] = kept.pop("max_completion_tokens")  # one name for one limit
-    data = orjson.dumps([scope, kept, pii.model_dump(mode="json")], option=orjson.OPT_SORT_KEYS)
+    grounded = knowledge.model_dump(mode="json") if knowledge is not None else None
+    data = orjson.dumps(
+        [scope, kept, pii.model_dump(mode="json"), grounded], option=orjson.OPT_SORT_KEYS
+    )
     return hashlib.blake2b(data, digest_size=20).hexdigest()

@@ -63,6 +63,7 @@ class CacheUse:
         body: dict[str, Any],
         key_id: str | None,
         pii: BaseModel,
+        knowledge: BaseModel | None = None,
     ) -> CacheUse | None:
         """The request's use of the cache, or None: not cached (400 for a bad header)."""
         asked = mode(headers)
@@ -71,7 +72,7 @@ class CacheUse:
         if asked is None and chat.temperature != 0:
             return None
         scope = "*" if settings.scope == "shared" else (key_id or "-")
-        return cls(cache, settings, cache_key(body, scope, pii), read=asked != "refresh")
+        return cls(cache, settings, cache_key(body, scope, pii, knowledge), read=asked != "refresh")
 
     async def fresh(self) -> list[Chunk] | None:
         """The kept answer within ``ttl``, or None (counted as a miss)."""

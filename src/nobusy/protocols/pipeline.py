@@ -352,6 +352,7 @@ class _PipelineResponse(Response):
                 body,
                 key.id if key else None,
                 alias.pii,
+                alias.knowledge,
             )
         )
         if alias.knowledge is None and asked is None:
