@@ -84,3 +84,77 @@ def test_vector_search_uses_the_hnsw_index(index: PgIndex, embedder: Embedder, p
             f"'{literal}'::vector({dims}) LIMIT 5".encode()
         ).fetchall()
     assert any(f"kb_chunks_hnsw_{dims}" in row[0] for row in plan), plan
+
+
+def _word_counts(pg_url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """``kb_word_chunks`` as kept, and as counted afresh from the chunks."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        kept = dict(conn.execute("SELECT word, chunks FROM kb_word_chunks").fetchall())
+        counted = dict(
+            conn.execute(
+                "SELECT w, count(*) FROM kb_chunks, unnest(tsvector_to_array(tsv)) AS w GROUP BY w"
+            ).fetchall()
+        )
+    return kept, counted
+
+
+def test_word_counts_follow_adds_and_removes(pg_url: str, embedder: Embedder) -> None:
+    index = PgIndex(pg_url, embedder.name)
+    try:
+        _add(index, embedder, "vs_a", "leave", LEAVE)  # type: ignore[arg-type]
+        _add(index, embedder, "vs_a", "leave-copy", LEAVE)  # type: ignore[arg-type]
+        _add(index, embedder, "vs_b", "travel", TRAVEL)  # type: ignore[arg-type]
+        kept, counted = _word_counts(pg_url)
+        assert kept == counted and kept["婚假"] > 0
+        # A copy's chunks are the original's: removing one file of the two keeps them.
+        index.remove_file("vs_a", "leave-copy")
+        assert _word_counts(pg_url)[0] == kept
+        index.remove_file("vs_a", "leave")
+        kept, counted = _word_counts(pg_url)
+        assert kept == counted and "婚假" not in kept
+        index.remove_store("vs_b")
+        assert _word_counts(pg_url) == ({}, {})
+    finally:
+        index.close()
+
+
+def test_keyword_search_leaves_out_the_commonest_words_past_its_budget(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from nobusy.knowledge import pg_keyword
+    from nobusy.knowledge.chunking import Chunk
+
+    monkeypatch.setattr(pg_keyword, "POSTINGS_BUDGET", 40)
+    # Every chunk says 办理 (more chunks than the budget), one says 挂失 and is longer (a
+    # worse ts_rank_cd for 办理 alone).
+    texts = [f"第{i}号 业务 办理 流程" for i in range(60)]
+    texts[30] = "银行卡 挂失 须 本人 到 柜台 办理 并 出示 证件"
+    vectors = np.random.default_rng(3).normal(size=(60, 8)).astype(np.float32)
+    index = PgIndex(pg_url, "test-model")
+    try:
+        index.add("vs_big", "many", [Chunk(t, 0, len(t)) for t in texts], vectors, {})
+        with index._conn() as conn:
+            assert pg_keyword.searched_words(conn, ["挂失", "办理"]) == ["挂失"]
+            # A query of common words only keeps the rarest of them.
+            assert pg_keyword.searched_words(conn, ["流程", "办理"]) == ["流程"]
+        hits = index.search(["vs_big"], "挂失 办理", None, k=3, mode="bm25")
+        assert hits[0].text == texts[30]
+        # Coverage still counts the word left out: the hit holds both words of the query.
+        assert hits[0].scores["coverage"] == 1.0
+        assert index.search(["vs_big"], "业务 办理", None, k=3, mode="bm25")
+    finally:
+        index.close()
+
+
+def test_within_budget_keeps_the_rarest_words_in_the_querys_order() -> None:
+    from nobusy.knowledge.pg_keyword import within_budget
+
+    counts = {"a": 900, "b": 5, "c": 60, "d": 500}
+    assert within_budget(["a", "b", "c"], counts, 1000) == ["a", "b", "c"]
+    assert within_budget(["a", "b", "c", "d"], counts, 600) == ["b", "c", "d"]
+    assert within_budget(["a", "d"], counts, 10) == ["d"]  # the rarest always stays
+    assert within_budget(["x", "a"], counts, 10) == ["x"]  # a word no chunk holds counts 0

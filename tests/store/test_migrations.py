@@ -50,6 +50,7 @@ NOBUSY_NAMES = [
     "m013_key_groups",
     "m014_knowledge_shared",
     "m015_neutral_vectors",
+    "m016_knowledge_word_counts",
 ]
 
 

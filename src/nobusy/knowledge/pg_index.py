@@ -41,6 +41,7 @@ from nobusy.knowledge.chunking import Chunk
 from nobusy.knowledge.filters import compile_filter
 from nobusy.knowledge.index import MODES, Hit, _digest, _ranked, _Row
 from nobusy.knowledge.neutral import neutral
+from nobusy.knowledge.pg_keyword import searched_words, tsquery
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated
@@ -306,9 +307,10 @@ def _keyword(
     allowed: set[tuple[str, str]] | None,
     limit: int,
 ) -> list[tuple[int, float, str]]:
-    """The chunks holding any of ``words``, by ``ts_rank_cd`` (1: divided by 1 + the log of
-    the chunk's length), as (chunk id, rank, file id)."""
-    query = " | ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in words)
+    """The chunks holding any of ``words`` (less the commonest, past the budget:
+    ``searched_words``), by ``ts_rank_cd`` (1: divided by 1 + the log of the chunk's length),
+    as (chunk id, rank, file id)."""
+    query = tsquery(searched_words(conn, words))
     if allowed is None:
         # No filter: the chunk's own file, no join (the file a hit names, as for vectors).
         rows = conn.execute(

@@ -300,6 +300,14 @@ def m015_neutral_vectors(db: Database) -> None:
     pass
 
 
+@NOBUSY()
+def m016_knowledge_word_counts(db: Database) -> None:
+    # Nothing in SQLite: FTS5 keeps its own counts of the chunks holding each word
+    # (knowledge/index.py); PostgreSQL's keyword search needs a table of them
+    # (knowledge/pg_keyword.py).
+    pass
+
+
 # Keys and upstreams are '' rather than NULL: NULLs are distinct to a UNIQUE constraint.
 CONSOLE_TABLES = (
     "CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL, alias TEXT NOT NULL, "

@@ -147,6 +147,33 @@ _KNOWLEDGE_SHARED = (
     "CREATE INDEX kb_chunk_files_file ON kb_chunk_files (store_id, file_id)",
 )
 
+# A statement's rows, counted a word at a time and applied in the words' order: concurrent
+# writers lock the rows they share in one order, so they wait for each other but never
+# deadlock. A delete subtracts; a word no chunk holds any more goes.
+_WORD_COUNT_UPSERT = (
+    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, {sign} count(*) FROM {rows}, "
+    "unnest(tsvector_to_array({rows}.tsv)) AS w GROUP BY w ORDER BY w "
+    "ON CONFLICT (word) DO UPDATE SET chunks = kb_word_chunks.chunks + excluded.chunks"
+)
+_KNOWLEDGE_WORD_COUNTS = (
+    "CREATE TABLE kb_word_chunks (word TEXT PRIMARY KEY, chunks BIGINT NOT NULL)",
+    "CREATE FUNCTION kb_word_chunks_added() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    + _WORD_COUNT_UPSERT.format(sign="", rows="added")
+    + "; RETURN NULL; END $$",
+    "CREATE FUNCTION kb_word_chunks_removed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    + _WORD_COUNT_UPSERT.format(sign="-", rows="removed")
+    + "; DELETE FROM kb_word_chunks k USING (SELECT DISTINCT w FROM removed, "
+    "unnest(tsvector_to_array(removed.tsv)) AS w) AS gone "
+    "WHERE k.word = gone.w AND k.chunks <= 0; RETURN NULL; END $$",
+    # The triggers first: creating one locks out writers, so the count below misses none.
+    "CREATE TRIGGER kb_chunks_words_added AFTER INSERT ON kb_chunks REFERENCING NEW TABLE "
+    "AS added FOR EACH STATEMENT EXECUTE FUNCTION kb_word_chunks_added()",
+    "CREATE TRIGGER kb_chunks_words_removed AFTER DELETE ON kb_chunks REFERENCING OLD TABLE "
+    "AS removed FOR EACH STATEMENT EXECUTE FUNCTION kb_word_chunks_removed()",
+    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, count(*) FROM kb_chunks, "
+    "unnest(tsvector_to_array(kb_chunks.tsv)) AS w GROUP BY w",
+)
+
 
 def _neutral_vectors(conn: psycopg.Connection[Any]) -> None:
     """The stored vectors made language-neutral (``nobusy.knowledge.neutral``), as the index
@@ -252,6 +279,10 @@ STEPS: dict[str, dict[str, tuple[Step, ...]]] = {
         # every model, an HNSW index per dimension of the shipped models: 384, 512).
         "m014_knowledge_shared": _KNOWLEDGE_SHARED,
         "m015_neutral_vectors": (_neutral_vectors,),
+        # How many chunks hold each word of the tsvectors (every store's), kept by triggers in
+        # the writing statement's transaction, so every replica's writes count; the keyword
+        # search leaves a query's commonest words out by them (knowledge/pg_keyword.py).
+        "m016_knowledge_word_counts": _KNOWLEDGE_WORD_COUNTS,
     },
     AUDIT.name: {
         "m001_audit": (
