@@ -158,3 +158,24 @@ def test_within_budget_keeps_the_rarest_words_in_the_querys_order() -> None:
     assert within_budget(["a", "b", "c", "d"], counts, 600) == ["b", "c", "d"]
     assert within_budget(["a", "d"], counts, 10) == ["d"]  # the rarest always stays
     assert within_budget(["x", "a"], counts, 10) == ["x"]  # a word no chunk holds counts 0
+
+
+def test_a_long_chunks_tsvector_stays_in_its_row(pg_url: str) -> None:
+    import numpy as np
+    import psycopg
+
+    from nobusy.knowledge.chunking import Chunk
+
+    # Words enough for a ~2 kB tsvector: beside its text and words, past TOAST's threshold.
+    text = " ".join(f"条款{i} 规定{i}" for i in range(150))
+    index = PgIndex(pg_url, "test-model")
+    try:
+        vector = np.ones((1, 8), dtype=np.float32)
+        index.add("vs_a", "long", [Chunk(text, 0, len(text))], vector, {})
+    finally:
+        index.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        size, out_of_line = conn.execute(
+            "SELECT pg_column_size(tsv), pg_column_toast_chunk_id(tsv) IS NOT NULL FROM kb_chunks"
+        ).fetchone()  # type: ignore[misc]
+    assert size > 2000 and not out_of_line
