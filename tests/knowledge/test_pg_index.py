@@ -87,14 +87,15 @@ def test_vector_search_uses_the_hnsw_index(index: PgIndex, embedder: Embedder, p
 
 
 def _word_counts(pg_url: str) -> tuple[dict[str, int], dict[str, int]]:
-    """``kb_word_chunks`` as kept, and as counted afresh from the chunks."""
+    """``kb_word_chunks`` as kept, and as counted afresh from the chunks ('': all chunks)."""
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         kept = dict(conn.execute("SELECT word, chunks FROM kb_word_chunks").fetchall())
         counted = dict(
             conn.execute(
-                "SELECT w, count(*) FROM kb_chunks, unnest(tsvector_to_array(tsv)) AS w GROUP BY w"
+                "SELECT w, count(*) FROM kb_chunks, unnest(tsvector_to_array(tsv)) AS w GROUP BY w "
+                "UNION ALL SELECT '', count(*) FROM kb_chunks HAVING count(*) > 0"
             ).fetchall()
         )
     return kept, counted
@@ -107,7 +108,11 @@ def test_word_counts_follow_adds_and_removes(pg_url: str, embedder: Embedder) ->
         _add(index, embedder, "vs_a", "leave-copy", LEAVE)  # type: ignore[arg-type]
         _add(index, embedder, "vs_b", "travel", TRAVEL)  # type: ignore[arg-type]
         kept, counted = _word_counts(pg_url)
-        assert kept == counted and kept["婚假"] > 0
+        assert (
+            kept == counted
+            and kept["婚假"] > 0
+            and kept[""] == index.count("vs_a") + index.count("vs_b")
+        )
         # A copy's chunks are the original's: removing one file of the two keeps them.
         index.remove_file("vs_a", "leave-copy")
         assert _word_counts(pg_url)[0] == kept
@@ -138,14 +143,34 @@ def test_keyword_search_leaves_out_the_commonest_words_past_its_budget(
     try:
         index.add("vs_big", "many", [Chunk(t, 0, len(t)) for t in texts], vectors, {})
         with index._conn() as conn:
-            assert pg_keyword.searched_words(conn, ["挂失", "办理"]) == ["挂失"]
+            assert list(pg_keyword.weighted_words(conn, ["挂失", "办理"])) == ["挂失"]
             # A query of common words only keeps the rarest of them.
-            assert pg_keyword.searched_words(conn, ["流程", "办理"]) == ["流程"]
+            assert list(pg_keyword.weighted_words(conn, ["流程", "办理"])) == ["流程"]
         hits = index.search(["vs_big"], "挂失 办理", None, k=3, mode="bm25")
         assert hits[0].text == texts[30]
         # Coverage still counts the word left out: the hit holds both words of the query.
         assert hits[0].scores["coverage"] == 1.0
         assert index.search(["vs_big"], "业务 办理", None, k=3, mode="bm25")
+    finally:
+        index.close()
+
+
+def test_a_rare_word_outweighs_a_common_one(pg_url: str) -> None:
+    import numpy as np
+
+    from nobusy.knowledge.chunking import Chunk
+
+    # Without idf, the chunk saying the common 办理 three times ranked above the one saying
+    # the rare 挂失 once.
+    texts = [f"第{i}号 业务 办理 流程 说明 文件" for i in range(30)]
+    texts[10] = "办理 办理 办理"
+    texts[20] = "银行卡 挂失 须 本人 到 柜台 并 出示 有效 证件"
+    vectors = np.random.default_rng(4).normal(size=(30, 8)).astype(np.float32)
+    index = PgIndex(pg_url, "test-model")
+    try:
+        index.add("vs_a", "many", [Chunk(t, 0, len(t)) for t in texts], vectors, {})
+        hits = index.search(["vs_a"], "挂失 办理", None, k=3, mode="bm25")
+        assert hits[0].text == texts[20]
     finally:
         index.close()
 

@@ -3,22 +3,23 @@
     kb_chunks        one row per distinct text in a store (sha-256 of the text, as ``Index``):
                      offsets, heading, its jieba words and, generated from them, a ``tsvector``
                      of the 'simple' configuration (the words are already cut: it only splits
-                     at the spaces and lowercases), and its vector (pgvector)
+                     at the spaces and lowercases), kept in the row, and its vector (pgvector)
     kb_chunk_files   which files hold each chunk
     kb_index_files   each file's attributes (JSON text), which filters are evaluated on
     kb_index_stores  each store's embedding model: vectors of two models never meet in a store
+    kb_word_chunks   how many chunks hold each word (every store's), kept by triggers
 
 Vectors are stored and searched language-neutral, as ``Index`` does (``knowledge.neutral``;
 migration ``m015_neutral_vectors`` converted rows written before).
 
-Keyword search ranks with ``ts_rank_cd`` (cover density, normalised by the log of the chunk's
-length), not BM25: it has no inverse document frequency, so a common word counts as much as a
-rare one; the coverage weight of the fusion (the share of the query's words a chunk holds)
-makes up for most of it. Vector search uses the HNSW index of the vector's dimension (cosine),
-scanning on (``hnsw.iterative_scan``) until enough rows of the wanted stores are found. The
-fusion (RRF), the calibrated relevance, MMR and the filters are ``Index``'s own functions; a
-filter is evaluated by SQLite's JSON functions over the stores' file attributes, so it means
-exactly what it means in SQLite.
+Keyword search ranks by each word's ``ts_rank_cd`` (cover density, normalised by the log of the
+chunk's length) times its inverse document frequency, over the query's rarer words only when
+its common ones would cost more than a budget of rows (``nobusy.knowledge.pg_keyword``). Vector
+search uses the HNSW index of the vector's dimension (cosine), scanning on
+(``hnsw.iterative_scan``) until enough rows of the wanted stores are found. The fusion (RRF),
+the calibrated relevance, MMR and the filters are ``Index``'s own functions; a filter is
+evaluated by SQLite's JSON functions over the stores' file attributes, so it means exactly what
+it means in SQLite.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from nobusy.knowledge.chunking import Chunk
 from nobusy.knowledge.filters import compile_filter
 from nobusy.knowledge.index import MODES, Hit, _digest, _ranked, _Row
 from nobusy.knowledge.neutral import neutral
-from nobusy.knowledge.pg_keyword import searched_words, tsquery
+from nobusy.knowledge.pg_keyword import tsquery, weighted_words
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.store.pg_migrations import migrated
 from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated
@@ -307,28 +308,35 @@ def _keyword(
     allowed: set[tuple[str, str]] | None,
     limit: int,
 ) -> list[tuple[int, float, str]]:
-    """The chunks holding any of ``words`` (less the commonest, past the budget:
-    ``searched_words``), by ``ts_rank_cd`` (1: divided by 1 + the log of the chunk's length),
-    as (chunk id, rank, file id)."""
-    query = tsquery(searched_words(conn, words))
+    """The chunks holding any of ``words`` (less the commonest, past the budget), by the sum
+    of each word's ``ts_rank_cd`` (1: divided by 1 + the log of the chunk's length) times its
+    idf (``weighted_words``), as (chunk id, rank, file id)."""
+    weights = weighted_words(conn, words)
+    # Each word's tsquery made once (MATERIALIZED: inlined, it was parsed again for each row).
+    terms = (
+        "WITH w AS MATERIALIZED (SELECT to_tsquery('simple', t.word) AS q, t.idf "
+        "FROM unnest(%s::text[], %s::float8[]) AS t(word, idf)) "
+    )
+    rank = "(SELECT sum(w.idf * ts_rank_cd(c.tsv, w.q, 1)) FROM w) AS rank"
+    params = ([tsquery([word]) for word in weights], list(weights.values()), tsquery(list(weights)))
     if allowed is None:
         # No filter: the chunk's own file, no join (the file a hit names, as for vectors).
         rows = conn.execute(
-            "SELECT c.id, ts_rank_cd(c.tsv, q, 1) AS rank, c.file_id "
+            f"{terms}SELECT c.id, {rank}, c.file_id "
             "FROM to_tsquery('simple', %s) AS q, kb_chunks c "
             "WHERE c.tsv @@ q AND c.store_id = ANY(%s) ORDER BY rank DESC, c.id LIMIT %s",
-            (query, stores, limit),
+            (*params, stores, limit),
         )
     else:
         # A chunk held by several files comes once per file: the filter may allow any of them.
         rows = conn.execute(
-            "SELECT cf.chunk_id, ts_rank_cd(c.tsv, q, 1) AS rank, cf.file_id "
+            f"{terms}SELECT cf.chunk_id, {rank}, cf.file_id "
             "FROM to_tsquery('simple', %s) AS q, kb_chunks c "
             "JOIN kb_chunk_files cf ON cf.chunk_id = c.id "
             "WHERE c.tsv @@ q AND c.store_id = ANY(%s) AND (cf.store_id, cf.file_id) IN "
             "(SELECT * FROM unnest(%s::text[], %s::text[])) "
             "ORDER BY rank DESC, cf.chunk_id LIMIT %s",
-            (query, stores, *_pairs(allowed), limit * 2),
+            (*params, stores, *_pairs(allowed), limit * 2),
         )
     out: dict[int, tuple[int, float, str]] = {}
     for chunk_id, rank, file_id in rows:

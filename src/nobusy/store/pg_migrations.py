@@ -147,12 +147,18 @@ _KNOWLEDGE_SHARED = (
     "CREATE INDEX kb_chunk_files_file ON kb_chunk_files (store_id, file_id)",
 )
 
-# A statement's rows, counted a word at a time and applied in the words' order: concurrent
-# writers lock the rows they share in one order, so they wait for each other but never
-# deadlock. A delete subtracts; a word no chunk holds any more goes.
+# Each word of a statement's rows once a chunk, and '' once a chunk: the chunks' total, which a
+# word's inverse document frequency is taken against ('' is no word of any tsvector).
+_WORDS_OF = (
+    "(SELECT unnest(tsvector_to_array(tsv)) FROM {rows} UNION ALL SELECT '' FROM {rows}) AS t(w)"
+)
+# Counted a word at a time and applied in the words' order: concurrent writers lock the rows
+# they share in one order, so they wait for each other but never deadlock. A delete
+# subtracts; a word no chunk holds any more goes.
 _WORD_COUNT_UPSERT = (
-    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, {sign} count(*) FROM {rows}, "
-    "unnest(tsvector_to_array({rows}.tsv)) AS w GROUP BY w ORDER BY w "
+    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, {sign} count(*) FROM "
+    + _WORDS_OF
+    + " GROUP BY w ORDER BY w "
     "ON CONFLICT (word) DO UPDATE SET chunks = kb_word_chunks.chunks + excluded.chunks"
 )
 _KNOWLEDGE_WORD_COUNTS = (
@@ -162,16 +168,17 @@ _KNOWLEDGE_WORD_COUNTS = (
     + "; RETURN NULL; END $$",
     "CREATE FUNCTION kb_word_chunks_removed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     + _WORD_COUNT_UPSERT.format(sign="-", rows="removed")
-    + "; DELETE FROM kb_word_chunks k USING (SELECT DISTINCT w FROM removed, "
-    "unnest(tsvector_to_array(removed.tsv)) AS w) AS gone "
-    "WHERE k.word = gone.w AND k.chunks <= 0; RETURN NULL; END $$",
+    + "; DELETE FROM kb_word_chunks k USING (SELECT DISTINCT w FROM "
+    + _WORDS_OF.format(rows="removed")
+    + ") AS gone WHERE k.word = gone.w AND k.chunks <= 0; RETURN NULL; END $$",
     # The triggers first: creating one locks out writers, so the count below misses none.
     "CREATE TRIGGER kb_chunks_words_added AFTER INSERT ON kb_chunks REFERENCING NEW TABLE "
     "AS added FOR EACH STATEMENT EXECUTE FUNCTION kb_word_chunks_added()",
     "CREATE TRIGGER kb_chunks_words_removed AFTER DELETE ON kb_chunks REFERENCING OLD TABLE "
     "AS removed FOR EACH STATEMENT EXECUTE FUNCTION kb_word_chunks_removed()",
-    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, count(*) FROM kb_chunks, "
-    "unnest(tsvector_to_array(kb_chunks.tsv)) AS w GROUP BY w",
+    "INSERT INTO kb_word_chunks (word, chunks) SELECT w, count(*) FROM "
+    + _WORDS_OF.format(rows="kb_chunks")
+    + " GROUP BY w",
     # The tsvector in the row, not in TOAST: a row is ~3 kB with its vector, and ~40% of the
     # tsvectors went out of line, each fetched from the TOAST table to be ranked (half the
     # keyword search's time at 100,000 chunks). The text and words, read for the few hits
