@@ -5,6 +5,7 @@ HNSW in the plan). Skips, saying why, where the embedded PostgreSQL cannot start
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -123,6 +124,33 @@ def test_word_counts_follow_adds_and_removes(pg_url: str, embedder: Embedder) ->
         assert _word_counts(pg_url) == ({}, {})
     finally:
         index.close()
+
+
+def test_word_counts_stay_right_when_replicas_write_at_once(pg_url: str) -> None:
+    import numpy as np
+
+    from nobusy.knowledge.chunking import Chunk
+
+    # Four replicas, each adding and removing files whose chunks share most of their words:
+    # their counts' rows are locked in one order, so none deadlocks and none is lost.
+    replicas = [PgIndex(pg_url, "test-model") for _ in range(4)]
+
+    def write(n: int, index: PgIndex) -> None:
+        for round_ in range(5):
+            texts = [f"办理 流程 说明 第{n}-{round_}-{i}号" for i in range(20)]
+            vectors = np.ones((20, 8), dtype=np.float32)
+            index.add("vs_a", f"f{n}-{round_}", [Chunk(t, 0, len(t)) for t in texts], vectors, {})
+            if round_ % 2:
+                index.remove_file("vs_a", f"f{n}-{round_ - 1}")
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4), replicas))
+        kept, counted = _word_counts(pg_url)
+        assert kept == counted and kept["办理"] == kept[""] == 4 * 3 * 20
+    finally:
+        for index in replicas:
+            index.close()
 
 
 def test_keyword_search_leaves_out_the_commonest_words_past_its_budget(
