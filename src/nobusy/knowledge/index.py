@@ -42,7 +42,7 @@ from nobusy.knowledge.scoring import relevance
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.knowledge.vectors import StoreVectors
 
-__all__ = ["INDEX_FILE", "MODES", "Hit", "Index"]
+__all__ = ["INDEX_FILE", "MODES", "Hit", "Index", "within_budget"]
 
 MODES = ("hybrid", "bm25", "vector")
 INDEX_FILE = "knowledge.db"  # under data_dir: every store of the process in one file
@@ -426,17 +426,7 @@ class Index:
         (``_coverage``) still counts every word of the query."""
         if len(words) <= 1:
             return words
-        counts = self._document_counts(words)
-        if sum(counts.values()) <= POSTINGS_BUDGET:
-            return words
-        rarest = sorted(words, key=lambda w: counts.get(w, 0))
-        kept, total = [rarest[0]], counts.get(rarest[0], 0)
-        for word in rarest[1:]:
-            total += counts.get(word, 0)
-            if total > POSTINGS_BUDGET:
-                break
-            kept.append(word)
-        return [w for w in words if w in kept]
+        return within_budget(words, self._document_counts(words), POSTINGS_BUDGET)
 
     def _document_counts(self, words: Sequence[str]) -> dict[str, int]:
         """How many chunks (of every store) hold each word, as FTS5 indexed it (stemmed)."""
@@ -618,6 +608,21 @@ def _hit(
         row.store_id, row.file_id, chunk_id, row.text, row.start, row.end, score, scores,
         json.loads(row.attributes), row.heading,
     )  # fmt: skip
+
+
+def within_budget(words: Sequence[str], counts: Mapping[str, int], budget: int) -> list[str]:
+    """The rarest of ``words`` and then the next rarest while their chunk ``counts`` add up to
+    at most ``budget``, in the query's order (PostgreSQL's keyword search keeps the same)."""
+    if sum(counts.get(w, 0) for w in words) <= budget:
+        return list(words)
+    rarest = sorted(words, key=lambda w: counts.get(w, 0))
+    kept, total = {rarest[0]}, counts.get(rarest[0], 0)
+    for word in rarest[1:]:
+        total += counts.get(word, 0)
+        if total > budget:
+            break
+        kept.add(word)
+    return [w for w in words if w in kept]
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

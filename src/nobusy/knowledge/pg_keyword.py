@@ -15,10 +15,12 @@ cost is (one GIN index holds every store's chunks), and as FTS5's idf is in SQLi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+
+from nobusy.knowledge.index import within_budget
 
 __all__ = ["POSTINGS_BUDGET", "tsquery", "weighted_words", "within_budget"]
 
@@ -35,21 +37,6 @@ def weighted_words(conn: psycopg.Connection[Any], words: Sequence[str]) -> dict[
     counts = _chunk_counts(conn, words)
     total = counts.pop("", 0)
     return {w: _idf(counts.get(w, 0), total) for w in within_budget(words, counts, POSTINGS_BUDGET)}
-
-
-def within_budget(words: Sequence[str], counts: Mapping[str, int], budget: int) -> list[str]:
-    """The rarest of ``words`` and then the next rarest while their counts add up to at most
-    ``budget``, in the query's order."""
-    if sum(counts.get(w, 0) for w in words) <= budget:
-        return list(words)
-    rarest = sorted(words, key=lambda w: counts.get(w, 0))
-    kept, total = {rarest[0]}, counts.get(rarest[0], 0)
-    for word in rarest[1:]:
-        total += counts.get(word, 0)
-        if total > budget:
-            break
-        kept.add(word)
-    return [w for w in words if w in kept]
 
 
 def _idf(count: int, total: int) -> float:
