@@ -106,6 +106,7 @@ class RedisMoneyHolds:
         self._settle = Script(self._redis, _SETTLE)
         self._groups: dict[str, tuple[str, int | None, str | None, int]] = {}
         self._groups_at = -_GROUPS_EVERY
+        self._groups_read = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._down = False
 
@@ -167,12 +168,18 @@ class RedisMoneyHolds:
             self._lost(exc)
 
     async def _group(self, group_id: str) -> tuple[str, int | None, str | None, int] | None:
-        """(name, budget, period, spent this period) of a group, as read at most a second ago."""
-        now = time.monotonic()
-        if now - self._groups_at > _GROUPS_EVERY:
-            self._groups_at = now
-            loop = asyncio.get_running_loop()
-            self._groups = await loop.run_in_executor(self.store._executor, self._read_groups)
+        """(name, budget, period, spent this period) of a group, as read at most a second ago.
+
+        Requests arriving while the groups are being read wait for that read: answering them
+        from the copy before it (empty at the start) held them against no group budget, and a
+        burst of 20 at a fresh worker overspent a group by two answers."""
+        if time.monotonic() - self._groups_at > _GROUPS_EVERY:
+            async with self._groups_read:
+                if time.monotonic() - self._groups_at > _GROUPS_EVERY:  # not read meanwhile
+                    loop = asyncio.get_running_loop()
+                    read = self._read_groups
+                    self._groups = await loop.run_in_executor(self.store._executor, read)
+                    self._groups_at = time.monotonic()
         return self._groups.get(group_id)
 
     def _read_groups(self) -> dict[str, tuple[str, int | None, str | None, int]]:
