@@ -18,8 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from nobusy.errors import ConfigError, NobusyError
 from nobusy.knowledge.embedder import Embedder, canonical_name, load_embedder
@@ -143,17 +147,39 @@ class KnowledgeBase:
     ) -> list[Hit]:
         """The ``k`` best chunks of ``store`` for ``query`` (BM25 and vectors fused); blocking.
         ``source`` says who asked (the search API, a grounded answer), for ``stats``."""
-        started, ok = time.perf_counter(), False
-        try:
-            embedder, index = self.engine(store.embedding_model)
-            vector = embedder.embed([query], query=True)[0]
-            hits: list[Hit] = index.search(
-                [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
-            )
-            ok = True
-            return hits
-        finally:
-            self.stats.searched(source, time.perf_counter() - started, ok=ok)
+        [hits] = self.search_each(
+            [store], query, k=k, filters=filters, score_threshold=score_threshold, source=source
+        )
+        return hits
+
+    def search_each(
+        self,
+        stores: Sequence[StoreRecord],
+        query: str,
+        *,
+        k: int,
+        filters: dict[str, Any] | None,
+        score_threshold: float,
+        source: Literal["api", "grounding"] = "api",
+    ) -> list[list[Hit]]:
+        """``search`` in each of ``stores``, the query embedded once per model; blocking."""
+        vectors: dict[str, npt.NDArray[np.float32]] = {}
+        out: list[list[Hit]] = []
+        for store in stores:
+            started, ok = time.perf_counter(), False
+            try:
+                embedder, index = self.engine(store.embedding_model)
+                vector = vectors.get(store.embedding_model)
+                if vector is None:
+                    vector = vectors[store.embedding_model] = embedder.embed([query], query=True)[0]
+                hits: list[Hit] = index.search(
+                    [store.id], query, vector, k=k, filters=filters, score_threshold=score_threshold
+                )
+                ok = True
+            finally:
+                self.stats.searched(source, time.perf_counter() - started, ok=ok)
+            out.append(hits)
+        return out
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file: its record, its chunks in every store that held it, its bytes."""

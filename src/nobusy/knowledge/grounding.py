@@ -207,19 +207,17 @@ async def retrieve(
                     "Mark those upstreams `local: true` if they run on premises, or use a "
                     "model whose routes are all local."
                 )
-        for store in records:
-            if store is None:  # deleted since the alias named it: the others still answer
-                continue
-            found.extend(
-                kb.search(
-                    store,
-                    query,
-                    k=top_k,
-                    filters=filters,
-                    score_threshold=score_threshold,
-                    source="grounding",
-                )
-            )
+        # A store deleted since the alias named it is skipped: the others still answer.
+        present = [store for store in records if store is not None]
+        for hits in kb.search_each(
+            present,
+            query,
+            k=top_k,
+            filters=filters,
+            score_threshold=score_threshold,
+            source="grounding",
+        ):
+            found.extend(hits)
         found.sort(key=lambda hit: hit.score, reverse=True)
         found = found[:top_k]
         names = kb.records.filenames(list({hit.file_id for hit in found}))

@@ -45,7 +45,7 @@ from nobusy.knowledge.neutral import neutral
 from nobusy.knowledge.pg_keyword import tsquery, weighted_words
 from nobusy.knowledge.segment import Segmenter, segmenter
 from nobusy.store.pg_migrations import migrated
-from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated
+from nobusy.store.postgres import CONNECT_TIMEOUT, startup_error, translated, vector_text
 
 __all__ = ["PgIndex"]
 
@@ -108,7 +108,7 @@ class PgIndex:
             if digest not in rows:  # a text twice in one file: one row, as ON CONFLICT would
                 words = " ".join(self._segmenter.words(piece.context))
                 rows[digest] = (digest, piece.text, piece.heading, piece.start, piece.end, words,
-                                _vector_text(vector))  # fmt: skip
+                                vector_text(vector))  # fmt: skip
         columns: list[tuple[Any, ...]] = list(zip(*rows.values(), strict=True))
         with self._conn() as conn, conn.transaction():
             self._claim_store(conn, store_id, dims)
@@ -356,7 +356,7 @@ def _nearest(
     its ``WHERE dims = d`` is in the statement's text)."""
     dims = int(vector.shape[0])
     distance = f"c.embedding::vector({dims}) <=> %s::vector({dims})"
-    text = _vector_text(np.asarray(vector, dtype=np.float32))
+    text = vector_text(np.asarray(vector, dtype=np.float32))
     if allowed is None:
         rows = conn.execute(
             f"SELECT c.id, 1 - ({distance}), c.file_id FROM kb_chunks c "
@@ -405,8 +405,3 @@ def _rows(conn: psycopg.Connection[Any], found: Sequence[tuple[int, str]]) -> di
             store_id, file_of[chunk_id], text, heading, int(start), int(end), blob, attributes
         )
     return out
-
-
-def _vector_text(vector: npt.NDArray[np.float32]) -> str:
-    """pgvector's text form (no client-side type to register)."""
-    return "[" + ",".join(map(repr, vector.tolist())) + "]"

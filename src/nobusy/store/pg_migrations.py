@@ -36,7 +36,7 @@ from nobusy.store.migrations import (
     USAGE_DAILY_BACKFILL,
     USAGE_DAILY_INSERT,
 )
-from nobusy.store.postgres import ERRORS, Link, startup_error
+from nobusy.store.postgres import ERRORS, Link, startup_error, vector_text
 
 __all__ = ["STEPS", "applied", "migrate", "migrated"]
 
@@ -209,7 +209,7 @@ def _neutral_vectors(conn: psycopg.Connection[Any]) -> None:
         conn.execute(
             "UPDATE kb_chunks c SET embedding = n.embedding::vector FROM unnest(%s::bigint[], "
             "%s::text[]) AS n(id, embedding) WHERE c.id = n.id",
-            ([r[0] for r in rows], ["[" + ",".join(map(repr, v.tolist())) + "]" for v in new]),
+            ([r[0] for r in rows], [vector_text(vector) for vector in new]),
         )
 
 

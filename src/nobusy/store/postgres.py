@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -39,6 +41,7 @@ __all__ = [
     "scrub",
     "startup_error",
     "translated",
+    "vector_text",
 ]
 
 log = logging.getLogger("nobusy")
@@ -227,3 +230,8 @@ def probe(settings: Settings) -> Health | None:
     migrated = "migrated" if table and table[0] else "not migrated yet (nobusy serve does it)"
     detail = f"PostgreSQL {version[0] if version else '?'}, {migrated}"
     return Health("postgresql", shown, "ok", detail, latency_ms=latency)
+
+
+def vector_text(vector: npt.NDArray[np.float32]) -> str:
+    """pgvector's text form of ``vector`` (no client-side type to register)."""
+    return "[" + ",".join(map(repr, vector.tolist())) + "]"
